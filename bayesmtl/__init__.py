@@ -1,0 +1,32 @@
+"""bayesmtl: Bayesian multi-task learning on Pyro and GPyTorch.
+
+data -> model (task prior + likelihood) -> back end -> posterior -> relations and plots.
+"""
+
+__version__ = "0.1.0"
+
+from . import likelihoods, priors  # noqa: E402
+from .data import MultiTaskData  # noqa: E402
+from .fit import fit  # noqa: E402
+from .model import MultiTaskModel  # noqa: E402
+from .posterior import Posterior  # noqa: E402
+from .relations import TaskRelations  # noqa: E402
+
+
+def load(path):
+    """A Posterior from a run directory written by ``Posterior.save``."""
+    from .runs import load_run
+
+    return load_run(path)
+
+
+def __getattr__(name):
+    if name == "models":  # bayesmtl.models is a separate subpackage (models/ in the repo)
+        import importlib
+
+        return importlib.import_module("bayesmtl.models")
+    raise AttributeError(f"module 'bayesmtl' has no attribute {name!r}")
+
+
+__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "fit", "load",
+           "priors", "likelihoods", "models", "__version__"]

@@ -1,0 +1,65 @@
+"""The one place that converts to ArviZ (arviz 0.x ``InferenceData``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["to_inference_data", "from_inference_data", "az"]
+
+with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+
+def to_inference_data(samples: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]],
+                      coords: dict[str, list], sample_stats: dict[str, np.ndarray] | None = None,
+                      observed: dict[str, np.ndarray] | None = None,
+                      constant: dict[str, np.ndarray] | None = None,
+                      predictive: dict[str, np.ndarray] | None = None,
+                      log_likelihood: dict[str, np.ndarray] | None = None,
+                      attrs: dict | None = None) -> az.InferenceData:
+    """Arrays with leading (chain, draw) -> InferenceData with named dims and coords."""
+    used = {d for k in samples for d in dims.get(k, ())} | {"row"}
+    crd = {k: v for k, v in coords.items() if k in used}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        idata = az.from_dict(
+            posterior=samples, sample_stats=sample_stats or None, observed_data=observed,
+            constant_data=constant, posterior_predictive=predictive, log_likelihood=log_likelihood,
+            coords=crd, dims={**{k: list(v) for k, v in dims.items() if k in samples},
+                              **{k: ["row"] for k in (observed or {})},
+                              **{k: ["row"] for k in (constant or {})},
+                              **{k: ["row"] for k in (predictive or {})},
+                              **{k: ["row"] for k in (log_likelihood or {})}},
+            attrs=attrs or {},
+        )
+    return idata
+
+
+def from_inference_data(idata: az.InferenceData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """posterior and sample_stats groups back to arrays with leading (chain, draw)."""
+    post = {k: v.values for k, v in idata.posterior.data_vars.items()}
+    stats = {k: v.values for k, v in idata.sample_stats.data_vars.items()} if "sample_stats" in idata.groups() else {}
+    return post, stats
+
+
+def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 0.9):
+    """mean, sd, equal-tailed quantiles, mcse, ess_bulk, ess_tail, r_hat per labelled entry."""
+    lo, hi = (1 - prob) / 2, (1 + prob) / 2
+    funcs = {f"q{round(100 * lo):02d}": lambda x: np.quantile(x, lo),
+             "q50": lambda x: np.quantile(x, 0.5),
+             f"q{round(100 * hi):02d}": lambda x: np.quantile(x, hi)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one chain or few draws: arviz warns, we report NaN
+        one_draw = idata.posterior.sizes["draw"] < 4
+        full = az.summary(idata, var_names=var_names, kind="stats" if one_draw else "all",
+                          round_to="none")
+        q = az.summary(idata, var_names=var_names, kind="stats", stat_funcs=funcs, extend=False)
+    out = full[["mean", "sd"]].join(q)
+    for col in ("mcse_mean", "ess_bulk", "ess_tail", "r_hat"):
+        out[col] = full[col] if col in full else np.nan
+    if idata.posterior.sizes["chain"] < 2:
+        out["r_hat"] = np.nan  # one chain (SVI, MAP): r_hat is not defined
+    return out

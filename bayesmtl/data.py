@@ -1,0 +1,398 @@
+"""Multi-task data in long format: one row per observation, a task label per row.
+
+``MultiTaskData`` is the only way data enters bayesmtl. It validates at the edge (every error
+names the column or task at fault), keeps task names in order of appearance, records feature
+standardisation so it can be replayed on new rows, and maps rows of unseen tasks to new task
+indices for prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["MultiTaskData"]
+
+
+def _numeric_column(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
+    if col not in df.columns:
+        raise ValueError(
+            f"{role} column {col!r} not found; the data has columns {list(map(str, df.columns))}"
+        )
+    s = df[col]
+    if s.dtype == bool:
+        s = s.astype(float)
+    if not pd.api.types.is_numeric_dtype(s):
+        bad = s[pd.to_numeric(s, errors="coerce").isna() & s.notna()]
+        example = repr(bad.iloc[0]) if len(bad) else "non-numeric values"
+        raise TypeError(
+            f"{role} column {col!r} is not numeric (dtype {s.dtype}, e.g. {example}); "
+            "encode categories as numbers (e.g. pandas.get_dummies) first"
+        )
+    return s.to_numpy(dtype=float)
+
+
+def _check_finite(values: np.ndarray, name: str, tasks: np.ndarray | None) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        where = f" (first at row {rows[0]}"
+        if tasks is not None:
+            where += f", task {tasks[rows[0]]!r}"
+        where += ")"
+        raise ValueError(f"column {name!r} has {bad.sum()} NaN or infinite value(s){where}")
+
+
+@dataclass(frozen=True)
+class MultiTaskData:
+    """Long-format multi-task data as tensors.
+
+    Attributes
+    ----------
+    X : Tensor, shape (N, D)
+        Features (standardised if ``feature_mean`` is set). D may be 0.
+    y : Tensor, shape (N,) or None
+        Target; None for rows given only for prediction.
+    task : LongTensor, shape (N,)
+        Task index of each row, into ``task_names``.
+    task_names : list of str, length T
+        Task labels in order of first appearance.
+    feature_names : list of str, length D
+    noise : Tensor, shape (N,) or None
+        Known observation standard deviation per row (meta-analysis).
+    trials : Tensor, shape (N,) or None
+        Number of trials per row (binomial likelihood).
+    feature_mean, feature_scale : Tensor, shape (D,) or None
+        The standardisation applied to ``X``; replayed on new rows by ``prepare``.
+    n_known_tasks : int
+        Tasks present when the model was trained; indices at or above it are new tasks.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor | None
+    task: torch.Tensor
+    task_names: list[str]
+    feature_names: list[str]
+    target_name: str = "y"
+    task_column: str = "task"
+    noise: torch.Tensor | None = None
+    trials: torch.Tensor | None = None
+    noise_column: str | None = None
+    trials_column: str | None = None
+    feature_mean: torch.Tensor | None = None
+    feature_scale: torch.Tensor | None = None
+    n_known_tasks: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.n_known_tasks < 0:
+            object.__setattr__(self, "n_known_tasks", len(self.task_names))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        task: str,
+        target: str,
+        features: Sequence[str] | None = None,
+        *,
+        noise: str | None = None,
+        trials: str | None = None,
+        standardize: bool = False,
+        dtype: torch.dtype = torch.float64,
+    ) -> MultiTaskData:
+        """Build from a long data frame.
+
+        ``features`` defaults to every column other than task, target, noise and trials.
+        With ``standardize=True`` each feature is centred and scaled to unit sd; the
+        transform is recorded and replayed on new rows.
+        """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        if task not in df.columns:
+            raise ValueError(f"task column {task!r} not found; columns are {list(df.columns)}")
+        if len(df) == 0:
+            raise ValueError("the data frame has no rows")
+        reserved = {task, target, noise, trials} - {None}
+        if features is None:
+            features = [c for c in df.columns if c not in reserved]
+        else:
+            features = list(features)
+            for c in features:
+                if c in reserved:
+                    raise ValueError(f"column {c!r} cannot be both a feature and the {_role(c, task, target, noise, trials)}")
+        labels = df[task]
+        if labels.isna().any():
+            raise ValueError(f"task column {task!r} has {int(labels.isna().sum())} missing label(s)")
+        labels_str = labels.astype(str).to_numpy()
+        names = list(dict.fromkeys(labels_str))  # order of first appearance
+        index = {n: i for i, n in enumerate(names)}
+        task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
+
+        X = np.column_stack([_numeric_column(df, c, "feature") for c in features]) if features else np.zeros((len(df), 0))
+        for j, c in enumerate(features):
+            _check_finite(X[:, j], c, labels_str)
+        y = _numeric_column(df, target, "target")
+        _check_finite(y, target, labels_str)
+        nz = tr = None
+        if noise is not None:
+            nz = _numeric_column(df, noise, "noise")
+            _check_finite(nz, noise, labels_str)
+            if (nz <= 0).any():
+                raise ValueError(f"noise column {noise!r} must be positive (a standard deviation per row)")
+        if trials is not None:
+            tr = _numeric_column(df, trials, "trials")
+            _check_finite(tr, trials, labels_str)
+            if (tr < 0).any() or (tr != np.round(tr)).any():
+                raise ValueError(f"trials column {trials!r} must hold non-negative integers")
+        return cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
+                          noise, trials, standardize, dtype)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        X: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        task: np.ndarray | torch.Tensor | Sequence,
+        *,
+        task_names: Sequence[str] | None = None,
+        feature_names: Sequence[str] | None = None,
+        noise: np.ndarray | torch.Tensor | None = None,
+        trials: np.ndarray | torch.Tensor | None = None,
+        standardize: bool = False,
+        dtype: torch.dtype = torch.float64,
+    ) -> MultiTaskData:
+        """Build from arrays: X (N, D), y (N,), task (N,) of integer indices or labels."""
+        X = np.asarray(X.cpu() if torch.is_tensor(X) else X, dtype=float)
+        y = np.asarray(y.cpu() if torch.is_tensor(y) else y, dtype=float)
+        task = np.asarray(task.cpu() if torch.is_tensor(task) else task)
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.ndim != 2:
+            raise ValueError(f"X must have shape (N, D); got shape {X.shape}")
+        if y.ndim != 1 or len(y) != len(X) or task.shape != (len(X),):
+            raise ValueError(
+                f"shape mismatch: X has {len(X)} rows, y has shape {y.shape}, task has shape {task.shape}; "
+                "expected y and task of shape (N,)"
+            )
+        if np.issubdtype(task.dtype, np.integer):
+            if task_names is None:
+                task_names = [f"task_{i}" for i in range(int(task.max()) + 1)]
+            task_names = list(map(str, task_names))
+            if task.min() < 0 or task.max() >= len(task_names):
+                raise ValueError(f"task indices must lie in 0..{len(task_names) - 1}")
+            idx = task.astype(np.int64)
+        else:
+            labels = task.astype(str)
+            order = list(dict.fromkeys(labels))
+            task_names = order if task_names is None else list(map(str, task_names))
+            pos = {n: i for i, n in enumerate(task_names)}
+            missing = [s for s in order if s not in pos]
+            if missing:
+                raise ValueError(f"task label {missing[0]!r} is not in task_names")
+            idx = np.array([pos[s] for s in labels], dtype=np.int64)
+        feature_names = [f"x{j}" for j in range(X.shape[1])] if feature_names is None else list(map(str, feature_names))
+        if len(feature_names) != X.shape[1]:
+            raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} feature columns")
+        labels_str = np.asarray(task_names, dtype=object)[idx]
+        for j, c in enumerate(feature_names):
+            _check_finite(X[:, j], c, labels_str)
+        _check_finite(y, "y", labels_str)
+        nz = None if noise is None else np.asarray(noise, dtype=float)
+        tr = None if trials is None else np.asarray(trials, dtype=float)
+        for arr, name in ((nz, "noise"), (tr, "trials")):
+            if arr is not None and arr.shape != (len(X),):
+                raise ValueError(f"{name} must have shape ({len(X)},); got {arr.shape}")
+        return cls._build(X, y, idx, task_names, feature_names, "y", "task", nz, tr,
+                          None if nz is None else "noise", None if tr is None else "trials",
+                          standardize, dtype)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, task: str, target: str, **kwargs) -> MultiTaskData:
+        """Read a long-format CSV file and call ``from_frame``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+        return cls.from_frame(pd.read_csv(path), task=task, target=target, **kwargs)
+
+    @classmethod
+    def _build(cls, X, y, idx, names, features, target, task_col, noise, trials, noise_col,
+               trials_col, standardize, dtype) -> MultiTaskData:
+        counts = np.bincount(idx, minlength=len(names))
+        if len(names) < 2:
+            raise ValueError(
+                f"multi-task data needs at least 2 tasks; column {task_col!r} has only {names}"
+            )
+        empty = [names[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise ValueError(f"task {empty[0]!r} has no rows ({len(empty)} empty task(s) in all)")
+        mean = scale = None
+        if standardize and X.shape[1]:
+            m, s = X.mean(0), X.std(0)
+            s[s == 0] = 1.0  # a constant column stays as it is, centred
+            X = (X - m) / s
+            mean, scale = torch.as_tensor(m, dtype=dtype), torch.as_tensor(s, dtype=dtype)
+        as_t = lambda a: None if a is None else torch.tensor(np.array(a, dtype=float), dtype=dtype)  # noqa: E731
+        return cls(
+            X=as_t(X), y=as_t(y), task=torch.as_tensor(idx),
+            task_names=list(names), feature_names=list(features), target_name=target,
+            task_column=task_col, noise=as_t(noise), trials=as_t(trials),
+            noise_column=noise_col, trials_column=trials_col,
+            feature_mean=mean, feature_scale=scale,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.X.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.X.dtype
+
+    def rows_per_task(self) -> np.ndarray:
+        """Number of rows of each task, shape (T,)."""
+        return np.bincount(self.task.cpu().numpy(), minlength=self.n_tasks)
+
+    def __repr__(self) -> str:
+        return (f"MultiTaskData({self.n_rows} rows, {self.n_tasks} tasks in {self.task_column!r}, "
+                f"{self.n_features} features, target {self.target_name!r})")
+
+    # ------------------------------------------------------------------ transforms
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> MultiTaskData:
+        """A copy with floating tensors moved to ``device`` and cast to ``dtype``."""
+        def mv(t):
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if t.is_floating_point() and dtype else None)
+        return replace(self, X=mv(self.X), y=mv(self.y), task=self.task.to(device), noise=mv(self.noise),
+                       trials=mv(self.trials), feature_mean=mv(self.feature_mean),
+                       feature_scale=mv(self.feature_scale))
+
+    def subset(self, rows: np.ndarray | torch.Tensor) -> MultiTaskData:
+        """Rows ``rows`` (indices or boolean mask), keeping every task name."""
+        rows = torch.as_tensor(np.asarray(rows.cpu() if torch.is_tensor(rows) else rows))
+        if rows.dtype == torch.bool:
+            rows = torch.nonzero(rows).squeeze(-1)
+        pick = lambda t: None if t is None else t[rows.to(t.device)]  # noqa: E731
+        return replace(self, X=pick(self.X), y=pick(self.y), task=pick(self.task),
+                       noise=pick(self.noise), trials=pick(self.trials))
+
+    def split(self, test_fraction: float = 0.2, seed: int = 0, min_train: int = 1) -> tuple[MultiTaskData, MultiTaskData]:
+        """Per-task random split: each task keeps at least ``min_train`` training rows.
+
+        Both parts keep every task name, so results stay aligned.
+        """
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+        rng = np.random.default_rng(seed)
+        tasks = self.task.cpu().numpy()
+        test = np.zeros(self.n_rows, dtype=bool)
+        for t in range(self.n_tasks):
+            rows = rng.permutation(np.flatnonzero(tasks == t))
+            n_test = min(int(round(test_fraction * len(rows))), max(len(rows) - min_train, 0))
+            test[rows[:n_test]] = True
+        return self.subset(~test), self.subset(test)
+
+    def check_target(self, kind: str) -> None:
+        """Raise if ``y`` cannot be a target of a ``kind`` likelihood, naming the task."""
+        if self.y is None:
+            raise ValueError("the data have no target column")
+        y = self.y.cpu().numpy()
+        names = np.asarray(self.task_names, dtype=object)[self.task.cpu().numpy()]
+        target = self.target_name
+        if kind == "bernoulli":
+            bad = ~np.isin(y, (0.0, 1.0))
+            if bad.any():
+                i = np.flatnonzero(bad)[0]
+                raise ValueError(f"target {target!r} must be 0/1 for a Bernoulli likelihood; "
+                                 f"found {y[i]:g} (task {names[i]!r})")
+        elif kind in ("poisson", "binomial"):
+            bad = (y < 0) | (y != np.round(y))
+            if bad.any():
+                i = np.flatnonzero(bad)[0]
+                raise ValueError(f"target {target!r} must hold non-negative integer counts for a "
+                                 f"{kind} likelihood; found {y[i]:g} (task {names[i]!r})")
+            if kind == "binomial":
+                if self.trials is None:
+                    raise ValueError("a binomial likelihood needs a trials column (trials=...)")
+                over = y > self.trials.cpu().numpy()
+                if over.any():
+                    i = np.flatnonzero(over)[0]
+                    raise ValueError(f"target {target!r} exceeds the trials column at row {i} (task {names[i]!r})")
+
+    def prepare(self, df: pd.DataFrame, require_target: bool = False) -> MultiTaskData:
+        """Rows of a new frame in this data's schema, for prediction.
+
+        Features are standardised as the training data were. Tasks not seen in training get
+        indices ``n_known_tasks, n_known_tasks + 1, ...`` and their names are appended.
+        """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        if self.task_column not in df.columns:
+            raise ValueError(f"task column {self.task_column!r} not found in the new data; columns are {list(df.columns)}")
+        labels = df[self.task_column].astype(str).to_numpy()
+        names = list(self.task_names[: self.n_known_tasks])
+        pos = {n: i for i, n in enumerate(names)}
+        for s in dict.fromkeys(labels):
+            if s not in pos:
+                pos[s] = len(names)
+                names.append(s)
+        idx = np.array([pos[s] for s in labels], dtype=np.int64)
+        X = (np.column_stack([_numeric_column(df, c, "feature") for c in self.feature_names])
+             if self.feature_names else np.zeros((len(df), 0)))
+        for j, c in enumerate(self.feature_names):
+            _check_finite(X[:, j], c, labels)
+        dev, dt = self.device, self.dtype
+        Xt = torch.tensor(np.array(X, dtype=float), dtype=dt, device=dev)
+        if self.feature_mean is not None:
+            Xt = (Xt - self.feature_mean) / self.feature_scale
+        y = None
+        if self.target_name in df.columns:
+            y = torch.tensor(_numeric_column(df, self.target_name, "target").copy(), dtype=dt, device=dev)
+        elif require_target:
+            raise ValueError(f"target column {self.target_name!r} not found in the new data")
+        extra = {}
+        for attr, col in (("noise", self.noise_column), ("trials", self.trials_column)):
+            if col is not None:
+                if col not in df.columns:
+                    raise ValueError(f"{attr} column {col!r} is needed for prediction but is not in the new data")
+                extra[attr] = torch.tensor(_numeric_column(df, col, attr).copy(), dtype=dt, device=dev)
+        return replace(self, X=Xt, y=y, task=torch.as_tensor(idx, device=dev), task_names=names,
+                       noise=extra.get("noise"), trials=extra.get("trials"),
+                       n_known_tasks=self.n_known_tasks)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The data as a long frame (features on the original scale)."""
+        X = self.X
+        if self.feature_mean is not None:
+            X = X * self.feature_scale + self.feature_mean
+        out = pd.DataFrame(X.cpu().numpy(), columns=self.feature_names)
+        out.insert(0, self.task_column, np.asarray(self.task_names, dtype=object)[self.task.cpu().numpy()])
+        if self.y is not None:
+            out[self.target_name] = self.y.cpu().numpy()
+        for t, col in ((self.noise, self.noise_column), (self.trials, self.trials_column)):
+            if t is not None:
+                out[col] = t.cpu().numpy()
+        return out
+
+
+def _role(c, task, target, noise, trials) -> str:
+    return {task: "task column", target: "target", noise: "noise column", trials: "trials column"}[c]

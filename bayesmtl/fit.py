@@ -1,0 +1,113 @@
+"""The driver: validate settings, place data on the device, run a back end, build the Posterior."""
+
+from __future__ import annotations
+
+import time
+from numbers import Integral
+
+import numpy as np
+import torch
+
+from .data import MultiTaskData
+from .infer import Settings, get_backend
+from .posterior import Posterior
+from .pyro_util import squeeze_to
+
+__all__ = ["fit", "resolve_device"]
+
+
+#: methods that sample (where a collapsed form is used by default)
+MCMC_METHODS = {"nuts", "pyro_nuts", "chees"}
+
+
+class _Shim:
+    """Presents a Collapsed form to a back end as if it were a model."""
+
+    def __init__(self, collapsed):
+        self.collapsed = collapsed
+        self.max_plate_nesting = collapsed.max_plate_nesting
+
+    def pyro_model(self, data, subsample_size=None, observe=True):
+        return self.collapsed.pyro_model()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A torch device from a name, with a clear error when it is not available."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, warmup: int = 1000,
+        draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
+        progress: bool = True, collapse: bool | None = None, **options) -> Posterior:
+    """Fit ``model`` to ``data`` and return its Posterior.
+
+    Parameters
+    ----------
+    method : {"nuts", "pyro_nuts", "svi", "map", ...}
+        Back end (see ``bayesmtl.infer.METHODS``).
+    chains, warmup, draws : int
+        MCMC settings; SVI draws ``draws`` samples from its fitted guide.
+    seed : int
+        Same seed, same device: same result.
+    device : "cpu", "cuda", "cuda:N" or "auto"
+    collapse : bool or None
+        Integrate task parameters out in closed form where the model allows it (Gaussian
+        likelihood with a Gaussian task prior) and draw them exactly afterwards. None: do so
+        for MCMC methods whenever the model offers it. ``info["path"]`` records which ran.
+    **options
+        Back-end options (e.g. ``guide="mvn"``, ``batch_size=256`` for SVI;
+        ``target_accept=0.9`` for NUTS).
+    """
+    chains = _count("chains", chains, 1)
+    warmup = _count("warmup", warmup, 0)
+    draws = _count("draws", draws, 1)
+    seed = _count("seed", seed, 0)
+    backend = get_backend(method)
+    dev = resolve_device(device)
+    model.check(data)
+    on_device = data.to(dev)
+    settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
+                        progress=progress, options=dict(options))
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    collapsed = None
+    if collapse or (collapse is None and method in MCMC_METHODS):
+        offer = getattr(model, "collapsed", None)
+        collapsed = offer(on_device) if offer is not None else None
+        if collapse and collapsed is None:
+            raise ValueError(f"{type(model).__name__} with this likelihood has no collapsed form")
+    t0 = time.perf_counter()
+    out = backend.run(_Shim(collapsed) if collapsed is not None else model, on_device, settings)
+    host = data.to("cpu")
+    C, S = next(iter(out.samples.values())).shape[:2]
+    if collapsed is not None:
+        gen = torch.Generator(device=on_device.device).manual_seed(seed)
+        full = {k: v.reshape((C * S,) + v.shape[2:]).to(on_device.device) for k, v in out.samples.items()}
+        full = collapsed.conditional(full, gen)
+        out = out._replace(samples={k: v.reshape((C, S) + v.shape[1:]) for k, v in full.items()})
+    seconds = time.perf_counter() - t0
+    dims = model.site_dims(host)
+    flat = {}
+    for k, v in out.samples.items():
+        v = v.detach().cpu().reshape((C * S,) + v.shape[2:])
+        flat[k] = squeeze_to(v, 1 + len(dims[k])) if k in dims else v  # drop plate-batch 1s
+    flat = model.complete(host, flat)
+    samples = {k: v.reshape((C, S) + v.shape[1:]).numpy() for k, v in flat.items()}
+    info = {"method": method, "backend": backend.name, "chains": chains, "warmup": warmup,
+            "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
+            "seconds": seconds, "path": "collapsed" if collapsed is not None else "plain", **out.info}
+    return Posterior(model, host, samples, out.sample_stats, info)

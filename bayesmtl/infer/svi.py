@@ -1,0 +1,103 @@
+"""Stochastic variational inference with Pyro autoguides.
+
+Options: ``guide`` ("normal" = mean field, "mvn" = full-rank, "lowrank", "delta" = MAP),
+``rank`` (low-rank guide), ``lr`` (0.01), ``steps`` (most steps, 20000), ``min_steps`` (5000),
+``tol`` (stop when the windowed mean loss improves by less than tol x |loss| between windows of ``window`` (500) steps, 1e-5),
+``batch_size`` (rows per minibatch; None = all rows), ``particles`` (1), ``jit`` (True without
+minibatches), ``threads`` (1).
+
+The draws are ``settings.draws`` independent samples from the fitted guide, as one chain.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from tqdm.auto import tqdm
+
+from .base import Draws, Settings, torch_threads
+
+__all__ = ["SVIBackend"]
+
+_GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal,
+           "lowrank": AutoLowRankMultivariateNormal, "delta": AutoDelta}
+_KNOWN = {"guide", "rank", "lr", "steps", "min_steps", "tol", "batch_size", "particles", "jit",
+          "threads", "window"}
+
+
+class SVIBackend:
+    name = "svi"
+
+    def __init__(self, default_guide: str = "normal"):
+        self.default_guide = default_guide
+
+    def run(self, model, data, settings: Settings) -> Draws:
+        opts = dict(settings.options)
+        unknown = set(opts) - _KNOWN
+        if unknown:
+            raise ValueError(f"unknown option(s) for method 'svi': {sorted(unknown)}; known: {sorted(_KNOWN)}")
+        guide_name = opts.get("guide", self.default_guide)
+        if guide_name not in _GUIDES:
+            raise ValueError(f"guide must be one of {sorted(_GUIDES)}; got {guide_name!r}")
+        batch = opts.get("batch_size")
+        if batch is not None and not 0 < int(batch):
+            raise ValueError(f"batch_size must be a positive integer; got {batch}")
+        batch = None if batch is None or int(batch) >= data.n_rows else int(batch)
+        steps, min_steps = int(opts.get("steps", 20000)), int(opts.get("min_steps", 5000))
+        tol, lr = float(opts.get("tol", 1e-5)), float(opts.get("lr", 0.01))
+        window = int(opts.get("window", 500))
+        jit = bool(opts.get("jit", batch is None))
+
+        pyro.set_rng_seed(settings.seed)
+        pyro.clear_param_store()
+        fn = model.pyro_model(data, subsample_size=batch)
+        kw = {"rank": int(opts["rank"])} if guide_name == "lowrank" and "rank" in opts else {}
+        guide = _GUIDES[guide_name](fn, **kw)
+        elbo_cls = JitTrace_ELBO if jit else Trace_ELBO
+        elbo = elbo_cls(num_particles=int(opts.get("particles", 1)),
+                        max_plate_nesting=model.max_plate_nesting, ignore_jit_warnings=True)
+        svi = SVI(fn, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0}), elbo)
+        losses, converged = [], False
+        t0 = time.perf_counter()
+        with torch_threads(opts.get("threads", 1)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            bar = tqdm(total=steps, disable=not settings.progress, desc="svi", leave=False)
+            for i in range(steps):
+                loss = svi.step()
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the ELBO became {loss} at step {i}; try a smaller lr (now {lr}) or scale the data")
+                losses.append(loss)
+                if (i + 1) % window == 0:
+                    bar.update(window)
+                    bar.set_postfix(loss=f"{np.mean(losses[-window:]):.4g}")
+                    if i + 1 >= max(min_steps, 2 * window):
+                        cur, prev = np.mean(losses[-window:]), np.mean(losses[-2 * window:-window])
+                        if prev - cur < tol * abs(cur):
+                            converged = True
+                            break
+            bar.close()
+        fit_seconds = time.perf_counter() - t0
+        if not converged:
+            warnings.warn(f"SVI did not converge in {steps} steps (mean loss still falling); "
+                          "raise steps= or lr=", RuntimeWarning, stacklevel=3)
+        n = 1 if guide_name == "delta" else settings.draws
+        with torch.no_grad():
+            out = Predictive(guide, num_samples=n, parallel=False)()
+        latent = {k: v.detach().cpu().unsqueeze(0) for k, v in out.items() if not k.startswith("_")}
+        info = {"guide": guide_name, "steps": len(losses), "converged": converged,
+                "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
+                "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit,
+                "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
+        return Draws(latent, {}, info)

@@ -1,0 +1,174 @@
+"""Independent, pooled and hierarchical task priors (partial pooling; Heskes 2000,
+Bakker & Heskes 2003, Gelman et al.).
+
+Sites (D = number of task-varying parameters, T = tasks):
+
+- ``Independent``: ``w`` (T, D) with an i.i.d. prior.
+- ``Pooled``: ``w_shared`` (D,); ``w`` (T, D) repeats it.
+- ``Hierarchical``: ``mu`` (D,), ``tau`` (D,), optionally ``corr_chol`` (D, D) (LKJ), and
+  ``w`` (T, D) = mu + tau * z (non-centred, ``w_raw`` = z) or drawn directly (centred).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from .base import TaskPrior, _cosine, as_distribution, move_distribution
+
+__all__ = ["Independent", "Pooled", "Hierarchical"]
+
+
+def _vec(d, n: int, like: torch.Tensor):
+    """A scalar (or (n,)-batched) prior as an n-vector event."""
+    return move_distribution(d, like).expand(torch.Size([n])).to_event(1)
+
+
+def _hyper(name: str, prior, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A (D,) hyperparameter site, or a constant when the prior is a fixed number."""
+    if isinstance(prior, float):
+        return torch.full((n,), prior, dtype=like.dtype, device=like.device)
+    return pyro.sample(name, _vec(prior, n, like))
+
+
+class Independent(TaskPrior):
+    """Each task's parameters drawn independently: no borrowing of strength.
+
+    Parameters
+    ----------
+    prior : pyro distribution, default Normal(0, 10)
+        Prior of every entry of the (T, D) task-parameter matrix.
+    """
+
+    relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across "
+                     "tasks (independent prior: tasks are unrelated a priori)")
+
+    def __init__(self, prior: dist.Distribution | None = None):
+        self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
+
+    def sample(self, n_tasks, n_dims, task_plate, like):
+        with task_plate:
+            return pyro.sample("w", _vec(self.prior, n_dims, like))
+
+    def sample_new(self, samples, n_new, n_dims, generator):
+        like = samples["w"]
+        p = move_distribution(self.prior, like)
+        with torch.random.fork_rng(devices=[]):  # draw from the caller's generator, not global state
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            return p.sample((like.shape[0], n_new, n_dims))
+
+    def __repr__(self):
+        return f"Independent(prior={self.prior})"
+
+
+class Pooled(TaskPrior):
+    """All tasks share one parameter vector: complete pooling."""
+
+    relation_kind = "complete pooling: every pair of tasks is identical (1)"
+
+    def __init__(self, prior: dist.Distribution | None = None):
+        self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
+
+    def sample(self, n_tasks, n_dims, task_plate, like):
+        w = pyro.sample("w_shared", _vec(self.prior, n_dims, like))
+        return pyro.deterministic("w", w.unsqueeze(-2).expand(*w.shape[:-1], n_tasks, n_dims))
+
+    def site_dims(self):
+        return {"w_shared": ("feature",), "w": ("task", "feature")}
+
+    def sample_new(self, samples, n_new, n_dims, generator):
+        w = samples["w_shared"]
+        return w.unsqueeze(-2).expand(w.shape[0], n_new, n_dims)
+
+    def relations(self, samples):
+        w = samples["w"]
+        return torch.ones(w.shape[0], w.shape[1], w.shape[1], dtype=w.dtype).numpy()
+
+    def __repr__(self):
+        return f"Pooled(prior={self.prior})"
+
+
+class Hierarchical(TaskPrior):
+    """Task parameters drawn from a learned population: w_t ~ N(mu, Sigma).
+
+    Parameters
+    ----------
+    mean : pyro distribution or number, default Normal(0, 10)
+        Prior of each entry of the population mean ``mu`` (D,). A number fixes it.
+    scale : pyro distribution, default HalfNormal(1)
+        Prior of each population scale ``tau`` (D,).
+    covariance : {"diagonal", "lkj"}
+        ``"lkj"`` learns a full population covariance diag(tau) C diag(tau), C ~ LKJ(eta).
+    eta : float
+        LKJ concentration (``covariance="lkj"`` only); must be > 0.
+    centered : bool
+        Sample ``w`` directly (centred) or as ``mu + tau * w_raw`` (non-centred, the default,
+        which avoids the funnel when tasks have little data).
+    """
+
+    relation_kind = ("cosine similarity of the tasks' standardised deviations from the population "
+                     "mean, (w_t - mu) / tau: +1 = deviate alike, 0 = unrelated, -1 = opposite")
+
+    def __init__(self, mean=None, scale=None, covariance: str = "diagonal", eta: float = 2.0,
+                 centered: bool = False):
+        if covariance not in ("diagonal", "lkj"):
+            raise ValueError(f"covariance must be 'diagonal' or 'lkj'; got {covariance!r}")
+        if not eta > 0:
+            raise ValueError(f"LKJ concentration eta must be > 0; got {eta}")
+        self.mean = dist.Normal(0.0, 10.0) if mean is None else (
+            float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean"))
+        self.scale = dist.HalfNormal(1.0) if scale is None else as_distribution(scale, "scale")
+        self.covariance = covariance
+        self.eta = float(eta)
+        self.centered = bool(centered)
+
+    def site_dims(self):
+        dims = {"tau": ("feature",), "w": ("task", "feature")}
+        if not isinstance(self.mean, float):
+            dims["mu"] = ("feature",)
+        if self.covariance == "lkj":
+            dims["corr_chol"] = ("feature", "feature_")
+        if not self.centered:
+            dims["w_raw"] = ("task", "feature")
+        return dims
+
+    def _scale_tril(self, tau, L):
+        return tau.unsqueeze(-1) * L
+
+    def sample(self, n_tasks, n_dims, task_plate, like):
+        mu = _hyper("mu", self.mean, n_dims, like)
+        tau = pyro.sample("tau", _vec(self.scale, n_dims, like))
+        if self.covariance == "lkj":
+            conc = torch.tensor(self.eta, dtype=like.dtype, device=like.device)
+            L = pyro.sample("corr_chol", dist.LKJCholesky(n_dims, conc))
+            tril = self._scale_tril(tau, L)
+            with task_plate:
+                if self.centered:
+                    return pyro.sample("w", dist.MultivariateNormal(mu, scale_tril=tril))
+                z = pyro.sample("w_raw", dist.Normal(torch.zeros_like(like), 1.0)
+                                .expand([n_dims]).to_event(1))
+            return pyro.deterministic("w", mu + (tril @ z.unsqueeze(-1)).squeeze(-1))
+        with task_plate:
+            if self.centered:
+                return pyro.sample("w", dist.Normal(mu, tau).to_event(1))
+            z = pyro.sample("w_raw", dist.Normal(torch.zeros_like(like), 1.0).expand([n_dims]).to_event(1))
+        return pyro.deterministic("w", mu + tau * z)
+
+    def sample_new(self, samples, n_new, n_dims, generator):
+        tau = samples["tau"]  # (S, D)
+        mu = samples["mu"] if "mu" in samples else torch.full_like(tau, self.mean)
+        z = torch.randn(mu.shape[0], n_new, n_dims, generator=generator, dtype=mu.dtype)
+        if self.covariance == "lkj":
+            tril = self._scale_tril(tau, samples["corr_chol"])  # (S, D, D)
+            return mu.unsqueeze(-2) + (tril.unsqueeze(-3) @ z.unsqueeze(-1)).squeeze(-1)
+        return mu.unsqueeze(-2) + tau.unsqueeze(-2) * z
+
+    def relations(self, samples):
+        w, tau = samples["w"], samples["tau"]
+        mu = samples["mu"] if "mu" in samples else torch.full_like(tau, self.mean)
+        return _cosine((w - mu.unsqueeze(-2)) / tau.unsqueeze(-2).clamp_min(1e-12))
+
+    def __repr__(self):
+        return (f"Hierarchical(mean={self.mean}, scale={self.scale}, covariance={self.covariance!r}, "
+                f"centered={self.centered})")
