@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -11,6 +12,9 @@ __all__ = ["to_inference_data", "from_inference_data", "az"]
 with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
+
+# one chain (SVI, MAP) is a legitimate result here; arviz would log a shape warning for it
+logging.getLogger("arviz").setLevel(logging.ERROR)
 
 
 def to_inference_data(samples: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]],

@@ -26,6 +26,7 @@ from pyro.infer.autoguide import (
 )
 from tqdm.auto import tqdm
 
+from ..pyro_util import site_shapes
 from .base import Draws, Settings, torch_threads
 
 __all__ = ["SVIBackend"]
@@ -95,7 +96,8 @@ class SVIBackend:
         n = 1 if guide_name == "delta" else settings.draws
         with torch.no_grad():
             out = Predictive(guide, num_samples=n, parallel=False)()
-        latent = {k: v.detach().cpu().unsqueeze(0) for k, v in out.items() if not k.startswith("_")}
+        model_sites = {k for k, (_, _, observed) in site_shapes(fn).items() if not observed}
+        latent = {k: v.detach().cpu().unsqueeze(0) for k, v in out.items() if k in model_sites}
         info = {"guide": guide_name, "steps": len(losses), "converged": converged,
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
                 "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit,

@@ -75,13 +75,14 @@ def move_distribution(d: Distribution, like: torch.Tensor) -> Distribution:
     Users write priors with CPU float tensors (``dist.Normal(0, 10)``); models run where the
     data live. Parameters are found through ``arg_constraints``.
     """
-    params = {}
+    params, moved = {}, False
     for k in d.arg_constraints:
         v = d.__dict__.get(k, None)
         if torch.is_tensor(v):
-            params[k] = v.to(device=like.device, dtype=like.dtype if v.is_floating_point() else v.dtype)
-    if all(params[k].device == like.device and params[k].dtype == like.dtype
-           for k in params if params[k].is_floating_point()):
+            dtype = like.dtype if v.is_floating_point() else v.dtype
+            moved |= v.device != like.device or v.dtype != dtype
+            params[k] = v.to(device=like.device, dtype=dtype)
+    if not moved:
         return d
     extra = {}
     if type(d).__name__ == "LKJCholesky":

@@ -1,0 +1,131 @@
+"""MultiTaskData: construction, schema replay for new rows, and one test per bad-input case."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bayesmtl import MultiTaskData
+
+
+def frame():
+    return pd.DataFrame({"school": ["b", "b", "a", "a", "c"], "x": [1.0, 2.0, 3.0, 4.0, 5.0],
+                         "z": [0.0, 1.0, 0.0, 1.0, 0.5], "y": [1.0, 0.0, 1.0, 1.0, 0.0]})
+
+
+def test_task_names_in_order_of_appearance_and_indices():
+    d = MultiTaskData.from_frame(frame(), task="school", target="y")
+    assert d.task_names == ["b", "a", "c"]
+    assert d.task.tolist() == [0, 0, 1, 1, 2]
+    assert d.feature_names == ["x", "z"]
+    assert d.X.shape == (5, 2) and d.y.shape == (5,)
+    assert d.rows_per_task().tolist() == [2, 2, 1]
+
+
+def test_standardisation_recorded_and_replayed():
+    d = MultiTaskData.from_frame(frame(), task="school", target="y", standardize=True)
+    assert torch.allclose(d.X.mean(0), torch.zeros(2, dtype=d.dtype), atol=1e-12)
+    new = d.prepare(pd.DataFrame({"school": ["a"], "x": [3.0], "z": [0.5]}))
+    expected = (torch.tensor([3.0, 0.5], dtype=d.dtype) - d.feature_mean) / d.feature_scale
+    assert torch.allclose(new.X[0], expected)
+    back = d.to_frame()
+    assert np.allclose(back["x"], frame()["x"])
+
+
+def test_prepare_maps_unseen_tasks_after_known_ones():
+    d = MultiTaskData.from_frame(frame(), task="school", target="y")
+    new = d.prepare(pd.DataFrame({"school": ["zz", "a", "zz", "yy"], "x": [1.0] * 4, "z": [0.0] * 4}))
+    assert new.task.tolist() == [3, 1, 3, 4]
+    assert new.task_names == ["b", "a", "c", "zz", "yy"] and new.n_known_tasks == 3
+
+
+def test_from_arrays_and_split_per_task():
+    rng = np.random.default_rng(0)
+    X, y, t = rng.standard_normal((40, 3)), rng.standard_normal(40), np.repeat([0, 1, 2, 3], 10)
+    d = MultiTaskData.from_arrays(X, y, t, task_names=["p", "q", "r", "s"])
+    train, test = d.split(test_fraction=0.3, seed=0)
+    assert train.n_rows + test.n_rows == 40
+    assert (train.rows_per_task() == 7).all() and (test.rows_per_task() == 3).all()
+    assert train.task_names == test.task_names == ["p", "q", "r", "s"]
+
+
+def test_csv_round_trip(tmp_path):
+    p = tmp_path / "d.csv"
+    frame().to_csv(p, index=False)
+    d = MultiTaskData.from_csv(p, task="school", target="y", features=["x"])
+    assert d.feature_names == ["x"] and d.n_tasks == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("col", ["x", "y"])
+def test_nan_or_inf_names_column_and_task(col):
+    df = frame()
+    df.loc[2, col] = np.nan if col == "x" else np.inf
+    with pytest.raises(ValueError, match=rf"column '{col}'.*task 'a'"):
+        MultiTaskData.from_frame(df, task="school", target="y")
+
+
+def test_non_numeric_feature_names_column():
+    df = frame()
+    df["colour"] = ["red", "blue", "red", "red", "blue"]
+    with pytest.raises(TypeError, match="feature column 'colour' is not numeric"):
+        MultiTaskData.from_frame(df, task="school", target="y")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"task": "district", "target": "y"}, "task column 'district' not found"),
+    ({"task": "school", "target": "score"}, "target column 'score' not found"),
+    ({"task": "school", "target": "y", "features": ["x", "w"]}, "feature column 'w' not found"),
+])
+def test_missing_column_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiTaskData.from_frame(frame(), **kwargs)
+
+
+def test_fewer_than_two_tasks():
+    df = frame().assign(school="only")
+    with pytest.raises(ValueError, match="at least 2 tasks.*'school'"):
+        MultiTaskData.from_frame(df, task="school", target="y")
+
+
+def test_task_with_no_rows_is_named():
+    with pytest.raises(ValueError, match="task 'ghost' has no rows"):
+        MultiTaskData.from_arrays(np.ones((4, 1)), np.ones(4), np.array([0, 0, 1, 1]),
+                                  task_names=["a", "b", "ghost"])
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        MultiTaskData.from_arrays(np.ones((4, 2)), np.ones(3), np.array([0, 0, 1, 1]))
+
+
+def test_non_binary_target_for_bernoulli_names_task():
+    df = frame()
+    df.loc[4, "y"] = 2.0
+    d = MultiTaskData.from_frame(df, task="school", target="y")
+    with pytest.raises(ValueError, match="0/1 for a Bernoulli.*task 'c'"):
+        d.check_target("bernoulli")
+
+
+@pytest.mark.parametrize("value", [-1.0, 1.5])
+def test_bad_counts_for_poisson_name_task(value):
+    df = frame()
+    df.loc[0, "y"] = value
+    d = MultiTaskData.from_frame(df, task="school", target="y")
+    with pytest.raises(ValueError, match="non-negative integer counts.*task 'b'"):
+        d.check_target("poisson")
+
+
+def test_missing_task_label():
+    df = frame()
+    df.loc[1, "school"] = None
+    with pytest.raises(ValueError, match="task column 'school' has 1 missing label"):
+        MultiTaskData.from_frame(df, task="school", target="y")
+
+
+def test_prepare_missing_feature_names_column():
+    d = MultiTaskData.from_frame(frame(), task="school", target="y")
+    with pytest.raises(ValueError, match="feature column 'z' not found"):
+        d.prepare(pd.DataFrame({"school": ["a"], "x": [1.0]}))
