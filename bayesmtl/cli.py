@@ -112,6 +112,7 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     import bayesmtl as bm
@@ -119,27 +120,32 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     df, truth = hierarchical_regression(n_tasks=12, rows=30, features=3, seed=a.seed)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
-    print(f"demo data: {data}; tasks in 2 planted groups (even / odd task numbers)")
+    print(f"demo data: {data}\nplanted: tasks with even numbers deviate from the population alike, "
+          "and so do tasks with odd numbers\n")
     post = bm.fit(bm.models.Hierarchical(), data, method=a.method, chains=a.chains, warmup=a.warmup,
                   draws=a.draws, seed=a.seed, device=a.device, progress=not a.quiet, **_options(a.option))
-    with pd.option_context("display.max_rows", 200, "display.width", 140):
-        print(post.summary(["mu", "tau", "sigma"]).round(3))
-        truth_frame = pd.DataFrame({"true mu": truth["mu"], "true tau": truth["tau"]},
-                                   index=model_features(post))
-        print(truth_frame.round(3))
-        rel = post.relations()
+    summary = post.summary(["mu", "tau"])
+    summary.insert(0, "truth", np.concatenate([truth["mu"], truth["tau"]]))
+    cols = ["truth", "mean", "sd", "q05", "q95", "ess_bulk", "r_hat"]
+    rel = post.relations()
+    m = rel.mean().to_numpy()
+    same = truth["group"][:, None] == truth["group"][None, :]
+    off = ~np.eye(len(m), dtype=bool)
+    pairs = rel.to_frame().sort_values("mean", ascending=False)
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print(f"population (fitted with {a.method}, {post.info['seconds']:.1f} s):")
+        print(summary[cols].round(3).to_string())
         print(f"\ntask relations: {rel.kind}")
-        print(rel.mean().round(2))
-        print(post.diagnostics())
+        print(f"mean relation within planted groups {m[same & off].mean():+.2f}, "
+              f"between groups {m[~same].mean():+.2f}")
+        print("most alike:\n" + pairs.head(4).round(2).to_string(index=False))
+        print("most opposite:\n" + pairs.tail(4).round(2).to_string(index=False))
+        print(f"\ndiagnostics: {post.diagnostics()}")
     if a.out:
         post.save(a.out)
         rel.plot(Path(a.out) / "relations.png")
-        print(f"wrote {a.out}")
+        print(f"wrote {a.out} (relations heatmap: {a.out}/relations.png)")
     return 0
-
-
-def model_features(post) -> list[str]:
-    return post.model.coords(post.data)["feature"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,9 @@ with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 mig
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
-# one chain (SVI, MAP) is a legitimate result here; arviz would log a shape warning for it
-logging.getLogger("arviz").setLevel(logging.ERROR)
+# one chain (SVI, MAP) is a legitimate result here; arviz would log a shape warning for it.
+# arviz 0.x keeps its logger outside logging's registry, so getLogger("arviz") cannot reach it.
+getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
 
 
 def to_inference_data(samples: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]],

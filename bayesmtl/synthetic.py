@@ -13,9 +13,11 @@ def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3
                             ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Long-format data from a population of tasks, with groups of tasks that deviate alike.
 
-    Task t's coefficients (intercept first) are ``mu + tau * (g_t + e_t) / sqrt(2)`` where
+    Task t's coefficients (intercept first) are ``mu + tau * (2 g_t + e_t) / sqrt(5)`` where
     ``g_t`` is its group's shared deviation and ``e_t`` its own, so tasks of one group are
-    related and the population is N(mu, tau^2) per coefficient.
+    related and each coefficient has population sd tau. Group deviations are +-1 per
+    coefficient; with two groups the second is minus the first, so the groups sit on opposite
+    sides of mu.
 
     Returns the frame (columns ``task``, ``x1..xD``, ``y``) and the truth: ``mu`` (D+1,),
     ``tau`` (D+1,), ``w`` (T, D+1), ``group`` (T,), ``noise``.
@@ -25,8 +27,11 @@ def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3
     mu = np.linspace(1.0, -1.0, D + 1)
     tau = np.full(D + 1, 0.8)
     group = np.arange(n_tasks) % max(groups, 1)
-    g = rng.standard_normal((max(groups, 1), D + 1))
-    w = mu + tau * (g[group] + rng.standard_normal((n_tasks, D + 1))) / np.sqrt(2)
+    # unit group deviations with random signs: the planted spread then really is tau
+    g = rng.choice([-1.0, 1.0], size=(max(groups, 1), D + 1))
+    if groups == 2:
+        g[1] = -g[0]
+    w = mu + tau * (2 * g[group] + rng.standard_normal((n_tasks, D + 1))) / np.sqrt(5)
     X = rng.standard_normal((n_tasks * rows, D))
     task = np.repeat(np.arange(n_tasks), rows)
     eta = w[task, 0] + (X * w[task, 1:]).sum(1)

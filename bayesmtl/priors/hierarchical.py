@@ -72,7 +72,9 @@ class Pooled(TaskPrior):
 
     def sample(self, n_tasks, n_dims, task_plate, like):
         w = pyro.sample("w_shared", _vec(self.prior, n_dims, like))
-        return pyro.deterministic("w", w.unsqueeze(-2).expand(*w.shape[:-1], n_tasks, n_dims))
+        # unbatched (D,) or under an outer plate (..., 1, D): either way broadcast over tasks
+        w = w.unsqueeze(-2) if w.dim() == 1 else w
+        return pyro.deterministic("w", w.expand(*w.shape[:-2], n_tasks, n_dims))
 
     def site_dims(self):
         return {"w_shared": ("feature",), "w": ("task", "feature")}
