@@ -5,14 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
 log=$(mktemp)
-if ! .venv/bin/pip install -q -e ".[dev]" >"$log" 2>&1; then
-  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
-  echo "setup failed: pip could not install bayesmtl (see above)" >&2
-  exit 1
-fi
-rm -f "$log"
+trap 'rm -f "$log"' EXIT
+quiet_pip() {  # pip's noise about this machine's local index stays out of the log
+  if ! .venv/bin/pip install -q "$@" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
+    echo "setup failed: pip install $* did not succeed (see above)" >&2
+    exit 1
+  fi
+}
+.venv/bin/python -c "import torch" 2>/dev/null || quiet_pip "torch==2.13.0"
+quiet_pip -e ".[dev]"
 .venv/bin/python -c "import bayesmtl, bayesmtl.models, pyro, gpytorch, arviz" \
   || { echo "setup failed: bayesmtl does not import" >&2; exit 1; }
 if .venv/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then
