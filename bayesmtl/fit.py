@@ -110,4 +110,7 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     info = {"method": method, "backend": backend.name, "chains": chains, "warmup": warmup,
             "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
             "seconds": seconds, "path": "collapsed" if collapsed is not None else "plain", **out.info}
+    describe = getattr(model, "describe", None)  # model-specific structure (e.g. a GP's Kronecker path)
+    if describe is not None:
+        info.update(describe(host))
     return Posterior(model, host, samples, out.sample_stats, info)

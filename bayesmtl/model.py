@@ -89,7 +89,8 @@ class MultiTaskModel:
         vary = [j for j, f in enumerate(data.feature_names) if f not in self.shared]
         Xv = data.X[:, vary]
         if self.intercept:
-            Xv = torch.cat([torch.ones_like(data.X[:, :1]), Xv], dim=-1)
+            # not ones_like(X[:, :1]): that has 0 columns when the data have no features
+            Xv = torch.cat([data.X.new_ones(data.X.shape[0], 1), Xv], dim=-1)
         Xs = data.X[:, [data.feature_names.index(f) for f in self.shared]]
         return Xv, Xs
 
@@ -184,6 +185,11 @@ class MultiTaskModel:
         eta = linear_predictor(samples["w"], samples.get("coef"), Xv, Xs, data.task)
         params = {k: samples[k] for k in lik.site_dims()}
         return lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
+
+    def collapsed(self, data: MultiTaskData):
+        """The task parameters integrated out in closed form (``infer.base.Collapsed``), or None."""
+        from .collapsed import hierarchical_gaussian
+        return hierarchical_gaussian(self, data)
 
     def relations(self, samples: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
         """Draws of the (T, T) task relation, shape (S, T, T), and what they measure."""

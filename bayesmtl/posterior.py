@@ -151,9 +151,19 @@ class Posterior:
 
     def relations(self) -> TaskRelations:
         """Posterior draws of the T x T task relation, with task names (see ``kind``)."""
-        draws, kind = self.model.relations(self.flat())
+        out = self.model.relations(self.flat())
+        draws, kind = out[:2]
+        signed = bool(out[2]) if len(out) > 2 else False  # a model may add signed=True (correlations)
         return TaskRelations(draws, self.task_names, kind,
-                             point_estimate=self.num_chains * self.num_draws == 1)
+                             point_estimate=self.num_chains * self.num_draws == 1, signed=signed)
+
+    def num_clusters(self) -> pd.DataFrame:
+        """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""
+        fn = getattr(self.model, "num_clusters", None)
+        if fn is None:
+            raise TypeError(f"{type(self.model).__name__} has no task clusters; num_clusters() needs a "
+                            "clustering model such as bayesmtl.models.DPClustering")
+        return fn(self)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, overwrite: bool = True) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TaskRelations"]
+__all__ = ["TaskRelations", "adjusted_rand_index", "binder_loss"]
 
 
 class TaskRelations:
@@ -28,9 +28,12 @@ class TaskRelations:
     point_estimate : bool
         True when ``draws`` holds a single point estimate (type-II ML, MAP): intervals are
         then not available rather than invented.
+    signed : bool
+        True when entries are signed (correlations): ``relations.csv`` then adds ``p_positive``.
     """
 
-    def __init__(self, draws: np.ndarray, names: list[str], kind: str, point_estimate: bool = False):
+    def __init__(self, draws: np.ndarray, names: list[str], kind: str, point_estimate: bool = False,
+                 signed: bool = False):
         draws = np.asarray(draws, dtype=float)
         if draws.ndim == 2:
             draws = draws[None]
@@ -40,6 +43,7 @@ class TaskRelations:
         self.names = list(names)
         self.kind = kind
         self.point_estimate = point_estimate
+        self.signed = bool(signed)  # entries can be negative (correlations): relations.csv adds p_positive
 
     def __repr__(self) -> str:
         return (f"TaskRelations({len(self.names)} tasks, {self.draws.shape[0]} draws"
@@ -97,8 +101,155 @@ class TaskRelations:
         np.fill_diagonal(d, 0)
         return list(leaves_list(linkage(squareform(d, checks=False), method="average")))
 
+    def clusters(self, max_sweeps: int = 50) -> pd.DataFrame:
+        """A point partition of the tasks minimising the posterior expected Binder loss.
+
+        Binder loss with equal costs: the number of task pairs clustered together in one partition
+        and apart in the other. Its posterior expectation depends on the draws only through the
+        mean co-clustering matrix P: E[L(c)] = sum_{i<j} [c_i = c_j] (1 - P_ij) + [c_i != c_j] P_ij.
+        Candidates: average-, complete- and single-linkage cuts of 1 - P at every level, and the
+        0.5-threshold partitions (connected components) of up to 200 draws; the best is refined
+        by moving single tasks while the loss falls. Entries must be probabilities (co-clustering).
+
+        Returns a frame task, cluster (0, 1, ... by first appearance), probability (mean
+        co-clustering probability with the other members of its cluster; for a singleton, the
+        mean probability of being apart from every other task); ``attrs["expected_loss"]`` holds
+        the expected Binder loss and ``attrs["loss"] = "binder"``.
+        """
+        if self.draws.min() < -1e-9 or self.draws.max() > 1 + 1e-9:
+            raise ValueError("clusters() needs co-clustering probabilities in [0, 1]; "
+                             f"these relations are: {self.kind}")
+        P = self.draws.mean(0)
+        P = (P + P.T) / 2
+        T = len(self.names)
+        cands = [np.zeros(T, dtype=int), np.arange(T)]
+        if T >= 3:
+            from scipy.cluster.hierarchy import fcluster, linkage
+            from scipy.spatial.distance import squareform
+
+            d = np.clip(1 - P, 0, None)
+            np.fill_diagonal(d, 0)
+            cond = squareform(d, checks=False)
+            for method in ("average", "complete", "single"):
+                link = linkage(cond, method=method)
+                cands += [fcluster(link, k, criterion="maxclust") for k in range(1, T + 1)]
+        step = max(1, self.draws.shape[0] // 200)
+        for R in self.draws[::step]:
+            cands.append(_components(R > 0.5))
+        best = min(cands, key=lambda c: binder_loss(c, P))
+        best = _relabel(_refine(np.asarray(best), P, max_sweeps))
+        same = best[:, None] == best[None, :]
+        prob = np.empty(T)
+        for i in range(T):
+            mates = same[i].copy()
+            mates[i] = False
+            others = np.arange(T) != i
+            prob[i] = P[i, mates].mean() if mates.any() else (1 - P[i, others]).mean() if others.any() else 1.0
+        out = pd.DataFrame({"task": self.names, "cluster": best, "probability": prob})
+        out.attrs["expected_loss"] = binder_loss(best, P)
+        out.attrs["loss"] = "binder"
+        return out
+
     def plot(self, path: str | Path | None = None, title: str | None = None):
         """Heatmap ordered so related tasks sit together; saved as PNG when ``path`` is given."""
         from .plots import heatmap
 
         return heatmap(self, path=path, title=title)
+
+    def graph(self, threshold: float = 0.5, prob: float = 0.9, path: str | Path | None = None,
+              title: str | None = None) -> pd.DataFrame:
+        """Pairs whose ``prob`` interval excludes 0 and whose |posterior mean| >= ``threshold``.
+
+        Returns a frame task_a, task_b, mean, interval bounds, p_positive and ``sign``
+        (+1 related, -1 negatively related), strongest first; draws a network of those pairs
+        (saved as PNG when ``path`` is given; the figure is in ``frame.attrs["figure"]``).
+        """
+        frame = self.to_frame(prob=prob, extra=True)
+        lo, hi = frame.columns[3], frame.columns[4]
+        keep = ((frame[lo] > 0) | (frame[hi] < 0)) & (frame["mean"].abs() >= threshold)
+        out = frame[keep].copy()
+        out["sign"] = np.sign(out["mean"]).astype(int)
+        out = out.iloc[np.argsort(-out["mean"].abs().to_numpy(), kind="stable")].reset_index(drop=True)
+        from .plots import graph
+
+        out.attrs["figure"] = graph(self, out, path=path, title=title)
+        return out
+
+
+def binder_loss(labels: np.ndarray, P: np.ndarray) -> float:
+    """Posterior expected Binder loss (equal costs, counted over pairs i < j) of partition
+    ``labels`` (T,) given the mean co-clustering matrix ``P`` (T, T)."""
+    same = np.asarray(labels)[:, None] == np.asarray(labels)[None, :]
+    a, b = np.triu_indices(len(labels), k=1)
+    return float(np.where(same[a, b], 1 - P[a, b], P[a, b]).sum())
+
+
+def _components(adj: np.ndarray) -> np.ndarray:
+    """Connected components of a boolean adjacency matrix, as labels (T,)."""
+    T = adj.shape[0]
+    labels = -np.ones(T, dtype=int)
+    c = 0
+    for i in range(T):
+        if labels[i] >= 0:
+            continue
+        stack = [i]
+        labels[i] = c
+        while stack:
+            j = stack.pop()
+            for k in np.flatnonzero(adj[j] & (labels < 0)):
+                labels[k] = c
+                stack.append(k)
+        c += 1
+    return labels
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Cluster labels 0, 1, ... in order of first appearance."""
+    seen: dict[int, int] = {}
+    return np.array([seen.setdefault(int(x), len(seen)) for x in labels])
+
+
+def _refine(labels: np.ndarray, P: np.ndarray, max_sweeps: int) -> np.ndarray:
+    """Greedy single-task moves (to another cluster or a new singleton) while the Binder loss falls."""
+    labels = labels.copy()
+    T = len(labels)
+    Q = P.copy()
+    np.fill_diagonal(Q, 0)
+    for _ in range(max_sweeps):
+        moved = False
+        for i in range(T):
+            # loss terms involving i when in cluster c: sum_{j in c} (1 - P_ij) + sum_{j not in c} P_ij
+            #   = const + sum_{j in c, j != i} (1 - 2 P_ij)
+            options = list(np.unique(labels)) + [labels.max() + 1]
+            costs = []
+            for c in options:
+                members = (labels == c)
+                members[i] = False
+                costs.append((1 - 2 * Q[i, members]).sum())
+            new = options[int(np.argmin(costs))]
+            cur = costs[options.index(labels[i])]
+            if min(costs) < cur - 1e-12 and new != labels[i]:
+                labels[i] = new
+                moved = True
+        if not moved:
+            break
+    return labels
+
+
+def adjusted_rand_index(a, b) -> float:
+    """Adjusted Rand index (Hubert & Arabie 1985) between two labelings of the same items."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"labelings must be 1-d of equal length; got {a.shape} and {b.shape}")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+    comb = lambda x: x * (x - 1) / 2  # noqa: E731
+    index = comb(table).sum()
+    sa, sb, total = comb(table.sum(1)).sum(), comb(table.sum(0)).sum(), comb(len(a))
+    expected = sa * sb / total if total else 0.0
+    top = (sa + sb) / 2
+    if top == expected:
+        return 1.0
+    return float((index - expected) / (top - expected))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["hierarchical_regression"]
+__all__ = ["hierarchical_regression", "planted_clusters"]
 
 
 def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3, noise: float = 0.5,
@@ -47,3 +47,43 @@ def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3
     df.insert(0, "task", [f"task_{t:02d}" for t in task])
     df["y"] = y
     return df, {"mu": mu, "tau": tau, "w": w, "group": group, "noise": np.array(noise)}
+
+
+def planted_clusters(clusters: int = 3, tasks_per_cluster: int = 10, rows: int = 60, features: int = 2,
+                     likelihood: str = "bernoulli", noise: float = 0.5, seed: int = 0,
+                     ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Tasks in planted clusters: every task of cluster c has the same coefficients ``theta_c``.
+
+    Cluster centres (intercept first) are well separated: coordinates +-2 (logistic) or +-1.5
+    (Gaussian), +-0.7 (Poisson), with random signs, distinct between clusters. Returns the frame (columns
+    ``task``, ``x1..xD``, ``y``; tasks ``c<c>_t<j>``) and the truth: ``theta`` (C, D+1),
+    ``cluster`` (T,) and ``w`` (T, D+1).
+    """
+    rng = np.random.default_rng(seed)
+    D = features
+    scale = {"bernoulli": 2.0, "gaussian": 1.5, "poisson": 0.7}.get(likelihood, 1.0)
+    signs: list[tuple] = []
+    while len(signs) < clusters:  # distinct sign patterns keep the clusters apart
+        s = tuple(rng.choice([-1.0, 1.0], size=D + 1))
+        if s not in signs or len(signs) >= 2 ** (D + 1):
+            signs.append(s)
+    theta = scale * np.array(signs)
+    cluster = np.repeat(np.arange(clusters), tasks_per_cluster)
+    w = theta[cluster]
+    T = len(cluster)
+    X = rng.standard_normal((T * rows, D))
+    task = np.repeat(np.arange(T), rows)
+    eta = w[task, 0] + (X * w[task, 1:]).sum(1)
+    if likelihood == "gaussian":
+        y = eta + noise * rng.standard_normal(len(eta))
+    elif likelihood == "bernoulli":
+        y = (rng.random(len(eta)) < 1 / (1 + np.exp(-eta))).astype(float)
+    elif likelihood == "poisson":
+        y = rng.poisson(np.exp(np.clip(eta, None, 5))).astype(float)
+    else:
+        raise ValueError(f"likelihood must be gaussian, bernoulli or poisson; got {likelihood!r}")
+    names = [f"c{cluster[t]}_t{t % tasks_per_cluster:02d}" for t in range(T)]
+    df = pd.DataFrame(X, columns=[f"x{j + 1}" for j in range(D)])
+    df.insert(0, "task", [names[t] for t in task])
+    df["y"] = y
+    return df, {"theta": theta, "cluster": cluster, "w": w}

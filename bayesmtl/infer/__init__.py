@@ -12,6 +12,11 @@ def _pyro_nuts():
     return PyroNUTS()
 
 
+def _nuts():
+    from .nuts import BatchedNUTS
+    return BatchedNUTS()
+
+
 def _svi():
     from .svi import SVIBackend
     return SVIBackend()
@@ -23,7 +28,7 @@ def _map():
 
 
 #: method name -> factory; later back ends register here
-METHODS = {"nuts": _pyro_nuts, "pyro_nuts": _pyro_nuts, "svi": _svi, "map": _map}
+METHODS = {"nuts": _nuts, "pyro_nuts": _pyro_nuts, "svi": _svi, "map": _map}
 
 
 def get_backend(method: str) -> Backend:

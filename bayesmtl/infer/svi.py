@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 import pyro
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
+from pyro import poutine
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Predictive, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import (
     AutoDelta,
     AutoLowRankMultivariateNormal,
@@ -64,8 +65,10 @@ class SVIBackend:
         pyro.clear_param_store()
         fn = model.pyro_model(data, subsample_size=batch)
         kw = {"rank": int(opts["rank"])} if guide_name == "lowrank" and "rank" in opts else {}
-        guide = _GUIDES[guide_name](fn, **kw)
-        elbo_cls = JitTrace_ELBO if jit else Trace_ELBO
+        enum = bool(getattr(model, "has_enumeration", False))  # discrete sites summed out, not guided
+        guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
+        guide = _GUIDES[guide_name](guided, **kw)
+        elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
         elbo = elbo_cls(num_particles=int(opts.get("particles", 1)),
                         max_plate_nesting=model.max_plate_nesting, ignore_jit_warnings=True)
         svi = SVI(fn, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0}), elbo)

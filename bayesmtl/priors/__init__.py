@@ -1,6 +1,8 @@
 """Task priors: one file per family."""
 
 from .base import TaskPrior
+from .dirichlet import DirichletProcess
 from .hierarchical import Hierarchical, Independent, Pooled
+from .relationship import LKJ, TaskRelationship
 
-__all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical"]
+__all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "TaskRelationship", "DirichletProcess"]

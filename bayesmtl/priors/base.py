@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from pyro.distributions import Distribution
+from torch.distributions import TransformedDistribution
 
 __all__ = ["TaskPrior", "move_distribution", "as_distribution"]
 
@@ -78,6 +79,8 @@ def move_distribution(d: Distribution, like: torch.Tensor) -> Distribution:
     params, moved = {}, False
     for k in d.arg_constraints:
         v = d.__dict__.get(k, None)
+        if v is None and isinstance(d, TransformedDistribution):  # HalfNormal, LogNormal: params are properties
+            v = getattr(d, k, None)
         if torch.is_tensor(v):
             dtype = like.dtype if v.is_floating_point() else v.dtype
             moved |= v.device != like.device or v.dtype != dtype

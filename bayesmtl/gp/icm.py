@@ -1,0 +1,260 @@
+"""Exact intrinsic coregionalisation model (ICM; Bonilla, Chai & Williams 2008).
+
+    cov(f_i(x), f_j(x')) = B_ij k(x, x'),      y = f_task(x) + mean_task + eps,  eps ~ N(0, noise_task)
+
+with B = W W^T + diag(v) (or diag(s) C diag(s) with C a correlation matrix) and k an ARD RBF or
+Matérn kernel. Two exact paths give the same marginal likelihood:
+
+* **Kronecker** (every task observed at every input; N inputs, T tasks): Sigma = B (x) K + D (x) I_N.
+  With M = U^T D^{-1/2}, U the eigenvectors of D^{-1/2} B D^{-1/2} = U diag(c) U^T, the rotated
+  covariance (M (x) I) Sigma (M (x) I)^T = diag(c) (x) K + I is block diagonal: T Cholesky
+  factors of N x N matrices (c_t K + I) instead of one of an NT x NT matrix. M is computed
+  without gradient (a T x T eigendecomposition, whose backward is unstable at repeated
+  eigenvalues); the first-order off-block terms are added back so value *and* gradient are
+  exact. The factors are cached for prediction.
+* **Hadamard** (tasks at different inputs; n rows): K_ij = B[t_i, t_j] k(x_i, x_j) + noise[t_i] delta_ij,
+  one Cholesky of an n x n matrix.
+
+Every function broadcasts over leading batch dims of the hyperparameters (chains, particles).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["KERNELS", "ard_kernel", "robust_cholesky", "GPNumericalError", "task_covariance",
+           "grid_layout", "Grid", "hadamard_mll", "kronecker_mll", "KroneckerCache", "HadamardCache",
+           "kronecker_cache", "hadamard_cache"]
+
+KERNELS = ("rbf", "matern12", "matern32", "matern52")
+_LOG2PI = math.log(2 * math.pi)
+
+
+class GPNumericalError(RuntimeError):
+    """A covariance matrix stayed non positive definite after the largest jitter."""
+
+
+# ---------------------------------------------------------------------------------- kernels
+def ard_kernel(X1: torch.Tensor, X2: torch.Tensor, lengthscale: torch.Tensor, kind: str = "rbf") -> torch.Tensor:
+    """Unit-variance ARD kernel matrix.
+
+    X1 (N1, D), X2 (N2, D), lengthscale (..., D) -> (..., N1, N2).
+    """
+    if callable(kind):  # a gpytorch kernel object, wrapped by the model: its own hyperparameters
+        return kind(X1, X2, lengthscale)
+    if kind not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}; got {kind!r}")
+    ls = lengthscale.unsqueeze(-2)
+    a, b = X1 / ls, X2 / ls
+    d2 = (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2)
+    d2 = d2.clamp_min(0)
+    if kind == "rbf":
+        return torch.exp(-0.5 * d2)
+    r = d2.clamp_min(1e-30).sqrt()  # clamp: zero gradient at r = 0 rather than 0 * inf
+    if kind == "matern12":
+        return torch.exp(-r)
+    if kind == "matern32":
+        s = math.sqrt(3) * r
+        return (1 + s) * torch.exp(-s)
+    s = math.sqrt(5) * r
+    return (1 + s + s * s / 3) * torch.exp(-s)
+
+
+def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries: int = 6,
+                    warn: bool = True) -> torch.Tensor:
+    """Cholesky factor of A (..., n, n); on failure retry with jitter 1e-6, 1e-5, ... times the
+    mean diagonal, warning with the jitter used; GPNumericalError when the last try fails too."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if torch.jit.is_tracing() or not bool((info > 0).any()):
+        return L
+    scale = A.diagonal(dim1=-2, dim2=-1).abs().mean().item()
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    for k in range(max_tries):
+        jitter = scale * 10.0 ** (k - 6)
+        L, info = torch.linalg.cholesky_ex(A + jitter * eye)
+        if not bool((info > 0).any()):
+            if warn:
+                warnings.warn(f"Cholesky of the {what} failed; added jitter {jitter:.2e} to its diagonal",
+                              RuntimeWarning, stacklevel=3)
+            return L
+    raise GPNumericalError(
+        f"Cholesky of the {what} ({A.shape[-1]} x {A.shape[-1]}) failed even with jitter {jitter:.2e}; "
+        "the hyperparameters are degenerate (noise near zero, duplicated inputs?): standardise the "
+        "target, raise the noise prior or use float64")
+
+
+def task_covariance(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """B = W W^T + diag(v): W (..., T, r), v (..., T) -> (..., T, T)."""
+    return W @ W.transpose(-1, -2) + torch.diag_embed(v)
+
+
+# ---------------------------------------------------------------------------------- layout
+@dataclass
+class Grid:
+    """Rows of long data arranged as a complete (input x task) grid.
+
+    X : (N, D) distinct inputs; Y : (N, T) targets; row_index : (N, T) long, the long-format row
+    of (input n, task t).
+    """
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    row_index: torch.Tensor
+
+
+def grid_layout(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int) -> Grid | None:
+    """The complete grid when every task is observed once at every input, else None."""
+    n = X.shape[0]
+    if n % n_tasks:
+        return None
+    N = n // n_tasks
+    counts = torch.bincount(task, minlength=n_tasks)
+    if bool((counts != N).any()):
+        return None
+    Xn = np.ascontiguousarray(X.detach().cpu().numpy())
+    t = task.cpu().numpy()
+    keys = [Xn[i].tobytes() for i in range(n)]
+    first = np.flatnonzero(t == 0)
+    pos = {keys[i]: k for k, i in enumerate(first)}
+    if len(pos) != N:
+        return None  # repeated inputs within a task
+    idx = np.full((N, n_tasks), -1, dtype=np.int64)
+    for i in range(n):
+        k = pos.get(keys[i])
+        if k is None or idx[k, t[i]] >= 0:
+            return None
+        idx[k, t[i]] = i
+    if (idx < 0).any():
+        return None
+    ri = torch.as_tensor(idx, device=X.device)
+    return Grid(X=X[ri[:, 0]], Y=y[ri], row_index=ri)
+
+
+# ---------------------------------------------------------------------------------- Hadamard
+def _hadamard_cov(X, task, B, ls, noise, kind):
+    K = ard_kernel(X, X, ls, kind) * B[..., task.unsqueeze(-1), task.unsqueeze(-2)]
+    return K + torch.diag_embed(noise[..., task])
+
+
+def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
+                 noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf") -> torch.Tensor:
+    """Exact log marginal likelihood, Hadamard form.
+
+    X (n, D), y (n,), task (n,) long; B (..., T, T), ls (..., D), noise (..., T), mean (..., T) -> (...).
+    """
+    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind), "ICM covariance (Hadamard path)")
+    r = (y - mean[..., task]).unsqueeze(-1)
+    a = torch.linalg.solve_triangular(L, r, upper=False)
+    logdet = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * (a * a).sum((-1, -2)) - logdet - 0.5 * y.shape[-1] * _LOG2PI
+
+
+@dataclass
+class HadamardCache:
+    L: torch.Tensor        # (n, n) Cholesky of the training covariance
+    alpha: torch.Tensor    # (n,) K^{-1} (y - mean)
+
+
+def hadamard_cache(X, y, task, B, ls, noise, mean, kind) -> HadamardCache:
+    """Factors of one draw (no batch dims) for prediction."""
+    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind), "ICM covariance (Hadamard path)")
+    r = (y - mean[task]).unsqueeze(-1)
+    return HadamardCache(L, torch.cholesky_solve(r, L).squeeze(-1))
+
+
+def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kind):
+    """Predictive mean and variance of f at (Xs, task_s): each (m,)."""
+    Ks = ard_kernel(Xs, X, ls, kind) * B[task_s.unsqueeze(-1), task.unsqueeze(-2)]  # (m, n)
+    mu = mean[task_s] + Ks @ cache.alpha
+    v = torch.linalg.solve_triangular(cache.L, Ks.T, upper=False)
+    var = B[task_s, task_s] - (v * v).sum(0)  # k(x, x) = 1
+    return mu, var.clamp_min(0)
+
+
+# ---------------------------------------------------------------------------------- Kronecker
+def _rotation(B: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """M (..., T, T), detached, with M D M^T = I and M B M^T diagonal."""
+    with torch.no_grad():
+        s = noise.rsqrt()
+        Bt = s.unsqueeze(-1) * B * s.unsqueeze(-2)
+        _, U = torch.linalg.eigh(Bt)
+        return U.transpose(-1, -2) * s.unsqueeze(-2)
+
+
+def kronecker_mll(X: torch.Tensor, Y: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
+                  noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf",
+                  cache: bool = False):
+    """Exact log marginal likelihood on a complete grid, Kronecker form.
+
+    X (N, D), Y (N, T); B (..., T, T), ls (..., D), noise (..., T), mean (..., T) -> (...).
+    Cost: T Cholesky factorisations of N x N instead of one of NT x NT.
+    With ``cache=True`` returns (mll, KroneckerCache) for prediction (no batch dims).
+    """
+    N, T = Y.shape
+    M = _rotation(B, noise)                                     # (..., T, T) constant
+    C = M @ B @ M.transpose(-1, -2)                             # ~diag(c), differentiable
+    E = M @ torch.diag_embed(noise) @ M.transpose(-1, -2)       # ~I, differentiable
+    R = Y - mean.unsqueeze(-2)                                  # (..., N, T)
+    Z = R @ M.transpose(-1, -2)                                 # rotated residuals (..., N, T)
+    K = ard_kernel(X, X, ls, kind)                              # (..., N, N)
+    c = C.diagonal(dim1=-2, dim2=-1)
+    e = E.diagonal(dim1=-2, dim2=-1)
+    eye = torch.eye(N, dtype=K.dtype, device=K.device)
+    quad = logdet = 0.0
+    Ls, alphas = [], []
+    for t in range(T):
+        A = c[..., t, None, None] * K + e[..., t, None, None] * eye
+        L = robust_cholesky(A, "rotated Kronecker block of the ICM covariance")
+        w = torch.linalg.solve_triangular(L, Z[..., :, t:t + 1], upper=False)
+        quad = quad + (w * w).sum((-1, -2))
+        logdet = logdet + 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        alpha = torch.linalg.solve_triangular(L.transpose(-1, -2), w, upper=True).squeeze(-1)
+        alphas.append(alpha)
+        Ls.append(L)
+    if T > 1:
+        # off-block terms: zero in value at this point, but carry the gradient w.r.t. the
+        # off-diagonal entries of C and E (d z'S^-1 z = -alpha_s' dS_st alpha_t)
+        Al = torch.stack(alphas, -1).detach()                   # (..., N, T)
+        KA = K @ Al
+        G = Al.transpose(-1, -2) @ KA                            # (..., T, T) alpha_s' K alpha_t
+        H = Al.transpose(-1, -2) @ Al                            # alpha_s' alpha_t
+        off = 1 - torch.eye(T, dtype=K.dtype, device=K.device)
+        cross = ((C - C.detach()) * G * off).sum((-1, -2)) + ((E - E.detach()) * H * off).sum((-1, -2))
+        quad = quad - cross
+    logdet_M = torch.linalg.slogdet(M)[1]                        # constant
+    mll = -0.5 * quad - 0.5 * logdet + N * logdet_M - 0.5 * N * T * _LOG2PI
+    if not cache:
+        return mll
+    Al = torch.stack(alphas, -1).detach()
+    return mll, KroneckerCache(M=M, L=torch.stack([x.detach() for x in Ls]), G=Al @ M, P=M @ B.detach())
+
+
+@dataclass
+class KroneckerCache:
+    M: torch.Tensor   # (T, T) rotation
+    L: torch.Tensor   # (T, N, N) Cholesky factors of c_t K + e_t I
+    G: torch.Tensor   # (N, T) Sigma^{-1} (Y - mean) in grid layout
+    P: torch.Tensor   # (T, T) M B
+
+
+def kronecker_cache(X, Y, B, ls, noise, mean, kind) -> KroneckerCache:
+    with torch.no_grad():
+        return kronecker_mll(X, Y, B, ls, noise, mean, kind, cache=True)[1]
+
+
+def kronecker_predict(cache: KroneckerCache, X, Xs, task_s, B, ls, mean, kind):
+    """Predictive mean and variance of f at (Xs, task_s) from the cached factors: each (m,).
+
+    mean_j(x) = mean_j + (k(x, X) G B)_j;  var_j(x) = B_jj - sum_t P_tj^2 |L_t^{-1} k(X, x)|^2.
+    """
+    Ks = ard_kernel(Xs, X, ls, kind)                              # (m, N)
+    mu = mean[task_s] + ((Ks @ cache.G) @ B).gather(1, task_s[:, None]).squeeze(1)
+    V = torch.linalg.solve_triangular(cache.L, Ks.T.unsqueeze(0).expand(cache.L.shape[0], -1, -1), upper=False)
+    q = (V * V).sum(1)                                             # (T, m)
+    var = B[task_s, task_s] - (cache.P[:, task_s] ** 2 * q).sum(0)
+    return mu, var.clamp_min(0)

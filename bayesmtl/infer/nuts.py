@@ -1,0 +1,486 @@
+"""Batched NUTS: all chains advance in lock-step as a batch dimension.
+
+The sampler is a set of small functions over NamedTuple states (blackjax style). Every tensor
+has the chains as its leading dim C; the flat unconstrained position has shape (C, P).
+
+- Multinomial NUTS (Betancourt 2017) with iterative tree building (NumPyro's checkpoint scheme
+  for the U-turn checks inside a subtree). Chains whose trajectory has stopped keep computing but
+  their state is masked, so one doubling costs the same for every chain and a transition costs
+  the largest tree among the chains.
+- Per-chain step size by dual averaging and a per-chain diagonal mass matrix from Stan-style
+  windows (75 / 25, 50, 100, ... / 50 iterations).
+- Divergence when the energy error exceeds ``max_delta_energy`` (1000) or is not finite.
+- Draws are copied to host memory in chunks; the progress bar shows draws/s and divergences.
+
+Options (``settings.options``): ``target_accept`` (0.8), ``max_tree_depth`` (10), ``dense_mass``
+(False; True is not implemented here, use ``method="pyro_nuts"``), ``compile`` ("jit": the
+potential is traced once with ``torch.jit.trace``, measured 1.5-2.5x faster per evaluation on
+small models; None: plain Pyro tracing on every call), ``dtype`` ("float64" or "float32", plain
+path only), ``threads`` (torch threads on CPU, default 1), ``chunk`` (draws per host copy, 100),
+``init_radius`` (2: initial points uniform in (-r, r) unconstrained).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import pyro
+import torch
+
+from .base import Draws, Settings, torch_threads
+from .potential import BatchedPotential
+
+__all__ = ["BatchedNUTS", "HMCState", "TreeState", "nuts_step", "run_nuts", "adaptation_schedule"]
+
+OPTIONS = ("target_accept", "max_tree_depth", "dense_mass", "compile", "dtype", "threads", "chunk",
+           "init_radius", "max_delta_energy")
+
+
+# ---------------------------------------------------------------------- states
+class HMCState(NamedTuple):
+    """Where each chain is: z (C, P), potential U (C,), its gradient g (C, P)."""
+
+    z: torch.Tensor
+    U: torch.Tensor
+    g: torch.Tensor
+
+
+class TreeState(NamedTuple):
+    """A (sub)trajectory per chain: its two ends, its proposal, weight and momentum sum."""
+
+    z_left: torch.Tensor
+    r_left: torch.Tensor
+    g_left: torch.Tensor
+    z_right: torch.Tensor
+    r_right: torch.Tensor
+    g_right: torch.Tensor
+    z_prop: torch.Tensor
+    U_prop: torch.Tensor
+    g_prop: torch.Tensor
+    r_prop: torch.Tensor
+    log_w: torch.Tensor       # (C,) log of the summed weights exp(-H)
+    r_sum: torch.Tensor       # (C, P)
+    turning: torch.Tensor     # (C,) bool
+    diverging: torch.Tensor   # (C,) bool
+
+
+class StepInfo(NamedTuple):
+    """Per-chain statistics of one transition, all shape (C,)."""
+
+    accept: torch.Tensor
+    n_steps: torch.Tensor
+    depth: torch.Tensor
+    diverging: torch.Tensor
+    energy: torch.Tensor
+
+
+class DualAveraging(NamedTuple):
+    """Nesterov dual averaging of log step size (Hoffman & Gelman 2014), per chain (C,)."""
+
+    log_eps: torch.Tensor
+    log_eps_bar: torch.Tensor
+    h_bar: torch.Tensor
+    mu: torch.Tensor
+    t: int
+
+
+def da_init(eps: torch.Tensor) -> DualAveraging:
+    z = torch.zeros_like(eps)
+    return DualAveraging(eps.log(), z, z, (10 * eps).log(), 0)
+
+
+def da_update(s: DualAveraging, accept: torch.Tensor, target: float, gamma: float = 0.05,
+              t0: float = 10.0, kappa: float = 0.75) -> DualAveraging:
+    t = s.t + 1
+    eta = 1.0 / (t + t0)
+    h_bar = (1 - eta) * s.h_bar + eta * (target - accept)
+    log_eps = s.mu - math.sqrt(t) / gamma * h_bar
+    w = t ** (-kappa)
+    return DualAveraging(log_eps, w * log_eps + (1 - w) * s.log_eps_bar, h_bar, s.mu, t)
+
+
+class Welford(NamedTuple):
+    """Running per-chain mean and sum of squared deviations of z, (C, P)."""
+
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+
+def welford_init(z: torch.Tensor) -> Welford:
+    return Welford(0, torch.zeros_like(z), torch.zeros_like(z))
+
+
+def welford_update(s: Welford, z: torch.Tensor) -> Welford:
+    n = s.n + 1
+    d = z - s.mean
+    mean = s.mean + d / n
+    return Welford(n, mean, s.m2 + d * (z - mean))
+
+
+def welford_variance(s: Welford) -> torch.Tensor:
+    """Stan's regularised variance estimate: shrunk towards 1e-3 with weight 5 / (n + 5)."""
+    var = s.m2 / max(s.n - 1, 1)
+    return (s.n / (s.n + 5.0)) * var + 1e-3 * (5.0 / (s.n + 5.0))
+
+
+def adaptation_schedule(warmup: int) -> list[tuple[int, int]]:
+    """Stan's windows as (first, last) iteration: initial buffer, mass windows, final buffer."""
+    if warmup < 20:
+        return [(0, warmup - 1)] if warmup > 0 else []
+    init, term, base = 75, 50, 25
+    if warmup < init + term + base:
+        init, term = int(0.15 * warmup), int(0.1 * warmup)
+        base = warmup - init - term
+    out = [(0, init - 1)]
+    end = warmup - term
+    size, start = base, init
+    while start < end:
+        cur_start, cur_size = start, size
+        if 3 * cur_size <= end - cur_start:
+            size = 2 * cur_size
+        else:
+            cur_size = end - cur_start
+        start = cur_start + cur_size
+        out.append((cur_start, start - 1))
+    out.append((end, warmup - 1))
+    return out
+
+
+# ---------------------------------------------------------------------- dynamics
+def kinetic(r: torch.Tensor, inv_mass: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (r * r * inv_mass).sum(-1)
+
+
+def leapfrog(vg, z, r, g, eps, inv_mass):
+    """One leapfrog step of size eps (C, 1) (signed by direction): new z, r, U, g."""
+    r = r - 0.5 * eps * g
+    z = z + eps * inv_mass * r
+    U, g = vg(z)
+    r = r - 0.5 * eps * g
+    return z, r, U, g
+
+
+def is_turning(inv_mass, r_left, r_right, r_sum) -> torch.Tensor:
+    """Generalised no-U-turn criterion (Betancourt 2017, A.4.2), (C,) bool."""
+    rs = r_sum - 0.5 * (r_left + r_right)
+    return ((inv_mass * r_left * rs).sum(-1) <= 0) | ((inv_mass * r_right * rs).sum(-1) <= 0)
+
+
+def _ckpt_idxs(n: int) -> tuple[int, int]:
+    """Checkpoints to compare leaf n with (NumPyro's ``_leaf_idx_to_ckpt_idxs``)."""
+    idx_max = bin(n >> 1).count("1")
+    k, tail = n, 0
+    while k & 1:
+        k >>= 1
+        tail += 1
+    return idx_max - tail + 1, idx_max
+
+
+def _pick(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per chain: a where mask (C,) else b."""
+    m = mask.reshape(mask.shape + (1,) * (a.dim() - 1))
+    return torch.where(m, a, b)
+
+
+def build_subtree(vg, start: tuple, eps, inv_mass, H0, active, depth: int, gen, max_delta: float):
+    """Extend each active chain by 2**depth leapfrog steps from ``start`` = (z, r, g).
+
+    Returns (TreeState of the new subtree, end point (z, r, g), sum of accept probs (C,),
+    number of steps (C,)). A chain stops early (masked) when its subtree turns or diverges.
+    """
+    z, r, g = start
+    C, P = z.shape
+    ninf = torch.full_like(H0, -math.inf)
+    building = active.clone()
+    log_w = ninf
+    r_sum = torch.zeros_like(r)
+    z_prop, U_prop, g_prop, r_prop = z, torch.zeros_like(H0), g, r
+    turning = torch.zeros_like(active)
+    diverging = torch.zeros_like(active)
+    sum_acc = torch.zeros_like(H0)
+    n_steps = torch.zeros(C, dtype=torch.long, device=z.device)
+    r_ck = z.new_zeros(C, max(depth, 1), P)
+    rs_ck = z.new_zeros(C, max(depth, 1), P)
+    first = (z, r, g)
+    for n in range(2 ** depth):
+        z1, r1, U1, g1 = leapfrog(vg, z, r, g, eps, inv_mass)
+        delta = U1 + kinetic(r1, inv_mass) - H0
+        delta = torch.where(torch.isnan(delta), torch.full_like(delta, math.inf), delta)
+        div = delta > max_delta
+        b = building
+        z, r, g = _pick(b, z1, z), _pick(b, r1, r), _pick(b, g1, g)
+        sum_acc = sum_acc + torch.where(b, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
+        n_steps = n_steps + b.long()
+        new_log_w = torch.logaddexp(log_w, -delta)
+        u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
+        take = b & (u < torch.exp(-delta - new_log_w))
+        z_prop, U_prop, g_prop = _pick(take, z1, z_prop), torch.where(take, U1, U_prop), _pick(take, g1, g_prop)
+        r_prop = _pick(take, r1, r_prop)
+        log_w = torch.where(b, new_log_w, log_w)
+        r_sum = _pick(b, r_sum + r1, r_sum)
+        lo, hi = _ckpt_idxs(n)
+        if n % 2 == 0:
+            r_ck[:, hi] = r1
+            rs_ck[:, hi] = r_sum
+            turn = torch.zeros_like(b)
+        else:
+            turn = torch.zeros_like(b)
+            for i in range(hi, lo - 1, -1):
+                sub = r_sum - rs_ck[:, i] + r_ck[:, i]
+                turn = turn | is_turning(inv_mass, r_ck[:, i], r1, sub)
+        turning = turning | (b & turn)
+        diverging = diverging | (b & div)
+        building = b & ~turn & ~div
+        if n < 2 ** depth - 1 and not bool(building.any()):
+            break
+    tree = TreeState(first[0], first[1], first[2], z, r, g, z_prop, U_prop, g_prop, r_prop, log_w, r_sum,
+                     turning, diverging)
+    return tree, (z, r, g), sum_acc, n_steps
+
+
+def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, gen: torch.Generator,
+              max_depth: int = 10, max_delta: float = 1000.0) -> tuple[HMCState, StepInfo]:
+    """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P)."""
+    z, U, g = state
+    C, P = z.shape
+    r = torch.randn(C, P, generator=gen, device=z.device, dtype=z.dtype) / inv_mass.sqrt()
+    H0 = U + kinetic(r, inv_mass)
+    false = torch.zeros(C, dtype=torch.bool, device=z.device)
+    tree = TreeState(z, r, g, z, r, g, z, U, g, r, torch.zeros_like(U), r, false, false)
+    active = torch.ones_like(false)
+    sum_acc, n_steps = torch.zeros_like(U), torch.zeros(C, dtype=torch.long, device=z.device)
+    depth = torch.zeros(C, dtype=torch.long, device=z.device)
+    for d in range(max_depth):
+        right = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype) < 0.5
+        start = (_pick(right, tree.z_right, tree.z_left), _pick(right, tree.r_right, tree.r_left),
+                 _pick(right, tree.g_right, tree.g_left))
+        eps_s = torch.where(right, eps, -eps).unsqueeze(-1)
+        sub, end, acc, ns = build_subtree(vg, start, eps_s, inv_mass, H0, active, d, gen, max_delta)
+        sum_acc, n_steps = sum_acc + acc, n_steps + ns
+        prob = torch.exp(torch.clamp(sub.log_w - tree.log_w, max=0.0))
+        prob = torch.where(sub.turning | sub.diverging, 0.0, prob)
+        u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
+        take = active & (u < prob)
+        a = active
+        right_a, left_a = a & right, a & ~right
+        lefts, rights = (tree.z_left, tree.r_left, tree.g_left), (tree.z_right, tree.r_right, tree.g_right)
+        z_l, r_l, g_l = (_pick(left_a, e, t) for e, t in zip(end, lefts, strict=True))
+        z_r, r_r, g_r = (_pick(right_a, e, t) for e, t in zip(end, rights, strict=True))
+        r_sum = _pick(a, tree.r_sum + sub.r_sum, tree.r_sum)
+        turn_full = is_turning(inv_mass, r_l, r_r, r_sum)
+        tree = TreeState(z_l, r_l, g_l, z_r, r_r, g_r,
+                         _pick(take, sub.z_prop, tree.z_prop), torch.where(take, sub.U_prop, tree.U_prop),
+                         _pick(take, sub.g_prop, tree.g_prop), _pick(take, sub.r_prop, tree.r_prop),
+                         torch.where(a, torch.logaddexp(tree.log_w, sub.log_w), tree.log_w), r_sum,
+                         tree.turning | (a & (sub.turning | turn_full)), tree.diverging | (a & sub.diverging))
+        depth = torch.where(a, d + 1, depth)
+        active = a & ~sub.turning & ~sub.diverging & ~turn_full
+        if not bool(active.any()):
+            break
+    info = StepInfo(sum_acc / n_steps.clamp_min(1), n_steps, depth, tree.diverging,
+                    tree.U_prop + kinetic(tree.r_prop, inv_mass))
+    return HMCState(tree.z_prop, tree.U_prop, tree.g_prop), info
+
+
+def find_step_size(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor,
+                   gen: torch.Generator, max_iter: int = 60) -> torch.Tensor:
+    """Per chain, double or halve eps until one leapfrog step's acceptance crosses 0.8."""
+    z, U, g = state
+    C, P = z.shape
+    target = math.log(0.8)
+    last = torch.zeros(C, device=z.device, dtype=z.dtype)
+    going = torch.ones(C, dtype=torch.bool, device=z.device)
+    for _ in range(max_iter):
+        r = torch.randn(C, P, generator=gen, device=z.device, dtype=z.dtype) / inv_mass.sqrt()
+        _, r1, U1, _ = leapfrog(vg, z, r, g, eps.unsqueeze(-1), inv_mass)
+        delta = U1 + kinetic(r1, inv_mass) - U - kinetic(r, inv_mass)
+        direction = torch.where(-delta > target, 1.0, -1.0)  # nan -> shrink
+        going = going & ((last == 0) | (direction == last))
+        going = going & (eps > 1e-8) & (eps < 1e4)
+        if not bool(going.any()):
+            break
+        eps = torch.where(going, eps * 2.0 ** direction, eps)
+        last = direction
+    return eps
+
+
+# ---------------------------------------------------------------------- the back end
+class BatchedNUTS:
+    """``method="nuts"``: multinomial NUTS with chains as a batch dimension."""
+
+    name = "nuts"
+
+    def run(self, model, data, settings: Settings) -> Draws:
+        opts = dict(settings.options)
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) for method 'nuts': {unknown}; known: {', '.join(OPTIONS)}")
+        target = float(opts.get("target_accept", 0.8))
+        if not 0 < target < 1:
+            raise ValueError(f"target_accept must lie in (0, 1); got {target}")
+        max_depth = int(opts.get("max_tree_depth", 10))
+        if max_depth < 1:
+            raise ValueError(f"max_tree_depth must be >= 1; got {max_depth}")
+        if opts.get("dense_mass", False):
+            raise NotImplementedError("dense_mass=True is not implemented by the batched NUTS back end; "
+                                      "use method='pyro_nuts' for a dense mass matrix")
+        compile_ = opts.get("compile", "jit")
+        if compile_ not in ("jit", None, False, "none"):
+            raise ValueError(f"compile must be 'jit' or None; got {compile_!r}")
+        dtype = {"float64": torch.float64, "float32": torch.float32, None: None}.get(opts.get("dtype"), "bad")
+        if dtype == "bad":
+            raise ValueError(f"dtype must be 'float64' or 'float32'; got {opts.get('dtype')!r}")
+        threads = opts.get("threads", 1)
+        chunk = int(opts.get("chunk", 100))
+        radius = float(opts.get("init_radius", 2.0))
+        max_delta = float(opts.get("max_delta_energy", 1000.0))
+        if dtype is not None:
+            data = data.to(dtype=dtype)
+        with torch_threads(threads if torch.device(settings.device).type == "cpu" else None), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            direct = getattr(getattr(model, "collapsed", None), "log_density", None)
+            return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, target, max_depth,
+                           compile_ == "jit", chunk, radius, max_delta)
+
+
+def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
+    """Value-and-grad of the potential for C chains, optionally through a traced graph."""
+    if not jit:
+        return pot.value_and_grad
+    with torch.enable_grad():
+        traced = torch.jit.trace(lambda z: pot(z), (z0.detach().requires_grad_(True),), check_trace=False)
+
+    def vg(z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            U = traced(z)
+            (g,) = torch.autograd.grad(U.sum(), z)
+        U = U.detach()
+        bad = ~torch.isfinite(U) | ~torch.isfinite(g).all(-1)
+        return torch.where(bad, math.inf, U), torch.where(bad.unsqueeze(-1), 0.0, g)
+    return vg
+
+
+def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
+    """Uniform(-radius, radius) unconstrained start per chain, redrawn where U is not finite."""
+    z = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * radius
+    U, g = pot.value_and_grad(z)
+    for _ in range(tries):
+        bad = ~torch.isfinite(U)
+        if not bool(bad.any()):
+            return HMCState(z, U, g)
+        z2 = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * radius
+        z = _pick(bad, z2, z)
+        U, g = pot.value_and_grad(z)
+    raise RuntimeError(f"no finite starting point found for {int((~torch.isfinite(U)).sum())} chain(s) "
+                       f"after {tries} tries; check the model's log density")
+
+
+def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.8,
+             max_depth: int = 10, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
+             progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """Adapt for ``warmup`` iterations, then draw ``draws`` per chain.
+
+    ``vg`` maps z (C, P) to (U (C,), dU/dz (C, P)). Every ``chunk`` draws, ``on_chunk(z)`` gets the
+    chunk's positions (C, k, P) on the device (default: keep them, copied to the host). Returns
+    the sample stats, each (C, draws), and a dict with the final step size, inverse mass
+    matrix and timings.
+    """
+    from tqdm.auto import tqdm
+
+    C, P = state.z.shape
+    dev, dt = state.z.device, state.z.dtype
+    kept: list[np.ndarray] = []
+    if on_chunk is None:
+        def on_chunk(z):
+            kept.append(z.cpu().numpy())
+    inv_mass = torch.ones(C, P, device=dev, dtype=dt)
+    eps = find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen)
+    da = da_init(eps)
+    windows = adaptation_schedule(warmup)
+    mass_ends = {hi for lo, hi in windows[1:-1]}
+    mass_range = (windows[1][0], windows[-1][0]) if len(windows) > 2 else (0, 0)
+    wf = welford_init(state.z)
+    names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate")
+    stats: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    buf_z: list[torch.Tensor] = []
+    buf_s: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    bar = tqdm(total=warmup + draws, disable=not progress, unit="it", desc=f"nuts {C} chain{'s' if C > 1 else ''}")
+    n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
+    for i in range(warmup + draws):
+        state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta)
+        if i < warmup:
+            da = da_update(da, info.accept, target)
+            eps = da.log_eps.exp()
+            if mass_range[0] <= i < mass_range[1]:
+                wf = welford_update(wf, state.z)
+            if i in mass_ends:
+                inv_mass = welford_variance(wf)
+                wf = welford_init(state.z)
+                eps = find_step_size(vg, state, eps, inv_mass, gen)
+                da = da_init(eps)
+            if i == warmup - 1:
+                eps = da.log_eps_bar.exp()
+                t_warm = time.perf_counter() - t_loop
+        else:
+            buf_z.append(state.z)
+            now = (info.diverging, info.depth, info.n_steps, info.energy, eps, info.accept)
+            for k, v in zip(names, now, strict=True):
+                buf_s[k].append(v)
+            if len(buf_z) == chunk or i == warmup + draws - 1:
+                on_chunk(torch.stack(buf_z, dim=1))
+                buf_z.clear()
+                for k, vals in buf_s.items():
+                    stats[k].append(torch.stack(vals, dim=1).cpu().numpy())
+                    vals.clear()
+                n_div = int(sum(s.sum() for s in stats["diverging"]))
+        bar.update(1)
+        if progress and i % 20 == 0:
+            el = time.perf_counter() - t_loop
+            bar.set_postfix({"draws/s": f"{C * (i + 1) / max(el, 1e-9):.0f}", "div": n_div}, refresh=False)
+    bar.close()
+    sample_stats = {k: np.concatenate(v, axis=1) for k, v in stats.items()}
+    extra = {"step_size": eps, "inv_mass": inv_mass, "seconds_warmup": t_warm,
+             "seconds_sampling": time.perf_counter() - t_loop - t_warm}
+    if kept:
+        extra["z"] = np.concatenate(kept, axis=1)
+    return sample_stats, extra
+
+
+def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth, jit, chunk, radius,
+            max_delta) -> Draws:
+    C = settings.chains
+    t_start = time.perf_counter()
+    pot = BatchedPotential(fn, max_plate_nesting, direct)
+    dev, dt = pot.device, pot.dtype
+    gen = torch.Generator(device=dev).manual_seed(settings.seed)
+    state = _init(pot, C, gen, radius, dev, dt)
+    host: dict[str, list[np.ndarray]] = {}
+
+    def keep(z):  # constrain a chunk on the device, then move it to host memory
+        C_, k, P = z.shape
+        with torch.no_grad():
+            values, _ = pot.constrain(z.reshape(C_ * k, P))
+        for name, v in values.items():
+            host.setdefault(name, []).append(v.reshape((C_, k) + v.shape[1:]).cpu().numpy())
+
+    with pyro.validation_enabled(False):  # values come from bijections onto the support
+        vg = _make_vg(pot, C, jit, state.z)
+        t_compile = time.perf_counter() - t_start
+        sample_stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
+                                       max_delta, chunk, keep, settings.progress)
+    samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
+    info = {"sampler": "batched multinomial NUTS", "compile": "jit" if jit else None,
+            "seconds_setup": t_compile, "seconds_warmup": extra["seconds_warmup"],
+            "seconds_total": time.perf_counter() - t_start,
+            "step_size": extra["step_size"].cpu().tolist(), "dtype": str(dt).replace("torch.", ""),
+            "dim": pot.dim, "target_accept": target, "max_tree_depth": max_depth,
+            "mean_tree_depth": float(sample_stats["tree_depth"].mean()),
+            "leapfrog_steps": int(sample_stats["n_steps"].sum())}
+    return Draws(samples, sample_stats, info)

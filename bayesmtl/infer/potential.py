@@ -1,0 +1,156 @@
+"""A Pyro model as a batched potential: U(z) = -log p(x, T(z)) - log|det J_T(z)| for C chains at once.
+
+The latent sites of the model are laid out in one flat unconstrained vector per chain, shape
+(C, P). Each site is mapped to its support by ``biject_to(site.support)``; the model then runs
+once, for all chains, inside an outer plate ``_chains`` at dim ``-(max_plate_nesting + 1)``
+(``pyro_util.batch_condition``), so one call (and one autograd pass) serves every chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import biject_to
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+
+from ..pyro_util import batch_condition
+
+__all__ = ["Site", "BatchedPotential"]
+
+
+class Site(NamedTuple):
+    """One latent site in the flat layout: unconstrained slice [start, stop) of the flat vector."""
+
+    name: str
+    shape: torch.Size          # constrained value shape of one chain (batch + event)
+    ushape: torch.Size         # unconstrained shape of one chain
+    start: int
+    stop: int
+    transform: torch.distributions.Transform
+
+
+class BatchedPotential:
+    """Potential energy of a Pyro model for a batch of chains.
+
+    Parameters
+    ----------
+    model : callable with no arguments
+        The Pyro program (data bound in).
+    max_plate_nesting : int
+        The model's plate nesting; the chain plate sits one dim further left.
+    log_density : callable, optional
+        The model's log joint written directly in tensors, site values (C, *shape) -> (C,), e.g.
+        ``Collapsed.log_density``; used instead of tracing the program once it is checked to
+        agree with the program at random points.
+
+    Raises ValueError when a latent site has discrete support (not enumerable here).
+    """
+
+    def __init__(self, model: Callable[[], None], max_plate_nesting: int,
+                 log_density: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None):
+        self.model = model
+        self.direct = None
+        self.max_plate_nesting = int(max_plate_nesting)
+        with poutine.block(), torch.no_grad():
+            tr = poutine.trace(model).get_trace()
+        self.shapes = {}
+        self.sites: list[Site] = []
+        start = 0
+        for name, s in tr.nodes.items():
+            if s["type"] != "sample" or site_is_subsample(s):
+                continue
+            fn = s["fn"]
+            self.shapes[name] = (fn.batch_shape, fn.event_shape, s["is_observed"])
+            if s["is_observed"]:
+                continue
+            if fn.support.is_discrete:
+                how = "enumerated" if s["infer"].get("enumerate") else "not enumerated"
+                raise ValueError(f"latent site {name!r} has discrete support ({fn.support}, {how}); the batched "
+                                 "NUTS back end samples continuous sites only - marginalise it out or use "
+                                 "method='pyro_nuts' with enumeration")
+            t = biject_to(fn.support)
+            shape = s["value"].shape
+            ushape = t.inverse_shape(shape)
+            size = int(torch.Size(ushape).numel())
+            self.sites.append(Site(name, shape, ushape, start, start + size, t))
+            start += size
+        if not self.sites:
+            raise ValueError("the model has no latent sites to sample")
+        self.dim = start
+        self.init_values = {s.name: tr.nodes[s.name]["value"] for s in self.sites}
+        self.dtype = next(iter(self.init_values.values())).dtype
+        self.device = next(iter(self.init_values.values())).device
+        if log_density is not None:
+            self._check_direct(log_density)
+            self.direct = log_density
+
+    def _check_direct(self, log_density) -> None:
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        z = torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
+        with torch.no_grad():
+            values, _ = self.constrain(z)
+            a, b = log_density(values), self.log_joint(values, 3)
+        if a.shape != (3,) or not torch.allclose(a, b, rtol=1e-6, atol=1e-6):
+            raise ValueError(f"log_density disagrees with the Pyro program: {a.tolist()} vs {b.tolist()}")
+
+    # ------------------------------------------------------------------ layout
+    def constrain(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Site values (C, *shape) from flat z (C, P), and log|det J| of the map, shape (C,)."""
+        C = z.shape[0]
+        values, logdet = {}, z.new_zeros(C)
+        for s in self.sites:
+            u = z[:, s.start:s.stop].reshape((C,) + tuple(s.ushape))
+            x = s.transform(u)
+            ld = s.transform.log_abs_det_jacobian(u, x)
+            logdet = logdet + ld.reshape(C, -1).sum(-1)
+            values[s.name] = x
+        return values, logdet
+
+    def unconstrain(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Flat z (C, P) from site values (C, *shape)."""
+        parts = []
+        for s in self.sites:
+            v = values[s.name]
+            parts.append(s.transform.inv(v).reshape(v.shape[0], -1))
+        return torch.cat(parts, dim=-1)
+
+    # ------------------------------------------------------------------ log density
+    def log_joint(self, values: dict[str, torch.Tensor], C: int) -> torch.Tensor:
+        """log p(x, values) per chain, shape (C,), from one traced run of the model."""
+        tr = batch_condition(self.model, values, C, self.max_plate_nesting, self.shapes)
+        total = None
+        chain_dim = self.max_plate_nesting + 1
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site) or name == "_draws":
+                continue
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+            if lp.dim() < chain_dim:
+                lp = lp.sum().expand(C)
+            else:
+                lp = lp.reshape(lp.shape[: lp.dim() - chain_dim + 1] + (-1,)).sum(-1).reshape(-1)
+                lp = lp.expand(C) if lp.numel() == 1 else lp
+            total = lp if total is None else total + lp
+        return total
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Potential U(z) = -(log joint + log|det J|), shape (C,), from z (C, P)."""
+        values, logdet = self.constrain(z)
+        lp = self.direct(values) if self.direct is not None else self.log_joint(values, z.shape[0])
+        return -(lp + logdet)
+
+    def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U (C,) and dU/dz (C, P), one autograd pass for all chains; non-finite U gives U = inf."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            U = self(z)
+            (g,) = torch.autograd.grad(U.sum(), z)
+        U = U.detach()
+        bad = ~torch.isfinite(U) | ~torch.isfinite(g).all(-1)
+        U = torch.where(bad, torch.full_like(U, float("inf")), U)
+        g = torch.where(bad.unsqueeze(-1), torch.zeros_like(g), g)
+        return U, g
+

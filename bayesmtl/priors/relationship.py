@@ -1,0 +1,228 @@
+"""Task-relationship learning (Zhang & Yeung 2010, MTRL) with a prior over the task covariance.
+
+The (T, D) matrix of task parameters is matrix-normal,
+
+    W ~ MN(M, Omega (T x T, tasks) (x) Sigma (D x D, features)),   Sigma = diag(sigma)^2,
+
+i.e. every feature's column of weights across tasks is one draw N(mu_d, sigma_d^2 Omega), so
+the features are the evidence about Omega. M is 0 (the paper) or 1 mu^T with a learned
+population mean mu (D,). Omega is either
+
+- full: Omega = diag(s) C diag(s), C ~ LKJ(eta) (sites ``task_scale`` (T,), ``corr_chol``
+  (T, T)), or
+- low rank: Omega = Lambda Lambda^T + diag(psi)^2 of rank r, for hundreds or thousands of
+  tasks (sites ``loadings`` (T, r), ``psi`` (T,)).
+
+Sampling is non-centred: W = M + R_Omega V diag(sigma), where R_Omega R_Omega^T = Omega and
+V holds standard normals: ``w_raw`` (T, D) for the full prior (R = diag(s) L_C), and
+``factor_raw`` (r, D) stacked over ``w_raw`` (T, D) for the low-rank prior
+(R = [Lambda, diag(psi)], T x (r + T)). The per-task draws ``w_raw`` sit in the task plate;
+they are mixed across tasks by R outside it, since coupled tasks cannot be independent in a plate.
+
+``relations`` reports draws of the task correlation C = corr(Omega), shape (S, T, T).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from .base import TaskPrior, as_distribution, move_distribution
+
+__all__ = ["LKJ", "TaskRelationship", "omega_root", "task_correlation"]
+
+
+class LKJ:
+    """Settings of an LKJ prior on a correlation matrix: density proportional to det(C)^(eta - 1).
+
+    eta = 1 is uniform over correlation matrices; eta > 1 shrinks towards the identity
+    (unrelated tasks); eta < 1 favours strong correlations.
+    """
+
+    def __init__(self, eta: float = 2.0):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0 or not math.isfinite(eta):
+            raise ValueError(f"LKJ concentration eta must be a finite number > 0; got {eta!r}")
+        self.eta = float(eta)
+
+    def __repr__(self) -> str:
+        return f"LKJ(eta={self.eta})"
+
+
+def _vec(d, n: int, like: torch.Tensor):
+    return move_distribution(d, like).expand(torch.Size([n])).to_event(1)
+
+
+def omega_root(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None) -> torch.Tensor:
+    """R (B, T, Q) with Omega = R R^T from flat draws (B, ...): diag(s) L_C or [Lambda, diag(psi)]."""
+    T = n_tasks
+    if rank is None:
+        L = samples["corr_chol"].reshape(-1, T, T)
+        s = samples["task_scale"].reshape(-1, T, 1)
+        return s * L
+    lam = samples["loadings"].reshape(-1, T, rank)
+    psi = samples["psi"].reshape(-1, T)
+    return torch.cat([lam, torch.diag_embed(psi)], dim=-1)
+
+
+def task_correlation(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None) -> torch.Tensor:
+    """Draws of C = corr(Omega), shape (B, T, T)."""
+    if rank is None:
+        L = samples["corr_chol"].reshape(-1, n_tasks, n_tasks)
+        C = L @ L.transpose(-1, -2)
+    else:
+        R = omega_root(samples, n_tasks, rank)
+        C = R @ R.transpose(-1, -2)
+    d = C.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+    C = C * d.unsqueeze(-1) * d.unsqueeze(-2)
+    # exact ones on the diagonal (rounding would otherwise leave 1 +- 1e-16)
+    return C - torch.diag_embed(C.diagonal(dim1=-2, dim2=-1) - 1.0)
+
+
+class TaskRelationship(TaskPrior):
+    """Matrix-normal prior over the (T, D) task parameters with a learned task covariance.
+
+    Parameters
+    ----------
+    correlation : LKJ, default LKJ(eta=2)
+        Prior of the task correlation C (full prior, ``rank=None``).
+    scales : pyro distribution, default HalfNormal(1)
+        Prior of each task's scale s_t (full prior) or each task's idiosyncratic sd psi_t
+        (low-rank prior).
+    rank : int or None
+        None: full Omega = diag(s) C diag(s). An integer r (1 <= r < T): Omega = Lambda Lambda^T
+        + diag(psi)^2 with loadings Lambda (T, r) ~ Normal(0, loading_scale).
+    feature_scale : pyro distribution, default HalfNormal(1)
+        Prior of each feature's scale sigma_d (Sigma_features = diag(sigma)^2).
+    mean : pyro distribution or number, default 0.0
+        Prior of each entry of the population mean mu (D,); a number fixes it (0: the
+        zero-mean matrix-normal of MTRL). Learn it (e.g. ``Normal(0, 10)``) when features such
+        as an intercept have a common non-zero level; Omega then describes the tasks'
+        deviations from mu.
+    loading_scale : float
+        Prior sd of each loading (low-rank prior).
+
+    Note: the overall size of Omega and of Sigma is shared (s_t c and sigma_d / c give the same
+    W); the proper priors on both keep this ridge bounded, and C is unaffected by it.
+    """
+
+    def __init__(self, correlation: LKJ | None = None, scales: dist.Distribution | None = None,
+                 rank: int | None = None, feature_scale: dist.Distribution | None = None,
+                 mean=0.0, loading_scale: float = 1.0):
+        if correlation is None:
+            correlation = LKJ(2.0)
+        if isinstance(correlation, (int, float)) and not isinstance(correlation, bool):
+            correlation = LKJ(correlation)
+        if not isinstance(correlation, LKJ):
+            raise TypeError(f"correlation must be bayesmtl.priors.LKJ(eta); got {type(correlation).__name__}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be None (full task covariance) or an integer >= 1; got {rank!r}")
+        if not (isinstance(loading_scale, (int, float)) and loading_scale > 0):
+            raise ValueError(f"loading_scale must be a number > 0; got {loading_scale!r}")
+        self.correlation = correlation
+        self.scales = dist.HalfNormal(1.0) if scales is None else as_distribution(scales, "scales")
+        self.rank = rank
+        self.feature_scale = (dist.HalfNormal(1.0) if feature_scale is None
+                              else as_distribution(feature_scale, "feature_scale"))
+        self.mean = float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean")
+        self.loading_scale = float(loading_scale)
+
+    @property
+    def relation_kind(self) -> str:  # type: ignore[override]
+        form = (f"low rank {self.rank} + diagonal" if self.rank is not None
+                else f"LKJ(eta={self.correlation.eta})")
+        return (f"task correlation C = corr(Omega), the matrix-normal task covariance ({form}): "
+                "+1 = related, 0 = unrelated, -1 = negatively related")
+
+    # ------------------------------------------------------------------ structure
+    def check(self, n_tasks: int, n_dims: int) -> None:
+        if n_tasks < 2:
+            raise ValueError(f"task-relationship learning needs at least 2 tasks; got {n_tasks}")
+        if self.rank is not None and self.rank >= n_tasks:
+            raise ValueError(f"rank={self.rank} must be smaller than the number of tasks ({n_tasks}); "
+                             "use rank=None for a full task covariance")
+
+    def site_dims(self):
+        dims = {"feature_scale": ("feature",), "w_raw": ("task", "feature"), "w": ("task", "feature")}
+        if not isinstance(self.mean, float):
+            dims["mu"] = ("feature",)
+        if self.rank is None:
+            dims.update(task_scale=("task",), corr_chol=("task", "task_"))
+        else:
+            dims.update(loadings=("task", "factor"), psi=("task",), factor_raw=("factor", "feature"))
+        return dims
+
+    def sample_hyper(self, n_tasks: int, n_dims: int, task_plate, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The covariance sites (everything but the standard normals). Used by the collapsed form too."""
+        T, D = n_tasks, n_dims
+        out = {}
+        if not isinstance(self.mean, float):
+            out["mu"] = pyro.sample("mu", _vec(self.mean, D, like))
+        out["feature_scale"] = pyro.sample("feature_scale", _vec(self.feature_scale, D, like))
+        scales = move_distribution(self.scales, like)
+        if self.rank is None:
+            conc = torch.tensor(self.correlation.eta, dtype=like.dtype, device=like.device)
+            out["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(T, conc))
+            with task_plate:
+                out["task_scale"] = pyro.sample("task_scale", scales)
+        else:
+            with task_plate:
+                out["loadings"] = pyro.sample(
+                    "loadings", dist.Normal(torch.zeros_like(like), self.loading_scale).expand([self.rank]).to_event(1))
+                out["psi"] = pyro.sample("psi", scales)
+        return out
+
+    def sample(self, n_tasks, n_dims, task_plate, like):
+        T, D = n_tasks, n_dims
+        h = self.sample_hyper(T, D, task_plate, like)
+        normal = dist.Normal(torch.zeros_like(like), 1.0)
+        if self.rank is not None:
+            u = pyro.sample("factor_raw", normal.expand([self.rank, D]).to_event(2))
+        with task_plate:
+            z = pyro.sample("w_raw", normal.expand([D]).to_event(1))
+        batch = z.shape[:-2]  # () unbatched, (C,) under an outer plate at dim -2
+        fs = h["feature_scale"].reshape(*batch, 1, D)
+        if self.rank is None:
+            L = h["corr_chol"].reshape(*batch, T, T)
+            dev = h["task_scale"].reshape(*batch, T, 1) * (L @ z)
+        else:
+            lam = h["loadings"].reshape(*batch, T, self.rank)
+            dev = lam @ u.reshape(*batch, self.rank, D) + h["psi"].reshape(*batch, T, 1) * z
+        w = dev * fs
+        if "mu" in h:
+            w = w + h["mu"].reshape(*batch, 1, D)
+        elif self.mean != 0.0:
+            w = w + self.mean
+        return pyro.deterministic("w", w)
+
+    # ------------------------------------------------------------------ after inference
+    def sample_new(self, samples, n_new, n_dims, generator):
+        """A new task drawn as an *unrelated* task with the average task scale.
+
+        The prior says nothing about a new task's covariance with the known tasks (Omega is
+        only defined over the training tasks), so the conditional Gaussian given the others
+        is not available. Each draw uses w_new = mu + sqrt(mean_t Omega_tt) sigma * z,
+        z ~ N(0, I): the population's typical spread, no borrowing from particular tasks.
+        """
+        fs = samples["feature_scale"].reshape(-1, n_dims)
+        S = fs.shape[0]
+        T = (samples["task_scale"] if self.rank is None else samples["psi"]).reshape(S, -1).shape[-1]
+        R = omega_root(samples, T, self.rank)
+        avg = (R * R).sum(-1).mean(-1).sqrt()  # (S,) root mean diagonal of Omega
+        z = torch.randn(S, n_new, n_dims, generator=generator, dtype=fs.dtype, device=fs.device)
+        w = avg.reshape(S, 1, 1) * fs.unsqueeze(-2) * z
+        if "mu" in samples:
+            w = w + samples["mu"].reshape(S, 1, n_dims)
+        else:
+            w = w + self.mean
+        return w
+
+    def relations(self, samples):
+        w = samples["w"]
+        return task_correlation(samples, w.shape[-2], self.rank).cpu().numpy()
+
+    def __repr__(self):
+        return (f"TaskRelationship(correlation={self.correlation}, scales={self.scales}, rank={self.rank}, "
+                f"feature_scale={self.feature_scale}, mean={self.mean})")

@@ -1,0 +1,227 @@
+"""MCMC speed: min bulk ESS per second of wall time (compilation included), bayesmtl's batched NUTS
+(collapsed and plain paths) next to Pyro's NUTS.
+
+    .venv/bin/python benchmarks/mcmc.py [--quick] [--chains 4] [--seed 0] [--pyro-draws 200]
+                                        [--many 4,64,1024] [--with-numpyro]
+
+Tables: (a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred;
+(b) hierarchical logistic regression, same shape; (c) eight schools (non-centred);
+(d) ESS/s against the number of chains on the CPU (eight schools, plain path).
+Pyro's NUTS (one chain per run, chains in turn, JIT, 1 thread) is slow: it runs ``--pyro-draws``
+warmup + draws per chain and that row is marked "short run"; ESS/s barely depends on run length.
+``--with-numpyro`` creates /tmp/numpyro-venv (pip install numpyro jax jaxlib; never the package's
+own environment) and times NumPyro's vectorised NUTS on (a)-(c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+warnings.filterwarnings("ignore")
+
+import arviz as az  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+
+import bayesmtl as bm  # noqa: E402
+from bayesmtl.synthetic import hierarchical_regression  # noqa: E402
+
+ISSUE_NUMPYRO = {"a": "NumPyro 0.22 vectorised (issue's figure, 2 idle cores): 22.3 s, ESS 463, 20.8 ESS/s",
+                 "c": "NumPyro vectorised (issue's figure): 320 ESS/s"}
+
+
+def min_bulk_ess(samples: dict[str, np.ndarray]) -> float:
+    """Smallest bulk ESS over every scalar of every site, samples (C, S, ...)."""
+    ess = az.ess(az.convert_to_dataset({k: np.asarray(v, dtype=float) for k, v in samples.items()}), method="bulk")
+    return float(min(float(ess[k].min()) for k in ess.data_vars))
+
+
+SKIP: list[str] = []
+
+
+def bench(label, model, data, method, chains, warmup, draws, seed, note="", **options) -> dict | None:
+    if any(k in label for k in SKIP):
+        return None
+    t0 = time.perf_counter()
+    post = bm.fit(model, data, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed,
+                  progress=False, **options)
+    wall = time.perf_counter() - t0
+    ess = min_bulk_ess(post.samples)
+    div = int(np.asarray(post.sample_stats.get("diverging", 0)).sum())
+    return {"sampler": label, "path": post.info.get("path"), "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})",
+            "wall s": round(wall, 1), "min bulk ESS": round(ess), "ESS/s": round(ess / wall, 2),
+            "divergences": div, "note": note}
+
+
+def regression(likelihood: str, seed: int):
+    df, _ = hierarchical_regression(n_tasks=100, rows=50, features=5, seed=seed, likelihood=likelihood)
+    return bm.MultiTaskData.from_frame(df, task="task", target="y"), df
+
+
+def eight_schools():
+    y = [28, 8, -3, 7, -1, 1, 18, 12]
+    sigma = [15, 10, 16, 11, 9, 11, 10, 18]
+    df = pd.DataFrame({"school": [str(i + 1) for i in range(8)], "y": y, "sigma": sigma})
+    data = bm.MultiTaskData.from_frame(df, task="school", target="y", features=[], noise="sigma")
+    model = bm.models.Hierarchical(prior=bm.priors.Hierarchical(mean=dist.Normal(0, 5), scale=dist.HalfCauchy(5)))
+    return model, data, df
+
+
+def show(title: str, rows: list[dict], extra: str | None = None) -> None:
+    rows = [r for r in rows if r]
+    if not rows:
+        return
+    print(f"\n## {title}\n")
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + " --- |" * len(cols))
+    for r in rows:
+        print("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    if extra:
+        print(f"\n{extra}")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------- NumPyro, in its own venv
+NUMPYRO_VENV = "/tmp/numpyro-venv"
+NUMPYRO_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, pandas as pd
+    import jax, jax.numpy as jnp, numpyro, numpyro.distributions as nd, arviz as az
+    from numpyro.infer import MCMC, NUTS
+    numpyro.set_host_device_count(1)
+    spec = json.loads(sys.argv[1]); df = pd.read_csv(spec["csv"])
+    task = pd.factorize(df[spec["task"]])[0]; T = task.max() + 1
+    X = df[spec["features"]].to_numpy(float); X = np.column_stack([np.ones(len(df)), X]); D = X.shape[1]
+    y = df[spec["target"]].to_numpy(float)
+    def model():
+        mu = numpyro.sample("mu", spec["mu"] == "n5" and nd.Normal(0, 5).expand([D]).to_event(1)
+                            or nd.Normal(0, 10).expand([D]).to_event(1))
+        tau = numpyro.sample("tau", spec["mu"] == "n5" and nd.HalfCauchy(5).expand([D]).to_event(1)
+                             or nd.HalfNormal(1).expand([D]).to_event(1))
+        with numpyro.plate("task", T):
+            z = numpyro.sample("w_raw", nd.Normal(0, 1).expand([D]).to_event(1))
+            sigma = numpyro.sample("sigma", nd.HalfNormal(1)) if spec["lik"] == "gaussian" else None
+        w = mu + tau * z
+        eta = (X * w[task]).sum(-1)
+        with numpyro.plate("data", len(y)):
+            if spec["lik"] == "gaussian":
+                numpyro.sample("y", nd.Normal(eta, sigma[task]), obs=y)
+            elif spec["lik"] == "known":
+                numpyro.sample("y", nd.Normal(eta, df["sigma"].to_numpy(float)), obs=y)
+            else:
+                numpyro.sample("y", nd.Bernoulli(logits=eta), obs=y)
+    t0 = time.perf_counter()
+    mcmc = MCMC(NUTS(model), num_warmup=spec["W"], num_samples=spec["S"], num_chains=spec["C"],
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(spec["seed"]))
+    s = mcmc.get_samples(group_by_chain=True); jax.block_until_ready(s)
+    wall = time.perf_counter() - t0
+    ess = az.ess(az.convert_to_dataset({k: np.asarray(v) for k, v in s.items()}), method="bulk")
+    m = min(float(ess[k].min()) for k in ess.data_vars)
+    print(json.dumps({"wall": wall, "ess": m, "version": numpyro.__version__}))
+""")
+
+
+def numpyro_row(label, df, spec, chains, warmup, draws, seed) -> dict | None:
+    py = os.path.join(NUMPYRO_VENV, "bin", "python")
+    if not os.path.exists(py):
+        print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, arviz, pandas) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", NUMPYRO_VENV], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "arviz", "pandas"], check=True)
+    csv = f"/tmp/numpyro_bench_{label}.csv"
+    df.to_csv(csv, index=False)
+    spec = dict(spec, csv=csv, C=chains, W=warmup, S=draws, seed=seed)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_ENABLE_X64="1")
+    out = subprocess.run([py, "-c", NUMPYRO_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"sampler": f"NumPyro {r['version']} NUTS vectorised (measured)", "path": "plain",
+            "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})", "wall s": round(r["wall"], 1),
+            "min bulk ESS": round(r["ess"]), "ESS/s": round(r["ess"] / r["wall"], 2), "divergences": None,
+            "note": "float64, same model in NumPyro"}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="shorter runs (500 + 500) and fewer chain counts")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pyro-draws", type=int, default=200, help="warmup = draws per chain for Pyro's NUTS rows")
+    p.add_argument("--many", default=None, help="chain counts for table (d), default 4,64,1024 (quick: 4,64,256)")
+    p.add_argument("--only", default="abcd", help="which tables to run, e.g. 'ac'")
+    p.add_argument("--with-numpyro", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip", default="", help="comma-separated substrings of sampler labels to skip, e.g. 'plain,Pyro'")
+    a = p.parse_args(argv)
+    SKIP[:] = [k for k in a.skip.split(",") if k]
+    torch.set_num_threads(a.threads)
+    C, seed = a.chains, a.seed
+    W = S = 500 if a.quick else 1000
+    pw = a.pyro_draws
+    short = f"short run ({pw}+{pw} per chain)"
+    print(f"# MCMC benchmark: torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} cpu(s), "
+          f"load average {os.getloadavg()[0]:.1f}, seed {seed}")
+
+    if "a" in a.only:
+        data, df = regression("gaussian", seed)
+        model = bm.models.Hierarchical()
+        rows = [bench("bayesmtl nuts (collapsed)", model, data, "nuts", C, W, S, seed),
+                bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
+                bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
+                      collapse=False)]
+        if a.with_numpyro:
+            r = numpyro_row("a", df, {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)],
+                                      "lik": "gaussian", "mu": "n10"}, C, W, S, seed)
+            rows += [r] if r else []
+        show("(a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred", rows,
+             "reference: " + ISSUE_NUMPYRO["a"])
+
+    if "b" in a.only:
+        data, df = regression("bernoulli", seed)
+        model = bm.models.Hierarchical("bernoulli")
+        rows = [bench("bayesmtl nuts (plain; no collapse possible)", model, data, "nuts", C, W, S, seed),
+                bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short)]
+        if a.with_numpyro:
+            r = numpyro_row("b", df, {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)],
+                                      "lik": "bernoulli", "mu": "n10"}, C, W, S, seed)
+            rows += [r] if r else []
+        show("(b) hierarchical logistic regression, same shape", rows)
+
+    if "c" in a.only:
+        model, data, df = eight_schools()
+        rows = [bench("bayesmtl nuts (collapsed)", model, data, "nuts", C, W, S, seed),
+                bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
+                bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
+                      collapse=False)]
+        if a.with_numpyro:
+            r = numpyro_row("c", df.rename(columns={"school": "task"}), {"task": "task", "target": "y", "features": [],
+                                                                          "lik": "known", "mu": "n5"}, C, W, S, seed)
+            rows += [r] if r else []
+        show("(c) eight schools, non-centred", rows, "reference: " + ISSUE_NUMPYRO["c"])
+
+    if "d" in a.only:
+        counts = [int(c) for c in (a.many or ("4,64,256" if a.quick else "4,64,1024")).split(",")]
+        model, data, _ = eight_schools()
+        rows = []
+        for n in counts:
+            d = S if n <= 64 else max(S // 5, 100)
+            rows.append(bench(f"bayesmtl nuts (plain), {n} chains", model, data, "nuts", n, W, d, seed,
+                              collapse=False))
+        show("(d) ESS/s against the number of chains, CPU (eight schools, plain path)", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""SARCOS inverse dynamics: independent GPs vs ICM (Bonilla et al. 2008) of ranks 1, 2, 3.
+
+Protocol (issue 5): only the test file is available; even rows train, odd rows test;
+inputs and outputs standardised on the training part. Prints standardised MSE (MSE / test
+variance) and mean negative log predictive density (original torque units) per torque.
+
+    .venv/bin/python examples/sarcos.py --max-train 500 --ranks 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from bayesmtl.models.multitask_gp import MultitaskGP
+
+import bayesmtl as bm
+from bayesmtl.datasets import SARCOS_INPUTS as _IN
+from bayesmtl.datasets import SARCOS_TORQUES as _OUT
+from bayesmtl.datasets import sarcos
+from bayesmtl.gp import icm
+
+SARCOS_INPUTS, SARCOS_TORQUES = list(_IN), list(_OUT)
+
+
+def fit_independent(X, y, kernel, steps, seed):
+    """One GP per torque (same kernel family, own hyperparameters), type-II ML with L-BFGS."""
+    g = torch.Generator().manual_seed(seed)
+    D = X.shape[1]
+    raw = {"ls": (math.log(math.sqrt(D)) + 0.1 * torch.randn(D, generator=g, dtype=X.dtype)).requires_grad_(),
+           "s": torch.tensor([math.log(0.5)], dtype=X.dtype, requires_grad=True),
+           "n": torch.tensor([math.log(0.1)], dtype=X.dtype, requires_grad=True),
+           "m": torch.zeros(1, dtype=X.dtype, requires_grad=True)}
+    Y = y[:, None]
+
+    def mll():
+        return icm.kronecker_mll(X, Y, raw["s"].exp()[:, None], raw["ls"].exp(), raw["n"].exp(), raw["m"], kernel)
+
+    opt = torch.optim.LBFGS(list(raw.values()), lr=1.0, max_iter=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -mll() / len(y)
+        loss.backward()
+        return loss
+
+    prev = None
+    for _ in range(steps):
+        cur = float(opt.step(closure).detach())
+        if prev is not None and abs(prev - cur) < 1e-7 * abs(cur):
+            break
+        prev = cur
+    with torch.no_grad():
+        B = raw["s"].exp()[:, None]
+        ls, nz, m = raw["ls"].exp(), raw["n"].exp(), raw["m"]
+        return lambda Xs: _pred1(X, Y, B, ls, nz, m, kernel, Xs)
+
+
+def _pred1(X, Y, B, ls, nz, m, kernel, Xs):
+    c = icm.kronecker_cache(X, Y, B, ls, nz, m, kernel)
+    mu, var = icm.kronecker_predict(c, X, Xs, torch.zeros(len(Xs), dtype=torch.long), B, ls, m, kernel)
+    return mu, var + nz[0]
+
+
+def metrics(mu, var, y, sd):
+    """SMSE and mean NLPD (original units) from standardised predictions."""
+    smse = float(((mu - y) ** 2).mean() / y.var())
+    nlpd = float((0.5 * torch.log(2 * math.pi * var) + 0.5 * (y - mu) ** 2 / var).mean()) + math.log(sd)
+    return smse, nlpd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="map", choices=["map"], help="type-II ML (as in the paper)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--kernel", default="rbf")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-train", type=int, default=None, help="use the first n training rows (quick run)")
+    ap.add_argument("--max-test", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=50, help="L-BFGS outer steps")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = bm.fit.__globals__["resolve_device"](args.device)
+    train, test = sarcos()
+    if args.max_train:
+        train = train.iloc[: args.max_train]
+    if args.max_test:
+        test = test.iloc[: args.max_test]
+    xm, xs = train[SARCOS_INPUTS].mean(), train[SARCOS_INPUTS].std()
+    ym, ys = train[SARCOS_TORQUES].mean(), train[SARCOS_TORQUES].std()
+    Xtr = torch.tensor(((train[SARCOS_INPUTS] - xm) / xs).to_numpy(), device=dev)
+    Xte = torch.tensor(((test[SARCOS_INPUTS] - xm) / xs).to_numpy(), device=dev)
+    Ytr = torch.tensor(((train[SARCOS_TORQUES] - ym) / ys).to_numpy(), device=dev)
+    Yte = torch.tensor(((test[SARCOS_TORQUES] - ym) / ys).to_numpy(), device=dev)
+    T = len(SARCOS_TORQUES)
+    print(f"SARCOS: {len(train)} train inputs x {T} torques, {len(test)} test inputs, kernel {args.kernel}")
+    rows = []
+    t0 = time.perf_counter()
+    for t, name in enumerate(SARCOS_TORQUES):
+        pred = fit_independent(Xtr, Ytr[:, t], args.kernel, args.steps, args.seed)
+        mu, var = pred(Xte)
+        smse, nlpd = metrics(mu, var, Yte[:, t], float(ys.iloc[t]))
+        rows.append({"model": "independent GPs", "torque": name, "SMSE": smse, "NLPD": nlpd})
+    print(f"independent GPs: {time.perf_counter() - t0:.1f} s")
+
+    def long(X, Y):
+        n = len(X)
+        df = pd.DataFrame(np.tile(X.cpu().numpy(), (T, 1)), columns=SARCOS_INPUTS)
+        df["joint"] = np.repeat(SARCOS_TORQUES, n)
+        df["torque"] = Y.cpu().numpy().T.reshape(-1)
+        return df
+
+    data = bm.MultiTaskData.from_frame(long(Xtr, Ytr), task="joint", target="torque")
+    new = data.prepare(long(Xte, Yte))
+    for r in args.ranks:
+        t0 = time.perf_counter()
+        post = bm.fit(MultitaskGP(rank=r, kernel=args.kernel), data, method=args.method, seed=args.seed,
+                      device=args.device, steps=args.steps, progress=False)
+        mu, var = post.model.predictive_moments(post.data.to(dev), new.to(dev),
+                                                {k: v.to(dev) for k, v in post.flat().items()})
+        mu, var = mu[0], var[0]
+        for t, name in enumerate(SARCOS_TORQUES):
+            sel = new.task == t
+            smse, nlpd = metrics(mu[sel], var[sel], new.y[sel], float(ys.iloc[t]))
+            rows.append({"model": f"ICM rank {r}", "torque": name, "SMSE": smse, "NLPD": nlpd})
+        print(f"ICM rank {r}: {time.perf_counter() - t0:.1f} s ({post.info['gp_path']} path, "
+              f"log ML {post.info['log_marginal_likelihood']:.1f})")
+    res = pd.DataFrame(rows)
+    for metric in ("SMSE", "NLPD"):
+        tab = res.pivot(index="torque", columns="model", values=metric)
+        tab.loc["mean"] = tab.mean()
+        print(f"\n{metric} per torque")
+        print(tab.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()

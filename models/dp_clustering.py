@@ -1,0 +1,198 @@
+"""Dirichlet-process task clustering (Xue, Liao, Carin & Krishnapuram 2007, JMLR).
+
+Tasks in one cluster share one parameter vector; the number of clusters is learned through a
+truncated stick-breaking DP prior (``bayesmtl.priors.DirichletProcess``). Per task t:
+
+    z_t ~ Categorical(pi),   y_n ~ likelihood(x_n . theta_{z_t} + x_n^shared . coef)  for rows n of t
+
+The assignment z_t is a discrete site marked ``enumerate="parallel"``, so SVI (``TraceEnum_ELBO``)
+and Pyro's NUTS sum it out: the back ends only ever see the continuous parameters. After
+inference ``complete`` computes, for every draw, the exact conditional
+p(z_t = k | draw) ∝ pi_k prod_{n in t} p(y_n | theta_k) (``z_prob``, (T, K)), draws ``z`` (T,)
+from it and sets ``w`` (T, D) = theta_z. Co-clustering, the number of occupied clusters and the
+point partition are invariant to label switching.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.ops.indexing import Vindex
+
+from bayesmtl.data import MultiTaskData
+from bayesmtl.likelihoods import Gaussian, Likelihood
+from bayesmtl.model import MultiTaskModel, linear_predictor
+from bayesmtl.priors.base import move_distribution
+from bayesmtl.priors.dirichlet import TRUNCATION_TOLERANCE, DirichletProcess
+
+__all__ = ["DPClustering", "cluster_loglik"]
+
+
+def cluster_loglik(model: MultiTaskModel, data: MultiTaskData, atoms: torch.Tensor, coef: torch.Tensor | None,
+                   params: dict[str, torch.Tensor], Xv: torch.Tensor, Xs: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood of each task's rows under each cluster's atom, shape (..., T, K).
+
+    atoms (..., K, D); coef and params laid out as inside the model or as flat draws (S, ...).
+    """
+    lik = model.likelihood_for(data)
+    T, K = data.n_tasks, atoms.shape[-2]
+    zeros = torch.zeros_like(data.task)
+    if isinstance(lik, Gaussian) and lik.noise == "shared":
+        # a shared sigma's layout rule (Gaussian.scale) assumes eta (..., N): one cluster at a time
+        cols = []
+        for k in range(K):
+            eta = linear_predictor(atoms[..., k:k + 1, :], coef, Xv, Xs, zeros)
+            lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
+            cols.append(lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp))
+        return torch.stack(cols, dim=-1)
+    # clusters as a new leftmost dim: eta (K, ..., N) broadcasts against per-task or per-row parameters
+    eta = linear_predictor(atoms.movedim(-2, 0).unsqueeze(-2), coef, Xv, Xs, zeros)
+    lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
+    return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).movedim(0, -1)
+
+
+class DPClustering(MultiTaskModel):
+    """Multi-task GLM whose task parameters are clustered by a Dirichlet process.
+
+    Parameters
+    ----------
+    likelihood : "bernoulli" (the paper's case), "gaussian", "poisson", "binomial" or a Likelihood
+    prior : DirichletProcess, optional
+        Default ``DirichletProcess(alpha=Gamma(1, 1), base=Hierarchical(), truncation=20)``.
+    intercept, shared, shared_prior
+        As in ``MultiTaskModel``.
+    """
+
+    name = "dp-clustering"
+    #: plates sit at dim -1; the enumerated assignment takes dim -2 (left of the plates)
+    max_plate_nesting = 1
+    #: the back ends must sum out the enumerated ``z`` site (SVI picks TraceEnum_ELBO)
+    has_enumeration = True
+
+    def __init__(self, likelihood: str | Likelihood = "bernoulli", prior: DirichletProcess | None = None,
+                 intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):
+        prior = DirichletProcess() if prior is None else prior
+        if not isinstance(prior, DirichletProcess):
+            raise TypeError(f"DPClustering needs a bayesmtl.priors.DirichletProcess prior; got {type(prior).__name__}")
+        super().__init__(prior, likelihood, intercept, shared, shared_prior)
+
+    def coords(self, data):
+        out = super().coords(data)
+        out.update(self.prior.coords())
+        return out
+
+    # ------------------------------------------------------------------ the Pyro program
+    def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None, observe: bool = True):
+        if subsample_size is not None:
+            raise ValueError("DPClustering does not support minibatches of rows (batch_size): the cluster "
+                             "marginal needs each task's full log-likelihood")
+        Xv, Xs = self.design(data)
+        lik = self.likelihood_for(data)
+        T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
+        like = torch.zeros((), dtype=data.dtype, device=data.device)
+
+        def model() -> None:
+            task_plate = pyro.plate("task", T, dim=-1)
+            weights, atoms = self.prior.sample_clusters(D, like)
+            coef = None
+            if Ds:
+                coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
+            params = lik.sample_params(T, task_plate, like)
+            if not observe:
+                return
+            ll = cluster_loglik(self, data, atoms, coef, params, Xv, Xs)  # (..., T, K)
+            with task_plate:
+                z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+                pyro.factor("y", Vindex(ll)[..., z])
+
+        return model
+
+    def collapsed(self, data: MultiTaskData) -> _Marginal:
+        """The continuous marginal (z summed out by logsumexp), for samplers without enumeration.
+
+        ``fit`` uses it for MCMC methods unless ``collapse=False`` (which keeps the enumerated
+        site for Pyro's NUTS); ``complete`` then draws z from its exact conditional either way.
+        """
+        return _Marginal(self, data)
+
+    # ------------------------------------------------------------------ after inference
+    def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
+                 chunk: int = 1000) -> dict[str, torch.Tensor]:
+        """Deterministic sites, then z_prob (S, T, K), z (S, T) and w (S, T, D) from the exact conditional."""
+        full = super().complete(data, samples, chunk)
+        Xv, Xs = self.design(data)
+        lik = self.likelihood_for(data)
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,))))  # fit seeded the global RNG
+        S = full["weights"].shape[0]
+        probs, zs = [], []
+        with torch.no_grad():
+            for lo in range(0, S, chunk):
+                sl = slice(lo, lo + chunk)
+                params = {k: full[k][sl] for k in lik.site_dims()}
+                coef = full["coef"][sl] if "coef" in full else None
+                ll = cluster_loglik(self, data, full["atom_w"][sl], coef, params, Xv, Xs)
+                logp = torch.log(full["weights"][sl].clamp_min(1e-300)).unsqueeze(-2) + ll
+                p = torch.softmax(logp.double(), dim=-1)
+                probs.append(p.to(ll.dtype))
+                zs.append(torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=gen).reshape(p.shape[:-1]))
+        full["z_prob"] = torch.cat(probs)
+        full["z"] = torch.cat(zs)
+        atoms = full["atom_w"]
+        full["w"] = atoms.gather(-2, full["z"].unsqueeze(-1).expand(-1, -1, atoms.shape[-1]))
+        tail = full["weights"][:, -1]
+        if "alpha" in full:
+            tail = tail * full["alpha"] / (1 + full["alpha"])
+        else:
+            tail = tail * self.prior.alpha / (1 + self.prior.alpha)
+        if float(tail.mean()) > TRUNCATION_TOLERANCE:
+            warnings.warn(f"DirichletProcess truncation={self.prior.truncation}: the posterior expected stick "
+                          f"weight beyond the truncation level is {float(tail.mean()):.3f} "
+                          f"(> {TRUNCATION_TOLERANCE:.0%}); raise truncation", UserWarning, stacklevel=2)
+        return full
+
+    def num_clusters(self, post) -> pd.DataFrame:
+        """Posterior of the number of occupied clusters (from the drawn z): num_clusters, probability."""
+        z = torch.as_tensor(post.samples["z"]).reshape(-1, post.data.n_tasks)
+        counts = np.array([len(torch.unique(row)) for row in z])
+        vals, n = np.unique(counts, return_counts=True)
+        return pd.DataFrame({"num_clusters": vals, "probability": n / n.sum()})
+
+    def extra_outputs(self, post) -> dict[str, pd.DataFrame]:
+        return {"clusters.csv": post.relations().clusters()}
+
+
+class _Marginal:
+    """``DPClustering`` with z summed out in closed form: per task, log sum_k pi_k p(y_t | theta_k)."""
+
+    def __init__(self, model: DPClustering, data: MultiTaskData):
+        self.model, self.data = model, data
+        self.max_plate_nesting = model.max_plate_nesting
+
+    def pyro_model(self):
+        m, data = self.model, self.data
+        Xv, Xs = m.design(data)
+        lik = m.likelihood_for(data)
+        T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
+        like = torch.zeros((), dtype=data.dtype, device=data.device)
+
+        def model() -> None:
+            task_plate = pyro.plate("task", T, dim=-1)
+            weights, atoms = m.prior.sample_clusters(D, like)  # (..., K) broadcasts with (..., T, K)
+            coef = None
+            if Ds:
+                coef = pyro.sample("coef", move_distribution(m.shared_prior, like).expand([Ds]).to_event(1))
+            params = lik.sample_params(T, task_plate, like)
+            ll = cluster_loglik(m, data, atoms, coef, params, Xv, Xs)
+            with task_plate:
+                pyro.factor("y", torch.logsumexp(torch.log(weights.clamp_min(1e-300)) + ll, dim=-1))
+
+        return model
+
+    def conditional(self, samples, generator):
+        return samples  # z is drawn from its exact conditional in DPClustering.complete

@@ -1,0 +1,413 @@
+"""Multi-task Gaussian processes: ICM (Bonilla, Chai & Williams 2008) and variational LMC.
+
+``MultitaskGP(kind="icm")`` is the exact intrinsic coregionalisation model
+
+    cov(f_i(x), f_j(x')) = B_ij k(x, x'),     y = mean_task + f_task(x) + N(0, noise_task)
+
+on long-format data (GP inputs = features, one task per row). The Kronecker path is used when
+every task is observed at every input, the Hadamard path otherwise (``info["gp_path"]``).
+
+Parametrisation of B and priors (for ``nuts``/``svi``; ``map`` is type-II maximum likelihood):
+
+* ``rank == n_tasks``: B = diag(s) C diag(s) with ``C ~ LKJ(task_corr_eta)`` (site ``corr_chol``,
+  its Cholesky factor) and task output scales ``s ~ outputscale_prior`` (site ``outputscale``);
+* ``rank < n_tasks``: B = W W^T + diag(v), ``W ~ w_prior`` (site ``task_W``, (T, rank)),
+  ``v ~ v_prior`` (site ``task_v``).
+
+Other sites: ``lengthscale`` (D,) ARD, ``noise`` (T,) variances, ``mean`` (T,). Deterministic:
+``task_cov`` (T, T) and ``task_corr`` (T, T). Default priors suit standardised features and a
+standardised target. ``map`` always fits W (T, rank) and v.
+
+``kind="lmc"`` is the variational linear model of coregionalisation (``bayesmtl.gp.lmc``), fitted
+with ``method="map"`` only (inducing points, minibatches).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+
+from bayesmtl.data import MultiTaskData
+from bayesmtl.gp import icm
+from bayesmtl.infer.base import Draws, Settings, torch_threads
+from bayesmtl.priors.base import as_distribution, move_distribution
+
+__all__ = ["MultitaskGP"]
+
+_MAP_OPTIONS = {"optimizer", "lr", "steps", "tol", "threads", "restarts", "batch_size",
+                "inducing_lr"}
+
+
+class MultitaskGP:
+    """Multi-task GP regression.
+
+    Parameters
+    ----------
+    rank : int
+        Rank of W in B = W W^T + diag(v) (ICM); ``rank == n_tasks`` gives a full-rank B with an
+        LKJ prior on the task correlation. For LMC, the default number of latents.
+    kernel : "rbf", "matern12", "matern32", "matern52" or a gpytorch Kernel
+        Input kernel (ARD). A gpytorch kernel object is fitted with ``method="map"`` only.
+    kind : "icm" or "lmc"
+    num_latents, inducing : int
+        LMC only: number of latent GPs (default ``rank``) and inducing points.
+    lengthscale_prior, outputscale_prior, noise_prior, mean_prior, w_prior, v_prior : pyro distributions
+    task_corr_eta : float
+        LKJ concentration of the task correlation (1 = uniform over correlation matrices).
+    """
+
+    name = "multitask-gp"
+    max_plate_nesting = 1
+
+    def __init__(self, rank: int = 1, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
+                 inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,
+                 mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
+        if kind not in ("icm", "lmc"):
+            raise ValueError(f"kind must be 'icm' or 'lmc'; got {kind!r}")
+        if isinstance(kernel, str):
+            if kernel not in icm.KERNELS:
+                raise ValueError(f"kernel must be one of {icm.KERNELS} or a gpytorch Kernel; got {kernel!r}")
+        else:
+            import gpytorch
+
+            if not isinstance(kernel, gpytorch.kernels.Kernel):
+                raise TypeError(f"kernel must be a name or a gpytorch Kernel; got {type(kernel).__name__}")
+        if float(task_corr_eta) <= 0:
+            raise ValueError(f"task_corr_eta must be positive; got {task_corr_eta}")
+        self.rank = rank
+        self.kernel = kernel
+        self.kind = kind
+        self.num_latents = num_latents
+        self.inducing = int(inducing)
+        self.lengthscale_prior = as_distribution(lengthscale_prior or dist.LogNormal(0.0, 1.0), "lengthscale_prior")
+        self.outputscale_prior = as_distribution(outputscale_prior or dist.LogNormal(0.0, 1.0), "outputscale_prior")
+        self.noise_prior = as_distribution(noise_prior or dist.LogNormal(-2.0, 1.5), "noise_prior")
+        self.mean_prior = as_distribution(mean_prior or dist.Normal(0.0, 1.0), "mean_prior")
+        self.w_prior = as_distribution(w_prior or dist.Normal(0.0, 1.0), "w_prior")
+        self.v_prior = as_distribution(v_prior or dist.HalfNormal(1.0), "v_prior")
+        self.task_corr_eta = float(task_corr_eta)
+        self._lmc = None  # fitted variational LMC state (kind="lmc")
+
+    def __repr__(self) -> str:
+        k = self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
+        extra = f", num_latents={self.num_latents}, inducing={self.inducing}" if self.kind == "lmc" else ""
+        return f"MultitaskGP(rank={self.rank}, kernel={k!r}, kind={self.kind!r}{extra})"
+
+    # ------------------------------------------------------------------ structure
+    def check(self, data: MultiTaskData) -> None:
+        """Raise ValueError/TypeError naming the problem when the data cannot feed this model."""
+        if not isinstance(data, MultiTaskData):
+            raise TypeError(f"data must be a MultiTaskData; got {type(data).__name__}")
+        if data.y is None:
+            raise ValueError("the data have no target column")
+        if data.n_features == 0:
+            raise ValueError("a multi-task GP needs at least one input feature; the data have none")
+        counts = data.rows_per_task()
+        few = [data.task_names[i] for i in np.flatnonzero(counts < 2)]
+        if few:
+            raise ValueError(f"task {few[0]!r} has {counts[data.task_names.index(few[0])]} row(s); "
+                             "a multi-task GP needs at least 2 rows per task")
+        T = data.n_tasks
+        if self.kind == "icm" and self.rank > T:
+            raise ValueError(f"rank {self.rank} exceeds the number of tasks ({T}); use rank <= {T}")
+        if not isinstance(self.kernel, str):
+            ard = getattr(self.kernel, "ard_num_dims", None)
+            base = getattr(self.kernel, "base_kernel", None)
+            if ard is None and base is not None:
+                ard = getattr(base, "ard_num_dims", None)
+            if ard is not None and ard != data.n_features:
+                raise ValueError(f"the kernel has ard_num_dims={ard} but the data have {data.n_features} "
+                                 f"input feature(s) {data.feature_names}")
+
+    def full_rank(self, data: MultiTaskData) -> bool:
+        return self.rank >= data.n_tasks
+
+    def gp_path(self, data: MultiTaskData) -> str:
+        """"kronecker" when every task is observed at every input, else "hadamard"."""
+        if self.kind == "lmc":
+            return "lmc-variational"
+        return "kronecker" if self._grid(data) is not None else "hadamard"
+
+    def _grid(self, data: MultiTaskData):
+        return icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
+
+    def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
+        T = data.n_tasks
+        q = self._n_latents(data)
+        return {"task": list(data.task_names), "task_": list(data.task_names),
+                "feature": list(data.feature_names), "rank": [f"r{i}" for i in range(min(self.rank, T))],
+                "latent": [f"q{i}" for i in range(q)]}
+
+    def _n_latents(self, data) -> int:
+        return self.num_latents or self.rank
+
+    def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
+        if self.kind == "lmc":
+            return {"lengthscale": ("latent", "feature"), "lmc_coef": ("latent", "task"), "noise": ("task",),
+                    "mean": ("task",), "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
+        return {"lengthscale": ("feature",), "outputscale": ("task",), "corr_chol": ("task", "task_"),
+                "task_W": ("task", "rank"), "task_v": ("task",), "noise": ("task",), "mean": ("task",),
+                "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
+
+    def describe(self, data: MultiTaskData) -> dict:
+        """What run.json records about the structure used."""
+        return {"gp_path": self.gp_path(data)}
+
+    # ------------------------------------------------------------------ the Pyro program
+    def _kernel_fn(self):
+        if isinstance(self.kernel, str):
+            return self.kernel
+        k = self.kernel
+        return lambda X1, X2, ls: k(X1, X2).to_dense()
+
+    def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None,
+                   observe: bool = True):
+        """Pyro program: hyperparameter priors + the exact GP marginal likelihood as a factor.
+
+        Broadcasts over a leading batch dim (an outer plate at dim -2).
+        """
+        if self.kind == "lmc":
+            raise NotImplementedError("kind='lmc' is fitted by variational inference: use method='map'")
+        if not isinstance(self.kernel, str):
+            raise NotImplementedError("a gpytorch kernel object is supported with method='map' only; "
+                                      "pass kernel='rbf'/'matern52'/... for nuts or svi")
+        if subsample_size is not None:
+            raise ValueError("the exact GP marginal likelihood does not factorise over rows: "
+                             "no minibatches (batch_size) for kind='icm'; use kind='lmc' for large data")
+        T, D = data.n_tasks, data.n_features
+        like = torch.zeros((), dtype=data.dtype, device=data.device)
+        full = self.full_rank(data)
+        grid = self._grid(data)
+        X, y, task = data.X, data.y, data.task
+        kind = self.kernel
+        mv = lambda d: move_distribution(d, like)  # noqa: E731
+        eta = self.task_corr_eta
+
+        def model() -> None:
+            ls = pyro.sample("lengthscale", mv(self.lengthscale_prior).expand([D]).to_event(1))
+            if full:
+                s = pyro.sample("outputscale", mv(self.outputscale_prior).expand([T]).to_event(1))
+                Lc = pyro.sample("corr_chol", dist.LKJCholesky(T, like.new_tensor(eta)))
+                F = s.unsqueeze(-1) * Lc
+                B = F @ F.transpose(-1, -2)
+            else:
+                W = pyro.sample("task_W", mv(self.w_prior).expand([T, self.rank]).to_event(2))
+                v = pyro.sample("task_v", mv(self.v_prior).expand([T]).to_event(1))
+                B = icm.task_covariance(W, v)
+            noise = pyro.sample("noise", mv(self.noise_prior).expand([T]).to_event(1))
+            mean = pyro.sample("mean", mv(self.mean_prior).expand([T]).to_event(1))
+            if not observe:
+                return
+            if grid is not None:
+                mll = icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, mean, kind)
+            else:
+                mll = icm.hadamard_mll(X, y, task, B, ls, noise, mean, kind)
+            pyro.factor("gp_mll", mll)
+
+        return model
+
+    # ------------------------------------------------------------------ type-II maximum likelihood
+    def map_estimate(self, data: MultiTaskData, settings: Settings) -> Draws:
+        """Type-II maximum likelihood (Adam or L-BFGS on the exact marginal likelihood).
+
+        Options: ``optimizer`` ("lbfgs" default, or "adam"), ``lr`` (1.0 L-BFGS / 0.05 Adam),
+        ``steps`` (100 L-BFGS outer steps / 1000 Adam), ``tol`` (stop when the MLL changes by
+        less than tol x |MLL|, 1e-7), ``restarts`` (random initialisations, best kept; 1),
+        ``threads``. Returns one draw: samples of shape (1, 1, ...).
+        """
+        opts = dict(settings.options)
+        unknown = set(opts) - _MAP_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown option(s) for method 'map' with MultitaskGP: {sorted(unknown)}; "
+                             f"known: {sorted(_MAP_OPTIONS)}")
+        if self.kind == "lmc":
+            from bayesmtl.gp import lmc
+
+            with torch_threads(opts.pop("threads", None)):
+                return lmc.fit_lmc(self, data, settings, opts)
+        optimizer = opts.get("optimizer", "lbfgs")
+        if optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {optimizer!r}")
+        restarts = int(opts.get("restarts", 1))
+        gen = torch.Generator().manual_seed(settings.seed)
+        best = None
+        t0 = time.perf_counter()
+        with torch_threads(opts.get("threads", None)):
+            for _ in range(max(1, restarts)):
+                out = self._ml_fit(data, optimizer, opts, gen)
+                if best is None or out[0] > best[0]:
+                    best = out
+        mll, params, iters, trace = best
+        seconds = time.perf_counter() - t0
+        samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in params.items()}
+        info = {"gp_path": self.gp_path(data), "optimizer": optimizer, "log_marginal_likelihood": float(mll),
+                "iterations": iters, "restarts": restarts, "fit_seconds": seconds,
+                "mll_trace": trace[:: max(1, len(trace) // 100)]}
+        return Draws(samples, {}, info)
+
+    def _init(self, data: MultiTaskData, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        T, D, r = data.n_tasks, data.n_features, min(self.rank, data.n_tasks)
+        dt, dev = data.dtype, data.device
+        y, task = data.y, data.task
+        cnt = torch.bincount(task, minlength=T).to(dt)
+        m = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, y) / cnt
+        var = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, (y - m[task]) ** 2) / cnt
+        var = var.clamp_min(1e-6)
+        sd = var.sqrt()
+        rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev)  # noqa: E731
+        # signal split: 1/2 in W W^T, 1/4 in v, 1/4 noise; small random spread breaks symmetry
+        W = sd.unsqueeze(-1) * rnd(T, r) * math.sqrt(0.5 / r)
+        return {"log_ls": (torch.ones(D, dtype=dt, device=dev) * math.log(math.sqrt(max(D, 1)))
+                           + 0.1 * rnd(D)).requires_grad_(),
+                "task_W": W.requires_grad_(),
+                "log_v": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+                "log_noise": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+                "mean": m.clone().requires_grad_()}
+
+    def _ml_fit(self, data, optimizer, opts, gen):
+        raw = self._init(data, gen)
+        params = list(raw.values())
+        kfn = self._kernel_fn()
+        if not isinstance(self.kernel, str):
+            self.kernel.to(device=data.device, dtype=data.dtype)
+            params += list(self.kernel.parameters())
+        grid = self._grid(data)
+
+        def mll_of(raw):
+            B = icm.task_covariance(raw["task_W"], raw["log_v"].exp())
+            ls, noise = raw["log_ls"].exp(), raw["log_noise"].exp()
+            if grid is not None:
+                return icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, raw["mean"], kfn)
+            return icm.hadamard_mll(data.X, data.y, data.task, B, ls, noise, raw["mean"], kfn)
+
+        n = data.n_rows
+        tol = float(opts.get("tol", 1e-7))
+        trace: list[float] = []
+        if optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=float(opts.get("lr", 0.05)))
+            steps = int(opts.get("steps", 1000))
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = -mll_of(raw) / n
+                loss.backward()
+                opt.step()
+                trace.append(-float(loss) * n)
+                if len(trace) > 50 and abs(trace[-1] - trace[-51]) < tol * 50 * abs(trace[-1]):
+                    break
+        else:
+            opt = torch.optim.LBFGS(params, lr=float(opts.get("lr", 1.0)), max_iter=20,
+                                    line_search_fn="strong_wolfe", tolerance_change=1e-12, history_size=20)
+            steps = int(opts.get("steps", 100))
+
+            def closure():
+                opt.zero_grad()
+                loss = -mll_of(raw) / n
+                loss.backward()
+                return loss
+
+            for _ in range(steps):
+                loss = float(opt.step(closure).detach())
+                trace.append(-loss * n)
+                if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol * abs(trace[-1]):
+                    break
+        with torch.no_grad():
+            final = float(mll_of(raw))
+        out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
+               "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
+        return final, {k: v.detach() for k, v in out.items()}, len(trace), trace
+
+    # ------------------------------------------------------------------ after inference
+    @staticmethod
+    def _task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "task_cov" in samples:
+            return samples["task_cov"]
+        if "task_W" in samples:
+            return icm.task_covariance(samples["task_W"], samples["task_v"])
+        if "lmc_coef" in samples:
+            A = samples["lmc_coef"]  # (S, Q, T)
+            return A.transpose(-1, -2) @ A
+        F = samples["outputscale"].unsqueeze(-1) * samples["corr_chol"]
+        return F @ F.transpose(-1, -2)
+
+    def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add ``task_cov`` B and ``task_corr`` (S, T, T) to flat draws (S, ...)."""
+        out = dict(samples)
+        B = self._task_cov(samples)
+        d = B.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+        out["task_cov"] = B
+        out["task_corr"] = d.unsqueeze(-1) * B * d.unsqueeze(-2)
+        return out
+
+    def relations(self, samples: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
+        """Draws of the task correlation B_ij / sqrt(B_ii B_jj), (S, T, T)."""
+        corr = self.complete(None, samples)["task_corr"]
+        return corr.cpu().numpy(), "task correlation of the latent functions (multi-task GP)"
+
+    def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """GP predictive at the new rows, per draw: ``mean`` (S, N) of f + mean, ``y`` (S, N) a
+        draw of y (noise included). Known tasks only."""
+        n_known = new.n_known_tasks
+        unseen = sorted({new.task_names[i] for i in new.task.tolist() if i >= n_known})
+        if unseen:
+            raise ValueError(f"task {unseen[0]!r} was not in the training data; a multi-task GP predicts "
+                             "only for tasks it was trained on")
+        if self.kind == "lmc":
+            from bayesmtl.gp import lmc
+
+            return lmc.predict_lmc(self, train, new, samples, generator)
+        B_all = self._task_cov(samples)
+        S = B_all.shape[0]
+        dt, dev = train.dtype, train.device
+        Xs = new.X.to(dt)
+        ts = new.task.to(dev)
+        grid = self._grid(train)
+        kfn = self._kernel_fn()
+        means, ys = [], []
+        for s in range(S):
+            B = B_all[s].to(dt)
+            ls = samples["lengthscale"][s].to(dt)
+            noise, mean = samples["noise"][s].to(dt), samples["mean"][s].to(dt)
+            with torch.no_grad():
+                if grid is not None:
+                    c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
+                    mu, var = icm.kronecker_predict(c, grid.X, Xs, ts, B, ls, mean, kfn)
+                else:
+                    c = icm.hadamard_cache(train.X, train.y, train.task, B, ls, noise, mean, kfn)
+                    mu, var = icm.hadamard_predict(c, train.X, train.task, Xs, ts, B, ls, mean, kfn)
+            eps = torch.randn(mu.shape, generator=generator, dtype=dt, device=generator.device).to(dev)
+            means.append(mu)
+            ys.append(mu + (var + noise[ts]).sqrt() * eps)
+        return {"mean": torch.stack(means), "y": torch.stack(ys)}
+
+    def predictive_moments(self, train: MultiTaskData, new: MultiTaskData,
+                           samples: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-draw predictive mean and variance of y (noise included), each (S, N)."""
+        if self.kind == "lmc":
+            from bayesmtl.gp import lmc
+
+            return lmc.moments_lmc(self, train, new)
+        out_m, out_v = [], []
+        B_all = self._task_cov(samples)
+        grid = self._grid(train)
+        kfn = self._kernel_fn()
+        for s in range(B_all.shape[0]):
+            B, ls = B_all[s], samples["lengthscale"][s]
+            noise, mean = samples["noise"][s], samples["mean"][s]
+            with torch.no_grad():
+                if grid is not None:
+                    c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
+                    mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
+                else:
+                    c = icm.hadamard_cache(train.X, train.y, train.task, B, ls, noise, mean, kfn)
+                    mu, var = icm.hadamard_predict(c, train.X, train.task, new.X, new.task, B, ls, mean, kfn)
+            out_m.append(mu)
+            out_v.append(var + noise[new.task])
+        return torch.stack(out_m), torch.stack(out_v)

@@ -1,0 +1,255 @@
+"""Dirichlet-process task clustering: planted clusters recovered, label-invariant outputs, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pyro.distributions as dist
+import pytest
+import torch
+
+import bayesmtl as bm
+from bayesmtl.relations import TaskRelations, adjusted_rand_index, binder_loss
+from bayesmtl.synthetic import planted_clusters
+
+SVI_FAST = dict(steps=1200, min_steps=600, lr=0.05, window=150)
+
+
+def _fit_planted(likelihood, method, tasks_per_cluster, rows, truncation, seed=0, **kw):
+    df, truth = planted_clusters(tasks_per_cluster=tasks_per_cluster, rows=rows, likelihood=likelihood, seed=seed)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.DPClustering(likelihood=likelihood, prior=bm.priors.DirichletProcess(truncation=truncation))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # SVI convergence notice on short runs
+        post = bm.fit(model, data, method=method, seed=seed, progress=False, **kw)
+    return post, truth["cluster"], df
+
+
+def _check_recovery(post, truth):
+    rel = post.relations()
+    part = rel.clusters()
+    assert adjusted_rand_index(part["cluster"].to_numpy(), truth) >= 0.9
+    P = rel.draws.mean(0)
+    same = truth[:, None] == truth[None, :]
+    off = ~np.eye(len(truth), dtype=bool)
+    assert P[same & off].mean() >= 0.8
+    assert P[~same].mean() <= 0.2
+    nc = post.num_clusters()
+    assert int(nc.loc[nc["probability"].idxmax(), "num_clusters"]) == 3
+    return rel
+
+
+@pytest.fixture(scope="module")
+def logistic_svi():
+    torch.set_num_threads(1)
+    return _fit_planted("bernoulli", "svi", tasks_per_cluster=5, rows=50, truncation=10, draws=200, **SVI_FAST)
+
+
+# ---------------------------------------------------------------------- planted clusters, fast tier
+def test_planted_logistic_svi(logistic_svi):
+    post, truth, _ = logistic_svi
+    _check_recovery(post, truth)
+    assert post.samples["z_prob"].shape[-2:] == (len(truth), 10)
+    assert np.allclose(post.samples["z_prob"].sum(-1), 1, atol=1e-6)
+
+
+def test_planted_gaussian_svi():
+    post, truth, _ = _fit_planted("gaussian", "svi", tasks_per_cluster=4, rows=30, truncation=10, draws=100,
+                                  **SVI_FAST)
+    _check_recovery(post, truth)
+
+
+def test_outputs_and_run_directory(logistic_svi, tmp_path):
+    post, truth, df = logistic_svi
+    # w of a known task is the atom of its drawn cluster
+    w, atoms, z = post.samples["w"], post.samples["atom_w"], post.samples["z"]
+    np.testing.assert_allclose(w[0, 5], atoms[0, 5][z[0, 5]])
+    # new tasks: a mixture over clusters, so the predictive mean sits between the clusters' predictions
+    rows = df[df.task == df.task.iloc[0]].head(5)
+    known = post.predict(rows)
+    new = post.predict(rows.assign(task="brand_new"))
+    assert new["new_task"].all() and not known["new_task"].any()
+    assert np.all((new["probability"] > 0) & (new["probability"] < 1))
+    path = post.save(tmp_path / "run")
+    clusters = pd.read_csv(path / "clusters.csv")
+    assert list(clusters.columns) == ["task", "cluster", "probability"]
+    assert adjusted_rand_index(clusters["cluster"], truth) >= 0.9
+    assert (path / "relations.csv").exists()
+
+
+def test_cluster_loglik_shared_and_per_task_noise_agree():
+    from bayesmtl.models.dp_clustering import cluster_loglik
+
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=7, likelihood="gaussian")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    shared = bm.models.DPClustering(likelihood=bm.likelihoods.Gaussian(noise="shared"))
+    per_task = bm.models.DPClustering(likelihood=bm.likelihoods.Gaussian(noise="per_task"))
+    Xv, Xs = shared.design(data)
+    atoms = torch.randn(4, 10, 3, dtype=torch.float64)  # (S, K, D)
+    sigma = torch.rand(4, dtype=torch.float64) + 0.5
+    a = cluster_loglik(shared, data, atoms, None, {"sigma": sigma}, Xv, Xs)
+    b = cluster_loglik(per_task, data, atoms, None, {"sigma": sigma[:, None].expand(4, data.n_tasks)}, Xv, Xs)
+    assert a.shape == (4, data.n_tasks, 10)
+    torch.testing.assert_close(a, b)
+    # brute force for one draw, task and cluster
+    rows = (data.task == 1).nonzero().squeeze(-1)
+    eta = Xv[rows] @ atoms[2, 7]
+    ref = torch.distributions.Normal(eta, sigma[2]).log_prob(data.y[rows]).sum()
+    torch.testing.assert_close(a[2, 1, 7], ref)
+
+
+def test_marginal_matches_enumeration():
+    """The closed-form marginal (collapsed form, for samplers without enumeration) has the same
+    potential as Pyro's enumeration of z."""
+    from pyro.infer.mcmc.util import initialize_model
+
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=8, likelihood="gaussian")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.DPClustering(likelihood="gaussian", prior=bm.priors.DirichletProcess(truncation=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.check(data)
+    _, enum_pot, _, _ = initialize_model(model.pyro_model(data), max_plate_nesting=1)
+    init, marg_pot, _, _ = initialize_model(model.collapsed(data).pyro_model(), max_plate_nesting=1)
+    for scale in (0.0, 0.7):
+        params = {k: v + scale * torch.randn_like(v) for k, v in init.items()}
+        torch.testing.assert_close(enum_pot(params), marg_pot(params))
+
+
+def test_num_clusters_needs_a_clustering_model(small_frame):
+    df, _ = small_frame
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    post = bm.Posterior(bm.models.Hierarchical(), data, {"w": np.zeros((1, 2, data.n_tasks, 3))}, {}, {})
+    with pytest.raises(TypeError, match="no task clusters"):
+        post.num_clusters()
+
+
+# ---------------------------------------------------------------------- point partition and ARI
+def test_adjusted_rand_index():
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 2, 2]) == pytest.approx(1.0)
+    # sklearn's reference value for this pair
+    assert adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(0.2424242424)
+    with pytest.raises(ValueError, match="equal length"):
+        adjusted_rand_index([0, 1], [0, 1, 2])
+
+
+def test_clusters_minimise_binder_loss():
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 4)
+    # draws: the truth, with one random task moved in 20% of draws
+    draws = []
+    for _ in range(300):
+        lab = truth.copy()
+        if rng.random() < 0.2:
+            lab[rng.integers(12)] = rng.integers(3)
+        draws.append((lab[:, None] == lab[None, :]).astype(float))
+    rel = TaskRelations(np.array(draws), [f"t{i}" for i in range(12)], "co-clustering")
+    part = rel.clusters()
+    P = rel.draws.mean(0)
+    assert adjusted_rand_index(part["cluster"], truth) == pytest.approx(1.0)
+    assert part.attrs["expected_loss"] == pytest.approx(binder_loss(truth, P))
+    # no single-task move improves it, and the all-in-one / all-apart partitions are worse
+    assert binder_loss(np.zeros(12), P) > part.attrs["expected_loss"]
+    assert binder_loss(np.arange(12), P) > part.attrs["expected_loss"]
+    assert (part["probability"] > 0.8).all()
+    with pytest.raises(ValueError, match="co-clustering probabilities"):
+        TaskRelations(-np.array(draws), rel.names, "correlation").clusters()
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_truncation():
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="truncation"):
+            bm.priors.DirichletProcess(truncation=bad)
+
+
+def test_bad_concentration():
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            bm.priors.DirichletProcess(alpha=bad)
+    with pytest.raises(ValueError, match="alpha"):
+        bm.priors.DirichletProcess(alpha=dist.Normal(0.0, 1.0))
+    with pytest.raises(TypeError, match="alpha"):
+        bm.priors.DirichletProcess(alpha="big")
+
+
+def test_bad_base_dimension():
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=10, features=2)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    base = bm.priors.Hierarchical(mean=dist.Normal(torch.zeros(5), 1.0))  # 5-dim, the model has 3
+    model = bm.models.DPClustering(prior=bm.priors.DirichletProcess(base=base))
+    with pytest.raises(ValueError, match="base measure"):
+        bm.fit(model, data, method="svi", progress=False)
+    with pytest.raises(TypeError, match="base"):
+        bm.priors.DirichletProcess(base=dist.Normal(0.0, 1.0))
+    with pytest.raises(TypeError, match="DirichletProcess"):
+        bm.models.DPClustering(prior=bm.priors.Hierarchical())
+
+
+def test_truncation_warning_names_the_figure():
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=10, features=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    prior = bm.priors.DirichletProcess(alpha=20.0, truncation=5)
+    expected = (20 / 21) ** 5
+    assert prior.expected_tail_weight() == pytest.approx(expected)
+    with pytest.warns(UserWarning, match=f"truncation=5.*{expected:.3f}"):
+        bm.models.DPClustering(prior=prior).check(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        bm.models.DPClustering(prior=bm.priors.DirichletProcess(truncation=20)).check(data)  # default: no warning
+
+
+def test_minibatches_refused():
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=10, features=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with pytest.raises(ValueError, match="minibatch"):
+        bm.fit(bm.models.DPClustering(), data, method="svi", batch_size=5, progress=False)
+
+
+def test_prior_cannot_serve_other_models():
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=10, features=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.Hierarchical(likelihood="bernoulli")
+    model.prior = bm.priors.DirichletProcess()
+    with pytest.raises(TypeError, match="DPClustering"):
+        bm.fit(model, data, method="svi", steps=2, progress=False)
+
+
+# ---------------------------------------------------------------------- full size, both back ends (slow)
+@pytest.fixture(scope="module")
+def full_svi():
+    return _fit_planted("bernoulli", "svi", tasks_per_cluster=10, rows=60, truncation=10, draws=400,
+                        steps=5000, min_steps=1000, lr=0.05, window=200)
+
+
+@pytest.fixture(scope="module")
+def full_nuts():
+    # collapse=False: Pyro's NUTS sums z out by enumeration (the default would use the closed-form marginal)
+    return _fit_planted("bernoulli", "pyro_nuts", tasks_per_cluster=10, rows=60, truncation=10,
+                        chains=2, warmup=300, draws=300, collapse=False)
+
+
+@pytest.mark.slow
+def test_full_planted_logistic_svi(full_svi):
+    _check_recovery(*full_svi[:2])
+
+
+@pytest.mark.slow
+def test_full_planted_gaussian_svi():
+    post, truth, _ = _fit_planted("gaussian", "svi", tasks_per_cluster=10, rows=60, truncation=10, draws=400,
+                                  steps=5000, min_steps=1000, lr=0.05, window=200)
+    _check_recovery(post, truth)
+
+
+@pytest.mark.slow
+def test_full_planted_logistic_nuts(full_nuts):
+    _check_recovery(*full_nuts[:2])
+
+
+@pytest.mark.slow
+def test_svi_and_nuts_agree(full_svi, full_nuts):
+    a = full_svi[0].relations().draws.mean(0)
+    b = full_nuts[0].relations().draws.mean(0)
+    assert np.abs(a - b).mean() <= 0.15

@@ -1,0 +1,248 @@
+"""The batched NUTS back end (``method="nuts"``), its potential, and the collapsed Gaussian form."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from reference import EIGHT_SCHOOLS, assert_matches, compare, load_reference, reference_dir
+
+import bayesmtl as bm
+from bayesmtl.infer.nuts import HMCState, adaptation_schedule, da_init, da_update, find_step_size, nuts_step
+from bayesmtl.infer.potential import BatchedPotential
+from bayesmtl.synthetic import hierarchical_regression
+
+
+# ---------------------------------------------------------------------- the kernel alone
+def test_nuts_kernel_samples_an_ill_scaled_gaussian():
+    """Without Pyro: a Gaussian with sds 0.1..10 and correlation; per-chain step sizes tuned."""
+    torch.manual_seed(0)
+    sd = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+    prec = torch.diag(1 / sd**2)
+
+    def vg(z):
+        return 0.5 * ((z @ prec) * z).sum(-1), z @ prec
+
+    C = 32
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(C, 3, dtype=torch.float64, generator=gen)
+    U, g = vg(z)
+    state = HMCState(z, U, g)
+    inv_mass = (sd**2).expand(C, 3).clone()  # the right metric: step size ~ 1
+    eps = find_step_size(vg, state, torch.full((C,), 0.01, dtype=torch.float64), inv_mass, gen)
+    da = da_init(eps)
+    for _ in range(150):
+        state, info = nuts_step(vg, state, eps, inv_mass, gen)
+        da = da_update(da, info.accept, 0.8)
+        eps = da.log_eps.exp()
+    eps = da.log_eps_bar.exp()
+    draws, acc = [], []
+    for _ in range(200):
+        state, info = nuts_step(vg, state, eps, inv_mass, gen)
+        draws.append(state.z)
+        acc.append(info.accept)
+    x = torch.stack(draws).reshape(-1, 3)
+    n_eff = x.shape[0] / 3  # NUTS on this target is near-independent; be conservative
+    assert torch.all((x.mean(0) / sd).abs() < 5 / math.sqrt(n_eff)), x.mean(0)
+    assert torch.all((x.std(0) / sd - 1).abs() < 0.08), x.std(0)
+    assert 0.65 < float(torch.stack(acc).mean()) < 0.95
+
+
+def test_adaptation_schedule_is_stans():
+    assert adaptation_schedule(1000) == [(0, 74), (75, 99), (100, 149), (150, 249), (250, 449), (450, 949),
+                                         (950, 999)]
+    w = adaptation_schedule(100)
+    assert w[0][0] == 0 and w[-1][1] == 99 and all(a[1] + 1 == b[0] for a, b in zip(w[:-1], w[1:], strict=True))
+
+
+# ---------------------------------------------------------------------- potential
+def test_batched_potential_matches_pyro_log_density():
+    """U(z) for C chains in one call equals Pyro's own potential chain by chain."""
+    from pyro.infer.mcmc.util import initialize_model
+
+    df, _ = hierarchical_regression(n_tasks=4, rows=6, features=2, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.Hierarchical()
+    fn = model.pyro_model(data)
+    pot = BatchedPotential(fn, model.max_plate_nesting)
+    z = torch.randn(5, pot.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    U, g = pot.value_and_grad(z)
+    _, pe_fn, _, _ = initialize_model(fn, max_plate_nesting=1)
+    for c in range(5):
+        vals = {s.name: z[c, s.start:s.stop].reshape(s.ushape) for s in pot.sites}
+        assert float(pe_fn(vals)) == pytest.approx(float(U[c]), rel=1e-10)
+    # gradient by finite differences on one coordinate
+    h = 1e-6
+    e = torch.zeros_like(z)
+    e[:, 3] = h
+    fd = (pot(z + e) - pot(z - e)) / (2 * h)
+    assert torch.allclose(fd, g[:, 3], rtol=1e-5, atol=1e-6)
+
+
+def test_discrete_latent_site_raises():
+    def model():
+        pyro.sample("k", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="'k' has discrete support"):
+        BatchedPotential(model, 0)
+
+
+# ---------------------------------------------------------------------- collapsed form
+def _brute_force(data, mu, tau, sigma):
+    """log N(y_t | X_t mu, X_t diag(tau^2) X_t' + sigma_t^2 I) summed over tasks, dense."""
+    Xv = torch.cat([torch.ones(data.n_rows, 1, dtype=data.dtype), data.X], -1)
+    total = 0.0
+    for t in range(data.n_tasks):
+        rows = data.task == t
+        X, y = Xv[rows], data.y[rows]
+        cov = X @ torch.diag(tau**2) @ X.T + sigma[t] ** 2 * torch.eye(len(y), dtype=data.dtype)
+        total += float(dist.MultivariateNormal(X @ mu, cov).log_prob(y))
+    return total
+
+
+def test_collapsed_marginal_and_conditional_are_exact():
+    df, _ = hierarchical_regression(n_tasks=5, rows=7, features=2, seed=3)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.Hierarchical()
+    col = model.collapsed(data)
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, dtype=torch.float64, generator=g)
+    tau = torch.rand(3, dtype=torch.float64, generator=g) + 0.1
+    sigma = torch.rand(5, dtype=torch.float64, generator=g) + 0.3
+    assert float(col.log_marginal(mu, tau, sigma)) == pytest.approx(_brute_force(data, mu, tau, sigma), rel=1e-10)
+    # conditional: mean of many exact draws equals the Gaussian posterior mean of each w_t
+    S = 4000
+    out = col.conditional({"mu": mu.expand(S, 3), "tau": tau.expand(S, 3), "sigma": sigma.expand(S, 5)}, g)
+    assert out["w"].shape == (S, 5, 3) and out["w_raw"].shape == (S, 5, 3)
+    assert torch.allclose(out["w"], mu + tau * out["w_raw"])
+    Xv = torch.cat([torch.ones(data.n_rows, 1, dtype=data.dtype), data.X], -1)
+    for t in range(5):
+        rows = data.task == t
+        X, y = Xv[rows], data.y[rows]
+        A = X.T @ X / sigma[t] ** 2 + torch.diag(1 / tau**2)
+        cov = torch.linalg.inv(A)
+        mean = cov @ (X.T @ y / sigma[t] ** 2 + mu / tau**2)
+        se = cov.diagonal().sqrt() / math.sqrt(S)
+        assert torch.all((out["w"][:, t].mean(0) - mean).abs() < 4.5 * se)
+        assert torch.allclose(out["w"][:, t].std(0), cov.diagonal().sqrt(), rtol=0.06)
+
+
+def test_collapsed_direct_density_matches_its_pyro_program():
+    df, _ = hierarchical_regression(n_tasks=4, rows=5, features=1, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    for noise in ("per_task", "shared"):
+        col = bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise)).collapsed(data)
+        # the constructor checks direct == traced at random points and raises otherwise
+        pot = BatchedPotential(col.pyro_model(), 1, col.log_density)
+        assert pot.direct is not None
+
+
+def test_collapsed_not_offered_where_invalid():
+    df, _ = hierarchical_regression(n_tasks=4, rows=5, features=2, seed=0, likelihood="bernoulli")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    assert bm.models.Hierarchical("bernoulli").collapsed(data) is None
+    assert bm.models.Hierarchical(prior=bm.priors.Hierarchical(covariance="lkj")).collapsed(data) is None
+    assert bm.models.Hierarchical(shared=["x1"]).collapsed(data) is None
+    with pytest.raises(ValueError, match="no collapsed form"):
+        bm.fit(bm.models.Hierarchical("bernoulli"), data, method="nuts", collapse=True, chains=1, warmup=1, draws=1)
+
+
+# ---------------------------------------------------------------------- the back end
+def _eight_schools():
+    d, ref = load_reference(EIGHT_SCHOOLS)
+    df = pd.DataFrame({"school": [str(i + 1) for i in range(d["J"])], "y": d["y"], "sigma": d["sigma"]})
+    data = bm.MultiTaskData.from_frame(df, task="school", target="y", features=[], noise="sigma")
+    model = bm.models.Hierarchical(prior=bm.priors.Hierarchical(mean=dist.Normal(0, 5), scale=dist.HalfCauchy(5)))
+    return model, data, ref
+
+
+def _eight_schools_table(post, ref):
+    s = post.samples
+    ours = {f"theta[{i + 1}]": s["w"][:, :, i, 0] for i in range(8)}
+    ours["mu"], ours["tau"] = s["mu"][..., 0], s["tau"][..., 0]
+    return compare(ours, ref)
+
+
+needs_ref = pytest.mark.skipif(reference_dir(EIGHT_SCHOOLS) is None,
+                               reason="posteriordb eight schools reference not in the data folder")
+
+
+@needs_ref
+def test_eight_schools_4_chains_collapsed():
+    model, data, ref = _eight_schools()
+    post = bm.fit(model, data, method="nuts", chains=4, warmup=300, draws=500, seed=0, progress=False)
+    assert post.info["path"] == "collapsed" and post.info["backend"] == "nuts"
+    assert_matches(_eight_schools_table(post, ref), max_r_hat=1.02)
+    st = post.sample_stats
+    for k in ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"):
+        assert st[k].shape == (4, 500), k
+    assert st["diverging"].sum() == 0
+
+
+@needs_ref
+@pytest.mark.slow
+@pytest.mark.parametrize("chains,collapse", [(4, False), (64, None), (64, False)])
+def test_eight_schools_reference(chains, collapse):
+    model, data, ref = _eight_schools()
+    draws = 1000 if chains == 4 else 200
+    post = bm.fit(model, data, method="nuts", chains=chains, warmup=1000, draws=draws, seed=1, progress=False,
+                  collapse=collapse, target_accept=0.9)
+    assert post.info["path"] == ("plain" if collapse is False else "collapsed")
+    assert_matches(_eight_schools_table(post, ref), max_r_hat=1.02)
+
+
+@pytest.mark.slow
+def test_collapsed_and_plain_paths_agree():
+    df, _ = hierarchical_regression(n_tasks=6, rows=15, features=2, seed=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.Hierarchical()
+    a = bm.fit(model, data, method="nuts", chains=8, warmup=500, draws=500, seed=0, progress=False)
+    b = bm.fit(model, data, method="nuts", chains=8, warmup=500, draws=500, seed=1, progress=False,
+               collapse=False)
+    assert a.info["path"] == "collapsed" and b.info["path"] == "plain"
+    import arviz as az
+    for site in ("mu", "tau", "w", "sigma"):
+        xa, xb = a.samples[site], b.samples[site]
+        ma = az.mcse(az.convert_to_dataset({"x": xa}), method="mean")["x"].values
+        mb = az.mcse(az.convert_to_dataset({"x": xb}), method="mean")["x"].values
+        z = (xa.mean((0, 1)) - xb.mean((0, 1))) / np.hypot(ma, mb)
+        assert np.abs(z).max() < 4.5, (site, z)
+
+
+def test_same_seed_reproduces_draws():
+    model, data, _ = _eight_schools() if reference_dir(EIGHT_SCHOOLS) else (None, None, None)
+    if model is None:
+        df, _ = hierarchical_regression(n_tasks=3, rows=4, features=0, seed=0)
+        data, model = bm.MultiTaskData.from_frame(df, task="task", target="y"), bm.models.Hierarchical()
+    kw = dict(method="nuts", chains=2, warmup=30, draws=20, progress=False, collapse=False)
+    a, b = bm.fit(model, data, seed=3, **kw), bm.fit(model, data, seed=3, **kw)
+    c = bm.fit(model, data, seed=4, **kw)
+    assert np.array_equal(a.samples["tau"], b.samples["tau"])
+    assert np.array_equal(a.sample_stats["n_steps"], b.sample_stats["n_steps"])
+    assert not np.array_equal(a.samples["tau"], c.samples["tau"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(chains=0), "chains must be an integer >= 1"),
+    (dict(warmup=-1), "warmup must be an integer >= 0"),
+    (dict(bogus=1), "unknown option.*bogus"),
+    (dict(target_accept=1.5), "target_accept"),
+    (dict(dtype="float16"), "dtype"),
+])
+def test_bad_settings_raise(kwargs, match):
+    df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    args = dict(method="nuts", chains=1, warmup=2, draws=2, progress=False) | kwargs
+    with pytest.raises(ValueError, match=match):
+        bm.fit(bm.models.Hierarchical(), data, **args)
+
+
+def test_pyro_nuts_stays_available():
+    from bayesmtl.infer import METHODS, get_backend
+
+    assert get_backend("nuts").name == "nuts" and get_backend("pyro_nuts").name == "pyro_nuts"
+    assert "nuts" in METHODS
