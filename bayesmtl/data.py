@@ -125,7 +125,8 @@ class MultiTaskData:
             features = list(features)
             for c in features:
                 if c in reserved:
-                    raise ValueError(f"column {c!r} cannot be both a feature and the {_role(c, task, target, noise, trials)}")
+                    role = _role(c, task, target, noise, trials)
+                    raise ValueError(f"column {c!r} cannot be both a feature and the {role}")
         labels = df[task]
         if labels.isna().any():
             raise ValueError(f"task column {task!r} has {int(labels.isna().sum())} missing label(s)")
@@ -134,7 +135,8 @@ class MultiTaskData:
         index = {n: i for i, n in enumerate(names)}
         task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
 
-        X = np.column_stack([_numeric_column(df, c, "feature") for c in features]) if features else np.zeros((len(df), 0))
+        X = (np.column_stack([_numeric_column(df, c, "feature") for c in features]) if features
+             else np.zeros((len(df), 0)))
         for j, c in enumerate(features):
             _check_finite(X[:, j], c, labels_str)
         y = _numeric_column(df, target, "target")
@@ -295,7 +297,8 @@ class MultiTaskData:
         return replace(self, X=pick(self.X), y=pick(self.y), task=pick(self.task),
                        noise=pick(self.noise), trials=pick(self.trials))
 
-    def split(self, test_fraction: float = 0.2, seed: int = 0, min_train: int = 1) -> tuple[MultiTaskData, MultiTaskData]:
+    def split(self, test_fraction: float = 0.2, seed: int = 0,
+              min_train: int = 1) -> tuple[MultiTaskData, MultiTaskData]:
         """Per-task random split: each task keeps at least ``min_train`` training rows.
 
         Both parts keep every task name, so results stay aligned.
@@ -347,7 +350,8 @@ class MultiTaskData:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         if self.task_column not in df.columns:
-            raise ValueError(f"task column {self.task_column!r} not found in the new data; columns are {list(df.columns)}")
+            raise ValueError(f"task column {self.task_column!r} not found in the new data; "
+                             f"columns are {list(df.columns)}")
         labels = df[self.task_column].astype(str).to_numpy()
         names = list(self.task_names[: self.n_known_tasks])
         pos = {n: i for i, n in enumerate(names)}

@@ -57,7 +57,8 @@ class MultiTaskModel:
         self.likelihood = get_likelihood(likelihood)
         self.intercept = bool(intercept)
         self.shared = list(shared)
-        self.shared_prior = dist.Normal(0.0, 10.0) if shared_prior is None else as_distribution(shared_prior, "shared_prior")
+        self.shared_prior = (dist.Normal(0.0, 10.0) if shared_prior is None
+                             else as_distribution(shared_prior, "shared_prior"))
 
     # ------------------------------------------------------------------ structure
     def varying_names(self, data: MultiTaskData) -> list[str]:

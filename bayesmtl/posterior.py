@@ -97,11 +97,13 @@ class Posterior:
 
     def summary(self, var_names: list[str] | None = None, prob: float = 0.9) -> pd.DataFrame:
         """Per-entry mean, sd, quantiles, mcse_mean, ess_bulk, ess_tail, r_hat, labelled like
-        ``w[school_3, intercept]``. Non-centred auxiliaries (``*_raw``) are left out by default."""
+        ``w[school_3, intercept]``. Non-centred auxiliaries (``*_raw``) and a model's
+        ``unidentified_sites`` are left out by default."""
         from .convert import summary
 
         if var_names is None:
-            var_names = [k for k in self.samples if not k.endswith("_raw") and k != "corr_chol"]
+            skip = set(getattr(self.model, "unidentified_sites", ()))  # e.g. factor loadings (sign, rotation)
+            var_names = [k for k in self.samples if not k.endswith("_raw") and k != "corr_chol" and k not in skip]
         missing = [v for v in var_names if v not in self.samples]
         if missing:
             raise ValueError(f"no site {missing[0]!r} in the posterior; sites: {sorted(self.samples)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
                   f"ESS/s {r['ess_per_s']:8.2f}  steps/s {r['steps_per_s']:8.1f}", flush=True)
     table = pd.DataFrame(rows).set_index(["problem", "method"])
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"seed {args.seed}{', quick' if args.quick else ''}")
+          f"seed {args.seed}{', quick' if args.quick else ''}, load average {os.getloadavg()[0]:.1f}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(2).to_string())
 

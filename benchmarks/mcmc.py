@@ -57,10 +57,20 @@ def bench(label, model, data, method, chains, warmup, draws, seed, note="", **op
                   progress=False, **options)
     wall = time.perf_counter() - t0
     ess = min_bulk_ess(post.samples)
-    div = int(np.asarray(post.sample_stats.get("diverging", 0)).sum())
-    return {"sampler": label, "path": post.info.get("path"), "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})",
-            "wall s": round(wall, 1), "min bulk ESS": round(ess), "ESS/s": round(ess / wall, 2),
-            "divergences": div, "note": note}
+    st = post.sample_stats
+    div = int(np.asarray(st.get("diverging", 0)).sum())
+    steps = ms = None
+    if "n_steps" in st:  # leapfrog steps per draw, and wall ms per lock-step leapfrog while drawing
+        steps = round(float(np.mean(st["n_steps"])), 1)
+        lock = float(np.asarray(st["n_steps"]).max(0).sum())
+        drawing = post.info.get("seconds_total", 0) - post.info.get("seconds_warmup", 0) - post.info.get(
+            "seconds_setup", 0)
+        ms = round(1e3 * drawing / lock, 2) if drawing > 0 else None
+    row = {"sampler": label, "path": post.info.get("path"), "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})",
+           "wall s": round(wall, 1), "min bulk ESS": round(ess), "ESS/s": round(ess / wall, 2),
+           "divergences": div, "steps/draw": steps, "ms/leapfrog": ms, "note": note}
+    print(f"# row done (load {os.getloadavg()[0]:.1f}): {row}", flush=True)  # long runs: partial results early
+    return row
 
 
 def regression(likelihood: str, seed: int):
@@ -124,12 +134,15 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
     t0 = time.perf_counter()
     mcmc = MCMC(NUTS(model), num_warmup=spec["W"], num_samples=spec["S"], num_chains=spec["C"],
                 chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(spec["seed"]))
+    mcmc.run(jax.random.PRNGKey(spec["seed"]), extra_fields=("num_steps", "diverging"))
     s = mcmc.get_samples(group_by_chain=True); jax.block_until_ready(s)
     wall = time.perf_counter() - t0
+    ex = mcmc.get_extra_fields(group_by_chain=True)
+    steps = np.asarray(ex["num_steps"]); div = int(np.asarray(ex["diverging"]).sum())
     ess = az.ess(az.convert_to_dataset({k: np.asarray(v) for k, v in s.items()}), method="bulk")
     m = min(float(ess[k].min()) for k in ess.data_vars)
-    print(json.dumps({"wall": wall, "ess": m, "version": numpyro.__version__}))
+    print(json.dumps({"wall": wall, "ess": m, "version": numpyro.__version__, "steps": float(steps.mean()),
+                      "lock": float(steps.max(0).sum()), "div": div}))
 """)
 
 
@@ -150,8 +163,10 @@ def numpyro_row(label, df, spec, chains, warmup, draws, seed) -> dict | None:
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return {"sampler": f"NumPyro {r['version']} NUTS vectorised (measured)", "path": "plain",
             "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})", "wall s": round(r["wall"], 1),
-            "min bulk ESS": round(r["ess"]), "ESS/s": round(r["ess"] / r["wall"], 2), "divergences": None,
-            "note": "float64, same model in NumPyro"}
+            "min bulk ESS": round(r["ess"]), "ESS/s": round(r["ess"] / r["wall"], 2), "divergences": r["div"],
+            "steps/draw": round(r["steps"], 1),
+            "ms/leapfrog": f"<= {1e3 * r['wall'] / (r['lock'] * (warmup + draws) / draws):.3f}",
+            "note": "float64, same model in NumPyro (ms/leapfrog: whole wall / est. steps)"}
 
 
 def main(argv=None) -> None:

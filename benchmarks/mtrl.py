@@ -8,8 +8,12 @@ wall time and the minimum bulk ESS over the identified quantities (every w[t, d]
 off-diagonal task correlation, the feature scales and the noise sds) and that ESS per second.
 The full LKJ prior is used up to ``--full-max`` tasks, the low-rank prior (rank ``--rank``) above.
 
-Then SVI with the low-rank prior on ``--svi-tasks`` tasks (plain model, mean-field guide,
-full-data gradient): seconds per 1,000 steps.
+Then SVI with the low-rank prior on ``--svi-tasks`` tasks (mean-field guide, full-data gradient):
+seconds per 1,000 steps, for the plain model (guide over W too) and the collapsed one (W integrated
+out; the guide covers Omega, the feature scales and the noise).
+
+The collapsed low-rank form costs O(T D^3 + (rank D)^3) per gradient (T small D x D solves and one
+of size rank x D), the full form O((T D)^3); see ``bayesmtl/collapsed_mtrl.py``.
 
     .venv/bin/python benchmarks/mtrl.py --tasks 20,100 --chains 2 --warmup 300 --draws 300 --seed 0
 """
@@ -17,6 +21,7 @@ full-data gradient): seconds per 1,000 steps.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -39,15 +44,21 @@ def planted(T: int, D: int, rows: int, seed: int) -> bm.MultiTaskData:
     return bm.MultiTaskData.from_arrays(X, y, task)
 
 
-def min_ess(post) -> float:
+def min_ess(post) -> tuple[float, str]:
+    """The smallest bulk ESS over w, the off-diagonal task correlations, the feature scales and the
+    noise sds, and the group it came from (the feature scales trade size with Omega along a ridge
+    that only their priors bound, so they mix slowest when they limit)."""
     s = post.samples
-    C = post.relations().draws.reshape(post.num_chains, post.num_draws, *post.relations().draws.shape[1:])
+    draws = post.relations().draws
+    C = draws.reshape(post.num_chains, post.num_draws, *draws.shape[1:])
     iu = np.triu_indices(C.shape[-1], 1)
     arrays = {"w": s["w"], "corr": C[..., iu[0], iu[1]], "feature_scale": s["feature_scale"]}
     if "sigma" in s:
         arrays["sigma"] = s["sigma"]
     ess = az.ess(az.from_dict(posterior=arrays), method="bulk")
-    return float(min(float(ess[k].min()) for k in arrays))
+    per = {k: float(ess[k].min()) for k in arrays}
+    worst = min(per, key=per.get)
+    return per[worst], worst
 
 
 def grad_ms(fn, chains: int, repeats: int = 5) -> float:
@@ -91,6 +102,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     D = a.features
+    print(f"load average (1, 5, 15 min) at the start: {os.getloadavg()}; torch threads {a.threads}")
     print(f"cost of one log-density value + gradient ({a.chains} chains, eager Pyro trace)")
     print(f"{'tasks':>5} {'prior':>10} {'collapsed ms':>12} {'plain ms':>9}")
     for T in [int(t) for t in a.tasks.split(",") if t]:
@@ -108,7 +120,7 @@ def main(argv=None) -> None:
         return
     print(f"\nNUTS (method='nuts'), {a.chains} chains x ({a.warmup} warmup + {a.draws} draws), D = {D}, "
           f"{a.rows} rows a task, device {a.device}")
-    print(f"{'tasks':>5} {'prior':>10} {'path':>9} {'seconds':>8} {'min ESS':>8} {'ESS/s':>8} {'diverg':>6}")
+    print(f"{'tasks':>5} {'prior':>10} {'path':>9} {'seconds':>8} {'min ESS':>8} {'ESS/s':>8} {'diverg':>6} {'of':>13}")
     for T in [int(t) for t in a.tasks.split(",") if t]:
         data = planted(T, D, a.rows, a.seed)
         rank = None if T <= a.full_max else a.rank
@@ -120,23 +132,26 @@ def main(argv=None) -> None:
             post = bm.fit(model, data, method="nuts", chains=a.chains, warmup=a.warmup, draws=a.draws,
                           seed=a.seed, progress=False, collapse=path == "collapsed", device=a.device)
             secs = time.perf_counter() - t0
-            ess = min_ess(post)
+            ess, worst = min_ess(post)
             div = post.diagnostics()["divergences"]
             name = "full LKJ" if rank is None else f"rank {rank}"
-            print(f"{T:5d} {name:>10} {post.info['path']:>9} {secs:8.1f} {ess:8.1f} {ess / secs:8.2f} {div:6d}",
-                  flush=True)
+            print(f"{T:5d} {name:>10} {post.info['path']:>9} {secs:8.1f} {ess:8.1f} {ess / secs:8.2f} {div:6d} "
+                  f"{worst:>13}", flush=True)
     if a.svi_tasks:
         data = planted(a.svi_tasks, D, a.rows, a.seed)
         model = bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=a.rank), intercept=False,
                                            likelihood=bm.likelihoods.Gaussian("shared"))
-        with warnings.catch_warnings():  # a fixed number of steps is timed, convergence is not the point
-            warnings.filterwarnings("ignore", "SVI did not converge")
-            post = bm.fit(model, data, method="svi", draws=10, seed=a.seed, progress=False, steps=a.svi_steps,
-                          min_steps=a.svi_steps, device=a.device)
-        per = post.info["fit_seconds"] / post.info["steps"] * 1000
-        print(f"\nSVI, {a.svi_tasks} tasks, low rank {a.rank}, D = {D}, {data.n_rows} rows, mean-field guide: "
-              f"{per:.1f} s per 1,000 steps ({post.info['steps']} steps timed, jit {post.info['jit']})")
-
+        print(f"\nSVI, {a.svi_tasks} tasks, low rank {a.rank}, D = {D}, {data.n_rows} rows, mean-field guide, "
+              f"{a.svi_steps} steps timed")
+        print(f"{'path':>9} {'s / 1000 steps':>14} {'jit':>5}")
+        for path in a.paths.split(","):
+            with warnings.catch_warnings():  # a fixed number of steps is timed, convergence is not the point
+                warnings.filterwarnings("ignore", "SVI did not converge")
+                post = bm.fit(model, data, method="svi", draws=10, seed=a.seed, progress=False, steps=a.svi_steps,
+                              min_steps=a.svi_steps, device=a.device, collapse=path == "collapsed")
+            per = post.info["fit_seconds"] / post.info["steps"] * 1000
+            print(f"{post.info['path']:>9} {per:14.2f} {str(post.info['jit']):>5}", flush=True)
+    print(f"\nload average (1, 5, 15 min) at the end: {os.getloadavg()}")
 
 if __name__ == "__main__":
     main()

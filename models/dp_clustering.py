@@ -6,7 +6,9 @@ truncated stick-breaking DP prior (``bayesmtl.priors.DirichletProcess``). Per ta
     z_t ~ Categorical(pi),   y_n ~ likelihood(x_n . theta_{z_t} + x_n^shared . coef)  for rows n of t
 
 The assignment z_t is a discrete site marked ``enumerate="parallel"``, so SVI (``TraceEnum_ELBO``)
-and Pyro's NUTS sum it out: the back ends only ever see the continuous parameters. After
+and Pyro's NUTS (``collapse=False``) sum it out by enumeration; MCMC methods by default (and the
+batched ``method="nuts"``, which cannot enumerate) sample ``collapsed(data)``, the same marginal
+written as a logsumexp over clusters. Either way the back ends only see continuous parameters. After
 inference ``complete`` computes, for every draw, the exact conditional
 p(z_t = k | draw) ∝ pi_k prod_{n in t} p(y_n | theta_k) (``z_prob``, (T, K)), draws ``z`` (T,)
 from it and sets ``w`` (T, D) = theta_z. Co-clustering, the number of occupied clusters and the
@@ -51,8 +53,13 @@ def cluster_loglik(model: MultiTaskModel, data: MultiTaskData, atoms: torch.Tens
             lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
             cols.append(lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp))
         return torch.stack(cols, dim=-1)
+    # one matmul (..., N, K) rather than gathering a (K, N, D) design: 3-4x faster SVI steps on landmine
+    eta = Xv @ atoms.transpose(-1, -2)
+    if coef is not None and Xs.shape[-1]:
+        c = coef.squeeze(-2) if coef.dim() >= 2 and coef.shape[-2] == 1 else coef  # as in linear_predictor
+        eta = eta + (c @ Xs.T if c.dim() > 1 else Xs @ c).unsqueeze(-1)
     # clusters as a new leftmost dim: eta (K, ..., N) broadcasts against per-task or per-row parameters
-    eta = linear_predictor(atoms.movedim(-2, 0).unsqueeze(-2), coef, Xv, Xs, zeros)
+    eta = eta.movedim(-1, 0)
     lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
     return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).movedim(0, -1)
 

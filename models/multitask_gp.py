@@ -5,7 +5,11 @@
     cov(f_i(x), f_j(x')) = B_ij k(x, x'),     y = mean_task + f_task(x) + N(0, noise_task)
 
 on long-format data (GP inputs = features, one task per row). The Kronecker path is used when
-every task is observed at every input, the Hadamard path otherwise (``info["gp_path"]``).
+every task is observed at every input, the Hadamard path otherwise (``info["gp_path"]``); on the
+Hadamard path rows repeating an (input, task) pair are merged into exact cells (categorical
+inputs: 11.5k school rows are 3.5k cells). Its cost is one Cholesky of the cells' covariance per
+evaluation (about 10 s at 3.5k cells on this 2-core machine): beyond a few thousand cells use
+``kind="lmc"``.
 
 Parametrisation of B and priors (for ``nuts``/``svi``; ``map`` is type-II maximum likelihood):
 
@@ -138,6 +142,11 @@ class MultitaskGP:
     def _grid(self, data: MultiTaskData):
         return icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
 
+    @staticmethod
+    def _cells(data: MultiTaskData) -> icm.Cells:
+        """Hadamard-path training rows, repeated (input, task) rows merged into exact cells."""
+        return icm.group_cells(data.X, data.y, data.task)
+
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
         T = data.n_tasks
         q = self._n_latents(data)
@@ -185,7 +194,7 @@ class MultitaskGP:
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         full = self.full_rank(data)
         grid = self._grid(data)
-        X, y, task = data.X, data.y, data.task
+        cells = self._cells(data) if grid is None else None
         kind = self.kernel
         mv = lambda d: move_distribution(d, like)  # noqa: E731
         eta = self.task_corr_eta
@@ -208,7 +217,8 @@ class MultitaskGP:
             if grid is not None:
                 mll = icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, mean, kind)
             else:
-                mll = icm.hadamard_mll(X, y, task, B, ls, noise, mean, kind)
+                mll = icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, mean, kind, cells.count,
+                                       cells.ss)
             pyro.factor("gp_mll", mll)
 
         return model
@@ -220,7 +230,7 @@ class MultitaskGP:
         Options: ``optimizer`` ("lbfgs" default, or "adam"), ``lr`` (1.0 L-BFGS / 0.05 Adam),
         ``steps`` (100 L-BFGS outer steps / 1000 Adam), ``tol`` (stop when the MLL changes by
         less than tol x |MLL|, 1e-7), ``restarts`` (random initialisations, best kept; 1),
-        ``threads``. Returns one draw: samples of shape (1, 1, ...).
+        ``threads`` (default 1 below 1,500 rows, else torch's setting). Returns one draw: samples of shape (1, 1, ...).
         """
         opts = dict(settings.options)
         unknown = set(opts) - _MAP_OPTIONS
@@ -239,7 +249,11 @@ class MultitaskGP:
         gen = torch.Generator().manual_seed(settings.seed)
         best = None
         t0 = time.perf_counter()
-        with torch_threads(opts.get("threads", None)):
+        # small problems: one thread (thread start-up and waits cost more than they save, and badly
+        # so on a loaded machine: 20x measured at 60 rows with 2 threads); large: torch's default
+        small = data.n_rows < 1500
+        threads = opts.get("threads", 1 if small else None)
+        with torch_threads(threads):
             for _ in range(max(1, restarts)):
                 out = self._ml_fit(data, optimizer, opts, gen)
                 if best is None or out[0] > best[0]:
@@ -279,13 +293,15 @@ class MultitaskGP:
             self.kernel.to(device=data.device, dtype=data.dtype)
             params += list(self.kernel.parameters())
         grid = self._grid(data)
+        cells = self._cells(data) if grid is None else None
 
         def mll_of(raw):
             B = icm.task_covariance(raw["task_W"], raw["log_v"].exp())
             ls, noise = raw["log_ls"].exp(), raw["log_noise"].exp()
             if grid is not None:
                 return icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, raw["mean"], kfn)
-            return icm.hadamard_mll(data.X, data.y, data.task, B, ls, noise, raw["mean"], kfn)
+            return icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, raw["mean"], kfn, cells.count,
+                                    cells.ss)
 
         n = data.n_rows
         tol = float(opts.get("tol", 1e-7))
@@ -352,40 +368,20 @@ class MultitaskGP:
 
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """GP predictive at the new rows, per draw: ``mean`` (S, N) of f + mean, ``y`` (S, N) a
-        draw of y (noise included). Known tasks only."""
+        """GP predictive at the new rows: ``mean`` (S, N) of f + mean per draw, ``y`` (S * K, N)
+        draws of y (noise included), K per draw so that a point estimate (S = 1) still gives a
+        predictive sd and quantiles. Known tasks only."""
         n_known = new.n_known_tasks
         unseen = sorted({new.task_names[i] for i in new.task.tolist() if i >= n_known})
         if unseen:
             raise ValueError(f"task {unseen[0]!r} was not in the training data; a multi-task GP predicts "
                              "only for tasks it was trained on")
-        if self.kind == "lmc":
-            from bayesmtl.gp import lmc
-
-            return lmc.predict_lmc(self, train, new, samples, generator)
-        B_all = self._task_cov(samples)
-        S = B_all.shape[0]
-        dt, dev = train.dtype, train.device
-        Xs = new.X.to(dt)
-        ts = new.task.to(dev)
-        grid = self._grid(train)
-        kfn = self._kernel_fn()
-        means, ys = [], []
-        for s in range(S):
-            B = B_all[s].to(dt)
-            ls = samples["lengthscale"][s].to(dt)
-            noise, mean = samples["noise"][s].to(dt), samples["mean"][s].to(dt)
-            with torch.no_grad():
-                if grid is not None:
-                    c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
-                    mu, var = icm.kronecker_predict(c, grid.X, Xs, ts, B, ls, mean, kfn)
-                else:
-                    c = icm.hadamard_cache(train.X, train.y, train.task, B, ls, noise, mean, kfn)
-                    mu, var = icm.hadamard_predict(c, train.X, train.task, Xs, ts, B, ls, mean, kfn)
-            eps = torch.randn(mu.shape, generator=generator, dtype=dt, device=generator.device).to(dev)
-            means.append(mu)
-            ys.append(mu + (var + noise[ts]).sqrt() * eps)
-        return {"mean": torch.stack(means), "y": torch.stack(ys)}
+        mu, var = self.predictive_moments(train, new, samples)
+        S, N = mu.shape
+        K = max(1, min(-(-500 // S), int(2e7 // max(S * N, 1))))
+        eps = torch.randn((S, K, N), generator=generator, dtype=mu.dtype, device=generator.device).to(mu.device)
+        y = mu.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps
+        return {"mean": mu, "y": y.reshape(S * K, N)}
 
     def predictive_moments(self, train: MultiTaskData, new: MultiTaskData,
                            samples: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,19 +391,22 @@ class MultitaskGP:
 
             return lmc.moments_lmc(self, train, new)
         out_m, out_v = [], []
-        B_all = self._task_cov(samples)
+        dt, dev = train.dtype, train.device
+        B_all = self._task_cov(samples).to(device=dev, dtype=dt)
         grid = self._grid(train)
+        cells = self._cells(train) if grid is None else None
         kfn = self._kernel_fn()
+        new = new.to(dev)
         for s in range(B_all.shape[0]):
-            B, ls = B_all[s], samples["lengthscale"][s]
-            noise, mean = samples["noise"][s], samples["mean"][s]
+            B, ls = B_all[s], samples["lengthscale"][s].to(device=dev, dtype=dt)
+            noise, mean = samples["noise"][s].to(device=dev, dtype=dt), samples["mean"][s].to(device=dev, dtype=dt)
             with torch.no_grad():
                 if grid is not None:
                     c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
                     mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
                 else:
-                    c = icm.hadamard_cache(train.X, train.y, train.task, B, ls, noise, mean, kfn)
-                    mu, var = icm.hadamard_predict(c, train.X, train.task, new.X, new.task, B, ls, mean, kfn)
+                    c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count)
+                    mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn)
             out_m.append(mu)
             out_v.append(var + noise[new.task])
         return torch.stack(out_m), torch.stack(out_v)

@@ -36,14 +36,18 @@ class TaskRelationship(MultiTaskModel):
         As in ``MultiTaskModel``. The intercept is a task-varying column of W like any other;
         with a non-zero common level give the prior a learned ``mean`` (or centre the target).
 
-    Inference notes: MCMC uses the collapsed form by default (Gaussian likelihood, no shared
-    coefficients, at most ``MAX_COLLAPSED_DIM`` integrated-out coefficients). For SVI pass
-    ``collapse=True`` where the collapsed form exists: a mean-field guide over W and Omega
-    jointly shrinks the task correlations towards 0 and gives too-narrow intervals, while a
-    guide over Omega alone (``guide="mvn"``) matches NUTS closely on the planted test.
+    Inference notes: MCMC uses the collapsed form by default (Gaussian likelihood; T x D for
+    the full prior or rank x D for the low-rank prior at most ``MAX_COLLAPSED_DIM``; shared
+    coefficients stay sampled). For SVI pass ``collapse=True`` where the collapsed form exists:
+    a mean-field guide over W and Omega jointly shrinks the task correlations towards 0 and
+    gives too-narrow intervals, while a guide over Omega alone (``guide="mvn"``) matches NUTS
+    closely on the planted test.
     """
 
     name = "task-relationship"
+    #: left out of ``Posterior.summary()`` and its diagnostics: low-rank loadings are identified only
+    #: up to sign and rotation (chains may settle on different ones); Omega and C are identified
+    unidentified_sites = ("loadings",)
 
     def __init__(self, likelihood: str | Likelihood = "gaussian", prior: rp.TaskRelationship | None = None,
                  intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):
@@ -54,19 +58,23 @@ class TaskRelationship(MultiTaskModel):
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
         out = super().coords(data)
         out["task_"] = list(data.task_names)
+        if "iw_normal" in self.prior.site_dims():  # inverse-Wishart: one Bartlett entry per pair of tasks
+            rows, cols = np.tril_indices(data.n_tasks, k=-1)  # the order of torch.tril_indices(T, T, -1)
+            names = data.task_names
+            out["task_pair"] = [f"{names[i]}|{names[j]}" for i, j in zip(rows, cols, strict=True)]
         if self.prior.rank is not None:
             out["factor"] = [f"factor_{k}" for k in range(self.prior.rank)]
         return out
 
     def collapsed(self, data: MultiTaskData) -> CollapsedTaskRelationship | None:
-        """W integrated out (Gaussian likelihood, no shared coefficients), or None where that
-        is not available or would cost more than sampling W (more than ``MAX_COLLAPSED_DIM``
-        integrated-out coefficients)."""
-        if not isinstance(self.likelihood, Gaussian) or self.shared:
+        """W integrated out (Gaussian likelihood; shared coefficients stay sampled), or None where that
+        is not available or would cost more than sampling W: the full prior solves a (T D)-dim
+        Gaussian per gradient, the low-rank prior T Gaussians of dim D and one of dim rank x D;
+        either joint size must be at most ``MAX_COLLAPSED_DIM``."""
+        if not isinstance(self.likelihood, Gaussian):
             return None
         D = len(self.varying_names(data))
-        Q = data.n_tasks + (self.prior.rank or 0)
-        if Q * D > MAX_COLLAPSED_DIM:
+        if (self.prior.rank or data.n_tasks) * D > MAX_COLLAPSED_DIM:  # the joint Gaussian solved per gradient
             return None
         return CollapsedTaskRelationship(self, data)
 

@@ -61,6 +61,12 @@ def test_planted_gaussian_svi():
     _check_recovery(post, truth)
 
 
+def test_planted_poisson_svi():
+    post, truth, _ = _fit_planted("poisson", "svi", tasks_per_cluster=3, rows=40, truncation=10, draws=100,
+                                  **SVI_FAST)
+    _check_recovery(post, truth)
+
+
 def test_outputs_and_run_directory(logistic_svi, tmp_path):
     post, truth, df = logistic_svi
     # w of a known task is the atom of its drawn cluster
@@ -226,9 +232,9 @@ def full_svi():
 
 @pytest.fixture(scope="module")
 def full_nuts():
-    # collapse=False: Pyro's NUTS sums z out by enumeration (the default would use the closed-form marginal)
-    return _fit_planted("bernoulli", "pyro_nuts", tasks_per_cluster=10, rows=60, truncation=10,
-                        chains=2, warmup=300, draws=300, collapse=False)
+    # the batched NUTS samples the continuous marginal: z summed out in closed form (test_marginal_matches_enumeration)
+    return _fit_planted("bernoulli", "nuts", tasks_per_cluster=10, rows=60, truncation=10,
+                        chains=2, warmup=300, draws=300)
 
 
 @pytest.mark.slow
@@ -249,7 +255,56 @@ def test_full_planted_logistic_nuts(full_nuts):
 
 
 @pytest.mark.slow
+def test_full_planted_gaussian_nuts():
+    post, truth, _ = _fit_planted("gaussian", "nuts", tasks_per_cluster=10, rows=60, truncation=10,
+                                  chains=2, warmup=200, draws=200)
+    _check_recovery(post, truth)
+
+
+@pytest.mark.slow
+def test_planted_logistic_pyro_nuts_enumerated():
+    """Pyro's NUTS with z enumerated by Pyro itself (collapse=False) rather than the closed-form marginal."""
+    post, truth, _ = _fit_planted("bernoulli", "pyro_nuts", tasks_per_cluster=4, rows=50, truncation=8,
+                                  chains=1, warmup=150, draws=150, collapse=False)
+    _check_recovery(post, truth)
+
+
+@pytest.mark.slow
 def test_svi_and_nuts_agree(full_svi, full_nuts):
     a = full_svi[0].relations().draws.mean(0)
     b = full_nuts[0].relations().draws.mean(0)
     assert np.abs(a - b).mean() <= 0.15
+
+
+# ---------------------------------------------------------------------- command line
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cli_fit_writes_clusters(tmp_path):
+    from bayesmtl.cli import main
+
+    df, truth = planted_clusters(tasks_per_cluster=4, rows=40, likelihood="bernoulli", seed=1)
+    df.to_csv(tmp_path / "train.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["fit", "--model", "dp-clustering", "--data", str(tmp_path / "train.csv"), "--task", "task",
+                 "--target", "y", "--likelihood", "bernoulli", "--out", str(run), "--method", "svi",
+                 "--draws", "100", "--seed", "0", "--quiet", "--option", "steps=1000", "--option", "min_steps=600",
+                 "--option", "lr=0.05", "--option", "window=150"]) == 0
+    assert {p.name for p in run.iterdir()} >= {"posterior.nc", "summary.csv", "relations.csv", "run.json",
+                                               "model.pt", "clusters.csv"}
+    clusters = pd.read_csv(run / "clusters.csv")
+    assert list(clusters.columns) == ["task", "cluster", "probability"]
+    assert clusters["task"].tolist() == list(dict.fromkeys(df["task"]))
+    assert adjusted_rand_index(clusters["cluster"], truth["cluster"]) >= 0.9
+    relations = pd.read_csv(run / "relations.csv")
+    assert len(relations) == 12 * 11 // 2 and relations["mean"].between(0, 1).all()
+    # the run directory loads back with the same co-clustering
+    post = bm.load(run)
+    np.testing.assert_allclose(post.relations().mean().to_numpy()[np.triu_indices(12, 1)], relations["mean"])
+
+
+def test_batched_nuts_never_samples_assignments():
+    """Without the closed-form marginal the batched NUTS would meet the discrete z: it must refuse."""
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=10, features=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with pytest.raises(ValueError, match="'z' has discrete support"):
+        bm.fit(bm.models.DPClustering(), data, method="nuts", collapse=False, chains=1, warmup=1, draws=1,
+               progress=False)

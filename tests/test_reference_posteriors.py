@@ -171,14 +171,12 @@ def test_eight_schools_nuts():
 
 
 @pytest.mark.slow
-def test_eight_schools_nuts_long():
-    _check_nuts(EIGHT_SCHOOLS, chains=4, warmup=1000, draws=2000, seed=1)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [RADON_POOLED, RADON_INTERCEPT, RADON_SLOPE, SEEDS])
-def test_reference_nuts(name):
-    _check_nuts(name, chains=4, warmup=1000, draws=1000)
+@pytest.mark.parametrize("chains", [4, 64])
+@pytest.mark.parametrize("name", [EIGHT_SCHOOLS, RADON_POOLED, RADON_INTERCEPT, RADON_SLOPE, SEEDS])
+def test_reference_nuts(name, chains):
+    # every reference with the default back end and path (collapsed where the model allows it);
+    # 64 chains: shorter per chain, more draws in all
+    _check_nuts(name, chains=chains, warmup=1000, draws=1000 if chains == 4 else 250, seed=1)
 
 
 # ---------------------------------------------------------------- SVI with a full-rank guide

@@ -228,11 +228,10 @@ def build_subtree(vg, start: tuple, eps, inv_mass, H0, active, depth: int, gen, 
             r_ck[:, hi] = r1
             rs_ck[:, hi] = r_sum
             turn = torch.zeros_like(b)
-        else:
-            turn = torch.zeros_like(b)
-            for i in range(hi, lo - 1, -1):
-                sub = r_sum - rs_ck[:, i] + r_ck[:, i]
-                turn = turn | is_turning(inv_mass, r_ck[:, i], r1, sub)
+        else:  # all checkpoints lo..hi at once: (C, k, P)
+            rc = r_ck[:, lo:hi + 1]
+            sub = r_sum.unsqueeze(1) - rs_ck[:, lo:hi + 1] + rc
+            turn = is_turning(inv_mass.unsqueeze(1), rc, r1.unsqueeze(1), sub).any(-1)
         turning = turning | (b & turn)
         diverging = diverging | (b & div)
         building = b & ~turn & ~div

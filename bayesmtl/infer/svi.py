@@ -2,7 +2,10 @@
 
 Options: ``guide`` ("normal" = mean field, "mvn" = full-rank, "lowrank", "delta" = MAP),
 ``rank`` (low-rank guide), ``lr`` (0.01), ``steps`` (most steps, 20000), ``min_steps`` (5000),
-``tol`` (stop when the windowed mean loss improves by less than tol x |loss| between windows of ``window`` (500) steps, 1e-5),
+``tol`` (1e-5: stop when the mean loss of the last ``window`` (500) steps is less than
+``lookback`` (4) x tol x |loss| below the mean of the window ``lookback`` windows earlier; one
+window to the next is too noisy a comparison: a slow drift along a ridge then passes for
+convergence half the time),
 ``batch_size`` (rows per minibatch; None = all rows), ``particles`` (1), ``jit`` (True without
 minibatches), ``threads`` (1).
 
@@ -35,7 +38,7 @@ __all__ = ["SVIBackend"]
 _GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal,
            "lowrank": AutoLowRankMultivariateNormal, "delta": AutoDelta}
 _KNOWN = {"guide", "rank", "lr", "steps", "min_steps", "tol", "batch_size", "particles", "jit",
-          "threads", "window"}
+          "threads", "window", "lookback"}
 
 
 class SVIBackend:
@@ -58,7 +61,7 @@ class SVIBackend:
         batch = None if batch is None or int(batch) >= data.n_rows else int(batch)
         steps, min_steps = int(opts.get("steps", 20000)), int(opts.get("min_steps", 5000))
         tol, lr = float(opts.get("tol", 1e-5)), float(opts.get("lr", 0.01))
-        window = int(opts.get("window", 500))
+        window, lookback = int(opts.get("window", 500)), int(opts.get("lookback", 4))
         jit = bool(opts.get("jit", batch is None))
 
         pyro.set_rng_seed(settings.seed)
@@ -86,9 +89,10 @@ class SVIBackend:
                 if (i + 1) % window == 0:
                     bar.update(window)
                     bar.set_postfix(loss=f"{np.mean(losses[-window:]):.4g}")
-                    if i + 1 >= max(min_steps, 2 * window):
-                        cur, prev = np.mean(losses[-window:]), np.mean(losses[-2 * window:-window])
-                        if prev - cur < tol * abs(cur):
+                    if i + 1 >= max(min_steps, (lookback + 1) * window):
+                        cur = np.mean(losses[-window:])
+                        prev = np.mean(losses[-(lookback + 1) * window:-lookback * window])
+                        if prev - cur < lookback * tol * abs(cur):
                             converged = True
                             break
             bar.close()

@@ -3,6 +3,7 @@
 from .base import TaskPrior
 from .dirichlet import DirichletProcess
 from .hierarchical import Hierarchical, Independent, Pooled
-from .relationship import LKJ, TaskRelationship
+from .relationship import LKJ, InverseWishart, TaskRelationship
 
-__all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "TaskRelationship", "DirichletProcess"]
+__all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "InverseWishart", "TaskRelationship",
+           "DirichletProcess"]

@@ -10,11 +10,14 @@ population mean mu (D,). Omega is either
 
 - full: Omega = diag(s) C diag(s), C ~ LKJ(eta) (sites ``task_scale`` (T,), ``corr_chol``
   (T, T)), or
+- inverse-Wishart: Omega ~ IW(nu, scale I), through the Bartlett decomposition of Omega^-1 =
+  A A^T / scale (sites ``iw_chi2`` (T,), A_tt^2 ~ chi2(nu - t), and ``iw_normal`` (T(T-1)/2,),
+  the entries below the diagonal of A), so R = sqrt(scale) A^-T; or
 - low rank: Omega = Lambda Lambda^T + diag(psi)^2 of rank r, for hundreds or thousands of
   tasks (sites ``loadings`` (T, r), ``psi`` (T,)).
 
 Sampling is non-centred: W = M + R_Omega V diag(sigma), where R_Omega R_Omega^T = Omega and
-V holds standard normals: ``w_raw`` (T, D) for the full prior (R = diag(s) L_C), and
+V holds standard normals: ``w_raw`` (T, D) for the full priors (R = diag(s) L_C or sqrt(scale) A^-T), and
 ``factor_raw`` (r, D) stacked over ``w_raw`` (T, D) for the low-rank prior
 (R = [Lambda, diag(psi)], T x (r + T)). The per-task draws ``w_raw`` sit in the task plate;
 they are mixed across tasks by R outside it, since coupled tasks cannot be independent in a plate.
@@ -32,7 +35,7 @@ import torch
 
 from .base import TaskPrior, as_distribution, move_distribution
 
-__all__ = ["LKJ", "TaskRelationship", "omega_root", "task_correlation"]
+__all__ = ["LKJ", "InverseWishart", "TaskRelationship", "omega_root", "task_correlation"]
 
 
 class LKJ:
@@ -51,13 +54,56 @@ class LKJ:
         return f"LKJ(eta={self.eta})"
 
 
+class InverseWishart:
+    """Settings of an inverse-Wishart prior on the whole task covariance: Omega ~ IW(df, scale I).
+
+    ``df`` (None: T + 1, which makes every correlation uniform on (-1, 1) a priori) must exceed
+    T - 1; ``scale`` > 0. The scales and correlations of Omega then share one prior, so
+    ``TaskRelationship(scales=...)`` does not apply.
+    """
+
+    def __init__(self, df: float | None = None, scale: float = 1.0):
+        if df is not None and (isinstance(df, bool) or not isinstance(df, (int, float)) or not math.isfinite(df)):
+            raise ValueError(f"inverse-Wishart df must be a finite number or None; got {df!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale):
+            raise ValueError(f"inverse-Wishart scale must be a finite number > 0; got {scale!r}")
+        self.df = None if df is None else float(df)
+        self.scale = float(scale)
+
+    def degrees(self, n_tasks: int) -> float:
+        return float(n_tasks + 1) if self.df is None else self.df
+
+    def __repr__(self) -> str:
+        return f"InverseWishart(df={self.df}, scale={self.scale})"
+
+
 def _vec(d, n: int, like: torch.Tensor):
     return move_distribution(d, like).expand(torch.Size([n])).to_event(1)
 
 
-def omega_root(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None) -> torch.Tensor:
-    """R (B, T, Q) with Omega = R R^T from flat draws (B, ...): diag(s) L_C or [Lambda, diag(psi)]."""
+def _bartlett(chi2: torch.Tensor, normal: torch.Tensor, T: int) -> torch.Tensor:
+    """Lower-triangular A (..., T, T) with sqrt(chi2) on the diagonal and ``normal`` below it."""
+    i, j = torch.tril_indices(T, T, offset=-1, device=chi2.device)
+    below = torch.zeros(*normal.shape[:-1], T * T, dtype=normal.dtype, device=normal.device)
+    below = below.index_copy(-1, i * T + j, normal)  # out of place: gradients flow to ``normal``
+    return torch.diag_embed(chi2.sqrt()) + below.reshape(*normal.shape[:-1], T, T)
+
+
+def _iw_root(chi2: torch.Tensor, normal: torch.Tensor, T: int, scale: float) -> torch.Tensor:
+    """R = sqrt(scale) A^-T (..., T, T), so that R R^T = scale (A A^T)^-1 ~ IW."""
+    A = _bartlett(chi2, normal, T)
+    eye = torch.eye(T, dtype=A.dtype, device=A.device).expand(A.shape)
+    return math.sqrt(scale) * torch.linalg.solve_triangular(A.transpose(-1, -2), eye, upper=True)
+
+
+def omega_root(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None,
+               iw_scale: float | None = None) -> torch.Tensor:
+    """R (B, T, Q) with Omega = R R^T from flat draws (B, ...): diag(s) L_C, sqrt(scale) A^-T
+    (inverse-Wishart, ``iw_scale`` given) or [Lambda, diag(psi)]."""
     T = n_tasks
+    if iw_scale is not None:
+        B = samples["iw_chi2"].reshape(-1, T).shape[0]
+        return _iw_root(samples["iw_chi2"].reshape(B, T), samples["iw_normal"].reshape(B, -1), T, iw_scale)
     if rank is None:
         L = samples["corr_chol"].reshape(-1, T, T)
         s = samples["task_scale"].reshape(-1, T, 1)
@@ -67,9 +113,13 @@ def omega_root(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None)
     return torch.cat([lam, torch.diag_embed(psi)], dim=-1)
 
 
-def task_correlation(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None) -> torch.Tensor:
+def task_correlation(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None,
+                     iw_scale: float | None = None) -> torch.Tensor:
     """Draws of C = corr(Omega), shape (B, T, T)."""
-    if rank is None:
+    if iw_scale is not None:
+        R = omega_root(samples, n_tasks, rank, iw_scale)
+        C = R @ R.transpose(-1, -2)
+    elif rank is None:
         L = samples["corr_chol"].reshape(-1, n_tasks, n_tasks)
         C = L @ L.transpose(-1, -2)
     else:
@@ -86,11 +136,12 @@ class TaskRelationship(TaskPrior):
 
     Parameters
     ----------
-    correlation : LKJ, default LKJ(eta=2)
-        Prior of the task correlation C (full prior, ``rank=None``).
+    correlation : LKJ or InverseWishart, default LKJ(eta=2)
+        Prior of the task correlation C (full prior, ``rank=None``), or ``InverseWishart(df,
+        scale)`` for an inverse-Wishart prior on the whole Omega (scales included).
     scales : pyro distribution, default HalfNormal(1)
-        Prior of each task's scale s_t (full prior) or each task's idiosyncratic sd psi_t
-        (low-rank prior).
+        Prior of each task's scale s_t (LKJ prior) or each task's idiosyncratic sd psi_t
+        (low-rank prior); not used with the inverse-Wishart.
     rank : int or None
         None: full Omega = diag(s) C diag(s). An integer r (1 <= r < T): Omega = Lambda Lambda^T
         + diag(psi)^2 with loadings Lambda (T, r) ~ Normal(0, loading_scale).
@@ -108,17 +159,21 @@ class TaskRelationship(TaskPrior):
     W); the proper priors on both keep this ridge bounded, and C is unaffected by it.
     """
 
-    def __init__(self, correlation: LKJ | None = None, scales: dist.Distribution | None = None,
+    def __init__(self, correlation: LKJ | InverseWishart | None = None, scales: dist.Distribution | None = None,
                  rank: int | None = None, feature_scale: dist.Distribution | None = None,
                  mean=0.0, loading_scale: float = 1.0):
         if correlation is None:
             correlation = LKJ(2.0)
         if isinstance(correlation, (int, float)) and not isinstance(correlation, bool):
             correlation = LKJ(correlation)
-        if not isinstance(correlation, LKJ):
-            raise TypeError(f"correlation must be bayesmtl.priors.LKJ(eta); got {type(correlation).__name__}")
+        if not isinstance(correlation, (LKJ, InverseWishart)):
+            raise TypeError("correlation must be bayesmtl.priors.LKJ(eta) or bayesmtl.priors.InverseWishart(df, "
+                            f"scale); got {type(correlation).__name__}")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be None (full task covariance) or an integer >= 1; got {rank!r}")
+        if isinstance(correlation, InverseWishart) and (rank is not None or scales is not None):
+            raise ValueError("the inverse-Wishart is a prior on the whole task covariance: it takes neither "
+                             f"rank (got {rank!r}) nor scales (got {scales!r})")
         if not (isinstance(loading_scale, (int, float)) and loading_scale > 0):
             raise ValueError(f"loading_scale must be a number > 0; got {loading_scale!r}")
         self.correlation = correlation
@@ -132,7 +187,7 @@ class TaskRelationship(TaskPrior):
     @property
     def relation_kind(self) -> str:  # type: ignore[override]
         form = (f"low rank {self.rank} + diagonal" if self.rank is not None
-                else f"LKJ(eta={self.correlation.eta})")
+                else repr(self.correlation))
         return (f"task correlation C = corr(Omega), the matrix-normal task covariance ({form}): "
                 "+1 = related, 0 = unrelated, -1 = negatively related")
 
@@ -143,12 +198,25 @@ class TaskRelationship(TaskPrior):
         if self.rank is not None and self.rank >= n_tasks:
             raise ValueError(f"rank={self.rank} must be smaller than the number of tasks ({n_tasks}); "
                              "use rank=None for a full task covariance")
+        if self._iw_scale is not None and not self.correlation.degrees(n_tasks) > n_tasks - 1:
+            raise ValueError(f"inverse-Wishart df={self.correlation.df} must exceed the number of tasks "
+                             f"minus 1 ({n_tasks - 1})")
+
+    @property
+    def _iw_scale(self) -> float | None:
+        return self.correlation.scale if isinstance(self.correlation, InverseWishart) else None
+
+    def omega_root(self, samples: dict[str, torch.Tensor], n_tasks: int) -> torch.Tensor:
+        """R (B, T, Q) with Omega = R R^T, from flat draws (B, ...)."""
+        return omega_root(samples, n_tasks, self.rank, self._iw_scale)
 
     def site_dims(self):
         dims = {"feature_scale": ("feature",), "w_raw": ("task", "feature"), "w": ("task", "feature")}
         if not isinstance(self.mean, float):
             dims["mu"] = ("feature",)
-        if self.rank is None:
+        if self._iw_scale is not None:
+            dims.update(iw_chi2=("task",), iw_normal=("task_pair",))
+        elif self.rank is None:
             dims.update(task_scale=("task",), corr_chol=("task", "task_"))
         else:
             dims.update(loadings=("task", "factor"), psi=("task",), factor_raw=("factor", "feature"))
@@ -162,7 +230,15 @@ class TaskRelationship(TaskPrior):
             out["mu"] = pyro.sample("mu", _vec(self.mean, D, like))
         out["feature_scale"] = pyro.sample("feature_scale", _vec(self.feature_scale, D, like))
         scales = move_distribution(self.scales, like)
-        if self.rank is None:
+        if self._iw_scale is not None:
+            nu = self.correlation.degrees(T)
+            df = nu - torch.arange(T, dtype=like.dtype, device=like.device)  # A_tt^2 ~ chi2(nu - t)
+            with task_plate:
+                out["iw_chi2"] = pyro.sample("iw_chi2", dist.Chi2(df))
+            n_pairs = T * (T - 1) // 2
+            out["iw_normal"] = pyro.sample("iw_normal", dist.Normal(torch.zeros_like(like), 1.0)
+                                           .expand([n_pairs]).to_event(1))
+        elif self.rank is None:
             conc = torch.tensor(self.correlation.eta, dtype=like.dtype, device=like.device)
             out["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(T, conc))
             with task_plate:
@@ -184,7 +260,10 @@ class TaskRelationship(TaskPrior):
             z = pyro.sample("w_raw", normal.expand([D]).to_event(1))
         batch = z.shape[:-2]  # () unbatched, (C,) under an outer plate at dim -2
         fs = h["feature_scale"].reshape(*batch, 1, D)
-        if self.rank is None:
+        if self._iw_scale is not None:
+            R = _iw_root(h["iw_chi2"].reshape(*batch, T), h["iw_normal"].reshape(*batch, -1), T, self._iw_scale)
+            dev = R @ z
+        elif self.rank is None:
             L = h["corr_chol"].reshape(*batch, T, T)
             dev = h["task_scale"].reshape(*batch, T, 1) * (L @ z)
         else:
@@ -208,8 +287,9 @@ class TaskRelationship(TaskPrior):
         """
         fs = samples["feature_scale"].reshape(-1, n_dims)
         S = fs.shape[0]
-        T = (samples["task_scale"] if self.rank is None else samples["psi"]).reshape(S, -1).shape[-1]
-        R = omega_root(samples, T, self.rank)
+        per_task = "iw_chi2" if self._iw_scale is not None else "task_scale" if self.rank is None else "psi"
+        T = samples[per_task].reshape(S, -1).shape[-1]
+        R = self.omega_root(samples, T)
         avg = (R * R).sum(-1).mean(-1).sqrt()  # (S,) root mean diagonal of Omega
         z = torch.randn(S, n_new, n_dims, generator=generator, dtype=fs.dtype, device=fs.device)
         w = avg.reshape(S, 1, 1) * fs.unsqueeze(-2) * z
@@ -221,7 +301,7 @@ class TaskRelationship(TaskPrior):
 
     def relations(self, samples):
         w = samples["w"]
-        return task_correlation(samples, w.shape[-2], self.rank).cpu().numpy()
+        return task_correlation(samples, w.shape[-2], self.rank, self._iw_scale).cpu().numpy()
 
     def __repr__(self):
         return (f"TaskRelationship(correlation={self.correlation}, scales={self.scales}, rank={self.rank}, "
