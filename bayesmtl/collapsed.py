@@ -173,13 +173,13 @@ class _LogMarginal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, tau, s2, XX, Xy, yy, n):
-        ll, *saved = _KERNELS[0](mu, tau, s2, XX, Xy, yy, n)
+        ll, *saved = _lm_forward(mu, tau, s2, XX, Xy, yy, n)
         ctx.save_for_backward(*saved)
         return ll
 
     @staticmethod
     def backward(ctx, g):
-        return (*_KERNELS[1](g, *ctx.saved_tensors), None, None, None, None)
+        return (*_lm_backward(g, *ctx.saved_tensors), None, None, None, None)
 
 
 def _lm_forward(mu, tau, s2, XX, Xy, yy, n):
@@ -205,10 +205,6 @@ def _lm_backward(g, s2, XXs, t, c, rr, K, M, q, bq, n):
     d_s2 = (-0.5 * n - (G * K).sum((-1, -2)) - bq + 0.5 * rr) / s2
     g1 = g.unsqueeze(-1)
     return g1 * d_mu, g1 * d_tau, g1 * d_s2
-
-
-#: (forward, backward) of ``_LogMarginal``; ``use_compiled`` swaps in torch.compile'd versions
-_KERNELS = [_lm_forward, _lm_backward]
 
 
 def _inv_logdet(K: torch.Tensor, sweep_max: int = 12) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,9 +127,10 @@ class MultiTaskModel:
             if not observe:
                 return
             with pyro.plate("data", N, dim=-1, subsample_size=subsample_size) as idx:
-                eta = linear_predictor(w, coef, Xv[idx], Xs[idx], task[idx])
-                pick = lambda t: None if t is None else t[idx]  # noqa: E731
-                pyro.sample("y", lik.distribution(eta, params, task[idx], pick(noise), pick(trials)),
+                # without minibatches idx is arange(N): indexing would copy X every step
+                pick = (lambda t: t) if subsample_size is None else (lambda t: None if t is None else t[idx])
+                eta = linear_predictor(w, coef, pick(Xv), pick(Xs), pick(task))
+                pyro.sample("y", lik.distribution(eta, params, pick(task), pick(noise), pick(trials)),
                             obs=pick(y))
 
         return model
