@@ -52,3 +52,29 @@ def test_batched_log_joint_matches_loop(name, lik):
         poutine.trace(poutine.condition(fn, data={k: v[i] for k, v in draws.items()})).get_trace().log_prob_sum()
         for i in range(3)])
     assert torch.allclose(batched, single, rtol=1e-10, atol=1e-8)
+
+
+def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
+    from bayesmtl.model import TaskRows
+
+    g = torch.Generator().manual_seed(0)
+    T, D, N = 7, 3, 40
+    X = torch.randn(N, D, generator=g, dtype=torch.float64)
+    task = torch.randint(T, (N,), generator=g)
+    task[:T] = torch.arange(T)  # every task present, rows in no particular order
+    rows = TaskRows(X, task, T)
+    for batch in ((), (5,), (4, 1)):
+        w = torch.randn(*batch, T, D, generator=g, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(*batch, N, generator=g, dtype=torch.float64)
+        dense = (X * w[..., task, :]).sum(-1)
+        sparse = rows(w)
+        assert sparse.shape == dense.shape == (*batch, N)
+        assert torch.allclose(sparse, dense)
+        (gd,) = torch.autograd.grad((dense * weights).sum(), w)
+        (gs,) = torch.autograd.grad((sparse * weights).sum(), w)
+        assert torch.allclose(gs, gd)
+    # a traced graph replays it (the NUTS back end traces the model)
+    w0 = torch.randn(2, T, D, generator=g, dtype=torch.float64)
+    traced = torch.jit.trace(lambda w: rows(w).square().sum(-1), (w0,), check_trace=False)
+    w1 = torch.randn(2, T, D, generator=g, dtype=torch.float64)
+    assert torch.allclose(traced(w1), (X * w1[..., task, :]).sum(-1).square().sum(-1))

@@ -149,10 +149,10 @@ def test_collapsed_gradient_is_exact():
     assert torch.autograd.gradcheck(f, (mu, tau.requires_grad_(), s2))
 
 
-def test_sweep_inverse_matches_lapack():
+def test_collapsed_inverse_matches_lapack():
     from bayesmtl.collapsed import _inv_logdet
 
-    for D in (6, 14):  # the sweep operator, and the Cholesky fallback for larger blocks
+    for D in (6, 14):
         X = torch.randn(3, 5, D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(D))
         K = X @ X.transpose(-1, -2)
         M, ld = _inv_logdet(K)
