@@ -11,7 +11,8 @@ y_t'y_t (weighted by 1/s_n^2 when the noise is known), computed once, so one eva
 O(T D^3), not O(N). It is evaluated in the well-conditioned form A' = I + diag(tau) X'X
 diag(tau) / sigma^2 (no 1/tau, so tau -> 0 is safe), with its gradient written out by hand
 (~3x faster than autograd through the batched Cholesky on 400 6 x 6 blocks). Afterwards
-``conditional`` draws w_t exactly from N(mu + tau * A'^-1 tau * u, tau A'^-1 tau), u = X'(y - X mu) / sigma^2.
+``conditional`` draws w_t exactly from N(mu + tau * A'^-1 tau * u, tau A'^-1 tau),
+u = X'(y - X mu) / sigma^2.
 """
 
 from __future__ import annotations

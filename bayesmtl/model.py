@@ -118,7 +118,8 @@ class MultiTaskModel:
         T, N, D, Ds = data.n_tasks, data.n_rows, Xv.shape[-1], Xs.shape[-1]
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         task, y, noise, trials = data.task, data.y, data.noise, data.trials
-        rows = task_rows(Xv, task, T) if subsample_size is None else None
+        # built once per program, not per evaluation; a minibatch changes the rows, so it gathers instead
+        rows = task_rows(Xv, task, T) if observe and subsample_size is None else None
 
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
