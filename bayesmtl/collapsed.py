@@ -17,6 +17,7 @@ u = X'(y - X mu) / sigma^2.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pyro
@@ -24,7 +25,7 @@ import torch
 
 from .data import MultiTaskData
 from .likelihoods import Gaussian
-from .priors.base import move_distribution
+from .priors.base import log_prob_and_grad, move_distribution
 from .priors.hierarchical import Hierarchical, _hyper, _vec
 
 __all__ = ["HierarchicalGaussian", "hierarchical_gaussian"]
@@ -143,6 +144,37 @@ class HierarchicalGaussian:
             lp = lp + d.log_prob(values[name]).reshape(C, -1).sum(-1)
         return lp
 
+    def log_density_and_grad(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
+        """``log_density`` and its gradient with respect to each site value, both written out.
+
+        Returns (log p (C,), {site: d log p / d value, shaped like the value}), or None when a
+        prior has no written-out gradient (``priors.base.log_prob_and_grad``). With it a back end
+        needs no autograd graph: about 3x cheaper per evaluation than autograd through the
+        traced program (``benchmarks/mcmc.py``).
+        """
+        tau = values["tau"]
+        C = tau.shape[0]
+        mu = values["mu"] if "mu" in values else torch.full_like(tau, self.prior.mean)
+        sigma = values.get("sigma")
+        mu2, tau2, s2 = self._flat(mu, tau, sigma)
+        ll, *saved = _lm_forward(mu2, tau2, s2, self.XX, self.Xy, self.yy, self.n)
+        d_mu, d_tau, d_s2 = _lm_backward(torch.ones_like(ll), *saved)
+        grads = {"tau": d_tau.reshape(tau.shape)}
+        if "mu" in values:
+            grads["mu"] = d_mu.reshape(values["mu"].shape)
+        if sigma is not None:  # s2 = sigma^2, per task or shared by all tasks
+            s = sigma.reshape(C, -1)
+            ds = 2 * s * (d_s2 if s.shape[1] == self.T else d_s2.sum(-1, keepdim=True))
+            grads["sigma"] = ds.reshape(sigma.shape)
+        lp = ll - 0.5 * self.const
+        for name, d in self._priors.items():
+            out = log_prob_and_grad(d, values[name])
+            if out is None:
+                return None
+            lp = lp + out[0].reshape(C, -1).sum(-1)
+            grads[name] = grads[name] + out[1]
+        return lp, grads
+
     def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Add exact draws of ``w`` (S, T, D) (and ``w_raw``) to flat draws (S, ...)."""
         tau = samples["tau"]
@@ -165,10 +197,11 @@ class _LogMarginal(torch.autograd.Function):
     """sum_t log N(y_t | X_t mu, X_t diag(tau)^2 X_t' + s2_t I) without the 2 pi / known-noise constant.
 
     mu, tau (B, D), s2 (B, T); XX (T, D, D) or (B, T, D, D), Xy (T, D) or (B, T, D), yy, n (T,) or
-    (B, T) -> (B,). With A = I + K, K = t XX t / s2, b = t c, c = (Xy - XX mu) / s2, q = A^-1 b:
-    ll_t = -(n log s2 + log|A| + r'r / s2 - b'q) / 2, and with G = dll/dA = -(A^-1 + q q') / 2:
-    dll/dtau = sum_t 2 (G * XX / s2) t + q c,  dll/dmu = sum_t c - XX (t q) / s2,
-    dll/ds2_t = (-n / 2 - <G, K> - b'q + r'r / (2 s2)) / s2.
+    (B, T) -> (B,). With A = I + K, K = t XX t / s2, b = t c, c = (Xy - XX mu) / s2, q = A^-1 b,
+    M = A^-1: ll_t = -(n log s2 + log|A| + r'r / s2 - b'q) / 2. The gradient needs only diag(M)
+    (because M K = I - M), not M itself, with u = XX (t q) / s2:
+    dll/dtau = sum_t q (c - u) - (1 - diag M) / t,  dll/dmu = sum_t c - u,
+    dll/ds2_t = (D - n - tr M + r'r / s2 - b'q - q'q) / (2 s2).
     """
 
     @staticmethod
@@ -182,37 +215,47 @@ class _LogMarginal(torch.autograd.Function):
         return (*_lm_backward(g, *ctx.saved_tensors), None, None, None, None)
 
 
+@functools.lru_cache(maxsize=8)
+def _eye(D: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.eye(D, dtype=dtype, device=device)
+
+
+def _shared_matvec(XX: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """XX (T, D, D) or (B, T, D, D) times v (B, T, D) or (B, 1, D) -> (B, T, D); one bmm where XX is shared."""
+    if XX.dim() == 3:
+        B, T, D = v.shape[0], XX.shape[0], XX.shape[-1]
+        return torch.bmm(XX, v.expand(B, T, D).permute(1, 2, 0)).permute(2, 0, 1)
+    return torch.matmul(XX, v.unsqueeze(-1)).squeeze(-1)
+
+
 def _lm_forward(mu, tau, s2, XX, Xy, yy, n):
-    XXs = XX / s2[..., None, None]                          # (B, T, D, D)
-    Xys = Xy / s2[..., None]                                # (B, T, D)
+    inv = 1.0 / s2                                          # (B, T)
     m, t = mu.unsqueeze(-2), tau.unsqueeze(-2)              # (B, 1, D)
-    XXm = (XXs * m.unsqueeze(-2)).sum(-1)                   # no bmm: D is small
-    c = Xys - XXm
-    rr = yy / s2 - 2 * (m * Xys).sum(-1) + (m * XXm).sum(-1)
+    XXm = _shared_matvec(XX, m)                             # (B, T, D), unscaled
+    c = (Xy - XXm) * inv.unsqueeze(-1)
+    rr = (yy - (m * (2 * Xy - XXm)).sum(-1)) * inv
     b = t * c
-    K = t.unsqueeze(-1) * XXs * t.unsqueeze(-2)
-    M, logdet = _inv_logdet(K)
-    q = (M * b.unsqueeze(-2)).sum(-1)
-    bq = (b * q).sum(-1)
-    ll = -0.5 * (n * torch.log(s2) + logdet + rr - bq)      # (B, T)
-    return ll.sum(-1), s2, XXs, t, c, rr, K, M, q, bq, n
+    tt = (tau.unsqueeze(-1) * tau.unsqueeze(-2)).unsqueeze(-3)   # (B, 1, D, D)
+    eye = _eye(XX.shape[-1], XX.dtype, XX.device)
+    # every eigenvalue of A is >= 1, so the factorisation cannot fail; its error check is
+    # skipped because it would synchronise with the device on every call
+    L = torch.linalg.cholesky_ex(torch.addcmul(eye, XX, tt * inv[..., None, None]))[0]
+    Li = torch.linalg.solve_triangular(L, eye, upper=False)  # L^-1, so M = Li' Li
+    v = torch.matmul(Li, b.unsqueeze(-1))                    # (B, T, D, 1)
+    q = torch.matmul(v.transpose(-1, -2), Li).squeeze(-2)   # Li' v = A^-1 b
+    vv = (v * v).sum((-1, -2))                               # b'q
+    diag_m = (Li * Li).sum(-2)
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    ll = -0.5 * (n * torch.log(s2) + logdet + rr - vv)      # (B, T)
+    return ll.sum(-1), XX, inv, t, c, rr, q, vv, diag_m, n
 
 
-def _lm_backward(g, s2, XXs, t, c, rr, K, M, q, bq, n):
-    G = -0.5 * (M + q.unsqueeze(-1) * q.unsqueeze(-2))
-    d_tau = (2 * (G * XXs * t.unsqueeze(-2)).sum(-1) + q * c).sum(-2)
-    d_mu = (c - (XXs * (t * q).unsqueeze(-2)).sum(-1)).sum(-2)
-    d_s2 = (-0.5 * n - (G * K).sum((-1, -2)) - bq + 0.5 * rr) / s2
+def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n):
+    u = _shared_matvec(XX, t * q) * inv.unsqueeze(-1)
+    d_mu = (c - u).sum(-2)
+    # (1 - M_dd) / t_d = sum_e M_de XX_de t_e / s2; where t_d = 0, M_dd = 1 exactly and this is 0
+    d_tau = (q * (c - u) - (1 - diag_m) / t.clamp_min(torch.finfo(t.dtype).tiny)).sum(-2)
+    D = q.shape[-1]
+    d_s2 = 0.5 * (D - n - diag_m.sum(-1) + rr - bq - (q * q).sum(-1)) * inv
     g1 = g.unsqueeze(-1)
     return g1 * d_mu, g1 * d_tau, g1 * d_s2
-
-
-def _inv_logdet(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(I + K)^-1 and log|I + K| for symmetric PSD K (..., D, D), by batched Cholesky.
-
-    Every eigenvalue of I + K is >= 1, so the factorisation cannot fail; its error check is
-    skipped because it would synchronise with the device on every call.
-    """
-    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    L = torch.linalg.cholesky_ex(K + eye)[0]
-    return torch.cholesky_inverse(L), 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)

@@ -130,6 +130,11 @@ class Bernoulli(Likelihood):
     def distribution(self, eta, params, task, noise, trials):
         return dist.Bernoulli(logits=eta)
 
+    @staticmethod
+    def log_prob_and_grad(eta, y, trials=None):
+        """log p(y | eta) and its derivative in eta, both (..., N): y eta - log(1 + e^eta), y - sigmoid(eta)."""
+        return y * eta - torch.nn.functional.softplus(eta), y - torch.sigmoid(eta)
+
     def mean(self, eta, trials=None):
         return torch.sigmoid(eta)
 
@@ -142,6 +147,13 @@ class Poisson(Likelihood):
     def distribution(self, eta, params, task, noise, trials):
         return dist.Poisson(torch.exp(eta.clamp(max=80.0)))
 
+    @staticmethod
+    def log_prob_and_grad(eta, y, trials=None):
+        """log p(y | eta) and its derivative in eta, both (..., N), with the same clamp as ``distribution``."""
+        e = eta.clamp(max=80.0)
+        rate = torch.exp(e)
+        return y * e - rate - torch.lgamma(y + 1), torch.where(eta < 80.0, y - rate, 0.0)
+
     def mean(self, eta, trials=None):
         return torch.exp(eta)
 
@@ -153,6 +165,12 @@ class Binomial(Likelihood):
 
     def distribution(self, eta, params, task, noise, trials):
         return dist.Binomial(total_count=trials, logits=eta)
+
+    @staticmethod
+    def log_prob_and_grad(eta, y, trials=None):
+        """log p(y | eta) and its derivative in eta, both (..., N)."""
+        norm = torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1)
+        return norm + y * eta - trials * torch.nn.functional.softplus(eta), y - trials * torch.sigmoid(eta)
 
     def mean(self, eta, trials=None):
         return torch.sigmoid(eta) if trials is None else trials * torch.sigmoid(eta)

@@ -198,6 +198,11 @@ class MultiTaskModel:
         from .collapsed import hierarchical_gaussian
         return hierarchical_gaussian(self, data)
 
+    def written_density(self, data: MultiTaskData):
+        """The Pyro program's density with its gradient written out (``log_density_and_grad``), or None."""
+        from .hierarchical_glm import hierarchical_glm
+        return hierarchical_glm(self, data)
+
     def relations(self, samples: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
         """Draws of the (T, T) task relation, shape (S, T, T), and what they measure."""
         return self.prior.relations(samples), self.prior.relation_kind
@@ -236,6 +241,7 @@ class TaskRows:
 
     def __init__(self, X: torch.Tensor, task: torch.Tensor, n_tasks: int):
         N, D = X.shape
+        self.D = D
         self.shape = (N, n_tasks * D)
         cols = (task.unsqueeze(-1) * D + torch.arange(D, device=X.device)).reshape(-1)
         row_of = torch.arange(N, device=X.device).repeat_interleave(D)
@@ -254,6 +260,15 @@ class TaskRows:
         batch = w.shape[:-2]
         flat = w.reshape(-1, self.shape[1])
         return _task_rows(flat, self.key).reshape(*batch, self.shape[0])
+
+    def columns(self, w: torch.Tensor) -> torch.Tensor:
+        """eta as columns, (N, C) from w (C, T, D): no transposed copies of the (C, N) result.
+        For code that computes the gradient itself; ``__call__`` is the autograd-aware form."""
+        return self.A @ w.reshape(w.shape[0], -1).T.contiguous()
+
+    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """sum over each task's rows of g_n x_n: (C, T, D) from columns g (N, C)."""
+        return (self.At @ g).T.reshape(g.shape[1], -1, self.D)
 
 
 # A custom op taking a key, not the sparse tensors: torch.jit.trace records it as one node

@@ -11,7 +11,7 @@ import torch
 from reference import EIGHT_SCHOOLS, assert_matches, compare, load_reference, reference_dir
 
 import bayesmtl as bm
-from bayesmtl.infer.nuts import HMCState, adaptation_schedule, da_init, da_update, find_step_size, nuts_step
+from bayesmtl.infer.nuts import HMCState, adaptation_schedule, da_init, da_update, find_step_size, nuts_step, run_nuts
 from bayesmtl.infer.potential import BatchedPotential
 from bayesmtl.synthetic import hierarchical_regression
 
@@ -149,18 +149,6 @@ def test_collapsed_gradient_is_exact():
     assert torch.autograd.gradcheck(f, (mu, tau.requires_grad_(), s2))
 
 
-def test_collapsed_inverse_matches_lapack():
-    from bayesmtl.collapsed import _inv_logdet
-
-    for D in (6, 14):
-        X = torch.randn(3, 5, D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(D))
-        K = X @ X.transpose(-1, -2)
-        M, ld = _inv_logdet(K)
-        A = K + torch.eye(D, dtype=K.dtype)
-        assert torch.allclose(M, torch.linalg.inv(A), atol=1e-9)
-        assert torch.allclose(ld, torch.logdet(A), atol=1e-9)
-
-
 def test_collapsed_direct_density_matches_its_pyro_program():
     df, _ = hierarchical_regression(n_tasks=4, rows=5, features=1, seed=0)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
@@ -204,12 +192,15 @@ needs_ref = pytest.mark.skipif(reference_dir(EIGHT_SCHOOLS) is None,
 @needs_ref
 def test_eight_schools_4_chains_collapsed():
     model, data, ref = _eight_schools()
-    post = bm.fit(model, data, method="nuts", chains=4, warmup=300, draws=500, seed=0, progress=False)
+    # 1000 draws: at 500 the MCSE of this funnel-shaped posterior is itself noisy enough that a
+    # sound sampler drifted past 4 MCSE for one seed in twenty
+    post = bm.fit(model, data, method="nuts", chains=4, warmup=500, draws=1000, seed=0, progress=False)
     assert post.info["path"] == "collapsed" and post.info["backend"] == "nuts"
+    assert post.info["gradient"] == "written out"
     assert_matches(_eight_schools_table(post, ref), max_r_hat=1.02)
     st = post.sample_stats
     for k in ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"):
-        assert st[k].shape == (4, 500), k
+        assert st[k].shape == (4, 1000), k
     assert st["diverging"].sum() == 0
 
 
@@ -262,6 +253,7 @@ def test_same_seed_reproduces_draws():
     (dict(bogus=1), "unknown option.*bogus"),
     (dict(target_accept=1.5), "target_accept"),
     (dict(dtype="float16"), "dtype"),
+    (dict(dense_mass="yes"), "dense_mass must be True or False"),
 ])
 def test_bad_settings_raise(kwargs, match):
     df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)
@@ -310,3 +302,53 @@ def test_pyro_nuts_stays_available():
 
     assert get_backend("nuts").name == "nuts" and get_backend("pyro_nuts").name == "pyro_nuts"
     assert "nuts" in METHODS
+
+
+def test_nuts_stops_at_the_first_u_turn():
+    """Near-iid Gaussian at a step size where the plain criterion misses U-turns (Stan PR 2800):
+    without the checks across subtree halves some trajectories ran 79 steps; with them none
+    exceeds one doubling past the half period (15 steps)."""
+    P, C = 100, 16
+    sd = torch.exp(0.1 * torch.randn(P, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+
+    def vg(z):
+        return 0.5 * ((z / sd) ** 2).sum(-1), z / sd**2
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(C, P, dtype=torch.float64, generator=gen) * sd
+    state = HMCState(z, *vg(z))
+    eps, inv_mass = torch.full((C,), 0.42, dtype=torch.float64), torch.ones(C, P, dtype=torch.float64)
+    steps = []
+    for _ in range(60):
+        state, info = nuts_step(vg, state, eps, inv_mass, gen)
+        steps.append(info.n_steps)
+    assert int(torch.stack(steps).max()) <= 15
+
+
+def test_dense_mass_learns_a_correlated_gaussian():
+    """sd 0.5..2 with correlations 0.95 and -0.2: the dense metric recovers the covariance, so
+    trajectories are far shorter than with the diagonal one, and the draws have the right moments."""
+    sd = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    corr = torch.tensor([[1.0, 0.95, 0.0], [0.95, 1.0, -0.2], [0.0, -0.2, 1.0]], dtype=torch.float64)
+    cov = sd[:, None] * corr * sd[None, :]
+    prec = torch.linalg.inv(cov)
+
+    def vg(z):
+        return 0.5 * ((z @ prec) * z).sum(-1), z @ prec
+
+    C = 4
+    steps = {}
+    for dense in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(C, 3, dtype=torch.float64, generator=gen)
+        stats, extra = run_nuts(vg, HMCState(z, *vg(z)), 400, 400, gen, dense=dense)
+        steps[dense] = stats["n_steps"].mean()
+        if dense:
+            assert extra["inv_mass"].shape == (C, 3, 3)
+            rel = (extra["inv_mass"] - cov).abs() / (sd[:, None] * sd[None, :])
+            assert float(rel.max()) < 0.5  # each chain's metric: the covariance, to sampling error (I: off by 3)
+            x = torch.as_tensor(extra["z"]).reshape(-1, 3)
+            est = torch.cov(x.T)
+            assert float(((est - cov).abs() / (sd[:, None] * sd[None, :])).max()) < 0.1
+            assert float((x.mean(0) / sd).abs().max()) < 0.1
+    assert steps[True] < 0.5 * steps[False], steps

@@ -4,18 +4,21 @@ The sampler is a set of small functions over NamedTuple states (blackjax style).
 has the chains as its leading dim C; the flat unconstrained position has shape (C, P).
 
 - Multinomial NUTS (Betancourt 2017) with iterative tree building (NumPyro's checkpoint scheme
-  for the U-turn checks inside a subtree). Chains whose trajectory has stopped keep computing but
-  their state is masked, so one doubling costs the same for every chain and a transition costs
-  the largest tree among the chains.
+  for the U-turn checks inside a subtree) and Stan's extra checks across the halves of every
+  merged subtree. Chains whose trajectory has stopped keep computing but their state is masked,
+  so one doubling costs the same for every chain and a transition costs the largest tree among
+  the chains.
 - Per-chain step size by dual averaging and a per-chain diagonal mass matrix from Stan-style
   windows (75 / 25, 50, 100, ... / 50 iterations).
 - Divergence when the energy error exceeds ``max_delta_energy`` (1000) or is not finite.
 - Draws are copied to host memory in chunks; the progress bar shows draws/s and divergences.
 
 Options (``settings.options``): ``target_accept`` (0.8), ``max_tree_depth`` (10), ``dense_mass``
-(False; True is not implemented here, use ``method="pyro_nuts"``), ``compile`` ("jit": the
+(False: a diagonal inverse mass matrix per chain; True: dense, (C, P, P), worth it for strongly
+correlated posteriors of modest dimension), ``compile`` ("jit": the
 potential is traced once with ``torch.jit.trace``, measured 1.5-2.5x faster per evaluation on
-small models; None: plain Pyro tracing on every call), ``dtype`` ("float64" or "float32", plain
+small models; None: plain Pyro tracing on every call; neither applies where the model offers a
+written-out gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain
 path only), ``threads`` (torch threads on CPU, default 1), ``chunk`` (draws per host copy, 100),
 ``init_radius`` (2: initial points uniform in (-r, r) unconstrained).
 """
@@ -104,28 +107,34 @@ def da_update(s: DualAveraging, accept: torch.Tensor, target: float, gamma: floa
 
 
 class Welford(NamedTuple):
-    """Running per-chain mean and sum of squared deviations of z, (C, P)."""
+    """Running per-chain mean (C, P) and sum of squared deviations of z: (C, P), or (C, P, P) dense."""
 
     n: int
     mean: torch.Tensor
     m2: torch.Tensor
 
 
-def welford_init(z: torch.Tensor) -> Welford:
-    return Welford(0, torch.zeros_like(z), torch.zeros_like(z))
+def welford_init(z: torch.Tensor, dense: bool = False) -> Welford:
+    m2 = z.new_zeros(z.shape + z.shape[-1:]) if dense else torch.zeros_like(z)
+    return Welford(0, torch.zeros_like(z), m2)
 
 
 def welford_update(s: Welford, z: torch.Tensor) -> Welford:
     n = s.n + 1
     d = z - s.mean
     mean = s.mean + d / n
-    return Welford(n, mean, s.m2 + d * (z - mean))
+    inc = d.unsqueeze(-1) * (z - mean).unsqueeze(-2) if s.m2.dim() == 3 else d * (z - mean)
+    return Welford(n, mean, s.m2 + inc)
 
 
 def welford_variance(s: Welford) -> torch.Tensor:
-    """Stan's regularised variance estimate: shrunk towards 1e-3 with weight 5 / (n + 5)."""
+    """Stan's regularised (co)variance estimate: shrunk towards 1e-3 (times I) with weight 5 / (n + 5)."""
     var = s.m2 / max(s.n - 1, 1)
-    return (s.n / (s.n + 5.0)) * var + 1e-3 * (5.0 / (s.n + 5.0))
+    shrink = 1e-3 * (5.0 / (s.n + 5.0))
+    if var.dim() == 3:
+        var = 0.5 * (var + var.transpose(-1, -2))
+        return (s.n / (s.n + 5.0)) * var + shrink * torch.eye(var.shape[-1], dtype=var.dtype, device=var.device)
+    return (s.n / (s.n + 5.0)) * var + shrink
 
 
 def adaptation_schedule(warmup: int) -> list[tuple[int, int]]:
@@ -152,23 +161,40 @@ def adaptation_schedule(warmup: int) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------- dynamics
+def velocity(inv_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """M^-1 r for momenta r (C, P) or (C, k, P); inv_mass (C, P) diagonal or (C, P, P) dense."""
+    if inv_mass.dim() == 2:
+        return (inv_mass.unsqueeze(1) if r.dim() == 3 else inv_mass) * r
+    return r @ inv_mass if r.dim() == 3 else (r.unsqueeze(1) @ inv_mass).squeeze(1)  # M^-1 is symmetric
+
+
 def kinetic(r: torch.Tensor, inv_mass: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (r * r * inv_mass).sum(-1)
+    return 0.5 * (r * velocity(inv_mass, r)).sum(-1)
+
+
+def draw_momentum(inv_mass: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """r ~ N(0, M), (C, P): M = inv_mass^-1, diagonal or dense (r = L^-T e where inv_mass = L L')."""
+    C, P = inv_mass.shape[:2]
+    e = torch.randn(C, P, generator=gen, device=inv_mass.device, dtype=inv_mass.dtype)
+    if inv_mass.dim() == 2:
+        return e / inv_mass.sqrt()
+    L = torch.linalg.cholesky(inv_mass)
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), e.unsqueeze(-1), upper=True).squeeze(-1)
 
 
 def leapfrog(vg, z, r, g, eps, inv_mass):
     """One leapfrog step of size eps (C, 1) (signed by direction): new z, r, U, g."""
-    r = r - 0.5 * eps * g
-    z = z + eps * inv_mass * r
+    half = 0.5 * eps
+    r = torch.addcmul(r, half, g, value=-1.0)
+    z = torch.addcmul(z, eps, velocity(inv_mass, r))
     U, g = vg(z)
-    r = r - 0.5 * eps * g
-    return z, r, U, g
+    return z, torch.addcmul(r, half, g, value=-1.0), U, g
 
 
 def is_turning(inv_mass, r_left, r_right, r_sum) -> torch.Tensor:
     """Generalised no-U-turn criterion (Betancourt 2017, A.4.2), (C,) bool."""
     rs = r_sum - 0.5 * (r_left + r_right)
-    return ((inv_mass * r_left * rs).sum(-1) <= 0) | ((inv_mass * r_right * rs).sum(-1) <= 0)
+    return ((velocity(inv_mass, r_left) * rs).sum(-1) <= 0) | ((velocity(inv_mass, r_right) * rs).sum(-1) <= 0)
 
 
 def _ckpt_idxs(n: int) -> tuple[int, int]:
@@ -190,64 +216,88 @@ def _pick(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def build_subtree(vg, start: tuple, eps, inv_mass, H0, active, depth: int, gen, max_delta: float):
     """Extend each active chain by 2**depth leapfrog steps from ``start`` = (z, r, g).
 
-    Returns (TreeState of the new subtree, end point (z, r, g), sum of accept probs (C,),
-    number of steps (C,)). A chain stops early (masked) when its subtree turns or diverges.
+    Returns (TreeState of the new subtree, whose left end is its first new leaf, end point
+    (z, r, g), sum of accept probs (C,), number of steps (C,)). A chain stops early (masked) when
+    its subtree turns or diverges. Besides the U-turn check over every completed sub-subtree, the
+    two halves of each are checked with one point of the other half added (Stan's extra checks,
+    Stan PR 2800): without them NUTS misses U-turns on near-Gaussian targets and now and then
+    runs trees 8-30 times too long, and with lock-step chains the longest tree sets the pace.
     """
     z, r, g = start
     C, P = z.shape
-    ninf = torch.full_like(H0, -math.inf)
     building = active.clone()
-    log_w = ninf
+    log_w = torch.full_like(H0, -math.inf)
     r_sum = torch.zeros_like(r)
-    z_prop, U_prop, g_prop, r_prop = z, torch.zeros_like(H0), g, r
+    # a chain's current end and its proposal as one (C, 3, P) stack of z, r, g: one select each
+    end = torch.stack((z, r, g), 1)
+    prop, U_prop = end, torch.zeros_like(H0)
     turning = torch.zeros_like(active)
     diverging = torch.zeros_like(active)
     sum_acc = torch.zeros_like(H0)
     n_steps = torch.zeros(C, dtype=torch.long, device=z.device)
-    r_ck = z.new_zeros(C, max(depth, 1), P)
-    rs_ck = z.new_zeros(C, max(depth, 1), P)
-    first = (z, r, g)
+    slots = max(depth, 1)
+    r_ck, rs_ck = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)    # first leaf of each open subtree
+    r_end, rs_end = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)  # last leaf of each left half, by level
+    first = end
     for n in range(2 ** depth):
-        z1, r1, U1, g1 = leapfrog(vg, z, r, g, eps, inv_mass)
-        delta = U1 + kinetic(r1, inv_mass) - H0
-        delta = torch.where(torch.isnan(delta), torch.full_like(delta, math.inf), delta)
-        div = delta > max_delta
+        z1, r1, U1, g1 = leapfrog(vg, end[:, 0], end[:, 1], end[:, 2], eps, inv_mass)
+        leaf = torch.stack((z1, r1, g1), 1)
+        if n == 0:
+            first = leaf
+        delta = torch.nan_to_num(U1 + kinetic(r1, inv_mass) - H0, nan=math.inf, posinf=math.inf)
         b = building
-        z, r, g = _pick(b, z1, z), _pick(b, r1, r), _pick(b, g1, g)
-        sum_acc = sum_acc + torch.where(b, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
-        n_steps = n_steps + b.long()
+        b3 = b.view(C, 1, 1)
+        end = torch.where(b3, leaf, end)
+        sum_acc = torch.addcmul(sum_acc, b, torch.exp(-delta).clamp(max=1.0))
+        n_steps = n_steps + b
         new_log_w = torch.logaddexp(log_w, -delta)
         u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
-        take = b & (u < torch.exp(-delta - new_log_w))
-        z_prop, U_prop, g_prop = _pick(take, z1, z_prop), torch.where(take, U1, U_prop), _pick(take, g1, g_prop)
-        r_prop = _pick(take, r1, r_prop)
+        take = b & (u.log() < -delta - new_log_w)
+        prop = torch.where(take.view(C, 1, 1), leaf, prop)
+        U_prop = torch.where(take, U1, U_prop)
         log_w = torch.where(b, new_log_w, log_w)
-        r_sum = _pick(b, r_sum + r1, r_sum)
+        sum_before = r_sum
+        r_sum = torch.addcmul(r_sum, b.view(C, 1), r1)
         lo, hi = _ckpt_idxs(n)
         if n % 2 == 0:
+            turn = None
+            if n > 0:  # the left half that just ended, plus this first leaf of its right sibling
+                lo1 = _ckpt_idxs(n - 1)[0]
+                rc = r_ck[:, lo1]
+                turn = is_turning(inv_mass, rc, r1, r_sum - rs_ck[:, lo1] + rc)
             r_ck[:, hi] = r1
             rs_ck[:, hi] = r_sum
-            turn = torch.zeros_like(b)
-        else:  # all checkpoints lo..hi at once: (C, k, P)
+        else:  # every subtree ending here, all checkpoints lo..hi at once: (C, k, P)
             rc = r_ck[:, lo:hi + 1]
             sub = r_sum.unsqueeze(1) - rs_ck[:, lo:hi + 1] + rc
-            turn = is_turning(inv_mass.unsqueeze(1), rc, r1.unsqueeze(1), sub).any(-1)
-        turning = turning | (b & turn)
-        diverging = diverging | (b & div)
-        building = b & ~turn & ~div
+            turn = is_turning(inv_mass, rc, r1.unsqueeze(1), sub).any(-1)
+            k = hi - lo + 1
+            if k >= 2:  # the last leaf of each such subtree's left half, plus its right half
+                re = r_end[:, 1:k]
+                turn = turn | is_turning(inv_mass, re, r1.unsqueeze(1), r_sum.unsqueeze(1) - rs_end[:, 1:k]).any(-1)
+            if k < depth:
+                r_end[:, k] = r1
+                rs_end[:, k] = sum_before
+        stop = delta > max_delta
+        diverging = diverging | (b & stop)
+        if turn is not None:
+            turning = turning | (b & turn)
+            stop = stop | turn
+        building = b & ~stop
         if n < 2 ** depth - 1 and not bool(building.any()):
             break
-    tree = TreeState(first[0], first[1], first[2], z, r, g, z_prop, U_prop, g_prop, r_prop, log_w, r_sum,
+    z, r, g = end.unbind(1)
+    tree = TreeState(*first.unbind(1), z, r, g, prop[:, 0], U_prop, prop[:, 2], prop[:, 1], log_w, r_sum,
                      turning, diverging)
     return tree, (z, r, g), sum_acc, n_steps
 
 
 def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, gen: torch.Generator,
               max_depth: int = 10, max_delta: float = 1000.0) -> tuple[HMCState, StepInfo]:
-    """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P)."""
+    """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P) or (C, P, P)."""
     z, U, g = state
     C, P = z.shape
-    r = torch.randn(C, P, generator=gen, device=z.device, dtype=z.dtype) / inv_mass.sqrt()
+    r = draw_momentum(inv_mass, gen)
     H0 = U + kinetic(r, inv_mass)
     false = torch.zeros(C, dtype=torch.bool, device=z.device)
     tree = TreeState(z, r, g, z, r, g, z, U, g, r, torch.zeros_like(U), r, false, false)
@@ -271,7 +321,11 @@ def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, ge
         z_l, r_l, g_l = (_pick(left_a, e, t) for e, t in zip(end, lefts, strict=True))
         z_r, r_r, g_r = (_pick(right_a, e, t) for e, t in zip(end, rights, strict=True))
         r_sum = _pick(a, tree.r_sum + sub.r_sum, tree.r_sum)
-        turn_full = is_turning(inv_mass, r_l, r_r, r_sum)
+        # the merged tree, and (Stan's extra checks) each part with the other's nearest point added
+        r_far = _pick(right, tree.r_left, tree.r_right)
+        turn_full = (is_turning(inv_mass, r_l, r_r, r_sum)
+                     | is_turning(inv_mass, r_far, sub.r_left, tree.r_sum + sub.r_left)
+                     | is_turning(inv_mass, start[1], end[1], sub.r_sum + start[1]))
         tree = TreeState(z_l, r_l, g_l, z_r, r_r, g_r,
                          _pick(take, sub.z_prop, tree.z_prop), torch.where(take, sub.U_prop, tree.U_prop),
                          _pick(take, sub.g_prop, tree.g_prop), _pick(take, sub.r_prop, tree.r_prop),
@@ -295,7 +349,7 @@ def find_step_size(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tenso
     last = torch.zeros(C, device=z.device, dtype=z.dtype)
     going = torch.ones(C, dtype=torch.bool, device=z.device)
     for _ in range(max_iter):
-        r = torch.randn(C, P, generator=gen, device=z.device, dtype=z.dtype) / inv_mass.sqrt()
+        r = draw_momentum(inv_mass, gen)
         _, r1, U1, _ = leapfrog(vg, z, r, g, eps.unsqueeze(-1), inv_mass)
         delta = U1 + kinetic(r1, inv_mass) - U - kinetic(r, inv_mass)
         direction = torch.where(-delta > target, 1.0, -1.0)  # nan -> shrink
@@ -325,9 +379,9 @@ class BatchedNUTS:
         max_depth = int(opts.get("max_tree_depth", 10))
         if max_depth < 1:
             raise ValueError(f"max_tree_depth must be >= 1; got {max_depth}")
-        if opts.get("dense_mass", False):
-            raise NotImplementedError("dense_mass=True is not implemented by the batched NUTS back end; "
-                                      "use method='pyro_nuts' for a dense mass matrix")
+        dense = opts.get("dense_mass", False)
+        if dense not in (True, False):
+            raise ValueError(f"dense_mass must be True or False; got {dense!r}")
         compile_ = opts.get("compile", "jit")
         if compile_ not in ("jit", None, False, "none"):
             raise ValueError(f"compile must be 'jit' or None; got {compile_!r}")
@@ -343,9 +397,12 @@ class BatchedNUTS:
         with torch_threads(threads if torch.device(settings.device).type == "cpu" else None), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            direct = getattr(getattr(model, "collapsed", None), "log_density", None)
+            # a collapsed form (through fit's shim) or the plain program's written-out density
+            written = getattr(model, "written_density", None)
+            written = written(data) if written is not None else getattr(model, "collapsed", None)
+            direct = (getattr(written, "log_density", None), getattr(written, "log_density_and_grad", None))
             return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, target, max_depth,
-                           compile_ == "jit", chunk, radius, max_delta)
+                           compile_ == "jit", chunk, radius, max_delta, dense)
 
 
 def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
@@ -383,10 +440,11 @@ def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
 
 def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.8,
              max_depth: int = 10, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
-             progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+             progress: bool = False, dense: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Adapt for ``warmup`` iterations, then draw ``draws`` per chain.
 
-    ``vg`` maps z (C, P) to (U (C,), dU/dz (C, P)). Every ``chunk`` draws, ``on_chunk(z)`` gets the
+    ``vg`` maps z (C, P) to (U (C,), dU/dz (C, P)). ``dense``: adapt a dense (C, P, P) inverse mass
+    matrix (the windows' sample covariance) instead of a diagonal one. Every ``chunk`` draws, ``on_chunk(z)`` gets the
     chunk's positions (C, k, P) on the device (default: keep them, copied to the host). Returns
     the sample stats, each (C, draws), and a dict with the final step size, inverse mass
     matrix and timings.
@@ -399,13 +457,14 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     if on_chunk is None:
         def on_chunk(z):
             kept.append(z.cpu().numpy())
-    inv_mass = torch.ones(C, P, device=dev, dtype=dt)
+    inv_mass = (torch.eye(P, device=dev, dtype=dt).expand(C, P, P).clone() if dense
+                else torch.ones(C, P, device=dev, dtype=dt))
     eps = find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen)
     da = da_init(eps)
     windows = adaptation_schedule(warmup)
     mass_ends = {hi for lo, hi in windows[1:-1]}
     mass_range = (windows[1][0], windows[-1][0]) if len(windows) > 2 else (0, 0)
-    wf = welford_init(state.z)
+    wf = welford_init(state.z, dense)
     names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate")
     stats: dict[str, list[np.ndarray]] = {k: [] for k in names}
     buf_z: list[torch.Tensor] = []
@@ -421,7 +480,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
                 wf = welford_update(wf, state.z)
             if i in mass_ends:
                 inv_mass = welford_variance(wf)
-                wf = welford_init(state.z)
+                wf = welford_init(state.z, dense)
                 eps = find_step_size(vg, state, eps, inv_mass, gen)
                 da = da_init(eps)
             if i == warmup - 1:
@@ -453,10 +512,10 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
 
 
 def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth, jit, chunk, radius,
-            max_delta) -> Draws:
+            max_delta, dense) -> Draws:
     C = settings.chains
     t_start = time.perf_counter()
-    pot = BatchedPotential(fn, max_plate_nesting, direct)
+    pot = BatchedPotential(fn, max_plate_nesting, *direct)
     dev, dt = pot.device, pot.dtype
     gen = torch.Generator(device=dev).manual_seed(settings.seed)
     state = _init(pot, C, gen, radius, dev, dt)
@@ -470,16 +529,17 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth
             host.setdefault(name, []).append(v.reshape((C_, k) + v.shape[1:]).cpu().numpy())
 
     with pyro.validation_enabled(False):  # values come from bijections onto the support
-        vg = _make_vg(pot, C, jit, state.z)
+        vg = pot.value_and_grad if pot.direct_grad is not None else _make_vg(pot, C, jit, state.z)
         t_compile = time.perf_counter() - t_start
         sample_stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
-                                       max_delta, chunk, keep, settings.progress)
+                                       max_delta, chunk, keep, settings.progress, dense)
     samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
-    info = {"sampler": "batched multinomial NUTS", "compile": "jit" if jit else None,
+    info = {"sampler": "batched multinomial NUTS", "compile": "jit" if jit and pot.direct_grad is None else None,
+            "gradient": "written out" if pot.direct_grad is not None else "autograd",
             "seconds_setup": t_compile, "seconds_warmup": extra["seconds_warmup"],
             "seconds_total": time.perf_counter() - t_start,
             "step_size": extra["step_size"].cpu().tolist(), "dtype": str(dt).replace("torch.", ""),
-            "dim": pot.dim, "target_accept": target, "max_tree_depth": max_depth,
+            "dim": pot.dim, "target_accept": target, "max_tree_depth": max_depth, "dense_mass": dense,
             "mean_tree_depth": float(sample_stats["tree_depth"].mean()),
             "leapfrog_steps": int(sample_stats["n_steps"].sum())}
     return Draws(samples, sample_stats, info)

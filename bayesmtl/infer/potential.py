@@ -46,14 +46,21 @@ class BatchedPotential:
         The model's log joint written directly in tensors, site values (C, *shape) -> (C,), e.g.
         ``Collapsed.log_density``; used instead of tracing the program once it is checked to
         agree with the program at random points.
+    log_density_grad : callable, optional
+        Site values -> (log joint (C,), {site: its gradient}) or None, e.g.
+        ``HierarchicalGaussian.log_density_and_grad``. Where every site's bijection is
+        elementwise (real, positive, bounded below) and the gradient agrees with autograd at
+        random points, ``value_and_grad`` uses it and builds no autograd graph.
 
     Raises ValueError when a latent site has discrete support (not enumerable here).
     """
 
     def __init__(self, model: Callable[[], None], max_plate_nesting: int,
-                 log_density: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None):
+                 log_density: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+                 log_density_grad: Callable | None = None):
         self.model = model
         self.direct = None
+        self.direct_grad = None
         self.max_plate_nesting = int(max_plate_nesting)
         with poutine.block(), torch.no_grad():
             tr = poutine.trace(model).get_trace()
@@ -87,6 +94,8 @@ class BatchedPotential:
         if log_density is not None:
             self._check_direct(log_density)
             self.direct = log_density
+        if log_density_grad is not None and all(_elementwise(s.transform) is not None for s in self.sites):
+            self.direct_grad = self._check_grad(log_density_grad)
 
     def _check_direct(self, log_density) -> None:
         gen = torch.Generator(device=self.device).manual_seed(0)
@@ -96,6 +105,23 @@ class BatchedPotential:
             a, b = log_density(values), self.log_joint(values, 3)
         if a.shape != (3,) or not torch.allclose(a, b, rtol=1e-6, atol=1e-6):
             raise ValueError(f"log_density disagrees with the Pyro program: {a.tolist()} vs {b.tolist()}")
+
+    def _check_grad(self, log_density_grad):
+        """``log_density_grad`` where it gives the autograd potential and gradient, else None."""
+        gen = torch.Generator(device=self.device).manual_seed(1)
+        z = torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
+        U, g = self.value_and_grad(z)
+        self.direct_grad = log_density_grad
+        try:
+            out = self._value_and_grad_direct(z)
+        finally:
+            self.direct_grad = None
+        if out is None:
+            return None
+        if not (torch.allclose(out[0], U, rtol=1e-6, atol=1e-6) and torch.allclose(out[1], g, rtol=1e-5, atol=1e-6)):
+            raise ValueError(f"log_density_grad disagrees with autograd: max gradient error "
+                             f"{float((out[1] - g).abs().max()):.3g}")
+        return log_density_grad
 
     # ------------------------------------------------------------------ layout
     def constrain(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -143,14 +169,67 @@ class BatchedPotential:
         return -(lp + logdet)
 
     def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """U (C,) and dU/dz (C, P), one autograd pass for all chains; non-finite U gives U = inf."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            U = self(z)
-            (g,) = torch.autograd.grad(U.sum(), z)
-        U = U.detach()
+        """U (C,) and dU/dz (C, P), one autograd pass for all chains (or the written-out
+        gradient, see ``log_density_grad``); non-finite U gives U = inf."""
+        out = self._value_and_grad_direct(z) if self.direct_grad is not None else None
+        if out is not None:
+            U, g = out
+        else:
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                U = self(z)
+                (g,) = torch.autograd.grad(U.sum(), z)
+            U = U.detach()
         bad = ~torch.isfinite(U) | ~torch.isfinite(g).all(-1)
         U = torch.where(bad, torch.full_like(U, float("inf")), U)
         g = torch.where(bad.unsqueeze(-1), torch.zeros_like(g), g)
         return U, g
 
+
+    def _value_and_grad_direct(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """U and dU/dz by the chain rule through elementwise bijections, no autograd."""
+        C = z.shape[0]
+        values, logdet, dx, dld = {}, z.new_zeros(C), {}, {}
+        for s in self.sites:
+            u = z[:, s.start:s.stop].reshape((C,) + tuple(s.ushape))
+            values[s.name], ld, dx[s.name], dld[s.name] = _apply_elementwise(_elementwise(s.transform), u)
+            if isinstance(ld, torch.Tensor):
+                logdet = logdet + torch.broadcast_to(ld, u.shape).reshape(C, -1).sum(-1)
+        out = self.direct_grad(values)
+        if out is None:
+            return None
+        lp, grads = out
+        g = torch.cat([(grads[s.name] * dx[s.name] + dld[s.name]).reshape(C, -1) for s in self.sites], -1)
+        return -(lp + logdet), -g
+
+
+def _elementwise(t) -> list | None:
+    """The parts of an elementwise bijection (identity, exp, affine), or None for any other."""
+    from torch.distributions import transforms as T
+
+    if isinstance(t, T.IndependentTransform):
+        return _elementwise(t.base_transform)
+    if isinstance(t, T.ComposeTransform):
+        parts = [_elementwise(p) for p in t.parts]
+        return None if any(p is None for p in parts) else [q for p in parts for q in p]
+    if isinstance(t, (T.ExpTransform, T.AffineTransform)):
+        return [t]
+    return None
+
+
+def _apply_elementwise(parts: list, u: torch.Tensor):
+    """x = t(u), log|dx/du|, dx/du and d log|dx/du| / du, each shaped like u or a number."""
+    from torch.distributions import transforms as T
+
+    x, ld, dx, dld = u, 0.0, 1.0, 0.0
+    for t in parts:
+        if isinstance(t, T.ExpTransform):
+            ld, dld = ld + x, dld + dx
+            x = torch.exp(x)
+            dx = dx * x
+        elif not (isinstance(t.loc, (int, float)) and t.loc == 0 and isinstance(t.scale, (int, float))
+                  and t.scale == 1):  # affine: loc + scale * x
+            x = t.loc + t.scale * x
+            ld = ld + torch.log(torch.abs(torch.as_tensor(t.scale, dtype=u.dtype, device=u.device)))
+            dx = dx * t.scale
+    return x, ld, dx, dld

@@ -9,12 +9,14 @@ vectorised by an outer plate at dim ``-(max_plate_nesting + 1)``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from pyro.distributions import Distribution
 from torch.distributions import TransformedDistribution
 
-__all__ = ["TaskPrior", "move_distribution", "as_distribution"]
+__all__ = ["TaskPrior", "move_distribution", "as_distribution", "log_prob_and_grad"]
 
 
 class TaskPrior:
@@ -94,3 +96,47 @@ def move_distribution(d: Distribution, like: torch.Tensor) -> Distribution:
         return type(d)(**params, **extra)
     except TypeError as e:  # a distribution whose constructor takes other names
         raise TypeError(f"cannot move prior {d!r} to {like.device}/{like.dtype}: {e}") from e
+
+
+
+def log_prob_and_grad(d: Distribution, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """log p(x) and d log p(x) / dx, elementwise and shaped like x, for the usual scalar prior
+    families written out (x inside the support); None for any other distribution.
+
+    Lets a back end skip autograd where a model's whole density has a written-out gradient
+    (``HierarchicalGaussian.log_density_and_grad``); ``BatchedPotential`` checks the result
+    against the Pyro program. Independent wrappers are looked through.
+    """
+    import pyro.distributions as dist
+
+    while isinstance(d, (dist.Independent, torch.distributions.Independent)):
+        d = d.base_dist
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    if isinstance(d, dist.HalfNormal):
+        r = x / d.scale
+        lp, g = -0.5 * r * r - torch.log(d.scale) + (math.log(2) - half_log_2pi), -r / d.scale
+    elif isinstance(d, (dist.HalfCauchy, dist.Cauchy)):
+        half = isinstance(d, dist.HalfCauchy)
+        r = x if half else x - d.loc
+        a = r / d.scale
+        lp = -torch.log1p(a * a) - torch.log(d.scale) + (math.log(2 / math.pi) if half else -math.log(math.pi))
+        g = -2 * r / (d.scale ** 2 + r * r)
+    elif isinstance(d, dist.LogNormal):
+        lx = torch.log(x)
+        a = (lx - d.loc) / d.scale
+        lp, g = -0.5 * a * a - lx - torch.log(d.scale) - half_log_2pi, -(1 + a / d.scale) / x
+    elif isinstance(d, dist.Normal):
+        a = (x - d.loc) / d.scale
+        lp, g = -0.5 * a * a - torch.log(d.scale) - half_log_2pi, -a / d.scale
+    elif isinstance(d, (dist.Gamma, dist.InverseGamma)):
+        a, b, lx = d.concentration, d.rate, torch.log(x)
+        const = a * torch.log(b) - torch.lgamma(a)
+        if isinstance(d, dist.Gamma):
+            lp, g = const + (a - 1) * lx - b * x, (a - 1) / x - b
+        else:
+            lp, g = const - (a + 1) * lx - b / x, (b / x - a - 1) / x
+    elif isinstance(d, dist.Exponential):
+        lp, g = torch.log(d.rate) - d.rate * x, -d.rate * torch.ones_like(x)
+    else:
+        return None
+    return torch.broadcast_to(lp, x.shape), torch.broadcast_to(g, x.shape)
