@@ -25,7 +25,7 @@ import torch
 
 from .data import MultiTaskData
 from .likelihoods import Gaussian
-from .priors.base import log_prob_and_grad, move_distribution
+from .priors.base import add_log_priors, move_distribution
 from .priors.hierarchical import Hierarchical, _hyper, _vec
 
 __all__ = ["HierarchicalGaussian", "hierarchical_gaussian"]
@@ -167,13 +167,7 @@ class HierarchicalGaussian:
             ds = 2 * s * (d_s2 if s.shape[1] == self.T else d_s2.sum(-1, keepdim=True))
             grads["sigma"] = ds.reshape(sigma.shape)
         lp = ll - 0.5 * self.const
-        for name, d in self._priors.items():
-            out = log_prob_and_grad(d, values[name])
-            if out is None:
-                return None
-            lp = lp + out[0].reshape(C, -1).sum(-1)
-            grads[name] = grads[name] + out[1]
-        return lp, grads
+        return add_log_priors(lp, grads, self._priors, values)
 
     def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Add exact draws of ``w`` (S, T, D) (and ``w_raw``) to flat draws (S, ...)."""

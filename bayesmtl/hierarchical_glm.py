@@ -7,7 +7,8 @@ Bernoulli, binomial or Poisson likelihood:
     eta_n = x_n . w_task[n],  y_n ~ likelihood(eta_n).
 
 The gradient is the chain rule by hand: dll/deta per row from the likelihood, dll/dw by the
-adjoint ``TaskRows`` product, then to w_raw, mu and tau. No autograd graph is built, which
+adjoint ``TaskRows`` product, then to w_raw, mu and tau. With a canonical link (Bernoulli,
+binomial) log p = y eta - A(eta) + c(y), and the y eta part is summed per task, not per row. No autograd graph is built, which
 is what an evaluation costs most at this size (a few hundred small tensor ops otherwise).
 ``BatchedPotential`` checks it against autograd through the Pyro program before using it.
 """
@@ -20,7 +21,7 @@ import torch
 
 from .data import MultiTaskData
 from .model import task_rows
-from .priors.base import log_prob_and_grad, move_distribution
+from .priors.base import add_log_priors, move_distribution
 from .priors.hierarchical import Hierarchical
 
 __all__ = ["HierarchicalGLM", "hierarchical_glm"]
@@ -31,7 +32,7 @@ def hierarchical_glm(model, data: MultiTaskData) -> HierarchicalGLM | None:
     prior, lik = model.prior, model.likelihood_for(data)
     if not isinstance(prior, Hierarchical) or prior.covariance != "diagonal" or model.shared:
         return None
-    if getattr(type(lik), "log_prob_and_grad", None) is None:
+    if getattr(lik, "cumulant", None) is None and getattr(lik, "log_prob_and_grad", None) is None:
         return None
     Xv, _ = model.design(data)
     rows = task_rows(Xv, data.task, data.n_tasks)
@@ -47,6 +48,10 @@ class HierarchicalGLM:
         self.rows = rows
         self.y = data.y.unsqueeze(-1)                           # (N, 1), against eta (N, C)
         self.trials = None if data.trials is None else data.trials.unsqueeze(-1)
+        self.canonical = getattr(self.lik, "cumulant", None) is not None
+        if self.canonical:  # sum_n y_n eta_n = sum_t w_t . Xy_t: per task, not per row
+            self.Xy = rows.adjoint(self.y)                      # (1, T, D)
+            self.c = float(self.lik.base_measure(self.y, self.trials).sum())
         self.T = data.n_tasks
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         self._priors = {"tau": move_distribution(self.prior.scale, like)}
@@ -57,15 +62,18 @@ class HierarchicalGLM:
         """(log p (C,), {site: d log p / d value}) for values (C, *site shape); None when a prior
         has no written-out gradient (``priors.base.log_prob_and_grad``)."""
         tau = values["tau"]                                     # (C, D)
-        C = tau.shape[0]
         mu = values["mu"] if "mu" in values else torch.full_like(tau, self.prior.mean)
         m, t = mu.unsqueeze(-2), tau.unsqueeze(-2)              # (C, 1, D)
         centred = self.prior.centered
         w = values["w"] if centred else m + t * values["w_raw"]  # (C, T, D)
         eta = self.rows.columns(w)                              # (N, C): rows x chains
-        ll, d_eta = self.lik.log_prob_and_grad(eta, self.y, self.trials)
-        d_w = self.rows.adjoint(d_eta)                          # (C, T, D)
-        lp = ll.sum(0)
+        if self.canonical:  # log p = y eta - A(eta) + c(y)
+            A, dA = self.lik.cumulant(eta, self.trials)
+            lp = (w * self.Xy).sum((-1, -2)) - A.sum(0) + self.c
+            d_w = self.Xy - self.rows.adjoint(dA)               # (C, T, D)
+        else:
+            ll, d_eta = self.lik.log_prob_and_grad(eta, self.y, self.trials)
+            lp, d_w = ll.sum(0), self.rows.adjoint(d_eta)
         grads = {}
         if centred:  # w_t ~ N(mu, tau)
             r = (w - m) / t
@@ -80,10 +88,4 @@ class HierarchicalGLM:
         grads["tau"] = d_tau.reshape(tau.shape)
         if "mu" in values:
             grads["mu"] = d_mu.reshape(values["mu"].shape)
-        for name, d in self._priors.items():
-            out = log_prob_and_grad(d, values[name])
-            if out is None:
-                return None
-            lp = lp + out[0].reshape(C, -1).sum(-1)
-            grads[name] = grads[name] + out[1]
-        return lp, grads
+        return add_log_priors(lp, grads, self._priors, values)

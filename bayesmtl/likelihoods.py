@@ -131,9 +131,14 @@ class Bernoulli(Likelihood):
         return dist.Bernoulli(logits=eta)
 
     @staticmethod
-    def log_prob_and_grad(eta, y, trials=None):
-        """log p(y | eta) and its derivative in eta, both (..., N): y eta - log(1 + e^eta), y - sigmoid(eta)."""
-        return y * eta - torch.nn.functional.softplus(eta), y - torch.sigmoid(eta)
+    def cumulant(eta, trials=None):
+        """A(eta) and A'(eta) of log p(y | eta) = y eta - A(eta) (canonical link): softplus, sigmoid."""
+        return torch.nn.functional.softplus(eta), torch.sigmoid(eta)
+
+    @staticmethod
+    def base_measure(y, trials=None):
+        """The rest of log p(y | eta), free of eta: 0."""
+        return torch.zeros_like(y)
 
     def mean(self, eta, trials=None):
         return torch.sigmoid(eta)
@@ -167,10 +172,14 @@ class Binomial(Likelihood):
         return dist.Binomial(total_count=trials, logits=eta)
 
     @staticmethod
-    def log_prob_and_grad(eta, y, trials=None):
-        """log p(y | eta) and its derivative in eta, both (..., N)."""
-        norm = torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1)
-        return norm + y * eta - trials * torch.nn.functional.softplus(eta), y - trials * torch.sigmoid(eta)
+    def cumulant(eta, trials=None):
+        """A(eta) and A'(eta) of log p(y | eta) = y eta - A(eta) + const: n softplus, n sigmoid."""
+        return trials * torch.nn.functional.softplus(eta), trials * torch.sigmoid(eta)
+
+    @staticmethod
+    def base_measure(y, trials=None):
+        """The rest of log p(y | eta), free of eta: log (n choose y)."""
+        return torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1)
 
     def mean(self, eta, trials=None):
         return torch.sigmoid(eta) if trials is None else trials * torch.sigmoid(eta)

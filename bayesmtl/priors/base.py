@@ -16,7 +16,7 @@ import torch
 from pyro.distributions import Distribution
 from torch.distributions import TransformedDistribution
 
-__all__ = ["TaskPrior", "move_distribution", "as_distribution", "log_prob_and_grad"]
+__all__ = ["TaskPrior", "move_distribution", "as_distribution", "log_prob_and_grad", "add_log_priors"]
 
 
 class TaskPrior:
@@ -140,3 +140,16 @@ def log_prob_and_grad(d: Distribution, x: torch.Tensor) -> tuple[torch.Tensor, t
     else:
         return None
     return torch.broadcast_to(lp, x.shape), torch.broadcast_to(g, x.shape)
+
+
+def add_log_priors(lp: torch.Tensor, grads: dict[str, torch.Tensor], priors: dict[str, Distribution],
+                   values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
+    """lp (C,) and the gradients plus each named site's prior term; None where a prior has no
+    written-out gradient (``log_prob_and_grad``)."""
+    for name, d in priors.items():
+        out = log_prob_and_grad(d, values[name])
+        if out is None:
+            return None
+        lp = lp + out[0].reshape(lp.shape[0], -1).sum(-1)
+        grads[name] = grads[name] + out[1]
+    return lp, grads
