@@ -9,6 +9,8 @@ Tables: (a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, no
 (d) ESS/s against the number of chains on the CPU (eight schools, plain path).
 Pyro's NUTS (one chain per run, chains in turn, JIT, 1 thread) is slow: it runs ``--pyro-draws``
 warmup + draws per chain and that row is marked "short run"; ESS/s barely depends on run length.
+The plain-path row of (a) samples a badly mixing posterior at tree depth 10 and can take 15+
+minutes; ``--skip "nuts (plain)"`` leaves it (and only it, in (a) and (c)) out.
 ``--with-numpyro`` creates /tmp/numpyro-venv (pip install numpyro jax jaxlib; never the package's
 own environment) and times NumPyro's vectorised NUTS on (a)-(c).
 """
