@@ -8,8 +8,9 @@ Bernoulli, binomial or Poisson likelihood:
 
 The gradient is the chain rule by hand: dll/deta per row from the likelihood, dll/dw by the
 adjoint ``TaskRows`` product, then to w_raw, mu and tau. With a canonical link (Bernoulli,
-binomial) log p = y eta - A(eta) + c(y), and the y eta part is summed per task, not per row. No autograd graph is built, which
-is what an evaluation costs most at this size (a few hundred small tensor ops otherwise).
+binomial) log p = y eta - A(eta) + c(y), and the y eta part is summed per task, not per row.
+No autograd graph is built, which is what an evaluation costs most at this size (a few hundred
+small tensor ops otherwise).
 ``BatchedPotential`` checks it against autograd through the Pyro program before using it.
 """
 
@@ -52,7 +53,6 @@ class HierarchicalGLM:
         if self.canonical:  # sum_n y_n eta_n = sum_t w_t . Xy_t: per task, not per row
             self.Xy = rows.adjoint(self.y)                      # (1, T, D)
             self.c = float(self.lik.base_measure(self.y, self.trials).sum())
-        self.T = data.n_tasks
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         self._priors = {"tau": move_distribution(self.prior.scale, like)}
         if not isinstance(self.prior.mean, float):
