@@ -92,19 +92,6 @@ class HierarchicalGaussian:
             s2 = (s * s).expand(B, T)
         return mu2, tau2, s2
 
-    def _factor(self, mu, tau, s2):
-        """Cholesky L of A' (B, T, D, D), tau * u (B, T, D), r'r / sigma^2 (B, T)."""
-        XX = self.XX / s2[..., None, None]                      # (B, T, D, D)
-        Xy = self.Xy / s2[..., None]                            # (B, T, D)
-        m = mu.unsqueeze(-2)                                    # (B, 1, D)
-        XXm = (XX * m.unsqueeze(-2)).sum(-1)                    # (B, T, D); no bmm: D is small
-        rr = self.yy / s2 - 2 * (m * Xy).sum(-1) + (m * XXm).sum(-1)
-        tu = tau.unsqueeze(-2) * (Xy - XXm)
-        t = tau.unsqueeze(-2)
-        A = t.unsqueeze(-1) * XX * t.unsqueeze(-2) + torch.eye(self.D, dtype=XX.dtype, device=XX.device)
-        L = torch.linalg.cholesky_ex(A)[0]  # no error check: it would sync on every call
-        return L, tu, rr
-
     def log_marginal(self, mu, tau, sigma=None) -> torch.Tensor:
         """log p(y | mu, tau, sigma) with w integrated out, shape tau.shape[:-1].
 
@@ -158,7 +145,7 @@ class HierarchicalGaussian:
         sigma = values.get("sigma")
         mu2, tau2, s2 = self._flat(mu, tau, sigma)
         ll, *saved = _lm_forward(mu2, tau2, s2, self.XX, self.Xy, self.yy, self.n)
-        d_mu, d_tau, d_s2 = _lm_backward(torch.ones_like(ll), *saved)
+        d_mu, d_tau, d_s2 = _lm_backward(None, *saved)
         grads = {"tau": d_tau.reshape(tau.shape)}
         if "mu" in values:
             grads["mu"] = d_mu.reshape(values["mu"].shape)
@@ -176,8 +163,8 @@ class HierarchicalGaussian:
         tau = tau.reshape(S, self.D)
         mu = samples["mu"].reshape(S, self.D) if "mu" in samples else torch.full_like(tau, self.prior.mean)
         mu2, tau2, s2 = self._flat(mu, tau, samples.get("sigma"))
-        L, tu, _ = self._factor(mu2, tau2, s2)
-        v = torch.linalg.solve_triangular(L, tu.unsqueeze(-1), upper=False)
+        _, _, _, b, L = _lm_factor(mu2, tau2, s2, self.XX, self.Xy, self.yy)
+        v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         z = torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)  # (S, T, D)
         out = dict(samples)
@@ -222,18 +209,26 @@ def _shared_matvec(XX: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(XX, v.unsqueeze(-1)).squeeze(-1)
 
 
-def _lm_forward(mu, tau, s2, XX, Xy, yy, n):
+def _lm_factor(mu, tau, s2, XX, Xy, yy):
+    """1 / s2 (B, T), c (B, T, D), r'r / s2 (B, T), b = tau c (B, T, D) and the Cholesky factor L of
+    A = I + tau XX tau / s2 (B, T, D, D): what the marginal and the conditional of w both need."""
     inv = 1.0 / s2                                          # (B, T)
-    m, t = mu.unsqueeze(-2), tau.unsqueeze(-2)              # (B, 1, D)
+    m = mu.unsqueeze(-2)                                    # (B, 1, D)
     XXm = _shared_matvec(XX, m)                             # (B, T, D), unscaled
     c = (Xy - XXm) * inv.unsqueeze(-1)
     rr = (yy - (m * (2 * Xy - XXm)).sum(-1)) * inv
-    b = t * c
     tt = (tau.unsqueeze(-1) * tau.unsqueeze(-2)).unsqueeze(-3)   # (B, 1, D, D)
     eye = _eye(XX.shape[-1], XX.dtype, XX.device)
     # every eigenvalue of A is >= 1, so the factorisation cannot fail; its error check is
     # skipped because it would synchronise with the device on every call
     L = torch.linalg.cholesky_ex(torch.addcmul(eye, XX, tt * inv[..., None, None]))[0]
+    return inv, c, rr, tau.unsqueeze(-2) * c, L
+
+
+def _lm_forward(mu, tau, s2, XX, Xy, yy, n):
+    inv, c, rr, b, L = _lm_factor(mu, tau, s2, XX, Xy, yy)
+    t = tau.unsqueeze(-2)                                   # (B, 1, D)
+    eye = _eye(XX.shape[-1], XX.dtype, XX.device)
     Li = torch.linalg.solve_triangular(L, eye, upper=False)  # L^-1, so M = Li' Li
     v = torch.matmul(Li, b.unsqueeze(-1))                    # (B, T, D, 1)
     q = torch.matmul(v.transpose(-1, -2), Li).squeeze(-2)   # Li' v = A^-1 b
@@ -251,5 +246,7 @@ def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n):
     d_tau = (q * (c - u) - (1 - diag_m) / t.clamp_min(torch.finfo(t.dtype).tiny)).sum(-2)
     D = q.shape[-1]
     d_s2 = 0.5 * (D - n - diag_m.sum(-1) + rr - bq - (q * q).sum(-1)) * inv
+    if g is None:  # the gradient of ll itself (a caller outside autograd)
+        return d_mu, d_tau, d_s2
     g1 = g.unsqueeze(-1)
     return g1 * d_mu, g1 * d_tau, g1 * d_s2

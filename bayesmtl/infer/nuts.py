@@ -8,8 +8,8 @@ has the chains as its leading dim C; the flat unconstrained position has shape (
   merged subtree. Chains whose trajectory has stopped keep computing but their state is masked,
   so one doubling costs the same for every chain and a transition costs the largest tree among
   the chains.
-- Per-chain step size by dual averaging and a per-chain diagonal mass matrix from Stan-style
-  windows (75 / 25, 50, 100, ... / 50 iterations).
+- Per-chain step size by dual averaging and a per-chain diagonal (or dense) mass matrix from
+  Stan-style windows (75 / 25, 50, 100, ... / 50 iterations).
 - Divergence when the energy error exceeds ``max_delta_energy`` (1000) or is not finite.
 - Draws are copied to host memory in chunks; the progress bar shows draws/s and divergences.
 
@@ -238,7 +238,6 @@ def build_subtree(vg, start: tuple, eps, inv_mass, H0, active, depth: int, gen, 
     slots = max(depth, 1)
     r_ck, rs_ck = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)    # first leaf of each open subtree
     r_end, rs_end = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)  # last leaf of each left half, by level
-    first = end
     for n in range(2 ** depth):
         z1, r1, U1, g1 = leapfrog(vg, end[:, 0], end[:, 1], end[:, 2], eps, inv_mass)
         leaf = torch.stack((z1, r1, g1), 1)

@@ -94,7 +94,9 @@ class BatchedPotential:
         if log_density is not None:
             self._check_direct(log_density)
             self.direct = log_density
-        if log_density_grad is not None and all(_elementwise(s.transform) is not None for s in self.sites):
+        # each site's bijection as elementwise parts, found once: the written-out gradient needs them
+        self._parts = {s.name: _elementwise(s.transform) for s in self.sites}
+        if log_density_grad is not None and all(p is not None for p in self._parts.values()):
             self.direct_grad = self._check_grad(log_density_grad)
 
     def _check_direct(self, log_density) -> None:
@@ -111,11 +113,7 @@ class BatchedPotential:
         gen = torch.Generator(device=self.device).manual_seed(1)
         z = torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
         U, g = self.value_and_grad(z)
-        self.direct_grad = log_density_grad
-        try:
-            out = self._value_and_grad_direct(z)
-        finally:
-            self.direct_grad = None
+        out = self._value_and_grad_direct(z, log_density_grad)
         if out is None:
             return None
         if not (torch.allclose(out[0], U, rtol=1e-6, atol=1e-6) and torch.allclose(out[1], g, rtol=1e-5, atol=1e-6)):
@@ -171,7 +169,7 @@ class BatchedPotential:
     def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """U (C,) and dU/dz (C, P), one autograd pass for all chains (or the written-out
         gradient, see ``log_density_grad``); non-finite U gives U = inf."""
-        out = self._value_and_grad_direct(z) if self.direct_grad is not None else None
+        out = self._value_and_grad_direct(z, self.direct_grad) if self.direct_grad is not None else None
         if out is not None:
             U, g = out
         else:
@@ -185,17 +183,17 @@ class BatchedPotential:
         g = torch.where(bad.unsqueeze(-1), torch.zeros_like(g), g)
         return U, g
 
-
-    def _value_and_grad_direct(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """U and dU/dz by the chain rule through elementwise bijections, no autograd."""
+    def _value_and_grad_direct(self, z: torch.Tensor, log_density_grad) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """U and dU/dz by the chain rule through elementwise bijections, no autograd; None where
+        ``log_density_grad`` declines."""
         C = z.shape[0]
         values, logdet, dx, dld = {}, z.new_zeros(C), {}, {}
         for s in self.sites:
             u = z[:, s.start:s.stop].reshape((C,) + tuple(s.ushape))
-            values[s.name], ld, dx[s.name], dld[s.name] = _apply_elementwise(_elementwise(s.transform), u)
+            values[s.name], ld, dx[s.name], dld[s.name] = _apply_elementwise(self._parts[s.name], u)
             if isinstance(ld, torch.Tensor):
                 logdet = logdet + torch.broadcast_to(ld, u.shape).reshape(C, -1).sum(-1)
-        out = self.direct_grad(values)
+        out = log_density_grad(values)
         if out is None:
             return None
         lp, grads = out

@@ -98,7 +98,6 @@ def move_distribution(d: Distribution, like: torch.Tensor) -> Distribution:
         raise TypeError(f"cannot move prior {d!r} to {like.device}/{like.dtype}: {e}") from e
 
 
-
 def log_prob_and_grad(d: Distribution, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """log p(x) and d log p(x) / dx, elementwise and shaped like x, for the usual scalar prior
     families written out (x inside the support); None for any other distribution.
