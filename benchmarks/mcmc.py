@@ -2,17 +2,20 @@
 (collapsed and plain paths) next to Pyro's NUTS.
 
     .venv/bin/python benchmarks/mcmc.py [--quick] [--chains 4] [--seed 0] [--pyro-draws 200]
-                                        [--many 4,64,1024] [--with-numpyro]
+                                        [--many 4,64,1024] [--with-numpyro] [--device cuda]
+                                        [--warmup N] [--draws N] [--numpyro-python python3]
 
 Tables: (a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred;
 (b) hierarchical logistic regression, same shape; (c) eight schools (non-centred);
-(d) ESS/s against the number of chains on the CPU (eight schools, plain path).
+(d) ESS/s against the number of chains (eight schools, plain path), on ``--device``.
 Pyro's NUTS (one chain per run, chains in turn, JIT, 1 thread) is slow: it runs ``--pyro-draws``
 warmup + draws per chain and that row is marked "short run"; ESS/s barely depends on run length.
 The plain-path row of (a) samples a badly mixing posterior at tree depth 10 and can take 15+
 minutes; ``--skip "nuts (plain)"`` leaves it (and only it, in (a) and (c)) out.
 ``--with-numpyro`` creates /tmp/numpyro-venv (pip install numpyro jax jaxlib; never the package's
-own environment) and times NumPyro's vectorised NUTS on (a)-(c).
+own environment) and times NumPyro's vectorised NUTS on (a)-(d), on the GPU with ``--device cuda``
+(``--numpyro-python`` names a Python that already has numpyro and jax, e.g. on a machine
+without network).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def min_bulk_ess(samples: dict[str, np.ndarray]) -> float:
 
 
 SKIP: list[str] = []
+DEVICE = ["cpu"]  # where bayesmtl's NUTS runs (Pyro's reference NUTS stays on the CPU)
+NUMPYRO_PYTHON = [""]
 
 
 def bench(label, model, data, method, chains, warmup, draws, seed, note="", **options) -> dict | None:
@@ -56,7 +61,7 @@ def bench(label, model, data, method, chains, warmup, draws, seed, note="", **op
         return None
     t0 = time.perf_counter()
     post = bm.fit(model, data, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed,
-                  progress=False, **options)
+                  progress=False, device=DEVICE[0] if method == "nuts" else "cpu", **options)
     wall = time.perf_counter() - t0
     ess = min_bulk_ess(post.samples)
     st = post.sample_stats
@@ -149,26 +154,27 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
 
 
 def numpyro_row(label, df, spec, chains, warmup, draws, seed) -> dict | None:
-    py = os.path.join(NUMPYRO_VENV, "bin", "python")
-    if not os.path.exists(py):
+    py = NUMPYRO_PYTHON[0] or os.path.join(NUMPYRO_VENV, "bin", "python")
+    if not NUMPYRO_PYTHON[0] and not os.path.exists(py):
         print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, arviz, pandas) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", NUMPYRO_VENV], check=True)
         subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "arviz", "pandas"], check=True)
     csv = f"/tmp/numpyro_bench_{label}.csv"
     df.to_csv(csv, index=False)
     spec = dict(spec, csv=csv, C=chains, W=warmup, S=draws, seed=seed)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_ENABLE_X64="1")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_ENABLE_X64="1",
+               JAX_PLATFORMS="cuda" if DEVICE[0].startswith("cuda") else "cpu")
     out = subprocess.run([py, "-c", NUMPYRO_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
     if out.returncode:
         print(out.stderr[-2000:], file=sys.stderr)
         return None
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"sampler": f"NumPyro {r['version']} NUTS vectorised (measured)", "path": "plain",
+    return {"sampler": f"NumPyro {r['version']} NUTS vectorised, {chains} chains", "path": "plain",
             "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})", "wall s": round(r["wall"], 1),
             "min bulk ESS": round(r["ess"]), "ESS/s": round(r["ess"] / r["wall"], 2), "divergences": r["div"],
             "steps/draw": round(r["steps"], 1),
             "ms/leapfrog": f"<= {1e3 * r['wall'] / (r['lock'] * (warmup + draws) / draws):.3f}",
-            "note": "float64, same model in NumPyro (ms/leapfrog: whole wall / est. steps)"}
+            "note": f"float64 on {DEVICE[0].split(':')[0]}, same model (ms/leapfrog: whole wall / est. steps)"}
 
 
 def main(argv=None) -> None:
@@ -182,15 +188,23 @@ def main(argv=None) -> None:
     p.add_argument("--with-numpyro", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", default="", help="comma-separated substrings of sampler labels to skip, e.g. 'plain,Pyro'")
+    p.add_argument("--device", default="cpu", help="device for bayesmtl's NUTS (and NumPyro's JAX), e.g. cuda")
+    p.add_argument("--warmup", type=int, help="warmup per chain (default 1000, quick 500)")
+    p.add_argument("--draws", type=int, help="draws per chain (default 1000, quick 500)")
+    p.add_argument("--numpyro-python", default="",
+                   help=f"a Python that already has numpyro, jax and arviz (default: create {NUMPYRO_VENV})")
     a = p.parse_args(argv)
     SKIP[:] = [k for k in a.skip.split(",") if k]
+    DEVICE[0], NUMPYRO_PYTHON[0] = a.device, a.numpyro_python
     torch.set_num_threads(a.threads)
     C, seed = a.chains, a.seed
     W = S = 500 if a.quick else 1000
+    W, S = a.warmup if a.warmup is not None else W, a.draws if a.draws is not None else S
     pw = a.pyro_draws
     short = f"short run ({pw}+{pw} per chain)"
-    print(f"# MCMC benchmark: torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} cpu(s), "
-          f"load average {os.getloadavg()[0]:.1f}, seed {seed}")
+    gpu = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "no GPU"
+    print(f"# MCMC benchmark: torch {torch.__version__}, device {a.device} ({gpu}), {a.threads} thread(s), "
+          f"{os.cpu_count()} cpu(s), load average {os.getloadavg()[0]:.1f}, seed {seed}")
 
     if "a" in a.only:
         data, df = regression("gaussian", seed)
@@ -231,13 +245,16 @@ def main(argv=None) -> None:
 
     if "d" in a.only:
         counts = [int(c) for c in (a.many or ("4,64,256" if a.quick else "4,64,1024")).split(",")]
-        model, data, _ = eight_schools()
         rows = []
+        model, data, df = eight_schools()
+        spec = {"task": "task", "target": "y", "features": [], "lik": "known", "mu": "n5"}
         for n in counts:
             d = S if n <= 64 else max(S // 5, 100)
             rows.append(bench(f"bayesmtl nuts (plain), {n} chains", model, data, "nuts", n, W, d, seed,
                               collapse=False))
-        show("(d) ESS/s against the number of chains, CPU (eight schools, plain path)", rows)
+            if a.with_numpyro:
+                rows.append(numpyro_row("d", df.rename(columns={"school": "task"}), spec, n, W, d, seed))
+        show(f"(d) ESS/s against the number of chains, {a.device} (eight schools, plain path)", rows)
 
 
 if __name__ == "__main__":

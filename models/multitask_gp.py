@@ -22,6 +22,12 @@ Other sites: ``lengthscale`` (D,) ARD, ``noise`` (T,) variances, ``mean`` (T,). 
 ``task_cov`` (T, T) and ``task_corr`` (T, T). Default priors suit standardised features and a
 standardised target. ``map`` always fits W (T, rank) and v.
 
+``private=True`` adds each task's own kernel (own ARD lengthscales, site ``private_lengthscale``
+(T, D), and variance ``private_var`` (T,)): cov(f_i(x), f_j(x')) = B_ij k(x, x') + delta_ij p_i k_i(x, x'),
+an exact LMC with one shared and T private latent processes. It nests independent GPs (B = 0)
+and ICM (p = 0), so tasks that differ in smoothness need not share one lengthscale. It runs on
+the Hadamard path; ``task_cov`` and ``task_corr`` then describe f at one input (B + diag(p)).
+
 ``kind="lmc"`` is the variational linear model of coregionalisation (``bayesmtl.gp.lmc``), fitted
 with ``method="map"`` only (inducing points, minibatches).
 """
@@ -63,6 +69,8 @@ class MultitaskGP:
     lengthscale_prior, outputscale_prior, noise_prior, mean_prior, w_prior, v_prior : pyro distributions
     task_corr_eta : float
         LKJ concentration of the task correlation (1 = uniform over correlation matrices).
+    private : bool
+        ICM only: add each task's own kernel (see the module docstring).
     """
 
     name = "multitask-gp"
@@ -70,7 +78,7 @@ class MultitaskGP:
 
     def __init__(self, rank: int = 1, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
                  inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,
-                 mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0):
+                 mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0, private: bool = False):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
         if kind not in ("icm", "lmc"):
@@ -83,6 +91,10 @@ class MultitaskGP:
 
             if not isinstance(kernel, gpytorch.kernels.Kernel):
                 raise TypeError(f"kernel must be a name or a gpytorch Kernel; got {type(kernel).__name__}")
+        if private not in (True, False):
+            raise ValueError(f"private must be True or False; got {private!r}")
+        if private and (kind != "icm" or not isinstance(kernel, str)):
+            raise ValueError("private=True needs kind='icm' and a kernel given by name ('rbf', 'matern52', ...)")
         if float(task_corr_eta) <= 0:
             raise ValueError(f"task_corr_eta must be positive; got {task_corr_eta}")
         self.rank = rank
@@ -97,11 +109,13 @@ class MultitaskGP:
         self.w_prior = as_distribution(w_prior or dist.Normal(0.0, 1.0), "w_prior")
         self.v_prior = as_distribution(v_prior or dist.HalfNormal(1.0), "v_prior")
         self.task_corr_eta = float(task_corr_eta)
+        self.private = private
         self._lmc = None  # fitted variational LMC state (kind="lmc")
 
     def __repr__(self) -> str:
         k = self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
         extra = f", num_latents={self.num_latents}, inducing={self.inducing}" if self.kind == "lmc" else ""
+        extra += ", private=True" if self.private else ""
         return f"MultitaskGP(rank={self.rank}, kernel={k!r}, kind={self.kind!r}{extra})"
 
     # ------------------------------------------------------------------ structure
@@ -140,6 +154,8 @@ class MultitaskGP:
         return "kronecker" if self._grid(data) is not None else "hadamard"
 
     def _grid(self, data: MultiTaskData):
+        if self.private:  # private kernels break the Kronecker structure
+            return None
         return icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
 
     @staticmethod
@@ -163,7 +179,8 @@ class MultitaskGP:
                     "mean": ("task",), "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
         return {"lengthscale": ("feature",), "outputscale": ("task",), "corr_chol": ("task", "task_"),
                 "task_W": ("task", "rank"), "task_v": ("task",), "noise": ("task",), "mean": ("task",),
-                "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
+                "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
+                "private_lengthscale": ("task", "feature"), "private_var": ("task",)}
 
     def describe(self, data: MultiTaskData) -> dict:
         """What run.json records about the structure used."""
@@ -210,6 +227,10 @@ class MultitaskGP:
                 W = pyro.sample("task_W", mv(self.w_prior).expand([T, self.rank]).to_event(2))
                 v = pyro.sample("task_v", mv(self.v_prior).expand([T]).to_event(1))
                 B = icm.task_covariance(W, v)
+            priv = None
+            if self.private:
+                priv = (pyro.sample("private_lengthscale", mv(self.lengthscale_prior).expand([T, D]).to_event(2)),
+                        pyro.sample("private_var", mv(self.v_prior).expand([T]).to_event(1)))
             noise = pyro.sample("noise", mv(self.noise_prior).expand([T]).to_event(1))
             mean = pyro.sample("mean", mv(self.mean_prior).expand([T]).to_event(1))
             if not observe:
@@ -218,7 +239,7 @@ class MultitaskGP:
                 mll = icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, mean, kind)
             else:
                 mll = icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, mean, kind, cells.count,
-                                       cells.ss)
+                                       cells.ss, priv)
             pyro.factor("gp_mll", mll)
 
         return model
@@ -278,12 +299,16 @@ class MultitaskGP:
         rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev)  # noqa: E731
         # signal split: 1/2 in W W^T, 1/4 in v, 1/4 noise; small random spread breaks symmetry
         W = sd.unsqueeze(-1) * rnd(T, r) * math.sqrt(0.5 / r)
-        return {"log_ls": (torch.ones(D, dtype=dt, device=dev) * math.log(math.sqrt(max(D, 1)))
-                           + 0.1 * rnd(D)).requires_grad_(),
-                "task_W": W.requires_grad_(),
-                "log_v": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
-                "log_noise": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
-                "mean": m.clone().requires_grad_()}
+        log_ls = torch.ones(D, dtype=dt, device=dev) * math.log(math.sqrt(max(D, 1)))
+        out = {"log_ls": (log_ls + 0.1 * rnd(D)).requires_grad_(),
+               "task_W": W.requires_grad_(),
+               "log_v": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+               "log_noise": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+               "mean": m.clone().requires_grad_()}
+        if self.private:  # the private processes take a share of the signal like v's
+            out["log_pls"] = (log_ls + 0.1 * rnd(T, D)).requires_grad_()
+            out["log_pv"] = (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_()
+        return out
 
     def _ml_fit(self, data, optimizer, opts, gen):
         raw = self._init(data, gen)
@@ -300,8 +325,9 @@ class MultitaskGP:
             ls, noise = raw["log_ls"].exp(), raw["log_noise"].exp()
             if grid is not None:
                 return icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, raw["mean"], kfn)
+            priv = (raw["log_pls"].exp(), raw["log_pv"].exp()) if self.private else None
             return icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, raw["mean"], kfn, cells.count,
-                                    cells.ss)
+                                    cells.ss, priv)
 
         n = data.n_rows
         tol = float(opts.get("tol", 1e-7))
@@ -337,25 +363,31 @@ class MultitaskGP:
             final = float(mll_of(raw))
         out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
                "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
+        if self.private:
+            out["private_lengthscale"], out["private_var"] = raw["log_pls"].exp(), raw["log_pv"].exp()
         return final, {k: v.detach() for k, v in out.items()}, len(trace), trace
 
     # ------------------------------------------------------------------ after inference
     @staticmethod
     def _task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "task_cov" in samples:
-            return samples["task_cov"]
+        """The shared process's B, (S, T, T) (not ``task_cov``, which adds private variances)."""
         if "task_W" in samples:
             return icm.task_covariance(samples["task_W"], samples["task_v"])
+        if "outputscale" in samples:
+            F = samples["outputscale"].unsqueeze(-1) * samples["corr_chol"]
+            return F @ F.transpose(-1, -2)
         if "lmc_coef" in samples:
             A = samples["lmc_coef"]  # (S, Q, T)
             return A.transpose(-1, -2) @ A
-        F = samples["outputscale"].unsqueeze(-1) * samples["corr_chol"]
-        return F @ F.transpose(-1, -2)
+        return samples["task_cov"]
 
     def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add ``task_cov`` B and ``task_corr`` (S, T, T) to flat draws (S, ...)."""
+        """Add ``task_cov`` (covariance of f at one input: B, plus diag(private_var) with private
+        kernels) and ``task_corr`` (S, T, T) to flat draws (S, ...)."""
         out = dict(samples)
         B = self._task_cov(samples)
+        if "private_var" in samples:
+            B = B + torch.diag_embed(samples["private_var"])
         d = B.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
         out["task_cov"] = B
         out["task_corr"] = d.unsqueeze(-1) * B * d.unsqueeze(-2)
@@ -400,13 +432,15 @@ class MultitaskGP:
         for s in range(B_all.shape[0]):
             B, ls = B_all[s], samples["lengthscale"][s].to(device=dev, dtype=dt)
             noise, mean = samples["noise"][s].to(device=dev, dtype=dt), samples["mean"][s].to(device=dev, dtype=dt)
+            priv = ((samples["private_lengthscale"][s].to(device=dev, dtype=dt),
+                     samples["private_var"][s].to(device=dev, dtype=dt)) if self.private else None)
             with torch.no_grad():
                 if grid is not None:
                     c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
                     mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
                 else:
-                    c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count)
-                    mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn)
+                    c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count, priv)
+                    mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn, priv)
             out_m.append(mu)
             out_v.append(var + noise[new.task])
         return torch.stack(out_m), torch.stack(out_v)

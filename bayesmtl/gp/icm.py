@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["KERNELS", "ard_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError", "task_covariance",
-           "grid_layout", "Grid", "Cells", "group_cells", "hadamard_mll", "kronecker_mll", "KroneckerCache",
-           "HadamardCache",           "kronecker_cache", "hadamard_cache"]
+__all__ = ["KERNELS", "ard_kernel", "private_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError",
+           "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "hadamard_mll", "kronecker_mll",
+           "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache"]
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _LOG2PI = math.log(2 * math.pi)
@@ -47,10 +47,23 @@ def ard_kernel(X1: torch.Tensor, X2: torch.Tensor, lengthscale: torch.Tensor, ki
     """
     if callable(kind):  # a gpytorch kernel object, wrapped by the model: its own hyperparameters
         return kind(X1, X2, lengthscale)
+    ls = lengthscale.unsqueeze(-2)
+    return _scaled_kernel(X1 / ls, X2 / ls, kind)
+
+
+def private_kernel(X1: torch.Tensor, t1: torch.Tensor, X2: torch.Tensor, t2: torch.Tensor,
+                   lengthscales: torch.Tensor, kind: str = "rbf") -> torch.Tensor:
+    """Each task's own unit-variance ARD kernel, zero between tasks.
+
+    X1 (N1, D), t1 (N1,), X2 (N2, D), t2 (N2,), lengthscales (..., T, D) -> (..., N1, N2).
+    """
+    K = _scaled_kernel(X1 / lengthscales[..., t1, :], X2 / lengthscales[..., t2, :], kind)
+    return K * (t1.unsqueeze(-1) == t2.unsqueeze(-2))
+
+
+def _scaled_kernel(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
     if kind not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kind!r}")
-    ls = lengthscale.unsqueeze(-2)
-    a, b = X1 / ls, X2 / ls
     d2 = (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2)
     d2 = d2.clamp_min(0)
     if kind == "rbf":
@@ -197,22 +210,27 @@ def group_cells(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> Cells:
     return Cells(uniq[:, :-1].contiguous(), ybar, uniq[:, -1].long(), count, ss)
 
 
-def _hadamard_cov(X, task, B, ls, noise, kind, count=None):
+def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):
     K = ard_kernel(X, X, ls, kind) * B[..., task.unsqueeze(-1), task.unsqueeze(-2)]
+    if private is not None:  # (lengthscales (..., T, D), variances (..., T)) of each task's own kernel
+        K = K + private_kernel(X, task, X, task, private[0], kind) * private[1][..., task].unsqueeze(-1)
     nz = noise[..., task]
     return K + torch.diag_embed(nz if count is None else nz / count)
 
 
 def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
                  noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf", count: torch.Tensor | None = None,
-                 ss: torch.Tensor | None = None) -> torch.Tensor:
+                 ss: torch.Tensor | None = None, private: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 ) -> torch.Tensor:
     """Exact log marginal likelihood, Hadamard form.
 
     X (n, D), y (n,), task (n,) long; B (..., T, T), ls (..., D), noise (..., T), mean (..., T) -> (...).
     With ``count`` and ``ss`` (n,), rows are cells of repeated (input, task) (see ``group_cells``)
-    and the result is the exact marginal likelihood of all the rows they hold.
+    and the result is the exact marginal likelihood of all the rows they hold. ``private``
+    (lengthscales (..., T, D), variances (..., T)) adds each task's own kernel: an LMC with one
+    shared and T private latent processes, which nests independent GPs (B = 0).
     """
-    S = _hadamard_cov(X, task, B, ls, noise, kind, count)
+    S = _hadamard_cov(X, task, B, ls, noise, kind, count, private)
     mll = gaussian_logpdf(S, (y - mean[..., task]).expand(S.shape[:-1]), "ICM covariance (Hadamard path)")[0]
     if count is not None:
         nz = noise[..., task]
@@ -227,19 +245,23 @@ class HadamardCache:
     alpha: torch.Tensor    # (n,) K^{-1} (y - mean)
 
 
-def hadamard_cache(X, y, task, B, ls, noise, mean, kind, count=None) -> HadamardCache:
+def hadamard_cache(X, y, task, B, ls, noise, mean, kind, count=None, private=None) -> HadamardCache:
     """Factors of one draw (no batch dims) for prediction."""
-    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind, count), "ICM covariance (Hadamard path)")
+    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind, count, private), "ICM covariance (Hadamard path)")
     r = (y - mean[task]).unsqueeze(-1)
     return HadamardCache(L, torch.cholesky_solve(r, L).squeeze(-1))
 
 
-def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kind):
+def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kind, private=None):
     """Predictive mean and variance of f at (Xs, task_s): each (m,)."""
     Ks = ard_kernel(Xs, X, ls, kind) * B[task_s.unsqueeze(-1), task.unsqueeze(-2)]  # (m, n)
+    prior = B[task_s, task_s]  # k(x, x) = 1
+    if private is not None:
+        Ks = Ks + private_kernel(Xs, task_s, X, task, private[0], kind) * private[1][task_s].unsqueeze(-1)
+        prior = prior + private[1][task_s]
     mu = mean[task_s] + Ks @ cache.alpha
     v = torch.linalg.solve_triangular(cache.L, Ks.T, upper=False)
-    var = B[task_s, task_s] - (v * v).sum(0)  # k(x, x) = 1
+    var = prior - (v * v).sum(0)
     return mu, var.clamp_min(0)
 
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# GPU checks and tables on a CUDA machine whose Python has torch (CUDA build), pyro, gpytorch,
+# arviz and bayesmtl installed (NumPyro with jax[cuda] too, for its rows).
+#   PY=python3 OUT=runs/gpu bash benchmarks/gpu.sh tests mcmc lmc sarcos
+# Each part writes its log to $OUT; a part that runs past its limit is stopped, the rest go on.
+set -uo pipefail
+PY=${PY:-python3}
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+for part in "$@"; do
+  case $part in
+    tests)  timeout 240 "$PY" -m pytest -m cuda -v -p no:cacheprovider --durations=0 tests 2>&1 | tee "$OUT/cuda_tests.log" \
+              | grep -E "PASSED|FAILED|ERROR|passed|failed|s call" ;;
+    mcmc)   timeout 420 "$PY" benchmarks/mcmc.py --only d --device cuda --many "${MANY:-4,1024,16384,131072}" \
+              --warmup "${WARMUP:-300}" --draws "${DRAWS:-200}" --with-numpyro --numpyro-python "$PY" \
+              --skip "${SKIP:-}" 2>&1 | tee "$OUT/mcmc_d.log" | grep -v "^# row" ;;
+    lmc)    timeout 120 "$PY" benchmarks/gp.py --lmc-only --device cuda --lmc-iters 100 2>&1 | tee "$OUT/lmc.log" | tail -4 ;;
+    sarcos) timeout 400 "$PY" examples/sarcos.py --ranks "${RANKS:-2}" --private --device cuda \
+              --steps "${STEPS:-20}" --out "$OUT/sarcos" 2>&1 | tee "$OUT/sarcos.log" ;;
+    *) echo "unknown part $part (tests, mcmc, lmc, sarcos)" >&2 ;;
+  esac
+done
