@@ -194,7 +194,7 @@ def main(argv=None) -> None:
     results = run(args)
     tab = table(results)
     print(f"\nschool, method={args.method}" + (f" guide={args.guide}" if args.method == "svi" else "")
-          + f", splits {args.splits}")
+          + (" (multitask-gp: type-II ML)" if "multitask-gp" in args.models else "") + f", splits {args.splits}")
     print(tab.to_string())
     for name, (m, s) in REFERENCE.items():
         print(f"reference: {name}: {m} ± {s}%")
