@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 for part in "$@"; do
   case $part in
     tests)  timeout 240 "$PY" -m pytest -m cuda -v -p no:cacheprovider --durations=0 tests 2>&1 | tee "$OUT/cuda_tests.log" \
-              | grep -E "PASSED|FAILED|ERROR|passed|failed|s call" ;;
+              | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|skipped|s call" ;;
     mcmc)   timeout 420 "$PY" benchmarks/mcmc.py --only d --device cuda --many "${MANY:-4,1024,16384,131072}" \
               --warmup "${WARMUP:-300}" --draws "${DRAWS:-200}" --with-numpyro --numpyro-python "$PY" \
               --skip "${SKIP:-}" 2>&1 | tee "$OUT/mcmc_d.log" | grep -v "^# row" ;;
