@@ -77,9 +77,10 @@ class HierarchicalGLM:
         grads = {}
         if centred:  # w_t ~ N(mu, tau)
             r = (w - m) / t
+            rt = r / t
             lp = lp - (0.5 * r * r + torch.log(t)).sum((-1, -2)) - w[0].numel() * 0.5 * math.log(2 * math.pi)
-            grads["w"] = d_w - r / t
-            d_mu, d_tau = (r / t).sum(-2), ((r * r - 1) / t).sum(-2)
+            grads["w"] = d_w - rt
+            d_mu, d_tau = rt.sum(-2), ((r * r - 1) / t).sum(-2)
         else:  # w_raw ~ N(0, 1)
             z = values["w_raw"]
             lp = lp - 0.5 * (z * z).sum((-1, -2)) - z[0].numel() * 0.5 * math.log(2 * math.pi)

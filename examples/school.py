@@ -84,13 +84,18 @@ def evaluate(post, test: pd.DataFrame, y_mean: float, y_sd: float, seed: int) ->
     y = test["score"].to_numpy()
     mean = pred["mean"].to_numpy() * y_sd + y_mean
     lo, hi = pred["q05"].to_numpy() * y_sd + y_mean, pred["q95"].to_numpy() * y_sd + y_mean
-    sse, sst = np.sum((y - mean) ** 2), np.sum((y - y.mean()) ** 2)
     new = post.data.prepare(test.assign(score_z=(test["score"] - y_mean) / y_sd), require_target=True)
     with torch.no_grad():
         ll = post.model.log_likelihood(new, post.flat())  # (S, N) on the standardised scale
     lpd = torch.logsumexp(ll, 0) - math.log(ll.shape[0]) - math.log(y_sd)
+    return scores(y, mean, lo, hi, float(lpd.mean()))
+
+
+def scores(y: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, lpd: float) -> dict[str, float]:
+    """Explained variance 1 - SSE/SST, 90% coverage, mean LPD and RMSE on the score scale."""
+    sse, sst = float(np.sum((y - mean) ** 2)), float(np.sum((y - y.mean()) ** 2))
     return {"explained_variance": 1 - sse / sst, "coverage90": float(np.mean((y >= lo) & (y <= hi))),
-            "lpd": float(lpd.mean()), "rmse": float(np.sqrt(sse / len(y)))}
+            "lpd": lpd, "rmse": math.sqrt(sse / len(y))}
 
 
 def evaluate_gp(post, test: pd.DataFrame, y_mean: float, y_sd: float) -> dict[str, float]:
@@ -103,10 +108,8 @@ def evaluate_gp(post, test: pd.DataFrame, y_mean: float, y_sd: float) -> dict[st
     lp = torch.logsumexp(-0.5 * (z - mu) ** 2 / var - 0.5 * torch.log(2 * math.pi * var), 0) - math.log(mu.shape[0])
     mean, sd = mu.mean(0), (var.mean(0) + mu.var(0, correction=0)).sqrt()  # mixture moments
     lo, hi = (mean - 1.645 * sd) * y_sd + y_mean, (mean + 1.645 * sd) * y_sd + y_mean
-    pred = mean * y_sd + y_mean
-    sse, sst = float(((y - pred) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
-    return {"explained_variance": 1 - sse / sst, "coverage90": float(((y >= lo) & (y <= hi)).double().mean()),
-            "lpd": float((lp - math.log(y_sd)).mean()), "rmse": math.sqrt(sse / len(y))}
+    return scores(y.numpy(), (mean * y_sd + y_mean).cpu().numpy(), lo.cpu().numpy(), hi.cpu().numpy(),
+                  float((lp - math.log(y_sd)).mean()))
 
 
 def fit_gp(args, train: pd.DataFrame, test: pd.DataFrame, y_mean: float, y_sd: float, k: int) -> dict:

@@ -52,13 +52,15 @@ def ard_kernel(X1: torch.Tensor, X2: torch.Tensor, lengthscale: torch.Tensor, ki
 
 
 def private_kernel(X1: torch.Tensor, t1: torch.Tensor, X2: torch.Tensor, t2: torch.Tensor,
-                   lengthscales: torch.Tensor, kind: str = "rbf") -> torch.Tensor:
-    """Each task's own unit-variance ARD kernel, zero between tasks.
+                   private: tuple[torch.Tensor, torch.Tensor], kind: str = "rbf") -> torch.Tensor:
+    """Each task's own ARD kernel times its variance, zero between tasks.
 
-    X1 (N1, D), t1 (N1,), X2 (N2, D), t2 (N2,), lengthscales (..., T, D) -> (..., N1, N2).
+    X1 (N1, D), t1 (N1,), X2 (N2, D), t2 (N2,), private = (lengthscales (..., T, D), variances
+    (..., T)) -> (..., N1, N2).
     """
-    K = _scaled_kernel(X1 / lengthscales[..., t1, :], X2 / lengthscales[..., t2, :], kind)
-    return K * (t1.unsqueeze(-1) == t2.unsqueeze(-2))
+    ls, var = private
+    K = _scaled_kernel(X1 / ls[..., t1, :], X2 / ls[..., t2, :], kind)
+    return K * (t1.unsqueeze(-1) == t2.unsqueeze(-2)) * var[..., t1].unsqueeze(-1)
 
 
 def _scaled_kernel(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -213,7 +215,7 @@ def group_cells(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> Cells:
 def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):
     K = ard_kernel(X, X, ls, kind) * B[..., task.unsqueeze(-1), task.unsqueeze(-2)]
     if private is not None:  # (lengthscales (..., T, D), variances (..., T)) of each task's own kernel
-        K = K + private_kernel(X, task, X, task, private[0], kind) * private[1][..., task].unsqueeze(-1)
+        K = K + private_kernel(X, task, X, task, private, kind)
     nz = noise[..., task]
     return K + torch.diag_embed(nz if count is None else nz / count)
 
@@ -257,7 +259,7 @@ def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kin
     Ks = ard_kernel(Xs, X, ls, kind) * B[task_s.unsqueeze(-1), task.unsqueeze(-2)]  # (m, n)
     prior = B[task_s, task_s]  # k(x, x) = 1
     if private is not None:
-        Ks = Ks + private_kernel(Xs, task_s, X, task, private[0], kind) * private[1][task_s].unsqueeze(-1)
+        Ks = Ks + private_kernel(Xs, task_s, X, task, private, kind)
         prior = prior + private[1][task_s]
     mu = mean[task_s] + Ks @ cache.alpha
     v = torch.linalg.solve_triangular(cache.L, Ks.T, upper=False)

@@ -8,6 +8,7 @@ once, for all chains, inside an outer plate ``_chains`` at dim ``-(max_plate_nes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -107,9 +108,13 @@ class BatchedPotential:
         if log_density_grad is not None and all(p is not None for p in self._parts.values()):
             self.direct_grad = self._check_grad(log_density_grad)
 
+    def _test_points(self, seed: int) -> torch.Tensor:
+        """Three unconstrained points, uniform on [-2, 2]^P, for checking a written-out density."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
+
     def _check_direct(self, log_density) -> None:
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        z = torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
+        z = self._test_points(0)
         with torch.no_grad():
             values, _ = self.constrain(z)
             a, b = log_density(values), self.log_joint(values, 3)
@@ -118,8 +123,7 @@ class BatchedPotential:
 
     def _check_grad(self, log_density_grad):
         """``log_density_grad`` where it gives the autograd potential and gradient, else None."""
-        gen = torch.Generator(device=self.device).manual_seed(1)
-        z = torch.rand(3, self.dim, generator=gen, device=self.device, dtype=self.dtype) * 4 - 2
+        z = self._test_points(1)
         U, g = self.value_and_grad(z)
         out = self._value_and_grad_direct(z, log_density_grad)
         if out is None:
@@ -201,6 +205,8 @@ class BatchedPotential:
             values[s.name], ld, dx[s.name], dld[s.name] = _apply_elementwise(self._parts[s.name], u)
             if isinstance(ld, torch.Tensor):
                 logdet = logdet + torch.broadcast_to(ld, u.shape).reshape(C, -1).sum(-1)
+            elif ld:  # a constant log|scale| per element
+                logdet = logdet + ld * u[0].numel()
         out = log_density_grad(values)
         if out is None:
             return None
@@ -210,7 +216,9 @@ class BatchedPotential:
 
 
 def _elementwise(t) -> list | None:
-    """The parts of an elementwise bijection (identity, exp, affine), or None for any other."""
+    """An elementwise bijection as parts ("exp",) or ("affine", loc, scale, log|scale|), identity
+    affines dropped and log|scale| computed here, once, not on every evaluation; None for any
+    other bijection."""
     from torch.distributions import transforms as T
 
     if isinstance(t, T.IndependentTransform):
@@ -218,24 +226,26 @@ def _elementwise(t) -> list | None:
     if isinstance(t, T.ComposeTransform):
         parts = [_elementwise(p) for p in t.parts]
         return None if any(p is None for p in parts) else [q for p in parts for q in p]
-    if isinstance(t, (T.ExpTransform, T.AffineTransform)):
-        return [t]
+    if isinstance(t, T.ExpTransform):
+        return [("exp",)]
+    if isinstance(t, T.AffineTransform):
+        loc, scale = t.loc, t.scale
+        if isinstance(loc, (int, float)) and loc == 0 and isinstance(scale, (int, float)) and scale == 1:
+            return []
+        log_scale = math.log(abs(scale)) if isinstance(scale, (int, float)) else torch.log(torch.abs(scale))
+        return [("affine", loc, scale, log_scale)]
     return None
 
 
 def _apply_elementwise(parts: list, u: torch.Tensor):
     """x = t(u), log|dx/du|, dx/du and d log|dx/du| / du, each shaped like u or a number."""
-    from torch.distributions import transforms as T
-
     x, ld, dx, dld = u, 0.0, 1.0, 0.0
-    for t in parts:
-        if isinstance(t, T.ExpTransform):
+    for part in parts:
+        if part[0] == "exp":
             ld, dld = ld + x, dld + dx
             x = torch.exp(x)
             dx = dx * x
-        elif not (isinstance(t.loc, (int, float)) and t.loc == 0 and isinstance(t.scale, (int, float))
-                  and t.scale == 1):  # affine: loc + scale * x
-            x = t.loc + t.scale * x
-            ld = ld + torch.log(torch.abs(torch.as_tensor(t.scale, dtype=u.dtype, device=u.device)))
-            dx = dx * t.scale
+        else:  # affine: loc + scale * x
+            _, loc, scale, log_scale = part
+            x, ld, dx = loc + scale * x, ld + log_scale, dx * scale
     return x, ld, dx, dld
