@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/mcmc.py [--quick] [--chains 4] [--seed 0] [--pyro-draws 200]
                                         [--many 4,64,1024] [--with-numpyro] [--device cuda]
                                         [--warmup N] [--draws N] [--numpyro-python python3]
+                                        [--processes 2]
 
 Tables: (a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred;
 (b) hierarchical logistic regression, same shape; (c) eight schools (non-centred);
@@ -15,7 +16,8 @@ minutes; ``--skip "nuts (plain)"`` leaves it (and only it, in (a) and (c)) out.
 ``--with-numpyro`` creates /tmp/numpyro-venv (pip install numpyro jax jaxlib; never the package's
 own environment) and times NumPyro's vectorised NUTS on (a)-(d), on the GPU with ``--device cuda``
 (``--numpyro-python`` names a Python that already has numpyro and jax, e.g. on a machine
-without network).
+without network). ``--processes K`` adds rows with the chains split over K worker processes
+(``processes=K``) and NumPyro's parallel chains (one XLA host device per chain).
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
     import numpy as np, pandas as pd
     import jax, jax.numpy as jnp, numpyro, numpyro.distributions as nd, arviz as az
     from numpyro.infer import MCMC, NUTS
-    numpyro.set_host_device_count(1)
     spec = json.loads(sys.argv[1]); df = pd.read_csv(spec["csv"])
     task = pd.factorize(df[spec["task"]])[0]; T = task.max() + 1
     X = df[spec["features"]].to_numpy(float); X = np.column_stack([np.ones(len(df)), X]); D = X.shape[1]
@@ -140,7 +141,7 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
                 numpyro.sample("y", nd.Bernoulli(logits=eta), obs=y)
     t0 = time.perf_counter()
     mcmc = MCMC(NUTS(model), num_warmup=spec["W"], num_samples=spec["S"], num_chains=spec["C"],
-                chain_method="vectorized", progress_bar=False)
+                chain_method=spec["method"], progress_bar=False)
     mcmc.run(jax.random.PRNGKey(spec["seed"]), extra_fields=("num_steps", "diverging"))
     s = mcmc.get_samples(group_by_chain=True); jax.block_until_ready(s)
     wall = time.perf_counter() - t0
@@ -153,7 +154,9 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
 """)
 
 
-def numpyro_row(label, df, spec, chains, warmup, draws, seed) -> dict | None:
+def numpyro_row(label, df, spec, chains, warmup, draws, seed, parallel: bool = False) -> dict | None:
+    """NumPyro's NUTS on the same data: chains vectorised (one device), or ``parallel`` (one XLA
+    host device per chain, NumPyro's advice for parallel chains on a CPU)."""
     py = NUMPYRO_PYTHON[0] or os.path.join(NUMPYRO_VENV, "bin", "python")
     if not NUMPYRO_PYTHON[0] and not os.path.exists(py):
         print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, arviz, pandas) ...", file=sys.stderr)
@@ -161,15 +164,17 @@ def numpyro_row(label, df, spec, chains, warmup, draws, seed) -> dict | None:
         subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "arviz", "pandas"], check=True)
     csv = f"/tmp/numpyro_bench_{label}.csv"
     df.to_csv(csv, index=False)
-    spec = dict(spec, csv=csv, C=chains, W=warmup, S=draws, seed=seed)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_ENABLE_X64="1",
+    spec = dict(spec, csv=csv, C=chains, W=warmup, S=draws, seed=seed, method="parallel" if parallel else "vectorized")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={chains if parallel else 1}",
+               JAX_ENABLE_X64="1",
                JAX_PLATFORMS="cuda" if DEVICE[0].startswith("cuda") else "cpu")
     out = subprocess.run([py, "-c", NUMPYRO_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
     if out.returncode:
         print(out.stderr[-2000:], file=sys.stderr)
         return None
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"sampler": f"NumPyro {r['version']} NUTS vectorised, {chains} chains", "path": "plain",
+    how = f"parallel, {chains} host devices" if parallel else "vectorised"
+    return {"sampler": f"NumPyro {r['version']} NUTS {how}, {chains} chains", "path": "plain",
             "chains x (warmup+draws)": f"{chains}x({warmup}+{draws})", "wall s": round(r["wall"], 1),
             "min bulk ESS": round(r["ess"]), "ESS/s": round(r["ess"] / r["wall"], 2), "divergences": r["div"],
             "steps/draw": round(r["steps"], 1),
@@ -191,6 +196,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu", help="device for bayesmtl's NUTS (and NumPyro's JAX), e.g. cuda")
     p.add_argument("--warmup", type=int, help="warmup per chain (default 1000, quick 500)")
     p.add_argument("--draws", type=int, help="draws per chain (default 1000, quick 500)")
+    p.add_argument("--processes", type=int, default=0,
+                   help="also run bayesmtl with chains split over this many worker processes (CPU), and "
+                        "NumPyro with one host device per chain, in (a)-(c)")
     p.add_argument("--numpyro-python", default="",
                    help=f"a Python that already has numpyro, jax and arviz (default: create {NUMPYRO_VENV})")
     a = p.parse_args(argv)
@@ -198,6 +206,7 @@ def main(argv=None) -> None:
     DEVICE[0], NUMPYRO_PYTHON[0] = a.device, a.numpyro_python
     torch.set_num_threads(a.threads)
     C, seed = a.chains, a.seed
+    K = a.processes if a.processes > 1 and a.device == "cpu" else 0
     W = S = 500 if a.quick else 1000
     W, S = a.warmup if a.warmup is not None else W, a.draws if a.draws is not None else S
     pw = a.pyro_draws
@@ -213,10 +222,14 @@ def main(argv=None) -> None:
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
+        if K:
+            rows.append(bench(f"bayesmtl nuts (collapsed), {K} processes", model, data, "nuts", C, W, S, seed,
+                              processes=K))
         if a.with_numpyro:
-            r = numpyro_row("a", df, {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)],
-                                      "lik": "gaussian", "mu": "n10"}, C, W, S, seed)
-            rows += [r] if r else []
+            spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "gaussian",
+                    "mu": "n10"}
+            rows += [r for r in [numpyro_row("a", df, spec, C, W, S, seed)]
+                     + ([numpyro_row("a", df, spec, C, W, S, seed, parallel=True)] if K else []) if r]
         show("(a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred", rows,
              "reference: " + ISSUE_NUMPYRO["a"])
 
@@ -225,10 +238,14 @@ def main(argv=None) -> None:
         model = bm.models.Hierarchical("bernoulli")
         rows = [bench("bayesmtl nuts (plain; no collapse possible)", model, data, "nuts", C, W, S, seed),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short)]
+        if K:
+            rows.append(bench(f"bayesmtl nuts (plain), {K} processes", model, data, "nuts", C, W, S, seed,
+                              processes=K))
         if a.with_numpyro:
-            r = numpyro_row("b", df, {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)],
-                                      "lik": "bernoulli", "mu": "n10"}, C, W, S, seed)
-            rows += [r] if r else []
+            spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "bernoulli",
+                    "mu": "n10"}
+            rows += [r for r in [numpyro_row("b", df, spec, C, W, S, seed)]
+                     + ([numpyro_row("b", df, spec, C, W, S, seed, parallel=True)] if K else []) if r]
         show("(b) hierarchical logistic regression, same shape", rows)
 
     if "c" in a.only:
@@ -237,10 +254,14 @@ def main(argv=None) -> None:
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
+        if K:
+            rows.append(bench(f"bayesmtl nuts (collapsed), {K} processes", model, data, "nuts", C, W, S, seed,
+                              processes=K))
         if a.with_numpyro:
-            r = numpyro_row("c", df.rename(columns={"school": "task"}), {"task": "task", "target": "y", "features": [],
-                                                                          "lik": "known", "mu": "n5"}, C, W, S, seed)
-            rows += [r] if r else []
+            spec = {"task": "task", "target": "y", "features": [], "lik": "known", "mu": "n5"}
+            df8 = df.rename(columns={"school": "task"})
+            rows += [r for r in [numpyro_row("c", df8, spec, C, W, S, seed)]
+                     + ([numpyro_row("c", df8, spec, C, W, S, seed, parallel=True)] if K else []) if r]
         show("(c) eight schools, non-centred", rows, "reference: " + ISSUE_NUMPYRO["c"])
 
     if "d" in a.only:

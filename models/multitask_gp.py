@@ -182,9 +182,15 @@ class MultitaskGP:
                 "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
                 "private_lengthscale": ("task", "feature"), "private_var": ("task",)}
 
+    def solver(self, data: MultiTaskData) -> str | None:
+        """The Kronecker path's factorisation ("eigh": one eigendecomposition of the input kernel
+        for all tasks, or "cholesky": one factor per task); None off that path."""
+        grid = self._grid(data) if self.kind == "icm" else None
+        return None if grid is None else icm.kronecker_solver(grid.X.shape[0], data.n_tasks, data.device)
+
     def describe(self, data: MultiTaskData) -> dict:
         """What run.json records about the structure used."""
-        return {"gp_path": self.gp_path(data)}
+        return {"gp_path": self.gp_path(data), "kronecker_solver": self.solver(data)}
 
     # ------------------------------------------------------------------ the Pyro program
     def _kernel_fn(self):
@@ -282,7 +288,7 @@ class MultitaskGP:
         mll, params, iters, trace = best
         seconds = time.perf_counter() - t0
         samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in params.items()}
-        info = {"gp_path": self.gp_path(data), "optimizer": optimizer, "log_marginal_likelihood": float(mll),
+        info = {**self.describe(data), "optimizer": optimizer, "log_marginal_likelihood": float(mll),
                 "iterations": iters, "restarts": restarts, "fit_seconds": seconds,
                 "mll_trace": trace[:: max(1, len(trace) // 100)]}
         return Draws(samples, {}, info)

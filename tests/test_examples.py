@@ -42,3 +42,17 @@ def test_example_smoke(script: Path, tmp_path: Path):
     written = [p for p in out.rglob("*") if p.is_file()]
     assert written, f"{script.name} --smoke wrote nothing under --out"
     assert any(p.suffix == ".csv" for p in written), [p.name for p in written]
+
+
+def test_sarcos_with_tasks_at_different_inputs(tmp_path: Path):
+    """``--observed``: each torque sees its own subset of the inputs, so ICM takes the Hadamard path."""
+    if not _have_data():
+        pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sarcos.py"), "--smoke", "--observed", "0.5",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(75 observed per torque)" in proc.stdout and "hadamard path" in proc.stdout, proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "sarcos.py"), "--smoke", "--observed", "0",
+                          "--out", str(tmp_path / "bad")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--observed must lie in (0, 1]" in bad.stderr

@@ -60,7 +60,8 @@ def data_of(df):
 
 
 # ------------------------------------------------------------------------- exact paths agree
-def test_kronecker_and_hadamard_marginal_likelihood_agree():
+@pytest.mark.parametrize("solver", ["cholesky", "eigh"])
+def test_kronecker_and_hadamard_marginal_likelihood_agree(solver):
     df = planted(40, 8.0, seed=3)
     data = data_of(df)
     grid = icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
@@ -72,7 +73,7 @@ def test_kronecker_and_hadamard_marginal_likelihood_agree():
     noise = torch.rand(4, generator=g, dtype=torch.float64) * 0.1 + 0.01
     mean = torch.randn(4, generator=g, dtype=torch.float64)
     for kern in ("rbf", "matern52"):
-        a = icm.kronecker_mll(grid.X, grid.Y, icm.task_covariance(W, v), ls, noise, mean, kern)
+        a = icm.kronecker_mll(grid.X, grid.Y, icm.task_covariance(W, v), ls, noise, mean, kern, solver=solver)
         b = icm.hadamard_mll(data.X, data.y, data.task, icm.task_covariance(W, v), ls, noise, mean, kern)
         assert abs(a.item() - b.item()) <= 1e-4 * abs(b.item())
         ga, = torch.autograd.grad(a, W)
@@ -82,20 +83,21 @@ def test_kronecker_and_hadamard_marginal_likelihood_agree():
     vb = v.expand(3, 1, 4) * torch.tensor([1.0, 2.0, 3.0])[:, None, None]
     Bb = icm.task_covariance(W.detach().expand(3, 1, 4, 2), vb)
     hyper = (ls.expand(3, 1, 1), noise.expand(3, 1, 4), mean.expand(3, 1, 4))
-    kb = icm.kronecker_mll(grid.X, grid.Y, Bb, *hyper)
+    kb = icm.kronecker_mll(grid.X, grid.Y, Bb, *hyper, solver=solver)
     hb = icm.hadamard_mll(data.X, data.y, data.task, Bb, *hyper)
     assert kb.shape == (3, 1) and torch.allclose(kb, hb, rtol=1e-8)
     # predictions from the cached Kronecker factors equal the Hadamard ones
     B = icm.task_covariance(W.detach(), v)
     Xs, ts = torch.linspace(0, 8, 9, dtype=torch.float64)[:, None], torch.arange(9) % 4
-    kc = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, "rbf")
+    kc = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, "rbf", solver=solver)
     hc = icm.hadamard_cache(data.X, data.y, data.task, B, ls, noise, mean, "rbf")
     m1, v1 = icm.kronecker_predict(kc, grid.X, Xs, ts, B, ls, mean, "rbf")
     m2, v2 = icm.hadamard_predict(hc, data.X, data.task, Xs, ts, B, ls, mean, "rbf")
     assert torch.allclose(m1, m2, atol=1e-8) and torch.allclose(v1, v2, atol=1e-8)
 
 
-def test_closed_form_gradient_matches_finite_differences():
+@pytest.mark.parametrize("solver", ["cholesky", "eigh"])
+def test_closed_form_gradient_matches_finite_differences(solver):
     data = data_of(planted(6, 3.0, seed=11))
     grid = icm.grid_layout(data.X, data.y, data.task, data.n_tasks)
     g = torch.Generator().manual_seed(2)
@@ -110,7 +112,8 @@ def test_closed_form_gradient_matches_finite_differences():
         return icm.hadamard_mll(data.X, data.y, data.task, B, ls, lognz.exp(), mean, "matern32")
 
     def kron(W, logv, ls, lognz, mean):
-        return icm.kronecker_mll(grid.X, grid.Y, icm.task_covariance(W, logv.exp()), ls, lognz.exp(), mean)
+        return icm.kronecker_mll(grid.X, grid.Y, icm.task_covariance(W, logv.exp()), ls, lognz.exp(), mean,
+                                 solver=solver)
 
     assert torch.autograd.gradcheck(had, (W, logv, ls, lognz, mean))
     assert torch.autograd.gradcheck(kron, (W, logv, ls, lognz, mean))

@@ -266,6 +266,47 @@ def test_same_seed_reproduces_draws():
     assert not np.array_equal(a.samples["tau"], c.samples["tau"])
 
 
+def test_chain_groups_in_processes_are_the_groups_run_alone():
+    """processes=2: each forked worker runs its chain group exactly as a one-process run of
+    that group with the group's seed would, and the merged result labels all chains."""
+    from bayesmtl.infer.groups import group_seeds
+
+    df, _ = hierarchical_regression(n_tasks=6, rows=8, features=1, seed=1, likelihood="bernoulli")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    kw = dict(method="nuts", warmup=40, draws=30, progress=False)
+    both = bm.fit(bm.models.Hierarchical("bernoulli"), data, chains=3, seed=5, processes=2, **kw)
+    assert both.info["chain_groups"] == [2, 1] and both.samples["tau"].shape[:2] == (3, 30)
+    seeds = group_seeds(5, 2)
+    assert both.info["group_seeds"] == seeds and seeds[0] == 5 and seeds[1] != 5
+    first = bm.fit(bm.models.Hierarchical("bernoulli"), data, chains=2, seed=seeds[0], **kw)
+    second = bm.fit(bm.models.Hierarchical("bernoulli"), data, chains=1, seed=seeds[1], **kw)
+    for site in ("tau", "w"):
+        assert np.array_equal(both.samples[site][:2], first.samples[site])
+        assert np.array_equal(both.samples[site][2:], second.samples[site])
+    assert np.array_equal(both.sample_stats["n_steps"][2:], second.sample_stats["n_steps"])
+    assert both.info["leapfrog_steps"] == first.info["leapfrog_steps"] + second.info["leapfrog_steps"]
+    assert len(both.info["step_size"]) == 3
+
+
+def test_failure_in_a_chain_group_reaches_the_caller(monkeypatch):
+    """A worker's exception is raised in the parent, naming the chain group; no worker is left."""
+    import multiprocessing as mp
+
+    import bayesmtl.infer.nuts as nuts
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no finite starting point (planted)")
+
+    monkeypatch.setattr(nuts, "_init", broken)  # forked workers inherit the patch
+    df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with pytest.raises(RuntimeError, match="planted") as err:
+        bm.fit(bm.models.Hierarchical(), data, method="nuts", chains=2, warmup=5, draws=5, progress=False,
+               processes=2, collapse=False)
+    assert any("chain group" in n for n in getattr(err.value, "__notes__", []))
+    assert not mp.active_children()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(chains=0), "chains must be an integer >= 1"),
     (dict(warmup=-1), "warmup must be an integer >= 0"),
@@ -274,6 +315,7 @@ def test_same_seed_reproduces_draws():
     (dict(dtype="float16"), "dtype"),
     (dict(dense_mass="yes"), "dense_mass must be True or False"),
     (dict(metric="euclid"), "metric must be 'fisher' or 'stan'"),
+    (dict(processes=0), "processes must be an integer >= 1"),
 ])
 def test_bad_settings_raise(kwargs, match):
     df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)

@@ -8,7 +8,8 @@ Matérn kernel. Two exact paths give the same marginal likelihood:
 * **Kronecker** (every task observed at every input; N inputs, T tasks): Sigma = B (x) K + D (x) I_N.
   With M = U^T D^{-1/2}, U the eigenvectors of D^{-1/2} B D^{-1/2} = U diag(c) U^T, the rotated
   covariance (M (x) I) Sigma (M (x) I)^T = diag(c) (x) K + I is block diagonal: T Cholesky
-  factors of N x N matrices (c_t K + I) instead of one of an NT x NT matrix. M is computed
+  factors of N x N matrices (c_t K + I) instead of one of an NT x NT matrix, or, from 4 tasks on
+  a CPU, one eigendecomposition K = Q diag(lam) Q^T that serves every block. M is computed
   without gradient (a T x T eigendecomposition, whose backward is unstable at repeated
   eigenvalues); the first-order off-block terms are added back so value *and* gradient are
   exact. The factors are cached for prediction.
@@ -29,7 +30,7 @@ import torch
 
 __all__ = ["KERNELS", "ard_kernel", "private_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError",
            "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "hadamard_mll", "kronecker_mll",
-           "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache"]
+           "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver"]
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _LOG2PI = math.log(2 * math.pi)
@@ -277,16 +278,64 @@ def _rotation(B: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return U.transpose(-1, -2) * s.unsqueeze(-2)
 
 
+class _EigenBlocks(torch.autograd.Function):
+    """sum_t log N(z_t; 0, c_t K + e_t I) from one eigendecomposition K = Q diag(lam) Q^T.
+
+    The gradient is written out (dK = sum_t c_t (a_t a_t^T - A_t^-1) / 2 with A_t^-1 = Q diag(1 /
+    (c_t lam + e_t)) Q^T), so eigh's own backward, unstable at the near-repeated eigenvalues of a
+    smooth kernel, is never used. Returns (value, alpha (..., N, T) = A_t^-1 z_t, Q, d = c lam + e).
+    """
+
+    @staticmethod
+    def forward(ctx, K, c, e, Z):
+        lam, Q = torch.linalg.eigh(K)
+        if not bool(torch.isfinite(lam).all()):
+            raise GPNumericalError("eigendecomposition of the input kernel matrix failed (NaN or inf entries)")
+        lam = lam.clamp_min(0)                                   # K is PSD: round-off only
+        d = c.unsqueeze(-2) * lam.unsqueeze(-1) + e.unsqueeze(-2)  # (..., N, T)
+        aq = (Q.transpose(-1, -2) @ Z) / d
+        N, T = Z.shape[-2:]
+        val = -0.5 * (aq * aq * d).sum((-1, -2)) - 0.5 * d.log().sum((-1, -2)) - 0.5 * N * T * _LOG2PI
+        alpha = Q @ aq
+        ctx.save_for_backward(Q, lam, d, aq, alpha, c)
+        ctx.mark_non_differentiable(alpha, Q, d)
+        return val, alpha, Q, d
+
+    @staticmethod
+    def backward(ctx, g, _ga, _gQ, _gd):
+        Q, lam, d, aq, alpha, c = ctx.saved_tensors
+        g1, g2 = g.unsqueeze(-1), g.unsqueeze(-1).unsqueeze(-1)
+        w = (c.unsqueeze(-2) / d).sum(-1)                        # (..., N)
+        Qt = Q.transpose(-1, -2)
+        dK = 0.5 * g2 * ((alpha * c.unsqueeze(-2)) @ alpha.transpose(-1, -2) - (Q * w.unsqueeze(-2)) @ Qt)
+        dc = 0.5 * g1 * (aq * aq * lam.unsqueeze(-1) - lam.unsqueeze(-1) / d).sum(-2)
+        de = 0.5 * g1 * (aq * aq - 1 / d).sum(-2)
+        return dK, dc, de, -g2 * alpha
+
+
+def kronecker_solver(n_inputs: int, n_tasks: int, device: torch.device | str = "cpu") -> str:
+    """"eigh" (one eigendecomposition of K serves every task) or "cholesky" (one factor per task).
+
+    On a CPU eigh of an N x N matrix costs about as much as 4 Cholesky factors with their
+    backward solves (measured at N = 2,225: 1.1x faster at 4 tasks, 2x at 7); GPU eigh is slow.
+    """
+    return "eigh" if n_tasks >= 4 and torch.device(device).type == "cpu" and n_inputs > 1 else "cholesky"
+
+
 def kronecker_mll(X: torch.Tensor, Y: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
                   noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf",
-                  cache: bool = False):
+                  cache: bool = False, solver: str | None = None):
     """Exact log marginal likelihood on a complete grid, Kronecker form.
 
     X (N, D), Y (N, T); B (..., T, T), ls (..., D), noise (..., T), mean (..., T) -> (...).
-    Cost: T Cholesky factorisations of N x N instead of one of NT x NT.
-    With ``cache=True`` returns (mll, KroneckerCache) for prediction (no batch dims).
+    ``solver``: "cholesky" (T factors of N x N), "eigh" (one eigendecomposition of K) or None
+    (``kronecker_solver``'s choice). With ``cache=True`` returns (mll, KroneckerCache) for
+    prediction (no batch dims).
     """
     N, T = Y.shape
+    solver = solver or kronecker_solver(N, T, Y.device)
+    if solver not in ("cholesky", "eigh"):
+        raise ValueError(f"solver must be 'cholesky' or 'eigh'; got {solver!r}")
     M = _rotation(B, noise)                                     # (..., T, T) constant
     C = M @ B @ M.transpose(-1, -2)                             # ~diag(c), differentiable
     E = M @ torch.diag_embed(noise) @ M.transpose(-1, -2)       # ~I, differentiable
@@ -295,22 +344,27 @@ def kronecker_mll(X: torch.Tensor, Y: torch.Tensor, B: torch.Tensor, ls: torch.T
     K = ard_kernel(X, X, ls, kind)                              # (..., N, N)
     c = C.diagonal(dim1=-2, dim2=-1)
     e = E.diagonal(dim1=-2, dim2=-1)
-    eye = torch.eye(N, dtype=K.dtype, device=K.device)
-    mll = 0.0
-    Ls, alphas = [], []
-    for t in range(T):
-        A = c[..., t, None, None] * K + e[..., t, None, None] * eye
-        zt = Z[..., :, t].expand(A.shape[:-1])
-        val, L, alpha = gaussian_logpdf(A, zt, "rotated Kronecker block of the ICM covariance")
-        mll = mll + val
-        alphas.append(alpha)
-        Ls.append(L)
+    Q = d = None
+    if solver == "eigh":
+        batch = torch.broadcast_shapes(K.shape[:-2], c.shape[:-1], Z.shape[:-2])
+        mll, Al, Q, d = _EigenBlocks.apply(K.expand(batch + K.shape[-2:]), c.expand(batch + c.shape[-1:]),
+                                           e.expand(batch + e.shape[-1:]), Z.expand(batch + Z.shape[-2:]))
+        Ls = None
+    else:
+        eye = torch.eye(N, dtype=K.dtype, device=K.device)
+        mll, Ls, alphas = 0.0, [], []
+        for t in range(T):
+            A = c[..., t, None, None] * K + e[..., t, None, None] * eye
+            zt = Z[..., :, t].expand(A.shape[:-1])
+            val, L, alpha = gaussian_logpdf(A, zt, "rotated Kronecker block of the ICM covariance")
+            mll = mll + val
+            alphas.append(alpha)
+            Ls.append(L)
+        Al = torch.stack(alphas, -1).detach()                   # (..., N, T)
     if T > 1:
         # off-block terms: zero in value at this point, but carry the gradient w.r.t. the
         # off-diagonal entries of C and E (d z'S^-1 z = -alpha_s' dS_st alpha_t)
-        Al = torch.stack(alphas, -1).detach()                   # (..., N, T)
-        KA = K @ Al
-        G = Al.transpose(-1, -2) @ KA                            # (..., T, T) alpha_s' K alpha_t
+        G = Al.transpose(-1, -2) @ (K @ Al)                      # (..., T, T) alpha_s' K alpha_t
         H = Al.transpose(-1, -2) @ Al                            # alpha_s' alpha_t
         off = 1 - torch.eye(T, dtype=K.dtype, device=K.device)
         cross = ((C - C.detach()) * G * off).sum((-1, -2)) + ((E - E.detach()) * H * off).sum((-1, -2))
@@ -318,21 +372,25 @@ def kronecker_mll(X: torch.Tensor, Y: torch.Tensor, B: torch.Tensor, ls: torch.T
     mll = mll + N * torch.linalg.slogdet(M)[1]                    # log-det of the constant rotation
     if not cache:
         return mll
-    Al = torch.stack(alphas, -1).detach()
-    return mll, KroneckerCache(M=M, L=torch.stack([x.detach() for x in Ls]), G=Al @ M, P=M @ B.detach())
+    L = None if Ls is None else torch.stack([x.detach() for x in Ls])
+    return mll, KroneckerCache(M=M, G=Al @ M, P=M @ B.detach(), L=L, Q=Q, d=d)
 
 
 @dataclass
 class KroneckerCache:
-    M: torch.Tensor   # (T, T) rotation
-    L: torch.Tensor   # (T, N, N) Cholesky factors of c_t K + e_t I
-    G: torch.Tensor   # (N, T) Sigma^{-1} (Y - mean) in grid layout
-    P: torch.Tensor   # (T, T) M B
+    """Factors for prediction: either L, or Q and d (the eigh solver)."""
+
+    M: torch.Tensor                  # (T, T) rotation
+    G: torch.Tensor                  # (N, T) Sigma^{-1} (Y - mean) in grid layout
+    P: torch.Tensor                  # (T, T) M B
+    L: torch.Tensor | None = None    # (T, N, N) Cholesky factors of c_t K + e_t I
+    Q: torch.Tensor | None = None    # (N, N) eigenvectors of K
+    d: torch.Tensor | None = None    # (N, T) eigenvalues of c_t K + e_t I
 
 
-def kronecker_cache(X, Y, B, ls, noise, mean, kind) -> KroneckerCache:
+def kronecker_cache(X, Y, B, ls, noise, mean, kind, solver: str | None = None) -> KroneckerCache:
     with torch.no_grad():
-        return kronecker_mll(X, Y, B, ls, noise, mean, kind, cache=True)[1]
+        return kronecker_mll(X, Y, B, ls, noise, mean, kind, cache=True, solver=solver)[1]
 
 
 def kronecker_predict(cache: KroneckerCache, X, Xs, task_s, B, ls, mean, kind):
@@ -343,7 +401,10 @@ def kronecker_predict(cache: KroneckerCache, X, Xs, task_s, B, ls, mean, kind):
     U, inv = torch.unique(Xs, dim=0, return_inverse=True)       # rows for several tasks share one solve
     Ks = ard_kernel(U, X, ls, kind)                               # (u, N)
     mu = mean[task_s] + ((Ks @ cache.G) @ B)[inv, task_s]
-    V = torch.linalg.solve_triangular(cache.L, Ks.T.unsqueeze(0).expand(cache.L.shape[0], -1, -1), upper=False)
-    q = (V * V).sum(1)[:, inv]                                     # (T, m)
+    if cache.L is not None:
+        V = torch.linalg.solve_triangular(cache.L, Ks.T.unsqueeze(0).expand(cache.L.shape[0], -1, -1), upper=False)
+        q = (V * V).sum(1)[:, inv]                                 # (T, m)
+    else:  # k^T Q diag(1 / d_t) Q^T k: one product for every task
+        q = (((Ks @ cache.Q) ** 2) @ (1 / cache.d)).T[:, inv]
     var = B[task_s, task_s] - (cache.P[:, task_s] ** 2 * q).sum(0)
     return mu, var.clamp_min(0)

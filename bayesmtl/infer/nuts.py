@@ -20,7 +20,9 @@ potential is traced once with ``torch.jit.trace``, measured 1.5-2.5x faster per 
 small models; None: plain Pyro tracing on every call; neither applies where the model offers a
 written-out gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain
 path only), ``threads`` (torch threads on CPU, default 1), ``chunk`` (draws per host copy, 100),
-``init_radius`` (2: initial points uniform in (-r, r) unconstrained).
+``init_radius`` (2: initial points uniform in (-r, r) unconstrained), ``processes`` (1: all chains
+in one batch; k > 1 on a CPU: k chain groups in k forked worker processes, one core each, see
+``groups.py``; group 0 keeps the seed, so results depend on the seed and k).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +43,7 @@ from .potential import BatchedPotential
 __all__ = ["BatchedNUTS", "HMCState", "TreeState", "nuts_step", "run_nuts", "adaptation_schedule"]
 
 OPTIONS = ("target_accept", "max_tree_depth", "dense_mass", "metric", "compile", "dtype", "threads", "chunk",
-           "init_radius", "max_delta_energy")
+           "init_radius", "max_delta_energy", "processes")
 
 
 # ---------------------------------------------------------------------- states
@@ -367,7 +370,9 @@ class BatchedNUTS:
 
     name = "nuts"
 
-    def run(self, model, data, settings: Settings) -> Draws:
+    def run(self, model, data, settings: Settings, report=None) -> Draws:
+        """Sample; ``report(iteration, divergences)`` is called after every iteration (worker
+        processes use it for the parent's progress bar)."""
         opts = dict(settings.options)
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
@@ -394,6 +399,18 @@ class BatchedNUTS:
         chunk = int(opts.get("chunk", 100))
         radius = float(opts.get("init_radius", 2.0))
         max_delta = float(opts.get("max_delta_energy", 1000.0))
+        processes = opts.get("processes", 1)
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(f"processes must be an integer >= 1; got {processes!r}")
+        if processes > 1 and settings.chains > 1:
+            if torch.device(settings.device).type != "cpu":
+                raise ValueError("processes > 1 runs chain groups on CPU cores; on a GPU keep processes=1 "
+                                 "(all chains in one batch)")
+            from .groups import run_in_processes
+
+            one = {k: v for k, v in settings.options.items() if k != "processes"}
+            return run_in_processes(self.run, model, data, replace(settings, options=one),
+                                    min(processes, settings.chains))
         if dtype is not None:
             data = data.to(dtype=dtype)
         with torch_threads(threads if torch.device(settings.device).type == "cpu" else None), \
@@ -404,7 +421,7 @@ class BatchedNUTS:
             written = written(data) if written is not None else getattr(model, "collapsed", None)
             direct = (getattr(written, "log_density", None), getattr(written, "log_density_and_grad", None))
             return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, target, max_depth,
-                           compile_ == "jit", chunk, radius, max_delta, dense, metric)
+                           compile_ == "jit", chunk, radius, max_delta, dense, metric, report)
 
 
 def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
@@ -442,7 +459,8 @@ def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
 
 def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.8,
              max_depth: int = 10, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
-             progress: bool = False, dense: bool = False, metric: str = "fisher") -> tuple[dict[str, np.ndarray], dict]:
+             progress: bool = False, dense: bool = False, metric: str = "fisher",
+             report=None) -> tuple[dict[str, np.ndarray], dict]:
     """Adapt for ``warmup`` iterations, then draw ``draws`` per chain.
 
     ``vg`` maps z (C, P) to (U (C,), dU/dz (C, P)). The diagonal inverse mass matrix is adapted in
@@ -452,7 +470,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     and good from few draws. On the hierarchical logistic benchmark it cut the lock-step leapfrogs
     of warmup by 30%. ``metric="stan"``: identity start, the windows' sample variance. ``dense``:
     adapt a dense (C, P, P) inverse mass matrix (the windows' sample covariance) instead of a
-    diagonal one. Every ``chunk`` draws, ``on_chunk(z)`` gets the
+    diagonal one. ``report(i, divergences)`` after every iteration. Every ``chunk`` draws, ``on_chunk(z)`` gets the
     chunk's positions (C, k, P) on the device (default: keep them, copied to the host). Returns
     the sample stats, each (C, draws), and a dict with the final step size, inverse mass
     matrix and timings.
@@ -519,6 +537,8 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
                     vals.clear()
                 n_div = int(sum(s.sum() for s in stats["diverging"]))
         bar.update(1)
+        if report is not None:
+            report(i + 1, n_div)
         if progress and i % 20 == 0:
             el = time.perf_counter() - t_loop
             bar.set_postfix({"draws/s": f"{C * (i + 1) / max(el, 1e-9):.0f}", "div": n_div}, refresh=False)
@@ -532,7 +552,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
 
 
 def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth, jit, chunk, radius,
-            max_delta, dense, metric) -> Draws:
+            max_delta, dense, metric, report=None) -> Draws:
     C = settings.chains
     t_start = time.perf_counter()
     pot = BatchedPotential(fn, max_plate_nesting, *direct)
@@ -552,7 +572,7 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth
         vg = pot.value_and_grad if pot.direct_grad is not None else _make_vg(pot, C, jit, state.z)
         t_compile = time.perf_counter() - t_start
         sample_stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
-                                       max_delta, chunk, keep, settings.progress, dense, metric)
+                                       max_delta, chunk, keep, settings.progress, dense, metric, report)
     samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
     info = {"sampler": "batched multinomial NUTS", "compile": "jit" if jit and pot.direct_grad is None else None,
             "gradient": "written out" if pot.direct_grad is not None else "autograd",
