@@ -57,7 +57,7 @@ def _build_model(name: str, likelihood: str | None, shared: list[str] | None):
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="nuts", help="nuts, pyro_nuts, svi or map (default nuts)")
+    p.add_argument("--method", default="nuts", help="nuts, chees, pyro_nuts, svi or map (default nuts)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)

@@ -13,6 +13,7 @@ plate at dim -2 batches chains or particles.
 from __future__ import annotations
 
 import itertools
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -247,11 +248,14 @@ class TaskRows:
         row_of = torch.arange(N, device=X.device).repeat_interleave(D)
         idx = torch.int32 if N * D < 2**31 - 1 else torch.int64
         vals = X.reshape(-1)
-        self.A = torch.sparse_csr_tensor(torch.arange(0, N * D + 1, D, device=X.device).to(idx), cols.to(idx),
-                                         vals, self.shape)
         order = torch.argsort(cols, stable=True)
         crow = torch.cat([cols.new_zeros(1), torch.bincount(cols, minlength=n_tasks * D).cumsum(0)])
-        self.At = torch.sparse_csr_tensor(crow.to(idx), row_of[order].to(idx), vals[order], self.shape[::-1])
+        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice: not the user's concern
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            self.A = torch.sparse_csr_tensor(torch.arange(0, N * D + 1, D, device=X.device).to(idx),
+                                             cols.to(idx), vals, self.shape, check_invariants=True)
+            self.At = torch.sparse_csr_tensor(crow.to(idx), row_of[order].to(idx), vals[order], self.shape[::-1],
+                                              check_invariants=True)
         self.key = next(_KEYS)
         _ROWS[self.key] = self
 

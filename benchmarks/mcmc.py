@@ -1,5 +1,5 @@
 """MCMC speed: min bulk ESS per second of wall time (compilation included), bayesmtl's batched NUTS
-(collapsed and plain paths) next to Pyro's NUTS.
+and ChEES-HMC (collapsed and plain paths) next to Pyro's NUTS (and NumPyro's, ``--with-numpyro``).
 
     .venv/bin/python benchmarks/mcmc.py [--quick] [--chains 4] [--seed 0] [--pyro-draws 200]
                                         [--many 4,64,1024] [--with-numpyro] [--device cuda]
@@ -219,6 +219,7 @@ def main(argv=None) -> None:
         data, df = regression("gaussian", seed)
         model = bm.models.Hierarchical()
         rows = [bench("bayesmtl nuts (collapsed)", model, data, "nuts", C, W, S, seed),
+                bench("bayesmtl chees (collapsed)", model, data, "chees", C, W, S, seed),
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
@@ -237,6 +238,7 @@ def main(argv=None) -> None:
         data, df = regression("bernoulli", seed)
         model = bm.models.Hierarchical("bernoulli")
         rows = [bench("bayesmtl nuts (plain; no collapse possible)", model, data, "nuts", C, W, S, seed),
+                bench("bayesmtl chees (plain)", model, data, "chees", C, W, S, seed),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short)]
         if K:
             rows.append(bench(f"bayesmtl nuts (plain), {K} processes", model, data, "nuts", C, W, S, seed,
@@ -251,6 +253,7 @@ def main(argv=None) -> None:
     if "c" in a.only:
         model, data, df = eight_schools()
         rows = [bench("bayesmtl nuts (collapsed)", model, data, "nuts", C, W, S, seed),
+                bench("bayesmtl chees (collapsed)", model, data, "chees", C, W, S, seed),
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
@@ -272,6 +275,8 @@ def main(argv=None) -> None:
         for n in counts:
             d = S if n <= 64 else max(S // 5, 100)
             rows.append(bench(f"bayesmtl nuts (plain), {n} chains", model, data, "nuts", n, W, d, seed,
+                              collapse=False))
+            rows.append(bench(f"bayesmtl chees (plain), {n} chains", model, data, "chees", n, W, d, seed,
                               collapse=False))
             if a.with_numpyro:
                 rows.append(numpyro_row("d", df.rename(columns={"school": "task"}), spec, n, W, d, seed))

@@ -57,3 +57,17 @@ def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(csv, tmp_path,
 def test_console_script_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "bayesmtl.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "demo" in res.stdout
+
+
+def test_fit_with_chees_in_two_processes_writes_a_run(csv, tmp_path):
+    """``--method chees --option processes=2``: two chain groups, each learning its own trajectory."""
+    import json
+
+    path, _ = csv
+    run = tmp_path / "chees"
+    assert main(["fit", "--model", "hierarchical", "--data", str(path), "--task", "task", "--target", "y",
+                 "--out", str(run), "--method", "chees", "--chains", "4", "--warmup", "100", "--draws", "50",
+                 "--option", "processes=2", "--quiet"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["backend"] == "chees" and info["chain_groups"] == [2, 2] and len(info["trajectory_length"]) == 2
+    assert info["path"] == "collapsed"

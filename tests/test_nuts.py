@@ -235,6 +235,40 @@ def test_eight_schools_reference(chains, collapse):
     assert_matches(_eight_schools_table(post, ref), max_r_hat=1.02)
 
 
+@needs_ref
+@pytest.mark.parametrize("collapse", [False, None])
+def test_chees_matches_the_eight_schools_reference(collapse):
+    """ChEES-HMC, 64 chains sharing one step size and trajectory length, plain (a funnel) and
+    collapsed: every mean and sd within 4 MCSE of posteriordb's reference."""
+    model, data, ref = _eight_schools()
+    post = bm.fit(model, data, method="chees", chains=64, warmup=500, draws=300, seed=2, progress=False,
+                  collapse=collapse)
+    assert post.info["backend"] == "chees" and post.info["sampler"] == "ChEES-HMC"
+    assert post.info["path"] == ("plain" if collapse is False else "collapsed")
+    assert_matches(_eight_schools_table(post, ref), max_r_hat=1.02)
+    st = post.sample_stats
+    assert st["n_steps"].shape == (64, 300) and (st["n_steps"] == st["n_steps"][:1]).all()  # shared length
+    assert st["diverging"].mean() < 0.01 and 0.4 < post.info["trajectory_length"] < 20
+
+
+def test_chees_jitter_and_settings():
+    from bayesmtl.infer.chees import van_der_corput
+
+    assert [van_der_corput(i) for i in (1, 2, 3, 4, 5)] == [0.5, 0.25, 0.75, 0.125, 0.625]
+    df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    kw = dict(method="chees", warmup=2, draws=2, progress=False)
+    with pytest.raises(ValueError, match="chains >= 2"):
+        bm.fit(bm.models.Hierarchical(), data, chains=1, **kw)
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+        bm.fit(bm.models.Hierarchical(), data, chains=4, max_steps=0, **kw)
+    with pytest.raises(ValueError, match="unknown option.*max_tree_depth"):
+        bm.fit(bm.models.Hierarchical(), data, chains=4, max_tree_depth=5, **kw)
+    a = bm.fit(bm.models.Hierarchical(), data, chains=4, warmup=30, draws=10, seed=1, method="chees", progress=False)
+    b = bm.fit(bm.models.Hierarchical(), data, chains=4, warmup=30, draws=10, seed=1, method="chees", progress=False)
+    assert np.array_equal(a.samples["tau"], b.samples["tau"])
+
+
 @pytest.mark.slow
 def test_collapsed_and_plain_paths_agree():
     df, _ = hierarchical_regression(n_tasks=6, rows=15, features=2, seed=1)
@@ -358,6 +392,20 @@ def test_nuts_on_cuda(collapse):
     assert int(np.asarray(post.sample_stats["diverging"]).sum()) < 16
     w = np.asarray(post.samples["w"]).reshape(-1, 6, 2)
     assert np.abs(w.mean(0) - np.asarray(truth["w"])).max() < 4 * w.std(0).max() + 0.1
+
+
+@needs_ref
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chees_on_cuda_matches_the_reference():
+    """ChEES with 256 chains on the GPU (plain path): the eight schools reference, same seed same draws."""
+    model, data, ref = _eight_schools()
+    kw = dict(method="chees", chains=256, warmup=500, draws=100, seed=3, device="cuda", progress=False,
+              collapse=False)
+    a, b = bm.fit(model, data, **kw), bm.fit(model, data, **kw)
+    assert a.info["device"].startswith("cuda")
+    assert_matches(_eight_schools_table(a, ref), max_r_hat=1.02)
+    assert np.array_equal(a.samples["tau"], b.samples["tau"])
 
 
 @pytest.mark.cuda

@@ -17,6 +17,11 @@ def _nuts():
     return BatchedNUTS()
 
 
+def _chees():
+    from .chees import ChEES
+    return ChEES()
+
+
 def _svi():
     from .svi import SVIBackend
     return SVIBackend()
@@ -28,7 +33,7 @@ def _map():
 
 
 #: method name -> factory; later back ends register here
-METHODS = {"nuts": _nuts, "pyro_nuts": _pyro_nuts, "svi": _svi, "map": _map}
+METHODS = {"nuts": _nuts, "chees": _chees, "pyro_nuts": _pyro_nuts, "svi": _svi, "map": _map}
 
 
 def get_backend(method: str) -> Backend:

@@ -112,6 +112,10 @@ def run_in_processes(run, model, data, settings: Settings, k: int) -> Draws:
                  "seconds_setup": max(o.info["seconds_setup"] for o in outs),
                  "seconds_warmup": max(o.info["seconds_warmup"] for o in outs),
                  "seconds_total": time.perf_counter() - t0,
-                 "mean_tree_depth": float(stats["tree_depth"].mean()),
                  "leapfrog_steps": int(stats["n_steps"].sum())})
+    if "tree_depth" in stats:
+        info["mean_tree_depth"] = float(stats["tree_depth"].mean())
+    for key in ("trajectory_length", "mean_steps"):  # ChEES: each group learned its own
+        if key in info:
+            info[key] = [o.info[key] for o in outs]
     return Draws(samples, stats, info)

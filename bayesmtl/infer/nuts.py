@@ -43,7 +43,7 @@ from .potential import BatchedPotential
 __all__ = ["BatchedNUTS", "HMCState", "TreeState", "nuts_step", "run_nuts", "adaptation_schedule"]
 
 OPTIONS = ("target_accept", "max_tree_depth", "dense_mass", "metric", "compile", "dtype", "threads", "chunk",
-           "init_radius", "max_delta_energy", "processes")
+           "init_radius", "max_delta_energy", "processes")  # see COMMON_OPTIONS below
 
 
 # ---------------------------------------------------------------------- states
@@ -365,6 +365,54 @@ def find_step_size(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tenso
 
 
 # ---------------------------------------------------------------------- the back end
+COMMON_OPTIONS = ("compile", "dtype", "threads", "chunk", "init_radius", "max_delta_energy", "processes")
+
+
+def common_options(method: str, opts: dict, known: tuple[str, ...]) -> dict:
+    """Validate the options every batched sampler shares (see the module docstring); raise on
+    unknown ones."""
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) for method '{method}': {unknown}; known: {', '.join(known)}")
+    compile_ = opts.get("compile", "jit")
+    if compile_ not in ("jit", None, False, "none"):
+        raise ValueError(f"compile must be 'jit' or None; got {compile_!r}")
+    dtype = {"float64": torch.float64, "float32": torch.float32, None: None}.get(opts.get("dtype"), "bad")
+    if dtype == "bad":
+        raise ValueError(f"dtype must be 'float64' or 'float32'; got {opts.get('dtype')!r}")
+    processes = opts.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an integer >= 1; got {processes!r}")
+    return {"jit": compile_ == "jit", "dtype": dtype, "threads": opts.get("threads", 1),
+            "chunk": int(opts.get("chunk", 100)), "radius": float(opts.get("init_radius", 2.0)),
+            "max_delta": float(opts.get("max_delta_energy", 1000.0)), "processes": processes}
+
+
+def run_batched(backend, model, data, settings: Settings, common: dict, runner, report=None) -> Draws:
+    """The part every batched sampler shares: chain groups in processes (``processes``), dtype,
+    threads, the model's written-out density where it has one, then ``_sample`` with ``runner``
+    (see there)."""
+    if common["processes"] > 1 and settings.chains > 1:
+        if torch.device(settings.device).type != "cpu":
+            raise ValueError("processes > 1 runs chain groups on CPU cores; on a GPU keep processes=1 "
+                             "(all chains in one batch)")
+        from .groups import run_in_processes
+
+        one = {k: v for k, v in settings.options.items() if k != "processes"}
+        return run_in_processes(backend.run, model, data, replace(settings, options=one),
+                                min(common["processes"], settings.chains))
+    if common["dtype"] is not None:
+        data = data.to(dtype=common["dtype"])
+    with torch_threads(common["threads"] if torch.device(settings.device).type == "cpu" else None), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # a collapsed form (through fit's shim) or the plain program's written-out density
+        written = getattr(model, "written_density", None)
+        written = written(data) if written is not None else getattr(model, "collapsed", None)
+        direct = (getattr(written, "log_density", None), getattr(written, "log_density_and_grad", None))
+        return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, common, runner, report)
+
+
 class BatchedNUTS:
     """``method="nuts"``: multinomial NUTS with chains as a batch dimension."""
 
@@ -374,9 +422,7 @@ class BatchedNUTS:
         """Sample; ``report(iteration, divergences)`` is called after every iteration (worker
         processes use it for the parent's progress bar)."""
         opts = dict(settings.options)
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown option(s) for method 'nuts': {unknown}; known: {', '.join(OPTIONS)}")
+        common = common_options("nuts", opts, OPTIONS)
         target = float(opts.get("target_accept", 0.8))
         if not 0 < target < 1:
             raise ValueError(f"target_accept must lie in (0, 1); got {target}")
@@ -389,39 +435,17 @@ class BatchedNUTS:
         metric = opts.get("metric", "fisher")
         if metric not in ("fisher", "stan"):
             raise ValueError(f"metric must be 'fisher' or 'stan'; got {metric!r}")
-        compile_ = opts.get("compile", "jit")
-        if compile_ not in ("jit", None, False, "none"):
-            raise ValueError(f"compile must be 'jit' or None; got {compile_!r}")
-        dtype = {"float64": torch.float64, "float32": torch.float32, None: None}.get(opts.get("dtype"), "bad")
-        if dtype == "bad":
-            raise ValueError(f"dtype must be 'float64' or 'float32'; got {opts.get('dtype')!r}")
-        threads = opts.get("threads", 1)
-        chunk = int(opts.get("chunk", 100))
-        radius = float(opts.get("init_radius", 2.0))
-        max_delta = float(opts.get("max_delta_energy", 1000.0))
-        processes = opts.get("processes", 1)
-        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-            raise ValueError(f"processes must be an integer >= 1; got {processes!r}")
-        if processes > 1 and settings.chains > 1:
-            if torch.device(settings.device).type != "cpu":
-                raise ValueError("processes > 1 runs chain groups on CPU cores; on a GPU keep processes=1 "
-                                 "(all chains in one batch)")
-            from .groups import run_in_processes
 
-            one = {k: v for k, v in settings.options.items() if k != "processes"}
-            return run_in_processes(self.run, model, data, replace(settings, options=one),
-                                    min(processes, settings.chains))
-        if dtype is not None:
-            data = data.to(dtype=dtype)
-        with torch_threads(threads if torch.device(settings.device).type == "cpu" else None), \
-                warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            # a collapsed form (through fit's shim) or the plain program's written-out density
-            written = getattr(model, "written_density", None)
-            written = written(data) if written is not None else getattr(model, "collapsed", None)
-            direct = (getattr(written, "log_density", None), getattr(written, "log_density_and_grad", None))
-            return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, target, max_depth,
-                           compile_ == "jit", chunk, radius, max_delta, dense, metric, report)
+        def runner(vg, state, gen, keep, report):
+            stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
+                                    common["max_delta"], common["chunk"], keep, settings.progress, dense, metric,
+                                    report)
+            info = {"sampler": "batched multinomial NUTS", "target_accept": target, "max_tree_depth": max_depth,
+                    "dense_mass": dense, "metric": "dense covariance" if dense else metric,
+                    "mean_tree_depth": float(stats["tree_depth"].mean())}
+            return stats, extra, info
+
+        return run_batched(self, model, data, settings, common, runner, report)
 
 
 def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
@@ -455,6 +479,43 @@ def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
         U, g = pot.value_and_grad(z)
     raise RuntimeError(f"no finite starting point found for {int((~torch.isfinite(U)).sum())} chain(s) "
                        f"after {tries} tries; check the model's log density")
+
+
+class DrawBuffer:
+    """Draws and per-draw stats of all chains, handed on every ``chunk`` draws: positions (C, k, P)
+    to ``on_chunk`` (on the device), stats to host arrays (C, draws) by name."""
+
+    def __init__(self, names: tuple[str, ...], chunk: int, on_chunk):
+        self.names, self.chunk, self.on_chunk = names, chunk, on_chunk
+        self.z: list[torch.Tensor] = []
+        self.now: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+        self.done: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        self.divergences = 0
+
+    def add(self, z: torch.Tensor, values: tuple, last: bool) -> None:
+        self.z.append(z)
+        for k, v in zip(self.names, values, strict=True):
+            self.now[k].append(v)
+        if len(self.z) == self.chunk or last:
+            self.on_chunk(torch.stack(self.z, dim=1))
+            self.z.clear()
+            for k, vals in self.now.items():
+                self.done[k].append(torch.stack(vals, dim=1).cpu().numpy())
+                vals.clear()
+            self.divergences = int(sum(s.sum() for s in self.done["diverging"]))
+
+    def stats(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v, axis=1) for k, v in self.done.items()}
+
+
+def tick(bar, report, i: int, chains: int, t_loop: float, n_div: int, **more) -> None:
+    """After iteration i: the progress bar (draws/s, divergences, ``more``) and ``report``."""
+    bar.update(1)
+    if report is not None:
+        report(i + 1, n_div)
+    if not bar.disable and i % 20 == 0:
+        el = time.perf_counter() - t_loop
+        bar.set_postfix({"draws/s": f"{chains * (i + 1) / max(el, 1e-9):.0f}", **more, "div": n_div}, refresh=False)
 
 
 def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.8,
@@ -498,10 +559,8 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
         mass_range = (0, mass_range[1])
     wf = welford_init(state.z, dense)
     wg = welford_init(state.z)
-    names = ("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate")
-    stats: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    buf_z: list[torch.Tensor] = []
-    buf_s: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
+                     on_chunk)
     bar = tqdm(total=warmup + draws, disable=not progress, unit="it", desc=f"nuts {C} chain{'s' if C > 1 else ''}")
     n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
     for i in range(warmup + draws):
@@ -525,25 +584,12 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
                 eps = da.log_eps_bar.exp()
                 t_warm = time.perf_counter() - t_loop
         else:
-            buf_z.append(state.z)
-            now = (info.diverging, info.depth, info.n_steps, info.energy, eps, info.accept)
-            for k, v in zip(names, now, strict=True):
-                buf_s[k].append(v)
-            if len(buf_z) == chunk or i == warmup + draws - 1:
-                on_chunk(torch.stack(buf_z, dim=1))
-                buf_z.clear()
-                for k, vals in buf_s.items():
-                    stats[k].append(torch.stack(vals, dim=1).cpu().numpy())
-                    vals.clear()
-                n_div = int(sum(s.sum() for s in stats["diverging"]))
-        bar.update(1)
-        if report is not None:
-            report(i + 1, n_div)
-        if progress and i % 20 == 0:
-            el = time.perf_counter() - t_loop
-            bar.set_postfix({"draws/s": f"{C * (i + 1) / max(el, 1e-9):.0f}", "div": n_div}, refresh=False)
+            buf.add(state.z, (info.diverging, info.depth, info.n_steps, info.energy, eps, info.accept),
+                    i == warmup + draws - 1)
+            n_div = buf.divergences
+        tick(bar, report, i, C, t_loop, n_div)
     bar.close()
-    sample_stats = {k: np.concatenate(v, axis=1) for k, v in stats.items()}
+    sample_stats = buf.stats()
     extra = {"step_size": eps, "inv_mass": inv_mass, "seconds_warmup": t_warm,
              "seconds_sampling": time.perf_counter() - t_loop - t_warm}
     if kept:
@@ -551,14 +597,16 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     return sample_stats, extra
 
 
-def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth, jit, chunk, radius,
-            max_delta, dense, metric, report=None) -> Draws:
+def _sample(fn, max_plate_nesting, direct, settings: Settings, common: dict, runner, report=None) -> Draws:
+    """Potential, initial points and the host copy of draws around ``runner(vg, state, gen, keep,
+    report) -> (sample_stats, extra, info)``, which runs the chains (``extra``: step_size,
+    seconds_warmup)."""
     C = settings.chains
     t_start = time.perf_counter()
     pot = BatchedPotential(fn, max_plate_nesting, *direct)
     dev, dt = pot.device, pot.dtype
     gen = torch.Generator(device=dev).manual_seed(settings.seed)
-    state = _init(pot, C, gen, radius, dev, dt)
+    state = _init(pot, C, gen, common["radius"], dev, dt)
     host: dict[str, list[np.ndarray]] = {}
 
     def keep(z):  # constrain a chunk on the device, then move it to host memory
@@ -568,19 +616,16 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, target, max_depth
         for name, v in values.items():
             host.setdefault(name, []).append(v.reshape((C_, k) + v.shape[1:]).cpu().numpy())
 
+    jit = common["jit"]
     with pyro.validation_enabled(False):  # values come from bijections onto the support
         vg = pot.value_and_grad if pot.direct_grad is not None else _make_vg(pot, C, jit, state.z)
         t_compile = time.perf_counter() - t_start
-        sample_stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
-                                       max_delta, chunk, keep, settings.progress, dense, metric, report)
+        sample_stats, extra, own = runner(vg, state, gen, keep, report)
     samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
-    info = {"sampler": "batched multinomial NUTS", "compile": "jit" if jit and pot.direct_grad is None else None,
+    info = {**own, "compile": "jit" if jit and pot.direct_grad is None else None,
             "gradient": "written out" if pot.direct_grad is not None else "autograd",
             "seconds_setup": t_compile, "seconds_warmup": extra["seconds_warmup"],
             "seconds_total": time.perf_counter() - t_start,
             "step_size": extra["step_size"].cpu().tolist(), "dtype": str(dt).replace("torch.", ""),
-            "dim": pot.dim, "target_accept": target, "max_tree_depth": max_depth, "dense_mass": dense,
-            "metric": "dense covariance" if dense else metric,
-            "mean_tree_depth": float(sample_stats["tree_depth"].mean()),
-            "leapfrog_steps": int(sample_stats["n_steps"].sum())}
+            "dim": pot.dim, "leapfrog_steps": int(sample_stats["n_steps"].sum())}
     return Draws(samples, sample_stats, info)

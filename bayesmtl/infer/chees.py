@@ -1,0 +1,207 @@
+"""ChEES-HMC (Hoffman, Radul & Sountsov 2021): HMC where all chains share one step size and one
+jittered trajectory length, both learned during warmup from the whole batch of chains.
+
+Every chain takes the same number of leapfrog steps, so nothing is masked and no chain waits
+for another's tree; a step is a leapfrog and nothing else (NUTS adds tree bookkeeping and U-turn
+checks to every leaf). That suits many chains, and GPUs, where NUTS's per-leaf work is launch
+bound. With few chains the batch estimates (mean, acceptance) are noisy: use NUTS there.
+
+Warmup, per iteration:
+- step size: dual averaging on the harmonic mean of the chains' acceptance probabilities,
+  target 0.651 (the optimum for HMC; Beskos et al. 2013);
+- trajectory length T: one gradient step on log T of the ChEES criterion
+  1/4 E[(|z' - mean z'|^2 - |z - mean z|^2)^2] (acceptance-weighted over chains), scaled by a
+  running RMS of its gradient (Adam without momentum, rate 0.025), T capped at ``max_steps``
+  steps;
+- a diagonal metric shared by all chains, sqrt(var z / var grad) pooled over chains and
+  iterations, in the same windows as NUTS's ``metric="fisher"``.
+A draw's trajectory length is u * T with u from the van der Corput sequence (jitter against
+resonance). After warmup, step size and T are the averages over the last half of warmup.
+
+Options (``settings.options``): ``target_accept`` (0.651), ``max_steps`` (1000), plus the ones
+every batched sampler takes (``nuts.COMMON_OPTIONS``). Sample stats: ``diverging``,
+``n_steps``, ``energy``, ``step_size``, ``acceptance_rate``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .base import Draws, Settings
+from .nuts import (
+    COMMON_OPTIONS,
+    DrawBuffer,
+    HMCState,
+    adaptation_schedule,
+    common_options,
+    da_init,
+    da_update,
+    draw_momentum,
+    find_step_size,
+    kinetic,
+    leapfrog,
+    run_batched,
+    tick,
+    velocity,
+)
+
+__all__ = ["ChEES", "run_chees", "van_der_corput"]
+
+OPTIONS = ("target_accept", "max_steps") + COMMON_OPTIONS
+
+
+def van_der_corput(i: int) -> float:
+    """The i-th term (i >= 1) of the base-2 van der Corput sequence, in (0, 1)."""
+    q, denom = 0.0, 1.0
+    while i:
+        denom *= 2
+        q += (i & 1) / denom
+        i >>= 1
+    return q
+
+
+def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tensor, gen: torch.Generator,
+             max_delta: float):
+    """n_steps leapfrog steps of size eps for every chain, then a Metropolis correction.
+
+    Returns the new state, the proposal's position and velocity (for the ChEES gradient),
+    acceptance probabilities (C,) and divergences (C,).
+    """
+    z, U, g = state
+    C = z.shape[0]
+    r = draw_momentum(inv_mass, gen)
+    H0 = U + kinetic(r, inv_mass)
+    e = torch.full((C, 1), eps, dtype=z.dtype, device=z.device)
+    z1, r1, U1, g1 = z, r, U, g
+    for _ in range(n_steps):
+        z1, r1, U1, g1 = leapfrog(vg, z1, r1, g1, e, inv_mass)
+    delta = torch.nan_to_num(U1 + kinetic(r1, inv_mass) - H0, nan=math.inf, posinf=math.inf)
+    diverging = delta > max_delta
+    accept = torch.exp(-delta).clamp(max=1.0)
+    accept = torch.where(diverging, 0.0, accept)
+    u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
+    take = u < accept
+    m = take.unsqueeze(-1)
+    new = HMCState(torch.where(m, z1, z), torch.where(take, U1, U), torch.where(m, g1, g))
+    return new, (z1, velocity(inv_mass, r1)), accept, diverging, torch.where(take, U1 + kinetic(r1, inv_mass), H0)
+
+
+def chees_gradient(z0: torch.Tensor, z1: torch.Tensor, v1: torch.Tensor, accept: torch.Tensor,
+                   t: float) -> float:
+    """d ChEES / d log T at the current T, acceptance-weighted over the chains (t = u * T, the
+    trajectory length this draw used: d z1 / d log T = t * v1)."""
+    c0 = z0 - z0.mean(0)
+    c1 = z1 - z1.mean(0)
+    diff = (c1 * c1).sum(-1) - (c0 * c0).sum(-1)
+    g = diff * (c1 * v1).sum(-1) * t
+    w = accept / accept.sum().clamp_min(1e-12)
+    g = (w * torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)).sum()
+    return float(g)
+
+
+def _pooled_var(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    mean = s1 / n
+    var = (s2 / n - mean * mean).clamp_min(0) * n / max(n - 1, 1)
+    return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))  # Stan's shrinkage
+
+
+def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.651,
+              max_steps: int = 1000, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
+              progress: bool = False, report=None) -> tuple[dict[str, np.ndarray], dict]:
+    """Adapt for ``warmup`` iterations, then draw ``draws`` per chain; same contract as
+    ``nuts.run_nuts`` (sample stats (C, draws); extra with step_size (C,), inv_mass,
+    trajectory_length, timings)."""
+    from tqdm.auto import tqdm
+
+    C, P = state.z.shape
+    dev, dt = state.z.device, state.z.dtype
+    inv_mass = (1.0 / state.g.abs().clamp(1e-4, 1e4)).mean(0, keepdim=True).expand(C, P).contiguous()
+    eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
+    da = da_init(torch.tensor([eps], dtype=dt))
+    log_T, rms, n_rms = math.log(eps), 0.0, 0
+    windows = adaptation_schedule(warmup)
+    ends = {hi for lo, hi in windows[1:-1]}
+    if len(windows) > 2 and windows[0][1] >= 40:
+        ends |= {4, 9, 19, 39, windows[0][1]}
+    last = windows[-1][0] if len(windows) > 2 else 0
+    zero = torch.zeros(P, dtype=dt, device=dev)
+    sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
+    avg_log_eps, avg_log_T, n_avg = 0.0, 0.0, 0
+    buf = DrawBuffer(("diverging", "n_steps", "energy", "step_size", "acceptance_rate"), chunk, on_chunk)
+    bar = tqdm(total=warmup + draws, disable=not progress, unit="it", desc=f"chees {C} chains")
+    n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
+    for i in range(warmup + draws):
+        u = van_der_corput(i + 1)
+        t = u * math.exp(log_T)
+        n = int(min(max(1, math.ceil(t / eps)), max_steps))
+        z0 = state.z
+        state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta)
+        if i < warmup:
+            hm = float(1.0 / (1.0 / accept.clamp_min(1e-10)).mean())  # harmonic mean: one stuck chain counts
+            da = da_update(da, torch.tensor([hm], dtype=dt), target)
+            eps = float(da.log_eps.exp())
+            grad = chees_gradient(z0, z1, v1, accept, t)
+            n_rms += 1
+            rms = 0.95 * rms + 0.05 * grad * grad
+            step = 0.025 * grad / (math.sqrt(rms / (1 - 0.95 ** n_rms)) + 1e-12)
+            log_T = min(log_T + step, math.log(max_steps * eps))
+            if i >= warmup // 2:
+                avg_log_eps, avg_log_T, n_avg = avg_log_eps + math.log(eps), avg_log_T + log_T, n_avg + 1
+            if i < last:
+                sz1, sz2 = sz1 + state.z.sum(0), sz2 + (state.z * state.z).sum(0)
+                sg1, sg2, n_w = sg1 + state.g.sum(0), sg2 + (state.g * state.g).sum(0), n_w + C
+            if i in ends and n_w > 1:
+                im = (_pooled_var(sz1, sz2, n_w) / _pooled_var(sg1, sg2, n_w)).sqrt().clamp(1e-8, 1e8)
+                inv_mass = im.expand(C, P).contiguous()
+                sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
+                eps = float(find_step_size(vg, state, torch.full((C,), eps, device=dev, dtype=dt), inv_mass,
+                                           gen).median())
+                da = da_init(torch.tensor([eps], dtype=dt))
+            if i == warmup - 1:
+                if n_avg:
+                    eps, log_T = math.exp(avg_log_eps / n_avg), avg_log_T / n_avg
+                t_warm = time.perf_counter() - t_loop
+        else:
+            buf.add(state.z, (div, torch.full((C,), n, device=dev), energy,
+                              torch.full((C,), eps, device=dev, dtype=dt), accept), i == warmup + draws - 1)
+            n_div = buf.divergences
+        tick(bar, report, i, C, t_loop, n_div, steps=n)
+    bar.close()
+    sample_stats = buf.stats()
+    extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
+             "trajectory_length": math.exp(log_T), "seconds_warmup": t_warm,
+             "seconds_sampling": time.perf_counter() - t_loop - t_warm}
+    return sample_stats, extra
+
+
+class ChEES:
+    """``method="chees"``: ChEES-HMC with all chains as one batch (see the module docstring)."""
+
+    name = "chees"
+
+    def run(self, model, data, settings: Settings, report=None) -> Draws:
+        opts = dict(settings.options)
+        common = common_options("chees", opts, OPTIONS)
+        target = float(opts.get("target_accept", 0.651))
+        if not 0 < target < 1:
+            raise ValueError(f"target_accept must lie in (0, 1); got {target}")
+        max_steps = opts.get("max_steps", 1000)
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1; got {max_steps!r}")
+        if settings.chains // min(common["processes"], settings.chains) < 2:
+            raise ValueError("chees learns its step size and trajectory length across chains: use chains >= 2 "
+                             "per process (many more is better), or method='nuts'")
+
+        def runner(vg, state, gen, keep, report):
+            stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, target, max_steps,
+                                     common["max_delta"], common["chunk"], keep, settings.progress, report)
+            info = {"sampler": "ChEES-HMC", "target_accept": target, "max_steps": max_steps,
+                    "trajectory_length": extra["trajectory_length"],
+                    "mean_steps": float(stats["n_steps"][0].mean())}
+            return stats, extra, info
+
+        return run_batched(self, model, data, settings, common, runner, report)
