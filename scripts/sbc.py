@@ -11,11 +11,12 @@ Two modes:
 - ``batched`` (default, minutes): every simulated data set is one chain of ONE batched run of
   ``bayesmtl.infer.nuts.run_nuts`` (adaptation included) on the collapsed density of
   ``bayesmtl.collapsed`` (w integrated out), so all data sets are sampled at once.
-- ``fit``: each data set through ``bm.fit(..., method="nuts")`` (the Pyro model, plain path with
-  ``--plain``), one at a time; slower.
+- ``fit``: each data set through ``bm.fit(..., method="nuts")`` (or ``--method chees``, which
+  needs ``--chains`` >= 2) (the Pyro model, plain path with ``--plain``), one at a time; slower.
 
     .venv/bin/python scripts/sbc.py --sims 256 --seed 0           # quick configuration
     .venv/bin/python scripts/sbc.py --sims 200 --mode fit --plain --draws 400
+    .venv/bin/python scripts/sbc.py --sims 200 --mode fit --method chees --chains 8 --draws 250
 """
 
 from __future__ import annotations
@@ -98,11 +99,11 @@ def batched(frames, warmup, draws, seed, target):
     return out, int(st["diverging"].sum())
 
 
-def via_fit(frames, warmup, draws, seed, plain, chains):
+def via_fit(frames, warmup, draws, seed, plain, chains, method="nuts"):
     model, out, div = model_for(), {}, 0
     for i, df in enumerate(frames):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y")
-        post = bm.fit(model, data, method="nuts", chains=chains, warmup=warmup, draws=draws, seed=seed + i,
+        post = bm.fit(model, data, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed + i,
                       progress=False, collapse=False if plain else None)
         s = post.samples
         D = s["mu"].shape[-1]
@@ -128,6 +129,7 @@ def main(argv=None) -> None:
     p.add_argument("--mode", choices=["batched", "fit"], default="batched")
     p.add_argument("--plain", action="store_true", help="fit mode: sample the full (non-collapsed) model")
     p.add_argument("--chains", type=int, default=1, help="fit mode: chains per data set")
+    p.add_argument("--method", choices=["nuts", "chees"], default="nuts", help="fit mode: the sampler")
     p.add_argument("--target-accept", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -139,7 +141,7 @@ def main(argv=None) -> None:
     if a.mode == "batched":
         draws, div = batched(frames, a.warmup, a.draws, a.seed, a.target_accept)
     else:
-        draws, div = via_fit(frames, a.warmup, a.draws, a.seed, a.plain, a.chains)
+        draws, div = via_fit(frames, a.warmup, a.draws, a.seed, a.plain, a.chains, a.method)
     wall = time.perf_counter() - t0
     rows = []
     for name, v in draws.items():
