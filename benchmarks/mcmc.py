@@ -182,6 +182,17 @@ def numpyro_row(label, df, spec, chains, warmup, draws, seed, parallel: bool = F
             "note": f"float64 on {DEVICE[0].split(':')[0]}, same model (ms/leapfrog: whole wall / est. steps)"}
 
 
+def extra_rows(label, path, model, data, df, spec, C, W, S, seed, K, numpyro) -> list[dict]:
+    """The rows (a)-(c) share: bayesmtl's NUTS in K processes (K > 1), NumPyro vectorised and,
+    with K, NumPyro parallel."""
+    rows = [bench(f"bayesmtl nuts ({path}), {K} processes", model, data, "nuts", C, W, S, seed, processes=K)] if K \
+        else []
+    if numpyro:
+        rows += [numpyro_row(label, df, spec, C, W, S, seed)]
+        rows += [numpyro_row(label, df, spec, C, W, S, seed, parallel=True)] if K else []
+    return [r for r in rows if r]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shorter runs (500 + 500) and fewer chain counts")
@@ -223,14 +234,9 @@ def main(argv=None) -> None:
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
-        if K:
-            rows.append(bench(f"bayesmtl nuts (collapsed), {K} processes", model, data, "nuts", C, W, S, seed,
-                              processes=K))
-        if a.with_numpyro:
-            spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "gaussian",
-                    "mu": "n10"}
-            rows += [r for r in [numpyro_row("a", df, spec, C, W, S, seed)]
-                     + ([numpyro_row("a", df, spec, C, W, S, seed, parallel=True)] if K else []) if r]
+        spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "gaussian",
+                "mu": "n10"}
+        rows += extra_rows("a", "collapsed", model, data, df, spec, C, W, S, seed, K, a.with_numpyro)
         show("(a) hierarchical linear regression, 100 tasks x 50 rows x 5 features, non-centred", rows,
              "reference: " + ISSUE_NUMPYRO["a"])
 
@@ -240,14 +246,9 @@ def main(argv=None) -> None:
         rows = [bench("bayesmtl nuts (plain; no collapse possible)", model, data, "nuts", C, W, S, seed),
                 bench("bayesmtl chees (plain)", model, data, "chees", C, W, S, seed),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short)]
-        if K:
-            rows.append(bench(f"bayesmtl nuts (plain), {K} processes", model, data, "nuts", C, W, S, seed,
-                              processes=K))
-        if a.with_numpyro:
-            spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "bernoulli",
-                    "mu": "n10"}
-            rows += [r for r in [numpyro_row("b", df, spec, C, W, S, seed)]
-                     + ([numpyro_row("b", df, spec, C, W, S, seed, parallel=True)] if K else []) if r]
+        spec = {"task": "task", "target": "y", "features": [f"x{j}" for j in range(1, 6)], "lik": "bernoulli",
+                "mu": "n10"}
+        rows += extra_rows("b", "plain", model, data, df, spec, C, W, S, seed, K, a.with_numpyro)
         show("(b) hierarchical logistic regression, same shape", rows)
 
     if "c" in a.only:
@@ -257,14 +258,9 @@ def main(argv=None) -> None:
                 bench("bayesmtl nuts (plain)", model, data, "nuts", C, W, S, seed, collapse=False),
                 bench("Pyro NUTS (jit, 1 thread)", model, data, "pyro_nuts", C, pw, pw, seed, note=short,
                       collapse=False)]
-        if K:
-            rows.append(bench(f"bayesmtl nuts (collapsed), {K} processes", model, data, "nuts", C, W, S, seed,
-                              processes=K))
-        if a.with_numpyro:
-            spec = {"task": "task", "target": "y", "features": [], "lik": "known", "mu": "n5"}
-            df8 = df.rename(columns={"school": "task"})
-            rows += [r for r in [numpyro_row("c", df8, spec, C, W, S, seed)]
-                     + ([numpyro_row("c", df8, spec, C, W, S, seed, parallel=True)] if K else []) if r]
+        spec = {"task": "task", "target": "y", "features": [], "lik": "known", "mu": "n5"}
+        rows += extra_rows("c", "collapsed", model, data, df.rename(columns={"school": "task"}), spec, C, W, S, seed,
+                           K, a.with_numpyro)
         show("(c) eight schools, non-centred", rows, "reference: " + ISSUE_NUMPYRO["c"])
 
     if "d" in a.only:

@@ -149,9 +149,7 @@ class MultitaskGP:
 
     def gp_path(self, data: MultiTaskData) -> str:
         """"kronecker" when every task is observed at every input, else "hadamard"."""
-        if self.kind == "lmc":
-            return "lmc-variational"
-        return "kronecker" if self._grid(data) is not None else "hadamard"
+        return self.describe(data)["gp_path"]
 
     def _grid(self, data: MultiTaskData):
         if self.private:  # private kernels break the Kronecker structure
@@ -182,15 +180,17 @@ class MultitaskGP:
                 "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
                 "private_lengthscale": ("task", "feature"), "private_var": ("task",)}
 
-    def solver(self, data: MultiTaskData) -> str | None:
-        """The Kronecker path's factorisation ("eigh": one eigendecomposition of the input kernel
-        for all tasks, or "cholesky": one factor per task); None off that path."""
-        grid = self._grid(data) if self.kind == "icm" else None
-        return None if grid is None else icm.kronecker_solver(grid.X.shape[0], data.n_tasks, data.device)
-
     def describe(self, data: MultiTaskData) -> dict:
-        """What run.json records about the structure used."""
-        return {"gp_path": self.gp_path(data), "kronecker_solver": self.solver(data)}
+        """What run.json records about the structure used: ``gp_path`` and, on the Kronecker path,
+        ``kronecker_solver`` ("eigh": one eigendecomposition of the input kernel for all tasks, or
+        "cholesky": one factor per task). The grid layout is found once here."""
+        if self.kind == "lmc":
+            return {"gp_path": "lmc-variational", "kronecker_solver": None}
+        grid = self._grid(data)
+        if grid is None:
+            return {"gp_path": "hadamard", "kronecker_solver": None}
+        return {"gp_path": "kronecker",
+                "kronecker_solver": icm.kronecker_solver(grid.X.shape[0], data.n_tasks, data.device)}
 
     # ------------------------------------------------------------------ the Pyro program
     def _kernel_fn(self):
@@ -288,7 +288,7 @@ class MultitaskGP:
         mll, params, iters, trace = best
         seconds = time.perf_counter() - t0
         samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in params.items()}
-        info = {**self.describe(data), "optimizer": optimizer, "log_marginal_likelihood": float(mll),
+        info = {"gp_path": self.gp_path(data), "optimizer": optimizer, "log_marginal_likelihood": float(mll),
                 "iterations": iters, "restarts": restarts, "fit_seconds": seconds,
                 "mll_trace": trace[:: max(1, len(trace) // 100)]}
         return Draws(samples, {}, info)

@@ -36,7 +36,6 @@ from .nuts import (
     COMMON_OPTIONS,
     DrawBuffer,
     HMCState,
-    adaptation_schedule,
     common_options,
     da_init,
     da_update,
@@ -44,6 +43,8 @@ from .nuts import (
     find_step_size,
     kinetic,
     leapfrog,
+    mass_windows,
+    regularise,
     run_batched,
     tick,
     velocity,
@@ -79,7 +80,9 @@ def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tens
     z1, r1, U1, g1 = z, r, U, g
     for _ in range(n_steps):
         z1, r1, U1, g1 = leapfrog(vg, z1, r1, g1, e, inv_mass)
-    delta = torch.nan_to_num(U1 + kinetic(r1, inv_mass) - H0, nan=math.inf, posinf=math.inf)
+    v1 = velocity(inv_mass, r1)
+    H1 = U1 + 0.5 * (r1 * v1).sum(-1)
+    delta = torch.nan_to_num(H1 - H0, nan=math.inf, posinf=math.inf)
     diverging = delta > max_delta
     accept = torch.exp(-delta).clamp(max=1.0)
     accept = torch.where(diverging, 0.0, accept)
@@ -87,7 +90,7 @@ def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tens
     take = u < accept
     m = take.unsqueeze(-1)
     new = HMCState(torch.where(m, z1, z), torch.where(take, U1, U), torch.where(m, g1, g))
-    return new, (z1, velocity(inv_mass, r1)), accept, diverging, torch.where(take, U1 + kinetic(r1, inv_mass), H0)
+    return new, (z1, v1), accept, diverging, torch.where(take, H1, H0)
 
 
 def chees_gradient(z0: torch.Tensor, z1: torch.Tensor, v1: torch.Tensor, accept: torch.Tensor,
@@ -104,9 +107,9 @@ def chees_gradient(z0: torch.Tensor, z1: torch.Tensor, v1: torch.Tensor, accept:
 
 
 def _pooled_var(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    """Regularised variance of n draws pooled over chains and iterations, from their sums."""
     mean = s1 / n
-    var = (s2 / n - mean * mean).clamp_min(0) * n / max(n - 1, 1)
-    return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))  # Stan's shrinkage
+    return regularise((s2 / n - mean * mean).clamp_min(0) * n / max(n - 1, 1), n)
 
 
 def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.651,
@@ -123,11 +126,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
     da = da_init(torch.tensor([eps], dtype=dt))
     log_T, rms, n_rms = math.log(eps), 0.0, 0
-    windows = adaptation_schedule(warmup)
-    ends = {hi for lo, hi in windows[1:-1]}
-    if len(windows) > 2 and windows[0][1] >= 40:
-        ends |= {4, 9, 19, 39, windows[0][1]}
-    last = windows[-1][0] if len(windows) > 2 else 0
+    ends, (_, last) = mass_windows(warmup, early=True)
     zero = torch.zeros(P, dtype=dt, device=dev)
     sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
     avg_log_eps, avg_log_T, n_avg = 0.0, 0.0, 0

@@ -1,4 +1,4 @@
-"""Chain groups in worker processes (``method="nuts", processes=k``).
+"""Chain groups in worker processes (``method="nuts"`` or ``"chees"``, ``processes=k``).
 
 The chains are split into k groups, each run by the same back end in its own forked process with
 one torch thread, so a k-core CPU advances k lock-step batches at once (PyMC's ``cores``,
@@ -78,7 +78,8 @@ def run_in_processes(run, model, data, settings: Settings, k: int) -> Draws:
     from tqdm.auto import tqdm
 
     total = settings.warmup + settings.draws
-    bar = tqdm(total=total, disable=not settings.progress, unit="it", desc=f"nuts {C} chains in {k} processes")
+    name = getattr(getattr(run, "__self__", None), "name", "mcmc")  # the back end's name, for the bar
+    bar = tqdm(total=total, disable=not settings.progress, unit="it", desc=f"{name} {C} chains in {k} processes")
     results: list = [None] * k
     try:
         while any(r is None for r in results):

@@ -130,14 +130,32 @@ def welford_update(s: Welford, z: torch.Tensor) -> Welford:
     return Welford(n, mean, s.m2 + inc)
 
 
-def welford_variance(s: Welford) -> torch.Tensor:
-    """Stan's regularised (co)variance estimate: shrunk towards 1e-3 (times I) with weight 5 / (n + 5)."""
-    var = s.m2 / max(s.n - 1, 1)
-    shrink = 1e-3 * (5.0 / (s.n + 5.0))
+def regularise(var: torch.Tensor, n: int) -> torch.Tensor:
+    """Stan's regularised (co)variance estimate from n draws: shrunk towards 1e-3 (times I for a
+    (..., P, P) covariance) with weight 5 / (n + 5)."""
+    shrink = 1e-3 * (5.0 / (n + 5.0))
     if var.dim() == 3:
         var = 0.5 * (var + var.transpose(-1, -2))
-        return (s.n / (s.n + 5.0)) * var + shrink * torch.eye(var.shape[-1], dtype=var.dtype, device=var.device)
-    return (s.n / (s.n + 5.0)) * var + shrink
+        return (n / (n + 5.0)) * var + shrink * torch.eye(var.shape[-1], dtype=var.dtype, device=var.device)
+    return (n / (n + 5.0)) * var + shrink
+
+
+def welford_variance(s: Welford) -> torch.Tensor:
+    """The regularised (co)variance of the draws seen so far (``regularise``)."""
+    return regularise(s.m2 / max(s.n - 1, 1), s.n)
+
+
+def mass_windows(warmup: int, early: bool) -> tuple[set[int], tuple[int, int]]:
+    """Iterations that end a metric window, and the range (first, end) of iterations whose draws
+    feed the windows. ``early``: four short windows inside Stan's initial buffer too (ending at
+    iterations 5, 10, 20, 40 and the buffer's end), used when that buffer has 40+ iterations."""
+    windows = adaptation_schedule(warmup)
+    ends = {hi for lo, hi in windows[1:-1]}
+    span = (windows[1][0], windows[-1][0]) if len(windows) > 2 else (0, 0)
+    if early and len(windows) > 2 and windows[0][1] >= 40:
+        ends |= {4, 9, 19, 39, windows[0][1]}
+        span = (0, span[1])
+    return ends, span
 
 
 def adaptation_schedule(warmup: int) -> list[tuple[int, int]]:
@@ -551,12 +569,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
         inv_mass = 1.0 / state.g.abs().clamp(1e-4, 1e4)
     eps = find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen)
     da = da_init(eps)
-    windows = adaptation_schedule(warmup)
-    mass_ends = {hi for lo, hi in windows[1:-1]}
-    mass_range = (windows[1][0], windows[-1][0]) if len(windows) > 2 else (0, 0)
-    if fisher and len(windows) > 2 and windows[0][1] >= 40:
-        mass_ends |= {4, 9, 19, 39, windows[0][1]}
-        mass_range = (0, mass_range[1])
+    mass_ends, mass_range = mass_windows(warmup, fisher)
     wf = welford_init(state.z, dense)
     wg = welford_init(state.z)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
