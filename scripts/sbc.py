@@ -100,7 +100,11 @@ def batched(frames, warmup, draws, seed, target):
 
 
 def via_fit(frames, warmup, draws, seed, plain, chains, method="nuts"):
-    model, out, div = model_for(), {}, 0
+    """Each data set through bm.fit; returns draws name -> (sims, chains * draws), divergences and
+    each data set's bulk ESS name -> (sims,)."""
+    import arviz as az
+
+    model, out, div, ess = model_for(), {}, 0, {}
     for i, df in enumerate(frames):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y")
         post = bm.fit(model, data, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed + i,
@@ -112,8 +116,9 @@ def via_fit(frames, warmup, draws, seed, plain, chains, method="nuts"):
         row["sigma"] = s["sigma"].reshape(-1)
         for k, v in row.items():
             out.setdefault(k, []).append(v)
+            ess.setdefault(k, []).append(float(az.ess(v.reshape(chains, -1), method="bulk")))
         div += int(post.sample_stats["diverging"].sum())
-    return {k: np.stack(v) for k, v in out.items()}, div
+    return {k: np.stack(v) for k, v in out.items()}, div, {k: np.array(v) for k, v in ess.items()}
 
 
 def main(argv=None) -> None:
@@ -140,8 +145,9 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     if a.mode == "batched":
         draws, div = batched(frames, a.warmup, a.draws, a.seed, a.target_accept)
+        ess = {}
     else:
-        draws, div = via_fit(frames, a.warmup, a.draws, a.seed, a.plain, a.chains, a.method)
+        draws, div, ess = via_fit(frames, a.warmup, a.draws, a.seed, a.plain, a.chains, a.method)
     wall = time.perf_counter() - t0
     rows = []
     for name, v in draws.items():
@@ -152,8 +158,12 @@ def main(argv=None) -> None:
         ranks = (thin < truth[:, None]).sum(1)                    # 0..keep
         counts = np.bincount(ranks * a.bins // (a.keep + 1), minlength=a.bins)
         chi2, pval = stats.chisquare(counts)
-        rows.append({"parameter": name, "chi2": round(float(chi2), 2), "df": a.bins - 1, "p": round(float(pval), 4),
-                     "uniform (p > 0.01)": bool(pval > 0.01), "counts": " ".join(map(str, counts))})
+        row = {"parameter": name, "chi2": round(float(chi2), 2), "df": a.bins - 1, "p": round(float(pval), 4),
+               "uniform (p > 0.01)": bool(pval > 0.01), "counts": " ".join(map(str, counts))}
+        if name in ess:   # ranks among more thinned draws than the chains' ESS are correlated, hence lumpy
+            row |= {"min ESS": round(float(ess[name].min())), "median ESS": round(float(np.median(ess[name]))),
+                    f"ESS < {a.keep}": int((ess[name] < a.keep).sum())}
+        rows.append(row)
     print(f"# SBC: {a.sims} simulated data sets, {a.tasks} tasks x {a.rows} rows x {a.features} feature(s), "
           f"mode {a.mode}{' plain' if a.plain else ''}, {a.warmup}+{a.draws} per data set, ranks among "
           f"{a.keep} thinned draws, {a.bins} bins, {div} divergences, {wall:.0f} s, seed {a.seed}\n")

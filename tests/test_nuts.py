@@ -251,6 +251,34 @@ def test_chees_matches_the_eight_schools_reference(collapse):
     assert st["diverging"].mean() < 0.01 and 0.4 < post.info["trajectory_length"] < 20
 
 
+@pytest.mark.parametrize("seed", [0, 1, 3, 6])
+def test_chees_trajectory_adapts_from_a_wild_start(seed):
+    """Small hierarchical data sets whose first proposals fly far off: the trajectory length still
+    adapts past one leapfrog step (an early far-off rejected proposal used to set the gradient's
+    running scale so high that T froze at its starting value, one step, for the whole run)."""
+    df, _ = hierarchical_regression(n_tasks=6, rows=5, features=1, seed=seed)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    post = bm.fit(bm.models.Hierarchical(), data, method="chees", chains=8, warmup=300, draws=200, seed=seed,
+                  progress=False)
+    assert post.sample_stats["n_steps"].mean() > 1.5
+
+
+def test_chees_gradient_ignores_rejected_far_off_proposals():
+    from bayesmtl.infer.chees import chees_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    z0, z1, v1 = (torch.randn(8, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    accept = 0.5 + 0.5 * torch.rand(8, generator=gen, dtype=torch.float64)
+    accept[7] = 1e-30
+    inv_mass = torch.full((8, 3), 2.0, dtype=torch.float64)
+    g = chees_gradient(z0, z1, v1, accept, 0.7, inv_mass)
+    far, fast = z1.clone(), v1.clone()
+    far[7], fast[7] = 1e30, 1e30
+    assert g is not None and math.isfinite(g)
+    assert chees_gradient(z0, far, fast, accept, 0.7, inv_mass) == pytest.approx(g, rel=1e-12)
+    assert chees_gradient(z0, z1, v1, torch.zeros(8, dtype=torch.float64), 0.7, inv_mass) is None
+
+
 def test_chees_jitter_and_settings():
     from bayesmtl.infer.chees import van_der_corput
 

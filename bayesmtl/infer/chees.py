@@ -10,13 +10,15 @@ Warmup, per iteration:
 - step size: dual averaging on the harmonic mean of the chains' acceptance probabilities,
   target 0.651 (the optimum for HMC; Beskos et al. 2013);
 - trajectory length T: one gradient step on log T of the ChEES criterion
-  1/4 E[(|z' - mean z'|^2 - |z - mean z|^2)^2] (acceptance-weighted over chains), scaled by a
-  running RMS of its gradient (Adam without momentum, rate 0.025), T capped at ``max_steps``
-  steps;
+  1/4 E[(|z' - mean z'|^2 - |z - mean z|^2)^2] in the metric's coordinates (acceptance-weighted
+  over chains; proposals accepted with probability < 1e-4 left out), scaled by a running RMS of
+  its gradient (Adam without momentum, rate 0.025, restarted with each new metric), moves of at
+  most 0.35 in log T, T capped at ``max_steps`` steps;
 - a diagonal metric shared by all chains, sqrt(var z / var grad) pooled over chains and
   iterations, in the same windows as NUTS's ``metric="fisher"``.
 A draw's trajectory length is u * T with u from the van der Corput sequence (jitter against
-resonance). After warmup, step size and T are the averages over the last half of warmup.
+resonance). After warmup, the step size is dual averaging's average since the last metric
+update (as in Stan) and T the average of log T over the last half of warmup.
 
 Options (``settings.options``): ``target_accept`` (0.651), ``max_steps`` (1000), plus the ones
 every batched sampler takes (``nuts.COMMON_OPTIONS``). Sample stats: ``diverging``,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -94,16 +97,51 @@ def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tens
 
 
 def chees_gradient(z0: torch.Tensor, z1: torch.Tensor, v1: torch.Tensor, accept: torch.Tensor,
-                   t: float) -> float:
+                   t: float, inv_mass: torch.Tensor) -> float | None:
     """d ChEES / d log T at the current T, acceptance-weighted over the chains (t = u * T, the
-    trajectory length this draw used: d z1 / d log T = t * v1)."""
-    c0 = z0 - z0.mean(0)
-    c1 = z1 - z1.mean(0)
+    trajectory length this draw used: d z1 / d log T = t * v1). None when no chain counts.
+
+    Measured in the metric's coordinates (z / sqrt(inv_mass)), so each direction counts by its
+    spread under the metric rather than its raw units. The proposals are centred on their
+    acceptance-weighted mean, and chains with acceptance below 1e-4 do not count: one far-off
+    rejected proposal would otherwise swamp the estimate (and the running scale that
+    normalises the next steps).
+    """
+    s = inv_mass.rsqrt()
+    keep = (accept > 1e-4) & torch.isfinite(z1).all(-1) & torch.isfinite(v1).all(-1)
+    w = torch.where(keep, accept, 0.0)
+    total = w.sum()
+    if float(total) <= 0:
+        return None
+    z1 = torch.where(keep.unsqueeze(-1), z1, 0.0)
+    c0 = (z0 - z0.mean(0)) * s
+    c1 = (z1 - (w.unsqueeze(-1) * z1).sum(0) / total) * s
     diff = (c1 * c1).sum(-1) - (c0 * c0).sum(-1)
-    g = diff * (c1 * v1).sum(-1) * t
-    w = accept / accept.sum().clamp_min(1e-12)
-    g = (w * torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)).sum()
-    return float(g)
+    g = torch.where(keep, diff * (c1 * torch.where(keep.unsqueeze(-1), v1, 0.0) * s).sum(-1) * t, 0.0)
+    return float((w * g).sum() / total)
+
+
+class TrajectoryAdaptation(NamedTuple):
+    """Adam without momentum on log T: the current log T, the running mean square of the ChEES
+    gradient and its count (reset when the metric changes, since the gradient's scale does)."""
+
+    log_T: float
+    mean_sq: float = 0.0
+    n: int = 0
+
+
+def trajectory_update(s: TrajectoryAdaptation, grad: float | None, eps: float, max_steps: int,
+                      rate: float = 0.025) -> TrajectoryAdaptation:
+    """One normalised gradient step on log T (moves of at most 0.35), capped at ``max_steps``
+    leapfrog steps of size eps. No floor: a T below one step still takes one step, and a floor
+    tied to dual averaging's early jumps in eps would ratchet T up."""
+    log_T, mean_sq, n = s
+    if grad is not None:
+        n += 1
+        mean_sq = 0.95 * mean_sq + 0.05 * grad * grad
+        step = rate * grad / (math.sqrt(mean_sq / (1 - 0.95 ** n)) + 1e-12)
+        log_T += max(-0.35, min(0.35, step))
+    return TrajectoryAdaptation(min(log_T, math.log(max_steps * eps)), mean_sq, n)
 
 
 def _pooled_var(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
@@ -125,17 +163,17 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     inv_mass = (1.0 / state.g.abs().clamp(1e-4, 1e4)).mean(0, keepdim=True).expand(C, P).contiguous()
     eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
     da = da_init(torch.tensor([eps], dtype=dt))
-    log_T, rms, n_rms = math.log(eps), 0.0, 0
+    traj = TrajectoryAdaptation(math.log(eps))
     ends, (_, last) = mass_windows(warmup, early=True)
     zero = torch.zeros(P, dtype=dt, device=dev)
     sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
-    avg_log_eps, avg_log_T, n_avg = 0.0, 0.0, 0
+    avg_log_T, n_avg = 0.0, 0
     buf = DrawBuffer(("diverging", "n_steps", "energy", "step_size", "acceptance_rate"), chunk, on_chunk)
     bar = tqdm(total=warmup + draws, disable=not progress, unit="it", desc=f"chees {C} chains")
     n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
     for i in range(warmup + draws):
         u = van_der_corput(i + 1)
-        t = u * math.exp(log_T)
+        t = u * math.exp(traj.log_T)
         n = int(min(max(1, math.ceil(t / eps)), max_steps))
         z0 = state.z
         state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta)
@@ -143,13 +181,9 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
             hm = float(1.0 / (1.0 / accept.clamp_min(1e-10)).mean())  # harmonic mean: one stuck chain counts
             da = da_update(da, torch.tensor([hm], dtype=dt), target)
             eps = float(da.log_eps.exp())
-            grad = chees_gradient(z0, z1, v1, accept, t)
-            n_rms += 1
-            rms = 0.95 * rms + 0.05 * grad * grad
-            step = 0.025 * grad / (math.sqrt(rms / (1 - 0.95 ** n_rms)) + 1e-12)
-            log_T = min(log_T + step, math.log(max_steps * eps))
+            traj = trajectory_update(traj, chees_gradient(z0, z1, v1, accept, t, inv_mass), eps, max_steps)
             if i >= warmup // 2:
-                avg_log_eps, avg_log_T, n_avg = avg_log_eps + math.log(eps), avg_log_T + log_T, n_avg + 1
+                avg_log_T, n_avg = avg_log_T + traj.log_T, n_avg + 1
             if i < last:
                 sz1, sz2 = sz1 + state.z.sum(0), sz2 + (state.z * state.z).sum(0)
                 sg1, sg2, n_w = sg1 + state.g.sum(0), sg2 + (state.g * state.g).sum(0), n_w + C
@@ -160,9 +194,13 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
                 eps = float(find_step_size(vg, state, torch.full((C,), eps, device=dev, dtype=dt), inv_mass,
                                            gen).median())
                 da = da_init(torch.tensor([eps], dtype=dt))
+                traj = TrajectoryAdaptation(traj.log_T)
             if i == warmup - 1:
+                # the step size is dual averaging's own average since the last metric change
+                # (earlier step sizes were tuned to another metric); T averages the last half
+                eps = float(da.log_eps_bar.exp()) if da.t else eps
                 if n_avg:
-                    eps, log_T = math.exp(avg_log_eps / n_avg), avg_log_T / n_avg
+                    traj = TrajectoryAdaptation(max(avg_log_T / n_avg, math.log(eps)))
                 t_warm = time.perf_counter() - t_loop
         else:
             buf.add(state.z, (div, torch.full((C,), n, device=dev), energy,
@@ -172,7 +210,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     bar.close()
     sample_stats = buf.stats()
     extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
-             "trajectory_length": math.exp(log_T), "seconds_warmup": t_warm,
+             "trajectory_length": math.exp(traj.log_T), "seconds_warmup": t_warm,
              "seconds_sampling": time.perf_counter() - t_loop - t_warm}
     return sample_stats, extra
 
