@@ -54,7 +54,7 @@ def min_bulk_ess(samples: dict[str, np.ndarray]) -> float:
 
 
 SKIP: list[str] = []
-DEVICE = ["cpu"]  # where bayesmtl's NUTS runs (Pyro's reference NUTS stays on the CPU)
+DEVICE = ["cpu"]  # where bayesmtl's NUTS and ChEES run (Pyro's reference NUTS stays on the CPU)
 NUMPYRO_PYTHON = [""]
 
 
@@ -63,7 +63,7 @@ def bench(label, model, data, method, chains, warmup, draws, seed, note="", **op
         return None
     t0 = time.perf_counter()
     post = bm.fit(model, data, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed,
-                  progress=False, device=DEVICE[0] if method == "nuts" else "cpu", **options)
+                  progress=False, device=DEVICE[0] if method in ("nuts", "chees") else "cpu", **options)
     wall = time.perf_counter() - t0
     ess = min_bulk_ess(post.samples)
     st = post.sample_stats
@@ -204,7 +204,7 @@ def main(argv=None) -> None:
     p.add_argument("--with-numpyro", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", default="", help="comma-separated substrings of sampler labels to skip, e.g. 'plain,Pyro'")
-    p.add_argument("--device", default="cpu", help="device for bayesmtl's NUTS (and NumPyro's JAX), e.g. cuda")
+    p.add_argument("--device", default="cpu", help="device for bayesmtl's NUTS and ChEES (and NumPyro's JAX)")
     p.add_argument("--warmup", type=int, help="warmup per chain (default 1000, quick 500)")
     p.add_argument("--draws", type=int, help="draws per chain (default 1000, quick 500)")
     p.add_argument("--processes", type=int, default=0,
