@@ -263,6 +263,20 @@ def test_chees_trajectory_adapts_from_a_wild_start(seed):
     assert post.sample_stats["n_steps"].mean() > 1.5
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chees_short_warmup_still_learns_a_trajectory(seed):
+    """Hierarchical logistic regression, 150 warmup iterations: the initial step size (found
+    under the starting metric) can be 50x below the one the first metric allows, and T, which
+    starts at that step, moves 0.025 in log a step at most; each metric update now lifts T to at
+    least one step of the new step size (it used to reach one step only after ~600 iterations,
+    so a short warmup sampled one leapfrog per draw)."""
+    df, _ = hierarchical_regression(n_tasks=20, rows=30, features=2, seed=seed, likelihood="bernoulli")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    post = bm.fit(bm.models.Hierarchical("bernoulli"), data, method="chees", chains=8, warmup=150, draws=200,
+                  seed=seed, progress=False)
+    assert post.sample_stats["n_steps"].mean() > 2.5
+
+
 def test_chees_gradient_ignores_rejected_far_off_proposals():
     from bayesmtl.infer.chees import chees_gradient
 

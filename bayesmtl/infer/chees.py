@@ -194,7 +194,8 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
                 eps = float(find_step_size(vg, state, torch.full((C,), eps, device=dev, dtype=dt), inv_mass,
                                            gen).median())
                 da = da_init(torch.tensor([eps], dtype=dt))
-                traj = TrajectoryAdaptation(traj.log_T)
+                # at least one step of the new metric's step size (T can start far below it)
+                traj = TrajectoryAdaptation(max(traj.log_T, math.log(eps)))
             if i == warmup - 1:
                 # the step size is dual averaging's own average since the last metric change
                 # (earlier step sizes were tuned to another metric); T averages the last half
