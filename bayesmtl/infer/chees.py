@@ -13,7 +13,8 @@ Warmup, per iteration:
   1/4 E[(|z' - mean z'|^2 - |z - mean z|^2)^2] in the metric's coordinates (acceptance-weighted
   over chains; proposals accepted with probability < 1e-4 left out), scaled by a running RMS of
   its gradient (Adam without momentum, rate 0.025, restarted with each new metric), moves of at
-  most 0.35 in log T, T capped at ``max_steps`` steps;
+  most 0.35 in log T, T capped at ``max_steps`` steps and lifted to at least one step of the
+  step size found after each metric update;
 - a diagonal metric shared by all chains, sqrt(var z / var grad) pooled over chains and
   iterations, in the same windows as NUTS's ``metric="fisher"``.
 A draw's trajectory length is u * T with u from the van der Corput sequence (jitter against
@@ -133,8 +134,8 @@ class TrajectoryAdaptation(NamedTuple):
 def trajectory_update(s: TrajectoryAdaptation, grad: float | None, eps: float, max_steps: int,
                       rate: float = 0.025) -> TrajectoryAdaptation:
     """One normalised gradient step on log T (moves of at most 0.35), capped at ``max_steps``
-    leapfrog steps of size eps. No floor: a T below one step still takes one step, and a floor
-    tied to dual averaging's early jumps in eps would ratchet T up."""
+    leapfrog steps of size eps. No floor here: one tied to dual averaging's early jumps in eps
+    would ratchet T up; ``run_chees`` lifts T to one step only after each metric update."""
     log_T, mean_sq, n = s
     if grad is not None:
         n += 1
