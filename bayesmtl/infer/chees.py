@@ -108,18 +108,17 @@ def chees_gradient(z0: torch.Tensor, z1: torch.Tensor, v1: torch.Tensor, accept:
     rejected proposal would otherwise swamp the estimate (and the running scale that
     normalises the next steps).
     """
-    s = inv_mass.rsqrt()
+    s = inv_mass[:1].rsqrt()   # every chain shares the metric
     keep = (accept > 1e-4) & torch.isfinite(z1).all(-1) & torch.isfinite(v1).all(-1)
     w = torch.where(keep, accept, 0.0)
+    k = keep.unsqueeze(-1)
+    z1, v1 = torch.where(k, z1, 0.0), torch.where(k, v1, 0.0)   # a dropped chain's term is then 0
     total = w.sum()
-    if float(total) <= 0:
-        return None
-    z1 = torch.where(keep.unsqueeze(-1), z1, 0.0)
     c0 = (z0 - z0.mean(0)) * s
-    c1 = (z1 - (w.unsqueeze(-1) * z1).sum(0) / total) * s
+    c1 = (z1 - (w.unsqueeze(-1) * z1).sum(0) / total.clamp_min(1e-300)) * s
     diff = (c1 * c1).sum(-1) - (c0 * c0).sum(-1)
-    g = torch.where(keep, diff * (c1 * torch.where(keep.unsqueeze(-1), v1, 0.0) * s).sum(-1) * t, 0.0)
-    return float((w * g).sum() / total)
+    num, den = torch.stack([(w * diff * (c1 * v1 * s).sum(-1)).sum() * t, total]).tolist()  # one host sync
+    return num / den if den > 0 else None
 
 
 class TrajectoryAdaptation(NamedTuple):
@@ -200,7 +199,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
             if i == warmup - 1:
                 # the step size is dual averaging's own average since the last metric change
                 # (earlier step sizes were tuned to another metric); T averages the last half
-                eps = float(da.log_eps_bar.exp()) if da.t else eps
+                eps = float(da.log_eps_bar.exp())
                 if n_avg:
                     traj = TrajectoryAdaptation(max(avg_log_T / n_avg, math.log(eps)))
                 t_warm = time.perf_counter() - t_loop
