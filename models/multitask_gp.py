@@ -29,11 +29,19 @@ and ICM (p = 0), so tasks that differ in smoothness need not share one lengthsca
 the Hadamard path; ``task_cov`` and ``task_corr`` then describe f at one input (B + diag(p)).
 
 ``kind="lmc"`` is the variational linear model of coregionalisation (``bayesmtl.gp.lmc``), fitted
-with ``method="map"`` only (inducing points, minibatches).
+with ``method="map"`` only (inducing points, minibatches). Sites: ``lengthscale`` (Q, D),
+``lmc_coef`` (Q, T), ``noise``, ``mean``, and its variational state ``lmc_latent_mean`` (Q,),
+``lmc_inducing`` (Q, M, D), ``lmc_var_mean`` (Q, M), ``lmc_var_chol`` (Q, M, M).
+
+Nothing fitted is kept on the model object (it holds settings only): what a fit learns is in
+its draws, so a Posterior predicts from its own samples, and saves and reloads with them, however
+often the model object is refitted. A gpytorch kernel object is trained as a copy; its trained
+raw parameters are the sites ``kernel.<parameter name>``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -110,7 +118,6 @@ class MultitaskGP:
         self.v_prior = as_distribution(v_prior or dist.HalfNormal(1.0), "v_prior")
         self.task_corr_eta = float(task_corr_eta)
         self.private = private
-        self._lmc = None  # fitted variational LMC state (kind="lmc")
 
     def __repr__(self) -> str:
         k = self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
@@ -161,24 +168,69 @@ class MultitaskGP:
         """Hadamard-path training rows, repeated (input, task) rows merged into exact cells."""
         return icm.group_cells(data.X, data.y, data.task)
 
-    def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
+    def coords(self, data: MultiTaskData) -> dict[str, list]:
         T = data.n_tasks
         q = self._n_latents(data)
-        return {"task": list(data.task_names), "task_": list(data.task_names),
-                "feature": list(data.feature_names), "rank": [f"r{i}" for i in range(min(self.rank, T))],
-                "latent": [f"q{i}" for i in range(q)]}
+        out = {"task": list(data.task_names), "task_": list(data.task_names),
+               "feature": list(data.feature_names), "rank": [f"r{i}" for i in range(min(self.rank, T))],
+               "latent": [f"q{i}" for i in range(q)]}
+        if self.kind == "lmc":
+            m = [f"z{i}" for i in range(self._n_inducing(data))]
+            out.update(inducing=m, inducing_=m)
+        for name, shape in self._kernel_object_shapes().items():
+            out.update({f"{name}_dim_{i}": list(range(n)) for i, n in enumerate(shape)})
+        return out
+
+    def _n_inducing(self, data) -> int:
+        return min(self.inducing, data.n_rows)  # as fit_lmc chooses
 
     def _n_latents(self, data) -> int:
         return self.num_latents or self.rank
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
         if self.kind == "lmc":
+            # the fitted variational state (see bayesmtl.gp.lmc.STATE_SITES) is part of the draws
             return {"lengthscale": ("latent", "feature"), "lmc_coef": ("latent", "task"), "noise": ("task",),
-                    "mean": ("task",), "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
+                    "mean": ("task",), "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
+                    "lmc_latent_mean": ("latent",), "lmc_inducing": ("latent", "inducing", "feature"),
+                    "lmc_var_mean": ("latent", "inducing"), "lmc_var_chol": ("latent", "inducing", "inducing_")}
         return {"lengthscale": ("feature",), "outputscale": ("task",), "corr_chol": ("task", "task_"),
                 "task_W": ("task", "rank"), "task_v": ("task",), "noise": ("task",), "mean": ("task",),
                 "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
-                "private_lengthscale": ("task", "feature"), "private_var": ("task",)}
+                "private_lengthscale": ("task", "feature"), "private_var": ("task",),
+                **self._kernel_object_dims()}
+
+    @property
+    def unidentified_sites(self) -> tuple[str, ...]:
+        """Sites left out of ``Posterior.summary()`` by default: the LMC's variational state
+        (thousands of entries, defined only up to the order of inducing points)."""
+        return ("lmc_inducing", "lmc_var_mean", "lmc_var_chol") if self.kind == "lmc" else ()
+
+    # ------------------------------------------------------------------ a gpytorch kernel object
+    # Its trained hyperparameters are draws (sites "kernel.<parameter name>", raw values), not
+    # state of self.kernel, which stays as the user built it.
+    def _kernel_object_shapes(self) -> dict[str, tuple[int, ...]]:
+        if isinstance(self.kernel, str):
+            return {}
+        return {f"kernel.{n}": tuple(p.shape) for n, p in self.kernel.named_parameters()}
+
+    def _kernel_object_dims(self) -> dict[str, tuple[str, ...]]:
+        shapes = self._kernel_object_shapes()
+        return {k: tuple(f"{k}_dim_{i}" for i in range(len(shape))) for k, shape in shapes.items()}
+
+    def _kernel_fn(self, samples: dict[str, torch.Tensor], s: int, like: torch.Tensor):
+        """The kernel for ``icm.ard_kernel`` at draw ``s`` of flat ``samples``: its name, or for a
+        gpytorch kernel object a callable on a copy holding that draw (on ``like``'s device and dtype)."""
+        if isinstance(self.kernel, str):
+            return self.kernel
+        # .to first: copying float64 draws into a float32 kernel would round them
+        k = copy.deepcopy(self.kernel).to(device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            for n, p in k.named_parameters():
+                if f"kernel.{n}" not in samples:
+                    raise ValueError(f"the draws lack site 'kernel.{n}' of the kernel object; refit the model")
+                p.copy_(samples[f"kernel.{n}"][s].reshape(p.shape))
+        return lambda X1, X2, ls: k(X1, X2).to_dense()
 
     def describe(self, data: MultiTaskData) -> dict:
         """What run.json records about the structure used: ``gp_path`` and, on the Kronecker path,
@@ -193,12 +245,6 @@ class MultitaskGP:
                 "kronecker_solver": icm.kronecker_solver(grid.X.shape[0], data.n_tasks, data.device)}
 
     # ------------------------------------------------------------------ the Pyro program
-    def _kernel_fn(self):
-        if isinstance(self.kernel, str):
-            return self.kernel
-        k = self.kernel
-        return lambda X1, X2, ls: k(X1, X2).to_dense()
-
     def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None,
                    observe: bool = True):
         """Pyro program: hyperparameter priors + the exact GP marginal likelihood as a factor.
@@ -319,10 +365,13 @@ class MultitaskGP:
     def _ml_fit(self, data, optimizer, opts, gen):
         raw = self._init(data, gen)
         params = list(raw.values())
-        kfn = self._kernel_fn()
+        kfn, kern = self.kernel, None
         if not isinstance(self.kernel, str):
-            self.kernel.to(device=data.device, dtype=data.dtype)
-            params += list(self.kernel.parameters())
+            # train a copy: every restart (and every fit) starts from the user's kernel, and the
+            # trained values go to the draws
+            kern = copy.deepcopy(self.kernel).to(device=data.device, dtype=data.dtype)
+            params += list(kern.parameters())
+            kfn = lambda X1, X2, ls: kern(X1, X2).to_dense()  # noqa: E731
         grid = self._grid(data)
         cells = self._cells(data) if grid is None else None
 
@@ -371,6 +420,8 @@ class MultitaskGP:
                "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
         if self.private:
             out["private_lengthscale"], out["private_var"] = raw["log_pls"].exp(), raw["log_pv"].exp()
+        if kern is not None:
+            out.update({f"kernel.{n}": p for n, p in kern.named_parameters()})
         return final, {k: v.detach() for k, v in out.items()}, len(trace), trace
 
     # ------------------------------------------------------------------ after inference
@@ -405,10 +456,17 @@ class MultitaskGP:
         return corr.cpu().numpy(), "task correlation of the latent functions (multi-task GP)"
 
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """GP predictive at the new rows: ``mean`` (S, N) of f + mean per draw, ``y`` (S * K, N)
-        draws of y (noise included), K per draw so that a point estimate (S = 1) still gives a
-        predictive sd and quantiles. Known tasks only."""
+                generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:
+        """GP predictive at the rows of ``new`` (known tasks only), from flat draws (S, ...).
+
+        Returns ``mean`` (S, N), E[y | draw] (f + task mean), and ``y`` (S * K, N) with
+        K = ``draws_per_sample``: K predictive draws of y (noise included) per posterior draw,
+        draw s giving rows s*K .. s*K+K-1. The caller chooses K (e.g. several per draw so that a
+        point estimate still gives a predictive sd and quantiles).
+        """
+        if isinstance(draws_per_sample, bool) or not isinstance(draws_per_sample, (int, np.integer)) \
+                or draws_per_sample < 1:
+            raise ValueError(f"draws_per_sample must be an integer >= 1; got {draws_per_sample!r}")
         n_known = new.n_known_tasks
         unseen = sorted({new.task_names[i] for i in new.task.tolist() if i >= n_known})
         if unseen:
@@ -416,26 +474,27 @@ class MultitaskGP:
                              "only for tasks it was trained on")
         mu, var = self.predictive_moments(train, new, samples)
         S, N = mu.shape
-        K = max(1, min(-(-500 // S), int(2e7 // max(S * N, 1))))
+        K = int(draws_per_sample)
         eps = torch.randn((S, K, N), generator=generator, dtype=mu.dtype, device=generator.device).to(mu.device)
         y = mu.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps
         return {"mean": mu, "y": y.reshape(S * K, N)}
 
     def predictive_moments(self, train: MultiTaskData, new: MultiTaskData,
                            samples: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-draw predictive mean and variance of y (noise included), each (S, N)."""
+        """Per-draw predictive mean and variance of y (noise included), each (S, N), from the
+        training data and the flat draws ``samples`` (site -> (S, ...)) alone."""
         if self.kind == "lmc":
             from bayesmtl.gp import lmc
 
-            return lmc.moments_lmc(self, train, new)
+            return lmc.moments_lmc(samples, new, self.kernel)
         out_m, out_v = [], []
         dt, dev = train.dtype, train.device
         B_all = self._task_cov(samples).to(device=dev, dtype=dt)
         grid = self._grid(train)
         cells = self._cells(train) if grid is None else None
-        kfn = self._kernel_fn()
         new = new.to(dev)
         for s in range(B_all.shape[0]):
+            kfn = self._kernel_fn(samples, s, train.X)
             B, ls = B_all[s], samples["lengthscale"][s].to(device=dev, dtype=dt)
             noise, mean = samples["noise"][s].to(device=dev, dtype=dt), samples["mean"][s].to(device=dev, dtype=dt)
             priv = ((samples["private_lengthscale"][s].to(device=dev, dtype=dt),

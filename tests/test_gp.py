@@ -394,3 +394,143 @@ def test_cli_fit_writes_a_run_directory_and_predicts(tmp_path, capsys):
     # the reloaded run predicts what the fitted posterior does
     post = bm.load(tmp_path / "run")
     assert np.allclose(post.predict(df)["mean"], pred["mean"])
+
+
+# ------------------------------------------------------------------------- model contract
+def _lmc(df, seed=0, model=None):
+    """A short LMC fit on tiny data (about a second)."""
+    model = model or MultitaskGP(kind="lmc", num_latents=2, inducing=8)
+    return bm.fit(model, data_of(df), method="map", seed=seed, steps=40, batch_size=32, lr=0.05)
+
+
+@pytest.mark.parametrize("kind", ["icm", "lmc"])
+def test_to_arviz_of_a_map_fit_has_one_predictive_draw_per_posterior_draw(kind):
+    df = planted(10, 4.0, shared=False, seed=12)
+    post = (bm.fit(MultitaskGP(rank=2), data_of(df), method="map", seed=0, steps=5) if kind == "icm"
+            else _lmc(df))
+    idata = post.to_arviz()
+    y = idata.posterior_predictive["y"]
+    assert y.dims == ("chain", "draw", "row") and y.shape == (1, 1, len(df))
+    assert np.isfinite(y.values).all()
+    for name, dims in post.dims().items():  # every site labelled as site_dims says
+        if name in post.samples:
+            assert idata.posterior[name].dims == ("chain", "draw", *dims), name
+    if kind == "lmc":
+        assert idata.posterior["lmc_var_chol"].shape == (1, 1, 2, 8, 8)
+        assert idata.posterior["lmc_inducing"].shape == (1, 1, 2, 8, 1)
+
+
+def test_predict_gives_draws_per_sample_draws_of_y_for_each_posterior_draw():
+    df = planted(10, 4.0, shared=False, seed=13)
+    data = data_of(df)
+    model = MultitaskGP(rank=2)
+    post = bm.fit(model, data, method="map", seed=0, steps=5)
+    new = data.prepare(df.iloc[::4])
+    N, flat = new.n_rows, post.flat()
+
+    def gen():
+        return torch.Generator().manual_seed(0)
+
+    one = model.predict(data, new, flat, gen())
+    assert one["mean"].shape == (1, N) and one["y"].shape == (1, N)
+    mu, var = model.predictive_moments(data, new, flat)
+    K = 4000
+    out = model.predict(data, new, flat, gen(), draws_per_sample=K)
+    assert out["y"].shape == (K, N)
+    torch.testing.assert_close(out["mean"], mu)
+    sd = var[0].sqrt()
+    # Monte-Carlo error of an sd from K draws: relative sd 1 / sqrt(2K) = 1.1%
+    assert torch.allclose(out["y"].std(0), sd, rtol=0.06)
+    assert ((out["y"].mean(0) - mu[0]).abs() < 5 * sd / K**0.5).all()
+    # two posterior draws, the second with 10^4 times the noise: draw s owns rows s*K .. s*K+K-1
+    two = {k: torch.cat([v, v]) for k, v in flat.items()}
+    two["noise"] = two["noise"] * torch.tensor([[1.0], [1e4]], dtype=two["noise"].dtype)
+    mu2, var2 = model.predictive_moments(data, new, two)
+    K = 300
+    y = model.predict(data, new, two, gen(), draws_per_sample=K)["y"]
+    assert y.shape == (2 * K, N)
+    for s in range(2):
+        z = (y[s * K:(s + 1) * K] - mu2[s]) / var2[s].sqrt()
+        assert torch.allclose(z.std(0), torch.ones(N, dtype=z.dtype), atol=0.25)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="draws_per_sample"):
+            model.predict(data, new, flat, gen(), draws_per_sample=bad)
+
+
+def test_refitting_an_lmc_model_object_leaves_earlier_posteriors_alone():
+    df = planted(10, 4.0, shared=False, seed=14)
+    model = MultitaskGP(kind="lmc", num_latents=2, inducing=8)
+    settings = dict(vars(model))
+    post = _lmc(df, model=model)
+    # settings only on the model: the fit added and replaced nothing
+    assert vars(model).keys() == settings.keys() and all(vars(model)[k] is v for k, v in settings.items())
+    test = df.iloc[::3]
+    new = post.data.prepare(test)
+
+    def draws():
+        return model.predict(post.data, new, post.flat(), torch.Generator().manual_seed(0), draws_per_sample=5)
+
+    before, frame = draws(), post.predict(test)
+    assert before["y"].shape == (5, len(test))
+    _lmc(planted(12, 6.0, shared=False, seed=15), seed=1, model=model)  # other data, other seed
+    after = draws()
+    assert torch.equal(before["mean"], after["mean"]) and torch.equal(before["y"], after["y"])
+    pd.testing.assert_frame_equal(post.predict(test), frame, check_exact=True)
+
+
+def test_lmc_posterior_saves_and_loads_with_its_fitted_state(tmp_path):
+    df = planted(10, 4.0, shared=False, seed=16)
+    post = _lmc(df)
+    post.save(tmp_path / "run")
+    loaded = bm.load(tmp_path / "run")
+    assert loaded.samples.keys() == post.samples.keys()
+    for k, v in post.samples.items():
+        np.testing.assert_array_equal(loaded.samples[k], v)
+    test = df.iloc[::3]
+    pd.testing.assert_frame_equal(loaded.predict(test), post.predict(test), check_exact=True)
+    # the variational state is left out of the summary (thousands of entries), the hyperparameters not
+    index = pd.read_csv(tmp_path / "run" / "summary.csv")["parameter"]
+    assert index.str.startswith("lmc_coef[").any() and not index.str.startswith("lmc_var").any()
+
+
+def test_lmc_module_round_trips_through_one_draw():
+    from bayesmtl.gp import lmc
+
+    g = torch.Generator().manual_seed(0)
+    m = lmc.LMCModule(torch.randn(2, 6, 3, generator=g), 4, "matern32").double()
+    base = m.variational_strategy.base_variational_strategy
+    with torch.no_grad():
+        base.variational_params_initialized.fill_(1)  # else the first call resets the distribution
+        for p in m.parameters():  # every parameter away from its initial value
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    m.eval()
+    back = lmc.module_from_draw(lmc.draw_of_module(m), "matern32")
+    chol = "variational_strategy.base_variational_strategy._variational_distribution.chol_variational_covar"
+    theirs = dict(back.named_parameters())
+    for name, p in m.named_parameters():  # nothing learned is left behind
+        torch.testing.assert_close(theirs[name], p.tril() if name == chol else p)
+    X, task = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.arange(7) % 4
+    with torch.no_grad():
+        for a, b in zip(m.moments(X, task), back.moments(X, task), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_a_gpytorch_kernel_object_is_trained_as_a_copy():
+    import gpytorch
+
+    df = planted(10, 4.0, seed=17)
+    k = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=1))
+    untrained = {n: p.detach().clone() for n, p in k.named_parameters()}
+    model = MultitaskGP(rank=2, kernel=k)
+    settings = dict(vars(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bm.fit(model, data_of(df), method="map", seed=0, steps=10)
+        test = df.iloc[::4]
+        frame = post.predict(test)
+        bm.fit(model, data_of(planted(12, 5.0, seed=18)), method="map", seed=1, steps=10)
+        assert vars(model).keys() == settings.keys() and all(vars(model)[k] is v for k, v in settings.items())
+        assert all(torch.equal(p, untrained[n]) for n, p in k.named_parameters())
+        assert post.samples["kernel.base_kernel.raw_lengthscale"].shape == (1, 1, 1, 1)
+        assert not np.allclose(post.samples["kernel.raw_outputscale"], untrained["raw_outputscale"].numpy())
+        pd.testing.assert_frame_equal(post.predict(test), frame, check_exact=True)

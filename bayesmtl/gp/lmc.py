@@ -19,7 +19,7 @@ import torch
 
 from ..infer.base import Draws, Settings
 
-__all__ = ["LMCModule", "fit_lmc", "moments_lmc"]
+__all__ = ["LMCModule", "STATE_SITES", "fit_lmc", "draw_of_module", "module_from_draw", "moments_lmc"]
 
 
 class LMCModule(gpytorch.models.ApproximateGP):
@@ -58,18 +58,26 @@ class LMCModule(gpytorch.models.ApproximateGP):
         return mu + self.task_mean[task], var
 
 
-def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
-    """Fit the variational LMC of ``model`` (a MultitaskGP with kind='lmc'); one draw of its
-    hyperparameters. The fitted module is kept on ``model`` for prediction.
+#: what ``fit_lmc`` learns besides lengthscale (Q, D), lmc_coef (Q, T), noise (T,) and mean (T,):
+#: each latent's constant mean (Q,), inducing inputs (Q, M, D), and the whitened variational
+#: distribution N(m, L L^T) of each latent's inducing values: m (Q, M), L (Q, M, M) lower triangular
+STATE_SITES = ("lmc_latent_mean", "lmc_inducing", "lmc_var_mean", "lmc_var_chol")
 
-    Options: ``steps`` (2000), ``lr`` (0.01), ``batch_size`` (1024).
+
+def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
+    """Fit the variational LMC of ``model`` (a MultitaskGP with kind='lmc'): one draw, samples
+    of shape (1, 1, ...).
+
+    Everything learned is in the samples (the model object is only read): lengthscale (Q, D),
+    lmc_coef (Q, T), noise (T,), mean (T,) and the ``STATE_SITES``; ``module_from_draw``
+    rebuilds the module from them. Options: ``steps`` (2000), ``lr`` (0.01), ``batch_size`` (1024).
     """
     unknown = set(opts) - {"steps", "lr", "batch_size", "optimizer", "tol", "restarts", "inducing_lr"}
     if unknown:
         raise ValueError(f"unknown option(s) for kind='lmc': {sorted(unknown)}")
     if not isinstance(model.kernel, str):
         raise NotImplementedError("kind='lmc' takes a kernel name ('rbf', 'matern52', ...)")
-    T, D, N = data.n_tasks, data.n_features, data.n_rows
+    T, N = data.n_tasks, data.n_rows
     Q = int(model.num_latents or model.rank)
     M = min(int(model.inducing), N)
     dev, dt = data.device, data.dtype
@@ -101,14 +109,7 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
             raise FloatingPointError(f"the LMC ELBO became {losses[-1]}; lower lr (now {lr})")
     seconds = time.perf_counter() - t0
     module.eval()
-    model._lmc = {"state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                  "inducing_shape": (Q, M, D), "n_tasks": T, "kernel": model.kernel}
-    with torch.no_grad():
-        A = module.variational_strategy.lmc_coefficients.detach()          # (Q, T)
-        ls = module.covar_module.lengthscale.detach().reshape(Q, D)
-    samples = {"lengthscale": ls, "lmc_coef": A, "noise": module.log_noise.exp().detach(),
-               "mean": module.task_mean.detach()}
-    samples = {k: v.cpu().reshape((1, 1) + v.shape) for k, v in samples.items()}
+    samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in draw_of_module(module).items()}
     info = {"gp_path": "lmc-variational", "steps": steps, "batch_size": batch, "num_latents": Q,
             "inducing": M, "fit_seconds": seconds, "iterations_per_second": steps / seconds,
             "final_loss": float(np.mean(losses[-50:])),
@@ -116,18 +117,60 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     return Draws(samples, {}, info)
 
 
-def _module(model, like: torch.Tensor) -> LMCModule:
-    st = model._lmc
-    if st is None:
-        raise ValueError("this LMC model has not been fitted in this session (fit with method='map')")
-    m = LMCModule(torch.zeros(st["inducing_shape"]), st["n_tasks"], st["kernel"])
-    m.load_state_dict(st["state"])
-    return m.to(device=like.device, dtype=like.dtype).eval()
-
-
-def moments_lmc(model, train, new) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictive mean and variance of y (noise included), each (1, N)."""
-    m = _module(model, new.X)
+def draw_of_module(module: LMCModule) -> dict[str, torch.Tensor]:
+    """The module's learned values as one draw, site -> tensor (no leading dims)."""
+    base = module.variational_strategy.base_variational_strategy
+    vd = base._variational_distribution
+    Q, M, D = base.inducing_points.shape
     with torch.no_grad():
-        mu, var = m.moments(new.X, new.task)
-        return mu[None], (var + m.log_noise.exp()[new.task])[None]
+        return {"lengthscale": module.covar_module.lengthscale.reshape(Q, D).clone(),
+                "lmc_coef": module.variational_strategy.lmc_coefficients.clone(),    # (Q, T)
+                "noise": module.log_noise.exp(), "mean": module.task_mean.clone(),
+                "lmc_latent_mean": module.mean_module.constant.reshape(Q).clone(),
+                "lmc_inducing": base.inducing_points.clone(),
+                "lmc_var_mean": vd.variational_mean.clone(),
+                # gpytorch reads only the lower triangle; store the factor it uses
+                "lmc_var_chol": vd.chol_variational_covar.tril()}
+
+
+def module_from_draw(draw: dict[str, torch.Tensor], kernel: str) -> LMCModule:
+    """An LMCModule in eval mode holding one draw (site -> tensor without leading dims, as
+    written by ``draw_of_module``), on the draw's device and dtype."""
+    missing = [k for k in ("lengthscale", "lmc_coef", "noise", "mean", *STATE_SITES) if k not in draw]
+    if missing:
+        raise ValueError(f"the LMC draws lack site(s) {missing}: they were not written by this version's "
+                         "fit_lmc (refit the model)")
+    Z = draw["lmc_inducing"]
+    Q, M, D = Z.shape
+    T = draw["lmc_coef"].shape[-1]
+    m = LMCModule(Z.detach().cpu().clone(), T, kernel).to(device=Z.device, dtype=Z.dtype)
+    base = m.variational_strategy.base_variational_strategy
+    vd = base._variational_distribution
+    with torch.no_grad():
+        m.covar_module.lengthscale = draw["lengthscale"].reshape(Q, 1, D)
+        m.mean_module.constant = draw["lmc_latent_mean"].reshape(m.mean_module.raw_constant.shape)
+        m.variational_strategy.lmc_coefficients.copy_(draw["lmc_coef"])
+        vd.variational_mean.copy_(draw["lmc_var_mean"])
+        vd.chol_variational_covar.copy_(draw["lmc_var_chol"])
+        # without this flag the first call would reset the variational distribution to the prior
+        base.variational_params_initialized.fill_(1)
+        m.log_noise.copy_(draw["noise"].log())
+        m.task_mean.copy_(draw["mean"])
+    return m.eval()
+
+
+def moments_lmc(samples: dict[str, torch.Tensor], new, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictive mean and variance of y (noise included) at the rows of ``new``, each (S, N),
+    from flat draws ``samples`` (site -> tensor (S, ...)) alone."""
+    S = samples["lmc_coef"].shape[0]
+    X = new.X
+    mus, vs = [], []
+    with torch.no_grad():
+        for s in range(S):
+            draw = {k: v[s].to(device=X.device, dtype=X.dtype) for k, v in samples.items()
+                    if k in ("lengthscale", "lmc_coef", "noise", "mean", *STATE_SITES)}
+            m = module_from_draw(draw, kernel)
+            mu, var = m.moments(X, new.task)
+            mus.append(mu)
+            vs.append(var + draw["noise"][new.task])
+    return torch.stack(mus), torch.stack(vs)
