@@ -71,6 +71,11 @@ class MultiTaskData:
         The standardisation applied to ``X``; replayed on new rows by ``prepare``.
     n_known_tasks : int
         Tasks present when the model was trained; indices at or above it are new tasks.
+    task_features : dict of str -> Tensor, shape (T,)
+        Task-level covariates (constant within a task), one value per task in ``task_names``
+        order: floats for numeric columns, integer codes into ``task_levels[name]`` otherwise.
+    task_levels : dict of str -> list of str
+        The categories of each categorical task feature, in order of first appearance.
     """
 
     X: torch.Tensor
@@ -87,6 +92,8 @@ class MultiTaskData:
     feature_mean: torch.Tensor | None = None
     feature_scale: torch.Tensor | None = None
     n_known_tasks: int = field(default=-1)
+    task_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    task_levels: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_known_tasks < 0:
@@ -103,12 +110,15 @@ class MultiTaskData:
         *,
         noise: str | None = None,
         trials: str | None = None,
+        task_features: Sequence[str] = (),
         standardize: bool = False,
         dtype: torch.dtype = torch.float64,
     ) -> MultiTaskData:
         """Build from a long data frame.
 
-        ``features`` defaults to every column other than task, target, noise and trials.
+        ``features`` defaults to every column other than task, target, noise, trials and the
+        task features. ``task_features`` are task-level columns (e.g. school size, region),
+        constant within each task; a task prior receives them as ``tasks.features``.
         With ``standardize=True`` each feature is centred and scaled to unit sd; the
         transform is recorded and replayed on new rows.
         """
@@ -118,14 +128,15 @@ class MultiTaskData:
             raise ValueError(f"task column {task!r} not found; columns are {list(df.columns)}")
         if len(df) == 0:
             raise ValueError("the data frame has no rows")
-        reserved = {task, target, noise, trials} - {None}
+        task_features = [task_features] if isinstance(task_features, str) else list(task_features)
+        reserved = ({task, target, noise, trials} | set(task_features)) - {None}
         if features is None:
             features = [c for c in df.columns if c not in reserved]
         else:
             features = list(features)
             for c in features:
                 if c in reserved:
-                    role = _role(c, task, target, noise, trials)
+                    role = "task feature" if c in task_features else _role(c, task, target, noise, trials)
                     raise ValueError(f"column {c!r} cannot be both a feature and the {role}")
         labels = df[task]
         if labels.isna().any():
@@ -152,8 +163,12 @@ class MultiTaskData:
             _check_finite(tr, trials, labels_str)
             if (tr < 0).any() or (tr != np.round(tr)).any():
                 raise ValueError(f"trials column {trials!r} must hold non-negative integers")
-        return cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
-                          noise, trials, standardize, dtype)
+        out = cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
+                         noise, trials, standardize, dtype)
+        if not task_features:
+            return out
+        values, levels = _task_level(df, task_features, labels_str, names, {}, dtype)
+        return replace(out, task_features=values, task_levels=levels)
 
     @classmethod
     def from_arrays(
@@ -286,7 +301,8 @@ class MultiTaskData:
             return t.to(device=device, dtype=dtype if t.is_floating_point() and dtype else None)
         return replace(self, X=mv(self.X), y=mv(self.y), task=self.task.to(device), noise=mv(self.noise),
                        trials=mv(self.trials), feature_mean=mv(self.feature_mean),
-                       feature_scale=mv(self.feature_scale))
+                       feature_scale=mv(self.feature_scale),
+                       task_features={k: mv(v) for k, v in self.task_features.items()})
 
     def subset(self, rows: np.ndarray | torch.Tensor) -> MultiTaskData:
         """Rows ``rows`` (indices or boolean mask), keeping every task name."""
@@ -379,9 +395,14 @@ class MultiTaskData:
                 if col not in df.columns:
                     raise ValueError(f"{attr} column {col!r} is needed for prediction but is not in the new data")
                 extra[attr] = torch.tensor(_numeric_column(df, col, attr).copy(), dtype=dt, device=dev)
+        feats = self.task_features
+        if feats and len(names) > self.n_known_tasks:  # new tasks bring their own task-level values
+            known = {k: v[: self.n_known_tasks].cpu().numpy() for k, v in self.task_features.items()}
+            feats, _ = _task_level(df, list(feats), labels, names, self.task_levels, dt, known)
+            feats = {k: v.to(dev) for k, v in feats.items()}
         return replace(self, X=Xt, y=y, task=torch.as_tensor(idx, device=dev), task_names=names,
                        noise=extra.get("noise"), trials=extra.get("trials"),
-                       n_known_tasks=self.n_known_tasks)
+                       n_known_tasks=self.n_known_tasks, task_features=feats)
 
     def to_frame(self) -> pd.DataFrame:
         """The data as a long frame (features on the original scale)."""
@@ -395,7 +416,63 @@ class MultiTaskData:
         for t, col in ((self.noise, self.noise_column), (self.trials, self.trials_column)):
             if t is not None:
                 out[col] = t.cpu().numpy()
+        rows = self.task.cpu().numpy()
+        for name, v in self.task_features.items():
+            v = v.cpu().numpy()[rows]
+            out[name] = np.asarray(self.task_levels[name], dtype=object)[v] if name in self.task_levels else v
         return out
+
+
+def _task_level(df: pd.DataFrame, columns: list[str], labels: np.ndarray, names: list[str],
+                levels: dict[str, list[str]], dtype: torch.dtype,
+                known: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Per-task values (T,) of task-level columns, checked constant within each task.
+
+    Numeric columns give floats; others give integer codes into ``levels`` (new levels are
+    appended unless ``known`` is given: then the tasks of ``known`` keep their training values
+    and a new task with a category unseen in training is an error).
+    """
+    first = {}
+    for i, s in enumerate(labels):
+        first.setdefault(s, i)
+    values, out_levels = {}, {}
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(f"task feature column {col!r} not found; the data has columns "
+                             f"{list(map(str, df.columns))}")
+        s = df[col]
+        if s.isna().any():
+            i = int(np.flatnonzero(s.isna().to_numpy())[0])
+            raise ValueError(f"task feature {col!r} is missing for task {labels[i]!r} (row {i})")
+        per_row = s.to_numpy()
+        vary = pd.Series(per_row).groupby(labels).nunique()
+        if (vary > 1).any():
+            bad = str(vary.index[np.flatnonzero(vary.to_numpy() > 1)[0]])
+            seen = sorted(map(str, pd.unique(per_row[labels == bad])))[:3]
+            raise ValueError(f"task feature {col!r} must be constant within each task; task {bad!r} has "
+                             f"values {seen}")
+        numeric = pd.api.types.is_numeric_dtype(s) and col not in levels
+        start = 0 if known is None else len(known[col])
+        if numeric:
+            v = np.array([float(per_row[first[n]]) if n in first else np.nan for n in names[start:]])
+            if not np.isfinite(v).all():
+                raise ValueError(f"task feature {col!r} has a NaN or infinite value")
+            values[col] = torch.tensor(np.concatenate([known[col], v]) if known else v, dtype=dtype)
+            continue
+        cats = list(levels.get(col, []))
+        codes = []
+        for n in names[start:]:
+            c = str(per_row[first[n]])
+            if c not in cats:
+                if known is not None:
+                    raise ValueError(f"task {n!r} has {col} {c!r}, a category not seen in training "
+                                     f"(known: {cats[:10]})")
+                cats.append(c)
+            codes.append(cats.index(c))
+        codes = np.asarray(codes, dtype=np.int64)
+        values[col] = torch.as_tensor(np.concatenate([known[col].astype(np.int64), codes]) if known else codes)
+        out_levels[col] = cats
+    return values, out_levels
 
 
 def _role(c, task, target, noise, trials) -> str:

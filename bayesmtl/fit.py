@@ -11,24 +11,10 @@ import torch
 from .data import MultiTaskData
 from .infer import Settings, get_backend
 from .posterior import Posterior
+from .protocol import Target
 from .pyro_util import squeeze_to
 
-__all__ = ["fit", "resolve_device"]
-
-
-#: methods that sample (where a collapsed form is used by default)
-MCMC_METHODS = {"nuts", "pyro_nuts", "chees"}
-
-
-class _Shim:
-    """Presents a Collapsed form to a back end as if it were a model."""
-
-    def __init__(self, collapsed):
-        self.collapsed = collapsed
-        self.max_plate_nesting = collapsed.max_plate_nesting
-
-    def pyro_model(self, data, subsample_size=None, observe=True):
-        return self.collapsed.pyro_model()
+__all__ = ["fit", "resolve_device", "choose_target"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -66,11 +52,15 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     device : "cpu", "cuda", "cuda:N" or "auto"
     collapse : bool or None
         Integrate task parameters out in closed form where the model allows it (Gaussian
-        likelihood with a Gaussian task prior) and draw them exactly afterwards. None: do so
-        for MCMC methods whenever the model offers it. ``info["path"]`` records which ran.
+        likelihood with a Gaussian task prior) and draw them exactly afterwards. None: as the
+        back end prefers (samplers use it whenever the model offers it; SVI and MAP do not).
+        ``info["path"]`` records which ran.
     **options
         Back-end options (e.g. ``guide="mvn"``, ``batch_size=256`` for SVI;
         ``target_accept=0.9`` for NUTS).
+
+    The model offers its targets (``Model.targets``: registered fast paths, then its plain
+    program); the back end runs the first one it uses by default, recorded as ``info["path"]``.
     """
     chains = _count("chains", chains, 1)
     warmup = _count("warmup", warmup, 0)
@@ -84,20 +74,15 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
                         progress=progress, options=dict(options))
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    collapsed = None
-    if collapse or (collapse is None and method in MCMC_METHODS):
-        offer = getattr(model, "collapsed", None)
-        collapsed = offer(on_device) if offer is not None else None
-        if collapse and collapsed is None:
-            raise ValueError(f"{type(model).__name__} with this likelihood has no collapsed form")
+    target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
     t0 = time.perf_counter()
-    out = backend.run(_Shim(collapsed) if collapsed is not None else model, on_device, settings)
+    out = backend.run(target, settings)
     host = data.to("cpu")
     C, S = next(iter(out.samples.values())).shape[:2]
-    if collapsed is not None:
+    if target.conditional is not None:
         gen = torch.Generator(device=on_device.device).manual_seed(seed)
         full = {k: v.reshape((C * S,) + v.shape[2:]).to(on_device.device) for k, v in out.samples.items()}
-        full = collapsed.conditional(full, gen)
+        full = target.conditional(full, gen)
         out = out._replace(samples={k: v.reshape((C, S) + v.shape[1:]) for k, v in full.items()})
     seconds = time.perf_counter() - t0
     dims = model.site_dims(host)
@@ -109,8 +94,21 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     samples = {k: v.reshape((C, S) + v.shape[1:]).numpy() for k, v in flat.items()}
     info = {"method": method, "backend": backend.name, "chains": chains, "warmup": warmup,
             "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
-            "seconds": seconds, "path": "collapsed" if collapsed is not None else "plain", **out.info}
-    describe = getattr(model, "describe", None)  # model-specific structure (e.g. a GP's Kronecker path)
-    if describe is not None:
-        info.update(describe(host))
+            "seconds": seconds, "path": target.path, **out.info}
+    info.update(target.info)
+    if target.reparam:
+        info["reparam"] = {"non_centred": list(target.reparam)}
     return Posterior(model, host, samples, out.sample_stats, info)
+
+
+def choose_target(targets: list[Target], backend, collapse: bool | None, model_name: str) -> Target:
+    """The first target the back end uses by default (``backend.paths``, in the model's order:
+    fastest first); ``collapse=True`` demands the collapsed form, ``False`` the plain program."""
+    if collapse:
+        found = [t for t in targets if t.path == "collapsed"]
+        if not found:
+            raise ValueError(f"{model_name} with this likelihood has no collapsed form")
+        return found[0]
+    if collapse is False:
+        return next(t for t in targets if t.path == "plain")
+    return next((t for t in targets if t.path in backend.paths), targets[-1])

@@ -7,32 +7,42 @@ For row n of task t = task[n]:
 where ``w`` (T, D) comes from the task prior (an intercept column comes first when
 ``intercept=True``) and ``coef`` are coefficients common to all tasks. The model is a Pyro
 program with plates ``task`` and ``data`` at dim -1 (``max_plate_nesting = 1``), so any outer
-plate at dim -2 batches chains or particles.
+plate at dim -2 batches chains or particles (a prior with plates of its own nests deeper; the
+nesting is read from a trace).
+
+The prior is written once, as ``sample(tasks)`` in plain Pyro; everything else is derived here
+from a trace of that program: site dims, the draws of tasks never seen in training (the same
+program run for the new tasks with the sites outside the task plate fixed to each posterior
+draw), and the automatic non-centring of a user prior's location-scale sites.
 """
 
 from __future__ import annotations
 
-import itertools
-import warnings
-import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.reparam import LocScaleReparam
 
+from . import marginals
 from .data import MultiTaskData
+from .design import linear_predictor, task_rows
 from .likelihoods import Gaussian, Likelihood, get_likelihood
 from .priors.base import TaskPrior, as_distribution, move_distribution
+from .protocol import ModelBase, RelationDraws, Target, TaskFeatures, Tasks, data_context, derive_dims, in_plate, plate_nesting
 from .pyro_util import batch_condition, site_shapes, squeeze_to
 
-__all__ = ["MultiTaskModel"]
+__all__ = ["MultiTaskModel", "linear_predictor", "task_rows"]
 
 INTERCEPT = "intercept"
+#: location-scale families the package may non-centre (LocScaleReparam) in a user's prior
+_LOC_SCALE = (dist.Normal, dist.StudentT, dist.Cauchy, dist.Laplace)
 
 
-class MultiTaskModel:
+class MultiTaskModel(ModelBase):
     """A task prior and a likelihood, composed into a Pyro model.
 
     Parameters
@@ -47,21 +57,34 @@ class MultiTaskModel:
         Feature columns whose coefficients are common to all tasks (fixed effects).
     shared_prior : pyro distribution, default Normal(0, 10)
         Prior of each shared coefficient.
+    reparam : {"auto", False}
+        "auto": non-centre every location-scale site (Normal, StudentT, Cauchy, Laplace) that a
+        prior samples inside a plate, unless the prior manages its own parametrisation
+        (``TaskPrior.reparam = False``, as the built-in priors do). Hierarchies with little
+        data per task then sample without a funnel. The sites are recorded in ``run.json``.
     """
 
     name = "multitask"
-    max_plate_nesting = 1
+
+    @property
+    def outcome(self) -> str:
+        """The likelihood's kind ("gaussian", "bernoulli", ...)."""
+        return self.likelihood.kind
 
     def __init__(self, prior: TaskPrior, likelihood: str | Likelihood = "gaussian",
-                 intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):
+                 intercept: bool = True, shared: Sequence[str] = (), shared_prior=None,
+                 reparam: str | bool = "auto"):
         if not isinstance(prior, TaskPrior):
             raise TypeError(f"prior must be a bayesmtl TaskPrior; got {type(prior).__name__}")
+        if reparam not in ("auto", False):
+            raise ValueError(f"reparam must be 'auto' or False; got {reparam!r}")
         self.prior = prior
         self.likelihood = get_likelihood(likelihood)
         self.intercept = bool(intercept)
         self.shared = list(shared)
         self.shared_prior = (dist.Normal(0.0, 10.0) if shared_prior is None
                              else as_distribution(shared_prior, "shared_prior"))
+        self.reparam = reparam
 
     # ------------------------------------------------------------------ structure
     def varying_names(self, data: MultiTaskData) -> list[str]:
@@ -87,6 +110,7 @@ class MultiTaskModel:
             raise ValueError("the model has no task-varying parameters (no intercept, every feature shared)")
         self.prior.check(data.n_tasks, n_dims)
         self.likelihood_for(data).check(data)
+        self._prior_trace(data)  # a prior that cannot run, or returns the wrong shape, fails here
 
     def design(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor]:
         """Varying design (N, D) with the intercept first, and shared design (N, Ds)."""
@@ -100,15 +124,77 @@ class MultiTaskModel:
 
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
         names = self.varying_names(data)
-        return {"task": list(data.task_names), "feature": names, "feature_": names,
-                "shared_feature": list(self.shared)}
+        out = {"task": list(data.task_names), "task_": list(data.task_names), "feature": names,
+               "feature_": names, "shared_feature": list(self.shared)}
+        out.update({k: list(v) for k, v in data.task_levels.items()})  # a plate named after a task feature
+        return out
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
-        dims = dict(self.prior.site_dims())
+        """Named dims of every site: the prior's own ``site_dims`` where it names them, else read
+        from a trace of its program (see ``protocol.derive_dims``)."""
+        tr = self._prior_trace(data)
+        dims = derive_dims(tr, data.n_tasks, len(self.varying_names(data)))
+        dims.update(self.prior.site_dims())
         if self.shared:
             dims["coef"] = ("shared_feature",)
         dims.update(self.likelihood_for(data).site_dims())
         return dims
+
+    # ------------------------------------------------------------------ the task prior's program
+    def tasks(self, data: MultiTaskData, plate=None, start: int = 0) -> Tasks:
+        """What the prior sees for tasks ``start..T-1`` of ``data`` (all of them by default)."""
+        T = len(data.task_names) - start
+        return Tasks(n=T, dims=len(self.varying_names(data)), plate=plate,
+                     features=TaskFeatures({k: v[start:] for k, v in data.task_features.items()}),
+                     levels=dict(data.task_levels), names=list(data.task_names[start:]),
+                     feature_names=self.varying_names(data),
+                     like=torch.zeros((), dtype=data.dtype, device=data.device))
+
+    def _sample_prior(self, tasks: Tasks, reparam: dict | None) -> torch.Tensor:
+        """Run the prior for ``tasks``; its return value checked to be (..., T, D)."""
+        fn = self.prior.sample if not reparam else poutine.reparam(self.prior.sample, config=reparam)
+        w = fn(tasks)
+        if not torch.is_tensor(w) or w.dim() < 2 or tuple(w.shape[-2:]) != (tasks.n, tasks.dims):
+            got = tuple(w.shape) if torch.is_tensor(w) else type(w).__name__
+            raise ValueError(f"{type(self.prior).__name__}.sample must return the task parameters, shape "
+                             f"(..., {tasks.n}, {tasks.dims}) = (tasks, {tasks.feature_names}); got {got}")
+        return w
+
+    def _prior_trace(self, data: MultiTaskData, reparam: bool = True):
+        """One unbatched trace of the prior's program on ``data``'s tasks (reparametrised as fitted)."""
+        config = self.reparam_config(data) if reparam else None
+        box = []
+
+        def prog():
+            box.append(self._sample_prior(self.tasks(data, pyro.plate("task", data.n_tasks, dim=-1)), config))
+
+        try:
+            with poutine.block(), torch.no_grad(), data_context(data.dtype, data.device):
+                tr = poutine.trace(prog).get_trace()
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+            raise type(e)(f"{type(self.prior).__name__}.sample failed on {data.n_tasks} tasks x "
+                          f"{len(self.varying_names(data))} parameters: {e}") from e
+        tr.w = box[0]
+        return tr
+
+    def reparam_config(self, data: MultiTaskData) -> dict[str, LocScaleReparam]:
+        """Sites to non-centre (see ``reparam``): {site: LocScaleReparam(centered=0)}."""
+        if self.reparam is False or not self.prior.reparam:
+            return {}
+        tr = self._prior_trace(data, reparam=False)
+        out = {}
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or not site["cond_indep_stack"]:
+                continue
+            fn = site["fn"]
+            while isinstance(fn, (dist.Independent, torch.distributions.Independent, dist.ExpandedDistribution)):
+                fn = fn.base_dist
+            if type(fn) not in _LOC_SCALE:
+                continue
+            if bool((fn.loc == 0).all()) and bool((fn.scale == 1).all()):
+                continue  # already standard
+            out[name] = LocScaleReparam(0.0)
+        return out
 
     # ------------------------------------------------------------------ the Pyro program
     def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None,
@@ -116,15 +202,22 @@ class MultiTaskModel:
         """The model as a Pyro callable with no arguments (data bound in)."""
         Xv, Xs = self.design(data)
         lik = self.likelihood_for(data)
-        T, N, D, Ds = data.n_tasks, data.n_rows, Xv.shape[-1], Xs.shape[-1]
+        T, N, Ds = data.n_tasks, data.n_rows, Xs.shape[-1]
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         task, y, noise, trials = data.task, data.y, data.noise, data.trials
         # built once per program, not per evaluation; a minibatch changes the rows, so it gathers instead
         rows = task_rows(Xv, task, T) if observe and subsample_size is None else None
+        config = self.reparam_config(data)
+        name_w = "w" not in self._prior_trace(data).nodes  # record w when the prior returns it unnamed
+        tasks = self.tasks(data)
+        dt, dev = data.dtype, data.device
 
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
-            w = self.prior.sample(T, D, task_plate, like)
+            with data_context(dt, dev):
+                w = self._sample_prior(replace(tasks, plate=task_plate), config)
+            if name_w:
+                w = pyro.deterministic("w", w, event_dim=2)
             coef = None
             if Ds:
                 coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
@@ -140,6 +233,30 @@ class MultiTaskModel:
 
         return model
 
+    def nesting(self, data: MultiTaskData) -> int:
+        """Plate dims of the program (1 unless the prior nests plates of its own)."""
+        return plate_nesting(self._prior_trace(data))
+
+    def targets(self, data: MultiTaskData) -> list[Target]:
+        """Registered fast paths that apply (``bayesmtl.marginals``), then the plain program."""
+        nest = self.nesting(data)
+        reparam = sorted(self.reparam_config(data))
+        out = []
+        written = None
+        for path, form in marginals.forms(self, data):
+            if path == "written":
+                written = written or form
+                continue
+            out.append(Target(program=_no_minibatch(form.pyro_model, path), max_plate_nesting=form.max_plate_nesting,
+                              n_rows=data.n_rows, path=path, log_density=form.log_density,
+                              log_density_grad=form.log_density_and_grad, conditional=form.conditional,
+                              rebuild=lambda d, p=path: _pick(self.targets(d), p), data=data))
+        out.append(Target(program=lambda s=None: self.pyro_model(data, subsample_size=s), max_plate_nesting=nest,
+                          n_rows=data.n_rows, path="plain",
+                          log_density_grad=None if written is None else written.log_density_and_grad,
+                          rebuild=lambda d: _pick(self.targets(d), "plain"), data=data, reparam=reparam))
+        return out
+
     # ------------------------------------------------------------------ after inference
     def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
                  chunk: int = 1000) -> dict[str, torch.Tensor]:
@@ -147,13 +264,14 @@ class MultiTaskModel:
         fn = self.pyro_model(data, observe=False)
         shapes = site_shapes(fn)
         dims = self.site_dims(data)
+        nest = self.nesting(data)
         S = next(iter(samples.values())).shape[0]
         out: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
             for lo in range(0, S, chunk):
                 part = {k: v[lo:lo + chunk] for k, v in samples.items()}
                 n = next(iter(part.values())).shape[0]
-                tr = batch_condition(fn, part, n, self.max_plate_nesting, shapes)
+                tr = batch_condition(fn, part, n, nest, shapes)
                 for name, site in tr.nodes.items():
                     if site["type"] != "sample" or name.startswith("_") or name not in dims:
                         continue
@@ -162,136 +280,90 @@ class MultiTaskModel:
         full.update(samples)
         return full
 
-    def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Posterior predictive draws for the rows of ``new``.
+    def new_task_params(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
+                        generator: torch.Generator) -> torch.Tensor:
+        """Parameters (S, n_new, D) of the tasks of ``new`` unseen in training, one per draw.
 
-        ``samples`` are flat draws (S, ...), deterministic sites included. Tasks unseen in
-        training (indices >= ``new.n_known_tasks``) get parameters from the prior's population.
-        Returns ``mean`` (S, N), E[y | draw], and ``y`` (S, N), a predictive draw.
+        The prior's closed form (``sample_new``) where it has one; otherwise its own program
+        run for the new tasks (with their task-level features), every site outside the task
+        plate fixed to the posterior draw: the population the model learned, nothing written twice.
         """
+        tasks = self.tasks(new, start=new.n_known_tasks)
+        own = self.prior.sample_new(samples, tasks, generator)
+        if own is not None:
+            return own
+        tr = self._prior_trace(train)
+        fixed = {k: samples[k] for k, s in tr.nodes.items()
+                 if s["type"] == "sample" and not s["is_observed"] and not in_plate(s, "task") and k in samples}
+        S = samples["w"].shape[0]
+        config = self.reparam_config(train)
+        box = []
+
+        def prog():
+            box.append(self._sample_prior(replace(tasks, plate=pyro.plate("task", tasks.n, dim=-1)), config))
+
+        devices = [generator.device] if generator.device.type == "cuda" else []
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=devices), \
+                data_context(train.dtype, samples["w"].device):
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            if fixed:
+                batch_condition(prog, fixed, S, plate_nesting(tr))
+            else:  # nothing learned outside the task plate: plain prior draws
+                with pyro.plate("_draws", S, dim=-(plate_nesting(tr) + 1)):
+                    prog()
+        w = box[-1]
+        return torch.broadcast_to(squeeze_to(w, 3) if w.dim() > 3 else w, (S, tasks.n, tasks.dims))
+
+    def _eta_params(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
+                    generator: torch.Generator | None):
         Xv, Xs = self.design(new)
         w = samples["w"]
         n_new = len(new.task_names) - new.n_known_tasks
         lik = self.likelihood_for(train)
         params = {k: samples[k] for k in lik.site_dims()}
         if n_new:
-            w = torch.cat([w, self.prior.sample_new(samples, n_new, w.shape[-1], generator)], dim=-2)
+            w = torch.cat([w, self.new_task_params(train, new, samples, generator).to(w)], dim=-2)
             params = lik.new_task_params(params, n_new, generator)
         eta = linear_predictor(w, samples.get("coef"), Xv, Xs, new.task, task_rows(Xv, new.task, w.shape[-2]))
+        return eta, params, lik
+
+    def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
+                generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:
+        """Posterior predictive draws for the rows of ``new``.
+
+        ``samples`` are flat draws (S, ...), deterministic sites included. Tasks unseen in
+        training (indices >= ``new.n_known_tasks``) get parameters from the learned population.
+        Returns ``mean`` (S, N), E[y | draw], and ``y`` (S * draws_per_sample, N), predictive
+        draws (``draws_per_sample`` consecutive rows per posterior draw).
+        """
+        eta, params, lik = self._eta_params(train, new, samples, generator)
         d = lik.distribution(eta, params, new.task, new.noise, new.trials)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            y = d.sample()
-        return {"mean": lik.mean(eta, new.trials), "y": y}
+            y = d.sample((draws_per_sample,))  # (K, S, N)
+        return {"mean": lik.mean(eta, new.trials), "y": y.transpose(0, 1).reshape(-1, y.shape[-1])}
 
     def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pointwise log-likelihood of the rows, shape (S, N)."""
-        Xv, Xs = self.design(data)
-        lik = self.likelihood_for(data)
-        eta = linear_predictor(samples["w"], samples.get("coef"), Xv, Xs, data.task,
-                               task_rows(Xv, data.task, data.n_tasks))
-        params = {k: samples[k] for k in lik.site_dims()}
+        eta, params, lik = self._eta_params(data, data, samples, None)
         return lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
 
-    def collapsed(self, data: MultiTaskData):
-        """The task parameters integrated out in closed form (``infer.base.Collapsed``), or None."""
-        from .collapsed import hierarchical_gaussian
-        return hierarchical_gaussian(self, data)
-
-    def written_density(self, data: MultiTaskData):
-        """The Pyro program's density with its gradient written out (``log_density_and_grad``), or None."""
-        from .hierarchical_glm import hierarchical_glm
-        return hierarchical_glm(self, data)
-
-    def relations(self, samples: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
-        """Draws of the (T, T) task relation, shape (S, T, T), and what they measure."""
-        return self.prior.relations(samples), self.prior.relation_kind
+    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
+        """Draws of the (T, T) task relation (S, T, T), what they measure, and whether signed."""
+        return RelationDraws(self.prior.relations(samples), self.prior.relation_kind, self.prior.relation_signed)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(prior={self.prior!r}, likelihood={self.likelihood!r}, "
                 f"intercept={self.intercept}, shared={self.shared})")
 
 
-def linear_predictor(w: torch.Tensor, coef: torch.Tensor | None, Xv: torch.Tensor,
-                     Xs: torch.Tensor, task: torch.Tensor, rows: TaskRows | None = None) -> torch.Tensor:
-    """eta (..., N) from w (..., T, D), coef (..., 1, Ds) or (..., Ds), Xv (N, D), Xs (N, Ds).
-
-    ``rows``, the same Xv and task as a ``TaskRows``, computes the varying part faster.
-    """
-    eta = rows(w) if rows is not None else (Xv * w[..., task, :]).sum(-1)
-    if coef is not None and Xs.shape[-1]:
-        if coef.dim() >= 2 and coef.shape[-2] == 1:
-            coef = coef.squeeze(-2)
-        eta = eta + (coef @ Xs.T if coef.dim() > 1 else Xs @ coef)
-    return eta
+def _no_minibatch(program: Callable[[], Callable[[], None]], path: str):
+    def make(subsample_size: int | None = None):
+        if subsample_size is not None:
+            raise ValueError(f"the {path} form needs every row at once; pass collapse=False to use batch_size")
+        return program()
+    return make
 
 
-def task_rows(X: torch.Tensor, task: torch.Tensor, n_tasks: int) -> TaskRows | None:
-    """A ``TaskRows`` where the device has sparse CSR products (CPU, CUDA), else None."""
-    return TaskRows(X, task, n_tasks) if X.device.type in ("cpu", "cuda") else None
-
-
-class TaskRows:
-    """x_n . w_{task[n]} for every row n as one sparse product: A (N, T*D) @ w.flatten(-2).
-
-    Gathering w[..., task, :] into (..., N, D) and its scatter-add backward cost 3-7x more
-    (4 to 1024 chains, 5000 rows; measured in benchmarks/mcmc.py's set-up). Both directions
-    are CSR x dense products; A' is stored too so the backward needs no transpose.
-    """
-
-    def __init__(self, X: torch.Tensor, task: torch.Tensor, n_tasks: int):
-        N, D = X.shape
-        self.D = D
-        self.shape = (N, n_tasks * D)
-        cols = (task.unsqueeze(-1) * D + torch.arange(D, device=X.device)).reshape(-1)
-        row_of = torch.arange(N, device=X.device).repeat_interleave(D)
-        idx = torch.int32 if N * D < 2**31 - 1 else torch.int64
-        vals = X.reshape(-1)
-        order = torch.argsort(cols, stable=True)
-        crow = torch.cat([cols.new_zeros(1), torch.bincount(cols, minlength=n_tasks * D).cumsum(0)])
-        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice: not the user's concern
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-            self.A = torch.sparse_csr_tensor(torch.arange(0, N * D + 1, D, device=X.device).to(idx),
-                                             cols.to(idx), vals, self.shape, check_invariants=True)
-            self.At = torch.sparse_csr_tensor(crow.to(idx), row_of[order].to(idx), vals[order], self.shape[::-1],
-                                              check_invariants=True)
-        self.key = next(_KEYS)
-        _ROWS[self.key] = self
-
-    def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        """eta (..., N) from w (..., T, D)."""
-        batch = w.shape[:-2]
-        flat = w.reshape(-1, self.shape[1])
-        return _task_rows(flat, self.key).reshape(*batch, self.shape[0])
-
-    def columns(self, w: torch.Tensor) -> torch.Tensor:
-        """eta as columns, (N, C) from w (C, T, D): no transposed copies of the (C, N) result.
-        For code that computes the gradient itself; ``__call__`` is the autograd-aware form."""
-        return self.A @ w.reshape(w.shape[0], -1).T.contiguous()
-
-    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
-        """sum over each task's rows of g_n x_n: (C, T, D) from columns g (N, C)."""
-        return (self.At @ g).T.reshape(g.shape[1], -1, self.D)
-
-
-# A custom op taking a key, not the sparse tensors: torch.jit.trace records it as one node
-# (a traced graph cannot hold sparse constants) and replays it through the registry.
-_ROWS: weakref.WeakValueDictionary[int, TaskRows] = weakref.WeakValueDictionary()
-_KEYS = itertools.count()
-
-
-@torch.library.custom_op("bayesmtl::task_rows", mutates_args=())
-def _task_rows(flat: torch.Tensor, key: int) -> torch.Tensor:
-    return (_ROWS[key].A @ flat.T).T.contiguous()
-
-
-def _task_rows_setup(ctx, inputs, output):
-    ctx.key = inputs[1]
-
-
-def _task_rows_backward(ctx, g):
-    return (_ROWS[ctx.key].At @ g.T).T.contiguous(), None
-
-
-_task_rows.register_autograd(_task_rows_backward, setup_context=_task_rows_setup)
+def _pick(targets: list[Target], path: str) -> Target:
+    return next(t for t in targets if t.path == path)

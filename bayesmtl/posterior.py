@@ -16,6 +16,8 @@ __all__ = ["Posterior"]
 
 #: most entries (draws x rows) of an in-memory posterior-predictive or log-likelihood array
 MAX_POINTWISE = 5e7
+#: predictive draws per row at least (each posterior draw gives several when there are fewer draws)
+PREDICTIVE_DRAWS = 500
 
 
 class Posterior:
@@ -86,8 +88,7 @@ class Posterior:
             gen = torch.Generator().manual_seed(int(self.info.get("seed", 0)))
             pred = self.model.predict(self.data, self.data, flat, gen)
             pp = {"y": pred["y"].reshape(C, S, -1).numpy().astype(np.float32)}
-            if hasattr(self.model, "log_likelihood"):
-                ll = {"y": self.model.log_likelihood(self.data, flat).reshape(C, S, -1).numpy()}
+            ll = {"y": self.model.log_likelihood(self.data, flat).reshape(C, S, -1).numpy()}
         attrs = {"method": str(self.info.get("method")), "model": type(self.model).__name__}
         self._idata[predictive] = to_inference_data(
             {k: np.asarray(v) for k, v in self.samples.items()}, dims, coords,
@@ -97,13 +98,14 @@ class Posterior:
 
     def summary(self, var_names: list[str] | None = None, prob: float = 0.9) -> pd.DataFrame:
         """Per-entry mean, sd, quantiles, mcse_mean, ess_bulk, ess_tail, r_hat, labelled like
-        ``w[school_3, intercept]``. Non-centred auxiliaries (``*_raw``) and a model's
-        ``unidentified_sites`` are left out by default."""
+        ``w[school_3, intercept]``. Non-centred auxiliaries (``*_raw``, ``*_decentered``) and a
+        model's ``unidentified_sites`` are left out by default."""
         from .convert import summary
 
         if var_names is None:
-            skip = set(getattr(self.model, "unidentified_sites", ()))  # e.g. factor loadings (sign, rotation)
-            var_names = [k for k in self.samples if not k.endswith("_raw") and k != "corr_chol" and k not in skip]
+            skip = set(self.model.unidentified_sites)  # e.g. factor loadings (sign, rotation)
+            var_names = [k for k in self.samples if not k.endswith(("_raw", "_decentered")) and k != "corr_chol"
+                         and k not in skip]
         missing = [v for v in var_names if v not in self.samples]
         if missing:
             raise ValueError(f"no site {missing[0]!r} in the posterior; sites: {sorted(self.samples)}")
@@ -131,12 +133,13 @@ class Posterior:
         flat = self.flat()
         gen = torch.Generator().manual_seed(int(seed))
         S = next(iter(flat.values())).shape[0]
-        step = max(1, int(MAX_POINTWISE // 4 // max(S, 1)))
+        K = -(-PREDICTIVE_DRAWS // S)  # a point estimate or few draws still get predictive quantiles
+        step = max(1, int(MAX_POINTWISE // 4 // max(S * K, 1)))
         means, ys = [], []
         with torch.no_grad():
             for lo in range(0, new.n_rows, step):
                 part = new.subset(np.arange(lo, min(lo + step, new.n_rows)))
-                p = self.model.predict(self.data, part, flat, gen)
+                p = self.model.predict(self.data, part, flat, gen, draws_per_sample=K)
                 means.append(p["mean"])
                 ys.append(p["y"])
         mean, y = torch.cat(means, -1).numpy(), torch.cat(ys, -1).numpy()
@@ -147,25 +150,19 @@ class Posterior:
                             "mean": mean.mean(0), "sd": y.std(0),
                             f"q{round(100 * lo_q):02d}": np.quantile(y, lo_q, axis=0),
                             f"q{round(100 * hi_q):02d}": np.quantile(y, hi_q, axis=0)})
-        if getattr(self.model, "likelihood", None) is not None and self.model.likelihood.kind == "bernoulli":
+        if self.model.outcome == "bernoulli":
             out["probability"] = mean.mean(0)
         return out
 
     def relations(self) -> TaskRelations:
         """Posterior draws of the T x T task relation, with task names (see ``kind``)."""
         out = self.model.relations(self.flat())
-        draws, kind = out[:2]
-        signed = bool(out[2]) if len(out) > 2 else False  # a model may add signed=True (correlations)
-        return TaskRelations(draws, self.task_names, kind,
-                             point_estimate=self.num_chains * self.num_draws == 1, signed=signed)
+        return TaskRelations(out.draws, self.task_names, out.kind,
+                             point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed)
 
     def num_clusters(self) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""
-        fn = getattr(self.model, "num_clusters", None)
-        if fn is None:
-            raise TypeError(f"{type(self.model).__name__} has no task clusters; num_clusters() needs a "
-                            "clustering model such as bayesmtl.models.DPClustering")
-        return fn(self)
+        return self.model.num_clusters(self)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, overwrite: bool = True) -> Path:

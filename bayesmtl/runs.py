@@ -67,12 +67,10 @@ def save_run(post, path: str | Path, overwrite: bool = True) -> Path:
         idata = post.to_arviz(predictive=False)
         idata.to_netcdf(str(tmp / "posterior.nc"))
         summary.to_csv(tmp / "summary.csv", index_label="parameter")
-        frame = rel.to_frame(extra=getattr(rel, "signed", False))
+        frame = rel.to_frame(extra=rel.signed)
         frame.to_csv(tmp / "relations.csv", index=False)
-        extra_files = getattr(post.model, "extra_outputs", None)
-        if extra_files is not None:
-            for name, table in extra_files(post).items():
-                table.to_csv(tmp / name, index=False)
+        for name, table in post.model.extra_outputs(post).items():
+            table.to_csv(tmp / name, index=False)
         torch.save({"model": post.model, "data": post.data}, tmp / "model.pt")
         run = {"model": type(post.model).__name__, "model_repr": repr(post.model),
                "data": repr(post.data), "tasks": post.task_names,

@@ -13,7 +13,7 @@ seconds per 1,000 steps, for the plain model (guide over W too) and the collapse
 out; the guide covers Omega, the feature scales and the noise).
 
 The collapsed low-rank form costs O(T D^3 + (rank D)^3) per gradient (T small D x D solves and one
-of size rank x D), the full form O((T D)^3); see ``bayesmtl/collapsed_mtrl.py``.
+of size rank x D), the full form O((T D)^3); see ``bayesmtl/marginals/task_relationship_gaussian.py``.
 
     .venv/bin/python benchmarks/mtrl.py --tasks 20,100 --chains 2 --warmup 300 --draws 300 --seed 0
 """
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
         rank = None if T <= a.full_max else a.rank
         model = bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=rank), intercept=False,
                                            likelihood=bm.likelihoods.Gaussian("shared"))
-        from bayesmtl.collapsed_mtrl import CollapsedTaskRelationship
+        from bayesmtl.marginals.task_relationship_gaussian import CollapsedTaskRelationship
 
         col = CollapsedTaskRelationship(model, data)
         print(f"{T:5d} {'full LKJ' if rank is None else f'rank {rank}':>10} "

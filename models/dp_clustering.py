@@ -28,10 +28,13 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from bayesmtl.data import MultiTaskData
+from bayesmtl.design import linear_predictor
 from bayesmtl.likelihoods import Gaussian, Likelihood
-from bayesmtl.model import MultiTaskModel, linear_predictor
+from bayesmtl.marginals import Marginal
+from bayesmtl.model import MultiTaskModel
 from bayesmtl.priors.base import move_distribution
 from bayesmtl.priors.dirichlet import TRUNCATION_TOLERANCE, DirichletProcess
+from bayesmtl.protocol import Target
 
 __all__ = ["DPClustering", "cluster_loglik"]
 
@@ -77,10 +80,6 @@ class DPClustering(MultiTaskModel):
     """
 
     name = "dp-clustering"
-    #: plates sit at dim -1; the enumerated assignment takes dim -2 (left of the plates)
-    max_plate_nesting = 1
-    #: the back ends must sum out the enumerated ``z`` site (SVI picks TraceEnum_ELBO)
-    has_enumeration = True
 
     def __init__(self, likelihood: str | Likelihood = "bernoulli", prior: DirichletProcess | None = None,
                  intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):
@@ -120,13 +119,23 @@ class DPClustering(MultiTaskModel):
 
         return model
 
-    def collapsed(self, data: MultiTaskData) -> _Marginal:
-        """The continuous marginal (z summed out by logsumexp), for samplers without enumeration.
+    def _prior_trace(self, data: MultiTaskData, reparam: bool = True):
+        """A trace of the cluster sites (sticks, atoms): what site dims are read from."""
+        like = torch.zeros((), dtype=data.dtype, device=data.device)
+        with pyro.poutine.block(), torch.no_grad():
+            return pyro.poutine.trace(self.prior.sample_clusters).get_trace(len(self.varying_names(data)), like)
 
-        ``fit`` uses it for MCMC methods unless ``collapse=False`` (which keeps the enumerated
-        site for Pyro's NUTS); ``complete`` then draws z from its exact conditional either way.
-        """
-        return _Marginal(self, data)
+    def targets(self, data: MultiTaskData) -> list[Target]:
+        """The continuous marginal (z summed out by logsumexp), for samplers without enumeration,
+        then the program with z enumerated (SVI; Pyro's NUTS with ``collapse=False``).
+        ``complete`` draws z from its exact conditional either way."""
+        marginal = _Marginal(self, data)
+        return [Target(program=lambda s=None: marginal.pyro_model(), max_plate_nesting=1, n_rows=data.n_rows,
+                       path="collapsed", conditional=marginal.conditional,
+                       rebuild=lambda d: self.targets(d)[0], data=data),
+                Target(program=lambda s=None: self.pyro_model(data, subsample_size=s), max_plate_nesting=1,
+                       n_rows=data.n_rows, path="plain", enumerated=True,
+                       rebuild=lambda d: self.targets(d)[1], data=data)]
 
     # ------------------------------------------------------------------ after inference
     def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
@@ -174,12 +183,11 @@ class DPClustering(MultiTaskModel):
         return {"clusters.csv": post.relations().clusters()}
 
 
-class _Marginal:
+class _Marginal(Marginal):
     """``DPClustering`` with z summed out in closed form: per task, log sum_k pi_k p(y_t | theta_k)."""
 
     def __init__(self, model: DPClustering, data: MultiTaskData):
         self.model, self.data = model, data
-        self.max_plate_nesting = model.max_plate_nesting
 
     def pyro_model(self):
         m, data = self.model, self.data
@@ -201,5 +209,3 @@ class _Marginal:
 
         return model
 
-    def conditional(self, samples, generator):
-        return samples  # z is drawn from its exact conditional in DPClustering.complete

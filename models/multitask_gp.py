@@ -54,6 +54,7 @@ from bayesmtl.data import MultiTaskData
 from bayesmtl.gp import icm
 from bayesmtl.infer.base import Draws, Settings, torch_threads
 from bayesmtl.priors.base import as_distribution, move_distribution
+from bayesmtl.protocol import ModelBase, RelationDraws, Target
 
 __all__ = ["MultitaskGP"]
 
@@ -61,7 +62,7 @@ _MAP_OPTIONS = {"optimizer", "lr", "steps", "tol", "threads", "restarts", "batch
                 "inducing_lr"}
 
 
-class MultitaskGP:
+class MultitaskGP(ModelBase):
     """Multi-task GP regression.
 
     Parameters
@@ -82,7 +83,6 @@ class MultitaskGP:
     """
 
     name = "multitask-gp"
-    max_plate_nesting = 1
 
     def __init__(self, rank: int = 1, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
                  inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,
@@ -450,10 +450,27 @@ class MultitaskGP:
         out["task_corr"] = d.unsqueeze(-1) * B * d.unsqueeze(-2)
         return out
 
-    def relations(self, samples: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
-        """Draws of the task correlation B_ij / sqrt(B_ii B_jj), (S, T, T)."""
+    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
+        """Draws of the task correlation B_ij / sqrt(B_ii B_jj), (S, T, T), signed."""
         corr = self.complete(None, samples)["task_corr"]
-        return corr.cpu().numpy(), "task correlation of the latent functions (multi-task GP)"
+        return RelationDraws(corr.cpu().numpy(), "task correlation of the latent functions (multi-task GP)", True)
+
+    def targets(self, data: MultiTaskData) -> list[Target]:
+        """The hyperparameters' Pyro program (exact marginal likelihood; ICM with a named kernel), with
+        type-II maximum likelihood (``map_estimate``) as its point estimate. Recorded: ``gp_path``."""
+        def program(subsample_size=None):
+            return self.pyro_model(data, subsample_size=subsample_size)
+
+        return [Target(program=program, max_plate_nesting=1, n_rows=data.n_rows, path="plain",
+                       point_estimate=lambda settings: self.map_estimate(data, settings),
+                       rebuild=lambda d: self.targets(d)[0], data=data, info=self.describe(data))]
+
+    def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log N(y_n | predictive mean, predictive variance) per row given each draw, (S, N): the GP's
+        pointwise predictive density at the training inputs (in-sample, hyperparameters as drawn)."""
+        mu, var = self.predictive_moments(data, data, samples)
+        y = data.y.to(mu)
+        return -0.5 * ((y - mu) ** 2 / var + torch.log(2 * math.pi * var))
 
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                 generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:

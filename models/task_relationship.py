@@ -5,7 +5,7 @@ The (T, D) task parameters are matrix-normal, W ~ MN(0, Omega (x) Sigma_features
 task covariance Omega gets a prior of its own (LKJ correlation and task scales, or low rank
 plus diagonal), so the posterior says which tasks are positively related, unrelated or
 negatively related, with intervals. With a Gaussian likelihood W is integrated out in closed
-form for MCMC (``collapsed``) and drawn exactly afterwards.
+form for MCMC (``bayesmtl.marginals.task_relationship_gaussian``) and drawn exactly afterwards.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bayesmtl.collapsed_mtrl import MAX_COLLAPSED_DIM, CollapsedTaskRelationship
 from bayesmtl.data import MultiTaskData
-from bayesmtl.likelihoods import Gaussian, Likelihood
+from bayesmtl.likelihoods import Likelihood
 from bayesmtl.model import MultiTaskModel
 from bayesmtl.priors import relationship as rp
 
@@ -65,19 +64,3 @@ class TaskRelationship(MultiTaskModel):
         if self.prior.rank is not None:
             out["factor"] = [f"factor_{k}" for k in range(self.prior.rank)]
         return out
-
-    def collapsed(self, data: MultiTaskData) -> CollapsedTaskRelationship | None:
-        """W integrated out (Gaussian likelihood; shared coefficients stay sampled), or None where that
-        is not available or would cost more than sampling W: the full prior solves a (T D)-dim
-        Gaussian per gradient, the low-rank prior T Gaussians of dim D and one of dim rank x D;
-        either joint size must be at most ``MAX_COLLAPSED_DIM``."""
-        if not isinstance(self.likelihood, Gaussian):
-            return None
-        D = len(self.varying_names(data))
-        if (self.prior.rank or data.n_tasks) * D > MAX_COLLAPSED_DIM:  # the joint Gaussian solved per gradient
-            return None
-        return CollapsedTaskRelationship(self, data)
-
-    def relations(self, samples) -> tuple[np.ndarray, str, bool]:
-        """Draws of the task correlation C (S, T, T), what they measure, and ``signed=True``."""
-        return self.prior.relations(samples), self.prior.relation_kind, True

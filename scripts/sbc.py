@@ -10,7 +10,7 @@ Two modes:
 
 - ``batched`` (default, minutes): every simulated data set is one chain of ONE batched run of
   ``bayesmtl.infer.nuts.run_nuts`` (adaptation included) on the collapsed density of
-  ``bayesmtl.collapsed`` (w integrated out), so all data sets are sampled at once.
+  ``bayesmtl.marginals.hierarchical_gaussian`` (w integrated out), so all data sets are sampled at once.
 - ``fit``: each data set through ``bm.fit(..., method="nuts")`` (or ``--method chees``, which
   needs ``--chains`` >= 2) (the Pyro model, plain path with ``--plain``), one at a time; slower.
 
@@ -33,7 +33,7 @@ import torch
 from scipy import stats
 
 import bayesmtl as bm
-from bayesmtl.collapsed import HierarchicalGaussian
+from bayesmtl.marginals.hierarchical_gaussian import HierarchicalGaussian
 from bayesmtl.infer.nuts import HMCState, run_nuts
 
 warnings.filterwarnings("ignore")

@@ -118,7 +118,7 @@ def test_marginal_matches_enumeration():
         warnings.simplefilter("ignore", UserWarning)
         model.check(data)
     _, enum_pot, _, _ = initialize_model(model.pyro_model(data), max_plate_nesting=1)
-    init, marg_pot, _, _ = initialize_model(model.collapsed(data).pyro_model(), max_plate_nesting=1)
+    init, marg_pot, _, _ = initialize_model(model.targets(data)[0].pyro_model(), max_plate_nesting=1)
     for scale in (0.0, 0.7):
         params = {k: v + scale * torch.randn_like(v) for k, v in init.items()}
         torch.testing.assert_close(enum_pot(params), marg_pot(params))

@@ -226,10 +226,10 @@ def test_pyro_model_broadcasts_over_a_leading_batch_dim():
     vals = {"lengthscale": torch.full((n, 1), 1.0, dtype=torch.float64),
             "task_W": torch.randn(n, 4, 2, dtype=torch.float64), "task_v": torch.ones(n, 4, dtype=torch.float64),
             "noise": torch.full((n, 4), 0.1, dtype=torch.float64), "mean": torch.zeros(n, 4, dtype=torch.float64)}
-    tr = batch_condition(fn, vals, n, model.max_plate_nesting)
+    tr = batch_condition(fn, vals, n, 1)
     batched = tr.nodes["gp_mll"]["fn"].log_prob(tr.nodes["gp_mll"]["value"]).reshape(-1)
     for i in range(n):
-        one = batch_condition(fn, {k: v[i:i + 1] for k, v in vals.items()}, 1, model.max_plate_nesting)
+        one = batch_condition(fn, {k: v[i:i + 1] for k, v in vals.items()}, 1, 1)
         single = one.nodes["gp_mll"]["fn"].log_prob(one.nodes["gp_mll"]["value"]).reshape(-1)
         assert torch.allclose(batched[i], single[0])
 

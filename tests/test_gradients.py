@@ -10,7 +10,9 @@ import torch
 
 import bayesmtl as bm
 from bayesmtl.infer.potential import BatchedPotential
-from bayesmtl.priors.base import log_prob_and_grad, move_distribution
+from bayesmtl.marginals import form as marginal_form
+from bayesmtl.marginals.prior_terms import log_prob_and_grad
+from bayesmtl.priors.base import move_distribution
 from bayesmtl.synthetic import hierarchical_regression
 
 PRIORS = [dist.Normal(1.0, 2.0), dist.HalfNormal(1.5), dist.HalfCauchy(5.0), dist.Cauchy(-1.0, 0.5),
@@ -53,7 +55,7 @@ def _assert_written_matches_autograd(model, data, written):
 
 
 def written_obj(model, data, written):
-    return (written if written is not None else model.written_density(data)).log_density_and_grad
+    return (written if written is not None else marginal_form(model, data, "written")).log_density_and_grad
 
 
 @pytest.mark.parametrize("noise", ["per_task", "shared", "known"])
@@ -62,7 +64,7 @@ def test_collapsed_written_gradient_matches_autograd(noise):
     df["sd"] = 0.5
     data = bm.MultiTaskData.from_frame(df, task="task", target="y", noise="sd" if noise == "known" else None)
     model = bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise))
-    _assert_written_matches_autograd(model, data, model.collapsed(data))
+    _assert_written_matches_autograd(model, data, marginal_form(model, data, "collapsed"))
 
 
 @pytest.mark.parametrize("lik", ["bernoulli", "poisson", "binomial"])

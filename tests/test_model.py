@@ -44,7 +44,7 @@ def test_batched_log_joint_matches_loop(name, lik):
     fn = model.pyro_model(data)
     pyro.set_rng_seed(0)
     draws = {k: v for k, v in _draws(fn, 3).items() if k in site_shapes(fn)}
-    tr = batch_condition(fn, draws, 3, model.max_plate_nesting)
+    tr = batch_condition(fn, draws, 3, model.nesting(data))
     sites = site_shapes(fn)
     batched = sum(s["fn"].log_prob(s["value"]).reshape(3, -1).sum(-1)
                   for k, s in tr.nodes.items() if k in sites)
@@ -55,7 +55,7 @@ def test_batched_log_joint_matches_loop(name, lik):
 
 
 def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
-    from bayesmtl.model import TaskRows
+    from bayesmtl.design import TaskRows
 
     g = torch.Generator().manual_seed(0)
     T, D, N = 7, 3, 40

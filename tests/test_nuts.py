@@ -13,6 +13,7 @@ from reference import EIGHT_SCHOOLS, assert_matches, compare, load_reference, re
 import bayesmtl as bm
 from bayesmtl.infer.nuts import HMCState, adaptation_schedule, da_init, da_update, find_step_size, nuts_step, run_nuts
 from bayesmtl.infer.potential import BatchedPotential
+from bayesmtl.marginals import form as marginal_form
 from bayesmtl.synthetic import hierarchical_regression
 
 
@@ -86,7 +87,7 @@ def test_batched_potential_matches_pyro_log_density():
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     model = bm.models.Hierarchical()
     fn = model.pyro_model(data)
-    pot = BatchedPotential(fn, model.max_plate_nesting)
+    pot = BatchedPotential(fn, model.nesting(data))
     z = torch.randn(5, pot.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     U, g = pot.value_and_grad(z)
     _, pe_fn, _, _ = initialize_model(fn, max_plate_nesting=1)
@@ -127,7 +128,7 @@ def test_collapsed_marginal_and_conditional_are_exact():
     df, _ = hierarchical_regression(n_tasks=5, rows=7, features=2, seed=3)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     model = bm.models.Hierarchical()
-    col = model.collapsed(data)
+    col = marginal_form(model, data, "collapsed")
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(3, dtype=torch.float64, generator=g)
     tau = torch.rand(3, dtype=torch.float64, generator=g) + 0.1
@@ -152,10 +153,10 @@ def test_collapsed_marginal_and_conditional_are_exact():
 
 def test_collapsed_gradient_is_exact():
     """The hand-written backward of the marginal equals finite differences, also at tau = 0."""
-    from bayesmtl.collapsed import _LogMarginal
+    from bayesmtl.marginals.hierarchical_gaussian import _LogMarginal
 
     df, _ = hierarchical_regression(n_tasks=5, rows=7, features=2, seed=3)
-    col = bm.models.Hierarchical().collapsed(bm.MultiTaskData.from_frame(df, task="task", target="y"))
+    col = marginal_form(bm.models.Hierarchical(), bm.MultiTaskData.from_frame(df, task="task", target="y"), "collapsed")
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(3, 3, dtype=torch.float64, generator=g).requires_grad_()
     tau = (torch.rand(3, 3, dtype=torch.float64, generator=g) + 0.1)
@@ -172,7 +173,7 @@ def test_collapsed_direct_density_matches_its_pyro_program():
     df, _ = hierarchical_regression(n_tasks=4, rows=5, features=1, seed=0)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     for noise in ("per_task", "shared"):
-        col = bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise)).collapsed(data)
+        col = marginal_form(bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise)), data, "collapsed")
         # the constructor checks direct == traced at random points and raises otherwise
         pot = BatchedPotential(col.pyro_model(), 1, col.log_density)
         assert pot.direct is not None
@@ -181,9 +182,10 @@ def test_collapsed_direct_density_matches_its_pyro_program():
 def test_collapsed_not_offered_where_invalid():
     df, _ = hierarchical_regression(n_tasks=4, rows=5, features=2, seed=0, likelihood="bernoulli")
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
-    assert bm.models.Hierarchical("bernoulli").collapsed(data) is None
-    assert bm.models.Hierarchical(prior=bm.priors.Hierarchical(covariance="lkj")).collapsed(data) is None
-    assert bm.models.Hierarchical(shared=["x1"]).collapsed(data) is None
+    assert marginal_form(bm.models.Hierarchical("bernoulli"), data, "collapsed") is None
+    lkj = bm.models.Hierarchical(prior=bm.priors.Hierarchical(covariance="lkj"))
+    assert marginal_form(lkj, data, "collapsed") is None
+    assert marginal_form(bm.models.Hierarchical(shared=["x1"]), data, "collapsed") is None
     with pytest.raises(ValueError, match="no collapsed form"):
         bm.fit(bm.models.Hierarchical("bernoulli"), data, method="nuts", collapse=True, chains=1, warmup=1, draws=1)
 

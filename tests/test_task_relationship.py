@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import bayesmtl as bm
+from bayesmtl.marginals import form as marginal_form
+from bayesmtl.protocol import Tasks
 
 PAIRS = [(0, 1, 0.9), (2, 3, -0.9), (4, 5, 0.0)]
 
@@ -148,7 +150,7 @@ def test_collapsed_marginal_and_conditional_match_dense_gaussian(prior, noise, s
     model = bm.models.TaskRelationship(prior=PRIORS[prior](), likelihood=bm.likelihoods.Gaussian(noise),
                                        shared=shared)
     model.check(data)
-    col = model.collapsed(data)
+    col = marginal_form(model, data, "collapsed")
     h = draw_hyper(col, seed=3)
     h["feature_scale"] = h["feature_scale"].clamp_min(0.3)  # keep the dense reference well conditioned
     if "sigma" in h:
@@ -186,7 +188,7 @@ def test_leading_chain_plate_matches_unbatched(prior, shared, lik):
     """The plain and collapsed models under an outer plate at dim -2 give each chain's log density."""
     data = small_data() if lik == "gaussian" else count_data(lik)
     model = bm.models.TaskRelationship(prior=PRIORS[prior](), shared=shared, likelihood=lik)
-    col = model.collapsed(data)
+    col = marginal_form(model, data, "collapsed")
     assert (col is None) == (lik != "gaussian")
     for fn in [model.pyro_model(data)] + ([col.pyro_model()] if col is not None else []):
         pyro.set_rng_seed(0)
@@ -207,13 +209,13 @@ def test_leading_chain_plate_matches_unbatched(prior, shared, lik):
 
 def test_collapsed_offered_only_where_it_applies():
     data = small_data()
-    assert bm.models.TaskRelationship().collapsed(data) is not None
-    assert bm.models.TaskRelationship(shared=["x0"]).collapsed(data) is not None
-    assert bm.models.TaskRelationship(likelihood="poisson").collapsed(data) is None
+    assert marginal_form(bm.models.TaskRelationship(), data, "collapsed") is not None
+    assert marginal_form(bm.models.TaskRelationship(shared=["x0"]), data, "collapsed") is not None
+    assert marginal_form(bm.models.TaskRelationship(likelihood="poisson"), data, "collapsed") is None
     # 130 tasks x 4 coefficients: a 520-dim joint Gaussian for the full prior, 2 x 4 for rank 2
     many = small_data(T=130, rows=[2] * 130)
-    assert bm.models.TaskRelationship().collapsed(many) is None
-    assert bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=2)).collapsed(many) is not None
+    assert marginal_form(bm.models.TaskRelationship(), many, "collapsed") is None
+    assert marginal_form(bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=2)), many, "collapsed") is not None
 
 
 def test_new_task_is_unrelated_with_average_scale():
@@ -223,7 +225,7 @@ def test_new_task_is_unrelated_with_average_scale():
     samples = {"task_scale": s.expand(S, T), "corr_chol": torch.eye(T, dtype=torch.float64).expand(S, T, T),
                "feature_scale": torch.tensor([1.0, 3.0], dtype=torch.float64).expand(S, D),
                "mu": torch.tensor([5.0, -1.0], dtype=torch.float64).expand(S, D)}
-    w = prior.sample_new(samples, 2, D, torch.Generator().manual_seed(0))
+    w = prior.sample_new(samples, Tasks(2, D, None), torch.Generator().manual_seed(0))
     assert w.shape == (S, 2, D)
     expect_sd = (s.pow(2).mean().sqrt() * torch.tensor([1.0, 3.0])).to(w.dtype)
     assert torch.allclose(w.mean(0), torch.tensor([5.0, -1.0], dtype=w.dtype).expand(2, D), atol=0.1)

@@ -1,9 +1,11 @@
-"""The back-end protocol: ``run(model, data, settings) -> Draws``.
+"""The back-end protocol: ``run(target, settings) -> Draws``.
 
-A back end sees a model only through ``model.pyro_model(data, ...)`` (its log density, as a Pyro
-program) and ``model.max_plate_nesting``; it returns draws of the latent sites with a
-leading (chain, draw) shape and per-draw statistics. Everything after that (deterministic
-sites, labels, ArviZ, prediction) is the posterior's job, the same for every back end.
+A back end sees a ``protocol.Target`` only (the log density as a Pyro program, its plate
+nesting, and whatever closed forms the model registered), never the model; it returns draws
+of the latent sites with a leading (chain, draw) shape and per-draw statistics. Everything
+after that (deterministic sites, labels, ArviZ, prediction) is the posterior's job, the same
+for every back end. ``paths`` says which targets a back end runs by default, in the order the
+model offers them (fastest first).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-__all__ = ["Settings", "Draws", "Backend", "Collapsed", "torch_threads"]
+__all__ = ["Settings", "Draws", "Backend", "torch_threads"]
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,12 @@ class Draws(NamedTuple):
 
 
 class Backend(Protocol):
+    """An inference back end: ``name`` for run.json, ``paths`` it runs by default."""
+
     name: str
+    paths: tuple[str, ...]
 
-    def run(self, model, data, settings: Settings) -> Draws: ...
-
-
-class Collapsed(Protocol):
-    """A model with some latent sites integrated out in closed form (``model.collapsed(data)``).
-
-    Back ends sample ``pyro_model()`` (the remaining sites only, with the marginal likelihood
-    as a ``pyro.factor``); ``conditional`` then draws the integrated-out sites exactly from
-    their conditional given each draw, so the result has every latent site of the full model.
-    """
-
-    max_plate_nesting: int
-
-    def pyro_model(self) -> Any: ...
-
-    def conditional(self, samples: dict[str, torch.Tensor],
-                    generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+    def run(self, target, settings: Settings) -> Draws: ...
 
 
 @contextlib.contextmanager

@@ -220,13 +220,14 @@ class ChEES:
     """``method="chees"``: ChEES-HMC with all chains as one batch (see the module docstring)."""
 
     name = "chees"
+    paths = ("collapsed", "plain")
 
-    def run(self, model, data, settings: Settings, report=None) -> Draws:
+    def run(self, target, settings: Settings, report=None) -> Draws:
         opts = dict(settings.options)
         common = common_options("chees", opts, OPTIONS)
-        target = float(opts.get("target_accept", 0.651))
-        if not 0 < target < 1:
-            raise ValueError(f"target_accept must lie in (0, 1); got {target}")
+        accept = float(opts.get("target_accept", 0.651))
+        if not 0 < accept < 1:
+            raise ValueError(f"target_accept must lie in (0, 1); got {accept}")
         max_steps = opts.get("max_steps", 1000)
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be an integer >= 1; got {max_steps!r}")
@@ -235,11 +236,11 @@ class ChEES:
                              "per process (many more is better), or method='nuts'")
 
         def runner(vg, state, gen, keep, report):
-            stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, target, max_steps,
+            stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, accept, max_steps,
                                      common["max_delta"], common["chunk"], keep, settings.progress, report)
-            info = {"sampler": "ChEES-HMC", "target_accept": target, "max_steps": max_steps,
+            info = {"sampler": "ChEES-HMC", "target_accept": accept, "max_steps": max_steps,
                     "trajectory_length": extra["trajectory_length"],
                     "mean_steps": float(stats["n_steps"][0].mean())}
             return stats, extra, info
 
-        return run_batched(self, model, data, settings, common, runner, report)
+        return run_batched(self, target, settings, common, runner, report)

@@ -35,13 +35,13 @@ def group_seeds(seed: int, k: int) -> list[int]:
     return [seed] + [int(s) for s in extra]
 
 
-def _worker(run, model, data, settings: Settings, conn, done, div, g: int) -> None:
+def _worker(run, target, settings: Settings, conn, done, div, g: int) -> None:
     def report(i: int, n_div: int) -> None:
         done[g], div[g] = i, n_div
 
     try:
         torch.set_num_threads(1)
-        out = run(model, data, settings, report=report)
+        out = run(target, settings, report=report)
         samples = {k: v.numpy() for k, v in out.samples.items()}  # plain arrays: no shared-memory handles
         conn.send(("ok", Draws(samples, out.sample_stats, out.info)))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
@@ -55,8 +55,8 @@ def _worker(run, model, data, settings: Settings, conn, done, div, g: int) -> No
         conn.close()
 
 
-def run_in_processes(run, model, data, settings: Settings, k: int) -> Draws:
-    """Run ``run(model, data, settings_g, report=...)`` for k chain groups at once; merged Draws
+def run_in_processes(run, target, settings: Settings, k: int) -> Draws:
+    """Run ``run(target, settings_g, report=...)`` for k chain groups at once; merged Draws
     with chains in group order. ``settings.options`` must not ask for processes again."""
     if "fork" not in mp.get_all_start_methods():
         raise ValueError("processes > 1 needs the 'fork' start method (Linux); use processes=1 here")
@@ -70,7 +70,7 @@ def run_in_processes(run, model, data, settings: Settings, k: int) -> Draws:
     for g in range(k):
         recv, send = ctx.Pipe(duplex=False)
         sub = replace(settings, chains=sizes[g], seed=seeds[g], progress=False)
-        p = ctx.Process(target=_worker, args=(run, model, data, sub, send, done, div, g), daemon=True)
+        p = ctx.Process(target=_worker, args=(run, target, sub, send, done, div, g), daemon=True)
         p.start()
         send.close()
         procs.append(p)

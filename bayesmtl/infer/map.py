@@ -11,9 +11,9 @@ __all__ = ["MAPBackend"]
 
 class MAPBackend:
     name = "map"
+    paths = ("plain",)
 
-    def run(self, model, data, settings: Settings) -> Draws:
-        own = getattr(model, "map_estimate", None)
-        if own is not None:
-            return own(data, settings)
-        return SVIBackend(default_guide="delta").run(model, data, settings)
+    def run(self, target, settings: Settings) -> Draws:
+        if target.point_estimate is not None:
+            return target.point_estimate(settings)
+        return SVIBackend(default_guide="delta").run(target, settings)

@@ -406,9 +406,9 @@ def common_options(method: str, opts: dict, known: tuple[str, ...]) -> dict:
             "max_delta": float(opts.get("max_delta_energy", 1000.0)), "processes": processes}
 
 
-def run_batched(backend, model, data, settings: Settings, common: dict, runner, report=None) -> Draws:
+def run_batched(backend, target, settings: Settings, common: dict, runner, report=None) -> Draws:
     """The part every batched sampler shares: chain groups in processes (``processes``), dtype,
-    threads, the model's written-out density where it has one, then ``_sample`` with ``runner``
+    threads, the target's written-out density where it has one, then ``_sample`` with ``runner``
     (see there)."""
     if common["processes"] > 1 and settings.chains > 1:
         if torch.device(settings.device).type != "cpu":
@@ -417,33 +417,31 @@ def run_batched(backend, model, data, settings: Settings, common: dict, runner, 
         from .groups import run_in_processes
 
         one = {k: v for k, v in settings.options.items() if k != "processes"}
-        return run_in_processes(backend.run, model, data, replace(settings, options=one),
+        return run_in_processes(backend.run, target, replace(settings, options=one),
                                 min(common["processes"], settings.chains))
     if common["dtype"] is not None:
-        data = data.to(dtype=common["dtype"])
+        target = target.to(common["dtype"])
     with torch_threads(common["threads"] if torch.device(settings.device).type == "cpu" else None), \
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        # a collapsed form (through fit's shim) or the plain program's written-out density
-        written = getattr(model, "written_density", None)
-        written = written(data) if written is not None else getattr(model, "collapsed", None)
-        direct = (getattr(written, "log_density", None), getattr(written, "log_density_and_grad", None))
-        return _sample(model.pyro_model(data), model.max_plate_nesting, direct, settings, common, runner, report)
+        direct = (target.log_density, target.log_density_grad)
+        return _sample(target.pyro_model(), target.max_plate_nesting, direct, settings, common, runner, report)
 
 
 class BatchedNUTS:
     """``method="nuts"``: multinomial NUTS with chains as a batch dimension."""
 
     name = "nuts"
+    paths = ("collapsed", "plain")
 
-    def run(self, model, data, settings: Settings, report=None) -> Draws:
+    def run(self, target, settings: Settings, report=None) -> Draws:
         """Sample; ``report(iteration, divergences)`` is called after every iteration (worker
         processes use it for the parent's progress bar)."""
         opts = dict(settings.options)
         common = common_options("nuts", opts, OPTIONS)
-        target = float(opts.get("target_accept", 0.8))
-        if not 0 < target < 1:
-            raise ValueError(f"target_accept must lie in (0, 1); got {target}")
+        accept = float(opts.get("target_accept", 0.8))
+        if not 0 < accept < 1:
+            raise ValueError(f"target_accept must lie in (0, 1); got {accept}")
         max_depth = int(opts.get("max_tree_depth", 10))
         if max_depth < 1:
             raise ValueError(f"max_tree_depth must be >= 1; got {max_depth}")
@@ -455,15 +453,15 @@ class BatchedNUTS:
             raise ValueError(f"metric must be 'fisher' or 'stan'; got {metric!r}")
 
         def runner(vg, state, gen, keep, report):
-            stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, target, max_depth,
+            stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, accept, max_depth,
                                     common["max_delta"], common["chunk"], keep, settings.progress, dense, metric,
                                     report)
-            info = {"sampler": "batched multinomial NUTS", "target_accept": target, "max_tree_depth": max_depth,
+            info = {"sampler": "batched multinomial NUTS", "target_accept": accept, "max_tree_depth": max_depth,
                     "dense_mass": dense, "metric": "dense covariance" if dense else metric,
                     "mean_tree_depth": float(stats["tree_depth"].mean())}
             return stats, extra, info
 
-        return run_batched(self, model, data, settings, common, runner, report)
+        return run_batched(self, target, settings, common, runner, report)
 
 
 def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):

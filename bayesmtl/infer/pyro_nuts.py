@@ -22,8 +22,9 @@ __all__ = ["PyroNUTS"]
 
 class PyroNUTS:
     name = "pyro_nuts"
+    paths = ("collapsed", "plain")
 
-    def run(self, model, data, settings: Settings) -> Draws:
+    def run(self, target, settings: Settings) -> Draws:
         opts = dict(settings.options)
         jit = bool(opts.pop("jit", True))
         target = float(opts.pop("target_accept", 0.8))
@@ -33,7 +34,7 @@ class PyroNUTS:
         if opts:
             raise ValueError(f"unknown option(s) for method 'nuts': {sorted(opts)}; "
                              "known: jit, target_accept, max_tree_depth, dense_mass, threads")
-        fn = model.pyro_model(data)
+        fn = target.pyro_model()
         chains, stats, info = [], {"diverging": []}, {"step_size": [], "acceptance_rate": [],
                                                        "seconds_per_chain": [], "jit": jit}
         with torch_threads(threads), warnings.catch_warnings():
@@ -43,7 +44,7 @@ class PyroNUTS:
                 pyro.clear_param_store()
                 kernel = NUTS(fn, jit_compile=jit, ignore_jit_warnings=True, target_accept_prob=target,
                               max_tree_depth=depth, full_mass=dense,
-                              max_plate_nesting=model.max_plate_nesting)
+                              max_plate_nesting=target.max_plate_nesting)
                 mcmc = MCMC(kernel, num_samples=settings.draws, warmup_steps=settings.warmup,
                             num_chains=1, disable_progbar=not settings.progress)
                 t0 = time.perf_counter()

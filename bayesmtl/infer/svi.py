@@ -50,7 +50,9 @@ class SVIBackend:
     def __init__(self, default_guide: str = "normal"):
         self.default_guide = default_guide
 
-    def run(self, model, data, settings: Settings) -> Draws:
+    paths = ("plain",)
+
+    def run(self, target, settings: Settings) -> Draws:
         opts = dict(settings.options)
         unknown = set(opts) - _KNOWN
         if unknown:
@@ -61,7 +63,7 @@ class SVIBackend:
         batch = opts.get("batch_size")
         if batch is not None and not 0 < int(batch):
             raise ValueError(f"batch_size must be a positive integer; got {batch}")
-        batch = None if batch is None or int(batch) >= data.n_rows else int(batch)
+        batch = None if batch is None or int(batch) >= target.n_rows else int(batch)
         steps, min_steps = int(opts.get("steps", 20000)), int(opts.get("min_steps", 5000))
         tol, lr = float(opts.get("tol", 1e-5)), float(opts.get("lr", 0.01))
         window, lookback = int(opts.get("window", 500)), int(opts.get("lookback", 4))
@@ -72,9 +74,9 @@ class SVIBackend:
 
         pyro.set_rng_seed(settings.seed)
         pyro.clear_param_store()
-        fn = model.pyro_model(data, subsample_size=batch)
+        fn = target.pyro_model(subsample_size=batch)
         kw = {"rank": int(opts["rank"])} if guide_name == "lowrank" and "rank" in opts else {}
-        enum = bool(getattr(model, "has_enumeration", False))  # discrete sites summed out, not guided
+        enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         guide = _GUIDES[guide_name](guided, **kw)
         elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
@@ -83,7 +85,7 @@ class SVIBackend:
             raise ValueError(f"particles must be >= 1; got {particles}")
         # particles as one more batch dim (the models batch through their plates): one pass, not a loop
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
-                        max_plate_nesting=model.max_plate_nesting, ignore_jit_warnings=True)
+                        max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
         svi = SVI(fn, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0}), elbo)
         losses, converged = [], False
         t0 = time.perf_counter()

@@ -9,40 +9,50 @@ vectorised by an outer plate at dim ``-(max_plate_nesting + 1)``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from pyro.distributions import Distribution
 from torch.distributions import TransformedDistribution
 
-__all__ = ["TaskPrior", "move_distribution", "as_distribution", "log_prob_and_grad", "add_log_priors"]
+from ..protocol import Tasks
+
+__all__ = ["TaskPrior", "move_distribution", "as_distribution"]
 
 
 class TaskPrior:
-    """Base class. Subclasses implement ``sample`` and may override the rest.
+    """Base class of task priors. A subclass writes one method, ``sample(tasks)``, in plain Pyro.
 
-    ``sample`` runs inside a Pyro model: it gets the task plate (dim -1) and returns the task
-    parameter tensor of shape (..., T, D).
+    ``sample`` gets a ``protocol.Tasks`` (``tasks.n`` tasks, ``tasks.dims`` parameters each,
+    ``tasks.plate``, task-level ``tasks.features``) and returns the task parameters, shape
+    (..., T, D). Python numbers in distributions are fine: the program runs on the data's
+    device and dtype. Site dims, new-task draws and device handling are derived by the model;
+    the other methods are optional overrides.
     """
 
     #: one line saying what ``relations`` measures; shown on every relations result
-    relation_kind: str = "task similarity"
+    relation_kind: str = ("cosine similarity of task parameter vectors, centred and scaled across tasks")
+    #: whether ``relations`` are signed correlations (-1..1) rather than similarities
+    relation_signed: bool = False
+    #: whether the package may non-centre this prior's location-scale sites (``MultiTaskModel(reparam=...)``);
+    #: priors that choose their own parametrisation set False
+    reparam: bool = True
 
-    def sample(self, n_tasks: int, n_dims: int, task_plate, like: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def sample(self, tasks: Tasks) -> torch.Tensor:
+        """The task parameters (..., T, D), sampled inside a Pyro model."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample(tasks)")
 
     def site_dims(self) -> dict[str, tuple[str, ...]]:
-        """Named dims of every site this prior declares (beyond the leading chain, draw)."""
-        return {"w": ("task", "feature")}
+        """Names for the dims of sites whose derived names (``protocol.derive_dims``) are not
+        wanted, e.g. {"group_mean": ("region", "feature")}; empty by default."""
+        return {}
 
-    def sample_new(self, samples: dict[str, torch.Tensor], n_new: int, n_dims: int,
-                   generator: torch.Generator) -> torch.Tensor:
-        """Parameters of ``n_new`` unseen tasks, shape (S, n_new, D), one per posterior draw.
-
-        ``samples`` maps site names to draws with a flat leading dim S.
+    def sample_new(self, samples: dict[str, torch.Tensor], tasks: Tasks,
+                   generator: torch.Generator) -> torch.Tensor | None:
+        """Parameters of ``tasks.n`` unseen tasks, (S, n, D), one per posterior draw; None (the
+        default) lets the model rerun ``sample`` for them with the population fixed to each draw.
+        Override only where a closed form is faster. ``samples``: site -> draws (S, ...).
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot predict tasks never seen in training")
+        return None
 
     def relations(self, samples: dict[str, torch.Tensor]) -> np.ndarray:
         """Draws of a (T, T) task-relation matrix, shape (S, T, T)."""
@@ -96,59 +106,3 @@ def move_distribution(d: Distribution, like: torch.Tensor) -> Distribution:
         return type(d)(**params, **extra)
     except TypeError as e:  # a distribution whose constructor takes other names
         raise TypeError(f"cannot move prior {d!r} to {like.device}/{like.dtype}: {e}") from e
-
-
-def log_prob_and_grad(d: Distribution, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """log p(x) and d log p(x) / dx, elementwise and shaped like x, for the usual scalar prior
-    families written out (x inside the support); None for any other distribution.
-
-    Lets a back end skip autograd where a model's whole density has a written-out gradient
-    (``HierarchicalGaussian.log_density_and_grad``); ``BatchedPotential`` checks the result
-    against the Pyro program. Independent wrappers are looked through.
-    """
-    import pyro.distributions as dist
-
-    while isinstance(d, (dist.Independent, torch.distributions.Independent)):
-        d = d.base_dist
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
-    if isinstance(d, dist.HalfNormal):
-        r = x / d.scale
-        lp, g = -0.5 * r * r - torch.log(d.scale) + (math.log(2) - half_log_2pi), -r / d.scale
-    elif isinstance(d, (dist.HalfCauchy, dist.Cauchy)):
-        half = isinstance(d, dist.HalfCauchy)
-        r = x if half else x - d.loc
-        a = r / d.scale
-        lp = -torch.log1p(a * a) - torch.log(d.scale) + (math.log(2 / math.pi) if half else -math.log(math.pi))
-        g = -2 * r / (d.scale ** 2 + r * r)
-    elif isinstance(d, dist.LogNormal):
-        lx = torch.log(x)
-        a = (lx - d.loc) / d.scale
-        lp, g = -0.5 * a * a - lx - torch.log(d.scale) - half_log_2pi, -(1 + a / d.scale) / x
-    elif isinstance(d, dist.Normal):
-        a = (x - d.loc) / d.scale
-        lp, g = -0.5 * a * a - torch.log(d.scale) - half_log_2pi, -a / d.scale
-    elif isinstance(d, (dist.Gamma, dist.InverseGamma)):
-        a, b, lx = d.concentration, d.rate, torch.log(x)
-        const = a * torch.log(b) - torch.lgamma(a)
-        if isinstance(d, dist.Gamma):
-            lp, g = const + (a - 1) * lx - b * x, (a - 1) / x - b
-        else:
-            lp, g = const - (a + 1) * lx - b / x, (b / x - a - 1) / x
-    elif isinstance(d, dist.Exponential):
-        lp, g = torch.log(d.rate) - d.rate * x, -d.rate * torch.ones_like(x)
-    else:
-        return None
-    return torch.broadcast_to(lp, x.shape), torch.broadcast_to(g, x.shape)
-
-
-def add_log_priors(lp: torch.Tensor, grads: dict[str, torch.Tensor], priors: dict[str, Distribution],
-                   values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
-    """lp (C,) and the gradients plus each named site's prior term; None where a prior has no
-    written-out gradient (``log_prob_and_grad``)."""
-    for name, d in priors.items():
-        out = log_prob_and_grad(d, values[name])
-        if out is None:
-            return None
-        lp = lp + out[0].reshape(lp.shape[0], -1).sum(-1)
-        grads[name] = grads[name] + out[1]
-    return lp, grads

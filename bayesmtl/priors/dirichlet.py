@@ -26,6 +26,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
+from ..protocol import Tasks
 from .base import TaskPrior, move_distribution
 from .hierarchical import Hierarchical
 
@@ -75,6 +76,8 @@ class DirichletProcess(TaskPrior):
     truncation : int, default 20
         Number of stick-breaking components K (>= 2).
     """
+
+    reparam = False  # parametrised by hand (centred / non-centred options)
 
     relation_kind = ("co-clustering probability P(z_i = z_j | data) (Dirichlet-process task clustering; "
                      "1 on the diagonal)")
@@ -138,7 +141,7 @@ class DirichletProcess(TaskPrior):
         K = self.truncation
         try:
             with pyro.poutine.block(), torch.no_grad():
-                atoms = self.base.sample(K, n_dims, pyro.plate("cluster", K, dim=-1), like)
+                atoms = self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
         except (RuntimeError, ValueError) as e:
             raise ValueError(f"base measure {self.base!r} cannot draw {n_dims}-dimensional task parameter "
                              f"vectors (the model has {n_dims} task-varying parameters): {e}") from e
@@ -164,16 +167,17 @@ class DirichletProcess(TaskPrior):
         with _Float():
             weights = pyro.deterministic("weights", stick_breaking(v), event_dim=1)
         with _Prefix(), _Float():
-            atoms = self.base.sample(K, n_dims, pyro.plate("cluster", K, dim=-1), like)
+            atoms = self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
         return weights, atoms
 
-    def sample(self, n_tasks, n_dims, task_plate, like):
+    def sample(self, tasks):
         raise TypeError("DirichletProcess marginalises the discrete cluster assignments; use it through "
                         "bayesmtl.models.DPClustering(prior=...), not another model")
 
     # ------------------------------------------------------------------ after inference
-    def sample_new(self, samples, n_new, n_dims, generator):
+    def sample_new(self, samples, tasks, generator):
         """New tasks: a cluster drawn from the stick weights per draw, its atom as parameters."""
+        n_new = tasks.n
         weights, atoms = samples["weights"], samples["atom_w"]  # (S, K), (S, K, D)
         k = torch.multinomial(weights.clamp_min(0).double(), n_new, replacement=True, generator=generator)
         return atoms.gather(-2, k.unsqueeze(-1).expand(-1, -1, atoms.shape[-1]))

@@ -41,22 +41,24 @@ class Independent(TaskPrior):
         Prior of every entry of the (T, D) task-parameter matrix.
     """
 
+    reparam = False  # parametrised by hand (centred / non-centred options)
+
     relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across "
                      "tasks (independent prior: tasks are unrelated a priori)")
 
     def __init__(self, prior: dist.Distribution | None = None):
         self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
 
-    def sample(self, n_tasks, n_dims, task_plate, like):
-        with task_plate:
-            return pyro.sample("w", _vec(self.prior, n_dims, like))
+    def sample(self, tasks):
+        with tasks.plate:
+            return pyro.sample("w", _vec(self.prior, tasks.dims, tasks.like))
 
-    def sample_new(self, samples, n_new, n_dims, generator):
+    def sample_new(self, samples, tasks, generator):
         like = samples["w"]
         p = move_distribution(self.prior, like)
         with torch.random.fork_rng(devices=[]):  # draw from the caller's generator, not global state
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            return p.sample((like.shape[0], n_new, n_dims))
+            return p.sample((like.shape[0], tasks.n, tasks.dims))
 
     def __repr__(self):
         return f"Independent(prior={self.prior})"
@@ -65,13 +67,16 @@ class Independent(TaskPrior):
 class Pooled(TaskPrior):
     """All tasks share one parameter vector: complete pooling."""
 
+    reparam = False  # parametrised by hand (centred / non-centred options)
+
     relation_kind = "complete pooling: every pair of tasks is identical (1)"
 
     def __init__(self, prior: dist.Distribution | None = None):
         self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
 
-    def sample(self, n_tasks, n_dims, task_plate, like):
-        w = pyro.sample("w_shared", _vec(self.prior, n_dims, like))
+    def sample(self, tasks):
+        n_tasks, n_dims = tasks.n, tasks.dims
+        w = pyro.sample("w_shared", _vec(self.prior, n_dims, tasks.like))
         # unbatched (D,) or under an outer plate (..., 1, D): either way broadcast over tasks
         w = w.unsqueeze(-2) if w.dim() == 1 else w
         return pyro.deterministic("w", w.expand(*w.shape[:-2], n_tasks, n_dims))
@@ -79,9 +84,9 @@ class Pooled(TaskPrior):
     def site_dims(self):
         return {"w_shared": ("feature",), "w": ("task", "feature")}
 
-    def sample_new(self, samples, n_new, n_dims, generator):
+    def sample_new(self, samples, tasks, generator):
         w = samples["w_shared"]
-        return w.unsqueeze(-2).expand(w.shape[0], n_new, n_dims)
+        return w.unsqueeze(-2).expand(w.shape[0], tasks.n, tasks.dims)
 
     def relations(self, samples):
         w = samples["w"]
@@ -108,6 +113,8 @@ class Hierarchical(TaskPrior):
         Sample ``w`` directly (centred) or as ``mu + tau * w_raw`` (non-centred, the default,
         which avoids the funnel when tasks have little data).
     """
+
+    reparam = False  # parametrised by hand (centred / non-centred options)
 
     relation_kind = ("cosine similarity of the tasks' standardised deviations from the population "
                      "mean, (w_t - mu) / tau: +1 = deviate alike, 0 = unrelated, -1 = opposite")
@@ -138,7 +145,8 @@ class Hierarchical(TaskPrior):
     def _scale_tril(self, tau, L):
         return tau.unsqueeze(-1) * L
 
-    def sample(self, n_tasks, n_dims, task_plate, like):
+    def sample(self, tasks):
+        n_dims, task_plate, like = tasks.dims, tasks.plate, tasks.like
         mu = _hyper("mu", self.mean, n_dims, like)
         tau = pyro.sample("tau", _vec(self.scale, n_dims, like))
         if self.covariance == "lkj":
@@ -157,7 +165,8 @@ class Hierarchical(TaskPrior):
             z = pyro.sample("w_raw", dist.Normal(torch.zeros_like(like), 1.0).expand([n_dims]).to_event(1))
         return pyro.deterministic("w", mu + tau * z)
 
-    def sample_new(self, samples, n_new, n_dims, generator):
+    def sample_new(self, samples, tasks, generator):
+        n_new, n_dims = tasks.n, tasks.dims
         tau = samples["tau"]  # (S, D)
         mu = samples["mu"] if "mu" in samples else torch.full_like(tau, self.mean)
         z = torch.randn(mu.shape[0], n_new, n_dims, generator=generator, dtype=mu.dtype)

@@ -159,6 +159,9 @@ class TaskRelationship(TaskPrior):
     W); the proper priors on both keep this ridge bounded, and C is unaffected by it.
     """
 
+    reparam = False  # parametrised by hand (centred / non-centred options)
+    relation_signed = True
+
     def __init__(self, correlation: LKJ | InverseWishart | None = None, scales: dist.Distribution | None = None,
                  rank: int | None = None, feature_scale: dist.Distribution | None = None,
                  mean=0.0, loading_scale: float = 1.0):
@@ -250,8 +253,8 @@ class TaskRelationship(TaskPrior):
                 out["psi"] = pyro.sample("psi", scales)
         return out
 
-    def sample(self, n_tasks, n_dims, task_plate, like):
-        T, D = n_tasks, n_dims
+    def sample(self, tasks):
+        T, D, task_plate, like = tasks.n, tasks.dims, tasks.plate, tasks.like
         h = self.sample_hyper(T, D, task_plate, like)
         normal = dist.Normal(torch.zeros_like(like), 1.0)
         if self.rank is not None:
@@ -277,7 +280,8 @@ class TaskRelationship(TaskPrior):
         return pyro.deterministic("w", w)
 
     # ------------------------------------------------------------------ after inference
-    def sample_new(self, samples, n_new, n_dims, generator):
+    def sample_new(self, samples, tasks, generator):
+        n_new, n_dims = tasks.n, tasks.dims
         """A new task drawn as an *unrelated* task with the average task scale.
 
         The prior says nothing about a new task's covariance with the known tasks (Omega is

@@ -20,27 +20,28 @@ import math
 
 import torch
 
-from .data import MultiTaskData
-from .model import task_rows
-from .priors.base import add_log_priors, move_distribution
-from .priors.hierarchical import Hierarchical
+from ..data import MultiTaskData
+from ..design import task_rows
+from ..likelihoods import Bernoulli, Binomial, Poisson
+from ..priors.base import move_distribution
+from ..priors.hierarchical import Hierarchical
+from . import Marginal, register
+from .prior_terms import add_log_priors
 
 __all__ = ["HierarchicalGLM", "hierarchical_glm"]
 
 
+@register(Hierarchical, (Bernoulli, Binomial, Poisson), "written")
 def hierarchical_glm(model, data: MultiTaskData) -> HierarchicalGLM | None:
     """The written-out density of ``model`` on ``data``, or None where it does not apply."""
-    prior, lik = model.prior, model.likelihood_for(data)
-    if not isinstance(prior, Hierarchical) or prior.covariance != "diagonal" or model.shared:
-        return None
-    if getattr(lik, "cumulant", None) is None and getattr(lik, "log_prob_and_grad", None) is None:
+    if model.prior.covariance != "diagonal" or model.shared:
         return None
     Xv, _ = model.design(data)
     rows = task_rows(Xv, data.task, data.n_tasks)
     return None if rows is None else HierarchicalGLM(model, data, rows)
 
 
-class HierarchicalGLM:
+class HierarchicalGLM(Marginal):
     """``log_density_and_grad(values)`` for the sites mu, tau, w_raw (or w) of the Pyro program."""
 
     def __init__(self, model, data: MultiTaskData, rows):
@@ -49,7 +50,7 @@ class HierarchicalGLM:
         self.rows = rows
         self.y = data.y.unsqueeze(-1)                           # (N, 1), against eta (N, C)
         self.trials = None if data.trials is None else data.trials.unsqueeze(-1)
-        self.canonical = getattr(self.lik, "cumulant", None) is not None
+        self.canonical = isinstance(self.lik, (Bernoulli, Binomial))
         if self.canonical:  # sum_n y_n eta_n = sum_t w_t . Xy_t: per task, not per row
             self.Xy = rows.adjoint(self.y)                      # (1, T, D)
             self.c = float(self.lik.base_measure(self.y, self.trials).sum())

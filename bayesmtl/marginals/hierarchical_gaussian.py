@@ -23,25 +23,25 @@ import math
 import pyro
 import torch
 
-from .data import MultiTaskData
-from .likelihoods import Gaussian
-from .priors.base import add_log_priors, move_distribution
-from .priors.hierarchical import Hierarchical, _hyper, _vec
+from ..data import MultiTaskData
+from ..likelihoods import Gaussian
+from ..priors.base import move_distribution
+from ..priors.hierarchical import Hierarchical, _hyper, _vec
+from . import Marginal, register
+from .prior_terms import add_log_priors
 
 __all__ = ["HierarchicalGaussian", "hierarchical_gaussian"]
 
 
+@register(Hierarchical, Gaussian, "collapsed")
 def hierarchical_gaussian(model, data: MultiTaskData) -> HierarchicalGaussian | None:
     """The collapsed form of ``model`` on ``data``, or None where it does not apply."""
-    prior, lik = model.prior, model.likelihood_for(data)
-    if not isinstance(prior, Hierarchical) or prior.covariance != "diagonal":
-        return None
-    if not isinstance(lik, Gaussian) or model.shared:
+    if model.prior.covariance != "diagonal" or model.shared:
         return None
     return HierarchicalGaussian(model, data)
 
 
-class HierarchicalGaussian:
+class HierarchicalGaussian(Marginal):
     """Sufficient statistics of a hierarchical Gaussian regression and its collapsed model.
 
     Satisfies ``bayesmtl.infer.base.Collapsed``: ``pyro_model()`` samples ``mu``, ``tau`` and

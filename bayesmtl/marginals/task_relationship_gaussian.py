@@ -35,8 +35,10 @@ import math
 import pyro
 import torch
 
-from .priors.base import move_distribution
-from .priors.relationship import TaskRelationship
+from ..likelihoods import Gaussian
+from ..priors.base import move_distribution
+from ..priors.relationship import TaskRelationship
+from . import Marginal, register
 
 __all__ = ["CollapsedTaskRelationship", "MAX_COLLAPSED_DIM"]
 
@@ -46,7 +48,19 @@ __all__ = ["CollapsedTaskRelationship", "MAX_COLLAPSED_DIM"]
 MAX_COLLAPSED_DIM = 500
 
 
-class CollapsedTaskRelationship:
+@register(TaskRelationship, Gaussian, "collapsed")
+def task_relationship_gaussian(model, data) -> CollapsedTaskRelationship | None:
+    """W integrated out (Gaussian likelihood; shared coefficients stay sampled), or None where that
+    would cost more than sampling W: the full prior solves a (T D)-dim Gaussian per gradient, the
+    low-rank prior T Gaussians of dim D and one of dim rank x D; either joint size must be at
+    most ``MAX_COLLAPSED_DIM``."""
+    D = len(model.varying_names(data))
+    if (model.prior.rank or data.n_tasks) * D > MAX_COLLAPSED_DIM:
+        return None
+    return CollapsedTaskRelationship(model, data)
+
+
+class CollapsedTaskRelationship(Marginal):
     """The ``Collapsed`` protocol for a Gaussian-likelihood task-relationship model.
 
     Built by ``bayesmtl.models.TaskRelationship.collapsed(data)``; ``pyro_model()`` samples the

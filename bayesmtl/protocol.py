@@ -1,0 +1,282 @@
+"""The written model contract: what a task prior sees (``Tasks``), what a model offers a back
+end (``Target``), what a model returns for relations (``RelationDraws``), and the ``Model``
+protocol every model implements (``MultiTaskModel``, ``MultitaskGP``, ``DPClustering``, ...).
+
+The flow is one way: data -> model -> targets -> back end -> draws -> Posterior. A back end
+sees only a ``Target``; everything after the draws (deterministic sites, labels, prediction,
+relations) goes through the ``Model`` methods below, the same for every back end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from pyro.poutine.util import site_is_subsample
+
+if TYPE_CHECKING:
+    from .data import MultiTaskData
+    from .infer.base import Draws, Settings
+
+__all__ = ["Tasks", "Target", "RelationDraws", "Model", "ModelBase", "data_context", "plate_nesting", "derive_dims"]
+
+
+class TaskFeatures(dict):
+    """Task-level covariates by name; a missing name is one clear error, not a bare KeyError."""
+
+    def __missing__(self, name: str):
+        raise ValueError(f"no task feature {name!r}; the data have task features {sorted(self)} "
+                         "(declare them with MultiTaskData.from_frame(..., task_features=[...]))")
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """What a task prior's ``sample(tasks)`` receives.
+
+    n : int
+        Number of tasks T.
+    dims : int
+        Number of task-varying parameters D (intercept first when the model has one).
+    plate : pyro.plate
+        The task plate (size T, dim -1): sites sampled inside it are per task.
+    features : dict of str -> Tensor, shape (T,)
+        Task-level covariates (``MultiTaskData.from_frame(..., task_features=[...])``): floats
+        for numeric columns, integer codes for categorical ones (categories in ``levels``).
+        For new-task prediction these are the new tasks' values.
+    levels : dict of str -> list of str
+        Categories of each categorical task feature, so a prior can size a plate over them.
+    names : list of str
+        Task names, length T.
+    feature_names : list of str
+        Names of the D parameters (e.g. ``["intercept", "x1"]``).
+    like : Tensor
+        A 0-d tensor on the data's device and dtype, for priors that build tensors by hand.
+
+    Under a batch of chains or particles, hyperparameters carry leading dims: index per-task
+    gathers as ``g[..., tasks.features["group"], :]``, not ``g[group]``.
+    """
+
+    n: int
+    dims: int
+    plate: Any
+    features: dict[str, torch.Tensor] = field(default_factory=TaskFeatures)
+    levels: dict[str, list[str]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+    like: torch.Tensor | None = None
+
+
+class RelationDraws(NamedTuple):
+    """A model's task relation: draws (S, T, T), what they measure, and whether they are signed
+    (correlations, -1..1) rather than similarities."""
+
+    draws: np.ndarray
+    kind: str
+    signed: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a back end samples or optimises: a log density over latent sites.
+
+    program : callable(subsample_size=None) -> Pyro callable with no arguments
+        The log density as a Pyro program (data bound in); ``subsample_size`` minibatches the
+        rows (SVI).
+    max_plate_nesting : int
+        Plate dims the program uses; back ends batch chains/particles one dim further left.
+    n_rows : int
+        Rows the program observes (for minibatch sizes).
+    path : str
+        What this target is: "plain" (the model's own program), "collapsed" (task parameters
+        integrated out), ... Recorded in ``run.json``.
+    log_density : callable, optional
+        Site values (C, *shape) -> log joint (C,), written directly in tensors.
+    log_density_grad : callable, optional
+        Site values -> (log joint (C,), {site: gradient}) or None; saves autograd.
+    conditional : callable, optional
+        For collapsed targets: flat draws {site: (S, ...)} and a generator -> the draws with the
+        integrated-out sites added, drawn exactly from their conditional.
+    enumerated : bool
+        The program has discrete sites marked for enumeration (summed out, not sampled).
+    point_estimate : callable, optional
+        Settings -> Draws: the model's own optimiser (e.g. a GP's type-II maximum likelihood),
+        used by ``method="map"``.
+    rebuild : callable, optional
+        MultiTaskData -> Target: the same target on data cast to another dtype.
+    data : MultiTaskData, optional
+        The data bound into the program.
+    reparam : list of str
+        Sites the package non-centred automatically (recorded in ``run.json``).
+    info : dict
+        What the model wants recorded in ``run.json`` about this target (e.g. a GP's solver).
+    """
+
+    program: Callable[..., Callable[[], None]]
+    max_plate_nesting: int
+    n_rows: int
+    path: str = "plain"
+    log_density: Callable | None = None
+    log_density_grad: Callable | None = None
+    conditional: Callable | None = None
+    enumerated: bool = False
+    point_estimate: Callable[[Settings], Draws] | None = None
+    rebuild: Callable[[MultiTaskData], Target] | None = None
+    data: Any = None
+    reparam: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def pyro_model(self, subsample_size: int | None = None) -> Callable[[], None]:
+        """The Pyro program (no arguments)."""
+        return self.program(subsample_size)
+
+    def to(self, dtype: torch.dtype) -> Target:
+        """The same target with the data cast to ``dtype`` (itself when it already is)."""
+        if self.data is None or self.data.dtype == dtype:
+            return self
+        if self.rebuild is None:
+            raise ValueError(f"the {self.path!r} target cannot change dtype")
+        return self.rebuild(self.data.to(dtype=dtype))
+
+    def with_path(self, path: str) -> Target:
+        return replace(self, path=path)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every model implements. Draws are flat: site -> Tensor (S, ...).
+
+    Shapes: T tasks, D task-varying parameters, N rows, S posterior draws.
+    """
+
+    def check(self, data: MultiTaskData) -> None:
+        """Raise ValueError/TypeError naming the problem when ``data`` cannot feed the model."""
+
+    def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
+        """Labels of every named dim (``task``, ``feature``, ...)."""
+
+    def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
+        """Named dims of every site beyond the leading (chain, draw)."""
+
+    def targets(self, data: MultiTaskData) -> list[Target]:
+        """The log densities a back end may use, fastest first; the last is always "plain"."""
+
+    def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``samples`` with the deterministic sites added."""
+
+    def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pointwise log-likelihood of the rows, (S, N)."""
+
+    def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
+                generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:
+        """``mean`` (S, N), E[y | draw], and ``y`` (S * draws_per_sample, N), predictive draws
+        (``draws_per_sample`` consecutive rows per posterior draw). Rows of tasks unseen in
+        training (index >= ``new.n_known_tasks``) get parameters from what the model learned."""
+
+    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
+        """Draws of the (T, T) task relation."""
+
+
+class ModelBase:
+    """Defaults of the optional parts of the contract; models inherit them."""
+
+    #: sites left out of summaries and diagnostics by default (e.g. factor loadings: sign, rotation)
+    unidentified_sites: tuple[str, ...] = ()
+    #: the target's kind ("gaussian", "bernoulli", ...): Posterior.predict adds ``probability`` for binary ones
+    outcome: str = "gaussian"
+
+    def extra_outputs(self, post) -> dict[str, Any]:
+        """Extra tables for the run directory, file name -> DataFrame (none by default)."""
+        return {}
+
+    def num_clusters(self, post) -> Any:
+        """Posterior of the number of occupied clusters (clustering models only)."""
+        raise TypeError(f"{type(self).__name__} has no task clusters; num_clusters() needs a clustering "
+                        "model such as bayesmtl.models.DPClustering")
+
+
+# ---------------------------------------------------------------------- helpers of the contract
+@contextlib.contextmanager
+def data_context(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Tensors made from Python numbers (``dist.Normal(0.0, 5.0)``) land on the data's dtype and
+    device: torch's default dtype, and default device where it is not the CPU."""
+    old = torch.get_default_dtype()
+    if dtype.is_floating_point and dtype != old:
+        torch.set_default_dtype(dtype)
+    try:
+        if torch.device(device).type != "cpu":
+            with torch.device(device):
+                yield
+        else:
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def plate_nesting(trace) -> int:
+    """The plate dims a traced program uses (at least 1: the task plate)."""
+    deepest = 1
+    for site in trace.nodes.values():
+        for f in site.get("cond_indep_stack", ()):
+            if f.dim is not None and f.vectorized:
+                deepest = max(deepest, -f.dim)
+    return deepest
+
+
+def in_plate(site: dict, name: str) -> bool:
+    return any(f.name == name for f in site.get("cond_indep_stack", ()))
+
+
+def derive_dims(trace, n_tasks: int, n_dims: int, skip=()) -> dict[str, tuple[str, ...]]:
+    """Named dims of every latent or deterministic site of an unbatched trace.
+
+    Batch dims take the name of their plate (``task`` for the task plate); event dims of size D
+    are ``feature`` (then ``feature_``), of size T ``task`` (then ``task_``), others
+    ``<site>_dim_<i>``. Size-1 batch dims on the left are dropped (fit squeezes them).
+    """
+    out = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name in skip or name.startswith("_") or site_is_subsample(site):
+            continue
+        if site["is_observed"] and not (site["infer"].get("_deterministic") or _reparametrised(site)):
+            continue
+        shape = tuple(site["value"].shape)
+        nb = len(site["fn"].batch_shape)
+        frames = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
+        dims: list[str] = []
+        for i, size in enumerate(shape[:nb]):
+            d = i - nb
+            if d in frames:
+                dims.append(frames[d])
+            elif size == 1 and not dims:
+                continue
+            else:
+                dims.append(f"{name}_dim_{len(dims)}")
+        event = shape[nb:]
+        names: list[str | None] = [None] * len(event)
+        used: set[str] = set(dims)
+        for j in reversed(range(len(event))):
+            for size, base in ((n_dims, "feature"), (n_tasks, "task")):
+                if event[j] == size and names[j] is None:
+                    for cand in (base, base + "_"):
+                        if cand not in used:
+                            names[j] = cand
+                            used.add(cand)
+                            break
+        dims += [n if n is not None else f"{name}_dim_{len(dims) + j}" for j, n in enumerate(names)]
+        out[name] = tuple(dims)
+    return out
+
+
+def _reparametrised(site: dict) -> bool:
+    """A site that a reparametrisation (e.g. LocScaleReparam) turned into a function of others."""
+    fn = site["fn"]  # pyro's reparam handler leaves Delta(value).mask(False) at the original site
+    return isinstance(fn, dist.MaskedDistribution) and isinstance(fn.base_dist, dist.Delta)
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
