@@ -32,7 +32,17 @@ from .data import MultiTaskData
 from .design import linear_predictor, task_rows
 from .likelihoods import Gaussian, Likelihood, get_likelihood
 from .priors.base import TaskPrior, as_distribution, move_distribution
-from .protocol import ModelBase, RelationDraws, Target, TaskFeatures, Tasks, data_context, derive_dims, in_plate, plate_nesting
+from .protocol import (
+    ModelBase,
+    RelationDraws,
+    Target,
+    TaskFeatures,
+    Tasks,
+    data_context,
+    derive_dims,
+    in_plate,
+    plate_nesting,
+)
 from .pyro_util import batch_condition, site_shapes, squeeze_to
 
 __all__ = ["MultiTaskModel", "linear_predictor", "task_rows"]

@@ -33,8 +33,8 @@ import torch
 from scipy import stats
 
 import bayesmtl as bm
-from bayesmtl.marginals.hierarchical_gaussian import HierarchicalGaussian
 from bayesmtl.infer.nuts import HMCState, run_nuts
+from bayesmtl.marginals.hierarchical_gaussian import HierarchicalGaussian
 
 warnings.filterwarnings("ignore")
 

@@ -215,7 +215,8 @@ def test_collapsed_offered_only_where_it_applies():
     # 130 tasks x 4 coefficients: a 520-dim joint Gaussian for the full prior, 2 x 4 for rank 2
     many = small_data(T=130, rows=[2] * 130)
     assert marginal_form(bm.models.TaskRelationship(), many, "collapsed") is None
-    assert marginal_form(bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=2)), many, "collapsed") is not None
+    low_rank = bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=2))
+    assert marginal_form(low_rank, many, "collapsed") is not None
 
 
 def test_new_task_is_unrelated_with_average_scale():
