@@ -2,12 +2,19 @@
 
 Errors a user can fix (bad data, bad settings, missing files) print one line and exit with
 status 2; nothing is written when a command fails.
+
+``fit --prior my_priors.py:MyPrior`` fits ``MultiTaskModel(MyPrior(**prior_args))`` with a task
+prior the user wrote (a ``bayesmtl.priors.TaskPrior`` subclass); run.json records where it came
+from, and ``predict``/``summary`` import it from there again.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import inspect
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -56,6 +63,101 @@ def _build_model(name: str, likelihood: str | None, shared: list[str] | None):
     return cls(**kwargs)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _prior_args(text: str | None) -> dict:
+    if text is None:
+        return {}
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--prior-args is not valid JSON ({e}): {text!r}") from None
+    if not isinstance(args, dict):
+        raise UserError(f"--prior-args must be a JSON object of keyword arguments, e.g. '{{\"df\": 4}}'; "
+                        f"got {text!r}")
+    return args
+
+
+def _import_prior_module(where: str):
+    """The module named by the part of --prior before ':' (a .py file or an importable module),
+    and how run.json records it."""
+    from bayesmtl.runs import file_module_name, import_file, sha256_of
+
+    is_module = (not where.endswith(".py") and all(part.isidentifier() for part in where.split("."))
+                 and not Path(where).is_file())
+    if not is_module:
+        file = Path(where).expanduser()
+        if not file.exists():
+            raise UserError(f"--prior: file {where!r} does not exist")
+        if not file.is_file() or file.suffix != ".py":
+            raise UserError(f"--prior: {where!r} is not a .py file (expected FILE.py:ClassName)")
+        file = file.resolve()
+        name = file_module_name(file)
+        try:
+            module = import_file(file, name)
+        except (Exception, SystemExit) as e:
+            raise UserError(f"--prior: importing {file} failed: {_first_line(e)}") from None
+        return module, {"file": str(file), "import_name": name, "sha256": sha256_of(file)}
+    try:
+        module = importlib.import_module(where)
+    except (Exception, SystemExit) as e:
+        if isinstance(e, ModuleNotFoundError) and e.name and (where + ".").startswith(e.name + "."):
+            hint = f"; did you mean {where}.py:ClassName?" if Path(where + ".py").is_file() else \
+                " (a file is given as FILE.py:ClassName)"
+            raise UserError(f"--prior: no module named {e.name!r}{hint}") from None
+        try:
+            origin = importlib.util.find_spec(where).origin
+        except Exception:
+            origin = None
+        raise UserError(f"--prior: importing module {where}{f' ({origin})' if origin else ''} failed: "
+                        f"{_first_line(e)}") from None
+    origin = getattr(module, "__file__", None)
+    return module, {"module": where, **({"sha256": sha256_of(origin)} if origin else {})}
+
+
+def _build_prior(spec: str, args_text: str | None):
+    """A TaskPrior instance from ``FILE.py:ClassName`` or ``package.module:ClassName`` and a JSON
+    object of constructor arguments, and its ``prior_source`` record for run.json."""
+    from bayesmtl.priors import TaskPrior
+
+    where, colon, name = spec.rpartition(":")
+    if not colon or not where or not name.isidentifier():
+        raise UserError(f"--prior expects FILE.py:ClassName or package.module:ClassName; got {spec!r}")
+    args = _prior_args(args_text)
+    module, source = _import_prior_module(where)
+    origin = source.get("file") or f"module {where}"
+    defined = sorted(k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, TaskPrior)
+                     and v is not TaskPrior and v.__module__ == module.__name__)
+    cls = getattr(module, name, None)
+    if cls is None:
+        found = (f"it defines the TaskPrior subclass(es) {', '.join(defined)}" if defined
+                 else "it defines no TaskPrior subclass")
+        raise UserError(f"--prior: {origin} has no class {name!r}; {found}")
+    if cls is TaskPrior:
+        raise UserError("--prior: TaskPrior is the base class; give your subclass of it")
+    if not (isinstance(cls, type) and issubclass(cls, TaskPrior)):
+        what = f"class {name}" if isinstance(cls, type) else f"{name} ({type(cls).__name__})"
+        raise UserError(f"--prior: {what} in {origin} is not a subclass of bayesmtl.priors.TaskPrior"
+                        + (f"; TaskPrior subclasses there: {', '.join(defined)}" if defined else ""))
+    if cls.sample is TaskPrior.sample:
+        raise UserError(f"--prior: {name} in {origin} does not implement sample(tasks)")
+    try:
+        signature = inspect.signature(cls)
+        signature.bind(**args)
+    except TypeError as e:
+        raise UserError(f"--prior-args {json.dumps(args)} do not fit {name}{signature}: {e}") from None
+    except ValueError:  # no signature to check against
+        pass
+    try:
+        prior = cls(**args)
+    except Exception as e:
+        raise UserError(f"--prior: {name}(**{json.dumps(args)}) from {origin} raised {_first_line(e)}") from None
+    return prior, {**source, "class": name, "args": args}
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="nuts", help="nuts, chees, pyro_nuts, svi or map (default nuts)")
     p.add_argument("--chains", type=int, default=4)
@@ -71,11 +173,21 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def cmd_fit(a: argparse.Namespace) -> int:
     import bayesmtl as bm
 
+    source = None
+    if a.prior is not None:
+        prior, source = _build_prior(a.prior, a.prior_args)
+        model = bm.MultiTaskModel(prior, likelihood=a.likelihood or "gaussian", shared=_csv_list(a.shared) or ())
+    elif a.prior_args is not None:
+        raise UserError("--prior-args needs --prior FILE.py:ClassName")
+    else:
+        model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared))
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
-                                     noise=a.noise, trials=a.trials, standardize=a.standardize)
-    model = _build_model(a.model, a.likelihood, _csv_list(a.shared))
+                                     noise=a.noise, trials=a.trials, standardize=a.standardize,
+                                     task_features=_csv_list(a.task_features) or ())
     post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
                   seed=a.seed, device=a.device, progress=not a.quiet, **_options(a.option))
+    if source is not None:
+        post.info["prior_source"] = source
     post.save(a.out)
     d = post.diagnostics()
     print(f"wrote {a.out}: {post.num_chains} chain(s) x {post.num_draws} draws in {post.info['seconds']:.1f} s, "
@@ -148,19 +260,37 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (unknown option, --model with --prior, ...) in one line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bayesmtl", description="Bayesian multi-task learning")
+    p = _Parser(prog="bayesmtl", description="Bayesian multi-task learning")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="fit a model to a long-format CSV and write a run directory")
-    f.add_argument("--model", default="hierarchical", help="hierarchical, independent, pooled, dp-clustering, "
-                   "multitask-gp, task-relationship")
+    f = sub.add_parser("fit", help="fit a model to a long-format CSV and write a run directory",
+                       description="Fit a built-in model (--model) or your own task prior (--prior) to a "
+                       "long-format CSV and write a run directory.")
+    which = f.add_mutually_exclusive_group()
+    which.add_argument("--model", help="built-in model: hierarchical (default), independent, pooled, "
+                       "dp-clustering, multitask-gp, task-relationship")
+    which.add_argument("--prior", metavar="FILE.py:CLASS", help="your own task prior, a subclass of "
+                       "bayesmtl.priors.TaskPrior, from a Python file (my_priors.py:StudentTPopulation) or an "
+                       "importable module (package.module:Class); fitted as MultiTaskModel(prior, likelihood). "
+                       "run.json records the file and its sha256; predict and summary import it from there again")
+    f.add_argument("--prior-args", metavar="JSON", help="keyword arguments of the --prior class as a JSON "
+                   "object, e.g. '{\"df\": 4}'")
     f.add_argument("--data", required=True, help="long-format CSV: one row per observation")
     f.add_argument("--task", required=True, help="task column")
     f.add_argument("--target", required=True, help="target column")
     f.add_argument("--features", help="comma-separated feature columns (default: all others)")
+    f.add_argument("--task-features", help="comma-separated task-level columns, constant within each task "
+                   "(e.g. size,region); a --prior gets them as tasks.features")
     f.add_argument("--shared", help="comma-separated features whose coefficients all tasks share")
-    f.add_argument("--likelihood", help="gaussian, bernoulli, poisson or binomial")
+    f.add_argument("--likelihood", help="gaussian, bernoulli, poisson or binomial (default gaussian with --prior)")
     f.add_argument("--noise", help="column of known observation sds (meta-analysis)")
     f.add_argument("--trials", help="column of trial counts (binomial)")
     f.add_argument("--standardize", action="store_true", help="standardise features (replayed on predict)")
@@ -187,17 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"bayesmtl: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bayesmtl.runs import PriorSourceError
+
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        return args.func(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"bayesmtl: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bayesmtl: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args)
+        except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PriorSourceError) as e:
+            # one line: the first (Pyro appends its trace shapes to errors raised inside a model)
+            print(f"bayesmtl: error: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("bayesmtl: interrupted; nothing was written", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

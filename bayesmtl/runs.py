@@ -5,26 +5,44 @@ A run directory holds:
 - ``posterior.nc``: the InferenceData (netCDF through ArviZ)
 - ``summary.csv``: ``Posterior.summary()``
 - ``relations.csv``: long format task_a, task_b, mean, q05, q95 (more columns for some models)
-- ``run.json``: settings, seed, versions, timings, divergences, max r_hat, min ESS
+- ``run.json``: settings, seed, versions, timings, divergences, max r_hat, min ESS; for a prior
+  written by the user (``bayesmtl fit --prior FILE.py:Class``), ``prior_source``: where it came from
 - ``model.pt``: the model object and the training data (pickled with torch.save; load only
   run directories you trust)
+
+A pickled user prior refers to its class by module name. A prior loaded from a file is imported
+under the name ``file_module_name(file)`` (recorded as ``prior_source["import_name"]``), and
+``load_run`` imports that file again under that name before unpickling.
 
 Writing goes to a temporary sibling directory that replaces the target only when complete.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import json
 import platform
+import re
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["save_run", "load_run", "versions", "write_atomic_csv"]
+__all__ = ["save_run", "load_run", "versions", "write_atomic_csv", "PriorSourceError", "file_module_name",
+           "import_file", "sha256_of"]
+
+
+class PriorSourceError(ImportError):
+    """A run's user-written prior cannot be imported again (its file is gone, or no longer
+    defines the class)."""
 
 
 def versions() -> dict[str, str]:
@@ -101,7 +119,16 @@ def load_run(path: str | Path):
         if not (path / f).exists():
             raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: {f} is missing")
     info = json.loads((path / "run.json").read_text())
-    blob = torch.load(path / "model.pt", weights_only=False)
+    source = info.get("prior_source")
+    if source:
+        _import_prior_source(source, path)
+    try:
+        blob = torch.load(path / "model.pt", weights_only=False)
+    except (AttributeError, ImportError) as e:  # the user's module changed since the fit
+        if not source:
+            raise
+        raise PriorSourceError(f"cannot unpickle the run's prior {source['class']} from "
+                               f"{source.get('file') or source.get('module')}: {_first_line(e)}") from e
     idata = az.from_netcdf(str(path / "posterior.nc"))
     samples, stats = from_inference_data(idata)
     keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks")}
@@ -121,3 +148,81 @@ def write_atomic_csv(frame, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# ---------------------------------------------------------------------- user-written priors
+def file_module_name(file: str | Path) -> str:
+    """The module name a prior file is imported under: the file stem plus a short hash of its
+    absolute path, so the same file always gets the same name and no real module is shadowed."""
+    file = Path(file).resolve()
+    stem = re.sub(r"\W", "_", file.stem)
+    digest = hashlib.sha256(str(file).encode()).hexdigest()[:8]
+    return f"bayesmtl_user_{stem}_{digest}"
+
+
+def sha256_of(file: str | Path) -> str:
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+
+
+def import_file(file: str | Path, name: str) -> ModuleType:
+    """Run a .py file as module ``name`` and register it in ``sys.modules`` (pickle finds
+    classes there). Its folder is on ``sys.path`` while it runs, so it may import its neighbours."""
+    file = Path(file)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if str(file.parent) in sys.path:
+            sys.path.remove(str(file.parent))
+    return module
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _import_prior_source(source: dict, run: Path) -> None:
+    """Import the module of a run's user-written prior (see ``prior_source`` in run.json)."""
+    cls = source["class"]
+    if "file" in source:
+        file, name = Path(source["file"]), source["import_name"]
+        where = str(file)
+        module = sys.modules.get(name)  # imported already in this process (e.g. by the fit)
+        if module is None:
+            if not file.is_file():
+                raise PriorSourceError(
+                    f"the run's prior {cls} came from {file}, which no longer exists; put it back, "
+                    f"or set prior_source.file in {run / 'run.json'} to where it is now")
+            _warn_if_changed(source, file)
+            try:
+                module = import_file(file, name)
+            except (Exception, SystemExit) as e:
+                raise PriorSourceError(f"the run's prior {cls} comes from {file}, which fails on import: "
+                                       f"{_first_line(e)}") from e
+    else:
+        where = f"module {source['module']}"
+        try:
+            module = importlib.import_module(source["module"])
+        except (Exception, SystemExit) as e:
+            raise PriorSourceError(f"the run's prior {cls} came from {where}, which cannot be imported "
+                                   f"now ({_first_line(e)}); make it importable (e.g. with PYTHONPATH)") from e
+        if getattr(module, "__file__", None):
+            _warn_if_changed(source, Path(module.__file__))
+    if not hasattr(module, cls):
+        if "file" in source:
+            sys.modules.pop(source["import_name"], None)
+        raise PriorSourceError(f"the run's prior {cls} came from {where}, which no longer defines {cls}; "
+                               "put the class back to load this run")
+
+
+def _warn_if_changed(source: dict, file: Path) -> None:
+    if source.get("sha256") and sha256_of(file) != source["sha256"]:
+        warnings.warn(f"the run's prior {source['class']} comes from {file}, which has changed since the "
+                      "run was fitted (sha256 differs); loading it as it is now", stacklevel=5)  # bm.load's caller
