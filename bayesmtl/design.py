@@ -74,8 +74,9 @@ class TaskRows:
         return (self.At @ g).T.reshape(g.shape[1], -1, self.D)
 
 
-# A custom op taking a key, not the sparse tensors: torch.jit.trace records it as one node
-# (a traced graph cannot hold sparse constants) and replays it through the registry.
+# Custom ops taking a key, not the sparse tensors: torch.jit.trace and make_fx record each as one
+# node (a traced graph cannot hold sparse constants) and replay it through the registry; the fake
+# implementations give torch.compile their shapes.
 _ROWS: weakref.WeakValueDictionary[int, TaskRows] = weakref.WeakValueDictionary()
 _KEYS = itertools.count()
 
@@ -89,8 +90,23 @@ def _task_rows_setup(ctx, inputs, output):
     ctx.key = inputs[1]
 
 
+@torch.library.custom_op("bayesmtl::task_rows_adjoint", mutates_args=())
+def _task_rows_adjoint(g: torch.Tensor, key: int) -> torch.Tensor:
+    return (_ROWS[key].At @ g.T).T.contiguous()
+
+
+@_task_rows.register_fake
+def _(flat, key):
+    return flat.new_empty(flat.shape[0], _ROWS[key].shape[0])
+
+
+@_task_rows_adjoint.register_fake
+def _(g, key):
+    return g.new_empty(g.shape[0], _ROWS[key].shape[1])
+
+
 def _task_rows_backward(ctx, g):
-    return (_ROWS[ctx.key].At @ g.T).T.contiguous(), None
+    return _task_rows_adjoint(g, ctx.key), None
 
 
 _task_rows.register_autograd(_task_rows_backward, setup_context=_task_rows_setup)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
 from numbers import Integral
 
@@ -72,9 +74,32 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     on_device = data.to(dev)
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options))
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
     target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
+    with seeded(seed, dev):
+        return _run(model, data, on_device, target, backend, settings, method)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Every random draw inside comes from ``seed``; the caller's global RNG states (torch, CUDA,
+    numpy, random) are as they were afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def _run(model, data, on_device, target, backend, settings, method: str) -> Posterior:
+    seed, chains, warmup, draws, dev = (settings.seed, settings.chains, settings.warmup, settings.draws,
+                                        torch.device(settings.device))
+    options = settings.options
     t0 = time.perf_counter()
     out = backend.run(target, settings)
     host = data.to("cpu")

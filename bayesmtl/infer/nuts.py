@@ -15,10 +15,14 @@ has the chains as its leading dim C; the flat unconstrained position has shape (
 
 Options (``settings.options``): ``target_accept`` (0.8), ``max_tree_depth`` (10), ``dense_mass``
 (False: a diagonal inverse mass matrix per chain; True: dense, (C, P, P), worth it for strongly
-correlated posteriors of modest dimension), ``compile`` ("jit": the
-potential is traced once with ``torch.jit.trace``, measured 1.5-2.5x faster per evaluation on
-small models; None: plain Pyro tracing on every call; neither applies where the model offers a
-written-out gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain
+correlated posteriors of modest dimension), ``compile`` ("auto": "inductor" for runs of at least
+``INDUCTOR_FROM`` iterations, else "jit"; "jit": the potential is traced once with
+``torch.jit.trace``, 1.5-2.5x faster per evaluation than plain tracing on small models;
+"inductor": the potential and its gradient are traced once into one graph (``make_fx``) and
+compiled by ``torch.compile``, about 25x faster per evaluation than "jit" on a small user prior
+for a one-off compile of tens of seconds, falling back to "jit" with a warning where compiling
+fails; None: plain Pyro tracing on every call; none applies where the target has a written-out
+gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain
 path only), ``threads`` (torch threads on CPU, default 1), ``chunk`` (draws per host copy, 100),
 ``init_radius`` (2: initial points uniform in (-r, r) unconstrained), ``processes`` (1: all chains
 in one batch; k > 1 on a CPU: k chain groups in k forked worker processes, one core each, see
@@ -392,16 +396,17 @@ def common_options(method: str, opts: dict, known: tuple[str, ...]) -> dict:
     unknown = sorted(set(opts) - set(known))
     if unknown:
         raise ValueError(f"unknown option(s) for method '{method}': {unknown}; known: {', '.join(known)}")
-    compile_ = opts.get("compile", "jit")
-    if compile_ not in ("jit", None, False, "none"):
-        raise ValueError(f"compile must be 'jit' or None; got {compile_!r}")
+    compile_ = opts.get("compile", "auto")
+    if compile_ not in ("auto", "jit", "inductor", None, False, "none"):
+        raise ValueError(f"compile must be 'auto', 'jit', 'inductor' or None; got {compile_!r}")
     dtype = {"float64": torch.float64, "float32": torch.float32, None: None}.get(opts.get("dtype"), "bad")
     if dtype == "bad":
         raise ValueError(f"dtype must be 'float64' or 'float32'; got {opts.get('dtype')!r}")
     processes = opts.get("processes", 1)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be an integer >= 1; got {processes!r}")
-    return {"jit": compile_ == "jit", "dtype": dtype, "threads": opts.get("threads", 1),
+    return {"compile": compile_ if compile_ in ("auto", "jit", "inductor") else None, "dtype": dtype,
+            "threads": opts.get("threads", 1),
             "chunk": int(opts.get("chunk", 100)), "radius": float(opts.get("init_radius", 2.0)),
             "max_delta": float(opts.get("max_delta_energy", 1000.0)), "processes": processes}
 
@@ -464,10 +469,22 @@ class BatchedNUTS:
         return run_batched(self, target, settings, common, runner, report)
 
 
-def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
-    """Value-and-grad of the potential for C chains, optionally through a traced graph."""
-    if not jit:
-        return pot.value_and_grad
+#: runs of at least this many iterations (warmup + draws) compile the potential with inductor by default
+INDUCTOR_FROM = 1000
+
+
+def _make_vg(pot: BatchedPotential, C: int, mode: str | None, z0: torch.Tensor):
+    """Value-and-grad of the potential for C chains and the compile mode used: through a
+    ``torch.jit.trace`` graph ("jit"), one compiled forward-and-backward graph ("inductor"),
+    or plain tracing (None)."""
+    if mode is None:
+        return pot.value_and_grad, None
+    if mode == "inductor":
+        try:
+            return _inductor_vg(pot, z0), "inductor"
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the traced graph still works
+            warnings.warn(f"compile='inductor' failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          "using compile='jit'", RuntimeWarning, stacklevel=2)
     with torch.enable_grad():
         traced = torch.jit.trace(lambda z: pot(z), (z0.detach().requires_grad_(True),), check_trace=False)
 
@@ -476,10 +493,39 @@ def _make_vg(pot: BatchedPotential, C: int, jit: bool, z0: torch.Tensor):
             z = z.detach().requires_grad_(True)
             U = traced(z)
             (g,) = torch.autograd.grad(U.sum(), z)
-        U = U.detach()
-        bad = ~torch.isfinite(U) | ~torch.isfinite(g).all(-1)
-        return torch.where(bad, math.inf, U), torch.where(bad.unsqueeze(-1), 0.0, g)
+        return _finite(U.detach(), g)
+    return vg, "jit"
+
+
+def _inductor_vg(pot: BatchedPotential, z0: torch.Tensor):
+    """U and dU/dz traced once into one aten graph (``make_fx``: the Pyro program and autograd run
+    only here) and compiled for this batch shape; checked against autograd at z0."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def value_and_grad(z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            U = pot(z)
+            (g,) = torch.autograd.grad(U.sum(), z)
+        return U.detach(), g
+
+    graph = make_fx(value_and_grad)(z0)
+    fn = torch.compile(graph, dynamic=False, fullgraph=True)
+    U, g = fn(z0)  # compiles now, so the cost shows as set-up time
+    U0, g0 = value_and_grad(z0)
+    if not (torch.allclose(U, U0, rtol=1e-6, atol=1e-8, equal_nan=True)
+            and torch.allclose(g, g0, rtol=1e-5, atol=1e-7, equal_nan=True)):
+        raise ValueError("the compiled potential disagrees with autograd")
+
+    def vg(z):
+        return _finite(*fn(z))
     return vg
+
+
+def _finite(U: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U = inf and g = 0 wherever either is not finite (such a proposal is rejected)."""
+    bad = ~torch.isfinite(U) | ~torch.isfinite(g).all(-1)
+    return torch.where(bad, math.inf, U), torch.where(bad.unsqueeze(-1), 0.0, g)
 
 
 def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
@@ -627,13 +673,15 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, common: dict, run
         for name, v in values.items():
             host.setdefault(name, []).append(v.reshape((C_, k) + v.shape[1:]).cpu().numpy())
 
-    jit = common["jit"]
+    mode = common["compile"]
+    if mode == "auto":
+        mode = "inductor" if settings.warmup + settings.draws >= INDUCTOR_FROM else "jit"
     with pyro.validation_enabled(False):  # values come from bijections onto the support
-        vg = pot.value_and_grad if pot.direct_grad is not None else _make_vg(pot, C, jit, state.z)
+        vg, mode = (pot.value_and_grad, None) if pot.direct_grad is not None else _make_vg(pot, C, mode, state.z)
         t_compile = time.perf_counter() - t_start
         sample_stats, extra, own = runner(vg, state, gen, keep, report)
     samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
-    info = {**own, "compile": "jit" if jit and pot.direct_grad is None else None,
+    info = {**own, "compile": mode,
             "gradient": "written out" if pot.direct_grad is not None else "autograd",
             "seconds_setup": t_compile, "seconds_warmup": extra["seconds_warmup"],
             "seconds_total": time.perf_counter() - t_start,
