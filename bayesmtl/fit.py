@@ -70,12 +70,12 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     seed = _count("seed", seed, 0)
     backend = get_backend(method)
     dev = resolve_device(device)
-    model.check(data)
-    on_device = data.to(dev)
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options))
-    target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
-    with seeded(seed, dev):
+    with seeded(seed, dev):  # checking a model runs its program once: that draws too
+        model.check(data)
+        on_device = data.to(dev)
+        target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
         return _run(model, data, on_device, target, backend, settings, method)
 
 

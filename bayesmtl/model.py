@@ -173,10 +173,9 @@ class MultiTaskModel(ModelBase):
     def _prior_trace(self, data: MultiTaskData, reparam: bool = True):
         """One unbatched trace of the prior's program on ``data``'s tasks (reparametrised as fitted)."""
         config = self.reparam_config(data) if reparam else None
-        box = []
 
         def prog():
-            box.append(self._sample_prior(self.tasks(data, pyro.plate("task", data.n_tasks, dim=-1)), config))
+            self._sample_prior(self.tasks(data, pyro.plate("task", data.n_tasks, dim=-1)), config)
 
         try:
             with poutine.block(), torch.no_grad(), data_context(data.dtype, data.device):
@@ -184,7 +183,6 @@ class MultiTaskModel(ModelBase):
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
             raise type(e)(f"{type(self.prior).__name__}.sample failed on {data.n_tasks} tasks x "
                           f"{len(self.varying_names(data))} parameters: {e}") from e
-        tr.w = box[0]
         return tr
 
     def reparam_config(self, data: MultiTaskData) -> dict[str, LocScaleReparam]:

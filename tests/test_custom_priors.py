@@ -17,12 +17,15 @@ import bayesmtl as bm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from custom_priors import PRIORS, build, covers, planted  # noqa: E402
 
-FAST = {"nuts": dict(chains=2, warmup=150, draws=150), "chees": dict(chains=4, warmup=150, draws=150),
+FAST = {"nuts": dict(chains=2, warmup=100, draws=100, max_tree_depth=6), "chees": dict(chains=4, warmup=150, draws=150),
         "svi": dict(draws=200, steps=1500, min_steps=500), "map": dict(steps=800, min_steps=300)}
+#: in the fast tier: each prior once, each back end at least once (test_conformance adds more)
+QUICK = {("student-t", "nuts"), ("three-level", "chees"), ("covariates", "svi"), ("three-level", "map")}
+CASES = [pytest.param(k, m, id=f"{m}-{k}", marks=() if (k, m) in QUICK else pytest.mark.slow)
+         for k in sorted(PRIORS) for m in sorted(FAST)]
 
 
-@pytest.mark.parametrize("kind", sorted(PRIORS))
-@pytest.mark.parametrize("method", sorted(FAST))
+@pytest.mark.parametrize("kind,method", CASES)
 def test_user_prior_runs_end_to_end(kind, method, tmp_path):
     train, new, _ = planted(kind, n_tasks=6, rows=8, seed=1, new_tasks=2)
     model, data = build(kind, train)
