@@ -534,3 +534,35 @@ def test_a_gpytorch_kernel_object_is_trained_as_a_copy():
         assert post.samples["kernel.base_kernel.raw_lengthscale"].shape == (1, 1, 1, 1)
         assert not np.allclose(post.samples["kernel.raw_outputscale"], untrained["raw_outputscale"].numpy())
         pd.testing.assert_frame_equal(post.predict(test), frame, check_exact=True)
+
+
+def test_fitting_and_algebra_live_in_bayesmtl_gp_the_model_holds_settings():
+    from bayesmtl.gp import predict, program, typeii
+    from bayesmtl.infer.base import Settings
+
+    df = planted(8, 4.0, shared=False, seed=19)
+    data = data_of(df)
+    model = MultitaskGP(rank=2)
+    settings = dict(vars(model))
+    assert not hasattr(model, "map_estimate")  # fitting lives outside the model
+    # type-II ML called directly is what method="map" runs (same seed, same draws)
+    draws = typeii.fit_type_ii(model, data, Settings(seed=0, options={"steps": 5}))
+    post = bm.fit(model, data, method="map", seed=0, steps=5)
+    assert draws.samples.keys() == {"lengthscale", "task_W", "task_v", "noise", "mean"}
+    for k, v in draws.samples.items():
+        np.testing.assert_array_equal(post.samples[k], v.numpy(), err_msg=k)
+    assert vars(model).keys() == settings.keys() and all(vars(model)[k] is v for k, v in settings.items())
+    # its options are checked in one place, for ICM and LMC alike
+    for m in (model, MultitaskGP(kind="lmc")):
+        with pytest.raises(ValueError, match=r"unknown option\(s\) for method 'map' with MultitaskGP: \['bogus'\]"):
+            bm.fit(m, data, method="map", bogus=1)
+    with pytest.raises(ValueError, match="optimizer must be 'lbfgs' or 'adam'; got 'sgd'"):
+        bm.fit(model, data, method="map", optimizer="sgd")
+    # the program and the predictive algebra are the gp modules' (the model delegates)
+    fn = program.icm_program(model, data)
+    assert callable(fn) and set(typeii.OPTIONS) >= {"optimizer", "restarts", "threads"}
+    new = data.prepare(df.iloc[::3])
+    flat = post.flat()
+    for a, b in zip(predict.moments(model, data, new, flat), model.predictive_moments(data, new, flat), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(model.complete(data, flat)["task_corr"], predict.with_task_cov(flat)["task_corr"])

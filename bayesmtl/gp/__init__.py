@@ -1,6 +1,8 @@
-"""Multi-task Gaussian processes: exact ICM (``icm``) and variational LMC (``lmc``).
+"""Multi-task Gaussian processes: the engine behind ``bayesmtl.models.MultitaskGP``.
 
-The user-facing model is ``bayesmtl.models.MultitaskGP``; these modules hold the linear algebra.
+``icm``: exact ICM algebra (kernels, Kronecker and Hadamard marginal likelihoods, prediction
+factors); ``program``: the ICM's Pyro program; ``typeii``: type-II maximum likelihood
+(``method="map"``); ``predict``: per-draw predictive algebra; ``lmc``: the variational LMC.
 """
 
 from . import icm

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 __all__ = ["KERNELS", "ard_kernel", "private_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError",
-           "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "hadamard_mll", "kronecker_mll",
-           "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver"]
+           "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "training_layout", "hadamard_mll",
+           "kronecker_mll", "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver"]
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _LOG2PI = math.log(2 * math.pi)
@@ -211,6 +211,20 @@ def group_cells(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> Cells:
     ybar = torch.zeros(m, dtype=y.dtype, device=y.device).index_add_(0, inv, y) / count
     ss = torch.zeros(m, dtype=y.dtype, device=y.device).index_add_(0, inv, (y - ybar[inv]) ** 2)
     return Cells(uniq[:, :-1].contiguous(), ybar, uniq[:, -1].long(), count, ss)
+
+
+def training_layout(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, private: bool = False,
+                    cells: bool = True) -> tuple[Grid | None, Cells | None]:
+    """The exact path of a training set: X (n, D), y (n,), task (n,) long.
+
+    ``(Grid, None)`` on the Kronecker path (every task observed once at every input, and no
+    private kernels, which break the Kronecker structure); else ``(None, Cells)``, the Hadamard
+    path's rows with repeated (input, task) merged (``(None, None)`` with ``cells=False``).
+    """
+    grid = None if private else grid_layout(X, y, task, n_tasks)
+    if grid is not None or not cells:
+        return grid, None
+    return None, group_cells(X, y, task)
 
 
 def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):

@@ -1,0 +1,105 @@
+"""A ``MultitaskGP``'s algebra after inference, per draw of flat draws (site -> (S, ...)): the task
+covariance B and correlation, the predictive moments of y at new rows (ICM: exact, from the
+training data's factors; LMC: ``lmc.moments_lmc``), predictive draws and pointwise log densities."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from . import icm
+
+__all__ = ["shared_task_cov", "with_task_cov", "kernel_of_draw", "moments", "draws_of_y", "log_density"]
+
+
+def shared_task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The shared process's B, (S, T, T): W W^T + diag(v), diag(s) C diag(s) or A^T A (LMC), from
+    whichever sites the draws hold (not ``task_cov``, which adds private variances)."""
+    if "task_W" in samples:
+        return icm.task_covariance(samples["task_W"], samples["task_v"])
+    if "outputscale" in samples:
+        F = samples["outputscale"].unsqueeze(-1) * samples["corr_chol"]
+        return F @ F.transpose(-1, -2)
+    if "lmc_coef" in samples:
+        A = samples["lmc_coef"]  # (S, Q, T)
+        return A.transpose(-1, -2) @ A
+    return samples["task_cov"]
+
+
+def with_task_cov(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``samples`` plus ``task_cov`` (S, T, T), the covariance of f at one input (B, plus
+    diag(private_var) with private kernels), and ``task_corr`` (S, T, T)."""
+    out = dict(samples)
+    B = shared_task_cov(samples)
+    if "private_var" in samples:
+        B = B + torch.diag_embed(samples["private_var"])
+    d = B.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+    out["task_cov"] = B
+    out["task_corr"] = d.unsqueeze(-1) * B * d.unsqueeze(-2)
+    return out
+
+
+def kernel_of_draw(kernel, samples: dict[str, torch.Tensor], s: int, like: torch.Tensor):
+    """The kernel for ``icm.ard_kernel`` at draw ``s`` of flat ``samples``: ``kernel`` itself when
+    it is a name; for a gpytorch kernel object, a callable (X1 (N1, D), X2 (N2, D), ls) -> (N1, N2)
+    on a copy holding that draw's sites ``kernel.<name>``, on ``like``'s device and dtype (the
+    object itself is left as it is)."""
+    if isinstance(kernel, str):
+        return kernel
+    # .to first: copying float64 draws into a float32 kernel would round them
+    k = copy.deepcopy(kernel).to(device=like.device, dtype=like.dtype)
+    with torch.no_grad():
+        for n, p in k.named_parameters():
+            if f"kernel.{n}" not in samples:
+                raise ValueError(f"the draws lack site 'kernel.{n}' of the kernel object; refit the model")
+            p.copy_(samples[f"kernel.{n}"][s].reshape(p.shape))
+    return lambda X1, X2, ls: k(X1, X2).to_dense()
+
+
+def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-draw predictive mean and variance of y (noise included) at the rows of ``new``, each
+    (S, N), from the training data and the flat draws alone (``model``, a MultitaskGP, gives the
+    settings: kind, kernel, private)."""
+    if model.kind == "lmc":
+        from . import lmc
+
+        return lmc.moments_lmc(samples, new, model.kernel)
+    out_m, out_v = [], []
+    dt, dev = train.dtype, train.device
+    B_all = shared_task_cov(samples).to(device=dev, dtype=dt)
+    grid, cells = icm.training_layout(train.X, train.y, train.task, train.n_tasks, model.private)
+    new = new.to(dev)
+    for s in range(B_all.shape[0]):
+        kfn = kernel_of_draw(model.kernel, samples, s, train.X)
+        B, ls = B_all[s], samples["lengthscale"][s].to(device=dev, dtype=dt)
+        noise, mean = samples["noise"][s].to(device=dev, dtype=dt), samples["mean"][s].to(device=dev, dtype=dt)
+        priv = ((samples["private_lengthscale"][s].to(device=dev, dtype=dt),
+                 samples["private_var"][s].to(device=dev, dtype=dt)) if model.private else None)
+        with torch.no_grad():
+            if grid is not None:
+                c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
+                mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
+            else:
+                c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count, priv)
+                mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn, priv)
+        out_m.append(mu)
+        out_v.append(var + noise[new.task])
+    return torch.stack(out_m), torch.stack(out_v)
+
+
+def draws_of_y(mu: torch.Tensor, var: torch.Tensor, generator: torch.Generator, draws_per_sample: int) -> torch.Tensor:
+    """K = ``draws_per_sample`` draws of y ~ N(mu, var) per posterior draw: mu, var (S, N) ->
+    (S * K, N), draw s giving rows s*K .. s*K+K-1 (noise drawn on the generator's device)."""
+    S, N = mu.shape
+    K = int(draws_per_sample)
+    eps = torch.randn((S, K, N), generator=generator, dtype=mu.dtype, device=generator.device).to(mu.device)
+    y = mu.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps
+    return y.reshape(S * K, N)
+
+
+def log_density(y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """log N(y_n | mu, var) per row and draw: y (N,), mu and var (S, N) -> (S, N)."""
+    y = y.to(mu)
+    return -0.5 * ((y - mu) ** 2 / var + torch.log(2 * math.pi * var))

@@ -1,0 +1,159 @@
+"""Type-II maximum likelihood of a ``MultitaskGP`` (``method="map"``): its options checked in one
+place, then L-BFGS or Adam (with random restarts) on the exact ICM marginal likelihood, or the
+variational LMC's training (``lmc.fit_lmc``) for ``kind="lmc"``."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+from ..infer.base import Draws, Settings, torch_threads
+from . import icm
+
+__all__ = ["OPTIONS", "fit_type_ii"]
+
+#: options of ``method="map"`` with a MultitaskGP (``kind="lmc"`` reads steps, lr and batch_size)
+OPTIONS = frozenset({"optimizer", "lr", "steps", "tol", "threads", "restarts", "batch_size", "inducing_lr"})
+
+
+def fit_type_ii(model, data, settings: Settings) -> Draws:
+    """Type-II maximum likelihood of ``model`` (a ``MultitaskGP``, only read) on ``data``.
+
+    Options (``settings.options``): ``optimizer`` ("lbfgs" default, or "adam"), ``lr`` (1.0
+    L-BFGS / 0.05 Adam), ``steps`` (100 L-BFGS outer steps / 1000 Adam), ``tol`` (stop when the
+    MLL changes by less than tol x |MLL|, 1e-7), ``restarts`` (random initialisations, best kept;
+    1), ``threads`` (default 1 below 1,500 rows, else torch's setting); ``kind="lmc"``: see
+    ``lmc.fit_lmc``. Returns one draw: samples of shape (1, 1, ...) (T tasks, D features,
+    r = min(rank, T)): ``lengthscale`` (D,), ``task_W`` (T, r), ``task_v`` (T,), ``noise`` (T,),
+    ``mean`` (T,), with private kernels ``private_lengthscale`` (T, D) and ``private_var`` (T,),
+    with a gpytorch kernel object its trained parameters ``kernel.<name>``.
+    """
+    opts = dict(settings.options)
+    unknown = set(opts) - OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) for method 'map' with MultitaskGP: {sorted(unknown)}; "
+                         f"known: {sorted(OPTIONS)}")
+    if model.kind == "lmc":
+        from . import lmc
+
+        with torch_threads(opts.pop("threads", None)):
+            return lmc.fit_lmc(model, data, settings, opts)
+    optimizer = opts.get("optimizer", "lbfgs")
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {optimizer!r}")
+    restarts = int(opts.get("restarts", 1))
+    gen = torch.Generator().manual_seed(settings.seed)
+    grid, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, model.private)
+    best = None
+    t0 = time.perf_counter()
+    # small problems: one thread (thread start-up and waits cost more than they save, and badly
+    # so on a loaded machine: 20x measured at 60 rows with 2 threads); large: torch's default
+    small = data.n_rows < 1500
+    threads = opts.get("threads", 1 if small else None)
+    with torch_threads(threads):
+        for _ in range(max(1, restarts)):
+            out = _fit_once(model, data, grid, cells, optimizer, opts, gen)
+            if best is None or out[0] > best[0]:
+                best = out
+    mll, params, iters, trace = best
+    seconds = time.perf_counter() - t0
+    samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in params.items()}
+    info = {"gp_path": "hadamard" if grid is None else "kronecker", "optimizer": optimizer,
+            "log_marginal_likelihood": float(mll), "iterations": iters, "restarts": restarts,
+            "fit_seconds": seconds, "mll_trace": trace[:: max(1, len(trace) // 100)]}
+    return Draws(samples, {}, info)
+
+
+def _initial(model, data, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Starting values, unconstrained (log scale for positive parameters), requiring grad:
+    ``log_ls`` (D,), ``task_W`` (T, r), ``log_v`` (T,), ``log_noise`` (T,), ``mean`` (T,), and with
+    private kernels ``log_pls`` (T, D), ``log_pv`` (T,)."""
+    T, D, r = data.n_tasks, data.n_features, min(model.rank, data.n_tasks)
+    dt, dev = data.dtype, data.device
+    y, task = data.y, data.task
+    cnt = torch.bincount(task, minlength=T).to(dt)
+    m = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, y) / cnt
+    var = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, (y - m[task]) ** 2) / cnt
+    var = var.clamp_min(1e-6)
+    sd = var.sqrt()
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev)  # noqa: E731
+    # signal split: 1/2 in W W^T, 1/4 in v, 1/4 noise; small random spread breaks symmetry
+    W = sd.unsqueeze(-1) * rnd(T, r) * math.sqrt(0.5 / r)
+    log_ls = torch.ones(D, dtype=dt, device=dev) * math.log(math.sqrt(max(D, 1)))
+    out = {"log_ls": (log_ls + 0.1 * rnd(D)).requires_grad_(),
+           "task_W": W.requires_grad_(),
+           "log_v": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+           "log_noise": (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_(),
+           "mean": m.clone().requires_grad_()}
+    if model.private:  # the private processes take a share of the signal like v's
+        out["log_pls"] = (log_ls + 0.1 * rnd(T, D)).requires_grad_()
+        out["log_pv"] = (torch.log(0.25 * var) + 0.1 * rnd(T)).requires_grad_()
+    return out
+
+
+def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optimizer: str, opts: dict,
+              gen: torch.Generator) -> tuple[float, dict[str, torch.Tensor], int, list[float]]:
+    """One optimisation from a random start: (final MLL, fitted values (constrained, no leading
+    dims), iterations, MLL trace)."""
+    raw = _initial(model, data, gen)
+    params = list(raw.values())
+    kfn, kern = model.kernel, None
+    if not isinstance(model.kernel, str):
+        # train a copy: every restart (and every fit) starts from the user's kernel, and the
+        # trained values go to the draws
+        kern = copy.deepcopy(model.kernel).to(device=data.device, dtype=data.dtype)
+        params += list(kern.parameters())
+        kfn = lambda X1, X2, ls: kern(X1, X2).to_dense()  # noqa: E731
+    private = model.private
+
+    def mll_of(raw):
+        B = icm.task_covariance(raw["task_W"], raw["log_v"].exp())
+        ls, noise = raw["log_ls"].exp(), raw["log_noise"].exp()
+        if grid is not None:
+            return icm.kronecker_mll(grid.X, grid.Y, B, ls, noise, raw["mean"], kfn)
+        priv = (raw["log_pls"].exp(), raw["log_pv"].exp()) if private else None
+        return icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, raw["mean"], kfn, cells.count,
+                                cells.ss, priv)
+
+    n = data.n_rows
+    tol = float(opts.get("tol", 1e-7))
+    trace: list[float] = []
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=float(opts.get("lr", 0.05)))
+        steps = int(opts.get("steps", 1000))
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = -mll_of(raw) / n
+            loss.backward()
+            opt.step()
+            trace.append(-float(loss) * n)
+            if len(trace) > 50 and abs(trace[-1] - trace[-51]) < tol * 50 * abs(trace[-1]):
+                break
+    else:
+        opt = torch.optim.LBFGS(params, lr=float(opts.get("lr", 1.0)), max_iter=20,
+                                line_search_fn="strong_wolfe", tolerance_change=1e-12, history_size=20)
+        steps = int(opts.get("steps", 100))
+
+        def closure():
+            opt.zero_grad()
+            loss = -mll_of(raw) / n
+            loss.backward()
+            return loss
+
+        for _ in range(steps):
+            loss = float(opt.step(closure).detach())
+            trace.append(-loss * n)
+            if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol * abs(trace[-1]):
+                break
+    with torch.no_grad():
+        final = float(mll_of(raw))
+    out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
+           "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
+    if private:
+        out["private_lengthscale"], out["private_var"] = raw["log_pls"].exp(), raw["log_pv"].exp()
+    if kern is not None:
+        out.update({f"kernel.{n}": p for n, p in kern.named_parameters()})
+    return final, {k: v.detach() for k, v in out.items()}, len(trace), trace
