@@ -13,7 +13,7 @@ import torch
 from .data import MultiTaskData
 from .infer import Settings, get_backend
 from .posterior import Posterior
-from .protocol import Target
+from .protocol import Target, data_context
 from .pyro_util import squeeze_to
 
 __all__ = ["fit", "resolve_device", "choose_target"]
@@ -72,7 +72,9 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     dev = resolve_device(device)
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options))
-    with seeded(seed, dev):  # checking a model runs its program once: that draws too
+    # checking a model runs its program once: that draws too. The data's dtype (and device) are the
+    # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
+    with seeded(seed, dev), data_context(data.dtype, dev):
         model.check(data)
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.reparam import LocScaleReparam
+from pyro.poutine.runtime import _PYRO_STACK
 
 from . import marginals
 from .data import MultiTaskData
@@ -170,6 +171,26 @@ class MultiTaskModel(ModelBase):
                              f"(..., {tasks.n}, {tasks.dims}) = (tasks, {tasks.feature_names}); got {got}")
         return w
 
+    def _sample_batched(self, tasks: Tasks, reparam: dict | None) -> torch.Tensor:
+        """``_sample_prior`` under the back end's batch plates (chains, particles): a prior whose
+        hyperparameters do not broadcast over them fails here with a line that names it."""
+        name = type(self.prior).__name__
+        hint = ("hyperparameters carry leading batch dims (chains, particles): gather per task with "
+                "m[..., index, :] and keep matrix-valued hyperparameters inside a plate (docs/extending.md)")
+        try:
+            w = self._sample_prior(tasks, reparam)
+        except RuntimeError as e:
+            raise ValueError(f"{name}.sample failed under a batch of chains or particles "
+                             f"({str(e).splitlines()[0]}); {hint}") from e
+        # pyro keeps the active plates on its stack; the batch ones sit left of the program's own
+        outer = [f.dim for f in _PYRO_STACK if isinstance(f, pyro.plate) and f.dim is not None]
+        allowed = 2 + max([-d - 1 for d in outer if d < -1], default=0)
+        if w.dim() > allowed:
+            raise ValueError(f"{name}.sample returned task parameters of shape {tuple(w.shape)} under a "
+                             f"batch of shape {tuple(w.shape[:allowed - 2])}: more dims than the batch and "
+                             f"({tasks.n}, {tasks.dims}) allow; {hint}")
+        return w
+
     def _prior_trace(self, data: MultiTaskData, reparam: bool = True):
         """One unbatched trace of the prior's program on ``data``'s tasks (reparametrised as fitted)."""
         config = self.reparam_config(data) if reparam else None
@@ -223,13 +244,13 @@ class MultiTaskModel(ModelBase):
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
             with data_context(dt, dev):
-                w = self._sample_prior(replace(tasks, plate=task_plate), config)
-            if name_w:
-                w = pyro.deterministic("w", w, event_dim=2)
-            coef = None
-            if Ds:
-                coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
-            params = lik.sample_params(T, task_plate, like)
+                w = self._sample_batched(replace(tasks, plate=task_plate), config)
+                if name_w:
+                    w = pyro.deterministic("w", w, event_dim=2)
+                coef = None
+                if Ds:
+                    coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
+                params = lik.sample_params(T, task_plate, like)
             if not observe:
                 return
             with pyro.plate("data", N, dim=-1, subsample_size=subsample_size) as idx:
@@ -344,11 +365,18 @@ class MultiTaskModel(ModelBase):
         Returns ``mean`` (S, N), E[y | draw], and ``y`` (S * draws_per_sample, N), predictive
         draws (``draws_per_sample`` consecutive rows per posterior draw).
         """
+        K = int(draws_per_sample)
+        if K > 1 and len(new.task_names) > new.n_known_tasks:
+            # a new task's parameters are drawn per predictive draw, not once per posterior draw: a
+            # point estimate (S = 1) must still show the spread between tasks
+            samples = {k: v.repeat_interleave(K, 0) for k, v in samples.items()}
+            out = self.predict(train, new, samples, generator)
+            return {"mean": out["mean"].reshape(-1, K, out["mean"].shape[-1]).mean(1), "y": out["y"]}
         eta, params, lik = self._eta_params(train, new, samples, generator)
         d = lik.distribution(eta, params, new.task, new.noise, new.trials)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            y = d.sample((draws_per_sample,))  # (K, S, N)
+            y = d.sample((K,))  # (K, S, N)
         return {"mean": lik.mean(eta, new.trials), "y": y.transpose(0, 1).reshape(-1, y.shape[-1])}
 
     def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -142,6 +142,15 @@ def test_task_features_reach_new_tasks_and_round_trip_the_frame():
 
 
 # ---------------------------------------------------------------------- right, not just running
+def _z_scores(post, truth: dict) -> np.ndarray:
+    """|posterior mean - planted value| / posterior sd for every entry of every planted site."""
+    out = []
+    for name, value in truth.items():
+        d = post.samples[name].reshape((-1,) + np.shape(value))
+        out.append((np.abs(d.mean(0) - value) / d.std(0)).ravel())
+    return np.concatenate(out)
+
+
 @pytest.mark.slow
 def test_student_t_prior_recovers_planted_population_and_covers_new_tasks():
     """40 tasks (one 8 scales out): 90% intervals cover mu and tau; new-task 90% predictive intervals
@@ -149,7 +158,7 @@ def test_student_t_prior_recovers_planted_population_and_covers_new_tasks():
     train, new, truth = planted("student-t", n_tasks=40, rows=10, seed=0, new_tasks=30)
     model, data = build("student-t", train)
     nuts = bm.fit(model, data, method="nuts", chains=4, warmup=500, draws=500, seed=0, progress=False)
-    assert min(covers(nuts, truth).values()) == 1.0
+    assert _z_scores(nuts, truth).max() < 3
     pred = nuts.predict(new, seed=0)
     inside = np.mean((pred["q05"] <= new["y"]) & (new["y"] <= pred["q95"]))
     assert 0.84 <= inside <= 0.96, inside
@@ -165,4 +174,64 @@ def test_three_level_prior_recovers_planted_group_means():
     model, data = build("three-level", train)
     post = bm.fit(model, data, method="nuts", chains=4, warmup=500, draws=500, seed=0, progress=False)
     assert covers(post, {"group_mean": truth["group_mean"]})["group_mean"] >= 0.75
-    assert post.diagnostics()["max_r_hat"] < 1.02
+    assert _z_scores(post, {"group_mean": truth["group_mean"]}).max() < 3.5
+    assert post.diagnostics()["max_r_hat"] < 1.05
+
+
+@pytest.mark.slow
+def test_student_t_prior_svi_mvn_agrees_with_nuts():
+    """The same user prior under SVI with a full-rank guide: population means within 0.25 posterior sd
+    of NUTS's (the auto non-centring serves the guide too)."""
+    train, _, _ = planted("student-t", n_tasks=40, rows=10, seed=0)
+    model, data = build("student-t", train)
+    nuts = bm.fit(model, data, method="nuts", chains=4, warmup=500, draws=500, seed=0, progress=False)
+    svi = bm.fit(model, data, method="svi", guide="mvn", steps=20000, draws=2000, seed=0, progress=False)
+    a, b = nuts.summary(["mu", "tau"]), svi.summary(["mu", "tau"])
+    assert ((a["mean"] - b["mean"]).abs() < 0.25 * a["sd"]).all(), (a[["mean", "sd"]], b[["mean", "sd"]])
+
+
+def test_point_estimate_still_shows_the_spread_between_tasks_for_a_new_task():
+    """MAP has one draw: a new task's parameters are drawn per predictive draw, so its interval holds
+    the population's spread (sd ~ sqrt(tau^2 + sigma^2)) and its mean does not jump with the seed."""
+    from bayesmtl.synthetic import hierarchical_regression
+
+    df, _ = hierarchical_regression(n_tasks=8, rows=20, features=1, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.MultiTaskModel(bm.priors.Hierarchical(), likelihood=bm.likelihoods.Gaussian(noise="shared"))
+    post = bm.fit(model, data, method="map", steps=1000, min_steps=500, seed=0, progress=False)
+    new = df.head(1).assign(task="fresh", x1=0.0)
+    preds = [post.predict(new, seed=s) for s in range(4)]
+    tau0, sigma = post.samples["tau"].reshape(-1)[0], post.samples["sigma"].reshape(-1)[0]
+    expected = np.hypot(tau0, sigma)
+    for p in preds:
+        assert abs(p["sd"].iloc[0] - expected) < 0.15 * expected, (p, expected)
+    means = [p["mean"].iloc[0] for p in preds]
+    assert np.ptp(means) < 0.3 * expected, means
+
+
+def test_a_likelihood_samples_its_parameters_in_the_data_dtype():
+    class Noise(bm.likelihoods.Gaussian):
+        def sample_params(self, n_tasks, task_plate, like):
+            return {"sigma": pyro.sample("sigma", dist.HalfNormal(1.0))}  # Python numbers, no `like`
+
+    train, _, _ = planted("student-t", n_tasks=4, rows=5, seed=0)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    post = bm.fit(bm.MultiTaskModel(PRIORS["student-t"](), likelihood=Noise(noise="shared")), data,
+                  method="svi", steps=200, min_steps=100, draws=10, seed=0, progress=False)
+    assert post.samples["sigma"].dtype == np.float64
+
+
+@pytest.mark.parametrize("method", ["svi", "nuts"])
+def test_a_prior_that_does_not_broadcast_over_chains_is_named(method):
+    class MatrixEvent(bm.priors.TaskPrior):
+        def sample(self, tasks):
+            z = torch.zeros(tasks.n, 1)  # a default-dtype factory: runs in the data's dtype
+            mu = pyro.sample("mu", dist.Normal(0.0, 5.0).expand([tasks.dims]).to_event(1))
+            beta = pyro.sample("beta", dist.Normal(0.0, 1.0).expand([tasks.dims, 1]).to_event(2))  # not in a plate
+            with tasks.plate:
+                return pyro.sample("w", dist.Normal(mu + z @ beta.transpose(-1, -2), 1.0).to_event(1))
+
+    _, data = _data()
+    options = {"steps": 20, "min_steps": 10} if method == "svi" else {"chains": 2, "warmup": 3, "draws": 3}
+    with pytest.raises(ValueError, match=r"MatrixEvent.sample returned task parameters of shape .* under a batch"):
+        bm.fit(bm.MultiTaskModel(MatrixEvent()), data, method=method, progress=False, **options)
