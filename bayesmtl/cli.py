@@ -19,6 +19,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .likelihoods import _BY_NAME
+
 __all__ = ["main"]
 
 
@@ -290,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--task-features", help="comma-separated task-level columns, constant within each task "
                    "(e.g. size,region); a --prior gets them as tasks.features")
     f.add_argument("--shared", help="comma-separated features whose coefficients all tasks share")
-    f.add_argument("--likelihood", help="gaussian, bernoulli, poisson or binomial (default gaussian with --prior)")
+    f.add_argument("--likelihood", help=f"one of {', '.join(sorted(_BY_NAME))} (default gaussian with --prior)")
     f.add_argument("--noise", help="column of known observation sds (meta-analysis)")
     f.add_argument("--trials", help="column of trial counts (binomial)")
     f.add_argument("--standardize", action="store_true", help="standardise features (replayed on predict)")

@@ -195,4 +195,4 @@ def get_likelihood(spec: str | Likelihood) -> Likelihood:
         return spec
     if isinstance(spec, str) and spec.lower() in _BY_NAME:
         return _BY_NAME[spec.lower()]()
-    raise ValueError(f"unknown likelihood {spec!r}; choose one of gaussian, bernoulli, poisson, binomial")
+    raise ValueError(f"unknown likelihood {spec!r}; choose one of {', '.join(sorted(_BY_NAME))}")
