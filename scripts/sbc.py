@@ -33,7 +33,8 @@ import torch
 from scipy import stats
 
 import bayesmtl as bm
-from bayesmtl.infer.nuts import HMCState, run_nuts
+from bayesmtl.infer.hmc_util import HMCState
+from bayesmtl.infer.nuts import run_nuts
 from bayesmtl.marginals.hierarchical_gaussian import HierarchicalGaussian
 
 warnings.filterwarnings("ignore")

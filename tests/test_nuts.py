@@ -11,7 +11,8 @@ import torch
 from reference import EIGHT_SCHOOLS, assert_matches, compare, load_reference, reference_dir
 
 import bayesmtl as bm
-from bayesmtl.infer.nuts import HMCState, adaptation_schedule, da_init, da_update, find_step_size, nuts_step, run_nuts
+from bayesmtl.infer.hmc_util import HMCState, adaptation_schedule, da_init, da_update, find_step_size
+from bayesmtl.infer.nuts import nuts_step, run_nuts
 from bayesmtl.infer.potential import BatchedPotential
 from bayesmtl.marginals import form as marginal_form
 from bayesmtl.synthetic import hierarchical_regression
@@ -370,12 +371,12 @@ def test_failure_in_a_chain_group_reaches_the_caller(monkeypatch):
     """A worker's exception is raised in the parent, naming the chain group; no worker is left."""
     import multiprocessing as mp
 
-    import bayesmtl.infer.nuts as nuts
+    import bayesmtl.infer.driver as driver
 
     def broken(*args, **kwargs):
         raise RuntimeError("no finite starting point (planted)")
 
-    monkeypatch.setattr(nuts, "_init", broken)  # forked workers inherit the patch
+    monkeypatch.setattr(driver, "_init", broken)  # forked workers inherit the patch
     df, _ = hierarchical_regression(n_tasks=3, rows=4, features=1, seed=0)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     with pytest.raises(RuntimeError, match="planted") as err:

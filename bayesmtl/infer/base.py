@@ -22,7 +22,9 @@ __all__ = ["Settings", "Draws", "Backend", "torch_threads"]
 
 @dataclass(frozen=True)
 class Settings:
-    """What every back end is told. ``options`` holds back-end specific settings."""
+    """What every back end is told. ``options`` holds back-end specific settings: the keywords
+    given to ``fit`` (a dict), or the back end's options object (``options.NUTS`` and so on);
+    a back end reads either with ``TheirOptions.of(settings.options)``."""
 
     chains: int = 4
     warmup: int = 1000
@@ -30,7 +32,7 @@ class Settings:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
 
 class Draws(NamedTuple):

@@ -21,9 +21,18 @@ A draw's trajectory length is u * T with u from the van der Corput sequence (jit
 resonance). After warmup, the step size is dual averaging's average since the last metric
 update (as in Stan) and T the average of log T over the last half of warmup.
 
-Options (``settings.options``): ``target_accept`` (0.651), ``max_steps`` (1000), plus the ones
-every batched sampler takes (``nuts.COMMON_OPTIONS``). Sample stats: ``diverging``,
-``n_steps``, ``energy``, ``step_size``, ``acceptance_rate``.
+It shares with NUTS the step-size adaptation (``adapt.step_size_adaptation``), the metric's
+start and estimate (``adapt.initial_metric``, ``adapt.fisher_metric``), ``find_step_size`` and
+the window schedule (``hmc_util``), and the loop around the kernel (``driver``). Its metric
+windows stay its own: pooled over chains, fed from the first iteration and updated only once
+they hold two draws, unlike NUTS's per-chain ``adapt.window_adaptation``, so its draws are
+unchanged.
+
+Options: ``options.ChEES`` (``bm.infer.ChEES(...)`` or the same keywords to ``fit``):
+``target_accept`` (0.651), ``max_steps`` (1000), plus the ones every batched sampler takes
+(``compile``, ``dtype``, ``threads``, ``chunk``, ``init_radius``, ``max_delta_energy``,
+``processes``; see ``nuts``). Sample stats: ``diverging``, ``n_steps``, ``energy``,
+``step_size``, ``acceptance_rate``.
 """
 
 from __future__ import annotations
@@ -35,28 +44,25 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .adapt import fisher_metric, initial_metric, step_size_adaptation
 from .base import Draws, Settings
-from .nuts import (
-    COMMON_OPTIONS,
-    DrawBuffer,
+from .driver import DrawBuffer, progress_bar, run_batched, tick, timings
+from .hmc_util import (
     HMCState,
-    common_options,
-    da_init,
-    da_update,
     draw_momentum,
     find_step_size,
     kinetic,
     leapfrog,
     mass_windows,
-    regularise,
-    run_batched,
-    tick,
+    pooled_init,
+    pooled_update,
+    pooled_variance,
     velocity,
 )
+from .options import ChEES
 
-__all__ = ["ChEES", "run_chees", "van_der_corput"]
-
-OPTIONS = ("target_accept", "max_steps") + COMMON_OPTIONS
+__all__ = ["ChEESBackend", "run_chees", "hmc_step", "chees_gradient", "TrajectoryAdaptation",
+           "trajectory_update", "van_der_corput"]
 
 
 def van_der_corput(i: int) -> float:
@@ -144,32 +150,24 @@ def trajectory_update(s: TrajectoryAdaptation, grad: float | None, eps: float, m
     return TrajectoryAdaptation(min(log_T, math.log(max_steps * eps)), mean_sq, n)
 
 
-def _pooled_var(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
-    """Regularised variance of n draws pooled over chains and iterations, from their sums."""
-    mean = s1 / n
-    return regularise((s2 / n - mean * mean).clamp_min(0) * n / max(n - 1, 1), n)
-
-
 def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.651,
               max_steps: int = 1000, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
               progress: bool = False, report=None) -> tuple[dict[str, np.ndarray], dict]:
     """Adapt for ``warmup`` iterations, then draw ``draws`` per chain; same contract as
     ``nuts.run_nuts`` (sample stats (C, draws); extra with step_size (C,), inv_mass,
     trajectory_length, timings)."""
-    from tqdm.auto import tqdm
-
     C, P = state.z.shape
     dev, dt = state.z.device, state.z.dtype
-    inv_mass = (1.0 / state.g.abs().clamp(1e-4, 1e4)).mean(0, keepdim=True).expand(C, P).contiguous()
+    inv_mass = initial_metric(state, fisher=True).mean(0, keepdim=True).expand(C, P).contiguous()
     eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
-    da = da_init(torch.tensor([eps], dtype=dt))
+    step = step_size_adaptation(target)  # on one number for all chains: the harmonic mean acceptance
+    da = step.init(torch.tensor([eps], dtype=dt))
     traj = TrajectoryAdaptation(math.log(eps))
     ends, (_, last) = mass_windows(warmup, early=True)
-    zero = torch.zeros(P, dtype=dt, device=dev)
-    sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
+    wz, wg = pooled_init(state.z), pooled_init(state.z)  # the metric window, pooled over chains
     avg_log_T, n_avg = 0.0, 0
     buf = DrawBuffer(("diverging", "n_steps", "energy", "step_size", "acceptance_rate"), chunk, on_chunk)
-    bar = tqdm(total=warmup + draws, disable=not progress, unit="it", desc=f"chees {C} chains")
+    bar = progress_bar(warmup + draws, f"chees {C} chains", progress)
     n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
     for i in range(warmup + draws):
         u = van_der_corput(i + 1)
@@ -179,27 +177,25 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
         state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta)
         if i < warmup:
             hm = float(1.0 / (1.0 / accept.clamp_min(1e-10)).mean())  # harmonic mean: one stuck chain counts
-            da = da_update(da, torch.tensor([hm], dtype=dt), target)
-            eps = float(da.log_eps.exp())
+            da, e = step.update(da, torch.tensor([hm], dtype=dt))
+            eps = float(e)
             traj = trajectory_update(traj, chees_gradient(z0, z1, v1, accept, t, inv_mass), eps, max_steps)
             if i >= warmup // 2:
                 avg_log_T, n_avg = avg_log_T + traj.log_T, n_avg + 1
             if i < last:
-                sz1, sz2 = sz1 + state.z.sum(0), sz2 + (state.z * state.z).sum(0)
-                sg1, sg2, n_w = sg1 + state.g.sum(0), sg2 + (state.g * state.g).sum(0), n_w + C
-            if i in ends and n_w > 1:
-                im = (_pooled_var(sz1, sz2, n_w) / _pooled_var(sg1, sg2, n_w)).sqrt().clamp(1e-8, 1e8)
-                inv_mass = im.expand(C, P).contiguous()
-                sz1, sz2, sg1, sg2, n_w = zero, zero, zero, zero, 0
+                wz, wg = pooled_update(wz, state.z), pooled_update(wg, state.g)
+            if i in ends and wz.n > 1:
+                inv_mass = fisher_metric(pooled_variance(wz), pooled_variance(wg)).expand(C, P).contiguous()
+                wz, wg = pooled_init(state.z), pooled_init(state.z)
                 eps = float(find_step_size(vg, state, torch.full((C,), eps, device=dev, dtype=dt), inv_mass,
                                            gen).median())
-                da = da_init(torch.tensor([eps], dtype=dt))
+                da = step.init(torch.tensor([eps], dtype=dt))
                 # at least one step of the new metric's step size (T can start far below it)
                 traj = TrajectoryAdaptation(max(traj.log_T, math.log(eps)))
             if i == warmup - 1:
                 # the step size is dual averaging's own average since the last metric change
                 # (earlier step sizes were tuned to another metric); T averages the last half
-                eps = float(da.log_eps_bar.exp())
+                eps = float(step.final(da))
                 if n_avg:
                     traj = TrajectoryAdaptation(max(avg_log_T / n_avg, math.log(eps)))
                 t_warm = time.perf_counter() - t_loop
@@ -211,36 +207,28 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     bar.close()
     sample_stats = buf.stats()
     extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
-             "trajectory_length": math.exp(traj.log_T), "seconds_warmup": t_warm,
-             "seconds_sampling": time.perf_counter() - t_loop - t_warm}
+             "trajectory_length": math.exp(traj.log_T), **timings(t_loop, t_warm)}
     return sample_stats, extra
 
 
-class ChEES:
+class ChEESBackend:
     """``method="chees"``: ChEES-HMC with all chains as one batch (see the module docstring)."""
 
     name = "chees"
     paths = ("collapsed", "plain")
 
     def run(self, target, settings: Settings, report=None) -> Draws:
-        opts = dict(settings.options)
-        common = common_options("chees", opts, OPTIONS)
-        accept = float(opts.get("target_accept", 0.651))
-        if not 0 < accept < 1:
-            raise ValueError(f"target_accept must lie in (0, 1); got {accept}")
-        max_steps = opts.get("max_steps", 1000)
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be an integer >= 1; got {max_steps!r}")
-        if settings.chains // min(common["processes"], settings.chains) < 2:
+        o = ChEES.of(settings.options)
+        if settings.chains // min(o.processes, settings.chains) < 2:
             raise ValueError("chees learns its step size and trajectory length across chains: use chains >= 2 "
                              "per process (many more is better), or method='nuts'")
 
         def runner(vg, state, gen, keep, report):
-            stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, accept, max_steps,
-                                     common["max_delta"], common["chunk"], keep, settings.progress, report)
-            info = {"sampler": "ChEES-HMC", "target_accept": accept, "max_steps": max_steps,
+            stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, o.target_accept, o.max_steps,
+                                     o.max_delta_energy, o.chunk, keep, settings.progress, report)
+            info = {"sampler": "ChEES-HMC", "target_accept": o.target_accept, "max_steps": o.max_steps,
                     "trajectory_length": extra["trajectory_length"],
                     "mean_steps": float(stats["n_steps"][0].mean())}
             return stats, extra, info
 
-        return run_batched(self, target, settings, common, runner, report)
+        return run_batched(self, target, settings, o, runner, report)

@@ -1,8 +1,9 @@
-"""Pyro's own NUTS, chain after chain: the reference sampler.
+"""Pyro's own NUTS, chain after chain: the reference sampler (``method="pyro_nuts"``).
 
-Options: ``jit`` (default True; JIT-compiled potential, measured faster), ``target_accept``
-(0.8), ``max_tree_depth`` (10), ``dense_mass`` (False), ``threads`` (1: Pyro's small-model
-inference is faster and steadier on one torch thread).
+Options: ``options.PyroNUTS`` (``bm.infer.PyroNUTS(...)`` or the same keywords to ``fit``):
+``jit`` (default True; JIT-compiled potential, measured faster), ``target_accept`` (0.8),
+``max_tree_depth`` (10), ``dense_mass`` (False), ``threads`` (1: Pyro's small-model inference is
+faster and steadier on one torch thread).
 """
 
 from __future__ import annotations
@@ -16,24 +17,20 @@ import torch
 from pyro.infer import MCMC, NUTS
 
 from .base import Draws, Settings, torch_threads
+from .options import PyroNUTS
 
-__all__ = ["PyroNUTS"]
+__all__ = ["PyroNUTSBackend"]
 
 
-class PyroNUTS:
+class PyroNUTSBackend:
+    """``method="pyro_nuts"``: Pyro's ``MCMC(NUTS(...))``, one chain after another."""
+
     name = "pyro_nuts"
     paths = ("collapsed", "plain")
 
     def run(self, target, settings: Settings) -> Draws:
-        opts = dict(settings.options)
-        jit = bool(opts.pop("jit", True))
-        target = float(opts.pop("target_accept", 0.8))
-        depth = int(opts.pop("max_tree_depth", 10))
-        dense = bool(opts.pop("dense_mass", False))
-        threads = opts.pop("threads", 1)
-        if opts:
-            raise ValueError(f"unknown option(s) for method 'nuts': {sorted(opts)}; "
-                             "known: jit, target_accept, max_tree_depth, dense_mass, threads")
+        o = PyroNUTS.of(settings.options)
+        jit, accept, depth, dense, threads = o.jit, o.target_accept, o.max_tree_depth, o.dense_mass, o.threads
         fn = target.pyro_model()
         chains, stats, info = [], {"diverging": []}, {"step_size": [], "acceptance_rate": [],
                                                        "seconds_per_chain": [], "jit": jit}
@@ -42,7 +39,7 @@ class PyroNUTS:
             for c in range(settings.chains):
                 pyro.set_rng_seed(settings.seed * 1000 + c)
                 pyro.clear_param_store()
-                kernel = NUTS(fn, jit_compile=jit, ignore_jit_warnings=True, target_accept_prob=target,
+                kernel = NUTS(fn, jit_compile=jit, ignore_jit_warnings=True, target_accept_prob=accept,
                               max_tree_depth=depth, full_mass=dense,
                               max_plate_nesting=target.max_plate_nesting)
                 mcmc = MCMC(kernel, num_samples=settings.draws, warmup_steps=settings.warmup,

@@ -1,6 +1,7 @@
-"""Stochastic variational inference with Pyro autoguides.
+"""Stochastic variational inference with Pyro autoguides (``method="svi"``).
 
-Options: ``guide`` ("normal" = mean field, "mvn" = full-rank, "lowrank", "delta" = MAP),
+Options: ``options.SVI`` (``bm.infer.SVI(guide="mvn", ...)`` or the same keywords to ``fit``):
+``guide`` ("normal" = mean field, "mvn" = full-rank, "lowrank", "delta" = MAP),
 ``rank`` (low-rank guide), ``lr`` (0.01), ``steps`` (most steps, 20000), ``min_steps`` (5000),
 ``tol`` (1e-5: stop when the mean loss of the last ``window`` (500) steps is less than
 ``lookback`` (4) x tol x |loss| below the mean of the window ``lookback`` windows earlier; one
@@ -35,61 +36,43 @@ from tqdm.auto import tqdm
 
 from ..pyro_util import site_shapes
 from .base import Draws, Settings, torch_threads
+from .options import SVI as SVIOptions
 
 __all__ = ["SVIBackend"]
 
 _GUIDES = {"normal": AutoNormal, "mvn": AutoMultivariateNormal,
            "lowrank": AutoLowRankMultivariateNormal, "delta": AutoDelta}
-_KNOWN = {"guide", "rank", "lr", "steps", "min_steps", "tol", "batch_size", "particles", "jit",
-          "threads", "window", "lookback", "anneal"}
 
 
 class SVIBackend:
+    """``method="svi"``: Pyro SVI with an autoguide (see the module docstring)."""
+
     name = "svi"
-
-    def __init__(self, default_guide: str = "normal"):
-        self.default_guide = default_guide
-
     paths = ("plain",)
 
     def run(self, target, settings: Settings) -> Draws:
-        opts = dict(settings.options)
-        unknown = set(opts) - _KNOWN
-        if unknown:
-            raise ValueError(f"unknown option(s) for method 'svi': {sorted(unknown)}; known: {sorted(_KNOWN)}")
-        guide_name = opts.get("guide", self.default_guide)
-        if guide_name not in _GUIDES:
-            raise ValueError(f"guide must be one of {sorted(_GUIDES)}; got {guide_name!r}")
-        batch = opts.get("batch_size")
-        if batch is not None and not 0 < int(batch):
-            raise ValueError(f"batch_size must be a positive integer; got {batch}")
-        batch = None if batch is None or int(batch) >= target.n_rows else int(batch)
-        steps, min_steps = int(opts.get("steps", 20000)), int(opts.get("min_steps", 5000))
-        tol, lr = float(opts.get("tol", 1e-5)), float(opts.get("lr", 0.01))
-        window, lookback = int(opts.get("window", 500)), int(opts.get("lookback", 4))
-        jit = bool(opts.get("jit", batch is None))
-        anneal = int(opts.get("anneal", 1000))
-        if anneal < 0:
-            raise ValueError(f"anneal must be >= 0 steps; got {anneal}")
+        o = SVIOptions.of(settings.options)
+        guide_name, lr, window, lookback, anneal = o.guide, o.lr, o.window, o.lookback, o.anneal
+        steps, min_steps, tol = o.steps, o.min_steps, o.tol
+        batch = None if o.batch_size is None or o.batch_size >= target.n_rows else o.batch_size
+        jit = batch is None if o.jit is None else o.jit
 
         pyro.set_rng_seed(settings.seed)
         pyro.clear_param_store()
         fn = target.pyro_model(subsample_size=batch)
-        kw = {"rank": int(opts["rank"])} if guide_name == "lowrank" and "rank" in opts else {}
+        kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
         enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         guide = _GUIDES[guide_name](guided, **kw)
         elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
-        particles = int(opts.get("particles", 1))
-        if particles < 1:
-            raise ValueError(f"particles must be >= 1; got {particles}")
+        particles = o.particles
         # particles as one more batch dim (the models batch through their plates): one pass, not a loop
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
         svi = SVI(fn, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0}), elbo)
         losses, converged = [], False
         t0 = time.perf_counter()
-        with torch_threads(opts.get("threads", 1)), warnings.catch_warnings():
+        with torch_threads(o.threads), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             bar = tqdm(total=steps, disable=not settings.progress, desc="svi", leave=False)
             for i in range(steps):
