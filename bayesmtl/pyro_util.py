@@ -33,7 +33,7 @@ def batch_condition(model: Callable[[], None], values: dict[str, torch.Tensor], 
     dim = -(max_plate_nesting + 1)
     fixed = {}
     for name, v in values.items():
-        if name not in shapes:
+        if name not in shapes or shapes[name][2]:  # deterministic sites follow from the latent ones
             continue
         batch, event, _ = shapes[name]
         pad = max_plate_nesting - len(batch)
