@@ -1,5 +1,6 @@
 """Point estimates (``method="map"``): a model's own optimiser when it offers one
-(``map_estimate``, e.g. type-II maximum likelihood of a GP), else Pyro SVI with an AutoDelta guide.
+(``Target.point_estimate``, e.g. a GP's type-II maximum likelihood, ``gp.typeii``), else Pyro SVI with an
+AutoDelta guide.
 
 Options: ``options.MAP`` (``bm.infer.MAP(steps=800)`` or the same keywords to ``fit``): SVI's
 options for the delta guide; a model's own optimiser gets them as keywords, with ``model_options``
