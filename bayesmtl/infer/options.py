@@ -144,23 +144,34 @@ class Configured:
 _DTYPES = {"float64": "float64", "float32": "float32", torch.float64: "float64", torch.float32: "float32", None: None}
 
 
-def _check_batched(o) -> None:
+@dataclass(frozen=True, kw_only=True)
+class _Batched(Options):
     """The options every batched sampler (NUTS, ChEES) takes; see ``driver.run_batched``."""
-    compile_ = _one_of("compile", o.compile, ("auto", "jit", "inductor", None, False, "none"),
-                       shown=("auto", "jit", "inductor", None))
-    _set(o, "compile", compile_ if compile_ in ("auto", "jit", "inductor") else None)
-    if not any(o.dtype is k or (isinstance(k, str) and o.dtype == k) for k in _DTYPES):
-        raise ValueError(f"dtype must be 'float64', 'float32' or None; got {o.dtype!r}")
-    _set(o, "dtype", _DTYPES[o.dtype])
-    _set(o, "threads", _integer("threads", o.threads, 1, optional=True))
-    _set(o, "chunk", _integer("chunk", o.chunk, 1))
-    _set(o, "init_radius", _number("init_radius", o.init_radius, 0))
-    _set(o, "max_delta_energy", _number("max_delta_energy", o.max_delta_energy, 0))
-    _set(o, "processes", _integer("processes", o.processes, 1))
+
+    compile: str | None = "auto"
+    dtype: str | None = None
+    threads: int | None = 1
+    chunk: int = 100
+    init_radius: float = 2.0
+    max_delta_energy: float = 1000.0
+    processes: int = 1
+
+    def __post_init__(self):
+        compile_ = _one_of("compile", self.compile, ("auto", "jit", "inductor", None, False, "none"),
+                           shown=("auto", "jit", "inductor", None))
+        _set(self, "compile", compile_ if compile_ in ("auto", "jit", "inductor") else None)
+        if not any(self.dtype is k or (isinstance(k, str) and self.dtype == k) for k in _DTYPES):
+            raise ValueError(f"dtype must be 'float64', 'float32' or None; got {self.dtype!r}")
+        _set(self, "dtype", _DTYPES[self.dtype])
+        _set(self, "threads", _integer("threads", self.threads, 1, optional=True))
+        _set(self, "chunk", _integer("chunk", self.chunk, 1))
+        _set(self, "init_radius", _number("init_radius", self.init_radius, 0))
+        _set(self, "max_delta_energy", _number("max_delta_energy", self.max_delta_energy, 0))
+        _set(self, "processes", _integer("processes", self.processes, 1))
 
 
 @dataclass(frozen=True, kw_only=True)
-class NUTS(Options):
+class NUTS(_Batched):
     """``method="nuts"``: batched multinomial NUTS (``infer/nuts.py``).
 
     target_accept : dual averaging's target acceptance, in (0, 1)
@@ -182,24 +193,17 @@ class NUTS(Options):
     max_tree_depth: int = 10
     dense_mass: bool = False
     metric: str = "fisher"
-    compile: str | None = "auto"
-    dtype: str | None = None
-    threads: int | None = 1
-    chunk: int = 100
-    init_radius: float = 2.0
-    max_delta_energy: float = 1000.0
-    processes: int = 1
 
     def __post_init__(self):
         _set(self, "target_accept", _probability("target_accept", self.target_accept))
         _set(self, "max_tree_depth", _integer("max_tree_depth", self.max_tree_depth, 1))
         _set(self, "dense_mass", _flag("dense_mass", self.dense_mass))
         _one_of("metric", self.metric, ("fisher", "stan"))
-        _check_batched(self)
+        super().__post_init__()
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChEES(Options):
+class ChEES(_Batched):
     """``method="chees"``: ChEES-HMC (``infer/chees.py``).
 
     target_accept : dual averaging's target for the harmonic mean acceptance, in (0, 1)
@@ -211,18 +215,11 @@ class ChEES(Options):
     method: ClassVar[str] = "chees"
     target_accept: float = 0.651
     max_steps: int = 1000
-    compile: str | None = "auto"
-    dtype: str | None = None
-    threads: int | None = 1
-    chunk: int = 100
-    init_radius: float = 2.0
-    max_delta_energy: float = 1000.0
-    processes: int = 1
 
     def __post_init__(self):
         _set(self, "target_accept", _probability("target_accept", self.target_accept))
         _set(self, "max_steps", _integer("max_steps", self.max_steps, 1))
-        _check_batched(self)
+        super().__post_init__()
 
 
 # ---------------------------------------------------------------------- Pyro's NUTS
