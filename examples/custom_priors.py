@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny settings, for tests")
     a = p.parse_args(argv)
     if a.smoke:
-        a.tasks, a.rows, a.new_tasks, a.chains, a.warmup, a.draws = 8, 6, 4, 2, 60, 60
+        a.tasks, a.rows, a.new_tasks, a.chains, a.warmup, a.draws = 6, 5, 2, 2, 20, 20
     torch.set_num_threads(1)
     train, new, truth = planted(a.prior, a.tasks, a.rows, a.seed, a.new_tasks)
     model, data = build(a.prior, train)
