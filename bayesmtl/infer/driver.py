@@ -114,8 +114,11 @@ def _make_vg(pot: BatchedPotential, C: int, mode: str | None, z0: torch.Tensor):
 
 
 def _inductor_vg(pot: BatchedPotential, z0: torch.Tensor):
-    """U and dU/dz traced once into one aten graph (``make_fx``: the Pyro program and autograd run
-    only here) and compiled for this batch shape; checked against autograd at z0."""
+    """One leapfrog step, gradient included, traced once into one aten graph (``make_fx``: the Pyro
+    program and autograd run only here) and compiled for this batch shape; checked against
+    autograd at z0. The value-and-grad it returns is that step with eps = 0, and carries the
+    fused step as ``vg.leapfrog`` (``hmc_util.leapfrog`` uses it for a diagonal metric): one
+    compiled call per leapfrog instead of a dozen small ops around the gradient."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def value_and_grad(z):
@@ -125,16 +128,33 @@ def _inductor_vg(pot: BatchedPotential, z0: torch.Tensor):
             (g,) = torch.autograd.grad(U.sum(), z)
         return U.detach(), g
 
-    graph = make_fx(value_and_grad)(z0)
+    def step(z, r, g, eps, inv_mass):
+        half = 0.5 * eps
+        r = torch.addcmul(r, half, g, value=-1.0)
+        z = torch.addcmul(z, eps, inv_mass * r)
+        U, g = _finite(*value_and_grad(z))
+        return z, torch.addcmul(r, half, g, value=-1.0), U, g
+
+    C, P = z0.shape
+    zeros, ones, no_step = torch.zeros_like(z0), torch.ones_like(z0), z0.new_zeros(C, 1)
+    # distinct tensors for every input: make_fx keys its inputs by identity
+    graph = make_fx(step)(z0.clone(), torch.zeros_like(z0), torch.zeros_like(z0), no_step.clone(), ones.clone())
     fn = torch.compile(graph, dynamic=False, fullgraph=True)
-    U, g = fn(z0)  # compiles now, so the cost shows as set-up time
-    U0, g0 = value_and_grad(z0)
+    _, _, U, g = fn(z0, zeros, zeros, no_step, ones)  # compiles now, so the cost shows as set-up time
+    U0, g0 = _finite(*value_and_grad(z0))
     if not (torch.allclose(U, U0, rtol=1e-6, atol=1e-8, equal_nan=True)
             and torch.allclose(g, g0, rtol=1e-5, atol=1e-7, equal_nan=True)):
         raise ValueError("the compiled potential disagrees with autograd")
 
     def vg(z):
-        return _finite(*fn(z))
+        return fn(z.contiguous(), zeros, zeros, no_step, ones)[2:]
+
+    def leapfrog(z, r, g, eps, inv_mass):
+        # the graph has the shapes it was traced with: a metric shared by the chains is (1, P)
+        return fn(z.contiguous(), r.contiguous(), g.contiguous(), eps.expand(C, 1).contiguous(),
+                  inv_mass.expand(C, P).contiguous())
+
+    vg.leapfrog = leapfrog
     return vg
 
 
