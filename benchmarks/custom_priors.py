@@ -26,8 +26,8 @@ where bayesmtl non-centres automatically: ``numpyro.handlers.reparam`` with
 virtualenv (``/tmp/numpyro-venv``, created on first use: numpyro, jax, jaxlib, arviz, pandas;
 ``--numpyro-python`` names a Python that has them) as a subprocess that reads the data from a
 CSV (exported from bayesmtl's own design matrix, task codes and task-level features, so the
-data are identical) and writes its draws
-back; every ESS and r_hat, both sides, is computed here by the same code.
+data are identical) and writes its draws back; every ESS and r_hat, both sides, is computed
+here by the same code.
 
 Columns:
 * wall s: ``bm.fit``, and NumPyro's one ``mcmc.run`` (warmup and draws, as a user runs it),
@@ -36,6 +36,8 @@ Columns:
   the seconds of its ``mcmc.run`` spent tracing, lowering and compiling (``jax.monitoring``
   compile events). Every row runs in a fresh process, bayesmtl's with an empty inductor cache
   (a new ``TORCHINDUCTOR_CACHE_DIR``): each compile is a cold one, as on a user's first fit;
+* recompile s: bayesmtl's torch.compile (dynamo) compilations after the set-up's first one
+  (``torch._dynamo.utils.compilation_time_metrics``): in the wall, not in ``seconds_setup``;
 * min bulk ESS: over every scalar of every site both samplers report (mu, tau, w, sigma and
   the prior's other sites: group means, beta, horseshoe local scales); non-centred
   auxiliaries (``*_decentered``) are left out, their ``w`` is in;
@@ -45,10 +47,11 @@ Columns:
   and chain;
 * ms/leapfrog: sampling-phase seconds, without warmup or compilation, over the leapfrog steps
   per chain of that phase. bayesmtl: (``seconds_total`` - ``seconds_setup`` -
-  ``seconds_warmup``) / (``leapfrog_steps`` / chains), ``leapfrog_steps`` counting the draws
-  only. NumPyro: one more ``run`` of as many draws from the adapted state, after the measured
-  one and not in its wall: its seconds less its compilation over its ``num_steps`` / chains.
-  Chains run in lock-step on both sides: this is the cost per chain-step, not per batch;
+  ``seconds_warmup`` - recompile s) / (``leapfrog_steps`` / chains), ``leapfrog_steps`` counting
+  the draws only (the initial step-size search before the warmup loop is in the numerator).
+  NumPyro: one more ``run`` of as many draws from the adapted state, after the measured one and
+  not in its wall: its seconds less its compilation over its ``num_steps`` / chains. Chains run
+  in lock-step on both sides: this is the cost per chain-step, not per batch;
 * max r_hat (rank-normalised split r_hat, arviz) over the same scalars; divergences after warmup.
 
 Threads: torch 1 thread for bayesmtl (``torch.set_num_threads(1)``); NumPyro one XLA host device
@@ -191,6 +194,15 @@ def run_bayesmtl(kind: str, method: str, options: dict, a) -> tuple[dict[str, np
     return samples, row
 
 
+def dynamo_compiles() -> list[float]:
+    """Seconds of each torch.compile (dynamo) compilation in this process so far, in order."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return []
+    return [float(t) for t in compilation_time_metrics.get("_compile.compile_inner", [])]
+
+
 def one_row(job: dict) -> None:
     """The child of ``run_bayesmtl``: fit, save the draws, print the row as JSON."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bayesmtl_inductor_")  # no on-disk cache
@@ -203,11 +215,13 @@ def one_row(job: dict) -> None:
     wall = time.perf_counter() - t0
     info, st = post.info, post.sample_stats
     steps = np.asarray(st["n_steps"], dtype=float)
-    sampling = info["seconds_total"] - info["seconds_setup"] - info["seconds_warmup"]
+    recompile = sum(dynamo_compiles()[1:])  # the first is the set-up's; later ones fall outside it
+    sampling = info["seconds_total"] - info["seconds_setup"] - info["seconds_warmup"] - recompile
     np.savez(job["out"], **post.samples)
     print(json.dumps({
         "sampler": " ".join([f"bayesmtl {method}"] + [f"{k}={v}" for k, v in options.items()]),
         "compile": info.get("compile"), "wall s": wall, "compile s": info["seconds_setup"],
+        "recompile s": recompile,
         "tree depth": depth_of(steps) if method == "nuts" else None,
         "steps/draw": float(steps.mean()),
         "ms/leapfrog": 1e3 * sampling / (info["leapfrog_steps"] / C),
@@ -359,22 +373,23 @@ def run_numpyro(py: str, spec: dict, C: int, W: int, S: int, seed: int):
     steps = arrays["__num_steps"].astype(float)
     return samples, {
         "sampler": f"NumPyro {r['version']} NUTS vectorised", "compile": "XLA", "wall s": r["wall"],
-        "compile s": r["compile"], "tree depth": depth_of(steps), "steps/draw": float(steps.mean()),
+        "compile s": r["compile"], "recompile s": None, "tree depth": depth_of(steps),
+        "steps/draw": float(steps.mean()),
         "ms/leapfrog": 1e3 * r["sampling"] / r["steps"],
         "divergences": int(arrays["__diverging"].sum()), "versions": f"numpyro {r['version']}, jax {r['jax']}",
     }
 
 
 # ---------------------------------------------------------------------- tables
-COLUMNS = ["sampler", "compile", "wall s", "compile s", "min bulk ESS", "ESS/s", "x NumPyro", "tree depth",
-           "steps/draw", "ms/leapfrog", "max r_hat", "divergences"]
+COLUMNS = ["sampler", "compile", "wall s", "compile s", "recompile s", "min bulk ESS", "ESS/s", "x NumPyro",
+           "tree depth", "steps/draw", "ms/leapfrog", "max r_hat", "divergences"]
 
 
 def table(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)[COLUMNS]
-    fmt = {"wall s": "{:.1f}", "compile s": "{:.1f}", "min bulk ESS": "{:.0f}", "ESS/s": "{:.2f}",
-           "x NumPyro": "{:.3f}", "tree depth": "{:.2f}", "steps/draw": "{:.1f}", "ms/leapfrog": "{:.3f}",
-           "max r_hat": "{:.3f}"}
+    fmt = {"wall s": "{:.1f}", "compile s": "{:.1f}", "recompile s": "{:.1f}", "min bulk ESS": "{:.0f}",
+           "ESS/s": "{:.2f}", "x NumPyro": "{:.3f}", "tree depth": "{:.2f}", "steps/draw": "{:.1f}",
+           "ms/leapfrog": "{:.3f}", "max r_hat": "{:.3f}"}
     for c, f in fmt.items():
         df[c] = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)) for v in df[c]]
     df["compile"] = df["compile"].fillna("")
