@@ -9,6 +9,8 @@ import weakref
 
 import torch
 
+from .protocol import is_fusing
+
 __all__ = ["linear_predictor", "task_rows", "TaskRows"]
 
 
@@ -16,9 +18,10 @@ def linear_predictor(w: torch.Tensor, coef: torch.Tensor | None, Xv: torch.Tenso
                      Xs: torch.Tensor, task: torch.Tensor, rows: TaskRows | None = None) -> torch.Tensor:
     """eta (..., N) from w (..., T, D), coef (..., 1, Ds) or (..., Ds), Xv (N, D), Xs (N, Ds).
 
-    ``rows``, the same Xv and task as a ``TaskRows``, computes the varying part faster.
+    ``rows``, the same Xv and task as a ``TaskRows``, computes the varying part faster op by op;
+    traced for a fusing compiler (``protocol.is_fusing``) the plain gather compiles to less.
     """
-    eta = rows(w) if rows is not None else (Xv * w[..., task, :]).sum(-1)
+    eta = rows(w) if rows is not None and not is_fusing() else (Xv * w[..., task, :]).sum(-1)
     if coef is not None and Xs.shape[-1]:
         if coef.dim() >= 2 and coef.shape[-2] == 1:
             coef = coef.squeeze(-2)

@@ -10,6 +10,7 @@ relations) goes through the ``Model`` methods below, the same for every back end
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from .data import MultiTaskData
     from .infer.base import Draws, Settings
 
-__all__ = ["Tasks", "Target", "RelationDraws", "Model", "ModelBase", "data_context", "plate_nesting", "derive_dims"]
+__all__ = ["Tasks", "Target", "RelationDraws", "Model", "ModelBase", "data_context", "fusing", "is_fusing",
+           "plate_nesting", "derive_dims"]
 
 
 class TaskFeatures(dict):
@@ -215,6 +217,26 @@ def data_context(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
             yield
     finally:
         torch.set_default_dtype(old)
+
+
+_FUSING = contextvars.ContextVar("bayesmtl_fusing", default=False)
+
+
+@contextlib.contextmanager
+def fusing() -> Iterator[None]:
+    """Inside: a program is being traced for a compiler that fuses plain tensor ops (inductor).
+    Programs then prefer plain ops to hand-made opaque ones (see ``is_fusing``)."""
+    token = _FUSING.set(True)
+    try:
+        yield
+    finally:
+        _FUSING.reset(token)
+
+
+def is_fusing() -> bool:
+    """True while a program is traced for a fusing compiler: a custom op that beats plain ops op by
+    op (``design.TaskRows``) is opaque to the compiler and slower than the plain ops it fuses."""
+    return _FUSING.get()
 
 
 def plate_nesting(trace) -> int:

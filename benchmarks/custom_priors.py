@@ -418,7 +418,7 @@ def bench_prior(kind: str, a, py: str) -> list[dict]:
     C, W, S, seed = a.chains, a.warmup, a.draws, a.seed
     model, data = problem(kind, a.tasks, a.rows, seed)
     spec = export(kind, model, data, os.path.join(tempfile.gettempdir(), f"custom_priors_{kind}.csv"))
-    jit_rows = W + S >= inductor_from()  # below, the default already is "jit"
+    jit_rows = W + S >= inductor_from() and not a.no_jit  # below, the default already is "jit"
     runs = [("nuts", {}), ("nuts", {"compile": "jit"}), ("chees", {}), ("chees", {"compile": "jit"})]
     runs = [(m, o) for m, o in runs if jit_rows or not o]
     results = []
@@ -459,6 +459,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=10, help="rows per task")
     p.add_argument("--only", default=",".join(PRIORS), help=f"comma-separated priors out of {','.join(PRIORS)}")
     p.add_argument("--json", type=Path, help="save every row here")
+    p.add_argument("--no-jit", action="store_true", help="leave out the compile='jit' rows")
     p.add_argument("--numpyro-python", default="",
                    help=f"a Python that has numpyro, jax, arviz and pandas (default: create {NUMPYRO_VENV})")
     p.add_argument("--one-row", help=argparse.SUPPRESS)  # internal: one bayesmtl row, in a child process

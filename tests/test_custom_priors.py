@@ -237,29 +237,41 @@ def test_a_prior_that_does_not_broadcast_over_chains_is_named(method):
         bm.fit(bm.MultiTaskModel(MatrixEvent()), data, method=method, progress=False, **options)
 
 
-def test_compiled_leapfrog_matches_the_traced_one():
-    """compile="inductor": one compiled call per leapfrog (gradient included) gives the step the
-    plain potential gives, for a per-chain and a shared metric; a fit runs on it and says so."""
-    from bayesmtl.infer import driver, hmc_util
+def test_compiled_steps_match_the_steps_run_op_by_op():
+    """compile="inductor": the NUTS transition built from one compiled call per leaf (potential,
+    gradient, tree bookkeeping and merge), and ChEES's compiled leapfrog, give the trajectories
+    the same steps run op by op give, for a per-chain and a shared metric; fits run on them."""
+    from bayesmtl.infer import driver, hmc_util, nuts
     from bayesmtl.infer.potential import BatchedPotential
 
     train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
     model, data = build("student-t", train)
     target = model.targets(data)[-1]
-    pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
     C, gen = 3, torch.Generator().manual_seed(0)
-    with pyro.validation_enabled(False):
-        vg = driver._inductor_vg(pot, torch.randn(C, pot.dim, generator=gen, dtype=torch.float64))
-        plain = lambda z: driver._finite(*pot.value_and_grad(z))  # noqa: E731
-        z = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
-        r, g = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64), plain(z)[1]
-        eps = torch.full((C, 1), 0.05, dtype=torch.float64)
+    with pyro.validation_enabled(False), bm.protocol.data_context(torch.float64, "cpu"):
+        pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
+        z = 0.3 * torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
+        vg = driver._make_gradient(pot, "inductor", z)
+        plain = driver._make_gradient(pot, None, z)
+        state = hmc_util.HMCState(z, *plain(z))
+        eps = torch.full((C,), 0.2, dtype=torch.float64)
         for inv_mass in (torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5,
-                         torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5):
-            fused, traced = vg.leapfrog(z, r, g, eps, inv_mass), hmc_util.leapfrog(plain, z, r, g, eps, inv_mass)
-            for a, b in zip(fused, traced, strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(vg(z)[1], plain(z)[1], rtol=1e-9, atol=1e-9)
-    post = bm.fit(model, data, method="chees", chains=4, warmup=30, draws=20, seed=0, progress=False,
-                  compile="inductor")
-    assert post.info["compile"] == "inductor"
+                         (torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
+            step = nuts.compiled_leaf(vg, state, eps, inv_mass, 6, 1000.0)
+            assert step is not None
+            a, b = state, state
+            for _ in range(5):  # same generator state on both sides: same momenta, directions, u
+                g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+                a, ia = nuts.nuts_step(plain, a, eps, inv_mass, g1, 6, 1000.0)
+                b, ib = nuts.nuts_step(vg, b, eps, inv_mass, g2, 6, 1000.0, step)
+                torch.testing.assert_close(b.z, a.z, rtol=1e-8, atol=1e-9)
+                assert torch.equal(ia.n_steps, ib.n_steps) and torch.equal(ia.depth, ib.depth)
+            lf = vg.compile(hmc_util.leapfrog, z, z, state.g, eps[:, None], inv_mass)
+            r = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
+            for x, y in zip(lf(z, r, state.g, eps[:, None], inv_mass),
+                            hmc_util.leapfrog(plain, z, r, state.g, eps[:, None], inv_mass), strict=True):
+                torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+    for method in ("nuts", "chees"):
+        post = bm.fit(model, data, method=method, chains=4, warmup=30, draws=20, seed=0, progress=False,
+                      compile="inductor")
+        assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0

@@ -97,12 +97,18 @@ def window_adaptation(vg, gen: torch.Generator, warmup: int, target_accept: floa
     now, accept: (C,)); final(ws) -> (step size, inv_mass) for sampling.
 
     ``metric="fisher"`` (diagonal only) starts from 1/|gradient|, adds short windows inside the
-    initial buffer and estimates each window's metric with ``fisher_metric``; ``"stan"``:
+    initial buffer and estimates each window's metric with ``fisher_metric``, except the last
+    (longest) window, whose metric is its regularised sample variance: sqrt(var z / var grad)
+    is exact for a Gaussian and good from few draws, but on hierarchical posteriors (heavy
+    tails, funnels) it understates the spread of population means and scales, and NUTS then
+    runs short trees that mix them slowly (user 3-level prior: min ESS 187 with it in every
+    window, 1172 with the last window's variance, 4 x (1000 + 1000)); ``"stan"``:
     identity start, the windows' regularised sample variance; ``dense``: their covariance. The
     step size is searched again (``find_step_size``, from ``gen``) after each window.
     """
     fisher = metric == "fisher" and not dense
     ends, (first, stop) = mass_windows(warmup, fisher)
+    last_end = max(ends) if ends else -1
     step = step_size_adaptation(target_accept)
 
     def init(state: HMCState) -> WarmupState:
@@ -119,7 +125,10 @@ def window_adaptation(vg, gen: torch.Generator, warmup: int, target_accept: floa
             if fisher:
                 wg = welford_update(wg, state.g)
         if i in ends:
-            inv_mass = fisher_metric(welford_variance(wz), welford_variance(wg)) if fisher else welford_variance(wz)
+            if fisher and i != last_end:
+                inv_mass = fisher_metric(welford_variance(wz), welford_variance(wg))
+            else:
+                inv_mass = welford_variance(wz)
             wz, wg = welford_init(state.z, dense), welford_init(state.z)
             eps = find_step_size(vg, state, eps, inv_mass, gen)
             da = step.init(eps)

@@ -37,6 +37,7 @@ Options: ``options.ChEES`` (``bm.infer.ChEES(...)`` or the same keywords to ``fi
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import NamedTuple
@@ -76,8 +77,9 @@ def van_der_corput(i: int) -> float:
 
 
 def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tensor, gen: torch.Generator,
-             max_delta: float):
+             max_delta: float, step=None):
     """n_steps leapfrog steps of size eps for every chain, then a Metropolis correction.
+    ``step(z, r, g, eps (C, 1), inv_mass)``: the leapfrog as one compiled call (default: op by op).
 
     Returns the new state, the proposal's position and velocity (for the ChEES gradient),
     acceptance probabilities (C,) and divergences (C,).
@@ -88,8 +90,9 @@ def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tens
     H0 = U + kinetic(r, inv_mass)
     e = torch.full((C, 1), eps, dtype=z.dtype, device=z.device)
     z1, r1, U1, g1 = z, r, U, g
+    step = step or functools.partial(leapfrog, vg)
     for _ in range(n_steps):
-        z1, r1, U1, g1 = leapfrog(vg, z1, r1, g1, e, inv_mass)
+        z1, r1, U1, g1 = step(z1, r1, g1, e, inv_mass)
     v1 = velocity(inv_mass, r1)
     H1 = U1 + 0.5 * (r1 * v1).sum(-1)
     delta = torch.nan_to_num(H1 - H0, nan=math.inf, posinf=math.inf)
@@ -160,6 +163,10 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     dev, dt = state.z.device, state.z.dtype
     inv_mass = initial_metric(state, fisher=True).mean(0, keepdim=True).expand(C, P).contiguous()
     eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
+    lf = None
+    if getattr(vg, "mode", None) == "inductor":  # the leapfrog, gradient included, as one compiled call
+        lf = vg.compile(leapfrog, state.z, torch.zeros_like(state.z), state.g,
+                        torch.full((C, 1), eps, device=dev, dtype=dt), inv_mass)
     step = step_size_adaptation(target)  # on one number for all chains: the harmonic mean acceptance
     da = step.init(torch.tensor([eps], dtype=dt))
     traj = TrajectoryAdaptation(math.log(eps))
@@ -174,7 +181,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
         t = u * math.exp(traj.log_T)
         n = int(min(max(1, math.ceil(t / eps)), max_steps))
         z0 = state.z
-        state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta)
+        state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta, lf)
         if i < warmup:
             hm = float(1.0 / (1.0 / accept.clamp_min(1e-10)).mean())  # harmonic mean: one stuck chain counts
             da, e = step.update(da, torch.tensor([hm], dtype=dt))

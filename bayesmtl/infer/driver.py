@@ -1,15 +1,17 @@
 """The one sampling loop every batched sampler (NUTS, ChEES) shares, around its kernel.
 
 ``run_batched``: chain groups in worker processes (``processes``), dtype and torch threads;
-``_sample``: the batched potential, initial points (``_init``), compiling its value and gradient
-(``_make_vg``: ``torch.jit.trace``, or ``_inductor_vg``: one ``make_fx`` graph compiled by
-``torch.compile``), the host copy of draws (``DrawBuffer``), progress (``tick``), timings and
-the ``info`` every batched sampler reports. The sampler itself is a ``runner(vg, state, gen,
+``_sample``: the batched potential, initial points (``_init``), its value and gradient as a
+``Gradient`` (``torch.jit.trace``d, or under "inductor" a way for the kernel to compile its whole
+step, potential included, into one ``make_fx`` graph compiled by inductor), the host copy of
+draws (``DrawBuffer``), progress (``tick``), timings and the ``info`` every batched sampler
+reports. The sampler itself is a ``runner(vg, state, gen,
 keep, report) -> (sample_stats, extra, info)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -19,11 +21,12 @@ import numpy as np
 import pyro
 import torch
 
+from ..protocol import fusing
 from .base import Draws, Settings, torch_threads
 from .hmc_util import HMCState, pick
 from .potential import BatchedPotential
 
-__all__ = ["run_batched", "DrawBuffer", "tick", "progress_bar", "INDUCTOR_FROM"]
+__all__ = ["run_batched", "Gradient", "DrawBuffer", "tick", "progress_bar", "INDUCTOR_FROM"]
 
 #: runs of at least this many iterations (warmup + draws) compile the potential with inductor by default
 INDUCTOR_FROM = 1000
@@ -75,13 +78,14 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, opts, runner, rep
     if mode == "auto":
         mode = "inductor" if settings.warmup + settings.draws >= INDUCTOR_FROM else "jit"
     with pyro.validation_enabled(False):  # values come from bijections onto the support
-        vg, mode = (pot.value_and_grad, None) if pot.direct_grad is not None else _make_vg(pot, C, mode, state.z)
-        t_compile = time.perf_counter() - t_start
+        vg = _make_gradient(pot, mode, state.z)
+        t_setup = time.perf_counter() - t_start
         sample_stats, extra, own = runner(vg, state, gen, keep, report)
     samples = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in host.items()}
-    info = {**own, "compile": mode,
+    info = {**own, "compile": vg.mode,
             "gradient": "written out" if pot.direct_grad is not None else "autograd",
-            "seconds_setup": t_compile, "seconds_warmup": extra["seconds_warmup"],
+            "seconds_setup": t_setup + vg.seconds_compile, "seconds_compile": vg.seconds_compile,
+            "seconds_warmup": extra["seconds_warmup"],
             "seconds_total": time.perf_counter() - t_start,
             "step_size": extra["step_size"].cpu().tolist(), "dtype": str(dt).replace("torch.", ""),
             "dim": pot.dim, "leapfrog_steps": int(sample_stats["n_steps"].sum())}
@@ -89,73 +93,94 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, opts, runner, rep
 
 
 # ---------------------------------------------------------------------- the potential's value and gradient
-def _make_vg(pot: BatchedPotential, C: int, mode: str | None, z0: torch.Tensor):
-    """Value-and-grad of the potential for C chains and the compile mode used: through a
-    ``torch.jit.trace`` graph ("jit"), one compiled forward-and-backward graph ("inductor"),
-    or plain tracing (None)."""
-    if mode is None:
-        return pot.value_and_grad, None
-    if mode == "inductor":
+class Gradient:
+    """The potential's value and gradient as a kernel sees it, and a way to compile a kernel's
+    step with the potential inside.
+
+    ``gradient(z)`` maps z (C, P) to (U (C,), dU/dz (C, P)), U = inf and dU/dz = 0 where either
+    is not finite. ``mode``: "inductor", "jit" or None (see ``_make_gradient``).
+    ``compile(fn, *example)``: ``fn(gradient, *tensors) -> tuple of tensors`` as one call. Under
+    "inductor" the Pyro program, autograd and the rest of ``fn`` are traced once into one aten
+    graph (``make_fx``) and compiled for the example's shapes; the result is checked against
+    ``fn`` run op by op on the example, and ``fn`` op by op is used (with a warning) where
+    compiling fails. Otherwise ``fn`` is bound to this gradient and runs op by op.
+    ``seconds_compile``: time spent compiling so far.
+    """
+
+    def __init__(self, fn, mode: str | None, traceable=None):
+        self.fn, self.mode, self.traceable = fn, mode, traceable
+        self.seconds_compile = 0.0
+
+    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fn(z)
+
+    def compile(self, fn, *example: torch.Tensor):
+        """``fn`` with this gradient bound, compiled where ``mode`` is "inductor"."""
+        if self.mode != "inductor":
+            return functools.partial(fn, self)
+        t0 = time.perf_counter()
         try:
-            return _inductor_vg(pot, z0), "inductor"
-        except Exception as e:  # noqa: BLE001 - any compiler failure: the traced graph still works
+            return _compile(functools.partial(fn, self.traceable), example)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op step still works
             warnings.warn(f"compile='inductor' failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                          "using compile='jit'", RuntimeWarning, stacklevel=2)
+                          "running the step op by op", RuntimeWarning, stacklevel=2)
+            self.mode = "jit"
+            return functools.partial(fn, self)
+        finally:
+            self.seconds_compile += time.perf_counter() - t0
+
+
+def _compile(fn, example: tuple[torch.Tensor, ...]):
+    """``fn`` over flat tensors as one inductor-compiled aten graph for the example's shapes,
+    checked against ``fn`` at the example. Called with tensors of those shapes (made contiguous)."""
+    import torch._inductor
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    example = tuple(x.clone(memory_format=torch.contiguous_format) for x in example)  # distinct: no aliasing
+    with fusing():  # distinct inputs: make_fx keys them by identity
+        graph = make_fx(fn)(*(x.clone() for x in example))
+    # On a CPU, scalar C++: a sampler's tensors are small (chains x parameters), so SIMD code
+    # gains little, and skipping the probe for SIMD support saves cold compiles seconds
+    options = {"cpp.vec_isa_ok": False} if example[0].device.type == "cpu" else {}
+    compiled = torch._inductor.compile(graph, list(example), options=options)
+    got, want = compiled(*example), fn(*example)
+    for a, b in zip(got, want, strict=True):
+        if a.shape != b.shape or not (torch.equal(a, b) if not a.is_floating_point() else
+                                      torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)):
+            raise ValueError("the compiled step disagrees with the step run op by op")
+
+    def call(*args: torch.Tensor):
+        return compiled(*(x if x.is_contiguous() else x.contiguous() for x in args))
+    return call
+
+
+def _make_gradient(pot: BatchedPotential, mode: str | None, z0: torch.Tensor) -> Gradient:
+    """The potential's ``Gradient``: its written-out gradient where it has one (mode None);
+    else autograd through a ``torch.jit.trace`` graph ("jit"), through the Pyro program itself
+    (None), or under "inductor" the program for steps a kernel compiles (``Gradient.compile``)."""
+    def autograd(z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            U = pot(z)
+            (g,) = torch.autograd.grad(U.sum(), z)
+        return _finite(U.detach(), g)
+
+    if pot.direct_grad is not None:
+        return Gradient(pot.value_and_grad, None)
+    if mode == "inductor":
+        return Gradient(autograd, "inductor", autograd)
+    if mode is None:
+        return Gradient(autograd, None)
     with torch.enable_grad():
         traced = torch.jit.trace(lambda z: pot(z), (z0.detach().requires_grad_(True),), check_trace=False)
 
-    def vg(z):
+    def jit(z):
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             U = traced(z)
             (g,) = torch.autograd.grad(U.sum(), z)
         return _finite(U.detach(), g)
-    return vg, "jit"
-
-
-def _inductor_vg(pot: BatchedPotential, z0: torch.Tensor):
-    """One leapfrog step, gradient included, traced once into one aten graph (``make_fx``: the Pyro
-    program and autograd run only here) and compiled for this batch shape; checked against
-    autograd at z0. The value-and-grad it returns is that step with eps = 0, and carries the
-    fused step as ``vg.leapfrog`` (``hmc_util.leapfrog`` uses it for a diagonal metric): one
-    compiled call per leapfrog instead of a dozen small ops around the gradient."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    def value_and_grad(z):
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            U = pot(z)
-            (g,) = torch.autograd.grad(U.sum(), z)
-        return U.detach(), g
-
-    def step(z, r, g, eps, inv_mass):
-        half = 0.5 * eps
-        r = torch.addcmul(r, half, g, value=-1.0)
-        z = torch.addcmul(z, eps, inv_mass * r)
-        U, g = _finite(*value_and_grad(z))
-        return z, torch.addcmul(r, half, g, value=-1.0), U, g
-
-    C, P = z0.shape
-    zeros, ones, no_step = torch.zeros_like(z0), torch.ones_like(z0), z0.new_zeros(C, 1)
-    # distinct tensors for every input: make_fx keys its inputs by identity
-    graph = make_fx(step)(z0.clone(), torch.zeros_like(z0), torch.zeros_like(z0), no_step.clone(), ones.clone())
-    fn = torch.compile(graph, dynamic=False, fullgraph=True)
-    _, _, U, g = fn(z0, zeros, zeros, no_step, ones)  # compiles now, so the cost shows as set-up time
-    U0, g0 = _finite(*value_and_grad(z0))
-    if not (torch.allclose(U, U0, rtol=1e-6, atol=1e-8, equal_nan=True)
-            and torch.allclose(g, g0, rtol=1e-5, atol=1e-7, equal_nan=True)):
-        raise ValueError("the compiled potential disagrees with autograd")
-
-    def vg(z):
-        return fn(z.contiguous(), zeros, zeros, no_step, ones)[2:]
-
-    def leapfrog(z, r, g, eps, inv_mass):
-        # the graph has the shapes it was traced with: a metric shared by the chains is (1, P)
-        return fn(z.contiguous(), r.contiguous(), g.contiguous(), eps.expand(C, 1).contiguous(),
-                  inv_mass.expand(C, P).contiguous())
-
-    vg.leapfrog = leapfrog
-    return vg
+    return Gradient(jit, "jit")
 
 
 def _finite(U: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,11 +59,7 @@ def draw_momentum(inv_mass: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def leapfrog(vg, z, r, g, eps, inv_mass):
-    """One leapfrog step of size eps (C, 1) (signed by direction): new z, r, U, g. A compiled
-    potential may bring the whole step as one call (``driver._inductor_vg``)."""
-    fused = getattr(vg, "leapfrog", None)
-    if fused is not None and inv_mass.dim() == 2:
-        return fused(z, r, g, eps, inv_mass)
+    """One leapfrog step of size eps (C, 1) (signed by direction): new z, r, U, g."""
     half = 0.5 * eps
     r = torch.addcmul(r, half, g, value=-1.0)
     z = torch.addcmul(z, eps, velocity(inv_mass, r))

@@ -34,6 +34,8 @@ on the seed and k).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import time
 from typing import NamedTuple
@@ -44,30 +46,41 @@ import torch
 from .adapt import window_adaptation
 from .base import Draws, Settings
 from .driver import DrawBuffer, progress_bar, run_batched, tick, timings
-from .hmc_util import HMCState, draw_momentum, is_turning, kinetic, leapfrog, pick
+from .hmc_util import HMCState, draw_momentum, is_turning, kinetic, leapfrog
 from .options import NUTS
 
-__all__ = ["BatchedNUTS", "TreeState", "StepInfo", "build_subtree", "nuts_step", "run_nuts"]
+__all__ = ["BatchedNUTS", "Trajectory", "StepInfo", "begin", "leaf", "leaf_masks", "nuts_step", "run_nuts"]
 
 
 # ---------------------------------------------------------------------- states
-class TreeState(NamedTuple):
-    """A (sub)trajectory per chain: its two ends, its proposal, weight and momentum sum."""
+class Trajectory(NamedTuple):
+    """One NUTS transition being built, per chain: the tree so far, the subtree being added to it
+    and the U-turn checkpoints of that subtree. A point is a (C, 3, P) stack of z, r, g."""
 
-    z_left: torch.Tensor
-    r_left: torch.Tensor
-    g_left: torch.Tensor
-    z_right: torch.Tensor
-    r_right: torch.Tensor
-    g_right: torch.Tensor
-    z_prop: torch.Tensor
+    left: torch.Tensor        # (C, 3, P) the tree's two ends
+    right: torch.Tensor
+    prop: torch.Tensor        # (C, 3, P) the tree's proposal, and its potential (C,)
     U_prop: torch.Tensor
-    g_prop: torch.Tensor
-    r_prop: torch.Tensor
-    log_w: torch.Tensor       # (C,) log of the summed weights exp(-H)
-    r_sum: torch.Tensor       # (C, P)
-    turning: torch.Tensor     # (C,) bool
+    log_w: torch.Tensor       # (C,) log of the tree's summed weights exp(-H)
+    r_sum: torch.Tensor       # (C, P) the tree's momentum sum
+    forward: torch.Tensor     # (C,) bool: the subtree grows to the right
+    s_first: torch.Tensor     # (C, 3, P) the subtree's first leaf, its current end, its proposal
+    s_end: torch.Tensor
+    s_prop: torch.Tensor
+    s_U: torch.Tensor
+    s_log_w: torch.Tensor
+    s_r_sum: torch.Tensor
+    r_ck: torch.Tensor        # (C, D, P) momentum and momentum sum at the first leaf of each open sub-subtree
+    rs_ck: torch.Tensor
+    r_end: torch.Tensor       # (C, D, P) the same at the last leaf of each completed left half, by level
+    rs_end: torch.Tensor
+    building: torch.Tensor    # (C,) bool: still extending the subtree
+    active: torch.Tensor      # (C,) bool: the transition goes on
     diverging: torch.Tensor   # (C,) bool
+    sum_acc: torch.Tensor     # (C,) summed acceptance probabilities of the leaves
+    n_steps: torch.Tensor     # (C,) leapfrog steps
+    depth: torch.Tensor       # (C,) doublings
+    H0: torch.Tensor          # (C,) the energy at the start
 
 
 class StepInfo(NamedTuple):
@@ -91,130 +104,255 @@ def _ckpt_idxs(n: int) -> tuple[int, int]:
     return idx_max - tail + 1, idx_max
 
 
-def build_subtree(vg, start: tuple, eps, inv_mass, H0, active, depth: int, gen, max_delta: float):
-    """Extend each active chain by 2**depth leapfrog steps from ``start`` = (z, r, g).
+def leaf_masks(n: int, slots: int) -> list[list[bool]]:
+    """Which checkpoint slots leaf n of a subtree reads and writes, as four masks over ``slots``:
+    U-turn checks against the first leaves of the sub-subtrees it ends (even n > 0: the left
+    half just ended plus this leaf), checks against the left halves' last leaves (odd n), and
+    the slots where it is stored as a first leaf (even n) or as a left half's last leaf (odd n)."""
+    check, ends, w_ck, w_end = ([False] * slots for _ in range(4))
+    lo, hi = _ckpt_idxs(n)
+    if n % 2 == 0:
+        if n > 0:
+            check[_ckpt_idxs(n - 1)[0]] = True
+        w_ck[hi] = True
+    else:
+        for s in range(lo, hi + 1):
+            check[s] = True
+        k = hi - lo + 1
+        for s in range(1, k):
+            ends[s] = True
+        if k < slots:
+            w_end[k] = True
+    return [check, ends, w_ck, w_end]
 
-    Returns (TreeState of the new subtree, whose left end is its first new leaf, end point
-    (z, r, g), sum of accept probs (C,), number of steps (C,)). A chain stops early (masked) when
-    its subtree turns or diverges. Besides the U-turn check over every completed sub-subtree, the
-    two halves of each are checked with one point of the other half added (Stan's extra checks,
-    Stan PR 2800): without them NUTS misses U-turns on near-Gaussian targets and now and then
-    runs trees 8-30 times too long, and with lock-step chains the longest tree sets the pace.
-    """
-    z, r, g = start
+
+def begin(state: HMCState, r: torch.Tensor, inv_mass: torch.Tensor, forward: torch.Tensor,
+          slots: int) -> Trajectory:
+    """A transition from ``state`` with momentum r (C, P): the tree is the one point, and the
+    first subtree (one leaf) grows in direction ``forward`` (C,) bool."""
+    z, U, g = state
     C, P = z.shape
-    building = active.clone()
-    log_w = torch.full_like(H0, -math.inf)
-    r_sum = torch.zeros_like(r)
-    # a chain's current end and its proposal as one (C, 3, P) stack of z, r, g: one select each
-    end = torch.stack((z, r, g), 1)
-    prop, U_prop = end, torch.zeros_like(H0)
-    turning = torch.zeros_like(active)
-    diverging = torch.zeros_like(active)
-    sum_acc = torch.zeros_like(H0)
-    n_steps = torch.zeros(C, dtype=torch.long, device=z.device)
-    slots = max(depth, 1)
-    r_ck, rs_ck = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)    # first leaf of each open subtree
-    r_end, rs_end = z.new_zeros(C, slots, P), z.new_zeros(C, slots, P)  # last leaf of each left half, by level
-    for n in range(2 ** depth):
-        z1, r1, U1, g1 = leapfrog(vg, end[:, 0], end[:, 1], end[:, 2], eps, inv_mass)
-        leaf = torch.stack((z1, r1, g1), 1)
-        if n == 0:
-            first = leaf
-        delta = torch.nan_to_num(U1 + kinetic(r1, inv_mass) - H0, nan=math.inf, posinf=math.inf)
-        b = building
-        b3 = b.view(C, 1, 1)
-        end = torch.where(b3, leaf, end)
-        sum_acc = torch.addcmul(sum_acc, b, torch.exp(-delta).clamp(max=1.0))
-        n_steps = n_steps + b
-        new_log_w = torch.logaddexp(log_w, -delta)
-        u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
-        take = b & (u.log() < -delta - new_log_w)
-        prop = torch.where(take.view(C, 1, 1), leaf, prop)
-        U_prop = torch.where(take, U1, U_prop)
-        log_w = torch.where(b, new_log_w, log_w)
-        sum_before = r_sum
-        r_sum = torch.addcmul(r_sum, b.view(C, 1), r1)
-        lo, hi = _ckpt_idxs(n)
-        if n % 2 == 0:
-            turn = None
-            if n > 0:  # the left half that just ended, plus this first leaf of its right sibling
-                lo1 = _ckpt_idxs(n - 1)[0]
-                rc = r_ck[:, lo1]
-                turn = is_turning(inv_mass, rc, r1, r_sum - rs_ck[:, lo1] + rc)
-            r_ck[:, hi] = r1
-            rs_ck[:, hi] = r_sum
-        else:  # every subtree ending here, all checkpoints lo..hi at once: (C, k, P)
-            rc = r_ck[:, lo:hi + 1]
-            sub = r_sum.unsqueeze(1) - rs_ck[:, lo:hi + 1] + rc
-            turn = is_turning(inv_mass, rc, r1.unsqueeze(1), sub).any(-1)
-            k = hi - lo + 1
-            if k >= 2:  # the last leaf of each such subtree's left half, plus its right half
-                re = r_end[:, 1:k]
-                turn = turn | is_turning(inv_mass, re, r1.unsqueeze(1), r_sum.unsqueeze(1) - rs_end[:, 1:k]).any(-1)
-            if k < depth:
-                r_end[:, k] = r1
-                rs_end[:, k] = sum_before
-        stop = delta > max_delta
-        diverging = diverging | (b & stop)
-        if turn is not None:
-            turning = turning | (b & turn)
-            stop = stop | turn
-        building = b & ~stop
-        if n < 2 ** depth - 1 and not bool(building.any()):
-            break
-    z, r, g = end.unbind(1)
-    tree = TreeState(*first.unbind(1), z, r, g, prop[:, 0], U_prop, prop[:, 2], prop[:, 1], log_w, r_sum,
-                     turning, diverging)
-    return tree, (z, r, g), sum_acc, n_steps
+    pt = torch.stack((z, r, g), 1)
+    false = torch.zeros(C, dtype=torch.bool, device=z.device)
+    zero = torch.zeros(C, dtype=torch.long, device=z.device)
+    ck = [z.new_zeros(C, max(slots, 1), P) for _ in range(4)]
+    return Trajectory(pt, pt, pt, U, torch.zeros_like(U), r, forward, pt, pt, pt, U,
+                      torch.full_like(U, -math.inf), torch.zeros_like(r), *ck,
+                      ~false, ~false, false, torch.zeros_like(U), zero, zero, U + kinetic(r, inv_mass))
+
+
+def leaf(vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.Tensor, masks: torch.Tensor,
+         first: torch.Tensor, last: torch.Tensor, depth: torch.Tensor, max_delta: float = 1000.0,
+         traced: bool = False) -> Trajectory:
+    """Add one leaf to every building chain's subtree; where a chain's subtree ends here (it
+    turned, diverged, or this is its last leaf), merge it into the tree and, where the
+    transition goes on, start the next subtree.
+
+    eps (C,), u (C, 3) uniforms, masks (4, D) from ``leaf_masks``, first / last: 0-dim bool, this
+    leaf is the subtree's first / last; depth: 0-dim, the tree depth once this subtree is merged.
+    Without branching on values when ``traced`` (one graph serves every leaf of every subtree);
+    else the merge runs only at leaves where some chain's subtree ends.
+    """
+    C, _, P = T.left.shape
+    b = T.building
+    e = torch.where(T.forward, eps, -eps).unsqueeze(-1)
+    z, r, g = T.s_end.unbind(1)
+    z1, r1, U1, g1 = leapfrog(vg, z, r, g, e, inv_mass)
+    pt = torch.stack((z1, r1, g1), 1)
+    b3 = b.view(C, 1, 1)
+    delta = torch.nan_to_num(U1 + kinetic(r1, inv_mass) - T.H0, nan=math.inf, posinf=math.inf)
+    s_end = torch.where(b3, pt, T.s_end)
+    s_first = torch.where(b3 & first, pt, T.s_first)
+    sum_acc = torch.addcmul(T.sum_acc, b, torch.exp(-delta).clamp(max=1.0))
+    n_steps = T.n_steps + b
+    new_log_w = torch.logaddexp(T.s_log_w, -delta)
+    take = b & (u[:, 0].log() < -delta - new_log_w)
+    s_prop = torch.where(take.view(C, 1, 1), pt, T.s_prop)
+    s_U = torch.where(take, U1, T.s_U)
+    s_log_w = torch.where(b, new_log_w, T.s_log_w)
+    s_r_sum = torch.addcmul(T.s_r_sum, b.view(C, 1), r1)
+    # U-turns of the sub-subtrees this leaf ends, plus (Stan's extra checks) each left half with
+    # the first leaf of its right half and each right half with the last leaf of its left half
+    w_ck, w_end = masks[2].view(1, -1, 1), masks[3].view(1, -1, 1)
+    r1_ = r1.unsqueeze(1)
+    rs = s_r_sum.unsqueeze(1)
+    turn = ((is_turning(inv_mass, T.r_ck, r1_, rs - T.rs_ck + T.r_ck) & masks[0]).any(-1)
+            | (is_turning(inv_mass, T.r_end, r1_, rs - T.rs_end) & masks[1]).any(-1))
+    r_ck = torch.where(w_ck, r1_, T.r_ck)
+    rs_ck = torch.where(w_ck, rs, T.rs_ck)
+    r_end = torch.where(w_end, r1_, T.r_end)
+    rs_end = torch.where(w_end, T.s_r_sum.unsqueeze(1), T.rs_end)
+    div = delta > max_delta
+    stop = div | turn
+    done = b & (stop | last)
+    T = T._replace(s_first=s_first, s_end=s_end, s_prop=s_prop, s_U=s_U, s_log_w=s_log_w, s_r_sum=s_r_sum,
+                   r_ck=r_ck, rs_ck=rs_ck, r_end=r_end, rs_end=rs_end, building=b & ~done, sum_acc=sum_acc,
+                   n_steps=n_steps)
+    if not traced and not bool(done.any()):
+        return T
+    return _merge(T, done, stop, div, u, inv_mass, depth)
+
+
+def _merge(T: Trajectory, done, stop, div, u, inv_mass, depth) -> Trajectory:
+    """Merge the subtree into the tree where ``done``; start the next subtree where the
+    transition goes on (no U-turn or divergence in it, none across the merged tree)."""
+    C = done.shape[0]
+    fwd = T.forward.view(C, 1, 1)
+    start = torch.where(fwd, T.right, T.left)       # where the subtree grew from
+    far = torch.where(fwd, T.left, T.right)         # the tree's other end
+    d3 = done.view(C, 1, 1)
+    left = torch.where(d3 & ~fwd, T.s_end, T.left)
+    right = torch.where(d3 & fwd, T.s_end, T.right)
+    r_sum = T.r_sum + T.s_r_sum
+    # multinomial sampling biased towards the new subtree; none from a subtree that stopped
+    prob = torch.where(stop, 0.0, torch.exp(torch.clamp(T.s_log_w - T.log_w, max=0.0)))
+    take = done & (u[:, 1] < prob)
+    r0, rf, s_r1, s_rn = start[:, 1], far[:, 1], T.s_first[:, 1], T.s_end[:, 1]
+    turn = (is_turning(inv_mass, left[:, 1], right[:, 1], r_sum)
+            | is_turning(inv_mass, rf, s_r1, T.r_sum + s_r1)
+            | is_turning(inv_mass, r0, s_rn, T.s_r_sum + r0))
+    go_on = done & ~stop & ~turn
+    forward = torch.where(go_on, u[:, 2] < 0.5, T.forward)
+    next_start = torch.where(forward.view(C, 1, 1), right, left)
+    g3 = go_on.view(C, 1, 1)
+    return T._replace(
+        left=left, right=right,
+        prop=torch.where(take.view(C, 1, 1), T.s_prop, T.prop), U_prop=torch.where(take, T.s_U, T.U_prop),
+        log_w=torch.where(done, torch.logaddexp(T.log_w, T.s_log_w), T.log_w),
+        r_sum=torch.where(done.view(C, 1), r_sum, T.r_sum), forward=forward,
+        s_end=torch.where(g3, next_start, T.s_end),
+        s_log_w=torch.where(go_on, -math.inf, T.s_log_w),
+        s_r_sum=torch.where(go_on.view(C, 1), 0.0, T.s_r_sum),
+        building=T.building | go_on, active=torch.where(done, go_on, T.active),
+        diverging=T.diverging | (done & div), depth=torch.where(done, depth, T.depth))
+
+
+class Leaves(NamedTuple):
+    """The per-leaf inputs that do not change between transitions, as tensors made once:
+    ``leaf_masks`` for every leaf index, the flags False / True, the depths 0..max_depth, and for
+    the compiled leaf, per doubling d and leaf n, all of them in one int64 vector ``codes[d][n]``:
+    the four masks, first, last, d + 1."""
+
+    masks: list
+    flags: list
+    depths: list
+    codes: list
+
+
+@functools.lru_cache(maxsize=8)
+def leaves(max_depth: int, device: torch.device) -> Leaves:
+    """``Leaves`` for trees of up to ``max_depth`` doublings on ``device``."""
+    slots = max(max_depth, 1)
+    masks = [leaf_masks(i, slots) for i in range(2 ** max(max_depth - 1, 0))]
+    codes = [[torch.tensor([*itertools.chain(*masks[n]), n == 0, n == 2 ** d - 1, d + 1], device=device)
+              for n in range(2 ** d)] for d in range(max_depth)]
+    return Leaves([torch.tensor(m, device=device) for m in masks],
+                  [torch.tensor(v, device=device) for v in (False, True)],
+                  [torch.tensor(d, device=device) for d in range(max_depth + 1)], codes)
+
+
+class Packing:
+    """A trajectory as three tensors, (C, k) each: its floating, bool and int64 fields flattened and
+    side by side. A compiled leaf with three state inputs and outputs instead of 24 spends far
+    less per call outside its kernel."""
+
+    def __init__(self, T: Trajectory):
+        self.C = T.left.shape[0]
+        self.groups = [[(i, x.shape[1:]) for i, x in enumerate(T) if kind(x)]
+                       for kind in (torch.Tensor.is_floating_point, lambda x: x.dtype == torch.bool,
+                                    lambda x: x.dtype == torch.int64)]
+        assert sum(map(len, self.groups)) == len(T)
+        self.sizes = [[math.prod(s) for _, s in g] for g in self.groups]
+        bools = [i for i, _ in self.groups[1]]
+        self.building, self.active = bools.index(Trajectory._fields.index("building")), \
+            bools.index(Trajectory._fields.index("active"))
+
+    def pack(self, T: Trajectory) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.cat([T[i].reshape(self.C, -1) for i, _ in g], 1) for g in self.groups)
+
+    def unpack(self, parts) -> Trajectory:
+        out: list = [None] * len(Trajectory._fields)
+        for g, sizes, x in zip(self.groups, self.sizes, parts, strict=True):
+            for (i, shape), v in zip(g, x.split(sizes, 1), strict=True):
+                out[i] = v.reshape((self.C, *shape))
+        return Trajectory._make(out)
+
+
+class CompiledLeaf:
+    """``leaf`` over a packed trajectory as one compiled call (``Gradient.compile``) for the
+    shapes of the example: ``step(parts, eps, inv_mass, u, code) -> parts`` with ``Packing``'s
+    parts and a ``Leaves.codes`` entry."""
+
+    def __init__(self, vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.Tensor,
+                 code: torch.Tensor, max_delta: float):
+        self.packing = p = Packing(T)
+        D = T.r_ck.shape[1]
+
+        def fn(vg, f, b, i, eps, inv_mass, u, code):
+            masks, flags = (code[:4 * D] != 0).view(4, D), code[4 * D:]
+            T = leaf(vg, p.unpack((f, b, i)), eps, inv_mass, u, masks, flags[0] != 0, flags[1] != 0, flags[2],
+                     max_delta, traced=True)
+            return p.pack(T)
+        self.fn = vg.compile(fn, *p.pack(T), eps, inv_mass, u, code)
+
+    def __call__(self, parts, eps, inv_mass, u, code):
+        return self.fn(*parts, eps, inv_mass, u, code)
+
+    def building(self, parts) -> torch.Tensor:
+        return parts[1][:, self.packing.building]
+
+    def active(self, parts) -> torch.Tensor:
+        return parts[1][:, self.packing.active]
+
+
+def compiled_leaf(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, max_depth: int,
+                  max_delta: float) -> CompiledLeaf | None:
+    """``leaf`` as one compiled call for these shapes (``nuts_step``'s ``step``), or None where
+    ``vg`` compiles nothing (``Gradient.mode`` other than "inductor") or compiling failed."""
+    if getattr(vg, "mode", None) != "inductor":
+        return None
+    C = state.z.shape[0]
+    T = begin(state, torch.randn_like(state.z), inv_mass, torch.ones(C, dtype=torch.bool, device=state.z.device),
+              max_depth)
+    u = torch.full((C, 3), 0.5, dtype=state.z.dtype, device=state.z.device)
+    step = CompiledLeaf(vg, T, eps, inv_mass, u, leaves(max_depth, state.z.device).codes[0][0], max_delta)
+    return step if vg.mode == "inductor" else None
 
 
 def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, gen: torch.Generator,
-              max_depth: int = 10, max_delta: float = 1000.0) -> tuple[HMCState, StepInfo]:
-    """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P) or (C, P, P)."""
-    z, U, g = state
+              max_depth: int = 10, max_delta: float = 1000.0,
+              step: CompiledLeaf | None = None) -> tuple[HMCState, StepInfo]:
+    """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P) or (C, P, P).
+
+    ``step``: ``leaf`` as one compiled call (``compiled_leaf``); default: ``leaf`` op by op on ``vg``.
+    """
+    z = state.z
     C, P = z.shape
+    fixed = leaves(max_depth, z.device)
     r = draw_momentum(inv_mass, gen)
-    H0 = U + kinetic(r, inv_mass)
-    false = torch.zeros(C, dtype=torch.bool, device=z.device)
-    tree = TreeState(z, r, g, z, r, g, z, U, g, r, torch.zeros_like(U), r, false, false)
-    active = torch.ones_like(false)
-    sum_acc, n_steps = torch.zeros_like(U), torch.zeros(C, dtype=torch.long, device=z.device)
-    depth = torch.zeros(C, dtype=torch.long, device=z.device)
+    forward = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype) < 0.5
+    T = begin(state, r, inv_mass, forward, max_depth)
+    parts = step.packing.pack(T) if step is not None else None
     for d in range(max_depth):
-        right = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype) < 0.5
-        start = (pick(right, tree.z_right, tree.z_left), pick(right, tree.r_right, tree.r_left),
-                 pick(right, tree.g_right, tree.g_left))
-        eps_s = torch.where(right, eps, -eps).unsqueeze(-1)
-        sub, end, acc, ns = build_subtree(vg, start, eps_s, inv_mass, H0, active, d, gen, max_delta)
-        sum_acc, n_steps = sum_acc + acc, n_steps + ns
-        prob = torch.exp(torch.clamp(sub.log_w - tree.log_w, max=0.0))
-        prob = torch.where(sub.turning | sub.diverging, 0.0, prob)
-        u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
-        take = active & (u < prob)
-        a = active
-        right_a, left_a = a & right, a & ~right
-        lefts, rights = (tree.z_left, tree.r_left, tree.g_left), (tree.z_right, tree.r_right, tree.g_right)
-        z_l, r_l, g_l = (pick(left_a, e, t) for e, t in zip(end, lefts, strict=True))
-        z_r, r_r, g_r = (pick(right_a, e, t) for e, t in zip(end, rights, strict=True))
-        r_sum = pick(a, tree.r_sum + sub.r_sum, tree.r_sum)
-        # the merged tree, and (Stan's extra checks) each part with the other's nearest point added
-        r_far = pick(right, tree.r_left, tree.r_right)
-        turn_full = (is_turning(inv_mass, r_l, r_r, r_sum)
-                     | is_turning(inv_mass, r_far, sub.r_left, tree.r_sum + sub.r_left)
-                     | is_turning(inv_mass, start[1], end[1], sub.r_sum + start[1]))
-        tree = TreeState(z_l, r_l, g_l, z_r, r_r, g_r,
-                         pick(take, sub.z_prop, tree.z_prop), torch.where(take, sub.U_prop, tree.U_prop),
-                         pick(take, sub.g_prop, tree.g_prop), pick(take, sub.r_prop, tree.r_prop),
-                         torch.where(a, torch.logaddexp(tree.log_w, sub.log_w), tree.log_w), r_sum,
-                         tree.turning | (a & (sub.turning | turn_full)), tree.diverging | (a & sub.diverging))
-        depth = torch.where(a, d + 1, depth)
-        active = a & ~sub.turning & ~sub.diverging & ~turn_full
-        if not bool(active.any()):
+        size = 2 ** d
+        for n in range(size):
+            u = torch.rand(C, 3, generator=gen, device=z.device, dtype=z.dtype)
+            if step is not None:
+                parts = step(parts, eps, inv_mass, u, fixed.codes[d][n])
+                building = step.building(parts)
+            else:
+                T = leaf(vg, T, eps, inv_mass, u, fixed.masks[n], fixed.flags[n == 0], fixed.flags[n == size - 1],
+                         fixed.depths[d + 1], max_delta)
+                building = T.building
+            if n < size - 1 and not bool(building.any()):
+                break
+        if not bool((step.active(parts) if step is not None else T.active).any()):
             break
-    info = StepInfo(sum_acc / n_steps.clamp_min(1), n_steps, depth, tree.diverging,
-                    tree.U_prop + kinetic(tree.r_prop, inv_mass))
-    return HMCState(tree.z_prop, tree.U_prop, tree.g_prop), info
+    if step is not None:
+        T = step.packing.unpack(parts)
+    info = StepInfo(T.sum_acc / T.n_steps.clamp_min(1), T.n_steps, T.depth, T.diverging,
+                    T.U_prop + kinetic(T.prop[:, 1], inv_mass))
+    return HMCState(T.prop[:, 0], T.U_prop, T.prop[:, 2]), info
 
 
 # ---------------------------------------------------------------------- warmup and draws
@@ -230,7 +368,8 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     windows inside the initial buffer (ending at iterations 5, 10, 20, 40) and estimates each
     window's metric as sqrt(var(z) / var(gradient)), nutpie's estimate: exact for a Gaussian and
     good from few draws. On the hierarchical logistic benchmark it cut the lock-step leapfrogs
-    of warmup by 30%. ``metric="stan"``: identity start, the windows' sample variance. ``dense``:
+    of warmup by 30%. The last window, the longest, takes its draws' variance instead (see
+    ``adapt.window_adaptation``). ``metric="stan"``: identity start, the windows' sample variance. ``dense``:
     adapt a dense (C, P, P) inverse mass matrix (the windows' sample covariance) instead of a
     diagonal one. ``report(i, divergences)`` after every iteration. Every ``chunk`` draws,
     ``on_chunk(z)`` gets the chunk's positions (C, k, P) on the device (default: keep them,
@@ -245,12 +384,13 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     adapt = window_adaptation(vg, gen, warmup, target, metric, dense)
     warm = adapt.init(state)
     eps, inv_mass = warm.step_size, warm.inv_mass
+    step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
                      on_chunk)
     bar = progress_bar(warmup + draws, f"nuts {C} chain{'s' if C > 1 else ''}", progress)
     n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
     for i in range(warmup + draws):
-        state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta)
+        state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta, step)
         if i < warmup:
             warm = adapt.update(i, warm, state, info.accept)
             eps, inv_mass = warm.step_size, warm.inv_mass

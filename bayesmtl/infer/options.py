@@ -177,7 +177,8 @@ class NUTS(_Batched):
     target_accept : dual averaging's target acceptance, in (0, 1)
     max_tree_depth : at most 2**max_tree_depth - 1 leapfrog steps per draw
     dense_mass : adapt a dense (C, P, P) inverse mass matrix instead of a diagonal one
-    metric : "fisher" (sqrt(var z / var grad), nutpie's) or "stan" (var z) for the diagonal
+    metric : "fisher" (sqrt(var z / var grad), nutpie's, in the early windows; var z in the
+        last) or "stan" (var z in every window) for the diagonal
     compile : "auto" ("inductor" from ``driver.INDUCTOR_FROM`` iterations, else "jit"), "jit",
         "inductor" or None (plain Pyro tracing on every call)
     dtype : "float64" or "float32" (plain path), None: the data's
