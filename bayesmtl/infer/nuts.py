@@ -49,7 +49,7 @@ from .driver import DrawBuffer, progress_bar, run_batched, tick, timings
 from .hmc_util import HMCState, draw_momentum, is_turning, kinetic, leapfrog
 from .options import NUTS
 
-__all__ = ["BatchedNUTS", "Trajectory", "StepInfo", "begin", "leaf", "leaf_masks", "nuts_step", "run_nuts"]
+__all__ = ["BatchedNUTS", "Trajectory", "StepInfo", "begin", "leaf", "merge", "leaf_masks", "nuts_step", "run_nuts"]
 
 
 # ---------------------------------------------------------------------- states
@@ -77,6 +77,8 @@ class Trajectory(NamedTuple):
     building: torch.Tensor    # (C,) bool: still extending the subtree
     active: torch.Tensor      # (C,) bool: the transition goes on
     diverging: torch.Tensor   # (C,) bool
+    s_stop: torch.Tensor      # (C,) bool: the subtree turned or diverged (op by op: merged after the doubling)
+    s_div: torch.Tensor       # (C,) bool: it diverged
     sum_acc: torch.Tensor     # (C,) summed acceptance probabilities of the leaves
     n_steps: torch.Tensor     # (C,) leapfrog steps
     depth: torch.Tensor       # (C,) doublings
@@ -138,20 +140,23 @@ def begin(state: HMCState, r: torch.Tensor, inv_mass: torch.Tensor, forward: tor
     ck = [z.new_zeros(C, max(slots, 1), P) for _ in range(4)]
     return Trajectory(pt, pt, pt, U, torch.zeros_like(U), r, forward, pt, pt, pt, U,
                       torch.full_like(U, -math.inf), torch.zeros_like(r), *ck,
-                      ~false, ~false, false, torch.zeros_like(U), zero, zero, U + kinetic(r, inv_mass))
+                      ~false, ~false, false, false, false, torch.zeros_like(U), zero, zero, U + kinetic(r, inv_mass))
 
 
-def leaf(vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.Tensor, masks: torch.Tensor,
+def leaf(vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.Tensor, masks: torch.Tensor | int,
          first: torch.Tensor, last: torch.Tensor, depth: torch.Tensor, max_delta: float = 1000.0,
-         traced: bool = False) -> Trajectory:
+         traced: bool = False, um: torch.Tensor | None = None) -> Trajectory:
     """Add one leaf to every building chain's subtree; where a chain's subtree ends here (it
     turned, diverged, or this is its last leaf), merge it into the tree and, where the
     transition goes on, start the next subtree.
 
-    eps (C,), u (C, 3) uniforms, masks (4, D) from ``leaf_masks``, first / last: 0-dim bool, this
-    leaf is the subtree's first / last; depth: 0-dim, the tree depth once this subtree is merged.
-    Without branching on values when ``traced`` (one graph serves every leaf of every subtree);
-    else the merge runs only at leaves where some chain's subtree ends.
+    eps (C,), u (C,) uniforms, masks: (4, D) from ``leaf_masks`` when ``traced``, else the
+    leaf's index n in its subtree; first / last: 0-dim bool, this leaf is the subtree's first /
+    last; depth: 0-dim, the tree depth once this subtree is merged. ``traced``: no branching on
+    values (one graph serves every leaf of every subtree), and the merge (``merge``, with the
+    doubling's uniforms ``um`` (C, 2)) runs here for the chains whose subtree ends at this leaf.
+    Op by op, only the checkpoint slots this leaf reads are touched and ``nuts_step`` merges
+    once per doubling.
     """
     C, _, P = T.left.shape
     b = T.building
@@ -166,37 +171,76 @@ def leaf(vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.
     sum_acc = torch.addcmul(T.sum_acc, b, torch.exp(-delta).clamp(max=1.0))
     n_steps = T.n_steps + b
     new_log_w = torch.logaddexp(T.s_log_w, -delta)
-    take = b & (u[:, 0].log() < -delta - new_log_w)
+    take = b & (u.log() < -delta - new_log_w)
     s_prop = torch.where(take.view(C, 1, 1), pt, T.s_prop)
     s_U = torch.where(take, U1, T.s_U)
     s_log_w = torch.where(b, new_log_w, T.s_log_w)
     s_r_sum = torch.addcmul(T.s_r_sum, b.view(C, 1), r1)
     # U-turns of the sub-subtrees this leaf ends, plus (Stan's extra checks) each left half with
     # the first leaf of its right half and each right half with the last leaf of its left half
+    if traced:
+        turn, r_ck, rs_ck, r_end, rs_end = _checks_masked(T, r1, s_r_sum, inv_mass, masks)
+    else:
+        turn, r_ck, rs_ck, r_end, rs_end = _checks_indexed(T, r1, s_r_sum, inv_mass, masks)
+    div = b & (delta > max_delta)
+    stop = div | (b & turn)
+    T = T._replace(s_first=s_first, s_end=s_end, s_prop=s_prop, s_U=s_U, s_log_w=s_log_w, s_r_sum=s_r_sum,
+                   r_ck=r_ck, rs_ck=rs_ck, r_end=r_end, rs_end=rs_end, building=b & ~stop, sum_acc=sum_acc,
+                   n_steps=n_steps, s_stop=T.s_stop | stop, s_div=T.s_div | div)
+    if not traced:  # nuts_step merges once, after the doubling
+        return T
+    return merge(T, b & (stop | last), um, inv_mass, depth)
+
+
+def _checks_masked(T: Trajectory, r1, s_r_sum, inv_mass, masks: torch.Tensor):
+    """The U-turn checks of one leaf and the checkpoints after it, from ``leaf_masks`` (4, D):
+    every slot computed, the masks pick (no branching: one graph for every leaf)."""
     w_ck, w_end = masks[2].view(1, -1, 1), masks[3].view(1, -1, 1)
     r1_ = r1.unsqueeze(1)
     rs = s_r_sum.unsqueeze(1)
     turn = ((is_turning(inv_mass, T.r_ck, r1_, rs - T.rs_ck + T.r_ck) & masks[0]).any(-1)
             | (is_turning(inv_mass, T.r_end, r1_, rs - T.rs_end) & masks[1]).any(-1))
-    r_ck = torch.where(w_ck, r1_, T.r_ck)
-    rs_ck = torch.where(w_ck, rs, T.rs_ck)
-    r_end = torch.where(w_end, r1_, T.r_end)
-    rs_end = torch.where(w_end, T.s_r_sum.unsqueeze(1), T.rs_end)
-    div = delta > max_delta
-    stop = div | turn
-    done = b & (stop | last)
-    T = T._replace(s_first=s_first, s_end=s_end, s_prop=s_prop, s_U=s_U, s_log_w=s_log_w, s_r_sum=s_r_sum,
-                   r_ck=r_ck, rs_ck=rs_ck, r_end=r_end, rs_end=rs_end, building=b & ~done, sum_acc=sum_acc,
-                   n_steps=n_steps)
-    if not traced and not bool(done.any()):
-        return T
-    return _merge(T, done, stop, div, u, inv_mass, depth)
+    return (turn, torch.where(w_ck, r1_, T.r_ck), torch.where(w_ck, rs, T.rs_ck), torch.where(w_end, r1_, T.r_end),
+            torch.where(w_end, T.s_r_sum.unsqueeze(1), T.rs_end))
 
 
-def _merge(T: Trajectory, done, stop, div, u, inv_mass, depth) -> Trajectory:
-    """Merge the subtree into the tree where ``done``; start the next subtree where the
-    transition goes on (no U-turn or divergence in it, none across the merged tree)."""
+def _checks_indexed(T: Trajectory, r1, s_r_sum, inv_mass, n: int):
+    """``_checks_masked`` op by op for leaf index n: only the slots leaf n reads, and its
+    checkpoints written in place (the arrays belong to this transition alone)."""
+    check, ends, w_ck, w_end = (m.index(True) if True in m else None for m in _slots(n, T.r_ck.shape[1]))
+    lo, hi = _ckpt_idxs(n)
+    turn = torch.zeros_like(T.building)
+    if n % 2 == 0:
+        if n > 0:
+            rc = T.r_ck[:, check]
+            turn = is_turning(inv_mass, rc, r1, s_r_sum - T.rs_ck[:, check] + rc)
+        T.r_ck[:, w_ck] = r1
+        T.rs_ck[:, w_ck] = s_r_sum
+    else:
+        rc = T.r_ck[:, lo:hi + 1]
+        r1_, rs = r1.unsqueeze(1), s_r_sum.unsqueeze(1)
+        turn = is_turning(inv_mass, rc, r1_, rs - T.rs_ck[:, lo:hi + 1] + rc).any(-1)
+        k = hi - lo + 1
+        if k >= 2:
+            turn = turn | is_turning(inv_mass, T.r_end[:, 1:k], r1_, rs - T.rs_end[:, 1:k]).any(-1)
+        if w_end is not None:
+            T.r_end[:, w_end] = r1
+            T.rs_end[:, w_end] = T.s_r_sum
+    return turn, T.r_ck, T.rs_ck, T.r_end, T.rs_end
+
+
+@functools.lru_cache(maxsize=4096)
+def _slots(n: int, slots: int) -> list[list[bool]]:
+    return leaf_masks(n, slots)
+
+
+def merge(T: Trajectory, done: torch.Tensor, u: torch.Tensor, inv_mass: torch.Tensor,
+          depth: torch.Tensor) -> Trajectory:
+    """Merge the subtree into the tree where ``done`` (C,); start the next subtree where the
+    transition goes on (no U-turn or divergence in it, none across the merged tree).
+    u (C, 2) uniforms, depth: 0-dim, the tree's depth after the merge."""
     C = done.shape[0]
+    stop, div = T.s_stop, T.s_div
     fwd = T.forward.view(C, 1, 1)
     start = torch.where(fwd, T.right, T.left)       # where the subtree grew from
     far = torch.where(fwd, T.left, T.right)         # the tree's other end
@@ -206,13 +250,13 @@ def _merge(T: Trajectory, done, stop, div, u, inv_mass, depth) -> Trajectory:
     r_sum = T.r_sum + T.s_r_sum
     # multinomial sampling biased towards the new subtree; none from a subtree that stopped
     prob = torch.where(stop, 0.0, torch.exp(torch.clamp(T.s_log_w - T.log_w, max=0.0)))
-    take = done & (u[:, 1] < prob)
+    take = done & (u[:, 0] < prob)
     r0, rf, s_r1, s_rn = start[:, 1], far[:, 1], T.s_first[:, 1], T.s_end[:, 1]
     turn = (is_turning(inv_mass, left[:, 1], right[:, 1], r_sum)
             | is_turning(inv_mass, rf, s_r1, T.r_sum + s_r1)
             | is_turning(inv_mass, r0, s_rn, T.s_r_sum + r0))
     go_on = done & ~stop & ~turn
-    forward = torch.where(go_on, u[:, 2] < 0.5, T.forward)
+    forward = torch.where(go_on, u[:, 1] < 0.5, T.forward)
     next_start = torch.where(forward.view(C, 1, 1), right, left)
     g3 = go_on.view(C, 1, 1)
     return T._replace(
@@ -223,17 +267,17 @@ def _merge(T: Trajectory, done, stop, div, u, inv_mass, depth) -> Trajectory:
         s_end=torch.where(g3, next_start, T.s_end),
         s_log_w=torch.where(go_on, -math.inf, T.s_log_w),
         s_r_sum=torch.where(go_on.view(C, 1), 0.0, T.s_r_sum),
-        building=T.building | go_on, active=torch.where(done, go_on, T.active),
+        building=torch.where(done, go_on, T.building), active=torch.where(done, go_on, T.active),
+        s_stop=T.s_stop & ~done, s_div=T.s_div & ~done,
         diverging=T.diverging | (done & div), depth=torch.where(done, depth, T.depth))
 
 
 class Leaves(NamedTuple):
-    """The per-leaf inputs that do not change between transitions, as tensors made once:
-    ``leaf_masks`` for every leaf index, the flags False / True, the depths 0..max_depth, and for
-    the compiled leaf, per doubling d and leaf n, all of them in one int64 vector ``codes[d][n]``:
-    the four masks, first, last, d + 1."""
+    """The per-leaf inputs that do not change between transitions, as tensors made once: the
+    flags False / True and the depths 0..max_depth, and for the compiled leaf, per doubling d and
+    leaf n, all of a leaf's inputs in one int64 vector ``codes[d][n]``: its four ``leaf_masks``,
+    first, last, d + 1."""
 
-    masks: list
     flags: list
     depths: list
     codes: list
@@ -243,11 +287,9 @@ class Leaves(NamedTuple):
 def leaves(max_depth: int, device: torch.device) -> Leaves:
     """``Leaves`` for trees of up to ``max_depth`` doublings on ``device``."""
     slots = max(max_depth, 1)
-    masks = [leaf_masks(i, slots) for i in range(2 ** max(max_depth - 1, 0))]
-    codes = [[torch.tensor([*itertools.chain(*masks[n]), n == 0, n == 2 ** d - 1, d + 1], device=device)
+    codes = [[torch.tensor([*itertools.chain(*_slots(n, slots)), n == 0, n == 2 ** d - 1, d + 1], device=device)
               for n in range(2 ** d)] for d in range(max_depth)]
-    return Leaves([torch.tensor(m, device=device) for m in masks],
-                  [torch.tensor(v, device=device) for v in (False, True)],
+    return Leaves([torch.tensor(v, device=device) for v in (False, True)],
                   [torch.tensor(d, device=device) for d in range(max_depth + 1)], codes)
 
 
@@ -280,23 +322,23 @@ class Packing:
 
 class CompiledLeaf:
     """``leaf`` over a packed trajectory as one compiled call (``Gradient.compile``) for the
-    shapes of the example: ``step(parts, eps, inv_mass, u, code) -> parts`` with ``Packing``'s
-    parts and a ``Leaves.codes`` entry."""
+    shapes of the example: ``step(parts, eps, inv_mass, u, um, code) -> parts`` with ``Packing``'s
+    parts, the leaf's and the doubling's uniforms and a ``Leaves.codes`` entry."""
 
     def __init__(self, vg, T: Trajectory, eps: torch.Tensor, inv_mass: torch.Tensor, u: torch.Tensor,
-                 code: torch.Tensor, max_delta: float):
+                 um: torch.Tensor, code: torch.Tensor, max_delta: float):
         self.packing = p = Packing(T)
         D = T.r_ck.shape[1]
 
-        def fn(vg, f, b, i, eps, inv_mass, u, code):
+        def fn(vg, f, b, i, eps, inv_mass, u, um, code):
             masks, flags = (code[:4 * D] != 0).view(4, D), code[4 * D:]
             T = leaf(vg, p.unpack((f, b, i)), eps, inv_mass, u, masks, flags[0] != 0, flags[1] != 0, flags[2],
-                     max_delta, traced=True)
+                     max_delta, traced=True, um=um)
             return p.pack(T)
-        self.fn = vg.compile(fn, *p.pack(T), eps, inv_mass, u, code)
+        self.fn = vg.compile(fn, *p.pack(T), eps, inv_mass, u, um, code)
 
-    def __call__(self, parts, eps, inv_mass, u, code):
-        return self.fn(*parts, eps, inv_mass, u, code)
+    def __call__(self, parts, eps, inv_mass, u, um, code):
+        return self.fn(*parts, eps, inv_mass, u, um, code)
 
     def building(self, parts) -> torch.Tensor:
         return parts[1][:, self.packing.building]
@@ -314,8 +356,9 @@ def compiled_leaf(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor
     C = state.z.shape[0]
     T = begin(state, torch.randn_like(state.z), inv_mass, torch.ones(C, dtype=torch.bool, device=state.z.device),
               max_depth)
-    u = torch.full((C, 3), 0.5, dtype=state.z.dtype, device=state.z.device)
-    step = CompiledLeaf(vg, T, eps, inv_mass, u, leaves(max_depth, state.z.device).codes[0][0], max_delta)
+    u = torch.full((C,), 0.5, dtype=state.z.dtype, device=state.z.device)
+    step = CompiledLeaf(vg, T, eps, inv_mass, u, torch.full((C, 2), 0.5, dtype=state.z.dtype, device=state.z.device),
+                        leaves(max_depth, state.z.device).codes[0][0], max_delta)
     return step if vg.mode == "inductor" else None
 
 
@@ -335,17 +378,21 @@ def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, ge
     parts = step.packing.pack(T) if step is not None else None
     for d in range(max_depth):
         size = 2 ** d
+        started = T.active if step is None else None
+        um = torch.rand(C, 2, generator=gen, device=z.device, dtype=z.dtype)  # the merge's
         for n in range(size):
-            u = torch.rand(C, 3, generator=gen, device=z.device, dtype=z.dtype)
+            u = torch.rand(C, generator=gen, device=z.device, dtype=z.dtype)
             if step is not None:
-                parts = step(parts, eps, inv_mass, u, fixed.codes[d][n])
+                parts = step(parts, eps, inv_mass, u, um, fixed.codes[d][n])
                 building = step.building(parts)
             else:
-                T = leaf(vg, T, eps, inv_mass, u, fixed.masks[n], fixed.flags[n == 0], fixed.flags[n == size - 1],
+                T = leaf(vg, T, eps, inv_mass, u, n, fixed.flags[n == 0], fixed.flags[n == size - 1],
                          fixed.depths[d + 1], max_delta)
                 building = T.building
             if n < size - 1 and not bool(building.any()):
                 break
+        if step is None:
+            T = merge(T, started, um, inv_mass, fixed.depths[d + 1])
         if not bool((step.active(parts) if step is not None else T.active).any()):
             break
     if step is not None:
