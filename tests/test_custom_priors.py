@@ -181,11 +181,14 @@ def test_three_level_prior_recovers_planted_group_means():
 @pytest.mark.slow
 def test_student_t_prior_svi_mvn_agrees_with_nuts():
     """The same user prior under SVI with a full-rank guide: population means within 0.25 posterior sd
-    of NUTS's (the auto non-centring serves the guide too)."""
+    of NUTS's (the auto non-centring serves the guide too). Eight ELBO particles: with one, the
+    guide where the convergence check stops still wanders by about 0.3 sd in tau (0.648 against
+    0.615 with eight, 0.620 from 16 ChEES chains x 1000)."""
     train, _, _ = planted("student-t", n_tasks=40, rows=10, seed=0)
     model, data = build("student-t", train)
     nuts = bm.fit(model, data, method="nuts", chains=4, warmup=500, draws=500, seed=0, progress=False)
-    svi = bm.fit(model, data, method="svi", guide="mvn", steps=20000, draws=2000, seed=0, progress=False)
+    svi = bm.fit(model, data, method="svi", guide="mvn", steps=20000, particles=8, draws=2000, seed=0,
+                 progress=False)
     a, b = nuts.summary(["mu", "tau"]), svi.summary(["mu", "tau"])
     assert ((a["mean"] - b["mean"]).abs() < 0.25 * a["sd"]).all(), (a[["mean", "sd"]], b[["mean", "sd"]])
 
@@ -255,23 +258,24 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
         plain = driver._make_gradient(pot, None, z)
         state = hmc_util.HMCState(z, *plain(z))
         eps = torch.full((C,), 0.2, dtype=torch.float64)
+        step = lf = None
         for inv_mass in (torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5,
                          (torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
-            step = nuts.compiled_leaf(vg, state, eps, inv_mass, 6, 1000.0)
+            step = step or nuts.compiled_leaf(vg, state, eps, inv_mass, 10, 1000.0)  # same shapes: compiled once
             assert step is not None
             a, b = state, state
             for _ in range(5):  # same generator state on both sides: same momenta, directions, u
                 g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-                a, ia = nuts.nuts_step(plain, a, eps, inv_mass, g1, 6, 1000.0)
-                b, ib = nuts.nuts_step(vg, b, eps, inv_mass, g2, 6, 1000.0, step)
+                a, ia = nuts.nuts_step(plain, a, eps, inv_mass, g1, 10, 1000.0)
+                b, ib = nuts.nuts_step(vg, b, eps, inv_mass, g2, 10, 1000.0, step)
                 torch.testing.assert_close(b.z, a.z, rtol=1e-8, atol=1e-9)
                 assert torch.equal(ia.n_steps, ib.n_steps) and torch.equal(ia.depth, ib.depth)
-            lf = vg.compile(hmc_util.leapfrog, z, z, state.g, eps[:, None], inv_mass)
+            lf = lf or vg.compile(hmc_util.leapfrog, z, z, state.g, eps[:, None], inv_mass)
             r = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
             for x, y in zip(lf(z, r, state.g, eps[:, None], inv_mass),
                             hmc_util.leapfrog(plain, z, r, state.g, eps[:, None], inv_mass), strict=True):
                 torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
-    for method in ("nuts", "chees"):
-        post = bm.fit(model, data, method=method, chains=4, warmup=30, draws=20, seed=0, progress=False,
+    for method in ("nuts", "chees"):  # the graphs above, so inductor's cache serves them
+        post = bm.fit(model, data, method=method, chains=C, warmup=30, draws=20, seed=0, progress=False,
                       compile="inductor")
         assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0

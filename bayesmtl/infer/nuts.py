@@ -30,8 +30,8 @@ options of every batched sampler: ``compile`` ("auto": "inductor" for runs of at
 "inductor": a whole leaf, potential and gradient included, is traced once into one aten graph
 (``make_fx``) and compiled by inductor (``driver.Gradient.compile``), about 10x faster per leaf
 than "jit" on a small user prior for a one-off compile of 7-13 s, falling back to op by op
-with a warning where compiling fails; None: plain Pyro tracing on every call; none applies where the target has a written-out
-gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain path only),
+with a warning where compiling fails; None: plain Pyro tracing on every call; none applies
+where the target has a written-out gradient, ``info["gradient"]``), ``dtype`` ("float64" or "float32", plain path only),
 ``threads`` (torch threads on CPU, default 1), ``chunk`` (draws per host copy, 100),
 ``init_radius`` (2: initial points uniform in (-r, r) unconstrained), ``max_delta_energy``
 (1000), ``processes`` (1: all chains in one batch; k > 1 on a CPU: k chain groups in k forked
