@@ -279,3 +279,21 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
         post = bm.fit(model, data, method=method, chains=C, warmup=30, draws=20, seed=0, progress=False,
                       compile="inductor")
         assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0
+
+
+def test_a_step_that_does_not_compile_runs_op_by_op_with_a_warning(monkeypatch):
+    """compile="inductor" where the compiler fails: one warning naming the failure, the same
+    sampler op by op, and info["compile"] says so."""
+    from bayesmtl.infer import driver
+
+    def broken(fn, example):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(driver, "_compile", broken)
+    train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
+    model, data = build("student-t", train)
+    for method in ("nuts", "chees"):
+        with pytest.warns(RuntimeWarning, match="compile='inductor' failed .*no C\\+\\+ compiler here"):
+            post = bm.fit(model, data, method=method, chains=2, warmup=20, draws=10, seed=0, progress=False,
+                          compile="inductor")
+        assert post.info["compile"] is None and np.isfinite(post.samples["mu"]).all()

@@ -124,7 +124,7 @@ class Gradient:
         except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op step still works
             warnings.warn(f"compile='inductor' failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "running the step op by op", RuntimeWarning, stacklevel=2)
-            self.mode = "jit"
+            self.mode = None  # info["compile"] then says what ran
             return functools.partial(fn, self)
         finally:
             self.seconds_compile += time.perf_counter() - t0

@@ -238,6 +238,7 @@ def _checks_indexed(T: Trajectory, r1, s_r_sum, inv_mass, n: int):
 
 @functools.lru_cache(maxsize=4096)
 def _slots(n: int, slots: int) -> list[list[bool]]:
+    """``leaf_masks``, remembered."""
     return leaf_masks(n, slots)
 
 
@@ -317,9 +318,11 @@ class Packing:
             bools.index(Trajectory._fields.index("active"))
 
     def pack(self, T: Trajectory) -> tuple[torch.Tensor, ...]:
+        """The trajectory as (floating, bool, int64) tensors, (C, k) each."""
         return tuple(torch.cat([T[i].reshape(self.C, -1) for i, _ in g], 1) for g in self.groups)
 
     def unpack(self, parts) -> Trajectory:
+        """The trajectory back from ``pack``'s tensors (views into them)."""
         out: list = [None] * len(Trajectory._fields)
         for g, sizes, x in zip(self.groups, self.sizes, parts, strict=True):
             for (i, shape), v in zip(g, x.split(sizes, 1), strict=True):
@@ -348,9 +351,11 @@ class CompiledLeaf:
         return self.fn(*parts, eps, inv_mass, u, um, code)
 
     def building(self, parts) -> torch.Tensor:
+        """The packed trajectory's ``building`` (C,)."""
         return parts[1][:, self.packing.building]
 
     def active(self, parts) -> torch.Tensor:
+        """The packed trajectory's ``active`` (C,)."""
         return parts[1][:, self.packing.active]
 
 
