@@ -214,15 +214,15 @@ def _checks_masked(T: Trajectory, r1, s_r_sum, inv_mass, masks: torch.Tensor):
 def _checks_indexed(T: Trajectory, r1, s_r_sum, inv_mass, n: int):
     """``_checks_masked`` op by op for leaf index n: only the slots leaf n reads, and its
     checkpoints written in place (the arrays belong to this transition alone)."""
-    check, ends, w_ck, w_end = (m.index(True) if True in m else None for m in _slots(n, T.r_ck.shape[1]))
     lo, hi = _ckpt_idxs(n)
     turn = torch.zeros_like(T.building)
     if n % 2 == 0:
         if n > 0:
-            rc = T.r_ck[:, check]
-            turn = is_turning(inv_mass, rc, r1, s_r_sum - T.rs_ck[:, check] + rc)
-        T.r_ck[:, w_ck] = r1
-        T.rs_ck[:, w_ck] = s_r_sum
+            j = _ckpt_idxs(n - 1)[0]
+            rc = T.r_ck[:, j]
+            turn = is_turning(inv_mass, rc, r1, s_r_sum - T.rs_ck[:, j] + rc)
+        T.r_ck[:, hi] = r1
+        T.rs_ck[:, hi] = s_r_sum
     else:
         rc = T.r_ck[:, lo:hi + 1]
         r1_, rs = r1.unsqueeze(1), s_r_sum.unsqueeze(1)
@@ -230,9 +230,9 @@ def _checks_indexed(T: Trajectory, r1, s_r_sum, inv_mass, n: int):
         k = hi - lo + 1
         if k >= 2:
             turn = turn | is_turning(inv_mass, T.r_end[:, 1:k], r1_, rs - T.rs_end[:, 1:k]).any(-1)
-        if w_end is not None:
-            T.r_end[:, w_end] = r1
-            T.rs_end[:, w_end] = T.s_r_sum
+        if k < T.r_end.shape[1]:
+            T.r_end[:, k] = r1
+            T.rs_end[:, k] = T.s_r_sum
     return turn, T.r_ck, T.rs_ck, T.r_end, T.rs_end
 
 
