@@ -32,12 +32,12 @@ def _csv_list(text: str | None) -> list[str] | None:
     return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _options(pairs: list[str]) -> dict:
-    """``key=value`` back-end options; values parsed as int, float, bool or str."""
+def _options(pairs: list[str], flag: str = "--option") -> dict:
+    """``key=value`` options; values parsed as int, float, bool or str."""
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise UserError(f"--option expects key=value; got {p!r}")
+            raise UserError(f"{flag} expects key=value; got {p!r}")
         k, v = p.split("=", 1)
         for cast in (int, float):
             try:
@@ -50,7 +50,7 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
-def _build_model(name: str, likelihood: str | None, shared: list[str] | None):
+def _build_model(name: str, likelihood: str | None, shared: list[str] | None, options: dict | None = None):
     from bayesmtl.models import get_model_class
 
     cls = get_model_class(name)
@@ -62,7 +62,96 @@ def _build_model(name: str, likelihood: str | None, shared: list[str] | None):
         if key not in params:
             raise UserError(f"model {name!r} takes no --{key}")
         kwargs[key] = value
-    return cls(**kwargs)
+    own = {k: v for k, v in (options or {}).items() if k in params and k not in ("likelihood", "shared", "prior")}
+    rest = {k: v for k, v in (options or {}).items() if k not in own}
+    try:
+        model = cls(**kwargs, **own)
+        if rest:  # settings of the model's task prior (rank, truncation, covariance, ...)
+            prior_cls = type(model.prior) if "prior" in params else None
+            prior_params = inspect.signature(prior_cls).parameters if prior_cls else {}
+            unknown = [k for k in rest if k not in prior_params]
+            if unknown:
+                settable = sorted(k for k in list(params) + list(prior_params)
+                                  if k not in ("likelihood", "shared", "prior", "kwargs") and not k.endswith("_prior"))
+                raise UserError(f"--model-option {unknown[0]}: model {name!r} has no such setting; "
+                                f"it has {settable}")
+            model = cls(**kwargs, **own, prior=prior_cls(**rest))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model {name!r} with {options}: {_first_line(e)}") from None
+    return model
+
+
+#: distributions a --set-prior may name (numbers only: nothing is evaluated)
+_PRIOR_FAMILIES = ("Normal", "HalfNormal", "HalfCauchy", "Cauchy", "StudentT", "Laplace",
+                   "LogNormal", "Gamma", "Exponential", "Uniform", "Beta")
+
+
+def _parse_prior(text: str):
+    """``Name(a, b)`` with numbers, or a number (a fixed value), as a distribution or float."""
+    import re
+
+    import pyro.distributions as dist
+
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"([A-Za-z]+)\(([^()]*)\)", text)
+    if not m or m.group(1) not in _PRIOR_FAMILIES:
+        raise UserError(f"--set-prior: {text!r} is not a prior; write e.g. HalfNormal(2) or Normal(0, 10) "
+                        f"(families: {', '.join(_PRIOR_FAMILIES)}) or a number")
+    try:
+        args = [float(a) for a in m.group(2).split(",") if a.strip()]
+    except ValueError:
+        raise UserError(f"--set-prior: the arguments of {text!r} must be numbers") from None
+    family = m.group(1)
+    try:
+        return getattr(dist, family)(*args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--set-prior: {text!r}: {_first_line(e)}") from None
+
+
+#: site names a user sees in the summary -> the setting that holds their prior
+_SITE_ALIASES = {"mu": "mean", "tau": "scale", "sigma": "noise", "coef": "shared"}
+
+
+def _set_priors(model, pairs: list[str] | None):
+    """A copy of ``model`` with ``SETTING=Prior`` pairs applied: ``noise`` (the Gaussian noise
+    prior), ``shared`` (shared coefficients), or a setting of the task prior (``mean``, ``scale``,
+    ``feature_scale``, ...) or of the model (``lengthscale_prior``, ...); the site names ``mu``,
+    ``tau``, ``sigma`` and ``coef`` stand for ``mean``, ``scale``, ``noise`` and ``shared``."""
+    import copy
+
+    from bayesmtl.priors.base import as_distribution
+
+    model = copy.copy(model)
+    for pair in pairs or []:
+        key, eq, text = pair.partition("=")
+        key = _SITE_ALIASES.get(key.strip(), key.strip())
+        if not eq or not key:
+            raise UserError(f"--set-prior expects SETTING=Prior, e.g. scale=HalfNormal(2); got {pair!r}")
+        value = _parse_prior(text)
+        prior, lik = getattr(model, "prior", None), getattr(model, "likelihood", None)
+        if key == "noise" and lik is not None and hasattr(lik, "noise_prior"):
+            model.likelihood = copy.copy(lik)
+            model.likelihood.noise_prior = as_distribution(value, "noise")
+        elif key == "shared" and hasattr(model, "shared_prior"):
+            model.shared_prior = as_distribution(value, "shared")
+        elif prior is not None and key in vars(prior) and key not in ("covariance", "centered", "rank", "eta",
+                                                                      "truncation", "loading_scale"):
+            model.prior = copy.copy(prior)
+            setattr(model.prior, key, value if isinstance(value, float) and key == "mean"
+                    else as_distribution(value, key))
+        elif key.endswith("_prior") and key in vars(model):
+            setattr(model, key, as_distribution(value, key))
+        else:
+            names = ["noise", "shared"] + sorted(k for k, v in vars(prior or object()).items()
+                                                 if v is None or hasattr(v, "log_prob"))
+            names += sorted(k for k in vars(model) if k.endswith("_prior"))
+            raise UserError(f"--set-prior: {type(model).__name__} has no prior setting {key!r}; "
+                            f"settable: {sorted(set(names))}")
+    return model
 
 
 def _first_line(e: BaseException) -> str:
@@ -182,7 +271,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
     elif a.prior_args is not None:
         raise UserError("--prior-args needs --prior FILE.py:ClassName")
     else:
-        model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared))
+        model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared),
+                             _options(a.model_option, "--model-option"))
+    model = _set_priors(model, a.set_prior)
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
@@ -191,9 +282,10 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if source is not None:
         post.info["prior_source"] = source
     post.save(a.out)
-    d = post.diagnostics()
-    print(f"wrote {a.out}: {post.num_chains} chain(s) x {post.num_draws} draws in {post.info['seconds']:.1f} s, "
-          f"divergences {d['divergences']}, max r_hat {d.get('max_r_hat')}, min ess_bulk {d.get('min_ess_bulk')}")
+    problems = post.info["diagnostics"]["problems"]
+    verdict = "all checks passed" if not problems else f"{len(problems)} diagnostic warning(s) above"
+    print(f"wrote {a.out}: {post.describe_draws()} in {post.info['seconds']:.1f} s; {verdict}; "
+          f"see: bayesmtl summary {a.out}")
     return 0
 
 
@@ -218,10 +310,22 @@ def cmd_summary(a: argparse.Namespace) -> int:
     import bayesmtl as bm
 
     post = bm.load(a.run)
-    with pd.option_context("display.max_rows", a.max_rows, "display.width", 140):
+    summary = post.summary(prob=a.prob)
+    with pd.option_context("display.max_rows", a.max_rows, "display.max_columns", None, "display.width", 10_000):
         print(post)
-        print(post.summary().round(3))
-        print(post.diagnostics())
+        print(f"draws: {summary.attrs['draws']}")
+        print(summary.round(3).to_string() if a.max_rows is None or len(summary) <= a.max_rows
+              else summary.round(3))
+    priors = post.prior_summary()
+    scales = {k: v for k, v in priors.attrs["scales"].items() if k != "defaults"}
+    scales = ", ".join(f"{k} {v:.4g}" for k, v in scales.items()) or "none"
+    print(f"\npriors (left at data-scaled defaults: {', '.join(priors.attrs['defaults']) or 'none'}; "
+          f"linear predictor {scales}):")
+    print(priors.to_string(index=False))
+    problems = post.diagnose()
+    print("\ndiagnostics: " + ("all checks passed" if not problems else f"{len(problems)} problem(s)"))
+    for p in problems:
+        print(f"  - {p.message}")
     return 0
 
 
@@ -254,7 +358,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
               f"between groups {m[~same].mean():+.2f}")
         print("most alike:\n" + pairs.head(4).round(2).to_string(index=False))
         print("most opposite:\n" + pairs.tail(4).round(2).to_string(index=False))
-        print(f"\ndiagnostics: {post.diagnostics()}")
+        problems = post.diagnose()
+        print("\ndiagnostics: " + ("all checks passed" if not problems else "; ".join(map(str, problems))))
     if a.out:
         post.save(a.out)
         rel.plot(Path(a.out) / "relations.png")
@@ -296,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--noise", help="column of known observation sds (meta-analysis)")
     f.add_argument("--trials", help="column of trial counts (binomial)")
     f.add_argument("--standardize", action="store_true", help="standardise features (replayed on predict)")
+    f.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="a setting of the --model, e.g. --model-option rank=3 (multitask-gp, task-relationship), "
+                   "--model-option truncation=30 (dp-clustering)")
+    f.add_argument("--set-prior", action="append", metavar="SETTING=PRIOR",
+                   help="replace a default prior, e.g. --set-prior scale=HalfNormal(2) (population scales), "
+                   "mean=Normal(0,100), noise=HalfNormal(10), shared=Normal(0,5); defaults are scaled to the "
+                   "data (see bayesmtl summary RUN)")
     f.add_argument("--out", required=True, help="run directory to write")
     _fit_args(f)
     f.set_defaults(func=cmd_fit)
@@ -309,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print a run's posterior summary and diagnostics")
     s.add_argument("run")
-    s.add_argument("--max-rows", type=int, default=60)
+    s.add_argument("--max-rows", type=int, default=60, help="rows shown before the table is abbreviated")
+    s.add_argument("--prob", type=float, default=0.9, help="mass of the central interval (default 0.9)")
     s.set_defaults(func=cmd_summary)
 
     d = sub.add_parser("demo", help="fit the hierarchical model to built-in synthetic data")

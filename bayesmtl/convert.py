@@ -7,7 +7,9 @@ import warnings
 
 import numpy as np
 
-__all__ = ["to_inference_data", "from_inference_data", "az"]
+from .posterior import quantile_label
+
+__all__ = ["to_inference_data", "from_inference_data", "summary", "psis_k", "az"]
 
 with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
     warnings.simplefilter("ignore", FutureWarning)
@@ -50,12 +52,20 @@ def from_inference_data(idata: az.InferenceData) -> tuple[dict[str, np.ndarray],
     return post, stats
 
 
+def psis_k(log_w: np.ndarray) -> float:
+    """Pareto k of Pareto-smoothed importance sampling for log weights (n,) (arviz ``psislw``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns itself when k is high: the caller says so
+        _, k = az.psislw(np.asarray(log_w, dtype=float))
+    return float(k)
+
+
 def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 0.9):
     """mean, sd, equal-tailed quantiles, mcse, ess_bulk, ess_tail, r_hat per labelled entry."""
     lo, hi = (1 - prob) / 2, (1 + prob) / 2
-    funcs = {f"q{round(100 * lo):02d}": lambda x: np.quantile(x, lo),
+    funcs = {quantile_label(lo): lambda x: np.quantile(x, lo),
              "q50": lambda x: np.quantile(x, 0.5),
-             f"q{round(100 * hi):02d}": lambda x: np.quantile(x, hi)}
+             quantile_label(hi): lambda x: np.quantile(x, hi)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one chain or few draws: arviz warns, we report NaN
         one_draw = idata.posterior.sizes["draw"] < 4

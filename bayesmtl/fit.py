@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
 
 from .data import MultiTaskData
+from .diagnostics import DiagnosticWarning, diagnose
 from .infer import Settings, get_backend
 from .posterior import Posterior
 from .protocol import Target, data_context
@@ -76,6 +78,7 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
     with seeded(seed, dev), data_context(data.dtype, dev):
         model.check(data)
+        model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
         return _run(model, data, on_device, target, backend, settings, method)
@@ -119,13 +122,20 @@ def _run(model, data, on_device, target, backend, settings, method: str) -> Post
         flat[k] = squeeze_to(v, 1 + len(dims[k])) if k in dims else v  # drop plate-batch 1s
     flat = model.complete(host, flat)
     samples = {k: v.reshape((C, S) + v.shape[1:]).numpy() for k, v in flat.items()}
-    info = {"method": method, "backend": backend.name, "chains": chains, "warmup": warmup,
+    info = {"method": method, "backend": backend.name, "draws_kind": backend.kind, "chains": chains, "warmup": warmup,
             "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
             "seconds": seconds, "path": target.path, **out.info}
     info.update(target.info)
     if target.reparam:
         info["reparam"] = {"non_centred": list(target.reparam)}
-    return Posterior(model, host, samples, out.sample_stats, info)
+    info["prior_scales"] = {**model.prior_scales(host), "defaults": model.defaults()}
+    post = Posterior(model, host, samples, out.sample_stats, info)
+    info["priors"] = post.prior_summary().to_dict(orient="records")
+    problems = diagnose(post)
+    info["diagnostics"] = {**post.diagnostics(), "problems": [p.to_dict() for p in problems]}
+    for p in problems:
+        warnings.warn(p.message, DiagnosticWarning, stacklevel=3)  # points at the caller of fit
+    return post
 
 
 def choose_target(targets: list[Target], backend, collapse: bool | None, model_name: str) -> Target:

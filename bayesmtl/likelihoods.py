@@ -24,6 +24,20 @@ class Likelihood:
     def check(self, data: MultiTaskData) -> None:
         data.check_target(self.kind)
 
+    def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
+        """Where the linear predictor sits and how far it ranges, read from the data: the
+        defaults of the priors scale with it (``protocol.Tasks``). The link scale (0, 1) here;
+        a likelihood on the target's own scale (Gaussian) returns the target's mean and sd."""
+        return 0.0, 1.0
+
+    def bind(self, data: MultiTaskData) -> Likelihood:
+        """A copy with settings left to the data fixed from ``data``; itself when there are none."""
+        return self
+
+    def defaults(self) -> list[str]:
+        """Names of the settings left at their data-scaled defaults (``prior_summary``)."""
+        return []
+
     def sample_params(self, n_tasks: int, task_plate, like: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sample the likelihood's own parameters (outside the data plate)."""
         return {}
@@ -58,8 +72,9 @@ class Gaussian(Likelihood):
         ``per_task`` learns sigma_t per task, ``shared`` one sigma, ``known`` takes each row's sd
         from the data's noise column. None: ``known`` when the data carry a noise column, else
         ``per_task``.
-    noise_prior : pyro distribution, default HalfNormal(1)
-        Prior of each learned sigma.
+    noise_prior : pyro distribution, default data-scaled
+        Prior of each learned sigma; default HalfNormal(sd of the target), so the noise can be
+        as large as the target's spread whatever its units.
     """
 
     kind = "gaussian"
@@ -68,16 +83,32 @@ class Gaussian(Likelihood):
         if noise not in (None, "per_task", "shared", "known"):
             raise ValueError(f"noise must be 'per_task', 'shared' or 'known'; got {noise!r}")
         self.noise = noise
-        self.noise_prior = dist.HalfNormal(1.0) if noise_prior is None else as_distribution(noise_prior, "noise_prior")
+        self.noise_prior = None if noise_prior is None else as_distribution(noise_prior, "noise_prior")
 
     def resolved_noise(self, data: MultiTaskData) -> str:
         if self.noise is None:
             return "known" if data.noise is not None else "per_task"
         return self.noise
 
+    def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
+        y = data.y.double() if data.y is not None else None
+        if y is None or y.numel() < 2:
+            return 0.0, 1.0
+        m, s = float(y.mean()), float(y.std())
+        return m, s if s > 0 else max(abs(m), 1.0)
+
     def bind(self, data: MultiTaskData) -> Gaussian:
-        """A copy with ``noise`` fixed by what the data carry."""
-        return Gaussian(self.resolved_noise(data), self.noise_prior)
+        """A copy with ``noise`` fixed by what the data carry and the default noise prior
+        scaled to the target (HalfNormal(sd(y)))."""
+        prior = self.noise_prior
+        if prior is None:
+            prior = dist.HalfNormal(torch.tensor(self.location_scale(data)[1], dtype=data.dtype))
+        out = Gaussian(self.resolved_noise(data), prior)
+        out._defaults = self.defaults()
+        return out
+
+    def defaults(self):
+        return getattr(self, "_defaults", ["noise_prior"] if self.noise_prior is None else [])
 
     def check(self, data: MultiTaskData) -> None:
         super().check(data)
@@ -85,7 +116,7 @@ class Gaussian(Likelihood):
             raise ValueError("noise='known' needs a noise column (MultiTaskData.from_frame(..., noise='se'))")
 
     def sample_params(self, n_tasks, task_plate, like):
-        prior = move_distribution(self.noise_prior, like)
+        prior = move_distribution(dist.HalfNormal(1.0) if self.noise_prior is None else self.noise_prior, like)
         if self.noise == "per_task":
             with task_plate:
                 return {"sigma": pyro.sample("sigma", prior)}
@@ -119,7 +150,8 @@ class Gaussian(Likelihood):
         return {"sigma": torch.cat([sigma, sigma.gather(-1, pick)], dim=-1)}
 
     def __repr__(self):
-        return f"Gaussian(noise={self.noise!r}, noise_prior={self.noise_prior})"
+        prior = "data-scaled" if self.noise_prior is None else self.noise_prior
+        return f"Gaussian(noise={self.noise!r}, noise_prior={prior})"
 
 
 class Bernoulli(Likelihood):

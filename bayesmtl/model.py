@@ -18,6 +18,7 @@ draw), and the automatic non-centring of a user prior's location-scale sites.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -31,7 +32,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from . import marginals
 from .data import MultiTaskData
 from .design import linear_predictor, task_rows
-from .likelihoods import Gaussian, Likelihood, get_likelihood
+from .likelihoods import Likelihood, get_likelihood
 from .priors.base import TaskPrior, as_distribution, move_distribution
 from .protocol import (
     ModelBase,
@@ -66,8 +67,9 @@ class MultiTaskModel(ModelBase):
         Add a task-varying intercept (first column of ``w``).
     shared : sequence of str
         Feature columns whose coefficients are common to all tasks (fixed effects).
-    shared_prior : pyro distribution, default Normal(0, 10)
-        Prior of each shared coefficient.
+    shared_prior : pyro distribution, default data-scaled
+        Prior of each shared coefficient; default Normal(0, 2.5 sd(y) / sd(x)) per feature
+        (``scaling``).
     reparam : {"auto", False}
         "auto": non-centre every location-scale site (Normal, StudentT, Cauchy, Laplace) that a
         prior samples inside a plate, unless the prior manages its own parametrisation
@@ -93,9 +95,9 @@ class MultiTaskModel(ModelBase):
         self.likelihood = get_likelihood(likelihood)
         self.intercept = bool(intercept)
         self.shared = list(shared)
-        self.shared_prior = (dist.Normal(0.0, 10.0) if shared_prior is None
-                             else as_distribution(shared_prior, "shared_prior"))
+        self.shared_prior = None if shared_prior is None else as_distribution(shared_prior, "shared_prior")
         self.reparam = reparam
+        self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
 
     # ------------------------------------------------------------------ structure
     def varying_names(self, data: MultiTaskData) -> list[str]:
@@ -104,7 +106,7 @@ class MultiTaskModel(ModelBase):
 
     def likelihood_for(self, data: MultiTaskData) -> Likelihood:
         lik = self.likelihood
-        return lik.bind(data) if isinstance(lik, Gaussian) else lik
+        return lik.bind(data)
 
     def check(self, data: MultiTaskData) -> None:
         """Raise ValueError/TypeError naming the problem when the data cannot feed this model."""
@@ -133,6 +135,63 @@ class MultiTaskModel(ModelBase):
         Xs = data.X[:, [data.feature_names.index(f) for f in self.shared]]
         return Xv, Xs
 
+    def scaling(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The data's scales that default priors use (rstanarm's autoscale; ``protocol.Tasks``):
+        loc (D,) and scale (D,) of the task parameters, and scale (Ds,) of the shared coefficients.
+
+        With the likelihood's location m and scale s of the linear predictor (the target's mean
+        and sd for a Gaussian, 0 and 1 on a link scale): a coefficient has loc 0 and scale
+        s / sd(x); the intercept has loc m and scale s sqrt(1 + sum_j (mean(x_j) / sd(x_j))^2),
+        wide enough for features that are not centred."""
+        m, s = self.likelihood_for(data).location_scale(data)
+        X = data.X.double()
+        mean = X.mean(0)
+        sd = X.std(0) if X.shape[0] > 1 and X.shape[1] else torch.ones_like(mean)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # a constant column keeps its units
+        slope = s / sd
+        names = data.feature_names
+        vary = torch.tensor([j for j, f in enumerate(names) if f not in self.shared], dtype=torch.long)
+        shared = torch.tensor([names.index(f) for f in self.shared], dtype=torch.long)
+        loc, scale = torch.zeros(len(vary), dtype=X.dtype), slope[vary]
+        if self.intercept:
+            wide = s * torch.sqrt(1 + ((mean / sd) ** 2).sum())
+            loc, scale = torch.cat([loc.new_tensor([m]), loc]), torch.cat([wide.reshape(1), scale])
+        to = dict(dtype=data.dtype, device=data.device)
+        return loc.to(**to), scale.to(**to), slope[shared].to(**to)
+
+    def shared_prior_for(self, data: MultiTaskData) -> dist.Distribution:
+        """The prior of the shared coefficients: the given one, else Normal(0, 2.5 scale) (Ds,)."""
+        if self.shared_prior is not None:
+            return self.shared_prior
+        return dist.Normal(torch.zeros_like(self.scaling(data)[2]), 2.5 * self.scaling(data)[2])
+
+    def bind(self, data: MultiTaskData) -> MultiTaskModel:
+        """A copy whose priors left at their defaults are set from ``data`` (``scaling``); the
+        priors given stay. ``fit`` fits the bound copy: this model is not changed."""
+        loc, scale, _ = self.scaling(data)
+        out = copy.copy(self)
+        out.prior = self.prior.bind(loc, scale)
+        out.likelihood = self.likelihood_for(data)
+        out.shared_prior = self.shared_prior_for(data) if self.shared else self.shared_prior
+        out.bound_defaults = self._defaults(out.likelihood)
+        return out
+
+    def prior_scales(self, data: MultiTaskData) -> dict[str, float]:
+        """The linear predictor's location and scale read from ``data`` (``scaling``)."""
+        m, s = self.likelihood_for(data).location_scale(data)
+        return {"location": m, "scale": s}
+
+    def defaults(self) -> list[str]:
+        """Settings left at their data-scaled defaults: ``prior.mean``, ``likelihood.noise_prior``, ..."""
+        if self.bound_defaults is not None:  # a bound copy remembers what it set
+            return list(self.bound_defaults)
+        return self._defaults(self.likelihood)
+
+    def _defaults(self, likelihood: Likelihood) -> list[str]:
+        out = [f"prior.{k}" for k in self.prior.defaults()]
+        out += [f"likelihood.{k}" for k in likelihood.defaults()]
+        return out + (["shared_prior"] if self.shared and self.shared_prior is None else [])
+
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
         names = self.varying_names(data)
         out = {"task": list(data.task_names), "task_": list(data.task_names), "feature": names,
@@ -152,10 +211,12 @@ class MultiTaskModel(ModelBase):
         return dims
 
     # ------------------------------------------------------------------ the task prior's program
-    def tasks(self, data: MultiTaskData, plate=None, start: int = 0) -> Tasks:
-        """What the prior sees for tasks ``start..T-1`` of ``data`` (all of them by default)."""
+    def tasks(self, data: MultiTaskData, plate=None, start: int = 0, scaled_by: MultiTaskData | None = None) -> Tasks:
+        """What the prior sees for tasks ``start..T-1`` of ``data`` (all of them by default);
+        ``loc`` and ``scale`` come from ``scaled_by`` (the training data; default ``data``)."""
         T = len(data.task_names) - start
-        return Tasks(n=T, dims=len(self.varying_names(data)), plate=plate,
+        loc, scale, _ = self.scaling(data if scaled_by is None else scaled_by)
+        return Tasks(n=T, dims=len(self.varying_names(data)), plate=plate, loc=loc, scale=scale,
                      features=TaskFeatures({k: v[start:] for k, v in data.task_features.items()}),
                      levels=dict(data.task_levels), names=list(data.task_names[start:]),
                      feature_names=self.varying_names(data),
@@ -240,6 +301,7 @@ class MultiTaskModel(ModelBase):
         name_w = "w" not in self._prior_trace(data).nodes  # record w when the prior returns it unnamed
         tasks = self.tasks(data)
         dt, dev = data.dtype, data.device
+        shared_prior = self.shared_prior_for(data) if Ds else None
 
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
@@ -249,7 +311,7 @@ class MultiTaskModel(ModelBase):
                     w = pyro.deterministic("w", w, event_dim=2)
                 coef = None
                 if Ds:
-                    coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
+                    coef = pyro.sample("coef", move_distribution(shared_prior, like).expand([Ds]).to_event(1))
                 params = lik.sample_params(T, task_plate, like)
             if not observe:
                 return
@@ -261,6 +323,12 @@ class MultiTaskModel(ModelBase):
                             obs=pick(y))
 
         return model
+
+    def prior_program(self, data: MultiTaskData) -> Callable[[], None]:
+        """The priors as written (no automatic non-centring), without the observations."""
+        plain = copy.copy(self)
+        plain.reparam = False
+        return plain.pyro_model(data, observe=False)
 
     def nesting(self, data: MultiTaskData) -> int:
         """Plate dims of the program (1 unless the prior nests plates of its own)."""
@@ -317,7 +385,7 @@ class MultiTaskModel(ModelBase):
         run for the new tasks (with their task-level features), every site outside the task
         plate fixed to the posterior draw: the population the model learned, nothing written twice.
         """
-        tasks = self.tasks(new, start=new.n_known_tasks)
+        tasks = self.tasks(new, start=new.n_known_tasks, scaled_by=train)
         own = self.prior.sample_new(samples, tasks, generator)
         if own is not None:
             return own

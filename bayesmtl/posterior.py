@@ -10,14 +10,21 @@ import pandas as pd
 import torch
 
 from .data import MultiTaskData
+from .protocol import data_context
 from .relations import TaskRelations
 
-__all__ = ["Posterior"]
+__all__ = ["Posterior", "quantile_label"]
 
 #: most entries (draws x rows) of an in-memory posterior-predictive or log-likelihood array
 MAX_POINTWISE = 5e7
 #: predictive draws per row at least (each posterior draw gives several when there are fewer draws)
 PREDICTIVE_DRAWS = 500
+
+
+def quantile_label(p: float) -> str:
+    """Column name of the p-quantile, exact: 0.05 -> "q05", 0.025 -> "q2.5", 0.975 -> "q97.5"."""
+    v = round(100 * p, 6)
+    return f"q{int(v):02d}" if v == int(v) else f"q{v:g}"
 
 
 class Posterior:
@@ -42,6 +49,7 @@ class Posterior:
         self.sample_stats = sample_stats
         self.info = info
         self._idata: dict[bool, Any] = {}
+        self._summaries: dict[tuple, pd.DataFrame] = {}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -96,29 +104,80 @@ class Posterior:
             log_likelihood=ll, attrs=attrs)
         return self._idata[predictive]
 
+    def summarised_sites(self) -> list[str]:
+        """The sites ``summary()`` shows by default: all but non-centred auxiliaries (``*_raw``,
+        ``*_decentered``), Cholesky factors and a model's ``unidentified_sites``."""
+        skip = set(self.model.unidentified_sites)  # e.g. factor loadings (sign, rotation)
+        return [k for k in self.samples if not k.endswith(("_raw", "_decentered")) and k != "corr_chol"
+                and k not in skip]
+
     def summary(self, var_names: list[str] | None = None, prob: float = 0.9) -> pd.DataFrame:
         """Per-entry mean, sd, quantiles, mcse_mean, ess_bulk, ess_tail, r_hat, labelled like
-        ``w[school_3, intercept]``. Non-centred auxiliaries (``*_raw``, ``*_decentered``) and a
-        model's ``unidentified_sites`` are left out by default."""
+        ``w[school_3, intercept]`` (sites: ``summarised_sites()`` by default).
+
+        Draws that are independent (SVI's guide) have no ESS or r_hat to report (NaN) and an
+        mcse of sd / sqrt(draws); ``attrs["draws"]`` says what the draws are."""
         from .convert import summary
 
-        if var_names is None:
-            skip = set(self.model.unidentified_sites)  # e.g. factor loadings (sign, rotation)
-            var_names = [k for k in self.samples if not k.endswith(("_raw", "_decentered")) and k != "corr_chol"
-                         and k not in skip]
+        var_names = self.summarised_sites() if var_names is None else list(var_names)
         missing = [v for v in var_names if v not in self.samples]
         if missing:
             raise ValueError(f"no site {missing[0]!r} in the posterior; sites: {sorted(self.samples)}")
-        return summary(self.to_arviz(predictive=False), var_names, prob)
+        key = (tuple(var_names), float(prob))
+        if key not in self._summaries:
+            out = summary(self.to_arviz(predictive=False), var_names, prob)
+            kind = self.info.get("draws_kind", "mcmc")
+            if kind != "mcmc":
+                out[["ess_bulk", "ess_tail", "r_hat"]] = np.nan
+                out["mcse_mean"] = out["sd"] / np.sqrt(self.num_chains * self.num_draws) if kind == "independent" \
+                    else np.nan
+            out.attrs["draws"] = self.describe_draws()
+            self._summaries[key] = out
+        return self._summaries[key].copy()
+
+    def describe_draws(self) -> str:
+        """One line saying what the draws are: MCMC chains, independent guide draws or a point."""
+        kind, i = self.info.get("draws_kind", "mcmc"), self.info
+        if kind == "independent":
+            return f"{self.num_draws} independent draws from the fitted {i.get('guide')} guide ({i.get('method')})"
+        if kind == "point":
+            return f"a point estimate ({i.get('method')})"
+        return f"{self.num_chains} chain(s) x {self.num_draws} draws ({i.get('method')})"
 
     def diagnostics(self) -> dict[str, Any]:
-        """Divergences, max r_hat and min bulk/tail ESS over the summarised entries."""
+        """Divergences, max r_hat and min bulk/tail ESS over the summarised entries (NaN-free:
+        None where not defined, e.g. for independent draws)."""
         out: dict[str, Any] = {"divergences": int(np.asarray(self.sample_stats.get("diverging", 0)).sum())}
         if self.num_draws >= 4:
             s = self.summary()
-            out["max_r_hat"] = None if s["r_hat"].isna().all() else float(s["r_hat"].max())
-            out["min_ess_bulk"] = float(s["ess_bulk"].min())
-            out["min_ess_tail"] = float(s["ess_tail"].min())
+            for key, col, fn in (("max_r_hat", "r_hat", "max"), ("min_ess_bulk", "ess_bulk", "min"),
+                                 ("min_ess_tail", "ess_tail", "min")):
+                out[key] = None if s[col].isna().all() else float(getattr(s[col], fn)())
+        return out
+
+    def diagnose(self, **thresholds) -> list:
+        """Every failed check (``bayesmtl.diagnostics``): r_hat, ESS, divergences, tree depth and
+        E-BFMI for MCMC; ELBO convergence and the guide's Pareto k for SVI. Empty when all pass.
+        ``thresholds``: ``r_hat``, ``min_ess``, ``min_bfmi``, ``max_pareto_k`` (see ``THRESHOLDS``)."""
+        from .diagnostics import diagnose
+
+        return diagnose(self, **thresholds)
+
+    def prior_summary(self) -> pd.DataFrame:
+        """The priors the fit used, with their numbers: one row per site (or per entry where the
+        entries differ), e.g. ``mu | intercept | Normal(loc=54.1, scale=33.2)``. ``attrs``:
+        ``defaults``, the settings left at their data-scaled defaults, and ``scales``, the data
+        scales they were set from (``MultiTaskModel.scaling``)."""
+        from .pyro_util import describe_priors
+
+        try:
+            with data_context(self.data.dtype, self.data.device):
+                rows = describe_priors(self.model.prior_program(self.data), self.dims(), self.model.coords(self.data))
+        except NotImplementedError:  # a model fitted without a Pyro program (e.g. a variational LMC)
+            rows = []
+        out = pd.DataFrame(rows, columns=["site", "entry", "prior"])
+        out.attrs["defaults"] = self.model.defaults()
+        out.attrs["scales"] = self.info.get("prior_scales", {})
         return out
 
     # ------------------------------------------------------------------ prediction and relations
@@ -148,8 +207,8 @@ class Posterior:
         tidx = new.task.cpu().numpy()
         out = pd.DataFrame({new.task_column: names[tidx], "new_task": tidx >= new.n_known_tasks,
                             "mean": mean.mean(0), "sd": y.std(0),
-                            f"q{round(100 * lo_q):02d}": np.quantile(y, lo_q, axis=0),
-                            f"q{round(100 * hi_q):02d}": np.quantile(y, hi_q, axis=0)})
+                            quantile_label(lo_q): np.quantile(y, lo_q, axis=0),
+                            quantile_label(hi_q): np.quantile(y, hi_q, axis=0)})
         if self.model.outcome == "bernoulli":
             out["probability"] = mean.mean(0)
         return out

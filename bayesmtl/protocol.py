@@ -58,6 +58,13 @@ class Tasks:
         Names of the D parameters (e.g. ``["intercept", "x1"]``).
     like : Tensor
         A 0-d tensor on the data's device and dtype, for priors that build tensors by hand.
+    loc, scale : Tensor, shape (D,)
+        Where each task parameter sits and how large it can be, read from the training data
+        (rstanarm's autoscale): the intercept's ``loc`` is the target's mean on the link scale
+        and its ``scale`` the target's sd (widened for features that are not centred); a
+        feature's coefficient has ``loc`` 0 and ``scale`` sd(target) / sd(feature). The
+        built-in priors' defaults are Normal(loc, 2.5 scale) for locations and HalfNormal(scale)
+        for spreads; a user prior may use them the same way. Zeros and ones when not given.
 
     Under a batch of chains or particles, hyperparameters carry leading dims: index per-task
     gathers as ``g[..., tasks.features["group"], :]``, not ``g[group]``.
@@ -71,6 +78,15 @@ class Tasks:
     names: list[str] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
     like: torch.Tensor | None = None
+    loc: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        like = self.like if self.like is not None else torch.zeros(())
+        if self.loc is None:
+            object.__setattr__(self, "loc", like.new_zeros(self.dims))
+        if self.scale is None:
+            object.__setattr__(self, "scale", like.new_ones(self.dims))
 
 
 class RelationDraws(NamedTuple):
@@ -193,6 +209,24 @@ class ModelBase:
 
     def extra_outputs(self, post) -> dict[str, Any]:
         """Extra tables for the run directory, file name -> DataFrame (none by default)."""
+        return {}
+
+    def prior_program(self, data: MultiTaskData) -> Callable[[], None]:
+        """The model's priors as written, as a Pyro program without the observations
+        (``Posterior.prior_summary``): ``pyro_model(data, observe=False)`` by default."""
+        return self.pyro_model(data, observe=False)
+
+    def bind(self, data: MultiTaskData) -> ModelBase:
+        """A copy with the priors left at their defaults set from ``data``'s scales; ``fit``
+        fits it. Models without data-scaled defaults return themselves."""
+        return self
+
+    def defaults(self) -> list[str]:
+        """Settings left at their data-scaled defaults (``Posterior.prior_summary``)."""
+        return []
+
+    def prior_scales(self, data: MultiTaskData) -> dict[str, float]:
+        """The data scales the default priors were set from (run.json); none by default."""
         return {}
 
     def num_clusters(self, post) -> Any:

@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["site_shapes", "batch_condition", "squeeze_to"]
+__all__ = ["site_shapes", "batch_condition", "squeeze_to", "describe_priors"]
 
 
 def site_shapes(model: Callable[[], None]) -> dict[str, tuple[torch.Size, torch.Size, bool]]:
@@ -48,3 +48,55 @@ def squeeze_to(value: torch.Tensor, ndim: int) -> torch.Tensor:
     while value.dim() > ndim and value.shape[1] == 1:
         value = value.squeeze(1)
     return value
+
+
+def describe_priors(program: Callable[[], None], dims: dict[str, tuple[str, ...]],
+                    coords: dict[str, list]) -> list[dict]:
+    """One row per latent site of ``program`` (its priors as written): site, entry and the
+    distribution with its numbers, e.g. ``Normal(loc=54.1, scale=33.2)``. Entries that share
+    their numbers collapse into one row (entry ``all``); otherwise they are labelled by the
+    site's dims (``intercept``, ``school_3``)."""
+    with pyro.poutine.block(), torch.no_grad():
+        tr = poutine.trace(program).get_trace()
+    rows = []
+    for name, site in tr.nodes.items():
+        if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
+                or site["infer"].get("_deterministic") or name.startswith("_")):
+            continue
+        fn = site["fn"]
+        while isinstance(fn, (torch.distributions.Independent, pyro.distributions.ExpandedDistribution)):
+            fn = fn.base_dist
+        params = {k: getattr(fn, k) for k in fn.arg_constraints if _is_set(fn, k)}
+        params = {k: v for k, v in params.items() if torch.is_tensor(v) or isinstance(v, (int, float))}
+        flat = {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in params.items()}
+        n = max([v.numel() for v in flat.values()], default=1)
+        same = all(bool((v == v[0]).all()) for v in flat.values() if v.numel())
+        labels = _entry_labels(dims.get(name, ()), coords, n)
+        if same or labels is None:
+            rows.append({"site": name, "entry": "all", "prior": _fmt(type(fn).__name__, flat, 0)})
+            continue
+        for i in range(n):
+            rows.append({"site": name, "entry": labels[i], "prior": _fmt(type(fn).__name__, flat, i)})
+    return rows
+
+
+def _is_set(fn, key: str) -> bool:
+    """Whether ``fn`` was given ``key``: set on the instance, or a plain property (HalfNormal's
+    scale); a lazily derived one (Bernoulli's logits when built from probs) is not."""
+    return key in fn.__dict__ or isinstance(getattr(type(fn), key, None), property)
+
+
+def _entry_labels(dims: tuple[str, ...], coords: dict[str, list], n: int) -> list[str] | None:
+    import itertools
+
+    axes = [list(map(str, coords.get(d, []))) for d in dims]
+    labels = [", ".join(t) for t in itertools.product(*axes)] if axes else []
+    if len(labels) == n:
+        return labels
+    last = axes[-1] if axes else []
+    return last if len(last) == n else None  # per-feature numbers shared by every task
+
+
+def _fmt(kind: str, flat: dict[str, torch.Tensor], i: int) -> str:
+    parts = [f"{k}={float(v[i if v.numel() > 1 else 0]):.4g}" for k, v in flat.items() if v.numel()]
+    return f"{kind}({', '.join(parts)})"

@@ -93,7 +93,8 @@ def save_run(post, path: str | Path, overwrite: bool = True) -> Path:
         run = {"model": type(post.model).__name__, "model_repr": repr(post.model),
                "data": repr(post.data), "tasks": post.task_names,
                "relation_kind": rel.kind, **post.info,
-               "diagnostics": post.diagnostics(), "versions": versions()}
+               "diagnostics": {**post.diagnostics(), "problems": [p.to_dict() for p in post.diagnose()]},
+               "versions": versions()}
         (tmp / "run.json").write_text(json.dumps(_jsonable(run), indent=2))
         if path.exists():
             old = path.with_name(f".{path.name}.old")

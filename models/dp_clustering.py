@@ -29,7 +29,7 @@ from pyro.ops.indexing import Vindex
 
 from bayesmtl.data import MultiTaskData
 from bayesmtl.design import linear_predictor
-from bayesmtl.likelihoods import Gaussian, Likelihood
+from bayesmtl.likelihoods import Bernoulli, Gaussian, Likelihood
 from bayesmtl.marginals import Marginal
 from bayesmtl.model import MultiTaskModel
 from bayesmtl.priors.base import move_distribution
@@ -72,7 +72,9 @@ class DPClustering(MultiTaskModel):
 
     Parameters
     ----------
-    likelihood : "bernoulli" (the paper's case), "gaussian", "poisson", "binomial" or a Likelihood
+    likelihood : "bernoulli" (the paper's case), "gaussian", "poisson", "binomial", a Likelihood, or
+        None (default): Bernoulli for a 0/1 target, Gaussian otherwise, chosen from the data at
+        fit time and listed in ``prior_summary().attrs["defaults"]`` as ``likelihood=...``.
     prior : DirichletProcess, optional
         Default ``DirichletProcess(alpha=Gamma(1, 1), base=Hierarchical(), truncation=20)``.
     intercept, shared, shared_prior
@@ -81,12 +83,27 @@ class DPClustering(MultiTaskModel):
 
     name = "dp-clustering"
 
-    def __init__(self, likelihood: str | Likelihood = "bernoulli", prior: DirichletProcess | None = None,
+    def __init__(self, likelihood: str | Likelihood | None = None, prior: DirichletProcess | None = None,
                  intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):
+        self.auto_likelihood = likelihood is None
+        likelihood = "bernoulli" if likelihood is None else likelihood
         prior = DirichletProcess() if prior is None else prior
         if not isinstance(prior, DirichletProcess):
             raise TypeError(f"DPClustering needs a bayesmtl.priors.DirichletProcess prior; got {type(prior).__name__}")
         super().__init__(prior, likelihood, intercept, shared, shared_prior)
+
+    def likelihood_for(self, data: MultiTaskData) -> Likelihood:
+        if self.auto_likelihood and data.y is not None:
+            y = data.y
+            return (Bernoulli() if bool(((y == 0) | (y == 1)).all()) else Gaussian()).bind(data)
+        return super().likelihood_for(data)
+
+    def bind(self, data: MultiTaskData) -> DPClustering:
+        out = super().bind(data)
+        if self.auto_likelihood:
+            out.auto_likelihood = False
+            out.bound_defaults = out.bound_defaults + [f"likelihood={out.likelihood.kind}"]
+        return out
 
     def coords(self, data):
         out = super().coords(data)

@@ -30,7 +30,12 @@ def test_every_example_is_collected():
     assert len(EXAMPLES) >= 4, [p.name for p in EXAMPLES]
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+#: smoke-tested in the fast tier; the rest (the same code paths on other data, ~25 s each) run with -m slow
+FAST_EXAMPLES = {"custom_priors", "landmine", "computer_survey"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(p, marks=() if p.stem in FAST_EXAMPLES else pytest.mark.slow)
+                                    for p in EXAMPLES], ids=[p.stem for p in EXAMPLES])
 def test_example_smoke(script: Path, tmp_path: Path):
     if not _have_data():
         pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")

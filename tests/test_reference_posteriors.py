@@ -151,6 +151,8 @@ def _check_nuts(name: str, chains: int, warmup: int, draws: int, seed: int = 0, 
     div = int(np.asarray(post.sample_stats["diverging"]).sum())
     assert div == 0, f"{div} divergent transition(s); the reference reports none"
     assert_matches(table, bound=4.0, max_r_hat=1.01)
+    problems = post.diagnose()  # every entry, not only the reference's: r_hat, ESS, tree depth, E-BFMI
+    assert problems == [], "\n".join(map(str, problems))
     return table
 
 
@@ -159,6 +161,7 @@ def _check_svi(name: str, bound: float = 0.25, seed: int = 0, **options):
     model, md, spec = CASES[name](data)
     post = bm.fit(model, md, method="svi", draws=1000, seed=seed, progress=False, guide="mvn", **options)
     err = svi_mean_error(draws_of(post, spec(post)), ref)
+    print(f"{name}: Pareto k of the mvn guide {post.info['pareto_k']:.2f}")
     assert err.max() < bound, (f"svi (mvn) means off the reference by up to {err.max():.3f} sd "
                                f"({err.idxmax()}); worst:\n{err.sort_values().tail(5).to_string()}")
     return err

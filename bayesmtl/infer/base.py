@@ -49,10 +49,13 @@ class Draws(NamedTuple):
 
 
 class Backend(Protocol):
-    """An inference back end: ``name`` for run.json, ``paths`` it runs by default."""
+    """An inference back end: ``name`` for run.json, ``paths`` it runs by default, ``kind`` of
+    draws it returns: "mcmc" (correlated chains), "independent" (draws from a fitted
+    approximation) or "point" (one estimate); the diagnostics and the summary depend on it."""
 
     name: str
     paths: tuple[str, ...]
+    kind: str
 
     def run(self, target, settings: Settings) -> Draws: ...
 

@@ -223,6 +223,7 @@ class ChEESBackend:
 
     name = "chees"
     paths = ("collapsed", "plain")
+    kind = "mcmc"
 
     def run(self, target, settings: Settings, report=None) -> Draws:
         o = ChEES.of(settings.options)

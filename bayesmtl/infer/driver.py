@@ -190,18 +190,24 @@ def _finite(U: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
-    """Uniform(-radius, radius) unconstrained start per chain, redrawn where U is not finite."""
-    z = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * radius
+    """Uniform(-r, r) unconstrained start per chain, redrawn where U is not finite; r starts at
+    ``radius`` and halves every ``tries // 5`` failed tries (thousands of dims, e.g. an LKJ
+    factor over 139 tasks, overflow at r = 2 but not at 0.5), down to the point 0."""
+    r = radius
+    z = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * r
     U, g = pot.value_and_grad(z)
-    for _ in range(tries):
+    for i in range(tries):
         bad = ~torch.isfinite(U)
         if not bool(bad.any()):
             return HMCState(z, U, g)
-        z2 = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * radius
+        if i and i % max(tries // 5, 1) == 0:
+            r = r / 2 if i < tries - max(tries // 5, 1) else 0.0
+        z2 = (torch.rand(C, pot.dim, generator=gen, device=device, dtype=dtype) * 2 - 1) * r
         z = pick(bad, z2, z)
         U, g = pot.value_and_grad(z)
     raise RuntimeError(f"no finite starting point found for {int((~torch.isfinite(U)).sum())} chain(s) "
-                       f"after {tries} tries; check the model's log density")
+                       f"after {tries} tries (uniform in (-{radius}, {radius}) unconstrained, shrinking to 0); "
+                       "check the model's log density")
 
 
 # ---------------------------------------------------------------------- draws, progress, timing

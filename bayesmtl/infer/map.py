@@ -23,6 +23,7 @@ class MAPBackend:
 
     name = "map"
     paths = ("plain",)
+    kind = "point"
 
     def run(self, target, settings: Settings) -> Draws:
         o = MAP.of(settings.options)

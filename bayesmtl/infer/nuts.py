@@ -475,6 +475,7 @@ class BatchedNUTS:
 
     name = "nuts"
     paths = ("collapsed", "plain")
+    kind = "mcmc"
 
     def run(self, target, settings: Settings, report=None) -> Draws:
         """Sample; ``report(iteration, divergences)`` is called after every iteration (worker

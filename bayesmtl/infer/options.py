@@ -124,7 +124,7 @@ class Configured:
 
     def __init__(self, options: Options, backend):
         self.options, self.inner = options, backend
-        self.name, self.paths = backend.name, backend.paths
+        self.name, self.paths, self.kind = backend.name, backend.paths, backend.kind
 
     def run(self, target, settings: Settings, **kwargs) -> Draws:
         extra = settings.options

@@ -27,6 +27,7 @@ class PyroNUTSBackend:
 
     name = "pyro_nuts"
     paths = ("collapsed", "plain")
+    kind = "mcmc"
 
     def run(self, target, settings: Settings) -> Draws:
         o = PyroNUTS.of(settings.options)

@@ -49,6 +49,7 @@ class SVIBackend:
 
     name = "svi"
     paths = ("plain",)
+    kind = "independent"
 
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
@@ -94,9 +95,6 @@ class SVIBackend:
                 for i in range(len(losses), len(losses) + anneal):
                     losses.append(_step(svi, i, lr))
         fit_seconds = time.perf_counter() - t0
-        if not converged:
-            warnings.warn(f"SVI did not converge in {steps} steps (mean loss still falling); "
-                          "raise steps= or lr=", RuntimeWarning, stacklevel=3)
         n = 1 if guide_name == "delta" else settings.draws
         with torch.no_grad():
             out = Predictive(guide, num_samples=n, parallel=False)()
@@ -106,7 +104,56 @@ class SVIBackend:
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
                 "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit, "anneal": anneal,
                 "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
+        if guide_name != "delta" and not enum:  # (the check cannot sum out enumerated sites yet)
+            with torch.no_grad():
+                info["pareto_k"] = pareto_k(log_ratios(target.pyro_model(), guide, target.max_plate_nesting,
+                                                       PSIS_DRAWS, target.n_rows))
         return Draws(latent, {}, info)
+
+
+#: guide draws whose importance ratios estimate the Pareto k
+PSIS_DRAWS = 1000
+
+
+def log_ratios(model, guide, nesting: int, n: int, n_rows: int) -> torch.Tensor:
+    """log p(theta, y) - log q(theta) for ``n`` draws of the guide, shape (n,): the importance
+    ratios whose Pareto k says whether the guide can stand in for the posterior (Yao et al. 2018).
+    Draws go through in chunks (a plate of draws over every row), each under one outer plate."""
+    chunk = max(1, min(n, int(2e6 // max(n_rows, 1))))
+    out = []
+    for lo in range(0, n, chunk):
+        k = min(chunk, n - lo)
+        plate = pyro.plate("_psis_draws", k, dim=-(nesting + 1))
+        with poutine.block(), plate:
+            q = poutine.trace(guide).get_trace()
+        with poutine.block(), plate:
+            p = poutine.trace(poutine.replay(model, trace=q)).get_trace()
+        out.append(_per_draw(p, k, nesting) - _per_draw(q, k, nesting))
+    return torch.cat(out)
+
+
+def _per_draw(trace, k: int, nesting: int) -> torch.Tensor:
+    """Sum of a trace's log densities per draw of the outer plate, shape (k,)."""
+    total = torch.zeros(k, dtype=torch.float64)
+    trace.compute_log_prob()  # scaled and masked as the ELBO sees them
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        lp = site["log_prob"]
+        lp = lp.reshape((1,) * max(0, nesting + 1 - lp.dim()) + tuple(lp.shape))
+        axis = lp.dim() - (nesting + 1)
+        lp = lp.sum(tuple(range(axis))) if axis > 0 else lp
+        lp = lp.reshape(lp.shape[0], -1).sum(-1)
+        total = total + lp.detach().cpu().to(total.dtype)
+    return total
+
+
+def pareto_k(log_w: torch.Tensor) -> float:
+    """The Pareto-smoothed importance sampling shape k of log ratios (n,); nan when not finite."""
+    from ..convert import psis_k
+
+    w = log_w.double().numpy()
+    return psis_k(w) if np.isfinite(w).all() else float("nan")
 
 
 def _step(svi: SVI, i: int, lr: float) -> float:

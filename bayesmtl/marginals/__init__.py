@@ -61,7 +61,9 @@ def register(prior: type | tuple[type, ...], likelihood: type | tuple[type, ...]
 
 
 def forms(model, data) -> Iterator[tuple[str, Marginal]]:
-    """(path, form) for every registered fast path that serves ``model`` on ``data``."""
+    """(path, form) for every registered fast path that serves ``model`` on ``data`` (the model
+    bound to the data first: a form reads concrete priors, not defaults still to be set)."""
+    model = model.bind(data)
     lik = model.likelihood_for(data)
     for e in _REGISTRY:
         if isinstance(model.prior, e.prior) and isinstance(lik, e.likelihood):

@@ -64,6 +64,16 @@ class TaskPrior:
     def check(self, n_tasks: int, n_dims: int) -> None:
         """Raise ValueError when the prior cannot serve T tasks with D parameters each."""
 
+    def bind(self, loc: torch.Tensor, scale: torch.Tensor) -> TaskPrior:
+        """A copy with every prior left at its default set from the data's scales, loc and scale
+        (D,) (see ``protocol.Tasks``); the prior's own settings stay. The base class has no
+        defaults to set: itself."""
+        return self
+
+    def defaults(self) -> list[str]:
+        """Names of the settings left at their data-scaled defaults (``prior_summary``)."""
+        return []
+
 
 def _cosine(z: torch.Tensor) -> np.ndarray:
     """Cosine similarity between rows: z (S, T, D) -> (S, T, T)."""

@@ -16,6 +16,7 @@ are the atoms). ``z`` (T,), ``z_prob`` (T, K) (exact conditional of z given a dr
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -120,6 +121,14 @@ class DirichletProcess(TaskPrior):
         for name, d in self.base.site_dims().items():
             dims[f"atom_{name}"] = tuple("cluster" if x == "task" else x for x in d)
         return dims
+
+    def bind(self, loc, scale):
+        out = copy.copy(self)
+        out.base = self.base.bind(loc, scale)
+        return out
+
+    def defaults(self):
+        return [f"base.{k}" for k in self.base.defaults()]
 
     def coords(self) -> dict[str, list]:
         K = self.truncation

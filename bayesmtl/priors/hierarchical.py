@@ -11,6 +11,8 @@ Sites (D = number of task-varying parameters, T = tasks):
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -25,6 +27,29 @@ def _vec(d, n: int, like: torch.Tensor):
     return move_distribution(d, like).expand(torch.Size([n])).to_event(1)
 
 
+#: a default location prior is Normal(loc, LOCATION_SCALE * scale) (rstanarm's 2.5)
+LOCATION_SCALE = 2.5
+
+
+def location_default(loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    """The data-scaled default prior of a location: Normal(loc, 2.5 scale), batch (D,)."""
+    return dist.Normal(loc, LOCATION_SCALE * scale)
+
+
+def spread_default(scale: torch.Tensor) -> dist.Distribution:
+    """The data-scaled default prior of a spread: HalfNormal(scale), batch (D,)."""
+    return dist.HalfNormal(scale)
+
+
+def _bound(prior, settings: dict) -> TaskPrior:
+    """A copy of ``prior`` with ``settings`` (name -> distribution) set where they were None."""
+    out = copy.copy(prior)
+    for name, value in settings.items():
+        if getattr(prior, name) is None:
+            setattr(out, name, value)
+    return out
+
+
 def _hyper(name: str, prior, n: int, like: torch.Tensor) -> torch.Tensor:
     """A (D,) hyperparameter site, or a constant when the prior is a fixed number."""
     if isinstance(prior, float):
@@ -37,8 +62,9 @@ class Independent(TaskPrior):
 
     Parameters
     ----------
-    prior : pyro distribution, default Normal(0, 10)
-        Prior of every entry of the (T, D) task-parameter matrix.
+    prior : pyro distribution, default data-scaled
+        Prior of every entry of the (T, D) task-parameter matrix. Default: Normal(loc, 2.5 scale)
+        with each parameter's loc and scale read from the data (``protocol.Tasks``).
     """
 
     reparam = False  # parametrised by hand (centred / non-centred options)
@@ -47,36 +73,58 @@ class Independent(TaskPrior):
                      "tasks (independent prior: tasks are unrelated a priori)")
 
     def __init__(self, prior: dist.Distribution | None = None):
-        self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
+        self.prior = None if prior is None else as_distribution(prior, "prior")
+
+    def bind(self, loc, scale):
+        return _bound(self, {"prior": location_default(loc, scale)})
+
+    def defaults(self):
+        return ["prior"] if self.prior is None else []
+
+    def _prior(self, tasks):
+        return location_default(tasks.loc, tasks.scale) if self.prior is None else self.prior
 
     def sample(self, tasks):
         with tasks.plate:
-            return pyro.sample("w", _vec(self.prior, tasks.dims, tasks.like))
+            return pyro.sample("w", _vec(self._prior(tasks), tasks.dims, tasks.like))
 
     def sample_new(self, samples, tasks, generator):
         like = samples["w"]
-        p = move_distribution(self.prior, like)
+        p = move_distribution(self._prior(tasks), like)
         with torch.random.fork_rng(devices=[]):  # draw from the caller's generator, not global state
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            return p.sample((like.shape[0], tasks.n, tasks.dims))
+            return p.expand(torch.Size([tasks.dims])).sample((like.shape[0], tasks.n))
 
     def __repr__(self):
-        return f"Independent(prior={self.prior})"
+        return f"Independent(prior={'data-scaled' if self.prior is None else self.prior})"
 
 
 class Pooled(TaskPrior):
-    """All tasks share one parameter vector: complete pooling."""
+    """All tasks share one parameter vector: complete pooling.
+
+    Parameters
+    ----------
+    prior : pyro distribution, default data-scaled Normal(loc, 2.5 scale) (``protocol.Tasks``)
+        Prior of each entry of the shared vector.
+    """
 
     reparam = False  # parametrised by hand (centred / non-centred options)
 
     relation_kind = "complete pooling: every pair of tasks is identical (1)"
 
     def __init__(self, prior: dist.Distribution | None = None):
-        self.prior = dist.Normal(0.0, 10.0) if prior is None else as_distribution(prior, "prior")
+        self.prior = None if prior is None else as_distribution(prior, "prior")
+
+    def bind(self, loc, scale):
+        return _bound(self, {"prior": location_default(loc, scale)})
+
+    def defaults(self):
+        return ["prior"] if self.prior is None else []
 
     def sample(self, tasks):
         n_tasks, n_dims = tasks.n, tasks.dims
-        w = pyro.sample("w_shared", _vec(self.prior, n_dims, tasks.like))
+        prior = location_default(tasks.loc, tasks.scale) if self.prior is None else self.prior
+        w = pyro.sample("w_shared", _vec(prior, n_dims, tasks.like))
         # unbatched (D,) or under an outer plate (..., 1, D): either way broadcast over tasks
         w = w.unsqueeze(-2) if w.dim() == 1 else w
         return pyro.deterministic("w", w.expand(*w.shape[:-2], n_tasks, n_dims))
@@ -93,7 +141,7 @@ class Pooled(TaskPrior):
         return torch.ones(w.shape[0], w.shape[1], w.shape[1], dtype=w.dtype).numpy()
 
     def __repr__(self):
-        return f"Pooled(prior={self.prior})"
+        return f"Pooled(prior={'data-scaled' if self.prior is None else self.prior})"
 
 
 class Hierarchical(TaskPrior):
@@ -101,10 +149,13 @@ class Hierarchical(TaskPrior):
 
     Parameters
     ----------
-    mean : pyro distribution or number, default Normal(0, 10)
-        Prior of each entry of the population mean ``mu`` (D,). A number fixes it.
-    scale : pyro distribution, default HalfNormal(1)
-        Prior of each population scale ``tau`` (D,).
+    mean : pyro distribution or number, default data-scaled
+        Prior of each entry of the population mean ``mu`` (D,). A number fixes it. Default:
+        Normal(loc, 2.5 scale), each parameter's loc and scale read from the data
+        (``protocol.Tasks``: the target's mean and sd for the intercept, 0 and sd(y) / sd(x)
+        for a coefficient), as rstanarm's autoscale does.
+    scale : pyro distribution, default data-scaled
+        Prior of each population scale ``tau`` (D,). Default: HalfNormal(scale).
     covariance : {"diagonal", "lkj"}
         ``"lkj"`` learns a full population covariance diag(tau) C diag(tau), C ~ LKJ(eta).
     eta : float
@@ -125,9 +176,9 @@ class Hierarchical(TaskPrior):
             raise ValueError(f"covariance must be 'diagonal' or 'lkj'; got {covariance!r}")
         if not eta > 0:
             raise ValueError(f"LKJ concentration eta must be > 0; got {eta}")
-        self.mean = dist.Normal(0.0, 10.0) if mean is None else (
+        self.mean = None if mean is None else (
             float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean"))
-        self.scale = dist.HalfNormal(1.0) if scale is None else as_distribution(scale, "scale")
+        self.scale = None if scale is None else as_distribution(scale, "scale")
         self.covariance = covariance
         self.eta = float(eta)
         self.centered = bool(centered)
@@ -145,10 +196,17 @@ class Hierarchical(TaskPrior):
     def _scale_tril(self, tau, L):
         return tau.unsqueeze(-1) * L
 
+    def bind(self, loc, scale):
+        return _bound(self, {"mean": location_default(loc, scale), "scale": spread_default(scale)})
+
+    def defaults(self):
+        return [k for k in ("mean", "scale") if getattr(self, k) is None]
+
     def sample(self, tasks):
         n_dims, task_plate, like = tasks.dims, tasks.plate, tasks.like
-        mu = _hyper("mu", self.mean, n_dims, like)
-        tau = pyro.sample("tau", _vec(self.scale, n_dims, like))
+        bound = self.bind(tasks.loc, tasks.scale)
+        mu = _hyper("mu", bound.mean, n_dims, like)
+        tau = pyro.sample("tau", _vec(bound.scale, n_dims, like))
         if self.covariance == "lkj":
             conc = torch.tensor(self.eta, dtype=like.dtype, device=like.device)
             L = pyro.sample("corr_chol", dist.LKJCholesky(n_dims, conc))
@@ -181,5 +239,7 @@ class Hierarchical(TaskPrior):
         return _cosine((w - mu.unsqueeze(-2)) / tau.unsqueeze(-2).clamp_min(1e-12))
 
     def __repr__(self):
-        return (f"Hierarchical(mean={self.mean}, scale={self.scale}, covariance={self.covariance!r}, "
+        mean = "data-scaled" if self.mean is None else self.mean
+        scale = "data-scaled" if self.scale is None else self.scale
+        return (f"Hierarchical(mean={mean}, scale={scale}, covariance={self.covariance!r}, "
                 f"centered={self.centered})")

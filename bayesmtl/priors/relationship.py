@@ -27,6 +27,7 @@ they are mixed across tasks by R outside it, since coupled tasks cannot be indep
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pyro
@@ -34,6 +35,7 @@ import pyro.distributions as dist
 import torch
 
 from .base import TaskPrior, as_distribution, move_distribution
+from .hierarchical import location_default, spread_default
 
 __all__ = ["LKJ", "InverseWishart", "TaskRelationship", "omega_root", "task_correlation"]
 
@@ -145,13 +147,15 @@ class TaskRelationship(TaskPrior):
     rank : int or None
         None: full Omega = diag(s) C diag(s). An integer r (1 <= r < T): Omega = Lambda Lambda^T
         + diag(psi)^2 with loadings Lambda (T, r) ~ Normal(0, loading_scale).
-    feature_scale : pyro distribution, default HalfNormal(1)
-        Prior of each feature's scale sigma_d (Sigma_features = diag(sigma)^2).
+    feature_scale : pyro distribution, default data-scaled
+        Prior of each feature's scale sigma_d (Sigma_features = diag(sigma)^2); default
+        HalfNormal(scale), the parameter's scale read from the data (``protocol.Tasks``).
     mean : pyro distribution or number, default 0.0
         Prior of each entry of the population mean mu (D,); a number fixes it (0: the
         zero-mean matrix-normal of MTRL). Learn it (e.g. ``Normal(0, 10)``) when features such
         as an intercept have a common non-zero level; Omega then describes the tasks'
-        deviations from mu.
+        deviations from mu. (Not learned by default: with few tasks, centring each feature on a
+        learned mean pulls the task correlations towards -1 / (T - 1).)
     loading_scale : float
         Prior sd of each loading (low-rank prior).
 
@@ -182,9 +186,9 @@ class TaskRelationship(TaskPrior):
         self.correlation = correlation
         self.scales = dist.HalfNormal(1.0) if scales is None else as_distribution(scales, "scales")
         self.rank = rank
-        self.feature_scale = (dist.HalfNormal(1.0) if feature_scale is None
-                              else as_distribution(feature_scale, "feature_scale"))
-        self.mean = float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean")
+        self.feature_scale = None if feature_scale is None else as_distribution(feature_scale, "feature_scale")
+        self.mean = (None if mean is None else float(mean) if isinstance(mean, (int, float))
+                     else as_distribution(mean, "mean"))
         self.loading_scale = float(loading_scale)
 
     @property
@@ -226,7 +230,11 @@ class TaskRelationship(TaskPrior):
         return dims
 
     def sample_hyper(self, n_tasks: int, n_dims: int, task_plate, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The covariance sites (everything but the standard normals). Used by the collapsed form too."""
+        """The covariance sites (everything but the standard normals). Used by the collapsed form too.
+        Unbound (defaults not set from data): unit scales."""
+        if self.defaults():
+            return self.bind(like.new_zeros(n_dims), like.new_ones(n_dims)).sample_hyper(n_tasks, n_dims,
+                                                                                      task_plate, like)
         T, D = n_tasks, n_dims
         out = {}
         if not isinstance(self.mean, float):
@@ -253,7 +261,20 @@ class TaskRelationship(TaskPrior):
                 out["psi"] = pyro.sample("psi", scales)
         return out
 
+    def bind(self, loc, scale):
+        out = copy.copy(self)
+        if self.mean is None:  # (only when given None explicitly)
+            out.mean = location_default(loc, scale)
+        if self.feature_scale is None:
+            out.feature_scale = spread_default(scale)
+        return out
+
+    def defaults(self):
+        return [k for k in ("mean", "feature_scale") if getattr(self, k) is None]
+
     def sample(self, tasks):
+        if self.defaults():
+            return self.bind(tasks.loc, tasks.scale).sample(tasks)
         T, D, task_plate, like = tasks.n, tasks.dims, tasks.plate, tasks.like
         h = self.sample_hyper(T, D, task_plate, like)
         normal = dist.Normal(torch.zeros_like(like), 1.0)
