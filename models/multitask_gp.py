@@ -45,6 +45,8 @@ training in ``lmc``), the predictive algebra (``predict``) and the exact ICM alg
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pyro.distributions as dist
 import torch
@@ -58,14 +60,23 @@ from bayesmtl.protocol import ModelBase, RelationDraws, Target
 __all__ = ["MultitaskGP"]
 
 
+#: with rank=None, tasks up to which the task covariance is full rank; DEFAULT_RANK beyond
+FULL_RANK_TASKS = 10
+DEFAULT_RANK = 3
+
+
 class MultitaskGP(ModelBase):
     """Multi-task GP regression.
 
     Parameters
     ----------
-    rank : int
+    rank : int or None
         Rank of W in B = W W^T + diag(v) (ICM); ``rank == n_tasks`` gives a full-rank B with an
-        LKJ prior on the task correlation. For LMC, the default number of latents.
+        LKJ prior on the task correlation. For LMC, the default number of latents. None (the
+        default): full rank for up to ``FULL_RANK_TASKS`` (10) tasks, where any correlation
+        matrix must be representable (one factor cannot hold +0.86, -0.66, -0.52), else
+        ``DEFAULT_RANK`` (3); chosen at fit time from the data and recorded (``rank=...`` in
+        ``prior_summary().attrs["defaults"]``).
     kernel : "rbf", "matern12", "matern32", "matern52" or a gpytorch Kernel
         Input kernel (ARD). A gpytorch kernel object is fitted with ``method="map"`` only.
     kind : "icm" or "lmc"
@@ -80,11 +91,11 @@ class MultitaskGP(ModelBase):
 
     name = "multitask-gp"
 
-    def __init__(self, rank: int = 1, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
+    def __init__(self, rank: int | None = None, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
                  inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,
                  mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0, private: bool = False):
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be None or an integer >= 1; got {rank!r}")
         if kind not in ("icm", "lmc"):
             raise ValueError(f"kind must be 'icm' or 'lmc'; got {kind!r}")
         if isinstance(kernel, str):
@@ -114,6 +125,23 @@ class MultitaskGP(ModelBase):
         self.v_prior = as_distribution(v_prior or dist.HalfNormal(1.0), "v_prior")
         self.task_corr_eta = float(task_corr_eta)
         self.private = private
+        self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
+
+    def rank_for(self, data: MultiTaskData) -> int:
+        """The rank used on ``data``: the one given, else full up to FULL_RANK_TASKS tasks."""
+        if self.rank is not None:
+            return self.rank
+        return data.n_tasks if data.n_tasks <= FULL_RANK_TASKS else min(DEFAULT_RANK, data.n_tasks)
+
+    def bind(self, data: MultiTaskData) -> MultitaskGP:
+        """A copy with the default rank chosen for ``data`` (see ``rank``)."""
+        out = copy.copy(self)
+        out.bound_defaults = self.defaults() + ([f"rank={self.rank_for(data)}"] if self.rank is None else [])
+        out.rank = self.rank_for(data)
+        return out
+
+    def defaults(self) -> list[str]:
+        return list(self.bound_defaults) if self.bound_defaults is not None else []
 
     def __repr__(self) -> str:
         k = self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
@@ -136,7 +164,7 @@ class MultitaskGP(ModelBase):
             raise ValueError(f"task {few[0]!r} has {counts[data.task_names.index(few[0])]} row(s); "
                              "a multi-task GP needs at least 2 rows per task")
         T = data.n_tasks
-        if self.kind == "icm" and self.rank > T:
+        if self.kind == "icm" and self.rank is not None and self.rank > T:
             raise ValueError(f"rank {self.rank} exceeds the number of tasks ({T}); use rank <= {T}")
         if not isinstance(self.kernel, str):
             ard = getattr(self.kernel, "ard_num_dims", None)
@@ -148,7 +176,7 @@ class MultitaskGP(ModelBase):
                                  f"input feature(s) {data.feature_names}")
 
     def full_rank(self, data: MultiTaskData) -> bool:
-        return self.rank >= data.n_tasks
+        return self.rank_for(data) >= data.n_tasks
 
     def gp_path(self, data: MultiTaskData) -> str:
         """"kronecker" when every task is observed at every input, else "hadamard"."""
@@ -158,7 +186,7 @@ class MultitaskGP(ModelBase):
         T = data.n_tasks
         q = self._n_latents(data)
         out = {"task": list(data.task_names), "task_": list(data.task_names),
-               "feature": list(data.feature_names), "rank": [f"r{i}" for i in range(min(self.rank, T))],
+               "feature": list(data.feature_names), "rank": [f"r{i}" for i in range(min(self.rank_for(data), T))],
                "latent": [f"q{i}" for i in range(q)]}
         if self.kind == "lmc":
             m = [f"z{i}" for i in range(self._n_inducing(data))]
@@ -171,7 +199,7 @@ class MultitaskGP(ModelBase):
         return min(self.inducing, data.n_rows)  # as fit_lmc chooses
 
     def _n_latents(self, data) -> int:
-        return self.num_latents or self.rank
+        return self.num_latents or self.rank_for(data)
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
         if self.kind == "lmc":

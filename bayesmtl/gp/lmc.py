@@ -76,7 +76,7 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     if not isinstance(model.kernel, str):
         raise NotImplementedError("kind='lmc' takes a kernel name ('rbf', 'matern52', ...)")
     T, N = data.n_tasks, data.n_rows
-    Q = int(model.num_latents or model.rank)
+    Q = int(model.num_latents or model.rank_for(data))
     M = min(int(model.inducing), N)
     dev, dt = data.device, data.dtype
     gen = torch.Generator().manual_seed(settings.seed)

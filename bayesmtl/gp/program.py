@@ -50,7 +50,7 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
             F = s.unsqueeze(-1) * Lc
             B = F @ F.transpose(-1, -2)
         else:
-            W = pyro.sample("task_W", mv(model.w_prior).expand([T, model.rank]).to_event(2))
+            W = pyro.sample("task_W", mv(model.w_prior).expand([T, model.rank_for(data)]).to_event(2))
             v = pyro.sample("task_v", mv(model.v_prior).expand([T]).to_event(1))
             B = icm.task_covariance(W, v)
         priv = None

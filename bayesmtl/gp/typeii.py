@@ -71,7 +71,7 @@ def _initial(model, data, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Starting values, unconstrained (log scale for positive parameters), requiring grad:
     ``log_ls`` (D,), ``task_W`` (T, r), ``log_v`` (T,), ``log_noise`` (T,), ``mean`` (T,), and with
     private kernels ``log_pls`` (T, D), ``log_pv`` (T,)."""
-    T, D, r = data.n_tasks, data.n_features, min(model.rank, data.n_tasks)
+    T, D, r = data.n_tasks, data.n_features, min(model.rank_for(data), data.n_tasks)
     dt, dev = data.dtype, data.device
     y, task = data.y, data.task
     cnt = torch.bincount(task, minlength=T).to(dt)
