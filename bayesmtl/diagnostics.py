@@ -60,6 +60,11 @@ def _names(entries) -> str:
     return head + (f" and {len(entries) - _NAMED} more" if len(entries) > _NAMED else "")
 
 
+def _num(x: float) -> str:
+    """1.013, 7.31, 6.9e+15: enough digits to tell a value from the 1.01 threshold."""
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.3g}"
+
+
 def e_bfmi(energy: np.ndarray) -> np.ndarray:
     """Energy Bayesian fraction of missing information per chain, energy (chains, draws) -> (chains,)."""
     e = np.asarray(energy, dtype=float)
@@ -78,12 +83,14 @@ def mcmc_problems(summary, draws: np.ndarray, stats: dict[str, np.ndarray], info
     info : the fit's info (``max_tree_depth``, ``options``)
     """
     out: list[Problem] = []
+    # constant entries (a correlation matrix's diagonal) have no ESS or r_hat worth reporting
+    summary = summary[~(summary["sd"] <= 1e-9 * np.maximum(summary["mean"].abs(), 1.0))]
     accept = info.get("target_accept", (info.get("options") or {}).get("target_accept", 0.8))
     rh = summary["r_hat"].dropna()
     bad = rh[rh > r_hat].sort_values(ascending=False)
     if len(bad):
         out.append(Problem("r_hat", float(bad.iloc[0]), r_hat, tuple(bad.index),
-                           f"r_hat up to {bad.iloc[0]:.3g} (> {r_hat}) for {_names(bad.index)}: the chains "
+                           f"r_hat up to {_num(bad.iloc[0])} (> {r_hat}) for {_names(bad.index)}: the chains "
                            "disagree (not mixed, or stuck in different modes); run longer (warmup=, draws=), "
                            "reparametrise, or look at the trace of these parameters"))
     for col, what in (("ess_bulk", "the posterior means"), ("ess_tail", "the interval ends")):

@@ -6,6 +6,8 @@ rows, and gives the predictive distribution of new rows from posterior draws.
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -13,7 +15,8 @@ import torch
 from .data import MultiTaskData
 from .priors.base import as_distribution, move_distribution
 
-__all__ = ["Likelihood", "Gaussian", "Bernoulli", "Poisson", "Binomial", "get_likelihood"]
+__all__ = ["Likelihood", "LocationScale", "Gaussian", "StudentT", "Bernoulli", "Poisson", "Binomial",
+           "get_likelihood"]
 
 
 class Likelihood:
@@ -63,7 +66,107 @@ class Likelihood:
         return f"{type(self).__name__}()"
 
 
-class Gaussian(Likelihood):
+class LocationScale(Likelihood):
+    """Base of likelihoods on the target's own scale, y ~ F(eta, sigma): the noise settings, the
+    data-scaled noise prior and new tasks' sigma. A subclass writes ``family`` (and, with
+    parameters of its own, ``sample_extra``, ``extra_dims``)."""
+
+    _defaults: list[str] | None = None
+
+    def __init__(self, noise: str | None = None, noise_prior=None):
+        if noise not in (None, "per_task", "shared", "known"):
+            raise ValueError(f"noise must be 'per_task', 'shared' or 'known'; got {noise!r}")
+        self.noise = noise
+        self.noise_prior = None if noise_prior is None else as_distribution(noise_prior, "noise_prior")
+        self._defaults: list[str] | None = None  # what ``bind`` set from the data
+
+    def resolved_noise(self, data: MultiTaskData) -> str:
+        if self.noise is None:
+            return "known" if data.noise is not None else "per_task"
+        return self.noise
+
+    def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
+        y = data.y.double() if data.y is not None else None
+        if y is None or y.numel() < 2:
+            return 0.0, 1.0
+        m, s = float(y.mean()), float(y.std())
+        return m, s if s > 0 else max(abs(m), 1.0)
+
+    def bind(self, data: MultiTaskData) -> LocationScale:
+        """A copy with ``noise`` fixed by what the data carry and the default noise prior
+        scaled to the target (HalfNormal(sd(y)))."""
+        out = copy.copy(self)
+        out.noise = self.resolved_noise(data)
+        if self.noise_prior is None:
+            out.noise_prior = dist.HalfNormal(torch.tensor(self.location_scale(data)[1], dtype=data.dtype))
+        out._defaults = self.defaults()
+        return out
+
+    def defaults(self):
+        return list(self._defaults) if self._defaults is not None else \
+            (["noise_prior"] if self.noise_prior is None else [])
+
+    def check(self, data: MultiTaskData) -> None:
+        super().check(data)
+        if self.resolved_noise(data) == "known" and data.noise is None:
+            raise ValueError("noise='known' needs a noise column (MultiTaskData.from_frame(..., noise='se'))")
+
+    def sample_extra(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameters of the family beyond sigma (outside the task plate); none by default."""
+        return {}
+
+    def extra_dims(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    def sample_params(self, n_tasks, task_plate, like):
+        prior = move_distribution(dist.HalfNormal(1.0) if self.noise_prior is None else self.noise_prior, like)
+        out = self.sample_extra(like)
+        if self.noise == "per_task":
+            with task_plate:
+                out["sigma"] = pyro.sample("sigma", prior)
+        elif self.noise == "shared":
+            out["sigma"] = pyro.sample("sigma", prior)
+        return out
+
+    def site_dims(self):
+        sigma = {"per_task": {"sigma": ("task",)}, "shared": {"sigma": ()}}.get(self.noise, {})
+        return {**sigma, **self.extra_dims()}
+
+    @staticmethod
+    def per_row(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """A scalar site's value against eta (..., N): () or (C, 1) in the model, (S,) from draws."""
+        return v.unsqueeze(-1) if v.dim() == eta.dim() - 1 else v
+
+    def scale(self, eta, params, task, noise):
+        if self.noise == "known":
+            return noise
+        if self.noise == "per_task":
+            return params["sigma"][..., task]
+        return self.per_row(params["sigma"], eta)
+
+    def family(self, eta, scale, params) -> dist.Distribution:
+        raise NotImplementedError
+
+    def distribution(self, eta, params, task, noise, trials):
+        return self.family(eta, self.scale(eta, params, task, noise), params)
+
+    def mean(self, eta, trials=None):
+        return eta
+
+    def new_task_params(self, params, n_new, generator):
+        if self.noise != "per_task":
+            return params
+        # per-task noise has no population: a new task borrows a random known task's sigma per draw
+        sigma = params["sigma"]
+        pick = torch.randint(sigma.shape[-1], (sigma.shape[0], n_new), generator=generator)
+        return {**params, "sigma": torch.cat([sigma, sigma.gather(-1, pick)], dim=-1)}
+
+    def __repr__(self):
+        prior = "data-scaled" if self.noise_prior is None else self.noise_prior
+        return f"{type(self).__name__}(noise={self.noise!r}, noise_prior={prior})"
+
+
+class Gaussian(LocationScale):
     """y ~ Normal(eta, sigma).
 
     Parameters
@@ -79,79 +182,39 @@ class Gaussian(Likelihood):
 
     kind = "gaussian"
 
-    def __init__(self, noise: str | None = None, noise_prior=None):
-        if noise not in (None, "per_task", "shared", "known"):
-            raise ValueError(f"noise must be 'per_task', 'shared' or 'known'; got {noise!r}")
-        self.noise = noise
-        self.noise_prior = None if noise_prior is None else as_distribution(noise_prior, "noise_prior")
+    def family(self, eta, scale, params):
+        return dist.Normal(eta, scale)
 
-    def resolved_noise(self, data: MultiTaskData) -> str:
-        if self.noise is None:
-            return "known" if data.noise is not None else "per_task"
-        return self.noise
 
-    def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
-        y = data.y.double() if data.y is not None else None
-        if y is None or y.numel() < 2:
-            return 0.0, 1.0
-        m, s = float(y.mean()), float(y.std())
-        return m, s if s > 0 else max(abs(m), 1.0)
+class StudentT(LocationScale):
+    """y ~ StudentT(nu, eta, sigma): a Gaussian whose rows may hold outliers.
 
-    def bind(self, data: MultiTaskData) -> Gaussian:
-        """A copy with ``noise`` fixed by what the data carry and the default noise prior
-        scaled to the target (HalfNormal(sd(y)))."""
-        prior = self.noise_prior
-        if prior is None:
-            prior = dist.HalfNormal(torch.tensor(self.location_scale(data)[1], dtype=data.dtype))
-        out = Gaussian(self.resolved_noise(data), prior)
-        out._defaults = self.defaults()
-        return out
+    Parameters
+    ----------
+    noise, noise_prior
+        As for ``Gaussian`` (sigma is the scale, not the sd).
+    df_prior : pyro distribution, default Gamma(2, 0.1)
+        Prior of the degrees of freedom ``nu`` (one, shared by every task; Juarez & Steel 2010,
+        brms's default): mean 20, with room for heavy tails (nu of 1-5) and near-Gaussian ones.
+    """
 
-    def defaults(self):
-        return getattr(self, "_defaults", ["noise_prior"] if self.noise_prior is None else [])
+    kind = "student_t"
 
-    def check(self, data: MultiTaskData) -> None:
-        super().check(data)
-        if self.resolved_noise(data) == "known" and data.noise is None:
-            raise ValueError("noise='known' needs a noise column (MultiTaskData.from_frame(..., noise='se'))")
+    def __init__(self, noise: str | None = None, noise_prior=None, df_prior=None):
+        super().__init__(noise, noise_prior)
+        self.df_prior = dist.Gamma(2.0, 0.1) if df_prior is None else as_distribution(df_prior, "df_prior")
 
-    def sample_params(self, n_tasks, task_plate, like):
-        prior = move_distribution(dist.HalfNormal(1.0) if self.noise_prior is None else self.noise_prior, like)
-        if self.noise == "per_task":
-            with task_plate:
-                return {"sigma": pyro.sample("sigma", prior)}
-        if self.noise == "shared":
-            return {"sigma": pyro.sample("sigma", prior)}
-        return {}
+    def sample_extra(self, like):
+        return {"nu": pyro.sample("nu", move_distribution(self.df_prior, like))}
 
-    def site_dims(self):
-        return {"per_task": {"sigma": ("task",)}, "shared": {"sigma": ()}}.get(self.noise, {})
+    def extra_dims(self):
+        return {"nu": ()}
 
-    def scale(self, eta, params, task, noise):
-        if self.noise == "known":
-            return noise
-        if self.noise == "per_task":
-            return params["sigma"][..., task]
-        sigma = params["sigma"]  # () / (C, 1) inside the model, (S,) from draws
-        return sigma.unsqueeze(-1) if sigma.dim() == eta.dim() - 1 else sigma
-
-    def distribution(self, eta, params, task, noise, trials):
-        return dist.Normal(eta, self.scale(eta, params, task, noise))
+    def family(self, eta, scale, params):
+        return dist.StudentT(self.per_row(params["nu"], eta), eta, scale)
 
     def mean(self, eta, trials=None):
-        return eta
-
-    def new_task_params(self, params, n_new, generator):
-        if self.noise != "per_task":
-            return params
-        # per-task noise has no population: a new task borrows a random known task's sigma per draw
-        sigma = params["sigma"]
-        pick = torch.randint(sigma.shape[-1], (sigma.shape[0], n_new), generator=generator)
-        return {"sigma": torch.cat([sigma, sigma.gather(-1, pick)], dim=-1)}
-
-    def __repr__(self):
-        prior = "data-scaled" if self.noise_prior is None else self.noise_prior
-        return f"Gaussian(noise={self.noise!r}, noise_prior={prior})"
+        return eta  # the centre; the mean where nu > 1
 
 
 class Bernoulli(Likelihood):
@@ -217,12 +280,12 @@ class Binomial(Likelihood):
         return torch.sigmoid(eta) if trials is None else trials * torch.sigmoid(eta)
 
 
-_BY_NAME = {"gaussian": Gaussian, "normal": Gaussian, "bernoulli": Bernoulli, "logistic": Bernoulli,
-            "poisson": Poisson, "binomial": Binomial}
+_BY_NAME = {"gaussian": Gaussian, "normal": Gaussian, "student_t": StudentT, "student-t": StudentT,
+            "bernoulli": Bernoulli, "logistic": Bernoulli, "poisson": Poisson, "binomial": Binomial}
 
 
 def get_likelihood(spec: str | Likelihood) -> Likelihood:
-    """A likelihood from its name ("gaussian", "bernoulli", "poisson", "binomial") or itself."""
+    """A likelihood from its name ("gaussian", "student_t", "bernoulli", "poisson", "binomial") or itself."""
     if isinstance(spec, Likelihood):
         return spec
     if isinstance(spec, str) and spec.lower() in _BY_NAME:

@@ -82,6 +82,10 @@ class DPClustering(MultiTaskModel):
     """
 
     name = "dp-clustering"
+    #: cluster labels switch between chains (and within one): r_hat of anything indexed by
+    #: cluster is meaningless; w (each task's atom), alpha, the base's hyperparameters and the
+    #: noise are label-free and are what the summary and diagnostics show
+    unidentified_sites = ("v", "weights", "atom_w", "atom_w_raw", "z_prob", "z")
 
     def __init__(self, likelihood: str | Likelihood | None = None, prior: DirichletProcess | None = None,
                  intercept: bool = True, shared: Sequence[str] = (), shared_prior=None):

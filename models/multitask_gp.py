@@ -216,9 +216,12 @@ class MultitaskGP(ModelBase):
 
     @property
     def unidentified_sites(self) -> tuple[str, ...]:
-        """Sites left out of ``Posterior.summary()`` by default: the LMC's variational state
-        (thousands of entries, defined only up to the order of inducing points)."""
-        return ("lmc_inducing", "lmc_var_mean", "lmc_var_chol") if self.kind == "lmc" else ()
+        """Sites left out of ``Posterior.summary()`` and the diagnostics by default: the LMC's
+        variational state (thousands of entries, defined only up to the order of inducing
+        points); the ICM's factor W (up to sign and rotation; task_cov and task_corr are shown)."""
+        if self.kind == "lmc":
+            return ("lmc_inducing", "lmc_var_mean", "lmc_var_chol")
+        return ("task_W",)  # W is defined up to sign and rotation; B = W W^T + diag(v) is what is learned
 
     # ------------------------------------------------------------------ a gpytorch kernel object
     # Its trained hyperparameters are draws (sites "kernel.<parameter name>", raw values), not

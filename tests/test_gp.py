@@ -566,3 +566,28 @@ def test_fitting_and_algebra_live_in_bayesmtl_gp_the_model_holds_settings():
     for a, b in zip(predict.moments(model, data, new, flat), model.predictive_moments(data, new, flat), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(model.complete(data, flat)["task_corr"], predict.with_task_cov(flat)["task_corr"])
+
+
+def test_a_failed_task_rotation_loses_only_its_own_chain():
+    """A sampler far in a tail can make one chain's task covariance non-finite: its rotation is NaN
+    (its proposal is rejected), the other chains' are exact."""
+    from bayesmtl.gp.icm import _eigvecs
+
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64).repeat(3, 1, 1)
+    A[1, 0, 0] = float("inf")
+    U = _eigvecs(A)
+    assert torch.isnan(U[1]).all() and torch.isfinite(U[[0, 2]]).all()
+    torch.testing.assert_close(U[0], torch.linalg.eigh(A[0])[1])
+
+
+def test_a_non_finite_covariance_gives_a_nan_factor_not_an_error():
+    A = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)
+    A[0, 1, 1] = float("nan")
+    L = icm.robust_cholesky(A, "test matrix")
+    assert torch.isnan(L[0]).all() and torch.equal(L[1], torch.eye(3, dtype=torch.float64))
+
+
+def test_a_batch_keeps_the_factors_it_can_and_rejects_the_rest():
+    A = torch.stack([-torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)])
+    L = icm.robust_cholesky(A, "test matrix")
+    assert torch.isnan(L[0]).all() and torch.equal(L[1], torch.eye(3, dtype=torch.float64))

@@ -84,10 +84,17 @@ def _scaled_kernel(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
 def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries: int = 6,
                     warn: bool = True) -> torch.Tensor:
     """Cholesky factor of A (..., n, n); on failure retry with jitter 1e-6, 1e-5, ... times the
-    mean diagonal, warning with the jitter used; GPNumericalError when the last try fails too."""
+    mean diagonal, warning with the jitter used; GPNumericalError when the last try fails too.
+    A batch element with non-finite entries (a sampler's proposal far in a tail) gets a NaN factor,
+    so its density is NaN and the proposal is rejected; it neither raises nor jitters the others."""
     L, info = torch.linalg.cholesky_ex(A)
     if torch.jit.is_tracing() or not bool((info > 0).any()):
         return L
+    bad = ~torch.isfinite(A).all(-1).all(-1)
+    if bool(bad.any()):
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        L = robust_cholesky(torch.where(bad[..., None, None], eye, A), what, max_tries, warn)
+        return torch.where(bad[..., None, None], torch.full_like(L, float("nan")), L)
     scale = A.diagonal(dim1=-2, dim2=-1).abs().mean().item()
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     for k in range(max_tries):
@@ -98,6 +105,10 @@ def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries:
                 warnings.warn(f"Cholesky of the {what} failed; added jitter {jitter:.2e} to its diagonal",
                               RuntimeWarning, stacklevel=3)
             return L
+    if A.dim() > 2 and bool((info == 0).any()):
+        # a batch of chains: the elements that still fail get a NaN factor (their proposals are
+        # rejected); the others keep theirs. One matrix alone (a point estimate) raises below.
+        return torch.where((info > 0)[..., None, None], torch.full_like(L, float("nan")), L)
     raise GPNumericalError(
         f"Cholesky of the {what} ({A.shape[-1]} x {A.shape[-1]}) failed even with jitter {jitter:.2e}; "
         "the hyperparameters are degenerate (noise near zero, duplicated inputs?): standardise the "
@@ -288,8 +299,29 @@ def _rotation(B: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         s = noise.rsqrt()
         Bt = s.unsqueeze(-1) * B * s.unsqueeze(-2)
-        _, U = torch.linalg.eigh(Bt)
+        U = _eigvecs(Bt)
         return U.transpose(-1, -2) * s.unsqueeze(-2)
+
+
+def _eigvecs(A: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of symmetric (..., T, T); NaN for a batch element whose eigh fails (a sampler
+    far out in a tail: non-finite or ill-conditioned B), so its log density is NaN and the
+    proposal is rejected, instead of one chain's matrix stopping every chain."""
+    bad = ~torch.isfinite(A).all(-1).all(-1)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    A = torch.where(bad[..., None, None], eye, A)
+    try:
+        U = torch.linalg.eigh(A)[1]
+    except torch.linalg.LinAlgError:
+        flat = A.reshape(-1, *A.shape[-2:])
+        out = []
+        for a in flat:  # one by one: only the failing elements are lost
+            try:
+                out.append(torch.linalg.eigh(a)[1])
+            except torch.linalg.LinAlgError:
+                out.append(torch.full_like(a, float("nan")))
+        U = torch.stack(out).reshape(A.shape)
+    return torch.where(bad[..., None, None], torch.full_like(U, float("nan")), U)
 
 
 class _EigenBlocks(torch.autograd.Function):
