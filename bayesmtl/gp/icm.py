@@ -97,18 +97,22 @@ def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries:
         return torch.where(bad[..., None, None], torch.full_like(L, float("nan")), L)
     scale = A.diagonal(dim1=-2, dim2=-1).abs().mean().item()
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    failed = info > 0  # only these get jitter; the others keep their exact factor
     for k in range(max_tries):
         jitter = scale * 10.0 ** (k - 6)
-        L, info = torch.linalg.cholesky_ex(A + jitter * eye)
-        if not bool((info > 0).any()):
+        Lk, ik = torch.linalg.cholesky_ex(A + jitter * eye)
+        fixed = failed & (ik == 0)
+        L = torch.where(fixed[..., None, None], Lk, L)
+        failed = failed & ~fixed
+        if not bool(failed.any()):
             if warn:
                 warnings.warn(f"Cholesky of the {what} failed; added jitter {jitter:.2e} to its diagonal",
                               RuntimeWarning, stacklevel=3)
             return L
-    if A.dim() > 2 and bool((info == 0).any()):
+    if A.dim() > 2:
         # a batch of chains: the elements that still fail get a NaN factor (their proposals are
         # rejected); the others keep theirs. One matrix alone (a point estimate) raises below.
-        return torch.where((info > 0)[..., None, None], torch.full_like(L, float("nan")), L)
+        return torch.where(failed[..., None, None], torch.full_like(L, float("nan")), L)
     raise GPNumericalError(
         f"Cholesky of the {what} ({A.shape[-1]} x {A.shape[-1]}) failed even with jitter {jitter:.2e}; "
         "the hyperparameters are degenerate (noise near zero, duplicated inputs?): standardise the "
