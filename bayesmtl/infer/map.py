@@ -29,4 +29,4 @@ class MAPBackend:
         o = MAP.of(settings.options)
         if target.point_estimate is not None:
             return target.point_estimate(replace(settings, options=o.given()))
-        return SVIBackend().run(target, replace(settings, options=o.svi()))
+        return SVIBackend(label="map").run(target, replace(settings, options=o.svi()))

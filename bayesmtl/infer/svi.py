@@ -51,6 +51,9 @@ class SVIBackend:
     paths = ("plain",)
     kind = "independent"
 
+    def __init__(self, label: str = "svi"):
+        self.label = label  # the progress bar's name ("map" when MAP runs through here)
+
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
         guide_name, lr, window, lookback, anneal = o.guide, o.lr, o.window, o.lookback, o.anneal
@@ -75,7 +78,7 @@ class SVIBackend:
         t0 = time.perf_counter()
         with torch_threads(o.threads), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            bar = tqdm(total=steps, disable=not settings.progress, desc="svi", leave=False)
+            bar = tqdm(total=steps, disable=not settings.progress, desc=self.label, leave=False)
             for i in range(steps):
                 losses.append(_step(svi, i, lr))
                 if (i + 1) % window == 0:
