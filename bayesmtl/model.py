@@ -163,7 +163,8 @@ class MultiTaskModel(ModelBase):
         """The prior of the shared coefficients: the given one, else Normal(0, 2.5 scale) (Ds,)."""
         if self.shared_prior is not None:
             return self.shared_prior
-        return dist.Normal(torch.zeros_like(self.scaling(data)[2]), 2.5 * self.scaling(data)[2])
+        scale = self.scaling(data)[2]
+        return dist.Normal(torch.zeros_like(scale), 2.5 * scale)
 
     def bind(self, data: MultiTaskData) -> MultiTaskModel:
         """A copy whose priors left at their defaults are set from ``data`` (``scaling``); the

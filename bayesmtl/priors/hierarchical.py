@@ -204,7 +204,7 @@ class Hierarchical(TaskPrior):
 
     def sample(self, tasks):
         n_dims, task_plate, like = tasks.dims, tasks.plate, tasks.like
-        bound = self.bind(tasks.loc, tasks.scale)
+        bound = self.bind(tasks.loc, tasks.scale) if self.defaults() else self  # fit binds once, up front
         mu = _hyper("mu", bound.mean, n_dims, like)
         tau = pyro.sample("tau", _vec(bound.scale, n_dims, like))
         if self.covariance == "lkj":
