@@ -57,7 +57,24 @@ def _hyper(name: str, prior, n: int, like: torch.Tensor) -> torch.Tensor:
     return pyro.sample(name, _vec(prior, n, like))
 
 
-class Independent(TaskPrior):
+class _OnePrior(TaskPrior):
+    """A prior with one setting, ``prior``, over each entry; data-scaled Normal(loc, 2.5 scale)
+    when left None."""
+
+    def __init__(self, prior: dist.Distribution | None = None):
+        self.prior = None if prior is None else as_distribution(prior, "prior")
+
+    def bind(self, loc, scale):
+        return _bound(self, {"prior": location_default(loc, scale)})
+
+    def defaults(self):
+        return ["prior"] if self.prior is None else []
+
+    def _prior(self, tasks):
+        return location_default(tasks.loc, tasks.scale) if self.prior is None else self.prior
+
+
+class Independent(_OnePrior):
     """Each task's parameters drawn independently: no borrowing of strength.
 
     Parameters
@@ -72,17 +89,6 @@ class Independent(TaskPrior):
     relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across "
                      "tasks (independent prior: tasks are unrelated a priori)")
 
-    def __init__(self, prior: dist.Distribution | None = None):
-        self.prior = None if prior is None else as_distribution(prior, "prior")
-
-    def bind(self, loc, scale):
-        return _bound(self, {"prior": location_default(loc, scale)})
-
-    def defaults(self):
-        return ["prior"] if self.prior is None else []
-
-    def _prior(self, tasks):
-        return location_default(tasks.loc, tasks.scale) if self.prior is None else self.prior
 
     def sample(self, tasks):
         with tasks.plate:
@@ -99,7 +105,7 @@ class Independent(TaskPrior):
         return f"Independent(prior={'data-scaled' if self.prior is None else self.prior})"
 
 
-class Pooled(TaskPrior):
+class Pooled(_OnePrior):
     """All tasks share one parameter vector: complete pooling.
 
     Parameters
@@ -112,19 +118,10 @@ class Pooled(TaskPrior):
 
     relation_kind = "complete pooling: every pair of tasks is identical (1)"
 
-    def __init__(self, prior: dist.Distribution | None = None):
-        self.prior = None if prior is None else as_distribution(prior, "prior")
-
-    def bind(self, loc, scale):
-        return _bound(self, {"prior": location_default(loc, scale)})
-
-    def defaults(self):
-        return ["prior"] if self.prior is None else []
 
     def sample(self, tasks):
         n_tasks, n_dims = tasks.n, tasks.dims
-        prior = location_default(tasks.loc, tasks.scale) if self.prior is None else self.prior
-        w = pyro.sample("w_shared", _vec(prior, n_dims, tasks.like))
+        w = pyro.sample("w_shared", _vec(self._prior(tasks), n_dims, tasks.like))
         # unbatched (D,) or under an outer plate (..., 1, D): either way broadcast over tasks
         w = w.unsqueeze(-2) if w.dim() == 1 else w
         return pyro.deterministic("w", w.expand(*w.shape[:-2], n_tasks, n_dims))
