@@ -11,6 +11,7 @@ from .diagnostics import DiagnosticWarning  # noqa: E402
 from .fit import fit  # noqa: E402
 from .model import MultiTaskModel  # noqa: E402
 from .posterior import Posterior  # noqa: E402
+from .predictive import prior_predictive  # noqa: E402
 from .relations import TaskRelations  # noqa: E402
 
 
@@ -30,4 +31,5 @@ def __getattr__(name):
 
 
 __all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "fit", "load",
+           "prior_predictive",
            "priors", "likelihoods", "diagnostics", "models", "__version__"]

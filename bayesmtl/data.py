@@ -343,12 +343,14 @@ class MultiTaskData:
                 i = np.flatnonzero(bad)[0]
                 raise ValueError(f"target {target!r} must be 0/1 for a Bernoulli likelihood; "
                                  f"found {y[i]:g} (task {names[i]!r})")
-        elif kind in ("poisson", "binomial"):
+        elif kind in ("poisson", "binomial", "counts", "ordinal"):
             bad = (y < 0) | (y != np.round(y))
             if bad.any():
                 i = np.flatnonzero(bad)[0]
-                raise ValueError(f"target {target!r} must hold non-negative integer counts for a "
-                                 f"{kind} likelihood; found {y[i]:g} (task {names[i]!r})")
+                what = "categories 0, 1, 2, ..." if kind == "ordinal" else "non-negative integer counts"
+                raise ValueError(f"target {target!r} must hold {what} for a{'n' if kind == 'ordinal' else ''} "
+                                 f"{'count' if kind == 'counts' else kind} likelihood; found {y[i]:g} "
+                                 f"(task {names[i]!r})")
             if kind == "binomial":
                 if self.trials is None:
                     raise ValueError("a binomial likelihood needs a trials column (trials=...)")
@@ -356,6 +358,18 @@ class MultiTaskData:
                 if over.any():
                     i = np.flatnonzero(over)[0]
                     raise ValueError(f"target {target!r} exceeds the trials column at row {i} (task {names[i]!r})")
+
+        elif kind in ("positive", "proportion"):
+            bad = ~(y > 0) if kind == "positive" else ~((y > 0) & (y < 1))
+            if bad.any():
+                i = np.flatnonzero(bad)[0]
+                what = "positive" if kind == "positive" else "strictly between 0 and 1"
+                raise ValueError(f"target {target!r} must be {what} for this likelihood; found {y[i]:g} "
+                                 f"(task {names[i]!r})")
+        bad = ~np.isfinite(y)
+        if bad.any():
+            i = np.flatnonzero(bad)[0]
+            raise ValueError(f"target {target!r} has a missing or infinite value at row {i} (task {names[i]!r})")
 
     def prepare(self, df: pd.DataFrame, require_target: bool = False) -> MultiTaskData:
         """Rows of a new frame in this data's schema, for prediction.

@@ -158,10 +158,11 @@ def svi_problems(info: dict, max_pareto_k: float = 0.7) -> list[Problem]:
     k = info.get("pareto_k")
     if k is not None and np.isfinite(k) and k > max_pareto_k:
         guide = info.get("guide")
+        fixed = (" even after importance resampling" if info.get("resampled") else "")
         out.append(Problem("pareto_k", float(k), max_pareto_k, (),
                            f"Pareto k {k:.2f} (> {max_pareto_k}) of the importance ratios p/q: the {guide} guide "
-                           "is not a reliable approximation of this posterior (its intervals are likely too "
-                           "narrow); try guide='mvn', collapse=True, or method='nuts'"))
+                           f"is not a reliable approximation of this posterior (its intervals are likely too "
+                           f"narrow{fixed}); check against method='nuts', or try collapse=True or guide='mvn'"))
     return out
 
 

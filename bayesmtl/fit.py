@@ -57,7 +57,8 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     collapse : bool or None
         Integrate task parameters out in closed form where the model allows it (Gaussian
         likelihood with a Gaussian task prior) and draw them exactly afterwards. None: as the
-        back end prefers (samplers use it whenever the model offers it; SVI and MAP do not).
+        back end prefers (samplers and SVI use it whenever the model offers it, SVI not with
+        ``batch_size``; MAP does not).
         ``info["path"]`` records which ran.
     **options
         Back-end options (e.g. ``guide="mvn"``, ``batch_size=256`` for SVI;
@@ -80,7 +81,7 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
         model.check(data)
         model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
         on_device = data.to(dev)
-        target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__)
+        target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
         return _run(model, data, on_device, target, backend, settings, method)
 
 
@@ -138,9 +139,11 @@ def _run(model, data, on_device, target, backend, settings, method: str) -> Post
     return post
 
 
-def choose_target(targets: list[Target], backend, collapse: bool | None, model_name: str) -> Target:
-    """The first target the back end uses by default (``backend.paths``, in the model's order:
-    fastest first); ``collapse=True`` demands the collapsed form, ``False`` the plain program."""
+def choose_target(targets: list[Target], backend, collapse: bool | None, model_name: str,
+                  options=None) -> Target:
+    """The first target the back end uses by default (``backend.paths``, or
+    ``backend.paths_for(options)`` where the options decide, in the model's order: fastest
+    first); ``collapse=True`` demands the collapsed form, ``False`` the plain program."""
     if collapse:
         found = [t for t in targets if t.path == "collapsed"]
         if not found:
@@ -148,4 +151,5 @@ def choose_target(targets: list[Target], backend, collapse: bool | None, model_n
         return found[0]
     if collapse is False:
         return next(t for t in targets if t.path == "plain")
-    return next((t for t in targets if t.path in backend.paths), targets[-1])
+    paths = backend.paths_for(options) if hasattr(backend, "paths_for") else backend.paths
+    return next((t for t in targets if t.path in paths), targets[-1])

@@ -32,7 +32,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from . import marginals
 from .data import MultiTaskData
 from .design import linear_predictor, task_rows
-from .likelihoods import Likelihood, get_likelihood
+from .likelihoods import Likelihood, check_shapes, get_likelihood
 from .priors.base import TaskPrior, as_distribution, move_distribution
 from .protocol import (
     ModelBase,
@@ -122,7 +122,9 @@ class MultiTaskModel(ModelBase):
         if n_dims == 0:
             raise ValueError("the model has no task-varying parameters (no intercept, every feature shared)")
         self.prior.check(data.n_tasks, n_dims)
-        self.likelihood_for(data).check(data)
+        lik = self.likelihood_for(data)
+        lik.check(data)
+        check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
         self._prior_trace(data)  # a prior that cannot run, or returns the wrong shape, fails here
 
     def design(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,7 +448,7 @@ class MultiTaskModel(ModelBase):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             y = d.sample((K,))  # (K, S, N)
-        return {"mean": lik.mean(eta, new.trials), "y": y.transpose(0, 1).reshape(-1, y.shape[-1])}
+        return {"mean": lik.mean(eta, params, new.task, new.trials), "y": y.transpose(0, 1).reshape(-1, y.shape[-1])}
 
     def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pointwise log-likelihood of the rows, shape (S, N)."""

@@ -115,8 +115,9 @@ class Posterior:
         """Per-entry mean, sd, quantiles, mcse_mean, ess_bulk, ess_tail, r_hat, labelled like
         ``w[school_3, intercept]`` (sites: ``summarised_sites()`` by default).
 
-        Draws that are independent (SVI's guide) have no ESS or r_hat to report (NaN) and an
-        mcse of sd / sqrt(draws); ``attrs["draws"]`` says what the draws are."""
+        Draws from SVI's guide have no ESS or r_hat to report (NaN) and an mcse of sd / sqrt(n),
+        n the draws or, where they were importance-resampled, the weights' effective sample
+        size; ``attrs["draws"]`` says what the draws are."""
         from .convert import summary
 
         var_names = self.summarised_sites() if var_names is None else list(var_names)
@@ -129,8 +130,10 @@ class Posterior:
             kind = self.info.get("draws_kind", "mcmc")
             if kind != "mcmc":
                 out[["ess_bulk", "ess_tail", "r_hat"]] = np.nan
-                out["mcse_mean"] = out["sd"] / np.sqrt(self.num_chains * self.num_draws) if kind == "independent" \
-                    else np.nan
+                n = self.num_chains * self.num_draws
+                if self.info.get("resampled"):
+                    n = min(n, self.info.get("psis_ess", n))
+                out["mcse_mean"] = out["sd"] / np.sqrt(n) if kind == "independent" else np.nan
             out.attrs["draws"] = self.describe_draws()
             self._summaries[key] = out
         return self._summaries[key].copy()
@@ -139,6 +142,9 @@ class Posterior:
         """One line saying what the draws are: MCMC chains, independent guide draws or a point."""
         kind, i = self.info.get("draws_kind", "mcmc"), self.info
         if kind == "independent":
+            if i.get("resampled"):
+                return (f"{self.num_draws} draws from the fitted {i.get('guide')} guide ({i.get('method')}), "
+                        f"importance-resampled from {i.get('psis_draws')} (effective size {i.get('psis_ess', 0):.0f})")
             return f"{self.num_draws} independent draws from the fitted {i.get('guide')} guide ({i.get('method')})"
         if kind == "point":
             return f"a point estimate ({i.get('method')})"
@@ -181,10 +187,11 @@ class Posterior:
         return out
 
     # ------------------------------------------------------------------ prediction and relations
-    def predict(self, new: pd.DataFrame | MultiTaskData, seed: int = 0, prob: float = 0.9) -> pd.DataFrame:
+    def predict(self, new: pd.DataFrame | MultiTaskData, seed: int = 0, prob: float = 0.9, draws: bool = False):
         """Posterior predictive summary per input row: mean, sd, q05, q95 of y (and
         ``probability`` for binary targets). Rows of tasks unseen in training get parameters
-        drawn from the learned population; ``new_task`` marks them."""
+        drawn from the learned population; ``new_task`` marks them. ``draws=True`` returns the
+        predictive draws instead, an ``xarray.DataArray`` (draw, row) with each row's task."""
         if isinstance(new, pd.DataFrame):
             new = self.data.prepare(new)
         elif not isinstance(new, MultiTaskData):
@@ -202,6 +209,10 @@ class Posterior:
                 means.append(p["mean"])
                 ys.append(p["y"])
         mean, y = torch.cat(means, -1).numpy(), torch.cat(ys, -1).numpy()
+        if draws:
+            from .predictive import draws_array
+
+            return draws_array(y, new)
         lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
         names = np.asarray(new.task_names, dtype=object)
         tidx = new.task.cpu().numpy()
@@ -212,6 +223,16 @@ class Posterior:
         if self.model.outcome == "bernoulli":
             out["probability"] = mean.mean(0)
         return out
+
+    def ppc(self, seed: int = 0, prob: float = 0.9) -> pd.DataFrame:
+        """Posterior predictive check of the training rows, per task (``predictive.ppc``):
+        observed against replicated means and sds with their p-values, and interval coverage
+        (``attrs["coverage"]`` over all rows)."""
+        from .predictive import ppc
+
+        if self.data.y is None:
+            raise ValueError("the data have no target to check against")
+        return ppc(self.predict(self.data, seed=seed, draws=True).values, self.data, prob)
 
     def relations(self) -> TaskRelations:
         """Posterior draws of the T x T task relation, with task names (see ``kind``)."""

@@ -126,6 +126,11 @@ class Configured:
         self.options, self.inner = options, backend
         self.name, self.paths, self.kind = backend.name, backend.paths, backend.kind
 
+    def paths_for(self, options) -> tuple[str, ...]:
+        """The inner back end's default paths under this object's options."""
+        inner = getattr(self.inner, "paths_for", None)
+        return inner(self.options) if inner else self.paths
+
     def run(self, target, settings: Settings, **kwargs) -> Draws:
         extra = settings.options
         if extra and extra != self.options:
@@ -248,7 +253,7 @@ class PyroNUTS(Options):
 
 
 # ---------------------------------------------------------------------- SVI and MAP
-GUIDES = ("normal", "mvn", "lowrank", "delta")
+GUIDES = ("structured", "normal", "mvn", "lowrank", "delta")
 
 #: option -> its check, shared by SVI and MAP (None passes where a check allows it)
 _SVI_CHECKS = {
@@ -264,6 +269,8 @@ _SVI_CHECKS = {
     "particles": lambda v: _integer("particles", v, 1),
     "jit": lambda v: None if v is None else _flag("jit", v),
     "threads": lambda v: _integer("threads", v, 1, optional=True),
+    "psis": lambda v: _flag("psis", v),
+    "psis_draws": lambda v: _integer("psis_draws", v, 1, optional=True),
 }
 
 
@@ -271,17 +278,21 @@ _SVI_CHECKS = {
 class SVI(Options):
     """``method="svi"``: stochastic variational inference with a Pyro autoguide (``infer/svi.py``).
 
-    guide : "normal" (mean field), "mvn" (full rank), "lowrank" (with ``rank``) or "delta" (MAP)
+    guide : "structured" (full rank over the population, mean field over the tasks leaning
+        linearly on it; ``guides.py``), "normal" (mean field), "mvn" (full rank), "lowrank"
+        (with ``rank``) or "delta" (MAP)
     lr : Adam's learning rate; steps : most steps; min_steps : fewest before the convergence check
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
     batch_size : rows per minibatch (None: all rows); particles : ELBO particles
     jit : JIT-compiled ELBO (None: when there are no minibatches); threads : torch threads
+    psis : resample the guide's draws by their Pareto-smoothed importance weights where these
+        are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
     """
 
     method: ClassVar[str] = "svi"
-    guide: str = "normal"
+    guide: str = "structured"
     rank: int | None = None
     lr: float = 0.01
     steps: int = 20000
@@ -294,6 +305,8 @@ class SVI(Options):
     particles: int = 1
     jit: bool | None = None
     threads: int | None = 1
+    psis: bool = True
+    psis_draws: int | None = None
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)
