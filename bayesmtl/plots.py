@@ -9,8 +9,10 @@ import numpy as np
 __all__ = ["heatmap", "graph"]
 
 
-def heatmap(rel, path: str | Path | None = None, title: str | None = None):
-    """Heatmap of the posterior mean relation, tasks ordered by ``rel.order()``.
+def heatmap(rel, path: str | Path | None = None, title: str | None = None, prob: float = 0.9):
+    """Heatmap of the posterior mean relation, tasks ordered by ``rel.order()``; cells that are
+    not credibly related (``rel.credible(prob)``) are grey, so noise is not coloured in. A point
+    estimate (no posterior) is shown in full.
 
     Returns the matplotlib Figure; writes a PNG when ``path`` is given.
     """
@@ -24,15 +26,25 @@ def heatmap(rel, path: str | Path | None = None, title: str | None = None):
     m = rel.draws.mean(0)[np.ix_(idx, idx)]
     names = [rel.names[i] for i in idx]
     T = len(names)
+    shown = np.ones((T, T), dtype=bool) if rel.point_estimate else rel.credible(prob).to_numpy()[np.ix_(idx, idx)]
+    np.fill_diagonal(shown, True)
     size = min(4 + 0.18 * T, 16)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     lo = -1.0 if m.min() < 0 else 0.0
-    im = ax.imshow(m, cmap="RdBu_r" if lo < 0 else "viridis", vmin=lo, vmax=max(1.0, m.max()))
+    cmap = plt.get_cmap("RdBu_r" if lo < 0 else "viridis").copy()
+    cmap.set_bad("0.88")
+    im = ax.imshow(np.ma.masked_array(m, ~shown), cmap=cmap, vmin=lo, vmax=max(1.0, m.max()))
+    pairs = int(np.triu(shown, 1).sum())
+    title = title or f"{rel.kind[:70]}\n{pairs} credibly related pair(s) at {prob:g} (grey: not credible)"
     if T <= 60:
         ax.set_xticks(range(T), names, rotation=90, fontsize=max(4, 9 - T // 10))
         ax.set_yticks(range(T), names, fontsize=max(4, 9 - T // 10))
+    else:  # names would overprint: the order is the picture; graph() names the related pairs
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{T} tasks, ordered so related tasks sit together")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title(title or rel.kind[:80], fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -52,18 +64,19 @@ def graph(rel, pairs, path: str | Path | None = None, title: str | None = None):
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    names = rel.names
+    names = [rel.names[i] for i in rel.order()]  # related tasks sit next to each other on the circle
     T = len(names)
     angle = 2 * np.pi * np.arange(T) / T
     xy = dict(zip(names, np.c_[np.cos(angle), np.sin(angle)], strict=True))
+    linked = set(pairs["task_a"]) | set(pairs["task_b"])
     size = min(5 + 0.05 * T, 14)
     fig, ax = plt.subplots(figsize=(size, size))
     for a, b, m in zip(pairs["task_a"], pairs["task_b"], pairs["mean"], strict=True):
         (x0, y0), (x1, y1) = xy[a], xy[b]
         ax.plot([x0, x1], [y0, y1], color="tab:red" if m > 0 else "tab:blue", lw=0.5 + 3 * abs(m), alpha=0.7)
     ax.scatter(np.cos(angle), np.sin(angle), s=20, color="black", zorder=3)
-    if T <= 60:
-        for n, (x, y) in xy.items():
+    for n, (x, y) in xy.items():
+        if T <= 60 or n in linked:  # many tasks: label only those with an edge
             ax.annotate(n, (x, y), xytext=(6 * x, 6 * y), textcoords="offset points", fontsize=max(5, 9 - T // 10),
                         ha="left" if x >= 0 else "right", va="center")
     ax.set_aspect("equal")

@@ -238,7 +238,8 @@ class Posterior:
         """Posterior draws of the T x T task relation, with task names (see ``kind``)."""
         out = self.model.relations(self.flat())
         return TaskRelations(out.draws, self.task_names, out.kind,
-                             point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed)
+                             point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
+                             null=getattr(out, "null", None))
 
     def num_clusters(self) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""

@@ -90,12 +90,14 @@ class Tasks:
 
 
 class RelationDraws(NamedTuple):
-    """A model's task relation: draws (S, T, T), what they measure, and whether they are signed
-    (correlations, -1..1) rather than similarities."""
+    """A model's task relation: draws (S, T, T), what they measure, whether they are signed
+    (correlations, -1..1) rather than similarities, and draws (M,) of one entry when tasks are
+    unrelated (the reference a pair must stand out from to count as related; None: 0)."""
 
     draws: np.ndarray
     kind: str
     signed: bool = False
+    null: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,13 @@ class TaskRelations:
         then not available rather than invented.
     signed : bool
         True when entries are signed (correlations): ``relations.csv`` then adds ``p_positive``.
+    null : array (M,), optional
+        Draws of one entry for two unrelated tasks (``TaskPrior.relation_null``): a pair is
+        credibly related only when it stands out from these (``credible``). None: the null is 0.
     """
 
     def __init__(self, draws: np.ndarray, names: list[str], kind: str, point_estimate: bool = False,
-                 signed: bool = False):
+                 signed: bool = False, null: np.ndarray | None = None):
         draws = np.asarray(draws, dtype=float)
         if draws.ndim == 2:
             draws = draws[None]
@@ -44,6 +47,7 @@ class TaskRelations:
         self.kind = kind
         self.point_estimate = point_estimate
         self.signed = bool(signed)  # entries can be negative (correlations): relations.csv adds p_positive
+        self.null = None if null is None else np.asarray(null, dtype=float).ravel()
 
     def __repr__(self) -> str:
         return (f"TaskRelations({len(self.names)} tasks, {self.draws.shape[0]} draws"
@@ -71,6 +75,34 @@ class TaskRelations:
         """Posterior probability that each entry is > 0."""
         return self._frame((self.draws > 0).mean(0))
 
+    def null_range(self, prob: float = 0.9) -> tuple[float, float]:
+        """The central ``prob`` range of an entry for unrelated tasks: (0, 0) without a null."""
+        if self.null is None:
+            return 0.0, 0.0
+        lo, hi = np.quantile(self.null, [(1 - prob) / 2, (1 + prob) / 2])
+        return float(lo), float(hi)
+
+    def credible(self, prob: float = 0.9) -> pd.DataFrame:
+        """T x T booleans: pairs whose relation stands out from unrelated tasks', i.e. lies
+        above the central (1 + prob) / 2 range of the null (or below it) with posterior
+        probability at least ``prob``. Without a null (correlations) that is: the ``prob``
+        interval excludes 0. For unrelated tasks whose data pin the relation down, about
+        (1 - prob) / 2 of the pairs pass (5% at 0.9); fewer where the data leave it uncertain.
+        A point estimate has no posterior: nothing passes."""
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must lie in (0, 1); got {prob}")
+        T = len(self.names)
+        if self.point_estimate:
+            return self._frame(np.zeros((T, T), dtype=bool))
+        lo, hi = self.null_range((1 + prob) / 2)
+        if self.null is None:
+            q_lo, q_hi = np.quantile(self.draws, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+            out = (q_lo > 0) | (q_hi < 0)
+        else:
+            out = ((self.draws > hi).mean(0) >= prob) | ((self.draws < lo).mean(0) >= prob)
+        np.fill_diagonal(out, False)
+        return self._frame(out)
+
     def to_frame(self, prob: float = 0.9, extra: bool = False) -> pd.DataFrame:
         """Long format, one row per pair a < b: task_a, task_b, mean, q05, q95 (NaN for point
         estimates); with ``extra`` also p_positive."""
@@ -87,6 +119,7 @@ class TaskRelations:
                             "mean": m[a, b], lo_name: lo[a, b], hi_name: hi[a, b]})
         if extra:
             out["p_positive"] = (self.draws > 0).mean(0)[a, b]
+            out["credible"] = self.credible(prob).to_numpy()[a, b]
         return out
 
     def order(self) -> list[int]:
@@ -150,23 +183,25 @@ class TaskRelations:
         out.attrs["loss"] = "binder"
         return out
 
-    def plot(self, path: str | Path | None = None, title: str | None = None):
-        """Heatmap ordered so related tasks sit together; saved as PNG when ``path`` is given."""
+    def plot(self, path: str | Path | None = None, title: str | None = None, prob: float = 0.9):
+        """Heatmap ordered so related tasks sit together, coloured only where the pair is
+        credibly related (``credible(prob)``; other cells grey); saved as PNG when ``path`` is
+        given. Above 60 tasks the labels give way to the ordering; the title counts the pairs."""
         from .plots import heatmap
 
-        return heatmap(self, path=path, title=title)
+        return heatmap(self, path=path, title=title, prob=prob)
 
     def graph(self, threshold: float = 0.5, prob: float = 0.9, path: str | Path | None = None,
               title: str | None = None) -> pd.DataFrame:
-        """Pairs whose ``prob`` interval excludes 0 and whose |posterior mean| >= ``threshold``.
+        """Credibly related pairs (``credible(prob)``) whose |posterior mean| >= ``threshold``.
 
-        Returns a frame task_a, task_b, mean, interval bounds, p_positive and ``sign``
-        (+1 related, -1 negatively related), strongest first; draws a network of those pairs
-        (saved as PNG when ``path`` is given; the figure is in ``frame.attrs["figure"]``).
+        Returns a frame task_a, task_b, mean, interval bounds, p_positive, credible and ``sign``
+        (+1 related, -1 negatively related), strongest first; draws a network of those pairs,
+        tasks on a circle in ``order()`` (saved as PNG when ``path`` is given; the figure is in
+        ``frame.attrs["figure"]``).
         """
         frame = self.to_frame(prob=prob, extra=True)
-        lo, hi = frame.columns[3], frame.columns[4]
-        keep = ((frame[lo] > 0) | (frame[hi] < 0)) & (frame["mean"].abs() >= threshold)
+        keep = frame["credible"] & (frame["mean"].abs() >= threshold)
         out = frame[keep].copy()
         out["sign"] = np.sign(out["mean"]).astype(int)
         out = out.iloc[np.argsort(-out["mean"].abs().to_numpy(), kind="stable")].reset_index(drop=True)

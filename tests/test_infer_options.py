@@ -38,7 +38,7 @@ def model():
     (PyroNUTS, dict(jit="no"), "jit must be True or False"),
     (PyroNUTS, dict(target_accept=2), r"target_accept must lie in \(0, 1\)"),
     (PyroNUTS, dict(max_tree_depth=-3), "max_tree_depth must be an integer >= 1"),
-    (SVI, dict(guide="flow"), "guide must be one of 'normal', 'mvn', 'lowrank' or 'delta'; got 'flow'"),
+    (SVI, dict(guide="flow"), "guide must be one of 'structured', 'normal', 'mvn', 'lowrank' or 'delta'; got 'flow'"),
     (SVI, dict(lr=0), "lr must be a number > 0; got 0"),
     (SVI, dict(steps=0), "steps must be an integer >= 1"),
     (SVI, dict(anneal=-1), "anneal must be an integer >= 0"),

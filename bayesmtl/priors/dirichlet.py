@@ -191,6 +191,9 @@ class DirichletProcess(TaskPrior):
         k = torch.multinomial(weights.clamp_min(0).double(), n_new, replacement=True, generator=generator)
         return atoms.gather(-2, k.unsqueeze(-1).expand(-1, -1, atoms.shape[-1]))
 
+    def relation_null(self, n_dims, n=4000, seed=0):
+        return None  # not a cosine: see relations
+
     def relations(self, samples):
         """Co-clustering draws P(z_i = z_j | draw) = sum_k p_ik p_jk (z independent given a draw), (S, T, T)."""
         p = samples["z_prob"].double()

@@ -118,6 +118,9 @@ class Pooled(_OnePrior):
 
     relation_kind = "complete pooling: every pair of tasks is identical (1)"
 
+    def relation_null(self, n_dims, n=4000, seed=0):
+        return None  # every pair is 1 by construction
+
 
     def sample(self, tasks):
         n_tasks, n_dims = tasks.n, tasks.dims

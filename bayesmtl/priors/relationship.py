@@ -324,6 +324,9 @@ class TaskRelationship(TaskPrior):
             w = w + self.mean
         return w
 
+    def relation_null(self, n_dims, n=4000, seed=0):
+        return None  # not a cosine: see relations
+
     def relations(self, samples):
         w = samples["w"]
         return task_correlation(samples, w.shape[-2], self.rank, self._iw_scale).cpu().numpy()

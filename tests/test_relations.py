@@ -1,0 +1,56 @@
+"""Relations show only what the posterior supports: for exchangeable tasks few pairs stand out
+from the null, the plots grey out the rest, and planted structure still shows."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import bayesmtl as bm
+from bayesmtl.relations import TaskRelations
+from bayesmtl.synthetic import hierarchical_regression
+
+
+def test_cosine_null_matches_its_closed_form():
+    # two independent isotropic directions in D = 3: cos is uniform on (-1, 1)
+    null = bm.priors.Hierarchical().relation_null(3, n=20000)
+    assert abs(np.quantile(null, 0.95) - 0.9) < 0.02 and abs(null.mean()) < 0.02
+    assert bm.priors.Pooled().relation_null(3) is None
+
+
+def test_credible_needs_the_pair_to_stand_out_from_the_null():
+    rng = np.random.default_rng(0)
+    T, S = 4, 400
+    draws = np.tile(np.eye(T), (S, 1, 1))
+    draws[:, 0, 1] = draws[:, 1, 0] = 0.97 + 0.01 * rng.standard_normal(S)   # beyond the null's range
+    draws[:, 2, 3] = draws[:, 3, 2] = 0.5 + 0.01 * rng.standard_normal(S)    # far from 0, inside the null
+    names = ["a", "b", "c", "d"]
+    rel = TaskRelations(draws, names, "cosine", null=rng.uniform(-1, 1, 5000))
+    c = rel.credible(0.9)
+    assert c.loc["a", "b"] and not c.loc["c", "d"] and not c.to_numpy().diagonal().any()
+    # without a null the old rule holds: an interval that excludes 0
+    assert TaskRelations(draws, names, "correlation", signed=True).credible(0.9).loc["c", "d"]
+    assert list(rel.graph(threshold=0.0)[["task_a", "task_b"]].iloc[0]) == ["a", "b"]
+    with pytest.raises(ValueError, match="prob must lie in"):
+        rel.credible(1.5)
+
+
+@pytest.mark.parametrize("T", [50, pytest.param(200, marks=pytest.mark.slow)])
+def test_exchangeable_tasks_show_few_credible_pairs(T, tmp_path):
+    df, _ = hierarchical_regression(n_tasks=T, rows=30, features=2, noise=0.5, seed=3)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bm.fit(bm.models.Hierarchical(), data, method="svi", draws=1000, seed=0, progress=False)
+    rel = post.relations()
+    a, b = np.triu_indices(T, 1)
+    frac = rel.credible(0.9).to_numpy()[a, b].mean()
+    # the old rule (an interval excluding 0) called nearly every pair related
+    lo, hi = np.quantile(rel.draws, [0.05, 0.95], axis=0)
+    assert ((lo > 0) | (hi < 0))[a, b].mean() > 0.5
+    assert frac <= 0.10, frac
+    assert len(rel.graph(threshold=0.0, path=tmp_path / "g.png")) == int(round(frac * len(a)))
+    rel.plot(path=tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0
