@@ -239,7 +239,7 @@ class Posterior:
         out = self.model.relations(self.flat())
         return TaskRelations(out.draws, self.task_names, out.kind,
                              point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
-                             null=getattr(out, "null", None))
+                             null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None))
 
     def num_clusters(self) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""

@@ -92,12 +92,14 @@ class Tasks:
 class RelationDraws(NamedTuple):
     """A model's task relation: draws (S, T, T), what they measure, whether they are signed
     (correlations, -1..1) rather than similarities, and draws (M,) of one entry when tasks are
-    unrelated (the reference a pair must stand out from to count as related; None: 0)."""
+    unrelated (the reference a pair must stand out from to count as related; None: 0), and for
+    clustering models the number of occupied clusters in each draw."""
 
     draws: np.ndarray
     kind: str
     signed: bool = False
     null: np.ndarray | None = None
+    cluster_counts: np.ndarray | None = None  # clustering models: occupied clusters per draw (S,)
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,14 @@ class TaskRelations:
     null : array (M,), optional
         Draws of one entry for two unrelated tasks (``TaskPrior.relation_null``): a pair is
         credibly related only when it stands out from these (``credible``). None: the null is 0.
+    cluster_counts : array (S,), optional
+        Clustering models: the number of occupied clusters in each draw; ``clusters`` then
+        returns a partition with the most probable number of clusters.
     """
 
     def __init__(self, draws: np.ndarray, names: list[str], kind: str, point_estimate: bool = False,
-                 signed: bool = False, null: np.ndarray | None = None):
+                 signed: bool = False, null: np.ndarray | None = None,
+                 cluster_counts: np.ndarray | None = None):
         draws = np.asarray(draws, dtype=float)
         if draws.ndim == 2:
             draws = draws[None]
@@ -48,6 +52,7 @@ class TaskRelations:
         self.point_estimate = point_estimate
         self.signed = bool(signed)  # entries can be negative (correlations): relations.csv adds p_positive
         self.null = None if null is None else np.asarray(null, dtype=float).ravel()
+        self.cluster_counts = None if cluster_counts is None else np.asarray(cluster_counts).ravel()
 
     def __repr__(self) -> str:
         return (f"TaskRelations({len(self.names)} tasks, {self.draws.shape[0]} draws"
@@ -134,20 +139,25 @@ class TaskRelations:
         np.fill_diagonal(d, 0)
         return list(leaves_list(linkage(squareform(d, checks=False), method="average")))
 
-    def clusters(self, max_sweeps: int = 50) -> pd.DataFrame:
-        """A point partition of the tasks minimising the posterior expected Binder loss.
+    def clusters(self, num_clusters: int | None = None, max_sweeps: int = 50) -> pd.DataFrame:
+        """A point partition of the tasks minimising the posterior expected Binder loss among
+        partitions with ``num_clusters`` clusters.
 
-        Binder loss with equal costs: the number of task pairs clustered together in one partition
-        and apart in the other. Its posterior expectation depends on the draws only through the
-        mean co-clustering matrix P: E[L(c)] = sum_{i<j} [c_i = c_j] (1 - P_ij) + [c_i != c_j] P_ij.
-        Candidates: average-, complete- and single-linkage cuts of 1 - P at every level, and the
-        0.5-threshold partitions (connected components) of up to 200 draws; the best is refined
-        by moving single tasks while the loss falls. Entries must be probabilities (co-clustering).
+        ``num_clusters`` None: the most probable number of occupied clusters where the model
+        reports it (``cluster_counts``, as ``Posterior.num_clusters()``), so the partition and
+        the cluster-count posterior agree by construction; otherwise unconstrained. Binder loss
+        with equal costs counts the task pairs clustered together in one partition and apart in
+        the other; its posterior expectation depends on the draws only through the mean
+        co-clustering matrix P: E[L(c)] = sum_{i<j} [c_i = c_j] (1 - P_ij) + [c_i != c_j] P_ij.
+        Unconstrained it tends to split uncertain tasks into singletons. Candidates: average-,
+        complete- and single-linkage cuts of 1 - P, and the 0.5-threshold partitions of up to
+        200 draws; the best is refined by moving single tasks while the loss falls (keeping the
+        number of clusters where it is fixed). Entries must be probabilities (co-clustering).
 
         Returns a frame task, cluster (0, 1, ... by first appearance), probability (mean
         co-clustering probability with the other members of its cluster; for a singleton, the
-        mean probability of being apart from every other task); ``attrs["expected_loss"]`` holds
-        the expected Binder loss and ``attrs["loss"] = "binder"``.
+        mean probability of being apart from every other task); ``attrs``: ``expected_loss``,
+        ``loss`` ("binder", with the number of clusters where fixed) and ``num_clusters``.
         """
         if self.draws.min() < -1e-9 or self.draws.max() > 1 + 1e-9:
             raise ValueError("clusters() needs co-clustering probabilities in [0, 1]; "
@@ -155,6 +165,12 @@ class TaskRelations:
         P = self.draws.mean(0)
         P = (P + P.T) / 2
         T = len(self.names)
+        K = num_clusters
+        if K is None and self.cluster_counts is not None:
+            vals, n = np.unique(self.cluster_counts, return_counts=True)
+            K = int(vals[np.argmax(n)])
+        if K is not None and not 1 <= int(K) <= T:
+            raise ValueError(f"num_clusters must be between 1 and {T} (the tasks); got {K!r}")
         cands = [np.zeros(T, dtype=int), np.arange(T)]
         if T >= 3:
             from scipy.cluster.hierarchy import fcluster, linkage
@@ -169,8 +185,11 @@ class TaskRelations:
         step = max(1, self.draws.shape[0] // 200)
         for R in self.draws[::step]:
             cands.append(_components(R > 0.5))
+        if K is not None:
+            cands = [c for c in cands if len(np.unique(c)) == K] or cands
         best = min(cands, key=lambda c: binder_loss(c, P))
-        best = _relabel(_refine(np.asarray(best), P, max_sweeps))
+        fixed = K is not None and len(np.unique(best)) == K
+        best = _relabel(_refine(np.asarray(best), P, max_sweeps, keep_count=fixed))
         same = best[:, None] == best[None, :]
         prob = np.empty(T)
         for i in range(T):
@@ -180,7 +199,8 @@ class TaskRelations:
             prob[i] = P[i, mates].mean() if mates.any() else (1 - P[i, others]).mean() if others.any() else 1.0
         out = pd.DataFrame({"task": self.names, "cluster": best, "probability": prob})
         out.attrs["expected_loss"] = binder_loss(best, P)
-        out.attrs["loss"] = "binder"
+        out.attrs["num_clusters"] = int(len(np.unique(best)))
+        out.attrs["loss"] = f"binder, {len(np.unique(best))} clusters fixed" if fixed else "binder"
         return out
 
     def plot(self, path: str | Path | None = None, title: str | None = None, prob: float = 0.9):
@@ -244,8 +264,9 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return np.array([seen.setdefault(int(x), len(seen)) for x in labels])
 
 
-def _refine(labels: np.ndarray, P: np.ndarray, max_sweeps: int) -> np.ndarray:
-    """Greedy single-task moves (to another cluster or a new singleton) while the Binder loss falls."""
+def _refine(labels: np.ndarray, P: np.ndarray, max_sweeps: int, keep_count: bool = False) -> np.ndarray:
+    """Greedy single-task moves (to another cluster or a new singleton) while the Binder loss
+    falls; ``keep_count``: only to another existing cluster, never emptying one."""
     labels = labels.copy()
     T = len(labels)
     Q = P.copy()
@@ -255,7 +276,9 @@ def _refine(labels: np.ndarray, P: np.ndarray, max_sweeps: int) -> np.ndarray:
         for i in range(T):
             # loss terms involving i when in cluster c: sum_{j in c} (1 - P_ij) + sum_{j not in c} P_ij
             #   = const + sum_{j in c, j != i} (1 - 2 P_ij)
-            options = list(np.unique(labels)) + [labels.max() + 1]
+            if keep_count and (labels == labels[i]).sum() == 1:
+                continue  # moving the last member would remove a cluster
+            options = list(np.unique(labels)) + ([] if keep_count else [labels.max() + 1])
             costs = []
             for c in options:
                 members = (labels == c)

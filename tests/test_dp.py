@@ -38,6 +38,7 @@ def _check_recovery(post, truth):
     assert P[~same].mean() <= 0.2
     nc = post.num_clusters()
     assert int(nc.loc[nc["probability"].idxmax(), "num_clusters"]) == 3
+    assert part["cluster"].nunique() == 3  # the point partition agrees with the count's posterior
     return rel
 
 
@@ -308,3 +309,26 @@ def test_batched_nuts_never_samples_assignments():
     with pytest.raises(ValueError, match="'z' has discrete support"):
         bm.fit(bm.models.DPClustering(), data, method="nuts", collapse=False, chains=1, warmup=1, draws=1,
                progress=False)
+
+
+def test_point_partition_has_the_most_probable_number_of_clusters():
+    """Three stable clusters and two tasks that join one of them at random in each draw: every
+    draw has 3 clusters, yet unconstrained Binder splits the two off as singletons (5 clusters).
+    With the draws' cluster counts the partition keeps 3, the clusters themselves intact."""
+    rng = np.random.default_rng(1)
+    base = np.repeat([0, 1, 2], 4)
+    draws, counts = [], []
+    for _ in range(600):
+        lab = np.concatenate([base, rng.integers(3, size=2)])
+        draws.append((lab[:, None] == lab[None, :]).astype(float))
+        counts.append(len(np.unique(lab)))
+    names = [f"t{i}" for i in range(14)]
+    free = TaskRelations(np.array(draws), names, "co-clustering").clusters()
+    assert free.attrs["num_clusters"] == 5 and free.attrs["loss"] == "binder"
+    rel = TaskRelations(np.array(draws), names, "co-clustering", cluster_counts=np.array(counts))
+    part = rel.clusters()
+    assert part.attrs["num_clusters"] == 3 and part.attrs["loss"] == "binder, 3 clusters fixed"
+    assert adjusted_rand_index(part["cluster"].to_numpy()[:12], base) == pytest.approx(1.0)
+    assert rel.clusters(num_clusters=4).attrs["num_clusters"] == 4
+    with pytest.raises(ValueError, match="num_clusters must be between 1 and 14"):
+        rel.clusters(num_clusters=20)

@@ -72,6 +72,10 @@ class TaskPrior:
         z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (z[:, 0] * z[:, 1]).sum(-1).numpy()
 
+    def cluster_counts(self, samples: dict[str, torch.Tensor]) -> np.ndarray | None:
+        """Occupied clusters per draw (S,) for a clustering prior; None (the default) otherwise."""
+        return None
+
     def check(self, n_tasks: int, n_dims: int) -> None:
         """Raise ValueError when the prior cannot serve T tasks with D parameters each."""
 

@@ -194,6 +194,11 @@ class DirichletProcess(TaskPrior):
     def relation_null(self, n_dims, n=4000, seed=0):
         return None  # not a cosine: see relations
 
+    def cluster_counts(self, samples):
+        """Occupied clusters per draw, from the drawn z (as ``DPClustering.num_clusters``)."""
+        z = samples["z"].reshape(samples["z"].shape[0], -1)
+        return np.array([len(torch.unique(row)) for row in z])
+
     def relations(self, samples):
         """Co-clustering draws P(z_i = z_j | draw) = sum_k p_ik p_jk (z independent given a draw), (S, T, T)."""
         p = samples["z_prob"].double()
