@@ -65,6 +65,22 @@ FULL_RANK_TASKS = 10
 DEFAULT_RANK = 3
 
 
+def _scaled_priors(data: MultiTaskData) -> dict[str, dist.Distribution]:
+    """The default hyperparameter priors on ``data``'s scales (see ``MultitaskGP``)."""
+    y = data.y.double()
+    m = float(y.mean())
+    s = float(y.std()) if y.numel() > 1 and float(y.std()) > 0 else 1.0
+    sd_x = data.X.double().std(0) if data.n_rows > 1 else torch.ones(data.n_features, dtype=torch.float64)
+    sd_x = torch.where(sd_x > 0, sd_x, torch.ones_like(sd_x)).to(data.dtype)
+    t = lambda v: torch.tensor(v, dtype=data.dtype)  # noqa: E731
+    return {"lengthscale_prior": dist.LogNormal(sd_x.log(), t(1.0)),
+            "outputscale_prior": dist.LogNormal(t(np.log(s)), t(1.0)),
+            "noise_prior": dist.LogNormal(t(2 * np.log(s) - 2.0), t(1.5)),
+            "mean_prior": dist.Normal(t(m), t(2.5 * s)),
+            "w_prior": dist.Normal(t(0.0), t(s)),
+            "v_prior": dist.HalfNormal(t(s * s))}
+
+
 class MultitaskGP(ModelBase):
     """Multi-task GP regression.
 
@@ -83,6 +99,12 @@ class MultitaskGP(ModelBase):
     num_latents, inducing : int
         LMC only: number of latent GPs (default ``rank``) and inducing points.
     lengthscale_prior, outputscale_prior, noise_prior, mean_prior, w_prior, v_prior : pyro distributions
+        Default: scaled to the data at fit time (``bind``), with m and s the target's mean and
+        sd and sd(x) each feature's: lengthscale LogNormal(log sd(x), 1), outputscale
+        LogNormal(log s, 1), noise (a variance) LogNormal(log s^2 - 2, 1.5), mean Normal(m, 2.5 s),
+        task_W Normal(0, s), task_v HalfNormal(s^2); on a standardised target and features these
+        are the fixed priors LogNormal(0, 1), LogNormal(0, 1), LogNormal(-2, 1.5), Normal(0, 1),
+        Normal(0, 1), HalfNormal(1) used without data.
     task_corr_eta : float
         LKJ concentration of the task correlation (1 = uniform over correlation matrices).
     private : bool
@@ -117,6 +139,9 @@ class MultitaskGP(ModelBase):
         self.kind = kind
         self.num_latents = num_latents
         self.inducing = int(inducing)
+        given = dict(lengthscale_prior=lengthscale_prior, outputscale_prior=outputscale_prior,
+                     noise_prior=noise_prior, mean_prior=mean_prior, w_prior=w_prior, v_prior=v_prior)
+        self._scaled = [k for k, v in given.items() if v is None]  # left to the data (``bind``)
         self.lengthscale_prior = as_distribution(lengthscale_prior or dist.LogNormal(0.0, 1.0), "lengthscale_prior")
         self.outputscale_prior = as_distribution(outputscale_prior or dist.LogNormal(0.0, 1.0), "outputscale_prior")
         self.noise_prior = as_distribution(noise_prior or dist.LogNormal(-2.0, 1.5), "noise_prior")
@@ -134,9 +159,17 @@ class MultitaskGP(ModelBase):
         return data.n_tasks if data.n_tasks <= FULL_RANK_TASKS else min(DEFAULT_RANK, data.n_tasks)
 
     def bind(self, data: MultiTaskData) -> MultitaskGP:
-        """A copy with the default rank chosen for ``data`` (see ``rank``)."""
+        """A copy with the default rank chosen for ``data`` (see ``rank``) and the priors left
+        at their defaults scaled to the data (see the class docstring)."""
         out = copy.copy(self)
-        out.bound_defaults = self.defaults() + ([f"rank={self.rank_for(data)}"] if self.rank is None else [])
+        scaled = getattr(self, "_scaled", [])
+        if self.bound_defaults is None and scaled and data.y is not None:
+            for name, prior in _scaled_priors(data).items():
+                if name in scaled:
+                    setattr(out, name, prior)
+            out._scaled = []
+        rank = [f"rank={self.rank_for(data)}"] if self.rank is None else []
+        out.bound_defaults = self.defaults() + list(scaled) + rank
         out.rank = self.rank_for(data)
         return out
 

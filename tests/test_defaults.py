@@ -123,3 +123,19 @@ def test_multitask_gp_default_rank_represents_three_opposed_tasks(tmp_path):
     for (a, b), truth in {("a", "b"): 0.8, ("a", "c"): -0.6, ("b", "c"): -0.3}.items():
         assert abs(rel[(a, b)] - truth) < 0.15, rel
     assert "rank=3" in bm.load(tmp_path / "r").prior_summary().attrs["defaults"]
+
+
+def test_multitask_gp_priors_follow_the_targets_and_inputs_units():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 50, 60)
+    df = pd.DataFrame({"task": np.repeat(["a", "b"], 30), "x": x, "y": 1000 + 100 * np.sin(x / 5)})
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    bound = bm.models.MultitaskGP().bind(data)
+    s, m = df["y"].std(), df["y"].mean()
+    assert float(bound.mean_prior.loc) == pytest.approx(m) and float(bound.mean_prior.scale) == pytest.approx(2.5 * s)
+    assert float(bound.outputscale_prior.loc) == pytest.approx(np.log(s))
+    assert float(bound.noise_prior.loc) == pytest.approx(2 * np.log(s) - 2)
+    assert float(bound.lengthscale_prior.loc[0]) == pytest.approx(np.log(df["x"].std()), rel=1e-6)
+    assert {"mean_prior", "noise_prior", "rank=2"} <= set(bound.defaults())
+    given = bm.models.MultitaskGP(noise_prior=dist.LogNormal(0.0, 1.0)).bind(data)
+    assert float(given.noise_prior.loc) == 0.0 and "noise_prior" not in given.defaults()
