@@ -95,7 +95,8 @@ def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries:
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         L = robust_cholesky(torch.where(bad[..., None, None], eye, A), what, max_tries, warn)
         return torch.where(bad[..., None, None], torch.full_like(L, float("nan")), L)
-    scale = A.diagonal(dim1=-2, dim2=-1).abs().mean().item()
+    # each matrix's own scale: one chain far in a tail must not set the jitter of the others
+    scale = A.diagonal(dim1=-2, dim2=-1).abs().mean(-1)[..., None, None]
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     failed = info > 0  # only these get jitter; the others keep their exact factor
     for k in range(max_tries):
@@ -106,15 +107,18 @@ def robust_cholesky(A: torch.Tensor, what: str = "covariance matrix", max_tries:
         failed = failed & ~fixed
         if not bool(failed.any()):
             if warn:
-                warnings.warn(f"Cholesky of the {what} failed; added jitter {jitter:.2e} to its diagonal",
-                              RuntimeWarning, stacklevel=3)
+                # one text per call site (Python shows it once): the numbers vary at every proposal
+                msg = (f"Cholesky of the {what} failed at some proposals; jitter (up to 1e{k - 6} times "
+                       "its mean diagonal) was added to those") if A.dim() > 2 else \
+                    f"Cholesky of the {what} failed; added jitter {float(jitter.max()):.2e} to its diagonal"
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
             return L
     if A.dim() > 2:
         # a batch of chains: the elements that still fail get a NaN factor (their proposals are
         # rejected); the others keep theirs. One matrix alone (a point estimate) raises below.
         return torch.where(failed[..., None, None], torch.full_like(L, float("nan")), L)
     raise GPNumericalError(
-        f"Cholesky of the {what} ({A.shape[-1]} x {A.shape[-1]}) failed even with jitter {jitter:.2e}; "
+        f"Cholesky of the {what} ({A.shape[-1]} x {A.shape[-1]}) failed even with jitter {float(jitter.max()):.2e}; "
         "the hyperparameters are degenerate (noise near zero, duplicated inputs?): standardise the "
         "target, raise the noise prior or use float64")
 
