@@ -136,6 +136,9 @@ def _set_priors(model, pairs: list[str] | None):
         if key == "noise" and lik is not None and hasattr(lik, "noise_prior"):
             model.likelihood = copy.copy(lik)
             model.likelihood.noise_prior = as_distribution(value, "noise")
+        elif lik is not None and (key == getattr(lik, "param", None) or (key == "nu" and hasattr(lik, "df_prior"))):
+            model.likelihood = copy.copy(lik)  # phi, shape, gate (OneParameter families); Student-t's nu
+            setattr(model.likelihood, "df_prior" if key == "nu" else "prior", as_distribution(value, key))
         elif key == "shared" and hasattr(model, "shared_prior"):
             model.shared_prior = as_distribution(value, "shared")
         elif prior is not None and key in vars(prior) and key not in ("covariance", "centered", "rank", "eta",

@@ -139,15 +139,17 @@ class MultitaskGP(ModelBase):
         self.kind = kind
         self.num_latents = num_latents
         self.inducing = int(inducing)
-        given = dict(lengthscale_prior=lengthscale_prior, outputscale_prior=outputscale_prior,
-                     noise_prior=noise_prior, mean_prior=mean_prior, w_prior=w_prior, v_prior=v_prior)
-        self._scaled = [k for k, v in given.items() if v is None]  # left to the data (``bind``)
         self.lengthscale_prior = as_distribution(lengthscale_prior or dist.LogNormal(0.0, 1.0), "lengthscale_prior")
         self.outputscale_prior = as_distribution(outputscale_prior or dist.LogNormal(0.0, 1.0), "outputscale_prior")
         self.noise_prior = as_distribution(noise_prior or dist.LogNormal(-2.0, 1.5), "noise_prior")
         self.mean_prior = as_distribution(mean_prior or dist.Normal(0.0, 1.0), "mean_prior")
         self.w_prior = as_distribution(w_prior or dist.Normal(0.0, 1.0), "w_prior")
         self.v_prior = as_distribution(v_prior or dist.HalfNormal(1.0), "v_prior")
+        # the priors left at their defaults, by identity: ``bind`` scales these (and only these:
+        # a prior set later, e.g. by the CLI's --set-prior, is a different object and stays)
+        self._unit = {k: getattr(self, k) for k, v in dict(
+            lengthscale_prior=lengthscale_prior, outputscale_prior=outputscale_prior, noise_prior=noise_prior,
+            mean_prior=mean_prior, w_prior=w_prior, v_prior=v_prior).items() if v is None}
         self.task_corr_eta = float(task_corr_eta)
         self.private = private
         self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
@@ -162,12 +164,13 @@ class MultitaskGP(ModelBase):
         """A copy with the default rank chosen for ``data`` (see ``rank``) and the priors left
         at their defaults scaled to the data (see the class docstring)."""
         out = copy.copy(self)
-        scaled = getattr(self, "_scaled", [])
-        if self.bound_defaults is None and scaled and data.y is not None:
+        unit = getattr(self, "_unit", {})
+        scaled = [k for k, v in unit.items() if getattr(self, k) is v] if self.bound_defaults is None else []
+        if scaled and data.y is not None:
             for name, prior in _scaled_priors(data).items():
                 if name in scaled:
                     setattr(out, name, prior)
-            out._scaled = []
+            out._unit = {}
         rank = [f"rank={self.rank_for(data)}"] if self.rank is None else []
         out.bound_defaults = self.defaults() + list(scaled) + rank
         out.rank = self.rank_for(data)

@@ -220,3 +220,17 @@ def test_ordinal_predicts_expected_category_within_its_levels():
     # a higher linear predictor moves the expected category up: it follows x's planted positive slope
     hi, lo = df.assign(x=2.0).head(1), df.assign(x=-2.0).head(1)
     assert post.predict(hi, seed=0)["mean"].iloc[0] > post.predict(lo, seed=0)["mean"].iloc[0]
+
+
+def test_cli_fits_a_family_by_name_and_sets_its_parameter_prior(tmp_path, capsys):
+    from bayesmtl.cli import main
+
+    _, df, _, _ = _planted("negative_binomial", n=15)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert main(["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--features", "x",
+                 "--likelihood", "negative_binomial", "--set-prior", "phi=Gamma(3, 0.5)", "--method", "svi",
+                 "--draws", "100", "--option", "steps=1000", "--option", "min_steps=300",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    post = bm.load(tmp_path / "r")
+    assert isinstance(post.model.likelihood, bm.likelihoods.NegativeBinomial)
+    assert post.prior_summary().set_index("site").loc["phi", "prior"] == "Gamma(concentration=3, rate=0.5)"
