@@ -280,11 +280,14 @@ def cmd_fit(a: argparse.Namespace) -> int:
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
-    post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
-                  seed=a.seed, device=a.device, progress=not a.quiet, **_options(a.option))
-    if source is not None:
-        post.info["prior_source"] = source
-    post.save(a.out)
+    from bayesmtl.runs import reserve
+
+    with reserve(a.out, overwrite=a.overwrite):  # refused or locked now, not after the fit
+        post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
+                      seed=a.seed, device=a.device, progress=not a.quiet, **_options(a.option))
+        if source is not None:
+            post.info["prior_source"] = source
+        post.save(a.out, overwrite=a.overwrite)
     problems = post.info["diagnostics"]["problems"]
     verdict = "all checks passed" if not problems else f"{len(problems)} diagnostic warning(s) above"
     print(f"wrote {a.out}: {post.describe_draws()} in {post.info['seconds']:.1f} s; {verdict}; "
@@ -364,7 +367,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         problems = post.diagnose()
         print("\ndiagnostics: " + ("all checks passed" if not problems else "; ".join(map(str, problems))))
     if a.out:
-        post.save(a.out)
+        post.save(a.out, overwrite=a.overwrite)
         rel.plot(Path(a.out) / "relations.png")
         print(f"wrote {a.out} (relations heatmap: {a.out}/relations.png)")
     return 0
@@ -411,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a default prior, e.g. --set-prior scale=HalfNormal(2) (population scales), "
                    "mean=Normal(0,100), noise=HalfNormal(10), shared=Normal(0,5); defaults are scaled to the "
                    "data (see bayesmtl summary RUN)")
-    f.add_argument("--out", required=True, help="run directory to write")
+    f.add_argument("--out", required=True, help="run directory to write (a new or empty folder; see --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace the run already at --out (kept until the "
+                   "new one is complete); a folder that is not a run is never replaced")
     _fit_args(f)
     f.set_defaults(func=cmd_fit)
 
@@ -430,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="fit the hierarchical model to built-in synthetic data")
     d.add_argument("--out", default=None, help="also write a run directory here")
+    d.add_argument("--overwrite", action="store_true", help="replace the run already at --out")
     _fit_args(d)
     d.set_defaults(func=cmd_demo, warmup=500, draws=500)
     return p
@@ -448,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
         try:
             return args.func(args)
-        except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PriorSourceError) as e:
+        except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
+                PriorSourceError) as e:
             # one line: the first (Pyro appends its trace shapes to errors raised inside a model)
             print(f"bayesmtl: error: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
             return 2

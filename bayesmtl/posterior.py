@@ -246,8 +246,9 @@ class Posterior:
         return self.model.num_clusters(self)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write a run directory (see ``bayesmtl.runs``); nothing half-written on error."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a run directory (see ``bayesmtl.runs``); nothing half-written on error. A
+        path that holds anything is refused, naming it, unless it is a run and ``overwrite``."""
         from .runs import save_run
 
         return save_run(self, path, overwrite=overwrite)

@@ -15,14 +15,24 @@ under the name ``file_module_name(file)`` (recorded as ``prior_source["import_na
 ``load_run`` imports that file again under that name before unpickling.
 
 Writing goes to a temporary sibling directory that replaces the target only when complete.
+A path is never destroyed unless it holds a run and replacing it was asked for
+(``overwrite=True``, the CLI's ``--overwrite``); a plain file, or a folder holding anything that
+is not a run, is refused. One writer at a time: ``reserve`` takes a lock file beside the run
+(``.<name>.lock``, holding the writer's PID; a lock whose process is gone is taken over), and
+the CLI takes it before fitting, so a second fit to the same ``--out`` fails at once, and an
+unwritable parent is found before any work is done. Temporary folders left by killed writers
+are removed by the next writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import platform
 import re
 import shutil
@@ -36,8 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_run", "load_run", "versions", "write_atomic_csv", "PriorSourceError", "file_module_name",
-           "import_file", "sha256_of"]
+__all__ = ["save_run", "load_run", "reserve", "check_out", "versions", "write_atomic_csv", "PriorSourceError",
+           "file_module_name", "import_file", "sha256_of"]
+
+#: the files that make a folder a bayesmtl run (one of them is enough to call it a run)
+RUN_MARKERS = ("run.json", "posterior.nc")
 
 
 class PriorSourceError(ImportError):
@@ -73,12 +86,103 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
-def save_run(post, path: str | Path, overwrite: bool = True) -> Path:
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``save_run``."""
+    return path.is_dir() and any((path / f).is_file() for f in RUN_MARKERS)
+
+
+def check_out(path: str | Path, overwrite: bool = False) -> Path:
+    """Raise, naming the path, unless a run can be written at ``path`` without destroying
+    anything: a missing path or an empty folder, or a run when ``overwrite``; its parent must
+    be (or can be made) a writable folder."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"run directory {str(path)!r} exists (overwrite=False)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FileExistsError(f"{str(path)!r} is a file, not a run directory; choose another path "
+                                  "(nothing was written)")
+        if is_run(path):
+            if not overwrite:
+                raise FileExistsError(f"{str(path)!r} already holds a bayesmtl run; pass overwrite=True "
+                                      "(CLI: --overwrite) to replace it, or choose another path")
+        elif any(path.iterdir()):
+            first = sorted(p.name for p in path.iterdir())[0]
+            raise FileExistsError(f"{str(path)!r} holds files that are not a bayesmtl run (e.g. {first!r}); "
+                                  "refusing to replace it: choose an empty or new folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create the folder {str(parent)!r} for {str(path)!r}: "
+                              f"{e.strerror or e}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write a run into {str(parent)!r}: the folder is not writable")
+    return path
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def reserve(path: str | Path, overwrite: bool = False):
+    """Check ``path`` (``check_out``) and hold its lock file while the block runs: a second
+    writer gets FileExistsError at once. A lock left by a process that is gone is taken over,
+    and temporary folders left by killed writers are removed."""
+    path = check_out(path, overwrite)
+    lock = _lock_path(path)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise FileExistsError(f"another bayesmtl process (PID {pid}) is writing {str(path)!r}; wait for "
+                                      f"it, or remove {str(lock)!r} if no fit is running") from None
+            if pid == os.getpid():
+                yield path  # this process holds it already (save_run inside the CLI's reservation)
+                return
+            lock.unlink(missing_ok=True)  # stale: its writer is gone
+    else:
+        raise FileExistsError(f"cannot take the lock {str(lock)!r} for {str(path)!r}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        for stale in path.parent.glob(f".{path.name}.*"):
+            if stale.is_dir() and stale.name != lock.name:
+                shutil.rmtree(stale, ignore_errors=True)  # a killed writer's temporary folder
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def save_run(post, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``post`` as a run directory at ``path`` (see the module docstring): refused, naming
+    the path, where that would destroy anything but a run replaced on purpose."""
+    with reserve(path, overwrite) as path:
+        return _write_run(post, path)
+
+
+def _write_run(post, path: Path) -> Path:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(f"cannot write a run into {str(path.parent)!r}: {e.strerror}") from None
+        raise
     try:
         rel = post.relations()
         summary = post.summary()

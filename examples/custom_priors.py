@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(post.summary(var_names=[k for k in truth if k in post.samples]).round(3).to_string())
     print("90% intervals covering the planted values:", {k: round(v, 2) for k, v in covers(post, truth).items()})
     print(f"new tasks: 90% predictive intervals cover {inside:.1%} of {len(new)} rows")
-    post.save(a.out / a.prior)
+    post.save(a.out / a.prior, overwrite=True)  # the example replaces its own earlier run
     pred.to_csv(a.out / a.prior / "new_task_predictions.csv", index=False)
     return 0
 

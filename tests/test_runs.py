@@ -1,0 +1,113 @@
+"""Run directories never destroy a user's files: a file or a folder that is not a run is refused,
+a run is replaced only on request (and kept until the new one is complete), one writer at a
+time, and an unwritable place is refused before any fitting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+import bayesmtl as bm
+from bayesmtl.cli import main
+from bayesmtl.runs import reserve
+from bayesmtl.synthetic import hierarchical_regression
+
+
+@pytest.fixture(scope="module")
+def post():
+    df, _ = hierarchical_regression(n_tasks=4, rows=10, features=1, noise=0.5, seed=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bm.fit(bm.models.Hierarchical(), data, method="svi", draws=20, steps=200, min_steps=100, seed=0,
+                      progress=False)
+
+
+@pytest.fixture()
+def csv(tmp_path):
+    df, _ = hierarchical_regression(n_tasks=4, rows=10, features=1, noise=0.5, seed=1)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    return tmp_path / "d.csv"
+
+
+def _fit(csv, out, *extra):
+    return main(["fit", "--data", str(csv), "--task", "task", "--target", "y", "--method", "svi", "--draws", "20",
+                 "--option", "steps=200", "--option", "min_steps=100", "--out", str(out), "--quiet", *extra])
+
+
+def test_a_folder_of_the_users_files_is_refused_and_kept(tmp_path, csv, capsys):
+    thesis = tmp_path / "thesis"
+    (thesis / "chapter1").mkdir(parents=True)
+    (thesis / "chapter1" / "intro.tex").write_text("years of work")
+    (thesis / "notes.txt").write_text("notes")
+    assert _fit(csv, thesis) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files that are not a bayesmtl run" in err[0] and "thesis" in err[0]
+    assert (thesis / "chapter1" / "intro.tex").read_text() == "years of work" and (thesis / "notes.txt").exists()
+    assert _fit(csv, thesis, "--overwrite") == 2 and (thesis / "notes.txt").exists()  # not even with --overwrite
+
+
+def test_a_plain_file_is_refused_and_kept(tmp_path, csv, capsys):
+    f = tmp_path / "results"
+    f.write_text("keep me")
+    assert _fit(csv, f) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err and f.read_text() == "keep me"
+
+
+def test_a_run_is_replaced_only_on_request(tmp_path, post):
+    run = post.save(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="already holds a bayesmtl run; pass overwrite=True"):
+        post.save(run)
+    before = (run / "run.json").stat().st_mtime_ns
+    time.sleep(0.01)
+    post.save(run, overwrite=True)
+    assert (run / "run.json").stat().st_mtime_ns > before and bm.load(run).num_draws == post.num_draws
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, no temporary folder left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    post.save(empty)  # an empty folder is fine
+
+
+def test_a_second_writer_fails_fast_and_a_dead_writers_leftovers_are_cleaned(tmp_path, post):
+    out = tmp_path / "run"
+    with reserve(out):
+        child = subprocess.run([sys.executable, "-c", "import bayesmtl.runs as r, sys\n"
+                                f"with r.reserve({str(out)!r}): pass"], capture_output=True, text=True)
+        assert child.returncode != 0 and "another bayesmtl process (PID" in child.stderr
+    # a killed writer: its lock names a process that is gone, its temporary folder is left behind
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".run.lock").write_text(str(dead.pid))
+    (tmp_path / ".run.abc123").mkdir()
+    post.save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_parent_is_refused_before_fitting(tmp_path, csv, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    called = []
+    monkeypatch.setattr(bm, "fit", lambda *a, **k: called.append(1))
+    try:
+        assert _fit(csv, ro / "run") == 2
+    finally:
+        ro.chmod(0o755)
+    assert not called and "not writable" in capsys.readouterr().err
+
+
+def test_an_unwritable_parent_is_refused_before_fitting_as_root_too(tmp_path, csv, capsys, monkeypatch):
+    import bayesmtl.runs as runs
+
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)
+    called = []
+    monkeypatch.setattr(bm, "fit", lambda *a, **k: called.append(1))
+    assert _fit(csv, tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not called and len(err) == 1 and "the folder is not writable" in err[0]
