@@ -15,11 +15,12 @@ from .predictive import prior_predictive  # noqa: E402
 from .relations import TaskRelations  # noqa: E402
 
 
-def load(path):
-    """A Posterior from a run directory written by ``Posterior.save``."""
+def load(path, trust_pickle: bool = False, trust_code: bool = False, classes=None):
+    """A Posterior from a run directory written by ``Posterior.save``; no code in the directory
+    runs (see ``bayesmtl.runs.load_run`` for ``trust_pickle``, ``trust_code`` and ``classes``)."""
     from .runs import load_run
 
-    return load_run(path)
+    return load_run(path, trust_pickle=trust_pickle, trust_code=trust_code, classes=classes)
 
 
 def __getattr__(name):

@@ -301,7 +301,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import bayesmtl as bm
     from bayesmtl.runs import write_atomic_csv
 
-    post = bm.load(a.run)
+    post = bm.load(a.run, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
     if not Path(a.data).exists():
         raise UserError(f"data file {a.data!r} does not exist")
     pred = post.predict(pd.read_csv(a.data), seed=a.seed)
@@ -315,7 +315,7 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
     import bayesmtl as bm
 
-    post = bm.load(a.run)
+    post = bm.load(a.run, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
     summary = post.summary(prob=a.prob)
     with pd.option_context("display.max_rows", a.max_rows, "display.max_columns", None, "display.width", 10_000):
         print(post)
@@ -380,6 +380,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _trust_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true", help="import the run's own prior class from the file or "
+                   "module the fit used (that runs its code)")
+    p.add_argument("--trust-pickle", action="store_true", help="read a run kept as a pickle (model.pt: older "
+                   "runs, or models that cannot be written as data); this can run code: only for runs you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bayesmtl", description="Bayesian multi-task learning")
     sub = p.add_subparsers(dest="command", required=True)
@@ -422,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="posterior predictive for new rows, known or new tasks")
     pr.add_argument("run", help="run directory")
+    _trust_flags(pr)
     pr.add_argument("--data", required=True, help="CSV with the feature and task columns")
     pr.add_argument("--out", required=True, help="CSV to write: one row per input row")
     pr.add_argument("--seed", type=int, default=0)
@@ -429,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print a run's posterior summary and diagnostics")
     s.add_argument("run")
+    _trust_flags(s)
     s.add_argument("--max-rows", type=int, default=60, help="rows shown before the table is abbreviated")
     s.add_argument("--prob", type=float, default=0.9, help="mass of the central interval (default 0.9)")
     s.set_defaults(func=cmd_summary)

@@ -7,12 +7,18 @@ A run directory holds:
 - ``relations.csv``: long format task_a, task_b, mean, q05, q95 (more columns for some models)
 - ``run.json``: settings, seed, versions, timings, divergences, max r_hat, min ESS; for a prior
   written by the user (``bayesmtl fit --prior FILE.py:Class``), ``prior_source``: where it came from
-- ``model.pt``: the model object and the training data (pickled with torch.save; load only
-  run directories you trust)
+- ``model.json``: the model as data (``spec.to_spec``: classes by name, settings, priors as
+  distribution names and numbers) and the training data's names and settings
+- ``data.nc``: the training data's arrays (netCDF)
+- ``run.json`` ``format_version`` (2; 1 = the model pickled in ``model.pt``) and ``model_format``
 
-A pickled user prior refers to its class by module name. A prior loaded from a file is imported
-under the name ``file_module_name(file)`` (recorded as ``prior_source["import_name"]``), and
-``load_run`` imports that file again under that name before unpickling.
+Loading runs no code from the directory: ``model.json`` is rebuilt with package classes and Pyro
+distributions only (``spec.from_spec``). A user's prior class is found where it is already
+imported, given as ``classes``, or with ``trust_code=True`` imported again from where the fit
+found it (``prior_source``: a file is imported under ``file_module_name(file)``). A model that
+cannot be described as data (a lambda link, a gpytorch kernel object) is pickled to
+``model.pt`` with a warning; that file, and format-1 runs, are read only with
+``trust_pickle=True``.
 
 Writing goes to a temporary sibling directory that replaces the target only when complete.
 A path is never destroyed unless it holds a run and replacing it was asked for
@@ -193,8 +199,9 @@ def _write_run(post, path: Path) -> Path:
         frame.to_csv(tmp / "relations.csv", index=False)
         for name, table in post.model.extra_outputs(post).items():
             table.to_csv(tmp / name, index=False)
-        torch.save({"model": post.model, "data": post.data}, tmp / "model.pt")
-        run = {"model": type(post.model).__name__, "model_repr": repr(post.model),
+        model_format = _write_model(post.model, post.data, tmp)
+        run = {"format_version": FORMAT_VERSION, "model_format": model_format,
+               "model": type(post.model).__name__, "model_repr": repr(post.model),
                "data": repr(post.data), "tasks": post.task_names,
                "relation_kind": rel.kind, **post.info,
                "diagnostics": {**post.diagnostics(), "problems": [p.to_dict() for p in post.diagnose()]},
@@ -214,30 +221,144 @@ def _write_run(post, path: Path) -> Path:
     return path
 
 
-def load_run(path: str | Path):
-    """A Posterior from a run directory written by ``save_run``."""
+def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = False,
+             classes: dict[str, type] | None = None):
+    """A Posterior from a run directory written by ``save_run``. Nothing in the directory runs
+    as code: the model is rebuilt from ``model.json`` (package classes and Pyro distributions
+    only; a user's prior class must be imported already, passed in ``classes``
+    {"module:Name": cls}, or, with ``trust_code=True``, imported from where the fit found it).
+    A ``model.pt`` (a pickle: runs of format 1, or a model that cannot be described as data)
+    is read only with ``trust_pickle=True``, which can run code: use it for runs you trust."""
     from .convert import az, from_inference_data
     from .posterior import Posterior
+    from .spec import SpecError, from_spec
 
     path = Path(path)
-    for f in ("posterior.nc", "model.pt", "run.json"):
-        if not (path / f).exists():
+    if not path.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory (no such folder)")
+    for f in ("posterior.nc", "run.json"):
+        if not (path / f).is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: {f} is missing")
-    info = json.loads((path / "run.json").read_text())
-    source = info.get("prior_source")
-    if source:
-        _import_prior_source(source, path)
     try:
-        blob = torch.load(path / "model.pt", weights_only=False)
-    except (AttributeError, ImportError) as e:  # the user's module changed since the fit
-        if not source:
-            raise
-        raise PriorSourceError(f"cannot unpickle the run's prior {source['class']} from "
-                               f"{source.get('file') or source.get('module')}: {_first_line(e)}") from e
-    idata = az.from_netcdf(str(path / "posterior.nc"))
+        info = json.loads((path / "run.json").read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path / 'run.json')!r} is not a valid run file ({_first_line(e)})") from None
+    version = info.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} was written in run format {version!r}, which this bayesmtl "
+                         f"(format {FORMAT_VERSION}) cannot read; upgrade bayesmtl")
+    source = info.get("prior_source")
+    if (path / "model.json").is_file():
+        if source and trust_code:
+            _import_prior_source(source, path)
+        try:
+            spec = json.loads((path / "model.json").read_text())
+            model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases())
+            data = _read_data(path, spec["data"])
+        except SpecError as e:
+            hint = " (CLI: --trust-code)" if "trust_code" in str(e) else ""
+            raise ValueError(f"{str(path)!r}: {e}{hint}") from None
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise ValueError(f"{str(path)!r} is not a valid run: model.json or data.nc is damaged "
+                             f"({_first_line(e)})") from None
+    elif (path / "model.pt").is_file():
+        if not trust_pickle:
+            raise ValueError(f"{str(path)!r} keeps its model as a pickle (model.pt), which can run code when "
+                             "read; load it with trust_pickle=True (CLI: --trust-pickle) only if you trust "
+                             "where the run came from")
+        if source:
+            _import_prior_source(source, path)
+        try:
+            blob = torch.load(path / "model.pt", weights_only=False)
+        except (AttributeError, ImportError) as e:  # the user's module changed since the fit
+            if not source:
+                raise
+            raise PriorSourceError(f"cannot unpickle the run's prior {source['class']} from "
+                                   f"{source.get('file') or source.get('module')}: {_first_line(e)}") from e
+        model, data = blob["model"], blob["data"]
+    else:
+        raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: model.json is missing")
+    try:
+        idata = az.from_netcdf(str(path / "posterior.nc"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{str(path / 'posterior.nc')!r} is not a valid posterior file ({_first_line(e)})") from None
     samples, stats = from_inference_data(idata)
     keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks")}
-    return Posterior(blob["model"], blob["data"], samples, stats, keep)
+    return Posterior(model, data, samples, stats, keep)
+
+
+#: the run directory format this version writes (run.json ``format_version``); 1 = model.pt pickle
+FORMAT_VERSION = 2
+
+#: MultiTaskData fields kept as arrays in data.nc (the rest, names and settings, in model.json)
+_ARRAYS = ("X", "y", "task", "noise", "trials", "feature_mean", "feature_scale")
+
+
+def _model_bases() -> tuple[type, ...]:
+    from .likelihoods import Likelihood
+    from .priors.base import TaskPrior
+    from .protocol import ModelBase
+
+    return (TaskPrior, Likelihood, ModelBase)
+
+
+def _write_model(model, data, folder: Path) -> str:
+    """model.json (the model as data) and data.nc (the training data): "spec"; a model that
+    cannot be described as data is pickled to model.pt instead, with a warning: "pickle"."""
+    import dataclasses
+
+    import xarray as xr
+
+    from .spec import SpecError, to_spec
+
+    try:
+        spec = to_spec(model)
+    except SpecError as e:
+        warnings.warn(f"the model cannot be saved as data ({e}); model.pt is a pickle, which loads only with "
+                      "trust_pickle=True", UserWarning, stacklevel=4)
+        torch.save({"model": model, "data": data}, folder / "model.pt")
+        return "pickle"
+    arrays, meta = {}, {}
+    for f in dataclasses.fields(data):
+        v = getattr(data, f.name)
+        if f.name in _ARRAYS:
+            if v is not None:
+                arrays[f.name] = v.detach().cpu()
+        elif f.name == "task_features":
+            arrays.update({f"task_feature:{k}": t.detach().cpu() for k, t in v.items()})
+            meta["task_features"] = list(v)
+        else:
+            meta[f.name] = v
+    dims = {"X": ("row", "feature"), "y": ("row",), "task": ("row",), "noise": ("row",), "trials": ("row",),
+            "feature_mean": ("feature",), "feature_scale": ("feature",)}
+    ds = xr.Dataset({k: (dims.get(k, ("task",)), v.numpy()) for k, v in arrays.items()})
+    ds.attrs["dtypes"] = json.dumps({k: str(v.dtype).replace("torch.", "") for k, v in arrays.items()})
+    ds.to_netcdf(folder / "data.nc")
+    (folder / "model.json").write_text(json.dumps({"model": spec, "data": _jsonable(meta)}, indent=1))
+    return "spec"
+
+
+def _read_data(path: Path, meta: dict):
+    import xarray as xr
+
+    from .data import MultiTaskData
+
+    with xr.open_dataset(path / "data.nc") as ds:
+        ds = ds.load()
+    dtypes = json.loads(ds.attrs.get("dtypes", "{}"))
+
+    def tensor(name):
+        dtype = getattr(torch, dtypes.get(name, "float64"), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype of {name}")
+        return torch.as_tensor(ds[name].values).to(dtype)
+
+    fields = {k: v for k, v in meta.items() if k != "task_features"}
+    fields.update({k: tensor(k) if k in ds else None for k in _ARRAYS})
+    fields["task_features"] = {k: tensor(f"task_feature:{k}") for k in meta.get("task_features", [])}
+    return MultiTaskData(**fields)
 
 
 def write_atomic_csv(frame, path: str | Path) -> Path:

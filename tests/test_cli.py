@@ -177,7 +177,8 @@ def test_prior_run_predicts_and_summarises_in_a_fresh_process(prior_run):
     root, _, run, new = prior_run
     script = ("import sys; from bayesmtl.cli import main; "
               f"sys.exit(main(['predict', {str(run)!r}, '--data', {str(root / 'new.csv')!r}, '--out', "
-              f"{str(root / 'p.csv')!r}, '--seed', '3']) or main(['summary', {str(run)!r}]))")
+              f"{str(root / 'p.csv')!r}, '--seed', '3', '--trust-code']) "
+              f"or main(['summary', {str(run)!r}, '--trust-code']))")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
@@ -208,26 +209,29 @@ def test_prior_run_whose_file_changed_or_went_away(prior_run, tmp_path, monkeypa
 
     info["prior_source"]["file"] = str(moved)  # the file was moved and the record updated
     (copy / "run.json").write_text(json.dumps(info))
-    assert main(["summary", str(copy)]) == 0
+    assert main(["summary", str(copy)]) == 2  # without --trust-code nothing is imported: one line says so
+    _one_line_error(capsys.readouterr().err, "StudentTPopulation", "--trust-code")
+    assert main(["summary", str(copy), "--trust-code"]) == 0
     monkeypatch.delitem(sys.modules, info["prior_source"]["import_name"])
 
     moved.write_text(PRIORS_PY + "\n# edited after the fit\n")
-    assert main(["summary", str(copy)]) == 0
+    assert main(["summary", str(copy), "--trust-code"]) == 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "changed since the run was fitted" in err and str(moved) in err
     monkeypatch.delitem(sys.modules, info["prior_source"]["import_name"])
 
     moved.write_text(PRIORS_PY.replace("class StudentTPopulation", "class Renamed"))
-    assert main(["predict", str(copy), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert main(["predict", str(copy), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv"),
+                 "--trust-code"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     _one_line_error(err, str(moved), "StudentTPopulation", "no longer defines")
 
     moved.unlink()
-    assert main(["summary", str(copy)]) == 2
+    assert main(["summary", str(copy), "--trust-code"]) == 2
     err = capsys.readouterr().err
     _one_line_error(err, str(moved), "StudentTPopulation", "no longer exists")
     with pytest.raises(PriorSourceError, match="no longer exists"):
-        bm.load(copy)
+        bm.load(copy, trust_code=True)
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -250,7 +254,8 @@ def test_prior_with_task_features(tmp_path):
     assert summary.str.startswith("group_mean[g0").any() and summary.str.startswith("group_mean[g1").any()
     new = df[df["task"] == "task_01"].head(3).assign(task="fresh").drop(columns="y")
     new.to_csv(tmp_path / "new.csv", index=False)
-    assert main(["predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"),
+                 "--trust-code"]) == 0
     assert pd.read_csv(tmp_path / "p.csv")["new_task"].all()
 
 
@@ -275,13 +280,13 @@ def test_prior_from_an_importable_module(csv, tmp_path, monkeypatch):
     assert src["module"] == "userpkg.priors" and "file" not in src and src["class"] == "StudentTPopulation"
     for name in ("userpkg", "userpkg.priors"):  # as in a fresh process
         monkeypatch.delitem(sys.modules, name)
-    assert bm.load(run).model.prior.df == 3.0
+    assert bm.load(run, trust_code=True).model.prior.df == 3.0
     for name in ("userpkg", "userpkg.priors"):
         monkeypatch.delitem(sys.modules, name)
     pkg.rename(tmp_path / "lib" / "gone")
     importlib.invalidate_caches()
     with pytest.raises(PriorSourceError, match="module userpkg.priors, which cannot be imported"):
-        bm.load(run)
+        bm.load(run, trust_code=True)
 
 
 @pytest.mark.parametrize("spec,extra,names", [

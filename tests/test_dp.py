@@ -290,7 +290,7 @@ def test_cli_fit_writes_clusters(tmp_path):
                  "--draws", "100", "--seed", "0", "--quiet", "--option", "steps=1000", "--option", "min_steps=600",
                  "--option", "lr=0.05", "--option", "window=150"]) == 0
     assert {p.name for p in run.iterdir()} >= {"posterior.nc", "summary.csv", "relations.csv", "run.json",
-                                               "model.pt", "clusters.csv"}
+                                               "model.json", "data.nc", "clusters.csv"}
     clusters = pd.read_csv(run / "clusters.csv")
     assert list(clusters.columns) == ["task", "cluster", "probability"]
     assert clusters["task"].tolist() == list(dict.fromkeys(df["task"]))

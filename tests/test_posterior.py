@@ -99,8 +99,9 @@ def test_relations_object(fitted, tmp_path):
 def test_save_load_round_trip(fitted, tmp_path):
     df, data, post = fitted
     run = post.save(tmp_path / "run")
-    for f in ("posterior.nc", "summary.csv", "relations.csv", "run.json", "model.pt"):
+    for f in ("posterior.nc", "summary.csv", "relations.csv", "run.json", "model.json", "data.nc"):
         assert (run / f).exists(), f
+    assert not (run / "model.pt").exists()  # nothing in a run is a pickle
     back = bm.load(run)
     pd.testing.assert_frame_equal(back.summary(), post.summary())
     pd.testing.assert_frame_equal(back.predict(df.iloc[:5], seed=1), post.predict(df.iloc[:5], seed=1))

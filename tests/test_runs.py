@@ -111,3 +111,77 @@ def test_an_unwritable_parent_is_refused_before_fitting_as_root_too(tmp_path, cs
     assert _fit(csv, tmp_path / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert not called and len(err) == 1 and "the folder is not writable" in err[0]
+
+
+class _Payload:
+    """Unpickling this would run code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_pickle_in_a_run_is_never_unpickled(tmp_path, post, capsys):
+    import shutil
+
+    import torch
+
+    run = post.save(tmp_path / "run")
+    marker = tmp_path / "pwned"
+    for f in ("model.json", "data.nc"):
+        (run / f).unlink()
+    torch.save({"model": _Payload(str(marker))}, run / "model.pt")
+    with pytest.raises(ValueError, match="pickle .*trust_pickle=True"):
+        bm.load(run)
+    for cmd in (["summary", str(run)], ["predict", str(run), "--data", str(tmp_path / "x.csv"),
+                                        "--out", str(tmp_path / "p.csv")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--trust-pickle" in err[0]
+    assert not marker.exists()
+    shutil.rmtree(run)
+
+
+def test_a_crafted_model_json_cannot_name_arbitrary_classes(tmp_path, post):
+    import json
+
+    run = post.save(tmp_path / "run")
+    spec = json.loads((run / "model.json").read_text())
+    spec["model"] = {"object": "subprocess:Popen", "attrs": {"dict": {}}}
+    (run / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="subprocess:Popen, which is not part of bayesmtl"):
+        bm.load(run)
+    spec["model"] = {"dist": "os:system", "params": {}}
+    (run / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="os:system, which is not part of bayesmtl"):
+        bm.load(run)
+    (run / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a valid run: model.json or data.nc is damaged"):
+        bm.load(run)
+    (run / "run.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(ValueError, match="run format 99, which this bayesmtl .* cannot read"):
+        bm.load(run)
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "independent", "pooled", "dp-clustering", "task-relationship",
+                                  "multitask-gp"])
+def test_every_registered_model_round_trips_through_the_data_format(name, tmp_path):
+    import pandas as pd
+
+    df, _ = hierarchical_regression(n_tasks=3, rows=12, features=1, noise=0.5, seed=2)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y", standardize=True)
+    cls = bm.models.get_model_class(name)
+    method = dict(method="map", steps=100) if name == "multitask-gp" else \
+        dict(method="svi", draws=20, steps=150, min_steps=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bm.fit(cls(), data, seed=0, progress=False, **method)
+        run = post.save(tmp_path / "run")
+        back = bm.load(run)
+    assert not (run / "model.pt").exists() and repr(back.model) == repr(post.model)
+    other = "task_02" if name == "multitask-gp" else "fresh"  # a GP predicts only for its own tasks
+    new = df.head(4).assign(task=["task_00", "task_01", other, other])
+    pd.testing.assert_frame_equal(back.predict(new, seed=1), post.predict(new, seed=1))
+    pd.testing.assert_frame_equal(back.summary(), post.summary())

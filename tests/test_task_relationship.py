@@ -284,7 +284,7 @@ def test_graph_and_run_directory(planted_svi, tmp_path):
     assert len(rel.graph(threshold=0.99)) == 0
     post.save(tmp_path / "run")
     csv = pd.read_csv(tmp_path / "run" / "relations.csv")
-    assert list(csv.columns) == ["task_a", "task_b", "mean", "q05", "q95", "p_positive"]
+    assert list(csv.columns) == ["task_a", "task_b", "mean", "q05", "q95", "p_positive", "credible"]
     row = csv[(csv.task_a == "task_2") & (csv.task_b == "task_3")].iloc[0]
     assert row.p_positive < 0.01
     back = bm.load(tmp_path / "run")
@@ -367,7 +367,7 @@ def test_cli_fit_writes_signed_relations_and_predicts_new_task(tmp_path):
                  "--option", "collapse=true", "--option", "guide=mvn", "--option", "steps=1500",
                  "--option", "min_steps=1500", "--option", "threads=1"]) == 0
     rel = pd.read_csv(run / "relations.csv")
-    assert list(rel.columns) == ["task_a", "task_b", "mean", "q05", "q95", "p_positive"]
+    assert list(rel.columns) == ["task_a", "task_b", "mean", "q05", "q95", "p_positive", "credible"]
     pick = lambda a, b: rel[(rel.task_a == a) & (rel.task_b == b)].iloc[0]  # noqa: E731
     assert pick("task_0", "task_1").p_positive > 0.95 and pick("task_2", "task_3").p_positive < 0.05
     new = df.head(4).assign(task=["task_0", "task_0", "brand_new", "brand_new"]).drop(columns="y")
