@@ -296,15 +296,14 @@ def cmd_fit(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    import pandas as pd
-
     import bayesmtl as bm
+    from bayesmtl.data import read_csv
     from bayesmtl.runs import write_atomic_csv
 
     post = bm.load(a.run, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
     if not Path(a.data).exists():
         raise UserError(f"data file {a.data!r} does not exist")
-    pred = post.predict(pd.read_csv(a.data), seed=a.seed)
+    pred = post.predict(read_csv(Path(a.data)), seed=a.seed)
     write_atomic_csv(pred, a.out)
     print(f"wrote {a.out}: {len(pred)} rows ({int(pred['new_task'].sum())} of tasks unseen in training)")
     return 0

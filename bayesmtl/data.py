@@ -48,6 +48,45 @@ def _check_finite(values: np.ndarray, name: str, tasks: np.ndarray | None) -> No
         raise ValueError(f"column {name!r} has {bad.sum()} NaN or infinite value(s){where}")
 
 
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
+    that names a column twice (read as ``x`` and ``x.1``), an empty or unreadable file."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError:
+        raise ValueError(f"data file {str(path)!r} is not a UTF-8 text CSV") from None
+    except IsADirectoryError:
+        raise ValueError(f"data file {str(path)!r} is a folder, not a CSV file") from None
+    if not header:
+        raise ValueError(f"data file {str(path)!r} is empty")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in seen:
+            raise ValueError(f"data file {str(path)!r}: column {name!r} appears twice in the header "
+                             f"(columns {seen[name] + 1} and {i + 1}); give every column its own name")
+        seen[name] = i
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"data file {str(path)!r} cannot be read as CSV: {str(e).strip().splitlines()[0]}") from None
+
+
+def _labels(col: pd.Series, name: str) -> np.ndarray:
+    """Task labels as strings; a missing or blank label is an error naming its row. Whole
+    numbers read as floats (a column with a blank elsewhere) are written as integers."""
+    blank = col.isna() | (col.astype(str).str.strip() == "")
+    if blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0])
+        raise ValueError(f"task column {name!r} has {int(blank.sum())} missing or blank label(s) "
+                         f"(first at row {row})")
+    if col.dtype.kind == "f" and np.all(np.mod(col.to_numpy(), 1) == 0):
+        col = col.astype(np.int64)
+    return col.astype(str).to_numpy()
+
+
 @dataclass(frozen=True)
 class MultiTaskData:
     """Long-format multi-task data as tensors.
@@ -138,10 +177,10 @@ class MultiTaskData:
                 if c in reserved:
                     role = "task feature" if c in task_features else _role(c, task, target, noise, trials)
                     raise ValueError(f"column {c!r} cannot be both a feature and the {role}")
-        labels = df[task]
-        if labels.isna().any():
-            raise ValueError(f"task column {task!r} has {int(labels.isna().sum())} missing label(s)")
-        labels_str = labels.astype(str).to_numpy()
+        if df.columns.duplicated().any():
+            dup = df.columns[df.columns.duplicated()][0]
+            raise ValueError(f"column {dup!r} appears more than once; give every column its own name")
+        labels_str = _labels(df[task], task)
         names = list(dict.fromkeys(labels_str))  # order of first appearance
         index = {n: i for i, n in enumerate(names)}
         task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
@@ -235,7 +274,8 @@ class MultiTaskData:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-        return cls.from_frame(pd.read_csv(path), task=task, target=target, **kwargs)
+        frame = read_csv(path)
+        return cls.from_frame(frame, task=task, target=target, **kwargs)
 
     @classmethod
     def _build(cls, X, y, idx, names, features, target, task_col, noise, trials, noise_col,
@@ -250,7 +290,12 @@ class MultiTaskData:
             raise ValueError(f"task {empty[0]!r} has no rows ({len(empty)} empty task(s) in all)")
         mean = scale = None
         if standardize and X.shape[1]:
-            m, s = X.mean(0), X.std(0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                m, s = X.mean(0), X.std(0)
+            bad = ~(np.isfinite(m) & np.isfinite(s))
+            if bad.any():
+                raise ValueError(f"feature {features[int(np.flatnonzero(bad)[0])]!r} is too large to standardise "
+                                 "(its mean or sd overflows); rescale the column")
             s[s == 0] = 1.0  # a constant column stays as it is, centred
             X = (X - m) / s
             mean, scale = torch.as_tensor(m, dtype=dtype), torch.as_tensor(s, dtype=dtype)
@@ -382,7 +427,7 @@ class MultiTaskData:
         if self.task_column not in df.columns:
             raise ValueError(f"task column {self.task_column!r} not found in the new data; "
                              f"columns are {list(df.columns)}")
-        labels = df[self.task_column].astype(str).to_numpy()
+        labels = _labels(df[self.task_column], self.task_column)
         names = list(self.task_names[: self.n_known_tasks])
         pos = {n: i for i, n in enumerate(names)}
         for s in dict.fromkeys(labels):

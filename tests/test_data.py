@@ -121,7 +121,7 @@ def test_bad_counts_for_poisson_name_task(value):
 def test_missing_task_label():
     df = frame()
     df.loc[1, "school"] = None
-    with pytest.raises(ValueError, match="task column 'school' has 1 missing label"):
+    with pytest.raises(ValueError, match="task column 'school' has 1 missing or blank label"):
         MultiTaskData.from_frame(df, task="school", target="y")
 
 
@@ -129,3 +129,44 @@ def test_prepare_missing_feature_names_column():
     d = MultiTaskData.from_frame(frame(), task="school", target="y")
     with pytest.raises(ValueError, match="feature column 'z' not found"):
         d.prepare(pd.DataFrame({"school": ["a"], "x": [1.0]}))
+
+
+# ---------------------------------------------------------------- silent cases of issue 17
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    for header, name in (("task,x0,x0,y", "x0"), ("task,x0,y,y", "y")):
+        f = tmp_path / "d.csv"
+        f.write_text(header + "\na,1,2,3\nb,2,3,4\n")
+        with pytest.raises(ValueError, match=f"column '{name}' appears twice in the header"):
+            MultiTaskData.from_csv(f, task="task", target="y")
+    frame = pd.DataFrame([[1, 2, 3]], columns=["task", "x", "x"])
+    with pytest.raises(ValueError, match="column 'x' appears more than once"):
+        MultiTaskData.from_frame(frame, task="task", target="x")
+
+
+def test_unreadable_files_are_named(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv' is empty"):
+        MultiTaskData.from_csv(tmp_path / "empty.csv", task="task", target="y")
+    (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError, match="not a UTF-8 text CSV"):
+        MultiTaskData.from_csv(tmp_path / "bin.csv", task="task", target="y")
+    with pytest.raises(ValueError, match="is a folder"):
+        MultiTaskData.from_csv(tmp_path, task="task", target="y")
+
+
+def test_standardising_a_column_that_overflows_is_refused():
+    df = pd.DataFrame({"task": ["a", "a", "b", "b"], "x": [1e300, -1e300, 1e300, 0.0], "y": [1.0, 2, 3, 4]})
+    with pytest.raises(ValueError, match="feature 'x' is too large to standardise"):
+        MultiTaskData.from_frame(df, task="task", target="y", standardize=True)
+
+
+def test_blank_task_labels_are_refused_and_whole_number_labels_match():
+    df = pd.DataFrame({"task": [1, 1, 2, 2], "x": [0.0, 1, 2, 3], "y": [1.0, 2, 3, 4]})
+    data = MultiTaskData.from_frame(df, task="task", target="y")
+    # a blank elsewhere makes pandas read the labels as floats: 1.0 is still task "1"
+    assert data.prepare(pd.DataFrame({"task": [1.0, 2.0, 7.0], "x": [0.0, 1, 2]})).task_names == ["1", "2", "7"]
+    for bad in ([1, None, 2], [1, " ", 2]):
+        with pytest.raises(ValueError, match="task column 'task' has 1 missing or blank label.*row 1"):
+            data.prepare(pd.DataFrame({"task": bad, "x": [0.0, 1, 2]}))
+    with pytest.raises(ValueError, match="missing or blank"):
+        MultiTaskData.from_frame(df.assign(task=["a", "", "b", "b"]), task="task", target="y")
