@@ -453,10 +453,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"bayesmtl: warning: {message}", file=sys.stderr if file is None else file)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (a cluster's wall-time kill, ``kill PID``)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     from bayesmtl.runs import PriorSourceError
 
     args = build_parser().parse_args(argv)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): leave it
+        pass
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.showwarning = _one_line_warning
@@ -467,9 +481,10 @@ def main(argv: list[str] | None = None) -> int:
             # one line: the first (Pyro appends its trace shapes to errors raised inside a model)
             print(f"bayesmtl: error: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("bayesmtl: interrupted; nothing was written", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+            print(f"bayesmtl: {what}; nothing was written", file=sys.stderr)
+            return 143 if isinstance(e, _Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -185,3 +185,52 @@ def test_every_registered_model_round_trips_through_the_data_format(name, tmp_pa
     new = df.head(4).assign(task=["task_00", "task_01", other, other])
     pd.testing.assert_frame_equal(back.predict(new, seed=1), post.predict(new, seed=1))
     pd.testing.assert_frame_equal(back.summary(), post.summary())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_chain_workers_die_with_their_parent(sig, csv, tmp_path):
+    import signal
+
+    cmd = [sys.executable, "-c", "import sys; from bayesmtl.cli import main; sys.exit(main(sys.argv[1:]))",
+           "fit", "--data", str(csv), "--task", "task", "--target", "y", "--method", "nuts", "--warmup", "100000",
+           "--draws", "10", "--chains", "4", "--option", "processes=2", "--option", "compile=none",
+           "--out", str(tmp_path / "run"), "--quiet"]
+    parent = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    for _ in range(300):  # until both chain groups are running
+        time.sleep(0.1)
+        workers = _children(parent.pid)
+        if len(workers) >= 2:
+            break
+    assert len(workers) >= 2, "the chain workers never started"
+    time.sleep(1.0)
+    parent.send_signal(getattr(signal, sig))
+    parent.wait(timeout=30)
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), f"workers {workers} outlived their parent"
+    if sig == "SIGTERM":
+        assert parent.returncode == 143 and "terminated; nothing was written" in parent.stderr.read()
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ re-imported (spawn would re-run an unguarded script). Group g runs with the seed
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import time
 import traceback
@@ -35,10 +36,28 @@ def group_seeds(seed: int, k: int) -> list[int]:
     return [seed] + [int(s) for s in extra]
 
 
-def _worker(run, target, settings: Settings, conn, done, div, g: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Make this forked worker exit when its parent does: the kernel's parent-death signal on
+    Linux, and a check for a parent already gone (it may die before the signal is armed)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the progress poll in the parent is all there is
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker(run, target, settings: Settings, conn, done, div, g: int, parent: int) -> None:
     def report(i: int, n_div: int) -> None:
         done[g], div[g] = i, n_div
+        if os.getppid() != parent:  # parent gone and no death signal (not Linux): stop sampling
+            os._exit(1)
 
+    die_with_parent(parent)
     try:
         torch.set_num_threads(1)
         out = run(target, settings, report=report)
@@ -70,7 +89,7 @@ def run_in_processes(run, target, settings: Settings, k: int) -> Draws:
     for g in range(k):
         recv, send = ctx.Pipe(duplex=False)
         sub = replace(settings, chains=sizes[g], seed=seeds[g], progress=False)
-        p = ctx.Process(target=_worker, args=(run, target, sub, send, done, div, g), daemon=True)
+        p = ctx.Process(target=_worker, args=(run, target, sub, send, done, div, g, os.getpid()), daemon=True)
         p.start()
         send.close()
         procs.append(p)
