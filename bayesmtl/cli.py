@@ -476,15 +476,25 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
         try:
             return args.func(args)
-        except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-                PriorSourceError) as e:
-            # one line: the first (Pyro appends its trace shapes to errors raised inside a model)
+        except (UserError, ValueError, TypeError, OSError, ArithmeticError, PriorSourceError) as e:
+            # one line: the first (Pyro appends its trace shapes to errors raised inside a model).
+            # OSError: unreadable, unwritable or missing files; ArithmeticError: a non-finite ELBO
             print(f"bayesmtl: error: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as e:
             what = "terminated" if isinstance(e, _Terminated) else "interrupted"
             print(f"bayesmtl: {what}; nothing was written", file=sys.stderr)
             return 143 if isinstance(e, _Terminated) else 130
+        except Exception as e:  # a bug of ours: the trace, and what to do with it
+            import traceback
+
+            if type(e).__module__.startswith(("bayesmtl.", "models.")):  # our own numeric errors (GP)
+                print(f"bayesmtl: error: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
+                return 2
+            traceback.print_exc()
+            print("bayesmtl: internal error (a bug in bayesmtl, not in your input): please report it with the "
+                  "lines above and the command you ran; nothing was written", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

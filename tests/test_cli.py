@@ -330,3 +330,30 @@ def test_prior_option_misuse_is_one_line(csv, tmp_path, capsys, args, names):
         code = e.code
     assert code == 2
     _one_line_error(capsys.readouterr().err, *names)
+
+
+def test_a_bug_prints_its_trace_and_asks_for_a_report(tmp_path, capsys, monkeypatch):
+    import bayesmtl as bm
+
+    df, _ = hierarchical_regression(n_tasks=3, rows=5, features=1, seed=0)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    monkeypatch.setattr(bm, "fit", lambda *a, **k: {}["no such key"])  # a KeyError: not an input problem
+    assert main(["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error (a bug in bayesmtl" in err and not (tmp_path / "r").exists()
+
+
+def test_a_blown_up_fit_is_one_line(tmp_path, capsys, monkeypatch):
+    import bayesmtl as bm
+
+    df, _ = hierarchical_regression(n_tasks=3, rows=5, features=1, seed=0)
+    df.to_csv(tmp_path / "d.csv", index=False)
+
+    def blow_up(*a, **k):
+        raise FloatingPointError("the ELBO became nan at step 12; try a smaller lr (now 0.01) or scale the data")
+
+    monkeypatch.setattr(bm, "fit", blow_up)
+    assert main(["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    _one_line_error(capsys.readouterr().err, "ELBO became nan")
