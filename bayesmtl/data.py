@@ -48,6 +48,18 @@ def _check_finite(values: np.ndarray, name: str, tasks: np.ndarray | None) -> No
         raise ValueError(f"column {name!r} has {bad.sum()} NaN or infinite value(s){where}")
 
 
+def _real_array(a, name: str) -> np.ndarray:
+    """``a`` as a float array; complex values (their imaginary part would be dropped) and
+    non-numbers are an error naming the argument."""
+    a = a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name} holds complex numbers; give real values")
+    try:
+        return a.astype(float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold numbers; got values of type {a.dtype}") from None
+
+
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
     that names a column twice (read as ``x`` and ``x.1``), an empty or unreadable file."""
@@ -223,9 +235,10 @@ class MultiTaskData:
         standardize: bool = False,
         dtype: torch.dtype = torch.float64,
     ) -> MultiTaskData:
-        """Build from arrays: X (N, D), y (N,), task (N,) of integer indices or labels."""
-        X = np.asarray(X.cpu() if torch.is_tensor(X) else X, dtype=float)
-        y = np.asarray(y.cpu() if torch.is_tensor(y) else y, dtype=float)
+        """Build from arrays: X (N, D), y (N,), task (N,) of integer indices or labels. The same
+        checks as ``from_frame``: finite real numbers, positive noise, whole-number trials."""
+        X = _real_array(X, "X")
+        y = _real_array(y, "y")
         task = np.asarray(task.cpu() if torch.is_tensor(task) else task)
         if X.ndim == 1:
             X = X[:, None]
@@ -259,11 +272,17 @@ class MultiTaskData:
         for j, c in enumerate(feature_names):
             _check_finite(X[:, j], c, labels_str)
         _check_finite(y, "y", labels_str)
-        nz = None if noise is None else np.asarray(noise, dtype=float)
-        tr = None if trials is None else np.asarray(trials, dtype=float)
+        nz = None if noise is None else _real_array(noise, "noise")
+        tr = None if trials is None else _real_array(trials, "trials")
         for arr, name in ((nz, "noise"), (tr, "trials")):
             if arr is not None and arr.shape != (len(X),):
                 raise ValueError(f"{name} must have shape ({len(X)},); got {arr.shape}")
+            if arr is not None:
+                _check_finite(arr, name, labels_str)
+        if nz is not None and (nz <= 0).any():
+            raise ValueError("noise must be positive (a standard deviation per row)")
+        if tr is not None and ((tr < 0).any() or (tr != np.round(tr)).any()):
+            raise ValueError("trials must hold non-negative integers")
         return cls._build(X, y, idx, task_names, feature_names, "y", "task", nz, tr,
                           None if nz is None else "noise", None if tr is None else "trials",
                           standardize, dtype)

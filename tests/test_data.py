@@ -170,3 +170,17 @@ def test_blank_task_labels_are_refused_and_whole_number_labels_match():
             data.prepare(pd.DataFrame({"task": bad, "x": [0.0, 1, 2]}))
     with pytest.raises(ValueError, match="missing or blank"):
         MultiTaskData.from_frame(df.assign(task=["a", "", "b", "b"]), task="task", target="y")
+
+
+def test_from_arrays_checks_what_from_frame_checks():
+    X, y, t = np.random.default_rng(0).standard_normal((6, 1)), np.arange(6.0), np.array([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="noise must be positive"):
+        MultiTaskData.from_arrays(X, y, t, noise=-np.ones(6))
+    with pytest.raises(ValueError, match="trials must hold non-negative integers"):
+        MultiTaskData.from_arrays(X, y, t, trials=np.full(6, 2.5))
+    with pytest.raises(ValueError, match="X holds complex numbers"):
+        MultiTaskData.from_arrays(X + 1j, y, t)
+    with pytest.raises(ValueError, match="noise holds complex numbers"):
+        MultiTaskData.from_arrays(X, y, t, noise=np.ones(6) * 1j)
+    with pytest.raises(ValueError, match="y must hold numbers"):
+        MultiTaskData.from_arrays(X, np.array(list("abcdef")), t)
