@@ -208,7 +208,9 @@ class OneParameter(Likelihood):
         self.prior = None if prior is None else as_distribution(prior, f"{self.param}_prior")
 
     def default_prior(self) -> dist.Distribution:
-        raise NotImplementedError
+        """Gamma(2, 0.1), for a positive parameter (a concentration, shape or precision): mean
+        20, density vanishing at 0 (not all noise) with room from about 0.5 to 60."""
+        return dist.Gamma(2.0, 0.1)
 
     def sample_params(self, n_tasks, task_plate, like):
         prior = move_distribution(self.prior if self.prior is not None else self.default_prior(), like)

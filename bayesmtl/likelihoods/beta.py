@@ -27,9 +27,6 @@ class Beta(OneParameter):
     param = "phi"
     link = "logit"
 
-    def default_prior(self):
-        return dist.Gamma(2.0, 0.1)
-
     def location_scale(self, data: MultiTaskData):
         m = float(data.y.double().mean()) if data.y is not None and data.y.numel() else 0.5
         return (math.log(m / (1 - m)) if 0 < m < 1 else 0.0), 1.0

@@ -36,9 +36,6 @@ class NegativeBinomial(OneParameter):
     param = "phi"
     link = "log"
 
-    def default_prior(self):
-        return dist.Gamma(2.0, 0.1)
-
     def location_scale(self, data):
         return _log_mean(data)
 

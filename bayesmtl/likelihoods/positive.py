@@ -29,9 +29,6 @@ class Gamma(OneParameter):
     param = "shape"
     link = "log"
 
-    def default_prior(self):
-        return dist.Gamma(2.0, 0.1)
-
     def location_scale(self, data: MultiTaskData):
         return _log_mean(data)
 
