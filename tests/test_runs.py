@@ -165,8 +165,8 @@ def test_a_crafted_model_json_cannot_name_arbitrary_classes(tmp_path, post):
         bm.load(run)
 
 
-@pytest.mark.parametrize("name", ["hierarchical", "independent", "pooled", "dp-clustering", "task-relationship",
-                                  "multitask-gp"])
+@pytest.mark.parametrize("name", ["hierarchical", "multitask-gp"] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in ("independent", "pooled", "dp-clustering", "task-relationship")])
 def test_every_registered_model_round_trips_through_the_data_format(name, tmp_path):
     import pandas as pd
 
@@ -208,7 +208,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGKILL", pytest.param("SIGTERM", marks=pytest.mark.slow)])
 def test_chain_workers_die_with_their_parent(sig, csv, tmp_path):
     import signal
 
