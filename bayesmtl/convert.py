@@ -9,7 +9,7 @@ import numpy as np
 
 from .posterior import quantile_label
 
-__all__ = ["to_inference_data", "from_inference_data", "summary", "psis_k", "az"]
+__all__ = ["to_inference_data", "from_inference_data", "summary", "psis", "az"]
 
 with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
     warnings.simplefilter("ignore", FutureWarning)
@@ -52,12 +52,13 @@ def from_inference_data(idata: az.InferenceData) -> tuple[dict[str, np.ndarray],
     return post, stats
 
 
-def psis_k(log_w: np.ndarray) -> float:
-    """Pareto k of Pareto-smoothed importance sampling for log weights (n,) (arviz ``psislw``)."""
+def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed log importance weights (normalised) and the Pareto k, for log weights
+    (n,) (arviz ``psislw``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns itself when k is high: the caller says so
-        _, k = az.psislw(np.asarray(log_w, dtype=float))
-    return float(k)
+        smoothed, k = az.psislw(np.asarray(log_w, dtype=float).copy())
+    return np.asarray(smoothed), float(k)
 
 
 def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 0.9):

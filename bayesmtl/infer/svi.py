@@ -202,24 +202,14 @@ def _per_draw(trace, k: int, nesting: int) -> torch.Tensor:
 def psis_weights(log_w: torch.Tensor) -> tuple[float, torch.Tensor | None]:
     """Pareto k and the normalised Pareto-smoothed importance weights (n,) of log ratios (n,);
     (nan, None) when a ratio is not finite."""
-    import arviz as az
+    from ..convert import psis
 
     w = log_w.double().cpu().numpy()
     if not np.isfinite(w).all():
         return float("nan"), None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns on a high k itself; the diagnostics say so
-        smoothed, k = az.psislw(w.copy())
+    smoothed, k = psis(w)
     weights = torch.from_numpy(np.exp(smoothed - smoothed.max()))
-    return float(k), weights / weights.sum()
-
-
-def pareto_k(log_w: torch.Tensor) -> float:
-    """The Pareto-smoothed importance sampling shape k of log ratios (n,); nan when not finite."""
-    from ..convert import psis_k
-
-    w = log_w.double().numpy()
-    return psis_k(w) if np.isfinite(w).all() else float("nan")
+    return k, weights / weights.sum()
 
 
 def _step(svi: SVI, i: int, lr: float) -> float:

@@ -169,8 +169,6 @@ class LocationScale(Likelihood):
         sigma = {"per_task": {"sigma": ("task",)}, "shared": {"sigma": ()}}.get(self.noise, {})
         return {**sigma, **self.extra_dims()}
 
-    per_row = staticmethod(per_row)
-
     def scale(self, eta, params, task, noise):
         if self.noise == "known":
             return noise
