@@ -46,11 +46,12 @@ class StructuredAffine(Transform):
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, loc, pop, task, tril, coupling, scale):
+    def __init__(self, loc, pop, task, tril, coupling, scale, order=None):
         super().__init__(cache_size=1)
         self.loc, self.pop, self.task = loc, pop, task
         self.tril, self.coupling, self.scale = tril, coupling, scale
-        self.order = torch.argsort(torch.cat([pop, task]))  # [pop; task] -> the latent's order
+        # [pop; task] -> the latent's order (the guide passes it in: computed once, not every step)
+        self.order = torch.argsort(torch.cat([pop, task])) if order is None else order
 
     def _call(self, x):
         d_pop = x[..., self.pop] @ self.tril.T
@@ -113,6 +114,7 @@ class AutoStructuredNormal(AutoContinuous):
         like = self.loc
         self._pop = torch.tensor(pop, dtype=torch.long, device=like.device)
         self._task = torch.tensor(task, dtype=torch.long, device=like.device)
+        self._order = torch.argsort(torch.cat([self._pop, self._task]))
         P, Q = len(pop), len(task)
         self.pop_scale = PyroParam(like.new_full((P,), self._init_scale), self.scale_constraint)
         self.full_rank = P <= MAX_FULL_RANK
@@ -132,7 +134,7 @@ class AutoStructuredNormal(AutoContinuous):
     def get_transform(self, *args, **kwargs) -> StructuredAffine:
         tril = self.pop_scale.unsqueeze(-1) * self.pop_tril if self.full_rank else torch.diag(self.pop_scale)
         return StructuredAffine(self.loc, self._pop, self._task, tril,
-                                self.coupling if self.coupled else None, self.task_scale)
+                                self.coupling if self.coupled else None, self.task_scale, self._order)
 
     def _loc_scale(self, *args, **kwargs):
         return self.loc, self.get_transform().marginal_sd()
