@@ -195,8 +195,7 @@ class DPClustering(MultiTaskModel):
 
     def num_clusters(self, post) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (from the drawn z): num_clusters, probability."""
-        z = torch.as_tensor(post.samples["z"]).reshape(-1, post.data.n_tasks)
-        counts = np.array([len(torch.unique(row)) for row in z])
+        counts = self.prior.cluster_counts({"z": torch.as_tensor(post.samples["z"]).reshape(-1, post.data.n_tasks)})
         vals, n = np.unique(counts, return_counts=True)
         return pd.DataFrame({"num_clusters": vals, "probability": n / n.sum()})
 
