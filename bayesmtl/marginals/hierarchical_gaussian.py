@@ -1,18 +1,19 @@
 """Collapsed Gaussian form of a hierarchical multi-task regression.
 
-For ``MultiTaskModel`` with a diagonal ``priors.Hierarchical`` prior, no shared features and a
-Gaussian likelihood (known, shared or per-task noise), each task's coefficients integrate out:
+For ``MultiTaskModel`` with a diagonal ``priors.Hierarchical`` prior and a Gaussian likelihood
+(known, shared or per-task noise), each task's coefficients integrate out:
 
-    w_t ~ N(mu, diag(tau)^2),  y_t | w_t ~ N(X_t w_t, sigma_t^2 I)
-    =>  y_t ~ N(X_t mu, X_t diag(tau)^2 X_t' + sigma_t^2 I).
+    w_t ~ N(mu, diag(tau)^2),  y_t | w_t ~ N(X_t w_t + S_t coef, sigma_t^2 I)
+    =>  y_t ~ N(X_t mu + S_t coef, X_t diag(tau)^2 X_t' + sigma_t^2 I).
 
 The marginal log-likelihood needs only the per-task sufficient statistics X_t'X_t, X_t'y_t,
 y_t'y_t (weighted by 1/s_n^2 when the noise is known), computed once, so one evaluation costs
-O(T D^3), not O(N). It is evaluated in the well-conditioned form A' = I + diag(tau) X'X
-diag(tau) / sigma^2 (no 1/tau, so tau -> 0 is safe), with its gradient written out by hand
-(~3x faster than autograd through the batched Cholesky on 400 6 x 6 blocks). Afterwards
-``conditional`` draws w_t exactly from N(mu + tau * A'^-1 tau * u, tau A'^-1 tau),
-u = X'(y - X mu) / sigma^2.
+O(T D^3), not O(N). Shared coefficients (``shared=``, sampled as ``coef``) enter through the
+residual r = y - S coef: X'r and r'r follow from X'S, S'y and S'S per task, also computed once.
+It is evaluated in the well-conditioned form A' = I + diag(tau) X'X diag(tau) / sigma^2 (no
+1/tau, so tau -> 0 is safe), with its gradient written out by hand (~3x faster than autograd
+through the batched Cholesky on 400 6 x 6 blocks). Afterwards ``conditional`` draws w_t exactly
+from N(mu + tau * A'^-1 tau * u, tau A'^-1 tau), u = X'(y - X mu) / sigma^2.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["HierarchicalGaussian", "hierarchical_gaussian"]
 @register(Hierarchical, Gaussian, "collapsed")
 def hierarchical_gaussian(model, data: MultiTaskData) -> HierarchicalGaussian | None:
     """The collapsed form of ``model`` on ``data``, or None where it does not apply."""
-    if model.prior.covariance != "diagonal" or model.shared:
+    if model.prior.covariance != "diagonal":
         return None
     return HierarchicalGaussian(model, data)
 
@@ -45,7 +46,8 @@ class HierarchicalGaussian(Marginal):
     """Sufficient statistics of a hierarchical Gaussian regression and its collapsed model.
 
     Satisfies ``bayesmtl.infer.base.Collapsed``: ``pyro_model()`` samples ``mu``, ``tau`` and
-    ``sigma`` (where learned) with the marginal likelihood as ``pyro.factor("y_marginal")``;
+    ``sigma`` (where learned) and ``coef`` (shared features) with the marginal likelihood as
+    ``pyro.factor("y_marginal")``;
     ``conditional`` adds ``w`` (and ``w_raw`` for the non-centred prior).
     """
 
@@ -54,9 +56,9 @@ class HierarchicalGaussian(Marginal):
     def __init__(self, model, data: MultiTaskData):
         self.prior = model.prior
         self.lik = model.likelihood_for(data)
-        Xv, _ = model.design(data)
-        T, D = data.n_tasks, Xv.shape[-1]
-        self.T, self.D = T, D
+        Xv, Xs = model.design(data)
+        T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
+        self.T, self.D, self.Ds = T, D, Ds
         y, task = data.y, data.task
         known = self.lik.noise == "known"
         wt = 1.0 / data.noise ** 2 if known else torch.ones_like(y)
@@ -66,6 +68,12 @@ class HierarchicalGaussian(Marginal):
         self.Xy = Xv.new_zeros(T, D).index_add_(0, task, Xw * y.unsqueeze(-1))
         self.yy = Xv.new_zeros(T).index_add_(0, task, wt * y * y)
         self.n = Xv.new_zeros(T).index_add_(0, task, torch.ones_like(y))
+        if Ds:  # X'S (T, D, Ds), S'y (T, Ds), S'S (T, Ds, Ds): the residual's statistics given coef
+            Sw = Xs * wt.unsqueeze(-1)
+            self.XS = Xv.new_zeros(T, D, Ds).index_add_(0, task, Xw.unsqueeze(-1) * Xs.unsqueeze(-2))
+            self.Sy = Xv.new_zeros(T, Ds).index_add_(0, task, Sw * y.unsqueeze(-1))
+            SS = Xv.new_zeros(T, Ds, Ds).index_add_(0, task, Sw.unsqueeze(-1) * Xs.unsqueeze(-2))
+            self.SS = 0.5 * (SS + SS.transpose(-1, -2))
         # the constant part of log det: N log 2 pi (+ sum log s_n^2 with known noise)
         self.const = float(y.numel() * math.log(2 * math.pi))
         if known:
@@ -77,6 +85,9 @@ class HierarchicalGaussian(Marginal):
             self._priors["mu"] = move_distribution(self.prior.mean, self.like)
         if not known:
             self._priors["sigma"] = move_distribution(self.lik.noise_prior, self.like)
+        if Ds:
+            self._coef_prior = move_distribution(model.shared_prior_for(data), self.like).expand([Ds])
+            self._priors["coef"] = self._coef_prior
 
     # ------------------------------------------------------------------ algebra
     def _flat(self, mu, tau, sigma):
@@ -92,15 +103,29 @@ class HierarchicalGaussian(Marginal):
             s2 = (s * s).expand(B, T)
         return mu2, tau2, s2
 
-    def log_marginal(self, mu, tau, sigma=None) -> torch.Tensor:
-        """log p(y | mu, tau, sigma) with w integrated out, shape tau.shape[:-1].
+    def _residual(self, coef):
+        """X'r (B, T, D) and r'r (B, T) of the residual r = y - S coef, for coef (B, Ds); the
+        stored X'y and y'y where there are no shared features."""
+        if coef is None:
+            return self.Xy, self.yy
+        Xy = self.Xy - torch.einsum("tds,bs->btd", self.XS, coef)
+        SSb = torch.einsum("tsr,br->bts", self.SS, coef)
+        yy = self.yy - (coef.unsqueeze(-2) * (2 * self.Sy - SSb)).sum(-1)
+        return Xy, yy
+
+    def _coef(self, values, B):
+        return values["coef"].reshape(B, self.Ds) if self.Ds else None
+
+    def log_marginal(self, mu, tau, sigma=None, coef=None) -> torch.Tensor:
+        """log p(y | mu, tau, sigma, coef) with w integrated out, shape tau.shape[:-1].
 
         Its gradient is written out by hand (``_LogMarginal``): autograd through the batched
         Cholesky costs about three times the forward pass on (B, T, D, D) blocks.
         """
         batch = tau.shape[:-1]
         mu2, tau2, s2 = self._flat(mu, tau, sigma)
-        ll = _LogMarginal.apply(mu2, tau2, s2, self.XX, self.Xy, self.yy, self.n)
+        Xy, yy = self._residual(None if coef is None else coef.reshape(mu2.shape[0], self.Ds))
+        ll = _LogMarginal.apply(mu2, tau2, s2, self.XX, Xy, yy, self.n)
         return (ll - 0.5 * self.const).reshape(batch)
 
     # ------------------------------------------------------------------ Collapsed protocol
@@ -111,8 +136,9 @@ class HierarchicalGaussian(Marginal):
             task_plate = pyro.plate("task", T, dim=-1)
             mu = _hyper("mu", prior.mean, D, like)
             tau = pyro.sample("tau", _vec(prior.scale, D, like))
+            coef = pyro.sample("coef", self._coef_prior.to_event(1)) if self.Ds else None
             sigma = self.lik.sample_params(T, task_plate, like).get("sigma")
-            pyro.factor("y_marginal", self.log_marginal(mu, tau, sigma))
+            pyro.factor("y_marginal", self.log_marginal(mu, tau, sigma, coef))
 
         return model
 
@@ -126,7 +152,7 @@ class HierarchicalGaussian(Marginal):
         C = tau.shape[0]
         mu = values["mu"] if "mu" in values else torch.full_like(tau, self.prior.mean)
         sigma = values.get("sigma")
-        lp = self.log_marginal(mu, tau, sigma)
+        lp = self.log_marginal(mu, tau, sigma, values.get("coef"))
         for name, d in self._priors.items():
             lp = lp + d.log_prob(values[name]).reshape(C, -1).sum(-1)
         return lp
@@ -144,9 +170,15 @@ class HierarchicalGaussian(Marginal):
         mu = values["mu"] if "mu" in values else torch.full_like(tau, self.prior.mean)
         sigma = values.get("sigma")
         mu2, tau2, s2 = self._flat(mu, tau, sigma)
-        ll, *saved = _lm_forward(mu2, tau2, s2, self.XX, self.Xy, self.yy, self.n)
-        d_mu, d_tau, d_s2 = _lm_backward(None, *saved)
+        coef = self._coef(values, C)
+        ll, *saved = _lm_forward(mu2, tau2, s2, self.XX, *self._residual(coef), self.n)
+        d_mu, d_tau, d_s2, d_Xy, d_yy = _lm_backward(None, *saved)
         grads = {"tau": d_tau.reshape(tau.shape)}
+        if coef is not None:  # through X'r = X'y - X'S coef and r'r = y'y - coef'(2 S'y - S'S coef)
+            SSb = torch.einsum("tsr,br->bts", self.SS, coef)
+            d_coef = (-torch.einsum("btd,tds->bs", d_Xy, self.XS)
+                      + (d_yy.unsqueeze(-1) * (2 * SSb - 2 * self.Sy)).sum(-2))
+            grads["coef"] = d_coef.reshape(values["coef"].shape)
         if "mu" in values:
             grads["mu"] = d_mu.reshape(values["mu"].shape)
         if sigma is not None:  # s2 = sigma^2, per task or shared by all tasks
@@ -163,7 +195,7 @@ class HierarchicalGaussian(Marginal):
         tau = tau.reshape(S, self.D)
         mu = samples["mu"].reshape(S, self.D) if "mu" in samples else torch.full_like(tau, self.prior.mean)
         mu2, tau2, s2 = self._flat(mu, tau, samples.get("sigma"))
-        _, _, _, b, L = _lm_factor(mu2, tau2, s2, self.XX, self.Xy, self.yy)
+        _, _, _, b, L = _lm_factor(mu2, tau2, s2, self.XX, *self._residual(self._coef(samples, S)))
         v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         z = torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)  # (S, T, D)
@@ -182,7 +214,8 @@ class _LogMarginal(torch.autograd.Function):
     M = A^-1: ll_t = -(n log s2 + log|A| + r'r / s2 - b'q) / 2. The gradient needs only diag(M)
     (because M K = I - M), not M itself, with u = XX (t q) / s2:
     dll/dtau = sum_t q (c - u) - (1 - diag M) / t,  dll/dmu = sum_t c - u,
-    dll/ds2_t = (D - n - tr M + r'r / s2 - b'q - q'q) / (2 s2).
+    dll/ds2_t = (D - n - tr M + r'r / s2 - b'q - q'q) / (2 s2),
+    dll/dXy_t = (mu + t q) / s2,  dll/dyy_t = -1 / (2 s2) (for shared coefficients' residuals).
     """
 
     @staticmethod
@@ -193,7 +226,9 @@ class _LogMarginal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (*_lm_backward(g, *ctx.saved_tensors), None, None, None, None)
+        d_mu, d_tau, d_s2, d_Xy, d_yy = _lm_backward(g, *ctx.saved_tensors)
+        need = ctx.needs_input_grad
+        return d_mu, d_tau, d_s2, None, d_Xy if need[4] else None, d_yy if need[5] else None, None
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,17 +271,19 @@ def _lm_forward(mu, tau, s2, XX, Xy, yy, n):
     diag_m = (Li * Li).sum(-2)
     logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     ll = -0.5 * (n * torch.log(s2) + logdet + rr - vv)      # (B, T)
-    return ll.sum(-1), XX, inv, t, c, rr, q, vv, diag_m, n
+    return ll.sum(-1), XX, inv, t, c, rr, q, vv, diag_m, n, mu
 
 
-def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n):
+def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n, mu):
     u = _shared_matvec(XX, t * q) * inv.unsqueeze(-1)
     d_mu = (c - u).sum(-2)
     # (1 - M_dd) / t_d = sum_e M_de XX_de t_e / s2; where t_d = 0, M_dd = 1 exactly and this is 0
     d_tau = (q * (c - u) - (1 - diag_m) / t.clamp_min(torch.finfo(t.dtype).tiny)).sum(-2)
     D = q.shape[-1]
     d_s2 = 0.5 * (D - n - diag_m.sum(-1) + rr - bq - (q * q).sum(-1)) * inv
+    d_Xy = (mu.unsqueeze(-2) + t * q) * inv.unsqueeze(-1)
+    d_yy = -0.5 * inv
     if g is None:  # the gradient of ll itself (a caller outside autograd)
-        return d_mu, d_tau, d_s2
+        return d_mu, d_tau, d_s2, d_Xy, d_yy
     g1 = g.unsqueeze(-1)
-    return g1 * d_mu, g1 * d_tau, g1 * d_s2
+    return g1 * d_mu, g1 * d_tau, g1 * d_s2, g1.unsqueeze(-1) * d_Xy, g1 * d_yy
