@@ -15,6 +15,8 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -262,6 +264,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="back-end option, e.g. --option guide=mvn --option target_accept=0.9")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="nuts, chees and svi save their state beside --out this often (default 60; 0: never); "
+                   "a killed fit continues with 'bayesmtl resume OUT'")
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
@@ -280,19 +285,80 @@ def cmd_fit(a: argparse.Namespace) -> int:
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
-    from bayesmtl.runs import reserve
+    from bayesmtl.runs import checkpoint_path, reserve
 
     with reserve(a.out, overwrite=a.overwrite):  # refused or locked now, not after the fit
-        post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
-                      seed=a.seed, device=a.device, progress=not a.quiet, **_options(a.option))
+        ckpt = checkpoint_path(a.out)
+        resume = getattr(a, "resume", False)
+        if not resume and any(ckpt.rglob("*.npz")):
+            raise UserError(f"{str(a.out)!r} has an unfinished fit's checkpoint ({str(ckpt)!r}): continue it with "
+                            f"'bayesmtl resume {a.out}', or remove that folder to start again")
+        if a.checkpoint_every < 0:
+            raise UserError(f"--checkpoint-every must be >= 0 seconds (0: never); got {a.checkpoint_every}")
+        keep = a.checkpoint_every > 0 and a.method in _CHECKPOINTED
+        if keep and not resume:
+            shutil.rmtree(ckpt, ignore_errors=True)  # a fit that failed before its first checkpoint
+            ckpt.mkdir()
+            (ckpt / "command.json").write_text(json.dumps({"argv": a.argv, "cwd": os.getcwd()}))
+        _FitState.checkpoint = ckpt if keep else None
+        more = {}
+        if keep:
+            more = {"checkpoint_every": a.checkpoint_every, ("resume" if resume else "checkpoint"): str(ckpt)}
+        try:
+            post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
+                          seed=a.seed, device=a.device, progress=not a.quiet, **more, **_options(a.option))
+        except Exception:
+            if keep and not any(ckpt.rglob("*.npz")):
+                shutil.rmtree(ckpt, ignore_errors=True)  # no progress to keep
+            raise
         if source is not None:
             post.info["prior_source"] = source
         post.save(a.out, overwrite=a.overwrite)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        _FitState.checkpoint = None
     problems = post.info["diagnostics"]["problems"]
     verdict = "all checks passed" if not problems else f"{len(problems)} diagnostic warning(s) above"
     print(f"wrote {a.out}: {post.describe_draws()} in {post.info['seconds']:.1f} s; {verdict}; "
           f"see: bayesmtl summary {a.out}")
     return 0
+
+
+#: methods that checkpoint (``infer/checkpoint.py``)
+_CHECKPOINTED = ("nuts", "chees", "svi")
+
+
+class _FitState:
+    """The checkpoint folder of the fit running now, for the line an interrupted fit prints."""
+
+    checkpoint = None
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    """Continue the fit whose checkpoint sits beside run directory ``a.run``."""
+    from bayesmtl.runs import checkpoint_path
+
+    ckpt = checkpoint_path(a.run)
+    try:
+        command = json.loads((ckpt / "command.json").read_text())
+        argv, cwd = list(command["argv"]), str(command["cwd"])
+    except FileNotFoundError:
+        raise UserError(f"no unfinished fit to resume at {str(a.run)!r} (no {str(ckpt)!r})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{str(ckpt / 'command.json')!r} is not a readable fit command ({e})") from None
+    if not all(isinstance(x, str) for x in argv) or not argv or argv[0] != "fit":
+        raise UserError(f"{str(ckpt / 'command.json')!r} does not hold a 'bayesmtl fit' command")
+    if not os.path.isdir(cwd):
+        raise UserError(f"the fit ran in {cwd!r}, which no longer exists; its paths are relative to it")
+    fit = build_parser().parse_args(argv)
+    fit.argv, fit.resume = argv, True
+    if a.quiet:
+        fit.quiet = True
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return cmd_fit(fit)
+    finally:
+        os.chdir(here)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -426,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_args(f)
     f.set_defaults(func=cmd_fit)
 
+    r = sub.add_parser("resume", help="continue a killed or interrupted fit from its last checkpoint",
+                       description="Continue the 'bayesmtl fit' that was writing RUN from its last checkpoint "
+                       "(the same command, data and settings; with the same seed the result is the one the "
+                       "uninterrupted fit would have written).")
+    r.add_argument("run", help="the --out of the unfinished fit")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_resume)
+
     pr = sub.add_parser("predict", help="posterior predictive for new rows, known or new tasks")
     pr.add_argument("run", help="run directory")
     _trust_flags(pr)
@@ -467,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     from bayesmtl.runs import PriorSourceError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (main() called from a thread): leave it
@@ -483,7 +558,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as e:
             what = "terminated" if isinstance(e, _Terminated) else "interrupted"
-            print(f"bayesmtl: {what}; nothing was written", file=sys.stderr)
+            ck = _FitState.checkpoint
+            if ck is not None and any(ck.rglob("*.npz")):
+                run = ck.with_name(ck.name[1:-len(".checkpoint")])
+                print(f"bayesmtl: {what}; no run was written, the progress is kept: continue with "
+                      f"'bayesmtl resume {run}'", file=sys.stderr)
+            else:
+                print(f"bayesmtl: {what}; nothing was written", file=sys.stderr)
             return 143 if isinstance(e, _Terminated) else 130
         except Exception as e:  # a bug of ours: the trace, and what to do with it
             import traceback

@@ -7,6 +7,7 @@ import random
 import time
 import warnings
 from numbers import Integral
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ def _count(name: str, value, minimum: int) -> int:
 
 def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
-        progress: bool = True, collapse: bool | None = None, **options) -> Posterior:
+        progress: bool = True, collapse: bool | None = None, checkpoint: str | Path | None = None,
+        checkpoint_every: float = 60.0, resume: str | Path | None = None, **options) -> Posterior:
     """Fit ``model`` to ``data`` and return its Posterior.
 
     Parameters
@@ -60,6 +62,13 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
         back end prefers (samplers and SVI use it whenever the model offers it, SVI not with
         ``batch_size``; MAP does not).
         ``info["path"]`` records which ran.
+    checkpoint : folder, optional
+        Save the sampler's or optimiser's whole state there every ``checkpoint_every`` seconds
+        (NUTS, ChEES and SVI; ``infer/checkpoint.py``), so a killed run loses at most that much.
+    resume : folder, optional
+        Continue from the checkpoint in this folder (and keep checkpointing there). The model,
+        data and settings must be those of the run that wrote it; with the same seed the result
+        is the one the uninterrupted run would have given.
     **options
         Back-end options (e.g. ``guide="mvn"``, ``batch_size=256`` for SVI;
         ``target_accept=0.9`` for NUTS).
@@ -73,8 +82,10 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     seed = _count("seed", seed, 0)
     backend = get_backend(method)
     dev = resolve_device(device)
+    ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
-                        progress=progress, options=dict(options))
+                        progress=progress, options=dict(options), checkpoint=ckpt,
+                        checkpoint_every=float(checkpoint_every), resume=resume is not None)
     # checking a model runs its program once: that draws too. The data's dtype (and device) are the
     # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
     with seeded(seed, dev), data_context(data.dtype, dev):
@@ -83,6 +94,25 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
         return _run(model, data, on_device, target, backend, settings, method)
+
+
+def _checkpoint_folder(checkpoint, resume, every) -> str | None:
+    """The checkpoint folder asked for (``resume`` wins), checked."""
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ValueError(f"checkpoint_every must be a number of seconds > 0; got {every!r}")
+    if resume is not None:
+        if checkpoint is not None and Path(checkpoint) != Path(resume):
+            raise ValueError("give checkpoint= or resume=, not both (resume keeps checkpointing where it reads)")
+        folder = Path(resume)
+        if not folder.is_dir() or not any(folder.rglob("*.npz")):
+            raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint there to resume from")
+        return str(folder)
+    if checkpoint is None:
+        return None
+    folder = Path(checkpoint)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is a file, not a folder")
+    return str(folder)
 
 
 @contextlib.contextmanager

@@ -129,6 +129,13 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+def checkpoint_path(path: str | Path) -> Path:
+    """The folder beside run ``path`` where the CLI's fit keeps its checkpoints
+    (``.<name>.checkpoint``); removed once the run is written."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.checkpoint")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -167,8 +174,9 @@ def reserve(path: str | Path, overwrite: bool = False):
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
+        keep = {lock.name, checkpoint_path(path).name}  # a checkpoint is progress to resume, not debris
         for stale in path.parent.glob(f".{path.name}.*"):
-            if stale.is_dir() and stale.name != lock.name:
+            if stale.is_dir() and stale.name not in keep:
                 shutil.rmtree(stale, ignore_errors=True)  # a killed writer's temporary folder
         yield path
     finally:

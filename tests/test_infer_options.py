@@ -43,7 +43,7 @@ def model():
     (SVI, dict(steps=0), "steps must be an integer >= 1"),
     (SVI, dict(anneal=-1), "anneal must be an integer >= 0"),
     (SVI, dict(batch_size=0), "batch_size must be None or an integer >= 1"),
-    (SVI, dict(particles=0), "particles must be an integer >= 1"),
+    (SVI, dict(particles=0), "particles must be None or an integer >= 1"),
     (SVI, dict(rank=0), "rank must be None or an integer >= 1"),
     (MAP, dict(steps=0), "steps must be an integer >= 1"),
     (MAP, dict(lr=-0.1), "lr must be a number > 0"),

@@ -24,7 +24,9 @@ __all__ = ["Settings", "Draws", "Backend", "torch_threads"]
 class Settings:
     """What every back end is told. ``options`` holds back-end specific settings: the keywords
     given to ``fit`` (a dict), or the back end's options object (``options.NUTS`` and so on);
-    a back end reads either with ``TheirOptions.of(settings.options)``."""
+    a back end reads either with ``TheirOptions.of(settings.options)``. ``checkpoint``: a folder
+    where the back end saves its state every ``checkpoint_every`` seconds; ``resume``: continue
+    from the checkpoint there (``checkpoint.py``)."""
 
     chains: int = 4
     warmup: int = 1000
@@ -33,6 +35,9 @@ class Settings:
     device: str = "cpu"
     progress: bool = True
     options: Any = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_every: float = 60.0
+    resume: bool = False
 
 
 class Draws(NamedTuple):

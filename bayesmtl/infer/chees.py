@@ -47,6 +47,7 @@ import torch
 
 from .adapt import fisher_metric, initial_metric, step_size_adaptation
 from .base import Draws, Settings
+from .checkpoint import Checkpoint, flatten, restore
 from .driver import DrawBuffer, progress_bar, run_batched, tick, timings
 from .hmc_util import (
     HMCState,
@@ -155,10 +156,10 @@ def trajectory_update(s: TrajectoryAdaptation, grad: float | None, eps: float, m
 
 def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.651,
               max_steps: int = 1000, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
-              progress: bool = False, report=None) -> tuple[dict[str, np.ndarray], dict]:
+              progress: bool = False, report=None, checkpoint=None) -> tuple[dict[str, np.ndarray], dict]:
     """Adapt for ``warmup`` iterations, then draw ``draws`` per chain; same contract as
     ``nuts.run_nuts`` (sample stats (C, draws); extra with step_size (C,), inv_mass,
-    trajectory_length, timings)."""
+    trajectory_length, timings; ``checkpoint`` as there)."""
     C, P = state.z.shape
     dev, dt = state.z.device, state.z.dtype
     inv_mass = initial_metric(state, fisher=True).mean(0, keepdim=True).expand(C, P).contiguous()
@@ -173,10 +174,28 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     ends, (_, last) = mass_windows(warmup, early=True)
     wz, wg = pooled_init(state.z), pooled_init(state.z)  # the metric window, pooled over chains
     avg_log_T, n_avg = 0.0, 0
-    buf = DrawBuffer(("diverging", "n_steps", "energy", "step_size", "acceptance_rate"), chunk, on_chunk)
+    buf = DrawBuffer(("diverging", "n_steps", "energy", "step_size", "acceptance_rate"), chunk, on_chunk,
+                     keep_z=checkpoint is not None)
+    start, t_loop, t_warm = 0, time.perf_counter(), 0.0
+
+    def adaptation():  # everything the loop carries from one iteration to the next
+        return {"state": state, "eps": eps, "inv_mass": inv_mass, "da": da, "traj": traj, "wz": wz, "wg": wg,
+                "avg_log_T": avg_log_T, "n_avg": n_avg}
+
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        arrays, head = saved
+        start, t_warm = head["iteration"], head["seconds_warmup"]
+        t_loop -= head["seconds"]
+        back = {k: restore(v, k, arrays) for k, v in adaptation().items()}
+        state, eps, inv_mass, da, traj = back["state"], back["eps"], back["inv_mass"], back["da"], back["traj"]
+        wz, wg, avg_log_T, n_avg = back["wz"], back["wg"], back["avg_log_T"], back["n_avg"]
+        gen.set_state(torch.from_numpy(arrays["generator"]))
+        buf.restore(arrays, dev, dt)
     bar = progress_bar(warmup + draws, f"chees {C} chains", progress)
-    n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
-    for i in range(warmup + draws):
+    bar.update(start)
+    n_div = buf.divergences
+    for i in range(start, warmup + draws):
         u = van_der_corput(i + 1)
         t = u * math.exp(traj.log_T)
         n = int(min(max(1, math.ceil(t / eps)), max_steps))
@@ -211,10 +230,18 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
                               torch.full((C,), eps, device=dev, dtype=dt), accept), i == warmup + draws - 1)
             n_div = buf.divergences
         tick(bar, report, i, C, t_loop, n_div, steps=n)
+        if checkpoint is not None and i < warmup + draws - 1 and checkpoint.due():
+            buf.flush()
+            arrays = {"generator": gen.get_state().numpy(), **buf.state()}
+            for k, v in adaptation().items():
+                flatten(v, k, arrays)
+            checkpoint.save(arrays, iteration=i + 1, seconds=time.perf_counter() - t_loop, seconds_warmup=t_warm)
     bar.close()
     sample_stats = buf.stats()
     extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
              "trajectory_length": math.exp(traj.log_T), **timings(t_loop, t_warm)}
+    if checkpoint is not None:
+        extra["checkpoint"] = {"resumed_at": start, "saves": checkpoint.saves}
     return sample_stats, extra
 
 
@@ -232,8 +259,9 @@ class ChEESBackend:
                              "per process (many more is better), or method='nuts'")
 
         def runner(vg, state, gen, keep, report):
+            ckpt = Checkpoint.of(settings, "chees", options=o.given(), dim=state.z.shape[1])
             stats, extra = run_chees(vg, state, settings.warmup, settings.draws, gen, o.target_accept, o.max_steps,
-                                     o.max_delta_energy, o.chunk, keep, settings.progress, report)
+                                     o.max_delta_energy, o.chunk, keep, settings.progress, report, ckpt)
             info = {"sampler": "ChEES-HMC", "target_accept": o.target_accept, "max_steps": o.max_steps,
                     "trajectory_length": extra["trajectory_length"],
                     "mean_steps": float(stats["n_steps"][0].mean())}

@@ -89,6 +89,8 @@ def _sample(fn, max_plate_nesting, direct, settings: Settings, opts, runner, rep
             "seconds_total": time.perf_counter() - t_start,
             "step_size": extra["step_size"].cpu().tolist(), "dtype": str(dt).replace("torch.", ""),
             "dim": pot.dim, "leapfrog_steps": int(sample_stats["n_steps"].sum())}
+    if "checkpoint" in extra:
+        info["checkpoint"] = extra["checkpoint"]
     return Draws(samples, sample_stats, info)
 
 
@@ -213,13 +215,15 @@ def _init(pot, C, gen, radius, device, dtype, tries: int = 100) -> HMCState:
 # ---------------------------------------------------------------------- draws, progress, timing
 class DrawBuffer:
     """Draws and per-draw stats of all chains, handed on every ``chunk`` draws: positions (C, k, P)
-    to ``on_chunk`` (on the device), stats to host arrays (C, draws) by name."""
+    to ``on_chunk`` (on the device), stats to host arrays (C, draws) by name. With ``keep_z`` the
+    positions are also kept on the host, for a checkpoint (``state`` / ``restore``)."""
 
-    def __init__(self, names: tuple[str, ...], chunk: int, on_chunk):
-        self.names, self.chunk, self.on_chunk = names, chunk, on_chunk
+    def __init__(self, names: tuple[str, ...], chunk: int, on_chunk, keep_z: bool = False):
+        self.names, self.chunk, self.on_chunk, self.keep_z = names, chunk, on_chunk, keep_z
         self.z: list[torch.Tensor] = []
         self.now: dict[str, list[torch.Tensor]] = {k: [] for k in names}
         self.done: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        self.z_done: list[np.ndarray] = []
         self.divergences = 0
 
     def add(self, z: torch.Tensor, values: tuple, last: bool) -> None:
@@ -227,15 +231,41 @@ class DrawBuffer:
         for k, v in zip(self.names, values, strict=True):
             self.now[k].append(v)
         if len(self.z) == self.chunk or last:
-            self.on_chunk(torch.stack(self.z, dim=1))
-            self.z.clear()
-            for k, vals in self.now.items():
-                self.done[k].append(torch.stack(vals, dim=1).cpu().numpy())
-                vals.clear()
-            self.divergences = int(sum(s.sum() for s in self.done["diverging"]))
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand on the draws held so far (a checkpoint flushes first; the draws are the same)."""
+        if not self.z:
+            return
+        z = torch.stack(self.z, dim=1)
+        self.on_chunk(z)
+        if self.keep_z:
+            self.z_done.append(z.cpu().numpy())
+        self.z.clear()
+        for k, vals in self.now.items():
+            self.done[k].append(torch.stack(vals, dim=1).cpu().numpy())
+            vals.clear()
+        self.divergences = int(sum(s.sum() for s in self.done["diverging"]))
 
     def stats(self) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v, axis=1) for k, v in self.done.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything handed on so far, as arrays (call ``flush`` first)."""
+        if not self.z_done:
+            return {}
+        return {"draws.z": np.concatenate(self.z_done, axis=1),
+                **{f"draws.{k}": v for k, v in self.stats().items()}}
+
+    def restore(self, arrays: dict[str, np.ndarray], device, dtype) -> None:
+        """Take back ``state()``'s draws: positions go to ``on_chunk`` again, stats to the host."""
+        if "draws.z" not in arrays:
+            return
+        z = arrays["draws.z"]
+        self.on_chunk(torch.from_numpy(z).to(device=device, dtype=dtype))
+        self.z_done = [z] if self.keep_z else []
+        self.done = {k: [arrays[f"draws.{k}"]] for k in self.names}
+        self.divergences = int(self.done["diverging"][0].sum())
 
 
 def progress_bar(total: int, desc: str, progress: bool):

@@ -88,7 +88,8 @@ def run_in_processes(run, target, settings: Settings, k: int) -> Draws:
     procs, conns = [], []
     for g in range(k):
         recv, send = ctx.Pipe(duplex=False)
-        sub = replace(settings, chains=sizes[g], seed=seeds[g], progress=False)
+        folder = None if settings.checkpoint is None else os.path.join(settings.checkpoint, f"group{g}")
+        sub = replace(settings, chains=sizes[g], seed=seeds[g], progress=False, checkpoint=folder)
         p = ctx.Process(target=_worker, args=(run, target, sub, send, done, div, g, os.getpid()), daemon=True)
         p.start()
         send.close()

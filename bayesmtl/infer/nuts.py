@@ -52,6 +52,7 @@ import torch
 
 from .adapt import window_adaptation
 from .base import Draws, Settings
+from .checkpoint import Checkpoint, flatten, restore
 from .driver import DrawBuffer, progress_bar, run_batched, tick, timings
 from .hmc_util import HMCState, draw_momentum, is_turning, kinetic, leapfrog
 from .options import NUTS
@@ -418,7 +419,7 @@ def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, ge
 def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator, target: float = 0.8,
              max_depth: int = 10, max_delta: float = 1000.0, chunk: int = 100, on_chunk=None,
              progress: bool = False, dense: bool = False, metric: str = "fisher",
-             report=None) -> tuple[dict[str, np.ndarray], dict]:
+             report=None, checkpoint=None) -> tuple[dict[str, np.ndarray], dict]:
     """Adapt for ``warmup`` iterations, then draw ``draws`` per chain.
 
     ``vg`` maps z (C, P) to (U (C,), dU/dz (C, P)). Warmup is ``adapt.window_adaptation``: step
@@ -432,8 +433,10 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     adapt a dense (C, P, P) inverse mass matrix (the windows' sample covariance) instead of a
     diagonal one. ``report(i, divergences)`` after every iteration. Every ``chunk`` draws,
     ``on_chunk(z)`` gets the chunk's positions (C, k, P) on the device (default: keep them,
-    copied to the host). Returns the sample stats, each (C, draws), and a dict with the final
-    step size, inverse mass matrix and timings.
+    copied to the host). ``checkpoint`` (``checkpoint.Checkpoint``): save the whole state when
+    due, and start from the saved one when resuming; the generator's state is saved too, so a
+    resumed run gives the draws an uninterrupted one would. Returns the sample stats, each
+    (C, draws), and a dict with the final step size, inverse mass matrix and timings.
     """
     C, P = state.z.shape
     kept: list[np.ndarray] = []
@@ -443,12 +446,24 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     adapt = window_adaptation(vg, gen, warmup, target, metric, dense)
     warm = adapt.init(state)
     eps, inv_mass = warm.step_size, warm.inv_mass
-    step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
-                     on_chunk)
+                     on_chunk, keep_z=checkpoint is not None)
+    start, t_loop, t_warm = 0, time.perf_counter(), 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        arrays, head = saved
+        start, t_warm = head["iteration"], head["seconds_warmup"]
+        t_loop -= head["seconds"]
+        state = restore(state, "state", arrays)
+        warm = restore(warm, "warm", arrays)
+        eps, inv_mass = restore(eps, "eps", arrays), restore(inv_mass, "inv_mass", arrays)
+        gen.set_state(torch.from_numpy(arrays["generator"]))
+        buf.restore(arrays, state.z.device, state.z.dtype)
+    step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)
     bar = progress_bar(warmup + draws, f"nuts {C} chain{'s' if C > 1 else ''}", progress)
-    n_div, t_loop, t_warm = 0, time.perf_counter(), 0.0
-    for i in range(warmup + draws):
+    bar.update(start)
+    n_div = buf.divergences
+    for i in range(start, warmup + draws):
         state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta, step)
         if i < warmup:
             warm = adapt.update(i, warm, state, info.accept)
@@ -461,9 +476,16 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
                     i == warmup + draws - 1)
             n_div = buf.divergences
         tick(bar, report, i, C, t_loop, n_div)
+        if checkpoint is not None and i < warmup + draws - 1 and checkpoint.due():
+            buf.flush()
+            arrays = {**flatten(state, "state"), **flatten(warm, "warm"), **flatten(eps, "eps"),
+                      **flatten(inv_mass, "inv_mass"), "generator": gen.get_state().numpy(), **buf.state()}
+            checkpoint.save(arrays, iteration=i + 1, seconds=time.perf_counter() - t_loop, seconds_warmup=t_warm)
     bar.close()
     sample_stats = buf.stats()
     extra = {"step_size": eps, "inv_mass": inv_mass, **timings(t_loop, t_warm)}
+    if checkpoint is not None:
+        extra["checkpoint"] = {"resumed_at": start, "saves": checkpoint.saves}
     if kept:
         extra["z"] = np.concatenate(kept, axis=1)
     return sample_stats, extra
@@ -483,9 +505,10 @@ class BatchedNUTS:
         o = NUTS.of(settings.options)
 
         def runner(vg, state, gen, keep, report):
+            ckpt = Checkpoint.of(settings, "nuts", options=o.given(), dim=state.z.shape[1])
             stats, extra = run_nuts(vg, state, settings.warmup, settings.draws, gen, o.target_accept,
                                     o.max_tree_depth, o.max_delta_energy, o.chunk, keep, settings.progress,
-                                    o.dense_mass, o.metric, report)
+                                    o.dense_mass, o.metric, report, ckpt)
             info = {"sampler": "batched multinomial NUTS", "target_accept": o.target_accept,
                     "max_tree_depth": o.max_tree_depth, "dense_mass": o.dense_mass,
                     "metric": "dense covariance" if o.dense_mass else o.metric,

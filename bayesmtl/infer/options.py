@@ -266,7 +266,7 @@ _SVI_CHECKS = {
     "lookback": lambda v: _integer("lookback", v, 1),
     "anneal": lambda v: _integer("anneal", v, 0),
     "batch_size": lambda v: _integer("batch_size", v, 1, optional=True),
-    "particles": lambda v: _integer("particles", v, 1),
+    "particles": lambda v: _integer("particles", v, 1, optional=True),
     "jit": lambda v: None if v is None else _flag("jit", v),
     "threads": lambda v: _integer("threads", v, 1, optional=True),
     "psis": lambda v: _flag("psis", v),
@@ -285,7 +285,8 @@ class SVI(Options):
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
-    batch_size : rows per minibatch (None: all rows); particles : ELBO particles
+    batch_size : rows per minibatch (None: all rows); particles : ELBO particles (None: 4 on a
+        collapsed target, whose evaluations are cheap and whose guide then settles better, else 1)
     jit : JIT-compiled ELBO (None: when there are no minibatches); threads : torch threads
     psis : resample the guide's draws by their Pareto-smoothed importance weights where these
         are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
@@ -302,7 +303,7 @@ class SVI(Options):
     lookback: int = 4
     anneal: int = 1000
     batch_size: int | None = None
-    particles: int = 1
+    particles: int | None = None
     jit: bool | None = None
     threads: int | None = 1
     psis: bool = True

@@ -1,0 +1,172 @@
+"""Checkpoint and resume (``infer/checkpoint.py``): a fit stopped right after any checkpoint and
+resumed gives the draws of the uninterrupted fit, bit for bit; a checkpoint from another fit,
+or garbage, is refused with one line; the CLI keeps a killed fit's progress beside ``--out``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bayesmtl as bm
+from bayesmtl.infer.checkpoint import Checkpoint
+from bayesmtl.synthetic import hierarchical_regression
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    df, _ = hierarchical_regression(n_tasks=6, rows=12, features=1, seed=0)
+    return bm.MultiTaskData.from_frame(df, task="task", target="y")
+
+
+class _Killed(Exception):
+    pass
+
+
+def _stop_after(monkeypatch, n: int) -> None:
+    """Make the n-th checkpoint save the last thing the fit does (a kill right after it)."""
+    real, count = Checkpoint.save, [0]
+
+    def save(self, arrays, **meta):
+        real(self, arrays, **meta)
+        count[0] += 1
+        if count[0] == n:
+            raise _Killed(meta)
+
+    monkeypatch.setattr(Checkpoint, "save", save)
+
+
+def _resumed(monkeypatch, tmp_path, model, data, n: int, **kw):
+    folder = tmp_path / f"ck{n}"
+    with monkeypatch.context() as m:
+        _stop_after(m, n)
+        with pytest.raises(_Killed) as stopped:
+            bm.fit(model, data, checkpoint=folder, checkpoint_every=1e-9, **kw)
+    post = bm.fit(model, data, resume=folder, **kw)
+    return post, stopped.value.args[0]
+
+
+@pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
+@pytest.mark.parametrize("method,stop,phase", [("nuts", 20, "warmup"), ("nuts", 70, "draws"),
+                                               ("chees", 30, "warmup"), ("chees", 75, "draws")])
+def test_resumed_sampler_gives_the_uninterrupted_draws(monkeypatch, tmp_path, data, method, stop, phase):
+    kw = dict(method=method, chains=4, warmup=50, draws=40, seed=5, progress=False)
+    model = bm.models.Hierarchical()
+    whole = bm.fit(model, data, **kw)
+    post, meta = _resumed(monkeypatch, tmp_path, model, data, stop, **kw)
+    assert (meta["iteration"] <= 50) == (phase == "warmup")
+    assert post.info["checkpoint"]["resumed_at"] == meta["iteration"]
+    for site in ("mu", "tau", "w", "sigma"):
+        np.testing.assert_array_equal(post.samples[site], whole.samples[site])
+    np.testing.assert_array_equal(post.sample_stats["diverging"], whole.sample_stats["diverging"])
+
+
+@pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
+@pytest.mark.parametrize("stop", [150, 750])  # during the main steps; during the annealing
+def test_resumed_svi_gives_the_uninterrupted_draws(monkeypatch, tmp_path, data, stop):
+    kw = dict(method="svi", draws=100, seed=2, progress=False, steps=600, min_steps=600, window=100, anneal=400)
+    model = bm.models.Hierarchical()
+    whole = bm.fit(model, data, **kw)
+    post, meta = _resumed(monkeypatch, tmp_path, model, data, stop, **kw)
+    assert meta["steps"] == stop and (meta["main_steps"] is None) == (stop < 600)
+    for site in ("mu", "tau"):
+        np.testing.assert_array_equal(post.samples[site], whole.samples[site])
+    assert post.info["steps"] == whole.info["steps"] == 1000
+
+
+def test_a_checkpoint_of_another_fit_or_garbage_is_refused(monkeypatch, tmp_path, data):
+    kw = dict(method="nuts", chains=2, warmup=20, draws=10, seed=0, progress=False)
+    with monkeypatch.context() as m:
+        _stop_after(m, 5)
+        with pytest.raises(_Killed):
+            bm.fit(bm.models.Hierarchical(), data, checkpoint=tmp_path / "a", checkpoint_every=1e-9, **kw)
+    with pytest.raises(ValueError, match=r"written by a different fit \(seed: 0 there, 1 now\)"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "a", **{**kw, "seed": 1})
+    with pytest.raises(ValueError, match=r"different fit \(options: \{\} there, \{'target_accept': 0.9\} now\)"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "a", target_accept=0.9, **kw)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "nuts.npz").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "b", **kw)
+    with pytest.raises(FileNotFoundError, match="no checkpoint there to resume from"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "c", **kw)
+    with pytest.raises(ValueError, match="checkpoint_every must be a number of seconds > 0"):
+        bm.fit(bm.models.Hierarchical(), data, checkpoint=tmp_path / "d", checkpoint_every=0, **kw)
+
+
+def test_a_checkpoint_holds_arrays_only(monkeypatch, tmp_path, data):
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(_Killed):
+            bm.fit(bm.models.Hierarchical(), data, method="svi", steps=300, min_steps=300, progress=False,
+                   checkpoint=tmp_path, checkpoint_every=1e-9)
+    with np.load(tmp_path / "svi.npz", allow_pickle=False) as z:  # no object arrays: nothing to unpickle
+        assert all(z[k].dtype != object for k in z.files)
+        assert json.loads(str(z["__header__"]))["fingerprint"]["sampler"] == "svi"
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "bayesmtl.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_refuses_to_start_over_a_pending_checkpoint_and_resume_needs_one(tmp_path):
+    out = tmp_path / "run"
+    ck = tmp_path / ".run.checkpoint"
+    ck.mkdir()
+    np.savez(ck / "nuts.npz", x=np.zeros(1))
+    df, _ = hierarchical_regression(n_tasks=3, rows=5, features=1, seed=0)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    p = _cli("fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--out", str(out),
+             "--quiet")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "has an unfinished fit's checkpoint" in err and "bayesmtl resume" in err
+    p = _cli("resume", str(tmp_path / "elsewhere"))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and err.count("\n") == 1 and "no unfinished fit to resume" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,extra", [("nuts", []), ("chees", []), ("nuts", ["--option", "processes=2"]),
+                                          ("svi", ["--option", "min_steps=6000", "--option", "steps=6000"])])
+def test_sigkill_mid_fit_then_resume_gives_the_uninterrupted_run(tmp_path, method, extra):
+    """The issue's acceptance 3: SIGKILL about half-way, ``bayesmtl resume``, same draws as an
+    uninterrupted fit; no worker outlives a killed ``processes=2`` parent by 10 s."""
+    df, _ = hierarchical_regression(n_tasks=10, rows=30, features=2, seed=0)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    common = ["--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--method", method,
+              "--warmup", "400", "--draws", "400", "--chains", "4", "--seed", "3", "--quiet", "--option",
+              "collapse=False", *extra]
+    t0 = time.perf_counter()
+    whole = _cli("fit", *common, "--out", str(tmp_path / "whole"))
+    assert whole.wait(timeout=900) == 0, whole.stderr.read()
+    seconds = time.perf_counter() - t0
+    run = tmp_path / "run"
+    p = _cli("fit", *common, "--out", str(run), "--checkpoint-every", "0.5", start_new_session=True)
+    time.sleep(seconds / 2)
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not run.exists() and list((tmp_path / ".run.checkpoint").rglob("*.npz"))
+    time.sleep(10)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()
+             and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]]
+    assert not alive, f"workers {alive} outlived their killed parent"
+    r = _cli("resume", str(run))
+    _, err = r.communicate(timeout=900)
+    assert r.returncode == 0, err
+    assert not (tmp_path / ".run.checkpoint").exists()
+    a = bm.load(tmp_path / "whole")
+    b = bm.load(run)
+    for site in ("mu", "tau"):
+        np.testing.assert_array_equal(a.samples[site], b.samples[site])
