@@ -347,6 +347,9 @@ def cmd_resume(a: argparse.Namespace) -> int:
         raise UserError(f"{str(ckpt / 'command.json')!r} is not a readable fit command ({e})") from None
     if not all(isinstance(x, str) for x in argv) or not argv or argv[0] != "fit":
         raise UserError(f"{str(ckpt / 'command.json')!r} does not hold a 'bayesmtl fit' command")
+    if not any(ckpt.rglob("*.npz")):
+        raise UserError(f"nothing to resume at {str(a.run)!r}: the fit stopped before its first checkpoint; "
+                        "run the fit again")
     if not os.path.isdir(cwd):
         raise UserError(f"the fit ran in {cwd!r}, which no longer exists; its paths are relative to it")
     fit = build_parser().parse_args(argv)
