@@ -65,6 +65,7 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     checkpoint : folder, optional
         Save the sampler's or optimiser's whole state there every ``checkpoint_every`` seconds
         (NUTS, ChEES and SVI; ``infer/checkpoint.py``), so a killed run loses at most that much.
+        The folder stays after the fit (the CLI removes its own once the run is written).
     resume : folder, optional
         Continue from the checkpoint in this folder (and keep checkpointing there). The model,
         data and settings must be those of the run that wrote it; with the same seed the result

@@ -263,12 +263,14 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
             _import_prior_source(source, path)
         try:
             spec = json.loads((path / "model.json").read_text())
+            if not (isinstance(spec, dict) and all(isinstance(spec.get(k), dict) for k in ("model", "data"))):
+                raise ValueError("its model and data entries must be objects")
             model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases())
             data = _read_data(path, spec["data"])
         except SpecError as e:
             hint = " (CLI: --trust-code)" if "trust_code" in str(e) else ""
             raise ValueError(f"{str(path)!r}: {e}{hint}") from None
-        except (ValueError, KeyError, TypeError, OSError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
             raise ValueError(f"{str(path)!r} is not a valid run: model.json or data.nc is damaged "
                              f"({_first_line(e)})") from None
     elif (path / "model.pt").is_file():
