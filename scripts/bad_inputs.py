@@ -70,6 +70,9 @@ OUTCOMES = ("CLEAN", "TRACEBACK", "SILENT", "VAGUE", "HANG", "DEBRIS")
 ALLOWED = (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError)
 ERROR_LINE = re.compile(r"^bayesmtl(?: [a-z]+)?: error: ")
 TASKS = ("north", "south", "east")
+RUN = ("'run|/run",)  # the path as the messages quote it (not the word "run")
+SET_SCALE = ("--set-prior|'scale'|scale=",)  # not the word "scale" of "scale the data"
+ONE_ROW = ("one row|1 row|single row|a row each",)  # not just "row": "narrow" has it
 
 # a short SVI through the CLI: a run directory in a few seconds when a bad input is accepted
 FAST = ["--method", "svi", "--draws", "20", "--option", "steps=200", "--option", "min_steps=100",
@@ -84,9 +87,9 @@ NUTS_API = dict(method="nuts", chains=1, warmup=30, draws=20, compile=None, prog
 
 
 # ---------------------------------------------------------------------- data
-def frame(seed: int, kind: str = "gaussian", rows: int = 8, tasks=TASKS, se: bool = False,
+def frame(seed: int, kind: str = "gaussian", rows: int = 8, tasks=TASKS, known_sd: bool = False,
           attempts: bool = False) -> pd.DataFrame:
-    """Long data: school (task), x1, x2, score (target); ``se`` and ``attempts`` on request."""
+    """Long data: school (task), x1, x2, score (target); ``known_sd`` and ``attempts`` on request."""
     rng = np.random.default_rng(seed)
     n = rows * len(tasks)
     x1, x2 = rng.normal(size=n).round(3), rng.normal(size=n).round(3)
@@ -100,8 +103,8 @@ def frame(seed: int, kind: str = "gaussian", rows: int = 8, tasks=TASKS, se: boo
              "positive": lambda: (rng.gamma(2.0, 1.0, n) + 0.01).round(3),
              "ordinal": lambda: rng.integers(0, 3, n)}[kind]()
     df = pd.DataFrame({"school": np.repeat(list(tasks), rows), "x1": x1, "x2": x2, "score": score})
-    if se:
-        df["se"] = rng.uniform(0.5, 2.0, n).round(3)
+    if known_sd:
+        df["known_sd"] = rng.uniform(0.5, 2.0, n).round(3)
     if attempts:
         df["attempts"] = trials
     return df
@@ -115,6 +118,8 @@ def put(df: pd.DataFrame, col: str, value, task: str = "south", nth: int = 1) ->
     idx = df.index[df["school"] == task][nth]
     if (isinstance(value, str) or value is None) and df[col].dtype != object:
         df[col] = df[col].astype(object)
+    elif isinstance(value, float) and df[col].dtype.kind in "iu":
+        df[col] = df[col].astype(float)
     df.loc[idx, col] = value
     return df
 
@@ -442,8 +447,9 @@ def api(cid, klass, what, expect, call, setup=None, **kw) -> Case:
 
 
 def fit_cli(cid, klass, what, expect, data=frame, args=(), fast=True, setup=None, **kw) -> Case:
-    """``bayesmtl fit --data data.csv --task school --target score --out run ARGS [FAST]``."""
-    return cli(cid, klass, what, expect, [*FIT, *args, *(FAST if fast else [])],
+    """``bayesmtl fit --data data.csv --task school --target score --out run [FAST] ARGS`` (ARGS last: they
+    win over FAST's flags and options)."""
+    return cli(cid, klass, what, expect, [*FIT, *(FAST if fast else []), *args],
                chain(data_setup(data) if data is not None else None, setup), **kw)
 
 
@@ -585,7 +591,7 @@ def build_cases() -> list[Case]:
         ("col-task-missing", "--task district (no such column)", ["--task", "district"], frame, ("district",)),
         ("col-target-missing", "--target grade (no such column)", ["--target", "grade"], frame, ("grade",)),
         ("col-feature-missing", "--features x1,x9", ["--features", "x1,x9"], frame, ("x9",)),
-        ("col-noise-missing", "--noise se (no such column)", ["--noise", "se"], frame, ("se",)),
+        ("col-noise-missing", "--noise known_sd (no such column)", ["--noise", "known_sd"], frame, ("known_sd",)),
         ("col-trials-missing", "--likelihood binomial --trials attempts (no such column)",
          ["--likelihood", "binomial", "--trials", "attempts"], lambda s: frame(s, "binomial"), ("attempts",)),
         ("col-taskfeat-missing", "--task-features region (no such column)", ["--task-features", "region"], frame,
@@ -740,12 +746,12 @@ def build_cases() -> list[Case]:
     # ------------------------------------------------------------------ one-row tasks, constant target
     one = lambda s: frame(s, rows=1)  # noqa: E731
     add(fit_cli("row-one-per-task-cli", "rows", "fit: every task has one row (noise and task spread confounded)",
-                ("row",), data=one, warn_ok=True))
+                ONE_ROW, data=one, warn_ok=True))
     add(fit_cli("row-one-per-task-indep-cli", "rows", "fit --model independent: one row per task, 2 features",
-                ("row",), data=one, args=["--model", "independent"], warn_ok=True))
-    add(api("row-one-per-task-api", "rows", "bm.fit: every task has one row", ("row",), api_fit(df=one),
+                ONE_ROW, data=one, args=["--model", "independent"], warn_ok=True))
+    add(api("row-one-per-task-api", "rows", "bm.fit: every task has one row", ONE_ROW, api_fit(df=one),
             warn_ok=True))
-    add(fit_cli("row-three-rows-std-cli", "rows", "fit --standardize: 3 rows in all (1 per task)", ("row",),
+    add(fit_cli("row-three-rows-std-cli", "rows", "fit --standardize: 3 rows in all (1 per task)", ONE_ROW,
                 data=one, args=["--standardize"], warn_ok=True))
     const = lambda s: frame(s).assign(score=42.0)  # noqa: E731
     add(fit_cli("const-target-cli", "constant", "fit: score is 42 in every row", ("score",), data=const,
@@ -798,33 +804,34 @@ def build_cases() -> list[Case]:
                                             model=lambda bm, lik=lik: bm.models.Hierarchical(likelihood=lik))))
 
     # ------------------------------------------------------------------ --noise / --trials columns
+    sd, noise = "known_sd", ["--noise", "known_sd"]
+    binomial = ["--likelihood", "binomial", "--trials", "attempts"]
     nts = [  # id, what, data, args, expect
-        ("nt-noise-zero", "--noise se with a 0", cell("se", 0.0, se=True), ["--noise", "se"], ("se",)),
-        ("nt-noise-negative", "--noise se with -1", cell("se", -1.0, se=True), ["--noise", "se"], ("se",)),
-        ("nt-noise-nan", "--noise se with a blank", cell("se", np.nan, se=True), ["--noise", "se"], ("se",)),
-        ("nt-noise-text", "--noise se with 'n/a'", cell("se", "unknown", se=True), ["--noise", "se"], ("se",)),
-        ("nt-noise-inf", "--noise se with inf", cell("se", np.inf, se=True), ["--noise", "se"], ("se",)),
+        ("nt-noise-zero", "--noise known_sd with a 0", cell(sd, 0.0, known_sd=True), noise, (sd,)),
+        ("nt-noise-negative", "--noise known_sd with -1", cell(sd, -1.0, known_sd=True), noise, (sd,)),
+        ("nt-noise-nan", "--noise known_sd with a blank", cell(sd, np.nan, known_sd=True), noise, (sd,)),
+        ("nt-noise-text", "--noise known_sd with 'unknown'", cell(sd, "unknown", known_sd=True), noise, (sd,)),
+        ("nt-noise-inf", "--noise known_sd with inf", cell(sd, np.inf, known_sd=True), noise, (sd,)),
         ("nt-trials-fraction", "--trials attempts with 2.5", cell("attempts", 2.5, kind="binomial", attempts=True),
-         ["--likelihood", "binomial", "--trials", "attempts"], ("attempts",)),
+         binomial, ("attempts",)),
         ("nt-trials-negative", "--trials attempts with -1", cell("attempts", -1, kind="binomial", attempts=True),
-         ["--likelihood", "binomial", "--trials", "attempts"], ("attempts",)),
+         binomial, ("attempts",)),
         ("nt-trials-nan", "--trials attempts with a blank",
-         cell("attempts", np.nan, kind="binomial", attempts=True),
-         ["--likelihood", "binomial", "--trials", "attempts"], ("attempts",)),
+         cell("attempts", np.nan, kind="binomial", attempts=True), binomial, ("attempts",)),
         ("nt-trials-poisson", "--trials attempts with --likelihood poisson (trials unused)",
          lambda s: frame(s, "counts", attempts=True), ["--likelihood", "poisson", "--trials", "attempts"],
          ("attempts|trials",)),
-        ("nt-noise-bernoulli", "--noise se with --likelihood bernoulli (noise unused)",
-         lambda s: frame(s, "binary", se=True), ["--likelihood", "bernoulli", "--noise", "se"], ("se|noise",)),
-        ("nt-noise-and-trials-same", "--noise se --trials se (one column, two roles)",
-         lambda s: frame(s, "binomial", se=True).assign(se=9), ["--likelihood", "binomial", "--noise", "se",
-                                                                "--trials", "se"], ("se",)),
+        ("nt-noise-bernoulli", "--noise known_sd with --likelihood bernoulli (noise unused)",
+         lambda s: frame(s, "binary", known_sd=True), ["--likelihood", "bernoulli", *noise], (f"{sd}|noise",)),
+        ("nt-noise-and-trials-same", "--noise known_sd --trials known_sd (one column, two roles)",
+         lambda s: frame(s, "binomial", known_sd=True).assign(known_sd=9),
+         ["--likelihood", "binomial", *noise, "--trials", sd], (sd,)),
     ]
     for cid, what, data, args, expect in nts:
         add(fit_cli(cid + "-cli", "noise/trials", f"fit {what}", expect, data=data, args=args,
                     warn_ok=cid in ("nt-trials-poisson", "nt-noise-bernoulli")))
-    add(from_frame_api("nt-noise-zero-api", "noise/trials", "from_frame(noise='se') with a 0", ("se",),
-                       df=cell("se", 0.0, se=True), noise="se"))
+    add(from_frame_api("nt-noise-zero-api", "noise/trials", "from_frame(noise='known_sd') with a 0", ("known_sd",),
+                       df=cell("known_sd", 0.0, known_sd=True), noise="known_sd"))
     add(from_frame_api("nt-trials-frac-api", "noise/trials", "from_frame(trials='attempts') with 2.5",
                        ("attempts",), df=cell("attempts", 2.5, kind="binomial", attempts=True), trials="attempts"))
 
@@ -1024,7 +1031,7 @@ def build_cases() -> list[Case]:
     for cid, what, kw, expect in apisets:
         add(api(cid, "settings", f"bm.fit(..., {what})", expect, api_fit(**kw)))
     add(api("set-collapse-bernoulli-api", "settings", "bm.fit(Hierarchical('bernoulli'), collapse=True)",
-            ("collapse",), api_fit(df=lambda s: frame(s, "binary"), collapse=True,
+            ("collapse|collapsed",), api_fit(df=lambda s: frame(s, "binary"), collapse=True,
                                    model=lambda bm: bm.models.Hierarchical(likelihood="bernoulli"))))
     add(api("set-ckpt-file-api", "settings", "bm.fit(..., checkpoint=a plain file)", ("ck",),
             api_fit(checkpoint="ck"), text_file("ck", "my notes")))
@@ -1054,19 +1061,19 @@ def build_cases() -> list[Case]:
         ("prior-set-nokey", "=Normal(0,1) (no setting)", ["=Normal(0,1)"], [], ("set-prior",)),
         ("prior-set-code", "scale=__import__('os').getcwd()", ["scale=__import__('os').getcwd()"], [],
          ("set-prior",)),
-        ("prior-set-nan", "scale=nan", ["scale=nan"], [], ("scale",)),
-        ("prior-set-inf", "scale=inf", ["scale=inf"], [], ("scale",)),
-        ("prior-set-fixed-neg", "scale=-1 (a fixed negative scale)", ["scale=-1"], [], ("scale",)),
+        ("prior-set-nan", "scale=nan", ["scale=nan"], [], SET_SCALE),
+        ("prior-set-inf", "scale=inf", ["scale=inf"], [], SET_SCALE),
+        ("prior-set-fixed-neg", "scale=-1 (a fixed negative scale)", ["scale=-1"], [], SET_SCALE),
         ("prior-set-too-many", "scale=HalfNormal(1,2,3)", ["scale=HalfNormal(1,2,3)"], [], ("HalfNormal",)),
-        ("prior-set-overflow", "scale=HalfNormal(1e400)", ["scale=HalfNormal(1e400)"], [], ("scale|HalfNormal",)),
+        ("prior-set-overflow", "scale=HalfNormal(1e400)", ["scale=HalfNormal(1e400)"], [], SET_SCALE),
         ("prior-set-zero-sd", "mean=Normal(0,0)", ["mean=Normal(0,0)"], [], ("mean|Normal",)),
         ("prior-set-noise-zero", "noise=HalfNormal(0)", ["noise=HalfNormal(0)"], [], ("noise|HalfNormal",)),
         ("prior-set-wrong-support", "scale=Normal(0,1) (a scale prior on all reals)", ["scale=Normal(0,1)"], [],
-         ("scale",)),
+         SET_SCALE),
         ("prior-set-noise-poisson", "noise=HalfNormal(1) with --likelihood poisson (no noise)",
          ["noise=HalfNormal(1)"], ["--likelihood", "poisson"], ("noise",)),
         ("prior-set-twice", "scale=HalfNormal(1) and scale=HalfNormal(5)",
-         ["scale=HalfNormal(1)", "scale=HalfNormal(5)"], [], ("scale",)),
+         ["scale=HalfNormal(1)", "scale=HalfNormal(5)"], [], SET_SCALE),
     ]
     for cid, what, values, extra, expect in sp:
         args = [a for v in values for a in ("--set-prior", v)] + extra
@@ -1116,11 +1123,11 @@ def build_cases() -> list[Case]:
     # ------------------------------------------------------------------ --out: files, folders, permissions, locks
     thesis = {"chapter1/intro.tex": "years of work", "notes.txt": "notes"}
     outs = [  # id, what, args, setup, expect
-        ("out-file", "--out names a plain file", [], text_file("run", "keep me"), ("run",)),
-        ("out-nonrun", "--out is a folder of the user's files", [], mkdir("run", files=thesis), ("run",)),
+        ("out-file", "--out names a plain file", [], text_file("run", "keep me"), RUN),
+        ("out-nonrun", "--out is a folder of the user's files", [], mkdir("run", files=thesis), RUN),
         ("out-nonrun-overwrite", "--out is a folder of the user's files, with --overwrite", ["--overwrite"],
-         mkdir("run", files=thesis), ("run",)),
-        ("out-existing-run", "--out holds a run, no --overwrite", [], copy_run(), ("run",)),
+         mkdir("run", files=thesis), RUN),
+        ("out-existing-run", "--out holds a run, no --overwrite", [], copy_run(), RUN),
         ("out-lock-live", "a live process holds .run.lock (a concurrent writer)", [], lock(), ("PID",)),
         ("out-unfinished-ckpt", "--out has an unfinished fit's checkpoint (.run.checkpoint/svi.npz)", [],
          lambda d, fx: (d / ".run.checkpoint").mkdir() or (d / ".run.checkpoint" / "svi.npz").write_bytes(b"x"),
@@ -1142,13 +1149,13 @@ def build_cases() -> list[Case]:
     add(cli("out-equals-data-cli", "out", "fit --out data.csv (the data file itself)", ("data.csv",),
             [*FIT[:-1], "data.csv", *FAST], data_setup()))
     add(cli("out-empty-cli", "out", "fit --out '' (empty)", ("out|'.'|''",), [*FIT[:-1], "", *FAST], data_setup()))
-    add(cli("out-dangling-link-cli", "out", "fit --out run, a symlink to a missing folder", ("run",),
+    add(cli("out-dangling-link-cli", "out", "fit --out run, a symlink to a missing folder", RUN,
             [*FIT, *FAST], chain(data_setup(), lambda d, fx: os.symlink("elsewhere", d / "run"))))
     add(cli("out-nested-bad-cli", "out", "fit --out new/deeper/run --chains 0 (no folders should appear)",
             ("chains",), [*FIT[:-1], "new/deeper/run", *FAST, "--chains", "0"], data_setup()))
-    add(cli("out-demo-file-cli", "out", "demo --out names a plain file", ("run",), [*DEMO, "--out", "run"],
+    add(cli("out-demo-file-cli", "out", "demo --out names a plain file", RUN, [*DEMO, "--out", "run"],
             text_file("run", "keep me")))
-    add(cli("out-demo-nonrun-cli", "out", "demo --out is a folder of the user's files", ("run",),
+    add(cli("out-demo-nonrun-cli", "out", "demo --out is a folder of the user's files", RUN,
             [*DEMO, "--out", "run"], mkdir("run", files=thesis)))
     add(cli("out-demo-ro-cli", "out", "demo --out ro/run (ro is mode 555)", ("ro",), [*DEMO, "--out", "ro/run"],
             mkdir("ro", 0o555)))
@@ -1160,7 +1167,7 @@ def build_cases() -> list[Case]:
                     args=[*PREDICT[:-1], "ro/pred.csv"], setup=mkdir("ro", 0o555)))
     add(predict_cli("out-predict-is-data-cli", "out", "predict --out new.csv (overwrites its own input)",
                     ("new.csv",), args=[*PREDICT[:-1], "new.csv"], warn_ok=True))
-    add(predict_cli("out-predict-is-run-cli", "out", "predict --out run (the run directory)", ("run",),
+    add(predict_cli("out-predict-is-run-cli", "out", "predict --out run (the run directory)", RUN,
                     args=[*PREDICT[:-1], "run"]))
     saves = [  # id, what, target, kwargs, setup, expect
         ("out-save-file-api", "a plain file", "results", {}, text_file("results", "keep me"), ("results",)),
@@ -1169,14 +1176,14 @@ def build_cases() -> list[Case]:
         ("out-save-nonrun-overwrite-api", "a folder of the user's files, overwrite=True", "thesis",
          {"overwrite": True}, mkdir("thesis", files=thesis), ("thesis",)),
         ("out-save-ro-api", "ro/run (ro is mode 555)", "ro/run", {}, mkdir("ro", 0o555), ("ro",)),
-        ("out-save-existing-api", "a run, overwrite=False", "run", {}, copy_run(), ("run",)),
+        ("out-save-existing-api", "a run, overwrite=False", "run", {}, copy_run(), RUN),
         ("out-save-lock-api", "run while a live process holds .run.lock", "run", {}, lock(), ("PID",)),
         ("out-save-parent-file-api", "notes.txt/run (the parent is a file)", "notes.txt/run", {},
          text_file("notes.txt", "mine"), ("notes.txt",)),
         ("out-save-empty-api", "'' (empty path)", "", {}, None, ("''|'.'|path",)),
         ("out-save-none-api", "None", None, {}, None, ("path|None",)),
         ("out-save-hidden-sibling-api", "run, beside a user's folder .run.mine", "run", {},
-         mkdir(".run.mine", files={"data.txt": "mine"}), ("run",)),
+         mkdir(".run.mine", files={"data.txt": "mine"}), RUN),
     ]
     for cid, what, target, kw, setup, expect in saves:
         add(api(cid, "out", f"post.save onto {what}", expect, api_save(target, **kw),
@@ -1217,7 +1224,7 @@ def build_cases() -> list[Case]:
         ("rd-pickle-untrusted", "model.json and data.nc replaced by a model.pt pickle",
          lambda run, fx: (m_remove("model.json", "data.nc")(run, fx), (run / "model.pt").write_bytes(b"\x80\x04."))
          and None, ("trust",)),
-        ("rd-unreadable-folder", "the run folder is mode 000", m_chmod(None, 0), ("run",)),
+        ("rd-unreadable-folder", "the run folder is mode 000", m_chmod(None, 0), RUN),
         ("rd-unreadable-post", "posterior.nc is mode 000", m_chmod("posterior.nc", 0), ("posterior.nc",)),
         ("rd-unreadable-runjson", "run.json is mode 000", m_chmod("run.json", 0), ("run.json",)),
         ("rd-unreadable-datanc", "data.nc is mode 000", m_chmod("data.nc", 0), ("data.nc",)),
@@ -1227,17 +1234,17 @@ def build_cases() -> list[Case]:
         add(Case(cid + "-cli", "rundir", "CLI", f"summary RUN: {what}", expect, copy_run(mutate=mutate),
                  ["summary", "run"], needs=needs))
     foreign = [  # id, what, setup, expect
-        ("rd-missing", "summary of a path that does not exist", None, ("run",)),
-        ("rd-file", "summary of a plain file", text_file("run", "not a run"), ("run",)),
-        ("rd-empty-folder", "summary of an empty folder", mkdir("run"), ("run",)),
+        ("rd-missing", "summary of a path that does not exist", None, RUN),
+        ("rd-file", "summary of a plain file", text_file("run", "not a run"), RUN),
+        ("rd-empty-folder", "summary of an empty folder", mkdir("run"), RUN),
         ("rd-nonrun-folder", "summary of a folder of CSV files (not a run)",
-         mkdir("run", files={"a.csv": "x,y\n1,2\n", "b.csv": "x\n3\n"}), ("run",)),
+         mkdir("run", files={"a.csv": "x,y\n1,2\n", "b.csv": "x\n3\n"}), RUN),
         ("rd-foreign-runjson", "a folder with another tool's run.json and a posterior.nc",
          lambda d, fx: copy_run(mutate=lambda r, f: (m_remove("model.json", "data.nc")(r, f),
                                                      (r / "run.json").write_text('{"tool": "mlflow", "run_id": 7}')))(
-             d, fx), ("run",)),
+             d, fx), RUN),
         ("rd-foreign-mlflow", "an MLflow model folder", mkdir("run", files={"MLmodel": "flavors: {}\n",
-                                                                            "model.pkl": "x"}), ("run",)),
+                                                                            "model.pkl": "x"}), RUN),
         ("rd-foreign-netcdf", "a folder whose posterior.nc is another program's netCDF (data.nc of a run)",
          lambda d, fx: copy_run(mutate=lambda r, f: shutil.copy(r / "data.nc", r / "posterior.nc"))(d, fx),
          ("posterior.nc",)),
@@ -1253,7 +1260,7 @@ def build_cases() -> list[Case]:
         add(Case(cid + "-cli", "rundir", "CLI", f"predict RUN: {what}", expect,
                  chain(copy_run(mutate=mutate), data_setup(newframe, "new.csv")), PREDICT,
                  needs=("a", "b") if "other" in cid else ("a",)))
-    add(predict_cli("rd-predict-nonrun-cli", "rundir", "predict on a folder that is not a run", ("run",),
+    add(predict_cli("rd-predict-nonrun-cli", "rundir", "predict on a folder that is not a run", RUN,
                     setup=lambda d, fx: (shutil.rmtree(d / "run"), (d / "run").mkdir(),
                                          (d / "run" / "notes.txt").write_text("x")) and None))
     loads = [  # id, what, mutate (None: setup given), expect
@@ -1263,18 +1270,18 @@ def build_cases() -> list[Case]:
         ("rd-load-modeljson-truncated-api", "model.json cut in half", m_truncate("model.json"), ("model.json",)),
         ("rd-load-data-other-api", "data.nc from another run", m_from("b", "data.nc"), ("data.nc|tasks|shape",)),
         ("rd-load-unreadable-runjson-api", "run.json mode 000", m_chmod("run.json", 0), ("run.json",)),
-        ("rd-load-unreadable-folder-api", "the run folder mode 000", m_chmod(None, 0), ("run",)),
+        ("rd-load-unreadable-folder-api", "the run folder mode 000", m_chmod(None, 0), RUN),
         ("rd-load-datanc-missing-api", "data.nc removed", m_remove("data.nc"), ("data.nc",)),
     ]
     for cid, what, mutate, expect in loads:
         add(api(cid, "rundir", f"bm.load: {what}", expect, lambda d, fx: _bm().load(d / "run"),
                 copy_run(mutate=mutate), needs=("a", "b") if "other" in cid else ("a",)))
-    add(api("rd-load-missing-api", "rundir", "bm.load of a missing path", ("run",),
+    add(api("rd-load-missing-api", "rundir", "bm.load of a missing path", RUN,
             lambda d, fx: _bm().load(d / "run")))
-    add(api("rd-load-file-api", "rundir", "bm.load of a plain file", ("run",), lambda d, fx: _bm().load(d / "run"),
+    add(api("rd-load-file-api", "rundir", "bm.load of a plain file", RUN, lambda d, fx: _bm().load(d / "run"),
             text_file("run", "x")))
     add(api("rd-load-foreign-api", "rundir", "bm.load of a folder with another tool's run.json + posterior.nc",
-            ("run",), lambda d, fx: _bm().load(d / "run"),
+            RUN, lambda d, fx: _bm().load(d / "run"),
             copy_run(mutate=lambda r, f: (m_remove("model.json", "data.nc")(r, f),
                                           (r / "run.json").write_text('{"tool": "mlflow"}'))), needs=("a",)))
     add(api("rd-load-post-other-api", "rundir", "bm.load + summary: posterior.nc from another run",
@@ -1315,16 +1322,17 @@ def build_cases() -> list[Case]:
     # ------------------------------------------------------------------ resume
     res = [  # id, what, setup, argv, needs, expect
         ("res-no-ckpt", "resume run: a finished run, no checkpoint", copy_run(), ["resume", "run"], ("a",),
-         ("run",)),
+         RUN),
         ("res-missing", "resume nowhere: no such run or checkpoint", None, ["resume", "nowhere"], (), ("nowhere",)),
         ("res-command-garbage", "command.json is '{'", ckpt_setup(command="{"), ["resume", "run"], (),
          ("command.json",)),
         ("res-command-not-fit", "command.json holds a summary command",
          ckpt_setup(argv=["summary", "run"]), ["resume", "run"], (), ("command.json|fit",)),
-        ("res-command-cwd-gone", "command.json's cwd no longer exists", ckpt_setup(cwd="/nonexistent/place"),
+        ("res-command-cwd-gone", "command.json's cwd no longer exists",
+         ckpt_setup(cwd="/nonexistent/place", npz="garbage"),
          ["resume", "run"], (), ("/nonexistent/place",)),
-        ("res-command-bad-flags", "command.json's argv has --chains x", ckpt_setup(argv=[*FIT, *FAST, "--chains",
-                                                                                         "x"]),
+        ("res-command-bad-flags", "command.json's argv has --chains x",
+         ckpt_setup(argv=[*FIT, *FAST, "--chains", "x"], npz="garbage"),
          ["resume", "run"], (), ("chains",)),
         ("res-npz-garbage", "svi.npz is random bytes", ckpt_setup(npz="garbage"), ["resume", "run"], (),
          ("svi.npz",)),
@@ -1334,7 +1342,7 @@ def build_cases() -> list[Case]:
          ["resume", "run"], ("ckpt",), ("different fit|seed",)),
         ("res-command-other-out", "command.json's argv writes --out elsewhere",
          ckpt_setup(argv=[*FIT[:-1], "elsewhere", *FAST], npz="garbage"), ["resume", "run"], (),
-         ("elsewhere|run",)),
+         ("elsewhere|'run'",)),
     ]
     for cid, what, setup, argv, needs, expect in res:
         add(cli(cid + "-cli", "resume", what, expect, argv, setup, needs=needs))
@@ -1522,7 +1530,13 @@ def diff(before: dict, after: dict) -> dict[str, list[str]]:
 
 
 def _expected(message: str, expect: tuple[str, ...]) -> bool:
-    return all(any(alt in message for alt in e.split("|")) for e in expect)
+    """Every entry of ``expect`` ("a|b": either) in ``message``, not inside a longer name ("x1" is
+    not in "x10", "steps" not in "min_steps", "row" not in "narrow")."""
+    def found(alt: str) -> bool:
+        before = r"(?<![A-Za-z0-9_])" if re.match(r"\w", alt) else ""
+        after = r"(?![A-Za-z0-9_])" if re.match(r"\w", alt[-1]) else ""
+        return re.search(before + re.escape(alt) + after, message) is not None
+    return all(any(found(alt) for alt in e.split("|")) for e in expect)
 
 
 def _traceback_line(err: str) -> tuple[str, str]:
