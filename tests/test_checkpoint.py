@@ -55,8 +55,8 @@ def _resumed(monkeypatch, tmp_path, model, data, n: int, **kw):
 
 
 @pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
-@pytest.mark.parametrize("method,stop,phase", [("nuts", 20, "warmup"), ("nuts", 70, "draws"),
-                                               ("chees", 30, "warmup"), ("chees", 75, "draws")])
+@pytest.mark.parametrize("method,stop,phase", [pytest.param("nuts", 20, "warmup", marks=pytest.mark.slow),
+                                               ("nuts", 70, "draws"), ("chees", 30, "warmup"), ("chees", 75, "draws")])
 def test_resumed_sampler_gives_the_uninterrupted_draws(monkeypatch, tmp_path, data, method, stop, phase):
     kw = dict(method=method, chains=4, warmup=50, draws=40, seed=5, progress=False)
     model = bm.models.Hierarchical()
@@ -70,7 +70,7 @@ def test_resumed_sampler_gives_the_uninterrupted_draws(monkeypatch, tmp_path, da
 
 
 @pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
-@pytest.mark.parametrize("stop", [150, 750])  # during the main steps; during the annealing
+@pytest.mark.parametrize("stop", [150, pytest.param(750, marks=pytest.mark.slow)])  # main steps; annealing
 def test_resumed_svi_gives_the_uninterrupted_draws(monkeypatch, tmp_path, data, stop):
     kw = dict(method="svi", draws=100, seed=2, progress=False, steps=600, min_steps=600, window=100, anneal=400)
     model = bm.models.Hierarchical()
