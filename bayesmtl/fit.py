@@ -30,6 +30,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
@@ -81,12 +83,22 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     warmup = _count("warmup", warmup, 0)
     draws = _count("draws", draws, 1)
     seed = _count("seed", seed, 0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63; got {seed}")
+    if not isinstance(data, MultiTaskData):
+        raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
+                        f"target=...)); got {type(data).__name__}")
     backend = get_backend(method)
     dev = resolve_device(device)
     ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
+    if resume is not None and not any(Path(ckpt).rglob(f"{backend.name}.npz")):
+        found = sorted({f.stem for f in Path(ckpt).rglob("*.npz")})
+        raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
+                         f"{backend.name!r}: resume with the method (and settings) that wrote it")
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options), checkpoint=ckpt,
-                        checkpoint_every=float(checkpoint_every), resume=resume is not None)
+                        checkpoint_every=float(checkpoint_every), resume=resume is not None,
+                        fingerprint=_digest(data) if ckpt else "")
     # checking a model runs its program once: that draws too. The data's dtype (and device) are the
     # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
     with seeded(seed, dev), data_context(data.dtype, dev):
@@ -95,6 +107,18 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
         return _run(model, data, on_device, target, backend, settings, method)
+
+
+def _digest(data: MultiTaskData) -> str:
+    """A short hash of the data's arrays and labels: a checkpoint resumes only on the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (data.X, data.y, data.task, data.noise, data.trials):
+        if t is not None:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update("\x00".join(map(str, (*data.task_names, *data.feature_names))).encode())
+    return h.hexdigest()[:16]
 
 
 def _checkpoint_folder(checkpoint, resume, every) -> str | None:

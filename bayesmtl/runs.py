@@ -294,7 +294,10 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
         idata = az.from_netcdf(str(path / "posterior.nc"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{str(path / 'posterior.nc')!r} is not a valid posterior file ({_first_line(e)})") from None
-    samples, stats = from_inference_data(idata)
+    try:
+        samples, stats = from_inference_data(idata)
+    except (AttributeError, KeyError, ValueError) as e:
+        raise ValueError(f"{str(path / 'posterior.nc')!r} is not a bayesmtl posterior ({_first_line(e)})") from None
     keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks")}
     return Posterior(model, data, samples, stats, keep)
 

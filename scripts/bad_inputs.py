@@ -1142,6 +1142,8 @@ def build_cases() -> list[Case]:
     for cid, what, args, setup, expect in outs:
         add(fit_cli(cid + "-cli", "out", f"fit: {what}", expect, args=args, setup=setup,
                     needs=("a",) if cid == "out-existing-run" else ()))
+    add(fit_cli("out-hidden-sibling-ok-cli", "out", "fit: a valid fit, beside a user's folder .run.mine (must keep it)",
+                RUN, setup=mkdir(".run.mine", files={"data.txt": "mine"}), tolerate=True))
     add(cli("out-ro-parent-cli", "out", "fit --out ro/run (ro is mode 555)", ("ro",),
             [*FIT[:-1], "ro/run", *FAST], chain(data_setup(), mkdir("ro", 0o555))))
     add(cli("out-parent-file-cli", "out", "fit --out notes.txt/run (the parent is a file)", ("notes.txt",),
@@ -1182,12 +1184,12 @@ def build_cases() -> list[Case]:
          text_file("notes.txt", "mine"), ("notes.txt",)),
         ("out-save-empty-api", "'' (empty path)", "", {}, None, ("''|'.'|path",)),
         ("out-save-none-api", "None", None, {}, None, ("path|None",)),
-        ("out-save-hidden-sibling-api", "run, beside a user's folder .run.mine", "run", {},
+        ("out-save-hidden-sibling-api", "run, beside a user's folder .run.mine (valid: must keep it)", "run", {},
          mkdir(".run.mine", files={"data.txt": "mine"}), RUN),
     ]
     for cid, what, target, kw, setup, expect in saves:
         add(api(cid, "out", f"post.save onto {what}", expect, api_save(target, **kw),
-                chain(copy_run(name="src"), setup), needs=("a",)))
+                chain(copy_run(name="src"), setup), needs=("a",), tolerate=cid == "out-save-hidden-sibling-api"))
 
     # ------------------------------------------------------------------ damaged, foreign and versioned run dirs
     rds = [  # id, what, mutate, expect
@@ -1557,6 +1559,15 @@ def _traceback_line(err: str) -> tuple[str, str]:
     return exc, _where(frames)
 
 
+#: what a command asked to write may appear when an input is accepted
+OUTPUTS = ("run", "pred.csv")
+
+
+def _unexpected(changes: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``changes`` less the outputs asked for (the run, the predictions)."""
+    return {k: [p for p in v if k != "added" or p.split("/")[0] not in OUTPUTS] for k, v in changes.items()}
+
+
 def _debris_text(changes: dict[str, list[str]]) -> str:
     parts = [f"{k}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}" for k, v in changes.items() if v]
     return "; ".join(parts)
@@ -1574,15 +1585,13 @@ def classify_cli(case: Case, rc, out: str, err: str, timed_out: bool, changes: d
     warns = [line for line in lines if line.startswith("bayesmtl: warning:")]
     if rc == 0:
         named = [w for w in warns if _expected(w, case.expect)]
-        if case.tolerate or (case.warn_ok and named):
-            # accepted: only the run or prediction asked for may appear
-            outs = {"run", "pred.csv"}
-            extra = {k: [p for p in v if p.split("/")[0] not in outs] for k, v in changes.items()}
+        extra = _unexpected(changes)
+        if case.tolerate or (case.warn_ok and named):  # accepted: only the output asked for may appear
             line = named[0] if named else "exit 0 (accepted)"
             return ("DEBRIS" if any(extra.values()) else "CLEAN"), line, _debris_text(extra)
         said = "; ".join(w.removeprefix("bayesmtl: warning: ") for w in warns)
         last = out.strip().splitlines()[-1] if out.strip() else ""
-        return "SILENT", f"exit 0: {last}" + (f" [warnings: {said}]" if said else ""), debris
+        return "SILENT", f"exit 0: {last}" + (f" [warnings: {said}]" if said else ""), _debris_text(extra)
     errors = [line for line in lines if ERROR_LINE.match(line)]
     first = errors[0] if errors else (lines[0] if lines else "exit 2, no message")
     if any(changes.values()):
@@ -1604,10 +1613,11 @@ def classify_api(case: Case, res: dict, changes: dict, timeout: float):
     warns = res.get("warnings", [])
     if not res["raised"]:
         named = [w for w in warns if _expected(w, case.expect)]
-        if case.tolerate or (case.warn_ok and named):
-            return ("DEBRIS" if debris else "CLEAN"), (named[0] if named else "no exception (accepted)"), debris
+        extra = _debris_text(_unexpected(changes))
+        if case.tolerate or (case.warn_ok and named):  # accepted: only the output asked for may appear
+            return ("DEBRIS" if extra else "CLEAN"), (named[0] if named else "no exception (accepted)"), extra
         said = "; ".join(warns[:3])
-        return "SILENT", "no exception" + (f" [warnings: {said}]" if said else ""), debris
+        return "SILENT", "no exception" + (f" [warnings: {said}]" if said else ""), extra
     where = f" (at {res['where']})" if res.get("where") else ""
     if not res["allowed"]:
         return "TRACEBACK", f"{res['type']}: {res['message'].split(': ', 1)[-1]}{where}", debris

@@ -92,10 +92,20 @@ def test_a_checkpoint_of_another_fit_or_garbage_is_refused(monkeypatch, tmp_path
         bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "a", **{**kw, "seed": 1})
     with pytest.raises(ValueError, match=r"different fit \(options: \{\} there, \{'target_accept': 0.9\} now\)"):
         bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "a", target_accept=0.9, **kw)
+    with pytest.raises(ValueError, match="holds a checkpoint of nuts, not of method 'svi'"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "a", **{**kw, "method": "svi"})
+    other = bm.MultiTaskData.from_arrays(data.X.numpy() + 1.0, data.y.numpy(), data.task.numpy())
+    with pytest.raises(ValueError, match=r"different fit \(data: "):
+        bm.fit(bm.models.Hierarchical(), other, resume=tmp_path / "a", **kw)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "nuts.npz").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
         bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "b", **kw)
+    (tmp_path / "half").mkdir()
+    raw = (tmp_path / "a" / "nuts.npz").read_bytes()
+    (tmp_path / "half" / "nuts.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "half", **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint there to resume from"):
         bm.fit(bm.models.Hierarchical(), data, resume=tmp_path / "c", **kw)
     with pytest.raises(ValueError, match="checkpoint_every must be a number of seconds > 0"):

@@ -32,11 +32,19 @@ def fitted():
     ({"method": "gibbs"}, "unknown method 'gibbs'"),
     ({"method": "svi", "guide": "flow"}, "guide must be one of"),
     ({"method": "svi", "learning_rate": 0.1}, r"unknown option\(s\) for method 'svi': \['learning_rate'\]"),
+    ({"device": "mps"}, "device 'mps' is not supported; use 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+    ({"device": "meta"}, "device 'meta' is not supported"),
+    ({"seed": 2**64}, "seed must be below 2\\*\\*63; got 18446744073709551616"),
 ])
 def test_bad_settings_raise_clear_errors(fitted, kwargs, match):
     _, data, _ = fitted
     with pytest.raises(ValueError, match=match):
         bm.fit(bm.models.Hierarchical(), data, **{"progress": False, **kwargs})
+
+
+def test_data_must_be_multitask_data(fitted):
+    with pytest.raises(TypeError, match="data must be a bayesmtl.MultiTaskData .*got DataFrame"):
+        bm.fit(bm.models.Hierarchical(), fitted[0], progress=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

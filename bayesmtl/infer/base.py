@@ -38,6 +38,7 @@ class Settings:
     checkpoint: str | None = None
     checkpoint_every: float = 60.0
     resume: bool = False
+    fingerprint: str = ""  # what a checkpoint must match besides the settings (a hash of the data)
 
 
 class Draws(NamedTuple):

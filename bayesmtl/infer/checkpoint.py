@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class Checkpoint:
         if not getattr(settings, "checkpoint", None):
             return None
         fp = {"sampler": name, "chains": settings.chains, "warmup": settings.warmup, "draws": settings.draws,
-              "seed": settings.seed, **fingerprint}
+              "seed": settings.seed, "data": getattr(settings, "fingerprint", ""), **fingerprint}
         return cls(settings.checkpoint, name, fp, settings.checkpoint_every, settings.resume)
 
     def due(self) -> bool:
@@ -122,7 +123,7 @@ class Checkpoint:
             with np.load(self.file, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             header = json.loads(str(arrays.pop("__header__")))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{str(self.file)!r} is not a readable checkpoint ({e})") from None
         if header.get("format") != _FORMAT:
             raise ValueError(f"{str(self.file)!r}: checkpoint format {header.get('format')!r} is not known "

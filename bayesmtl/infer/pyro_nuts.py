@@ -38,7 +38,7 @@ class PyroNUTSBackend:
         with torch_threads(threads), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             for c in range(settings.chains):
-                pyro.set_rng_seed(settings.seed * 1000 + c)
+                pyro.set_rng_seed((settings.seed * 1000 + c) % 2**32)
                 pyro.clear_param_store()
                 kernel = NUTS(fn, jit_compile=jit, ignore_jit_warnings=True, target_accept_prob=accept,
                               max_tree_depth=depth, full_mass=dense,

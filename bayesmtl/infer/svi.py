@@ -77,7 +77,7 @@ class SVIBackend:
         batch = None if o.batch_size is None or o.batch_size >= target.n_rows else o.batch_size
         jit = batch is None if o.jit is None else o.jit
 
-        pyro.set_rng_seed(settings.seed)
+        pyro.set_rng_seed(settings.seed % 2**32)  # (numpy's seeds stop at 2**32 - 1)
         pyro.clear_param_store()
         fn = target.pyro_model(subsample_size=batch)
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
