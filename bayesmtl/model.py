@@ -266,8 +266,10 @@ class MultiTaskModel(ModelBase):
             with poutine.block(), torch.no_grad(), data_context(data.dtype, data.device):
                 tr = poutine.trace(prog).get_trace()
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
-            raise type(e)(f"{type(self.prior).__name__}.sample failed on {data.n_tasks} tasks x "
-                          f"{len(self.varying_names(data))} parameters: {e}") from e
+            # a user's prior that fails is bad input, not our bug: one line at the CLI (ValueError)
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"{type(self.prior).__name__}.sample failed on {data.n_tasks} tasks x "
+                       f"{len(self.varying_names(data))} parameters: {e}") from e
         return tr
 
     def reparam_config(self, data: MultiTaskData) -> dict[str, LocScaleReparam]:
