@@ -30,6 +30,41 @@ class UserError(Exception):
     """An error in the user's input, reported as one line."""
 
 
+def _arg_type(check, name: str, cast=float):
+    """An argparse type: ``cast`` then ``check`` (validate.py), its message as argparse's error."""
+    def parse(text: str):
+        try:
+            return check(cast(text), name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse
+
+
+def _seconds(value: float, name: str) -> float:
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0 (0: never); got {value!r}")
+    return value
+
+
+def _rows(value: int, name: str) -> int:
+    from bayesmtl.validate import check_count
+
+    return check_count(name, value, 0)
+
+
+def _check_prob(value: float, name: str) -> float:
+    from bayesmtl.validate import check_prob
+
+    return check_prob(value, name)
+
+
+def _seed_arg():
+    from bayesmtl.validate import check_seed
+
+    return _arg_type(lambda v, n: check_seed(v, n), "--seed", int)
+
+
 def _csv_list(text: str | None) -> list[str] | None:
     return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
@@ -90,6 +125,7 @@ _PRIOR_FAMILIES = ("Normal", "HalfNormal", "HalfCauchy", "Cauchy", "StudentT", "
 
 def _parse_prior(text: str):
     """``Name(a, b)`` with numbers, or a number (a fixed value), as a distribution or float."""
+    import math
     import re
 
     import pyro.distributions as dist
@@ -107,6 +143,8 @@ def _parse_prior(text: str):
         args = [float(a) for a in m.group(2).split(",") if a.strip()]
     except ValueError:
         raise UserError(f"--set-prior: the arguments of {text!r} must be numbers") from None
+    if not all(math.isfinite(a) for a in args):
+        raise UserError(f"--set-prior: the arguments of {text!r} must be finite numbers")
     family = m.group(1)
     try:
         return getattr(dist, family)(*args)
@@ -118,44 +156,89 @@ def _parse_prior(text: str):
 _SITE_ALIASES = {"mu": "mean", "tau": "scale", "sigma": "noise", "coef": "shared"}
 
 
-def _set_priors(model, pairs: list[str] | None):
+def _prior_slot(model, key: str) -> tuple[str, str] | None:
+    """Where setting ``key``'s prior lives: (part, attribute), part one of "likelihood", "prior",
+    "model"; None if the model has no such prior setting."""
+    prior, lik = getattr(model, "prior", None), getattr(model, "likelihood", None)
+    if key == "noise" and lik is not None and hasattr(lik, "noise_prior"):
+        return "likelihood", "noise_prior"
+    if lik is not None and (key == getattr(lik, "param", None) or (key == "nu" and hasattr(lik, "df_prior"))):
+        return "likelihood", "df_prior" if key == "nu" else "prior"  # phi, shape, gate; Student-t's nu
+    if key == "shared" and hasattr(model, "shared_prior"):
+        return "model", "shared_prior"
+    if prior is not None and key in vars(prior) and key not in ("covariance", "centered", "rank", "eta",
+                                                                "truncation", "loading_scale"):
+        return "prior", key
+    if key.endswith("_prior") and key in vars(model):
+        return "model", key
+    return None
+
+
+def _positive_support(d) -> bool:
+    from torch.distributions import constraints
+
+    support = getattr(d, "support", None)
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return (support is constraints.positive or support is constraints.nonnegative
+            or (isinstance(support, (constraints.greater_than, constraints.greater_than_eq))
+                and float(support.lower_bound) >= 0))
+
+
+def _set_priors(model, pairs: list[str] | None, data=None):
     """A copy of ``model`` with ``SETTING=Prior`` pairs applied: ``noise`` (the Gaussian noise
     prior), ``shared`` (shared coefficients), or a setting of the task prior (``mean``, ``scale``,
     ``feature_scale``, ...) or of the model (``lengthscale_prior``, ...); the site names ``mu``,
-    ``tau``, ``sigma`` and ``coef`` stand for ``mean``, ``scale``, ``noise`` and ``shared``."""
+    ``tau``, ``sigma`` and ``coef`` stand for ``mean``, ``scale``, ``noise`` and ``shared``.
+    With ``data``, a setting whose default prior lies on positive values (a scale) must get one
+    that does too; a setting given twice, or a number that is not finite, is refused."""
     import copy
+    import math
 
     from bayesmtl.priors.base import as_distribution
 
+    bound = None
+    if data is not None and pairs:
+        try:
+            bound = model.bind(data)  # the data-scaled defaults, to read their supports
+        except Exception:  # noqa: BLE001 - the fit itself reports what is wrong with model and data
+            bound = None
     model = copy.copy(model)
+    seen: dict[str, str] = {}
     for pair in pairs or []:
-        key, eq, text = pair.partition("=")
-        key = _SITE_ALIASES.get(key.strip(), key.strip())
+        name, eq, text = pair.partition("=")
+        key = _SITE_ALIASES.get(name.strip(), name.strip())
         if not eq or not key:
             raise UserError(f"--set-prior expects SETTING=Prior, e.g. scale=HalfNormal(2); got {pair!r}")
+        if key in seen:
+            raise UserError(f"--set-prior: {key!r} is set twice ({seen[key]!r} and {pair!r}); give it once")
+        seen[key] = pair
         value = _parse_prior(text)
-        prior, lik = getattr(model, "prior", None), getattr(model, "likelihood", None)
-        if key == "noise" and lik is not None and hasattr(lik, "noise_prior"):
-            model.likelihood = copy.copy(lik)
-            model.likelihood.noise_prior = as_distribution(value, "noise")
-        elif lik is not None and (key == getattr(lik, "param", None) or (key == "nu" and hasattr(lik, "df_prior"))):
-            model.likelihood = copy.copy(lik)  # phi, shape, gate (OneParameter families); Student-t's nu
-            setattr(model.likelihood, "df_prior" if key == "nu" else "prior", as_distribution(value, key))
-        elif key == "shared" and hasattr(model, "shared_prior"):
-            model.shared_prior = as_distribution(value, "shared")
-        elif prior is not None and key in vars(prior) and key not in ("covariance", "centered", "rank", "eta",
-                                                                      "truncation", "loading_scale"):
-            model.prior = copy.copy(prior)
-            setattr(model.prior, key, value if isinstance(value, float) and key == "mean"
-                    else as_distribution(value, key))
-        elif key.endswith("_prior") and key in vars(model):
-            setattr(model, key, as_distribution(value, key))
-        else:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--set-prior {pair!r}: a fixed value must be a finite number")
+        slot = _prior_slot(model, key)
+        if slot is None:
+            prior = getattr(model, "prior", None)
             names = ["noise", "shared"] + sorted(k for k, v in vars(prior or object()).items()
                                                  if v is None or hasattr(v, "log_prob"))
             names += sorted(k for k in vars(model) if k.endswith("_prior"))
             raise UserError(f"--set-prior: {type(model).__name__} has no prior setting {key!r}; "
                             f"settable: {sorted(set(names))}")
+        part, attr = slot
+        default = getattr(bound if part == "model" else getattr(bound, part, None), attr, None) if bound else None
+        if default is not None and _positive_support(default):
+            ok = value > 0 if isinstance(value, float) else _positive_support(value)
+            if not ok:
+                raise UserError(f"--set-prior {pair!r}: {key!r} is a positive quantity (its default prior is a "
+                                f"{type(default).__name__}); give a prior on positive values, e.g. HalfNormal(2), "
+                                "or a number > 0")
+        if part == "model":
+            setattr(model, attr, as_distribution(value, key))
+            continue
+        holder = copy.copy(getattr(model, part))
+        setattr(model, part, holder)
+        setattr(holder, attr, value if isinstance(value, float) and key == "mean" and part == "prior"
+                else as_distribution(value, key))
     return model
 
 
@@ -259,12 +342,13 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg(), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="back-end option, e.g. --option guide=mvn --option target_accept=0.9")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--checkpoint-every", type=_arg_type(_seconds, "--checkpoint-every"), default=60.0,
+                   metavar="SECONDS",
                    help="nuts, chees and svi save their state beside --out this often (default 60; 0: never); "
                    "a killed fit continues with 'bayesmtl resume OUT'")
 
@@ -273,6 +357,11 @@ def cmd_fit(a: argparse.Namespace) -> int:
     import bayesmtl as bm
 
     source = None
+    for flag, value in (("--model", a.model), ("--features", a.features), ("--shared", a.shared),
+                        ("--task-features", a.task_features), ("--likelihood", a.likelihood)):
+        if value is not None and not _csv_list(value):
+            raise UserError(f"{flag} is empty; leave it out for the default, or name "
+                            f"{'columns' if 'feature' in flag or flag == '--shared' else 'one'}")
     if a.prior is not None:
         prior, source = _build_prior(a.prior, a.prior_args)
         model = bm.MultiTaskModel(prior, likelihood=a.likelihood or "gaussian", shared=_csv_list(a.shared) or ())
@@ -281,10 +370,10 @@ def cmd_fit(a: argparse.Namespace) -> int:
     else:
         model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared),
                              _options(a.model_option, "--model-option"))
-    model = _set_priors(model, a.set_prior)
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
+    model = _set_priors(model, a.set_prior, data)
     from bayesmtl.runs import checkpoint_path, reserve
 
     with reserve(a.out, overwrite=a.overwrite):  # refused or locked now, not after the fit
@@ -293,8 +382,6 @@ def cmd_fit(a: argparse.Namespace) -> int:
         if not resume and any(ckpt.rglob("*.npz")):
             raise UserError(f"{str(a.out)!r} has an unfinished fit's checkpoint ({str(ckpt)!r}): continue it with "
                             f"'bayesmtl resume {a.out}', or remove that folder to start again")
-        if a.checkpoint_every < 0:
-            raise UserError(f"--checkpoint-every must be >= 0 seconds (0: never); got {a.checkpoint_every}")
         keep = a.checkpoint_every > 0 and a.method in _CHECKPOINTED
         if keep and not resume:
             shutil.rmtree(ckpt, ignore_errors=True)  # a fit that failed before its first checkpoint
@@ -369,10 +456,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from bayesmtl.data import read_csv
     from bayesmtl.runs import write_atomic_csv
 
+    if Path(a.out).exists() and Path(a.data).exists() and Path(a.out).resolve() == Path(a.data).resolve():
+        raise UserError(f"--out {a.out!r} is the input --data file; choose another path for the predictions")
     post = bm.load(a.run, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
     if not Path(a.data).exists():
         raise UserError(f"data file {a.data!r} does not exist")
-    pred = post.predict(read_csv(Path(a.data)), seed=a.seed)
+    pred = post.predict(read_csv(Path(a.data), post.data.task_column), seed=a.seed)
     write_atomic_csv(pred, a.out)
     print(f"wrote {a.out}: {len(pred)} rows ({int(pred['new_task'].sum())} of tasks unseen in training)")
     return 0
@@ -410,6 +499,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import bayesmtl as bm
     from bayesmtl.synthetic import hierarchical_regression
 
+    if a.out:
+        from bayesmtl.runs import check_out
+
+        check_out(a.out, a.overwrite)  # refused now, not after the fit
     df, truth = hierarchical_regression(n_tasks=12, rows=30, features=3, seed=a.seed)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     print(f"demo data: {data}\nplanted: tasks with even numbers deviate from the population alike, "
@@ -508,14 +601,16 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_flags(pr)
     pr.add_argument("--data", required=True, help="CSV with the feature and task columns")
     pr.add_argument("--out", required=True, help="CSV to write: one row per input row")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=_seed_arg(), default=0)
     pr.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("summary", help="print a run's posterior summary and diagnostics")
     s.add_argument("run")
     _trust_flags(s)
-    s.add_argument("--max-rows", type=int, default=60, help="rows shown before the table is abbreviated")
-    s.add_argument("--prob", type=float, default=0.9, help="mass of the central interval (default 0.9)")
+    s.add_argument("--max-rows", type=_arg_type(_rows, "--max-rows", int), default=60,
+                   help="rows shown before the table is abbreviated")
+    s.add_argument("--prob", type=_arg_type(_check_prob, "--prob"), default=0.9,
+                   help="mass of the central interval (default 0.9)")
     s.set_defaults(func=cmd_summary)
 
     d = sub.add_parser("demo", help="fit the hierarchical model to built-in synthetic data")

@@ -60,9 +60,11 @@ def _real_array(a, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold numbers; got values of type {a.dtype}") from None
 
 
-def read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
     """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
-    that names a column twice (read as ``x`` and ``x.1``), an empty or unreadable file."""
+    that names a column twice (read as ``x`` and ``x.1``) or leaves one nameless (a saved pandas
+    index), a file with no rows, an empty or unreadable file. The ``task`` column is read as text,
+    so a task named ``NA`` or ``null`` stays a task."""
     import csv
 
     try:
@@ -76,19 +78,33 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise ValueError(f"data file {str(path)!r} is empty")
     seen: dict[str, int] = {}
     for i, name in enumerate(header):
+        if not name.strip().lstrip("\ufeff"):
+            hint = " (a saved pandas index? write it with index=False)" if i == 0 else ""
+            raise ValueError(f"data file {str(path)!r}: column {i + 1} of the header has no name{hint}; "
+                             "name every column")
         if name in seen:
             raise ValueError(f"data file {str(path)!r}: column {name!r} appears twice in the header "
                              f"(columns {seen[name] + 1} and {i + 1}); give every column its own name")
         seen[name] = i
+    kw = {}
+    if task is not None and task in header:
+        from pandas._libs.parsers import STR_NA_VALUES
+
+        kw = {"dtype": {task: str}, "keep_default_na": False,
+              "na_values": {c: sorted(STR_NA_VALUES) for c in header if c != task}}
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path, **kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"data file {str(path)!r} cannot be read as CSV: {str(e).strip().splitlines()[0]}") from None
+    if len(frame) == 0:
+        raise ValueError(f"data file {str(path)!r} has a header but no rows")
+    return frame
 
 
 def _labels(col: pd.Series, name: str) -> np.ndarray:
-    """Task labels as strings; a missing or blank label is an error naming its row. Whole
-    numbers read as floats (a column with a blank elsewhere) are written as integers."""
+    """Task labels as strings; a missing or blank label, one holding a control character, and
+    labels that differ only in surrounding spaces are errors naming the row. Whole numbers read
+    as floats (a column with a blank elsewhere) are written as integers."""
     blank = col.isna() | (col.astype(str).str.strip() == "")
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0])
@@ -96,7 +112,20 @@ def _labels(col: pd.Series, name: str) -> np.ndarray:
                          f"(first at row {row})")
     if col.dtype.kind == "f" and np.all(np.mod(col.to_numpy(), 1) == 0):
         col = col.astype(np.int64)
-    return col.astype(str).to_numpy()
+    labels = col.astype(str).to_numpy()
+    control = np.array([any(ord(c) < 32 or ord(c) == 127 for c in s) for s in labels])
+    if control.any():
+        row = int(np.flatnonzero(control)[0])
+        raise ValueError(f"task column {name!r}: the label at row {row} ({labels[row]!r}) holds a control "
+                         "character (e.g. NUL or a tab); clean the labels")
+    distinct = list(dict.fromkeys(labels))
+    stripped: dict[str, str] = {}
+    for s in distinct:
+        other = stripped.setdefault(s.strip(), s)
+        if other != s:
+            raise ValueError(f"task column {name!r}: labels {other!r} and {s!r} differ only in spaces, so they "
+                             "would be two tasks; strip the labels (or name the tasks apart)")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -180,6 +209,15 @@ class MultiTaskData:
         if len(df) == 0:
             raise ValueError("the data frame has no rows")
         task_features = [task_features] if isinstance(task_features, str) else list(task_features)
+        if isinstance(features, str):
+            raise TypeError(f"features must be a list of column names; got the string {features!r} "
+                            f"(write [{features!r}])")
+        roles = {"task column": task, "target": target, "noise column": noise, "trials column": trials}
+        named = [(r, c) for r, c in roles.items() if c is not None]
+        for i, (r1, c1) in enumerate(named):
+            for r2, c2 in named[i + 1:]:
+                if c1 == c2:
+                    raise ValueError(f"column {c1!r} cannot be both the {r1} and the {r2}")
         reserved = ({task, target, noise, trials} | set(task_features)) - {None}
         if features is None:
             features = [c for c in df.columns if c not in reserved]
@@ -249,6 +287,20 @@ class MultiTaskData:
                 f"shape mismatch: X has {len(X)} rows, y has shape {y.shape}, task has shape {task.shape}; "
                 "expected y and task of shape (N,)"
             )
+        if len(X) == 0:
+            raise ValueError("X has no rows: there is no data to fit")
+        if task_names is not None:
+            task_names = list(map(str, task_names))
+            dup = [n for i, n in enumerate(task_names) if n in task_names[:i]]
+            if dup:
+                raise ValueError(f"task_names holds {dup[0]!r} twice; give every task its own name")
+        if not np.issubdtype(task.dtype, np.integer):
+            missing = pd.isna(pd.Series(task, dtype=object)).to_numpy()
+            if missing.any():
+                raise ValueError(f"task label at row {int(np.flatnonzero(missing)[0])} is missing "
+                                 f"({int(missing.sum())} missing in all); give every row a task")
+            if task.dtype.kind == "f" and np.all(np.mod(task, 1) == 0):
+                task = task.astype(np.int64)  # whole-number indices read as floats
         if np.issubdtype(task.dtype, np.integer):
             if task_names is None:
                 task_names = [f"task_{i}" for i in range(int(task.max()) + 1)]
@@ -290,16 +342,25 @@ class MultiTaskData:
     @classmethod
     def from_csv(cls, path: str | Path, task: str, target: str, **kwargs) -> MultiTaskData:
         """Read a long-format CSV file and call ``from_frame``."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a file path (str or pathlib.Path); got {type(path).__name__}")
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-        frame = read_csv(path)
+        frame = read_csv(path, task)
         return cls.from_frame(frame, task=task, target=target, **kwargs)
 
     @classmethod
     def _build(cls, X, y, idx, names, features, target, task_col, noise, trials, noise_col,
                trials_col, standardize, dtype) -> MultiTaskData:
         counts = np.bincount(idx, minlength=len(names))
+        # values whose squares overflow make every data-scaled default prior inf or nan
+        limit = float(np.sqrt(torch.finfo(dtype).max)) / 1e3
+        for values, name in [*([] if standardize else zip(X.T, features, strict=True)), (y, target)]:
+            big = np.abs(values).max(initial=0.0)
+            if big > limit:
+                raise ValueError(f"column {name!r} holds values as large as {big:.3g}, too large to compute "
+                                 f"with (above {limit:.1g} in {str(dtype).replace('torch.', '')}); rescale it")
         if len(names) < 2:
             raise ValueError(
                 f"multi-task data needs at least 2 tasks; column {task_col!r} has only {names}"
@@ -348,6 +409,18 @@ class MultiTaskData:
     def dtype(self) -> torch.dtype:
         return self.X.dtype
 
+    def digest(self) -> str:
+        """A short hash of the arrays and labels: a checkpoint resumes, and a run directory loads,
+        only with the data they were made from."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (self.X, self.y, self.task, self.noise, self.trials):
+            if t is not None:
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update("\x00".join(map(str, (*self.task_names, *self.feature_names))).encode())
+        return h.hexdigest()[:16]
+
     def rows_per_task(self) -> np.ndarray:
         """Number of rows of each task, shape (T,)."""
         return np.bincount(self.task.cpu().numpy(), minlength=self.n_tasks)
@@ -393,6 +466,20 @@ class MultiTaskData:
             n_test = min(int(round(test_fraction * len(rows))), max(len(rows) - min_train, 0))
             test[rows[:n_test]] = True
         return self.subset(~test), self.subset(test)
+
+    def warnings(self) -> list[str]:
+        """What about these data leaves the fit resting on its priors: a target that takes one
+        value in every row, tasks of one row each (with the noise unknown, task-to-task spread and
+        row noise cannot be told apart)."""
+        out = []
+        if self.y is not None and self.n_rows and bool((self.y == self.y[0]).all()):
+            out.append(f"target {self.target_name!r} is {float(self.y[0]):g} in every row: the data cannot "
+                       "inform the fit, which rests on the priors")
+        if self.noise is None and self.rows_per_task().max(initial=0) <= 1:
+            out.append(f"every task in {self.task_column!r} has a single row: with the noise unknown, the spread "
+                       "between tasks and the noise within them are not separately identified (the priors "
+                       "decide how it splits)")
+        return out
 
     def check_target(self, kind: str) -> None:
         """Raise if ``y`` cannot be a target of a ``kind`` likelihood, naming the task."""
@@ -446,6 +533,8 @@ class MultiTaskData:
         if self.task_column not in df.columns:
             raise ValueError(f"task column {self.task_column!r} not found in the new data; "
                              f"columns are {list(df.columns)}")
+        if len(df) == 0:
+            raise ValueError("the new data have no rows: nothing to predict")
         labels = _labels(df[self.task_column], self.task_column)
         names = list(self.task_names[: self.n_known_tasks])
         pos = {n: i for i, n in enumerate(names)}

@@ -6,7 +6,6 @@ import contextlib
 import random
 import time
 import warnings
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from .infer import Settings, get_backend
 from .posterior import Posterior
 from .protocol import Target, data_context
 from .pyro_util import squeeze_to
+from .validate import check_count, check_seed
 
 __all__ = ["fit", "resolve_device", "choose_target"]
 
@@ -35,12 +35,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, warmup: int = 1000,
@@ -79,15 +73,24 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     The model offers its targets (``Model.targets``: registered fast paths, then its plain
     program); the back end runs the first one it uses by default, recorded as ``info["path"]``.
     """
-    chains = _count("chains", chains, 1)
-    warmup = _count("warmup", warmup, 0)
-    draws = _count("draws", draws, 1)
-    seed = _count("seed", seed, 0)
-    if seed >= 2**63:
-        raise ValueError(f"seed must be below 2**63; got {seed}")
+    chains = check_count("chains", chains, 1)
+    warmup = check_count("warmup", warmup, 0)
+    draws = check_count("draws", draws, 1)
+    seed = check_seed(seed)
     if not isinstance(data, MultiTaskData):
         raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
                         f"target=...)); got {type(data).__name__}")
+    from .protocol import Model
+
+    if isinstance(model, type):
+        raise TypeError(f"model must be a model instance, e.g. {model.__name__}(); got the class itself")
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a bayesmtl model (e.g. bayesmtl.models.Hierarchical()); "
+                        f"got {type(model).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be bool; got {progress!r}")
+    if collapse is not None and not isinstance(collapse, bool):
+        raise TypeError(f"collapse must be bool or None; got {collapse!r}")
     backend = get_backend(method)
     dev = resolve_device(device)
     ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
@@ -98,27 +101,17 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options), checkpoint=ckpt,
                         checkpoint_every=float(checkpoint_every), resume=resume is not None,
-                        fingerprint=_digest(data) if ckpt else "")
+                        fingerprint=data.digest() if ckpt else "")
     # checking a model runs its program once: that draws too. The data's dtype (and device) are the
     # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
     with seeded(seed, dev), data_context(data.dtype, dev):
         model.check(data)
+        for message in data.warnings():
+            warnings.warn(message, UserWarning, stacklevel=2)
         model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
         return _run(model, data, on_device, target, backend, settings, method)
-
-
-def _digest(data: MultiTaskData) -> str:
-    """A short hash of the data's arrays and labels: a checkpoint resumes only on the same data."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in (data.X, data.y, data.task, data.noise, data.trials):
-        if t is not None:
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update("\x00".join(map(str, (*data.task_names, *data.feature_names))).encode())
-    return h.hexdigest()[:16]
 
 
 def _checkpoint_folder(checkpoint, resume, every) -> str | None:

@@ -12,6 +12,7 @@ import torch
 from .data import MultiTaskData
 from .protocol import data_context
 from .relations import TaskRelations
+from .validate import check_prob, check_seed
 
 __all__ = ["Posterior", "quantile_label"]
 
@@ -124,7 +125,7 @@ class Posterior:
         missing = [v for v in var_names if v not in self.samples]
         if missing:
             raise ValueError(f"no site {missing[0]!r} in the posterior; sites: {sorted(self.samples)}")
-        key = (tuple(var_names), float(prob))
+        key = (tuple(var_names), check_prob(prob))
         if key not in self._summaries:
             out = summary(self.to_arviz(predictive=False), var_names, prob)
             kind = self.info.get("draws_kind", "mcmc")
@@ -192,12 +193,17 @@ class Posterior:
         ``probability`` for binary targets). Rows of tasks unseen in training get parameters
         drawn from the learned population; ``new_task`` marks them. ``draws=True`` returns the
         predictive draws instead, an ``xarray.DataArray`` (draw, row) with each row's task."""
+        check_prob(prob)
+        seed = check_seed(seed)
         if isinstance(new, pd.DataFrame):
             new = self.data.prepare(new)
         elif not isinstance(new, MultiTaskData):
             raise TypeError(f"new data must be a DataFrame or MultiTaskData; got {type(new).__name__}")
+        elif new.feature_names != self.data.feature_names:
+            raise ValueError(f"the new data have features {new.feature_names}, the model was fitted on "
+                             f"{self.data.feature_names}; build them with post.data.prepare(frame)")
         flat = self.flat()
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(seed)
         S = next(iter(flat.values())).shape[0]
         K = -(-PREDICTIVE_DRAWS // S)  # a point estimate or few draws still get predictive quantiles
         step = max(1, int(MAX_POINTWISE // 4 // max(S * K, 1)))

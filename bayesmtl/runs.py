@@ -114,15 +114,40 @@ def check_out(path: str | Path, overwrite: bool = False) -> Path:
             first = sorted(p.name for p in path.iterdir())[0]
             raise FileExistsError(f"{str(path)!r} holds files that are not a bayesmtl run (e.g. {first!r}); "
                                   "refusing to replace it: choose an empty or new folder")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"cannot create the folder {str(parent)!r} for {str(path)!r}: "
-                              f"{e.strerror or e}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write a run into {str(parent)!r}: the folder is not writable")
+    _check_parent(path)
     return path
+
+
+def _check_parent(path: Path) -> None:
+    """Raise unless ``path``'s parent is, or can be made, a writable folder."""
+    parent = path.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise PermissionError(f"cannot create the folder {str(parent)!r} for {str(path)!r}: "
+                              f"{str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into {str(existing)!r}: the folder is not writable")
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent folders; those created, deepest first."""
+    made, p = [], path.parent
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create the folder {str(path.parent)!r} for {str(path)!r}: "
+                              f"{e.strerror or e}") from None
+    return made
+
+
+#: the mark of this package's temporary folders beside a run (``.<name>.bayesmtl-tmp-*``): only
+#: those are removed as a killed writer's leftovers, never a user's ``.<name>.keep``
+_TMP = "bayesmtl-tmp-"
 
 
 def _lock_path(path: Path) -> Path:
@@ -152,6 +177,19 @@ def reserve(path: str | Path, overwrite: bool = False):
     writer gets FileExistsError at once. A lock left by a process that is gone is taken over,
     and temporary folders left by killed writers are removed."""
     path = check_out(path, overwrite)
+    made = _make_parents(path)
+    try:
+        with _locked(path):
+            yield path
+    finally:
+        for folder in made:  # a failed fit leaves no empty folders behind
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
     lock = _lock_path(path)
     for _ in range(2):
         try:
@@ -174,9 +212,8 @@ def reserve(path: str | Path, overwrite: bool = False):
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        keep = {lock.name, checkpoint_path(path).name}  # a checkpoint is progress to resume, not debris
-        for stale in path.parent.glob(f".{path.name}.*"):
-            if stale.is_dir() and stale.name not in keep:
+        for stale in path.parent.glob(f".{path.name}.{_TMP}*"):
+            if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)  # a killed writer's temporary folder
         yield path
     finally:
@@ -192,7 +229,7 @@ def save_run(post, path: str | Path, overwrite: bool = False) -> Path:
 
 def _write_run(post, path: Path) -> Path:
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP}", dir=path.parent))
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise PermissionError(f"cannot write a run into {str(path.parent)!r}: {e.strerror}") from None
@@ -210,13 +247,13 @@ def _write_run(post, path: Path) -> Path:
         model_format = _write_model(post.model, post.data, tmp)
         run = {"format_version": FORMAT_VERSION, "model_format": model_format,
                "model": type(post.model).__name__, "model_repr": repr(post.model),
-               "data": repr(post.data), "tasks": post.task_names,
+               "data": repr(post.data), "data_digest": post.data.digest(), "tasks": post.task_names,
                "relation_kind": rel.kind, **post.info,
                "diagnostics": {**post.diagnostics(), "problems": [p.to_dict() for p in post.diagnose()]},
                "versions": versions()}
         (tmp / "run.json").write_text(json.dumps(_jsonable(run), indent=2))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.{_TMP}old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
             tmp.rename(path)
@@ -254,7 +291,7 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path / 'run.json')!r} is not a valid run file ({_first_line(e)})") from None
     version = info.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} was written in run format {version!r}, which this bayesmtl "
                          f"(format {FORMAT_VERSION}) cannot read; upgrade bayesmtl")
     source = info.get("prior_source")
@@ -298,8 +335,34 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
         samples, stats = from_inference_data(idata)
     except (AttributeError, KeyError, ValueError) as e:
         raise ValueError(f"{str(path / 'posterior.nc')!r} is not a bayesmtl posterior ({_first_line(e)})") from None
-    keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks")}
+    digest = info.get("data_digest")
+    if digest is not None and digest != data.digest():
+        raise ValueError(f"{str(path)!r}: data.nc does not hold the data this run was fitted on (its digest differs "
+                         "from run.json's; files from different runs?)")
+    _check_matches(path, idata, model, data)
+    keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks",
+                                                 "data_digest")}
     return Posterior(model, data, samples, stats, keep)
+
+
+def _check_matches(path: Path, idata, model, data) -> None:
+    """posterior.nc must be the posterior of this model on this data: its labels (tasks,
+    features, ...) and its sites' shapes agree with what model.json and data.nc rebuild."""
+    post = idata.posterior
+    try:
+        coords = model.coords(data)
+        dims = model.site_dims(data)
+    except Exception as e:  # noqa: BLE001 - a model that cannot describe these data: they do not belong together
+        raise ValueError(f"{str(path)!r}: model.json and data.nc do not belong together ({_first_line(e)})") from None
+    for dim, labels in coords.items():
+        if dim in post.coords and [str(x) for x in post.coords[dim].values] != [str(x) for x in labels]:
+            raise ValueError(f"{str(path)!r}: posterior.nc does not match data.nc and model.json: its {dim!r} labels "
+                             f"are {[str(x) for x in post.coords[dim].values][:5]}, theirs {list(labels)[:5]} "
+                             "(files from different runs?)")
+    for site, site_dims in dims.items():
+        if site in post and tuple(post[site].dims[2:]) != tuple(site_dims):
+            raise ValueError(f"{str(path)!r}: posterior.nc does not match model.json: site {site!r} has dims "
+                             f"{tuple(post[site].dims[2:])}, the model {tuple(site_dims)} (files from different runs?)")
 
 
 #: the run directory format this version writes (run.json ``format_version``); 1 = model.pt pickle
@@ -377,8 +440,17 @@ def _read_data(path: Path, meta: dict):
 def write_atomic_csv(frame, path: str | Path) -> Path:
     """Write a CSV through a temporary file so a failure leaves no partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a CSV file to write; choose a file name")
+    _check_parent(path)
+    made = _make_parents(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP}", dir=path.parent)
+    except OSError as e:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise PermissionError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
         with open(fd, "w") as fh:
             frame.to_csv(fh, index=False)

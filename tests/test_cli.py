@@ -43,6 +43,17 @@ def test_fit_summary_predict(csv, tmp_path, capsys):
     (["--target", "y", "--likelihood", "bernoulli"], "0/1 for a Bernoulli likelihood"),
     (["--target", "y", "--chains", "0", "--method", "nuts"], "chains must be an integer >= 1"),
     (["--target", "y", "--model", "kmeans"], "unknown model 'kmeans'"),
+    (["--target", "y", "--model", ""], "--model is empty"),
+    (["--target", "y", "--features", ""], "--features is empty"),
+    (["--target", "y", "--noise", "y"], "'y' cannot be both the target and the noise column"),
+    (["--target", "y", "--set-prior", "scale=Normal(0,1)"], "'scale' is a positive quantity"),
+    (["--target", "y", "--set-prior", "scale=-1"], "'scale' is a positive quantity"),
+    (["--target", "y", "--set-prior", "scale=nan"], "a fixed value must be a finite number"),
+    (["--target", "y", "--set-prior", "scale=HalfNormal(1e400)"], "must be finite numbers"),
+    (["--target", "y", "--set-prior", "scale=HalfNormal(1)", "--set-prior", "tau=HalfNormal(5)"],
+     "'scale' is set twice"),
+    (["--target", "y", "--option", "rank=2"], "rank applies to guide='lowrank' only"),
+    (["--target", "y", "--option", "guide=lowrank", "--option", "rank=1000"], "rank 1000 exceeds the"),
 ])
 def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(csv, tmp_path, capsys, args, message):
     path, _ = csv
@@ -357,3 +368,37 @@ def test_a_blown_up_fit_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y",
                  "--out", str(tmp_path / "r"), "--quiet"]) == 2
     _one_line_error(capsys.readouterr().err, "ELBO became nan")
+
+
+@pytest.mark.parametrize("command,flag,value", [
+    ("fit", "--seed", "-1"), ("fit", "--seed", str(2**64)), ("fit", "--checkpoint-every", "nan"),
+    ("fit", "--checkpoint-every", "-5"), ("predict", "--seed", "-1"), ("summary", "--prob", "1.5"),
+    ("summary", "--prob", "0"), ("summary", "--prob", "nan"), ("summary", "--max-rows", "-1"),
+    ("demo", "--seed", "-1"), ("demo", "--checkpoint-every", "-5"),
+])
+def test_a_setting_out_of_range_is_refused_by_the_parser_naming_it(tmp_path, capsys, command, flag, value):
+    args = {"fit": ["--data", "d.csv", "--task", "t", "--target", "y", "--out", str(tmp_path / "r")],
+            "predict": ["run", "--data", "d.csv", "--out", "p.csv"], "summary": ["run"], "demo": []}[command]
+    with pytest.raises(SystemExit) as e:
+        main([command, *args, flag, value])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and flag in err and "error" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_predict_refuses_to_write_over_its_input_or_into_a_folder(csv, tmp_path, capsys):
+    path, df = csv
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(path), "--task", "task", "--target", "y", "--out", str(run), *SVI]) == 0
+    new = tmp_path / "new.csv"
+    df.drop(columns="y").head(4).to_csv(new, index=False)
+    before = new.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(run), "--data", str(new), "--out", str(new)]) == 2
+    assert "is the input --data file" in capsys.readouterr().err and new.read_bytes() == before
+    assert main(["predict", str(run), "--data", str(new), "--out", str(run)]) == 2
+    assert "is a folder, not a CSV file" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text(",".join(df.drop(columns="y").columns) + "\n")
+    assert main(["predict", str(run), "--data", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "has a header but no rows" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()

@@ -184,3 +184,67 @@ def test_from_arrays_checks_what_from_frame_checks():
         MultiTaskData.from_arrays(X, y, t, noise=np.ones(6) * 1j)
     with pytest.raises(ValueError, match="y must hold numbers"):
         MultiTaskData.from_arrays(X, np.array(list("abcdef")), t)
+
+
+@pytest.mark.parametrize("text,message", [
+    (",school,x,y\n0,a,1,2\n1,b,2,3\n", "column 1 of the header has no name (a saved pandas index?"),
+    ("school,x,y,\na,1,2,\nb,2,3,\n", "column 4 of the header has no name"),
+    ("school,x,y\n", "has a header but no rows"),
+    ("school,x,y\na ,1,2\na,2,3\nb,1,1\n", "labels 'a ' and 'a' differ only in spaces"),
+    ("school,x,y\na\x00b,1,2\na,2,3\nb,1,1\n", "holds a control character"),
+    ("school,x,y\na,1,2\nb,1e300,3\n", "column 'x' holds values as large as 1e+300"),
+    ("school,x,y\na,1,1e300\nb,1,3\n", "column 'y' holds values as large as 1e+300"),
+])
+def test_a_bad_csv_is_one_error_naming_the_file_column_or_label(tmp_path, text, message):
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        MultiTaskData.from_csv(path, task="school", target="y")
+    assert message in str(e.value)
+
+
+def test_a_task_named_na_stays_a_task(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("school,x,y\nNA,1,2\nNA,2,3\nnull,1,1\nnull,2,2\n")
+    d = MultiTaskData.from_csv(path, task="school", target="y")
+    assert d.task_names == ["NA", "null"]
+    path.write_text("school,x,y\nNA,,2\nnull,2,3\n")  # a blank feature is still missing
+    with pytest.raises(ValueError, match="column 'x' has 1 NaN"):
+        MultiTaskData.from_csv(path, task="school", target="y")
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"task": "y", "target": "y"}, ValueError, "'y' cannot be both the task column and the target"),
+    ({"task": "school", "target": "y", "noise": "y"}, ValueError, "both the target and the noise column"),
+    ({"task": "school", "target": "y", "noise": "z", "trials": "z"}, ValueError,
+     "both the noise column and the trials column"),
+    ({"task": "school", "target": "y", "features": "x"}, TypeError, "features must be a list of column names"),
+])
+def test_one_column_in_two_roles_is_refused(kwargs, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        MultiTaskData.from_frame(frame(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"X": np.ones((0, 1)), "y": np.ones(0), "task": np.zeros(0, int)}, "X has no rows"),
+    ({"task": np.array(["a", None, "b"], dtype=object)}, "task label at row 1 is missing"),
+    ({"task": np.array([0.0, np.nan, 1.0])}, "task label at row 1 is missing"),
+    ({"task": [0, 1, 2], "task_names": ["a", "a", "b"]}, "task_names holds 'a' twice"),
+])
+def test_from_arrays_refuses_what_from_frame_refuses(kwargs, message):
+    args = {"X": np.ones((3, 1)), "y": np.ones(3), "task": [0, 1, 1], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        MultiTaskData.from_arrays(args.pop("X"), args.pop("y"), args.pop("task"), **args)
+
+
+def test_whole_number_float_task_indices_are_indices():
+    d = MultiTaskData.from_arrays(np.ones((3, 1)), np.arange(3.0), np.array([0.0, 1.0, 1.0]), task_names=["a", "b"])
+    assert d.task.tolist() == [0, 1, 1] and d.task_names == ["a", "b"]
+
+
+def test_data_that_leave_the_fit_to_its_priors_are_named():
+    one_row = MultiTaskData.from_frame(frame().drop_duplicates("school"), task="school", target="y")
+    assert any("single row" in w and "'school'" in w for w in one_row.warnings())
+    constant = MultiTaskData.from_frame(frame().assign(y=42.0), task="school", target="y")
+    assert any("target 'y' is 42 in every row" in w for w in constant.warnings())
+    assert MultiTaskData.from_frame(frame(), task="school", target="y").warnings() == []

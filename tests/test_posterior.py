@@ -47,6 +47,50 @@ def test_data_must_be_multitask_data(fitted):
         bm.fit(bm.models.Hierarchical(), fitted[0], progress=False)
 
 
+@pytest.mark.parametrize("model,kwargs,match", [
+    (None, {}, "model must be a bayesmtl model .*got NoneType"),
+    (bm.models.Hierarchical, {}, r"model must be a model instance, e.g. Hierarchical\(\); got the class itself"),
+    (bm.models.Hierarchical(), {"collapse": "no"}, "collapse must be bool or None; got 'no'"),
+    (bm.models.Hierarchical(), {"progress": "no"}, "progress must be bool; got 'no'"),
+])
+def test_a_wrong_kind_of_argument_is_one_type_error(fitted, model, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        bm.fit(model, fitted[1], **kwargs)
+
+
+def test_a_column_the_likelihood_ignores_is_refused(fitted):
+    df = fitted[0].assign(n=10.0, se=1.0, y=(fitted[0]["y"] > 0).astype(float))
+    with pytest.raises(ValueError, match="the trials column 'n' is not used by a Bernoulli likelihood"):
+        bm.fit(bm.models.Hierarchical(likelihood="bernoulli"),
+               bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"], trials="n"))
+    with pytest.raises(ValueError, match="the noise column 'se' .* is not used by a Bernoulli likelihood"):
+        bm.fit(bm.models.Hierarchical(likelihood="bernoulli"),
+               bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"], noise="se"))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prob": 1.5}, "prob .* must lie strictly between 0 and 1; got 1.5"),
+    ({"prob": 0}, "prob .* must lie strictly between 0 and 1; got 0"),
+    ({"seed": 2**64}, "seed must be below 2\\*\\*63"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+])
+def test_predict_settings_out_of_range(fitted, kwargs, match):
+    df, _, post = fitted
+    with pytest.raises(ValueError, match=match):
+        post.predict(df.head(3), **kwargs)
+
+
+def test_predict_refuses_data_of_another_schema_and_no_rows(fitted):
+    df, _, post = fitted
+    other = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"])
+    with pytest.raises(ValueError, match=r"the new data have features \['x1'\], the model was fitted on"):
+        post.predict(other)
+    with pytest.raises(ValueError, match="the new data have no rows"):
+        post.predict(df.head(0))
+    with pytest.raises(ValueError, match="prob .* must lie strictly between 0 and 1"):
+        post.summary(prob=1.0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_cuda_requested_without_cuda(fitted):
     with pytest.raises(ValueError, match="CUDA is not available"):

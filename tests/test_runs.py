@@ -4,6 +4,7 @@ time, and an unwritable place is refused before any fitting."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,9 +84,17 @@ def test_a_second_writer_fails_fast_and_a_dead_writers_leftovers_are_cleaned(tmp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / ".run.lock").write_text(str(dead.pid))
-    (tmp_path / ".run.abc123").mkdir()
+    (tmp_path / ".run.bayesmtl-tmp-abc123").mkdir()
+    (tmp_path / ".run.keep").mkdir()  # a user's own folder of a similar name is not ours to remove
     post.save(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.keep", "run"]
+
+
+def test_a_failed_fit_leaves_no_folders_it_made(tmp_path, csv, capsys):
+    out = tmp_path / "new" / "deeper" / "run"
+    assert _fit(csv, out, "--chains", "0") == 2
+    assert "chains" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -234,3 +243,30 @@ def test_chain_workers_die_with_their_parent(sig, csv, tmp_path):
     if sig == "SIGTERM":
         assert parent.returncode == 143 and "terminated; nothing was written" in parent.stderr.read()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "2", 2.5, 99])
+def test_a_run_format_that_is_not_one_we_wrote_is_refused(tmp_path, post, version):
+    post.save(tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**info, "format_version": version}))
+    with pytest.raises(ValueError, match=f"was written in run format {version!r}"):
+        bm.load(tmp_path / "run")
+
+
+def test_files_swapped_in_from_another_run_are_refused(tmp_path, post):
+    import shutil
+
+    df, _ = hierarchical_regression(n_tasks=3, rows=8, features=2, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = bm.fit(bm.models.Hierarchical(), bm.MultiTaskData.from_frame(df, task="task", target="y"),
+                       method="svi", draws=10, steps=100, min_steps=50, progress=False)
+    post.save(tmp_path / "a")
+    other.save(tmp_path / "b")
+    for name, match in (("posterior.nc", "posterior.nc does not match data.nc and model.json: its 'task' labels"),
+                        ("data.nc", "model.json and data.nc do not belong together|data.nc does not hold the data")):
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+        shutil.copy(tmp_path / "b" / name, tmp_path / name / name)
+        with pytest.raises(ValueError, match=match):
+            bm.load(tmp_path / name)

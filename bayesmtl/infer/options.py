@@ -260,7 +260,7 @@ _SVI_CHECKS = {
     "rank": lambda v: _integer("rank", v, 1, optional=True),
     "lr": lambda v: _number("lr", v, 0),
     "steps": lambda v: _integer("steps", v, 1),
-    "min_steps": lambda v: _integer("min_steps", v, 0),
+    "min_steps": lambda v: _integer("min_steps", v, 0, optional=True),
     "tol": lambda v: _number("tol", v, 0, strict=False),
     "window": lambda v: _integer("window", v, 1),
     "lookback": lambda v: _integer("lookback", v, 1),
@@ -274,6 +274,12 @@ _SVI_CHECKS = {
 }
 
 
+def _check_min_steps(min_steps: int | None, steps: int) -> None:
+    if min_steps is not None and min_steps > steps:
+        raise ValueError(f"min_steps ({min_steps}) exceeds steps ({steps}): the fit would stop before its "
+                         "first convergence check; lower min_steps or raise steps")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SVI(Options):
     """``method="svi"``: stochastic variational inference with a Pyro autoguide (``infer/svi.py``).
@@ -282,6 +288,7 @@ class SVI(Options):
         linearly on it; ``guides.py``), "normal" (mean field), "mvn" (full rank), "lowrank"
         (with ``rank``) or "delta" (MAP)
     lr : Adam's learning rate; steps : most steps; min_steps : fewest before the convergence check
+        (None: 5000, or ``steps`` if fewer)
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
@@ -297,7 +304,7 @@ class SVI(Options):
     rank: int | None = None
     lr: float = 0.01
     steps: int = 20000
-    min_steps: int = 5000
+    min_steps: int | None = None
     tol: float = 1e-5
     window: int = 500
     lookback: int = 4
@@ -313,6 +320,9 @@ class SVI(Options):
         _one_of("guide", self.guide, GUIDES, one_of=True)
         for name, check in _SVI_CHECKS.items():
             _set(self, name, check(getattr(self, name)))
+        _check_min_steps(self.min_steps, self.steps)
+        if self.rank is not None and self.guide != "lowrank":
+            raise ValueError(f"rank applies to guide='lowrank' only; the guide is {self.guide!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,6 +352,7 @@ class MAP(Options):
         for name in self._svi_fields():
             if getattr(self, name) is not None:
                 _set(self, name, _SVI_CHECKS[name](getattr(self, name)))
+        _check_min_steps(self.min_steps, SVI.steps if self.steps is None else self.steps)
         if not isinstance(self.model_options, Mapping):
             raise ValueError(f"model_options must be a mapping of option name to value; got {self.model_options!r}")
         _set(self, "model_options", dict(self.model_options))

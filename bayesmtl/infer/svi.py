@@ -4,7 +4,7 @@ Options: ``options.SVI`` (``bm.infer.SVI(guide="mvn", ...)`` or the same keyword
 ``guide`` ("structured", the default: full rank over the population, mean field over the
 tasks with a linear lean on the population, ``guides.py``; "normal" = mean field, "mvn" = full
 rank, "lowrank", "delta" = MAP),
-``rank`` (low-rank guide), ``lr`` (0.01), ``steps`` (most steps, 20000), ``min_steps`` (5000),
+``rank`` (low-rank guide), ``lr`` (0.01), ``steps`` (most steps, 20000), ``min_steps`` (5000, or steps),
 ``tol`` (1e-5: stop when the mean loss of the last ``window`` (500) steps is less than
 ``lookback`` (4) x tol x |loss| below the mean of the window ``lookback`` windows earlier; one
 window to the next is too noisy a comparison: a slow drift along a ridge then passes for
@@ -73,8 +73,12 @@ class SVIBackend:
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
         guide_name, lr, window, lookback, anneal = o.guide, o.lr, o.window, o.lookback, o.anneal
-        steps, min_steps, tol = o.steps, o.min_steps, o.tol
+        steps, tol = o.steps, o.tol
+        min_steps = min(DEFAULT_MIN_STEPS, steps) if o.min_steps is None else o.min_steps
         batch = None if o.batch_size is None or o.batch_size >= target.n_rows else o.batch_size
+        if o.batch_size is not None and batch is None:
+            warnings.warn(f"batch_size {o.batch_size} is not below the data's {target.n_rows} rows: every step "
+                          "uses all rows (no minibatches)", UserWarning, stacklevel=2)
         jit = batch is None if o.jit is None else o.jit
 
         pyro.set_rng_seed(settings.seed % 2**32)  # (numpy's seeds stop at 2**32 - 1)
@@ -84,6 +88,12 @@ class SVIBackend:
         enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         guide = _GUIDES[guide_name](guided, **kw)
+        if "rank" in kw:
+            with torch.random.fork_rng(), poutine.block():
+                guide._setup_prototype()  # its latent size, without drawing from the fit's stream
+            if o.rank > guide.latent_dim:
+                raise ValueError(f"rank {o.rank} exceeds the {guide.latent_dim} unconstrained dimensions of the "
+                                 "posterior; use rank <= that, or guide='mvn'")
         elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
         # several particles where an evaluation is cheap: on school's collapsed form the guide's
         # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
@@ -281,8 +291,20 @@ def _restore(svi: SVI, guide, arrays: dict, head: dict) -> tuple[list, bool, int
     return [float(x) for x in arrays["losses"]], bool(head["converged"]), head["main_steps"]
 
 
+#: fewest steps before the first convergence check (``min_steps=None``), or all of them if fewer
+DEFAULT_MIN_STEPS = 5000
+
+
 def _step(svi: SVI, i: int, lr: float) -> float:
-    loss = svi.step()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # said below, with what to do
+            loss = svi.step()
+    except ValueError as e:  # a distribution's parameter became nan or inf: the optimiser diverged
+        if i == 0 or "constraint" not in str(e):
+            raise
+        raise FloatingPointError(f"SVI diverged at step {i} (a parameter became nan or inf); try a smaller lr "
+                                 f"(now {lr}) or scale the data") from e
     if not np.isfinite(loss):
         raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {lr}) or scale the data")
     return loss

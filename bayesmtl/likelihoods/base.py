@@ -42,9 +42,20 @@ class Likelihood:
     """
 
     kind: str = ""
+    #: whether the rows' known noise sds (``data.noise``) and trial counts (``data.trials``) are used:
+    #: a column given for a likelihood that ignores it is an error, not a silent no-op
+    uses_noise: bool = False
+    uses_trials: bool = False
 
     def check(self, data: MultiTaskData) -> None:
         data.check_target(self.kind)
+        name = type(self).__name__
+        if data.noise is not None and not self.uses_noise:
+            raise ValueError(f"the noise column {data.noise_column!r} (known sds) is not used by a {name} likelihood; "
+                             "drop it, or use a likelihood on the target's scale (gaussian, student_t)")
+        if data.trials is not None and not self.uses_trials:
+            raise ValueError(f"the trials column {data.trials_column!r} is not used by a {name} likelihood; "
+                             "drop it, or use the binomial likelihood")
 
     def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
         """Where the linear predictor sits and how far it ranges, read from the data: the
@@ -104,6 +115,7 @@ class LocationScale(Likelihood):
     writes ``transform``."""
 
     _defaults: list[str] | None = None
+    uses_noise = True
 
     def __init__(self, noise: str | None = None, noise_prior=None):
         if noise not in (None, "per_task", "shared", "known"):

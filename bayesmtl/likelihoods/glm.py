@@ -57,6 +57,7 @@ class Binomial(Likelihood):
     """y ~ Binomial(trials, sigmoid(eta)); the data need a trials column."""
 
     kind = "binomial"
+    uses_trials = True
 
     def distribution(self, eta, params, task, noise, trials):
         return dist.Binomial(total_count=trials, logits=eta)
