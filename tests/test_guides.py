@@ -127,7 +127,9 @@ def test_default_guide_population_sds_within_25pct_of_the_reference(case):
 
     if case == "school":  # NUTS 4 x (500 + 500) as the reference, on the collapsed form
         try:
-            bm.datasets.data_dir()
+            from bayesmtl import datasets
+
+            datasets.data_dir()
         except FileNotFoundError as err:
             pytest.skip(f"shared data not found: {err}")
         made = school_case(argparse.Namespace(warmup=500, draws=500, seed=1))
