@@ -8,7 +8,7 @@ the iteration (or step) of the last checkpoint, the seconds of work lost (kill t
 checkpoint's write time), the resume's seconds, whether every draw of mu and tau is identical,
 and how many chain workers were still alive 10 s after the kill.
 
-    .venv/bin/python benchmarks/resume.py --methods nuts,chees,nuts-processes,svi --every 5
+    .venv/bin/python benchmarks/resume.py --methods nuts,chees,nuts-processes,chees-processes,svi --every 5
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from bayesmtl.synthetic import hierarchical_regression
 
 METHODS = {"nuts": ["--method", "nuts"], "chees": ["--method", "chees"],
            "nuts-processes": ["--method", "nuts", "--option", "processes=2"],
+           "chees-processes": ["--method", "chees", "--option", "processes=2"],
            "svi": ["--method", "svi", "--option", "steps=8000", "--option", "min_steps=8000"]}
 
 
@@ -92,7 +93,7 @@ def run_one(name: str, folder: Path, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default="nuts,chees,nuts-processes,svi")
+    p.add_argument("--methods", default="nuts,chees,nuts-processes,chees-processes,svi")
     p.add_argument("--warmup", type=int, default=600)
     p.add_argument("--draws", type=int, default=600)
     p.add_argument("--every", type=float, default=5.0, help="seconds between checkpoints")

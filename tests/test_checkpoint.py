@@ -146,7 +146,8 @@ def test_cli_refuses_to_start_over_a_pending_checkpoint_and_resume_needs_one(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,iterations", [("nuts", 300), ("chees", 1500), ("nuts-processes", 300), ("svi", 300)])
+@pytest.mark.parametrize("method,iterations", [("nuts", 300), ("chees", 1500), ("nuts-processes", 300),
+                                               ("chees-processes", 1500), ("svi", 300)])
 def test_sigkill_mid_fit_then_resume_gives_the_uninterrupted_run(tmp_path, method, iterations):
     """The issue's acceptance 3 (``benchmarks/resume.py``): SIGKILL half-way, ``bayesmtl resume``,
     the same draws as an uninterrupted fit, at most one checkpoint interval of work lost, and no
