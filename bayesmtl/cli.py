@@ -493,16 +493,22 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    import contextlib
+
+    from bayesmtl.runs import reserve
+
+    # refused or locked now, not after the fit
+    with reserve(a.out, overwrite=a.overwrite) if a.out else contextlib.nullcontext():
+        return _demo(a)
+
+
+def _demo(a: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
     import bayesmtl as bm
     from bayesmtl.synthetic import hierarchical_regression
 
-    if a.out:
-        from bayesmtl.runs import check_out
-
-        check_out(a.out, a.overwrite)  # refused now, not after the fit
     df, truth = hierarchical_regression(n_tasks=12, rows=30, features=3, seed=a.seed)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     print(f"demo data: {data}\nplanted: tasks with even numbers deviate from the population alike, "

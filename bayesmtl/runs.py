@@ -101,6 +101,8 @@ def check_out(path: str | Path, overwrite: bool = False) -> Path:
     """Raise, naming the path, unless a run can be written at ``path`` without destroying
     anything: a missing path or an empty folder, or a run when ``overwrite``; its parent must
     be (or can be made) a writable folder."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder path (str or pathlib.Path); got {type(path).__name__}")
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not path.is_dir():
