@@ -240,6 +240,7 @@ def test_a_prior_that_does_not_broadcast_over_chains_is_named(method):
         bm.fit(bm.MultiTaskModel(MatrixEvent()), data, method=method, progress=False, **options)
 
 
+@pytest.mark.slow  # trimmed from the fast tier (10-min budget)
 def test_compiled_steps_match_the_steps_run_op_by_op():
     """compile="inductor": the NUTS transition built from one compiled call per leaf (potential,
     gradient, tree bookkeeping and merge), and ChEES's compiled leapfrog, give the trajectories

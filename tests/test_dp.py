@@ -56,12 +56,14 @@ def test_planted_logistic_svi(logistic_svi):
     assert np.allclose(post.samples["z_prob"].sum(-1), 1, atol=1e-6)
 
 
+@pytest.mark.slow  # trimmed from the fast tier (10-min budget)
 def test_planted_gaussian_svi():
     post, truth, _ = _fit_planted("gaussian", "svi", tasks_per_cluster=4, rows=30, truncation=10, draws=100,
                                   **SVI_FAST)
     _check_recovery(post, truth)
 
 
+@pytest.mark.slow  # trimmed from the fast tier (10-min budget)
 def test_planted_poisson_svi():
     post, truth, _ = _fit_planted("poisson", "svi", tasks_per_cluster=3, rows=40, truncation=10, draws=100,
                                   **SVI_FAST)

@@ -30,8 +30,8 @@ def test_every_example_is_collected():
     assert len(EXAMPLES) >= 4, [p.name for p in EXAMPLES]
 
 
-#: smoke-tested in the fast tier; the rest (the same code paths on other data, ~25 s each) run with -m slow
-FAST_EXAMPLES = {"custom_priors", "landmine", "computer_survey"}
+#: smoke-tested in the fast tier; the rest (the same code paths on other data, 25-35 s each) run with -m slow
+FAST_EXAMPLES = {"custom_priors"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(p, marks=() if p.stem in FAST_EXAMPLES else pytest.mark.slow)

@@ -78,7 +78,8 @@ def test_structured_guide_recovers_a_gaussian_posterior_of_its_own_family():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoStructuredNormal(model)
-    svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+    elbo = pyro.infer.JitTrace_ELBO(ignore_jit_warnings=True)  # the same steps, compiled: 3x faster
+    svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01}), elbo)
     for _ in range(6000):
         svi.step()
     sd = guide.get_transform().marginal_sd().detach()

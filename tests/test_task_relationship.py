@@ -243,7 +243,7 @@ def planted_svi():
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         post = bm.fit(model, data, method="svi", collapse=True, guide="mvn", draws=1000, seed=0,
-                      progress=False, steps=4000, min_steps=2000)
+                      progress=False, steps=1500, min_steps=1000, anneal=500)
     return post, omega
 
 
