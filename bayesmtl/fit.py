@@ -191,13 +191,13 @@ def choose_target(targets: list[Target], backend, collapse: bool | None, model_n
                   options=None) -> Target:
     """The first target the back end uses by default (``backend.paths``, or
     ``backend.paths_for(options)`` where the options decide, in the model's order: fastest
-    first); ``collapse=True`` demands the collapsed form, ``False`` the plain program."""
+    first); ``collapse=True`` demands the collapsed form, ``False`` the first of the others."""
     if collapse:
         found = [t for t in targets if t.path == "collapsed"]
         if not found:
             raise ValueError(f"{model_name} with this likelihood has no collapsed form")
         return found[0]
-    if collapse is False:
-        return next(t for t in targets if t.path == "plain")
     paths = backend.paths_for(options) if hasattr(backend, "paths_for") else backend.paths
+    if collapse is False:
+        paths = tuple(p for p in paths if p != "collapsed")
     return next((t for t in targets if t.path in paths), targets[-1])

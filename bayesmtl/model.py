@@ -329,11 +329,21 @@ class MultiTaskModel(ModelBase):
 
         return model
 
-    def prior_program(self, data: MultiTaskData) -> Callable[[], None]:
-        """The priors as written (no automatic non-centring), without the observations."""
+    def _centred(self) -> MultiTaskModel:
+        """A copy that runs the prior as written (no automatic non-centring)."""
         plain = copy.copy(self)
         plain.reparam = False
-        return plain.pyro_model(data, observe=False)
+        return plain
+
+    def _as_drawn(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> MultiTaskModel:
+        """The model in the parametrisation ``samples`` were drawn in: draws of a centred target
+        have no ``*_decentered`` sites."""
+        config = self.reparam_config(data)
+        return self if all(f"{k}_decentered" in samples for k in config) else self._centred()
+
+    def prior_program(self, data: MultiTaskData) -> Callable[[], None]:
+        """The priors as written (no automatic non-centring), without the observations."""
+        return self._centred().pyro_model(data, observe=False)
 
     def nesting(self, data: MultiTaskData) -> int:
         """Plate dims of the program (1 unless the prior nests plates of its own)."""
@@ -353,6 +363,14 @@ class MultiTaskModel(ModelBase):
                               n_rows=data.n_rows, path=path, log_density=form.log_density,
                               log_density_grad=form.log_density_and_grad, conditional=form.conditional,
                               rebuild=lambda d, p=path: _pick(self.targets(d), p), data=data))
+        if reparam:
+            # the prior as written, for back ends whose paths take it (SVI): a Gaussian guide fits a
+            # centred posterior better where tasks are informative; the three-level planted prior's
+            # population sds went from 0.13-0.24 of NUTS's (non-centred) to 0.69-0.80 (centred)
+            centred = self._centred()
+            out.append(Target(program=lambda s=None: centred.pyro_model(data, subsample_size=s),
+                              max_plate_nesting=nest, n_rows=data.n_rows, path="centred",
+                              rebuild=lambda d: _pick(self.targets(d), "centred"), data=data))
         out.append(Target(program=lambda s=None: self.pyro_model(data, subsample_size=s), max_plate_nesting=nest,
                           n_rows=data.n_rows, path="plain",
                           log_density_grad=None if written is None else written.log_density_and_grad,
@@ -363,7 +381,7 @@ class MultiTaskModel(ModelBase):
     def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
                  chunk: int = 1000) -> dict[str, torch.Tensor]:
         """Add deterministic sites (e.g. ``w`` of a non-centred prior) to flat draws (S, ...)."""
-        fn = self.pyro_model(data, observe=False)
+        fn = self._as_drawn(data, samples).pyro_model(data, observe=False)
         shapes = site_shapes(fn)
         dims = self.site_dims(data)
         nest = self.nesting(data)
@@ -394,11 +412,12 @@ class MultiTaskModel(ModelBase):
         own = self.prior.sample_new(samples, tasks, generator)
         if own is not None:
             return own
-        tr = self._prior_trace(train)
+        drawn = self._as_drawn(train, samples)
+        tr = drawn._prior_trace(train)
         fixed = {k: samples[k] for k, s in tr.nodes.items()
                  if s["type"] == "sample" and not s["is_observed"] and not in_plate(s, "task") and k in samples}
         S = samples["w"].shape[0]
-        config = self.reparam_config(train)
+        config = drawn.reparam_config(train)
         box = []
 
         def prog():

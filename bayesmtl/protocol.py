@@ -114,7 +114,9 @@ class Target:
     n_rows : int
         Rows the program observes (for minibatch sizes).
     path : str
-        What this target is: "plain" (the model's own program), "collapsed" (task parameters
+        What this target is: "plain" (the model's own program, with the automatic
+        non-centring samplers want), "centred" (the prior as written, offered where the plain
+        program non-centres it; SVI's guides fit it better), "collapsed" (task parameters
         integrated out), ... Recorded in ``run.json``.
     log_density : callable, optional
         Site values (C, *shape) -> log joint (C,), written directly in tensors.

@@ -67,7 +67,7 @@ def test_model_contract(name, method, tmp_path):
         warnings.simplefilter("ignore")  # short runs: convergence warnings are expected here
         post = bm.fit(model, data, method=method, seed=0, progress=False, **_settings(name, method))
     C, S, N = post.num_chains, post.num_draws, data.n_rows
-    assert post.info["path"] in ("plain", "collapsed")
+    assert post.info["path"] in ("plain", "centred", "collapsed")
 
     idata = post.to_arviz()
     assert idata.posterior_predictive["y"].dims == ("chain", "draw", "row")

@@ -51,13 +51,17 @@ def test_user_prior_runs_end_to_end(kind, method, tmp_path):
     np.testing.assert_allclose(back.predict(new, seed=3)["mean"], post.predict(new, seed=3)["mean"])
 
 
-def test_new_tasks_come_from_the_population_the_prior_learned():
+@pytest.mark.parametrize("method,path", [("map", "plain"), ("svi", "centred")])
+def test_new_tasks_come_from_the_population_the_prior_learned(method, path):
     """Derived new-task draws (the prior rerun with its hyperparameters fixed) match the closed form:
-    for the three-level prior, a new task in group g has parameters N(group_mean[g], tau) per draw."""
+    for the three-level prior, a new task in group g has parameters N(group_mean[g], tau) per draw,
+    from draws of the non-centred program (MAP) and of the prior as written (SVI's path)."""
     train, new, _ = planted("three-level", n_tasks=8, rows=6, seed=2, new_tasks=4)
     model, data = build("three-level", train)
-    post = bm.fit(model, data, method="map", seed=0, progress=False, steps=600, min_steps=300)
-    flat = post.flat()
+    post = bm.fit(model, data, method=method, seed=0, progress=False, steps=600, min_steps=300, draws=5)
+    assert post.info["path"] == path
+    assert any(k.endswith("_decentered") for k in post.samples) == (path == "plain")
+    flat = {k: v[:1] for k, v in post.flat().items()}
     S = 20000
     rep = {k: v.expand((S,) + v.shape[1:]) for k, v in flat.items()}
     newdata = data.prepare(new)

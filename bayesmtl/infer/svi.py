@@ -59,8 +59,10 @@ class SVIBackend:
 
     name = "svi"
     # the collapsed form first: its population-only posterior is what a full-rank guide fits
-    # well (population sds within a few % of NUTS's), and the tasks are then drawn exactly
-    paths = ("collapsed", "plain")
+    # well (population sds within a few % of NUTS's), and the tasks are then drawn exactly; then
+    # a user's prior as written (centred), whose posterior a Gaussian guide fits better than the
+    # non-centred one samplers want
+    paths = ("collapsed", "centred", "plain")
     kind = "independent"
 
     def __init__(self, label: str = "svi"):
@@ -68,7 +70,7 @@ class SVIBackend:
 
     def paths_for(self, options) -> tuple[str, ...]:
         """The default paths under ``options``: minibatches need the plain program."""
-        return ("plain",) if SVIOptions.of(options).batch_size is not None else self.paths
+        return ("centred", "plain") if SVIOptions.of(options).batch_size is not None else self.paths
 
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
@@ -84,6 +86,11 @@ class SVIBackend:
         pyro.set_rng_seed(settings.seed % 2**32)  # (numpy's seeds stop at 2**32 - 1)
         pyro.clear_param_store()
         fn = target.pyro_model(subsample_size=batch)
+        # one run under a batch of 2 draws: a program that does not batch (its prior's hyperparameters
+        # do not broadcast) fails here, naming the prior, not after the fit inside the PSIS check
+        with torch.random.fork_rng(), torch.no_grad(), poutine.block(), \
+                pyro.plate("_batch_check", 2, dim=-(target.max_plate_nesting + 1)):
+            fn()
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
         enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
