@@ -60,6 +60,12 @@ def _real_array(a, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold numbers; got values of type {a.dtype}") from None
 
 
+#: what pandas' read_csv reads as missing by default (its documented list), kept for every column
+#: but the task column, whose labels stay text
+_NA_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+            "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
 def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
     """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
     that names a column twice (read as ``x`` and ``x.1``) or leaves one nameless (a saved pandas
@@ -88,10 +94,8 @@ def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
         seen[name] = i
     kw = {}
     if task is not None and task in header:
-        from pandas._libs.parsers import STR_NA_VALUES
-
         kw = {"dtype": {task: str}, "keep_default_na": False,
-              "na_values": {c: sorted(STR_NA_VALUES) for c in header if c != task}}
+              "na_values": {c: list(_NA_TEXT) for c in header if c != task}}
     try:
         frame = pd.read_csv(path, **kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
