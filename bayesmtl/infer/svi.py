@@ -117,6 +117,7 @@ class SVIBackend:
             t0 -= saved[1]["seconds"]
         with torch_threads(o.threads), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # _step says it, with what to do
             bar = tqdm(total=steps, disable=not settings.progress, desc=self.label, leave=False)
             bar.update(min(len(losses), steps))
             for i in range(len(losses), steps if not converged and main_steps is None else 0):
@@ -304,9 +305,7 @@ DEFAULT_MIN_STEPS = 5000
 
 def _step(svi: SVI, i: int, lr: float) -> float:
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Encountered NaN")  # said below, with what to do
-            loss = svi.step()
+        loss = svi.step()
     except ValueError as e:  # a distribution's parameter became nan or inf: the optimiser diverged
         if i == 0 or "constraint" not in str(e):
             raise
