@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from .likelihoods import _BY_NAME
+from .validate import check_count, check_prob, check_seed
 
 __all__ = ["main"]
 
@@ -45,24 +46,6 @@ def _seconds(value: float, name: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number of seconds >= 0 (0: never); got {value!r}")
     return value
-
-
-def _rows(value: int, name: str) -> int:
-    from bayesmtl.validate import check_count
-
-    return check_count(name, value, 0)
-
-
-def _check_prob(value: float, name: str) -> float:
-    from bayesmtl.validate import check_prob
-
-    return check_prob(value, name)
-
-
-def _seed_arg():
-    from bayesmtl.validate import check_seed
-
-    return _arg_type(lambda v, n: check_seed(v, n), "--seed", int)
 
 
 def _csv_list(text: str | None) -> list[str] | None:
@@ -342,7 +325,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=_seed_arg(), default=0)
+    p.add_argument("--seed", type=_arg_type(check_seed, "--seed", int), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="back-end option, e.g. --option guide=mvn --option target_accept=0.9")
@@ -607,15 +590,15 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_flags(pr)
     pr.add_argument("--data", required=True, help="CSV with the feature and task columns")
     pr.add_argument("--out", required=True, help="CSV to write: one row per input row")
-    pr.add_argument("--seed", type=_seed_arg(), default=0)
+    pr.add_argument("--seed", type=_arg_type(check_seed, "--seed", int), default=0)
     pr.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("summary", help="print a run's posterior summary and diagnostics")
     s.add_argument("run")
     _trust_flags(s)
-    s.add_argument("--max-rows", type=_arg_type(_rows, "--max-rows", int), default=60,
+    s.add_argument("--max-rows", type=_arg_type(lambda v, n: check_count(n, v, 0), "--max-rows", int), default=60,
                    help="rows shown before the table is abbreviated")
-    s.add_argument("--prob", type=_arg_type(_check_prob, "--prob"), default=0.9,
+    s.add_argument("--prob", type=_arg_type(check_prob, "--prob"), default=0.9,
                    help="mass of the central interval (default 0.9)")
     s.set_defaults(func=cmd_summary)
 

@@ -147,6 +147,13 @@ def _make_parents(path: Path) -> list[Path]:
     return made
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders ``_make_parents`` made (deepest first) that are still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 #: the mark of this package's temporary folders beside a run (``.<name>.bayesmtl-tmp-*``): only
 #: those are removed as a killed writer's leftovers, never a user's ``.<name>.keep``
 _TMP = "bayesmtl-tmp-"
@@ -184,10 +191,8 @@ def reserve(path: str | Path, overwrite: bool = False):
         with _locked(path):
             yield path
     finally:
-        for folder in made:  # a failed fit leaves no empty folders behind
-            if not path.exists():
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        if not path.exists():
+            _remove_empty(made)  # a failed fit leaves no folders it made behind
 
 
 @contextlib.contextmanager
@@ -449,9 +454,7 @@ def write_atomic_csv(frame, path: str | Path) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP}", dir=path.parent)
     except OSError as e:
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(made)
         raise PermissionError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
         with open(fd, "w") as fh:
