@@ -43,6 +43,29 @@ def test_structured_affine_inverts_and_its_jacobian_is_the_dense_matrix_s():
     assert torch.allclose(t.marginal_sd(), J.pow(2).sum(-1).sqrt())
 
 
+def test_a_diagonal_population_factor_given_as_a_vector_is_the_dense_diagonal():
+    dense = _affine()
+    sd = dense.tril.diagonal().clone()
+    dense.tril = torch.diag(sd)
+    vec = StructuredAffine(dense.loc, dense.pop, dense.task, sd, dense.coupling, dense.scale)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    assert torch.allclose(vec(x), dense(x)) and torch.allclose(vec.inv(vec(x)), x, atol=1e-10)
+    assert torch.allclose(vec.log_abs_det_jacobian(x, vec(x)), dense.log_abs_det_jacobian(x, dense(x)))
+    assert torch.allclose(vec.marginal_sd(), dense.marginal_sd())
+
+
+def test_beyond_full_rank_the_population_block_stays_a_vector(monkeypatch):
+    """Above MAX_FULL_RANK population values the guide's factor was a dense diagonal, P x P: at
+    the 17,955 correlation values of 190 tasks, 2.6 GB and minutes per step."""
+    monkeypatch.setattr("bayesmtl.infer.guides.MAX_FULL_RANK", 1)
+    T = 6
+    y = torch.randn(T * 4, dtype=torch.float64)
+    pyro.clear_param_store()
+    guide = AutoStructuredNormal(_hier_model(y, T))
+    guide()
+    assert not guide.full_rank and guide.get_transform().tril.shape == (2,)
+
+
 def _hier_model(y, T):
     def model():
         mu = pyro.sample("mu", dist.Normal(0.0, 5.0))

@@ -42,8 +42,8 @@ class StructuredAffine(Transform):
     """x (..., n) -> loc + the structured scale times x; see the module docstring.
 
     ``pop`` and ``task`` index the population and per-task entries of the latent vector;
-    ``tril`` (P, P) is the population's scale factor, ``coupling`` (Q, P) or None is C,
-    ``scale`` (Q,) the per-task sds.
+    ``tril`` is the population's scale factor, (P, P) lower triangular or (P,) for a diagonal
+    one, ``coupling`` (Q, P) or None is C, ``scale`` (Q,) the per-task sds.
     """
 
     domain = constraints.real_vector
@@ -59,7 +59,7 @@ class StructuredAffine(Transform):
 
     def _call(self, x):
         x_pop = x[..., self.pop]
-        d_pop = x_pop @ self.tril.T
+        d_pop = x_pop * self.tril if self.tril.dim() == 1 else x_pop @ self.tril.T
         d_task = x[..., self.task] * self.scale
         if self.coupling is not None:
             d_task = d_task + x_pop @ self.coupling.T
@@ -68,18 +68,22 @@ class StructuredAffine(Transform):
     def _inverse(self, z):
         d = z - self.loc
         d_pop, d_task = d[..., self.pop], d[..., self.task]
-        x_pop = torch.linalg.solve_triangular(self.tril, d_pop.unsqueeze(-1), upper=False).squeeze(-1)
+        if self.tril.dim() == 1:
+            x_pop = d_pop / self.tril
+        else:
+            x_pop = torch.linalg.solve_triangular(self.tril, d_pop.unsqueeze(-1), upper=False).squeeze(-1)
         if self.coupling is not None:
             d_task = d_task - x_pop @ self.coupling.T
         return torch.cat([x_pop, d_task / self.scale], -1)[..., self.order]
 
     def log_abs_det_jacobian(self, x, z):
-        value = self.tril.diagonal().abs().log().sum() + self.scale.log().sum()
+        diag = self.tril if self.tril.dim() == 1 else self.tril.diagonal()
+        value = diag.abs().log().sum() + self.scale.log().sum()
         return value.expand(x.shape[:-1])
 
     def marginal_sd(self) -> torch.Tensor:
         """Each latent entry's sd under the guide, (n,) in the latent's order."""
-        sd_pop = self.tril.pow(2).sum(-1)
+        sd_pop = self.tril.pow(2) if self.tril.dim() == 1 else self.tril.pow(2).sum(-1)
         sd_task = self.scale.pow(2)
         if self.coupling is not None:
             sd_task = sd_task + self.coupling.pow(2).sum(-1)
@@ -137,7 +141,8 @@ class AutoStructuredNormal(AutoContinuous):
         return dist.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)
 
     def get_transform(self, *args, **kwargs) -> StructuredAffine:
-        tril = self.pop_scale.unsqueeze(-1) * self.pop_tril if self.full_rank else torch.diag(self.pop_scale)
+        # above MAX_FULL_RANK a vector: a dense diagonal would be P x P (2.6 GB at P = 18,000)
+        tril = self.pop_scale.unsqueeze(-1) * self.pop_tril if self.full_rank else self.pop_scale
         return StructuredAffine(self.loc, self._pop, self._task, tril,
                                 self.coupling if self.coupled else None, self.task_scale, self._order)
 
