@@ -173,10 +173,11 @@ class MultiTaskModel(ModelBase):
         priors given stay. ``fit`` fits the bound copy: this model is not changed."""
         loc, scale, _ = self.scaling(data)
         out = copy.copy(self)
-        out.prior = self.prior.bind(loc, scale)
+        sized = self.prior.sized(data.n_tasks)
+        out.prior = sized.bind(loc, scale)
         out.likelihood = self.likelihood_for(data)
         out.shared_prior = self.shared_prior_for(data) if self.shared else self.shared_prior
-        out.bound_defaults = self._defaults(out.likelihood)
+        out.bound_defaults = self._defaults(out.likelihood, sized)
         return out
 
     def prior_scales(self, data: MultiTaskData) -> dict[str, float]:
@@ -190,8 +191,8 @@ class MultiTaskModel(ModelBase):
             return list(self.bound_defaults)
         return self._defaults(self.likelihood)
 
-    def _defaults(self, likelihood: Likelihood) -> list[str]:
-        out = [f"prior.{k}" for k in self.prior.defaults()]
+    def _defaults(self, likelihood: Likelihood, prior: TaskPrior | None = None) -> list[str]:
+        out = [f"prior.{k}" for k in (prior or self.prior).defaults()]
         out += [f"likelihood.{k}" for k in likelihood.defaults()]
         return out + (["shared_prior"] if self.shared and self.shared_prior is None else [])
 
@@ -207,7 +208,7 @@ class MultiTaskModel(ModelBase):
         from a trace of its program (see ``protocol.derive_dims``)."""
         tr = self._prior_trace(data)
         dims = derive_dims(tr, data.n_tasks, len(self.varying_names(data)))
-        dims.update(self.prior.site_dims())
+        dims.update(self.prior.sized(data.n_tasks).site_dims())
         if self.shared:
             dims["coef"] = ("shared_feature",)
         dims.update(self.likelihood_for(data).site_dims())

@@ -29,11 +29,11 @@ class TaskRelationship(MultiTaskModel):
     ----------
     likelihood : "gaussian", "bernoulli", "poisson", "binomial" or a Likelihood
     prior : bayesmtl.priors.TaskRelationship, optional
-        Default ``TaskRelationship(correlation=LKJ(2), scales=HalfNormal(1))`` (full Omega).
-        Use ``rank=r`` for hundreds of tasks or more.
+        Default ``TaskRelationship(correlation=LKJ(2), scales=HalfNormal(1))``: a full Omega and
+        a mean fixed at the data's location for up to 10 tasks; rank 3 and a learned mean above
+        (``rank="auto"``, ``mean="auto"``; ``prior_summary()`` says which).
     intercept, shared, shared_prior
-        As in ``MultiTaskModel``. The intercept is a task-varying column of W like any other;
-        with a non-zero common level give the prior a learned ``mean`` (or centre the target).
+        As in ``MultiTaskModel``. The intercept is a task-varying column of W like any other.
 
     Inference notes: MCMC uses the collapsed form by default (Gaussian likelihood; T x D for
     the full prior or rank x D for the low-rank prior at most ``MAX_COLLAPSED_DIM``; shared
@@ -61,6 +61,7 @@ class TaskRelationship(MultiTaskModel):
             rows, cols = np.tril_indices(data.n_tasks, k=-1)  # the order of torch.tril_indices(T, T, -1)
             names = data.task_names
             out["task_pair"] = [f"{names[i]}|{names[j]}" for i, j in zip(rows, cols, strict=True)]
-        if self.prior.rank is not None:
-            out["factor"] = [f"factor_{k}" for k in range(self.prior.rank)]
+        rank = self.prior.sized(data.n_tasks).rank
+        if rank is not None:
+            out["factor"] = [f"factor_{k}" for k in range(rank)]
         return out

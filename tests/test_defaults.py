@@ -139,3 +139,39 @@ def test_multitask_gp_priors_follow_the_targets_and_inputs_units():
     assert {"mean_prior", "noise_prior", "rank=2"} <= set(bound.defaults())
     given = bm.models.MultitaskGP(noise_prior=dist.LogNormal(0.0, 1.0)).bind(data)
     assert float(given.noise_prior.loc) == 0.0 and "noise_prior" not in given.defaults()
+
+
+@pytest.mark.parametrize("n_tasks, rank, mean", [(6, None, "data location"), (12, 3, "learned")])
+def test_task_relationship_sizes_its_covariance_and_mean_to_the_number_of_tasks(n_tasks, rank, mean):
+    """Up to 10 tasks: full Omega, mean fixed at the data's level (a raw target around 500 is not
+    pulled to 0); above: rank 3 (a full Omega of 190 tasks has 17,955 correlations) and a learned mean."""
+    df = _raw(n_tasks=n_tasks, rows=12)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.TaskRelationship()
+    bound = model.bind(data)
+    assert bound.prior.rank == rank and model.prior.rank == "auto"  # the caller's model is unchanged
+    assert f"prior.mean={mean}" in bound.defaults()
+    assert f"prior.rank={'full' if rank is None else rank}" in bound.defaults()
+    post = bm.fit(model, data, method="map", steps=400, min_steps=100, seed=0, progress=False)
+    w = post.samples["w"].reshape(-1, n_tasks, 2)[..., 0].mean(0)  # the intercepts, about 500 + 8 * 2
+    assert np.all(np.abs(w - 516) < 60), w
+    assert ("mu" in post.samples) == (mean == "learned")
+
+
+def test_a_new_task_of_a_rare_binary_target_gets_the_populations_rate():
+    """Under a zero-mean prior a new task was predicted at p = 0.5 for a target with 6% positives
+    (landmine); with many tasks the learned mean carries the population's level to new tasks."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(16):
+        a = -2.5 + 0.4 * rng.normal()
+        for _ in range(60):
+            x = rng.normal()
+            rows.append({"task": f"t{t}", "x": x, "y": float(rng.random() < 1 / (1 + np.exp(-(a + 0.5 * x))))})
+    df = pd.DataFrame(rows)
+    train = df[df["task"] != "t15"]
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    post = bm.fit(bm.models.TaskRelationship(likelihood="bernoulli"), data, method="svi", steps=1500,
+                  min_steps=500, seed=0, progress=False, draws=200)
+    p = post.predict(df[df["task"] == "t15"], seed=0)["probability"].mean()
+    assert abs(p - train["y"].mean()) < 0.06, (p, train["y"].mean())

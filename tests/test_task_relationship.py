@@ -43,7 +43,8 @@ def dense_posterior(model, data, h):
     T, D = data.n_tasks, Xv.shape[1]
     R = model.prior.omega_root({k: v.unsqueeze(0) for k, v in h.items()}, T)[0]
     K = torch.kron(R @ R.T, torch.diag(h["feature_scale"] ** 2))
-    mu = h.get("mu", torch.zeros(D, dtype=Xv.dtype))
+    fixed = model.bind(data).prior.mean  # a mean that is not a site: fixed at the data's location
+    mu = h["mu"] if "mu" in h else torch.as_tensor(fixed, dtype=Xv.dtype).expand(D)
     Xbig = torch.zeros(data.n_rows, T * D, dtype=Xv.dtype)
     for i, t in enumerate(data.task.tolist()):
         Xbig[i, t * D:(t + 1) * D] = Xv[i]
@@ -82,8 +83,8 @@ def test_lkj_eta_must_be_positive(eta):
         bm.priors.LKJ(eta)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"rank": 0}, "rank must be None"),
-                                             ({"rank": 2.5}, "rank must be None"),
+@pytest.mark.parametrize("kwargs, message", [({"rank": 0}, "rank must be .auto., None"),
+                                             ({"rank": 2.5}, "rank must be .auto., None"),
                                              ({"correlation": "lkj"}, "correlation must be")])
 def test_bad_prior_settings(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -214,9 +215,12 @@ def test_collapsed_offered_only_where_it_applies():
     assert marginal_form(bm.models.TaskRelationship(likelihood="poisson"), data, "collapsed") is None
     # 130 tasks x 4 coefficients: a 520-dim joint Gaussian for the full prior, 2 x 4 for rank 2
     many = small_data(T=130, rows=[2] * 130)
-    assert marginal_form(bm.models.TaskRelationship(), many, "collapsed") is None
+    full = bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=None))
+    assert marginal_form(full, many, "collapsed") is None
     low_rank = bm.models.TaskRelationship(prior=bm.priors.TaskRelationship(rank=2))
     assert marginal_form(low_rank, many, "collapsed") is not None
+    # the default (rank "auto") is low rank at 130 tasks, so it collapses
+    assert marginal_form(bm.models.TaskRelationship(), many, "collapsed") is not None
 
 
 def test_new_task_is_unrelated_with_average_scale():

@@ -55,7 +55,7 @@ def task_relationship_gaussian(model, data) -> CollapsedTaskRelationship | None:
     low-rank prior T Gaussians of dim D and one of dim rank x D; either joint size must be at
     most ``MAX_COLLAPSED_DIM``."""
     D = len(model.varying_names(data))
-    if (model.prior.rank or data.n_tasks) * D > MAX_COLLAPSED_DIM:
+    if (model.prior.sized(data.n_tasks).rank or data.n_tasks) * D > MAX_COLLAPSED_DIM:
         return None
     return CollapsedTaskRelationship(model, data)
 
@@ -72,7 +72,8 @@ class CollapsedTaskRelationship(Marginal):
     max_plate_nesting = 1
 
     def __init__(self, model, data):
-        prior: TaskRelationship = model.prior
+        loc, scale, _ = model.scaling(data)  # (a no-op for the bound model that fit passes)
+        prior: TaskRelationship = model.prior.sized(data.n_tasks).bind(loc, scale)
         self.prior = prior
         self.lik = model.likelihood_for(data)
         Xv, Xs = model.design(data)
@@ -104,7 +105,7 @@ class CollapsedTaskRelationship(Marginal):
     def _mean(self, h: dict[str, torch.Tensor], B: int) -> torch.Tensor:
         if "mu" in h:
             return h["mu"].reshape(B, self.D)
-        return torch.full((B, self.D), float(self.prior.mean), dtype=self.like.dtype, device=self.like.device)
+        return torch.as_tensor(self.prior.mean, dtype=self.like.dtype, device=self.like.device).expand(B, self.D)
 
     def _noise_var(self, params: dict[str, torch.Tensor], B: int) -> torch.Tensor:
         """sigma_t^2 (B, T); ones for known noise (folded into the statistics)."""

@@ -79,6 +79,12 @@ class TaskPrior:
     def check(self, n_tasks: int, n_dims: int) -> None:
         """Raise ValueError when the prior cannot serve T tasks with D parameters each."""
 
+    def sized(self, n_tasks: int) -> TaskPrior:
+        """A copy with the settings whose default depends on the number of tasks (a rank, whether
+        a mean is learned) chosen for ``n_tasks``; ``MultiTaskModel.bind`` calls it before
+        ``bind``. The base class has none: itself."""
+        return self
+
     def bind(self, loc: torch.Tensor, scale: torch.Tensor) -> TaskPrior:
         """A copy with every prior left at its default set from the data's scales, loc and scale
         (D,) (see ``protocol.Tasks``); the prior's own settings stay. The base class has no

@@ -37,7 +37,16 @@ import torch
 from .base import TaskPrior, as_distribution, move_distribution
 from .hierarchical import location_default, spread_default
 
-__all__ = ["LKJ", "InverseWishart", "TaskRelationship", "omega_root", "task_correlation"]
+__all__ = ["LKJ", "InverseWishart", "TaskRelationship", "omega_root", "task_correlation", "AUTO_TASKS",
+           "AUTO_RANK"]
+
+#: ``rank="auto"`` / ``mean="auto"``: up to this many tasks a full Omega and a mean fixed at the data's
+#: location; above it rank ``AUTO_RANK`` and a learned mean. A full Omega has T(T-1)/2 correlations
+#: (17,955 at 190 tasks: hours of SVI, and no data to pin them); a learned mean pulls the
+#: correlations of few tasks towards -1/(T-1), while many tasks need it (a new landmine field
+#: predicted at p = 0.5 under a zero mean, against 6% positives).
+AUTO_TASKS = 10
+AUTO_RANK = 3
 
 
 class LKJ:
@@ -77,6 +86,10 @@ class InverseWishart:
 
     def __repr__(self) -> str:
         return f"InverseWishart(df={self.df}, scale={self.scale})"
+
+
+def _auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
 
 
 def _vec(d, n: int, like: torch.Tensor):
@@ -144,18 +157,21 @@ class TaskRelationship(TaskPrior):
     scales : pyro distribution, default HalfNormal(1)
         Prior of each task's scale s_t (LKJ prior) or each task's idiosyncratic sd psi_t
         (low-rank prior); not used with the inverse-Wishart.
-    rank : int or None
+    rank : "auto", int or None
         None: full Omega = diag(s) C diag(s). An integer r (1 <= r < T): Omega = Lambda Lambda^T
-        + diag(psi)^2 with loadings Lambda (T, r) ~ Normal(0, loading_scale).
+        + diag(psi)^2 with loadings Lambda (T, r) ~ Normal(0, loading_scale). "auto" (default):
+        full for up to ``AUTO_TASKS`` tasks, rank ``AUTO_RANK`` above (recorded in
+        ``prior_summary().attrs["defaults"]``).
     feature_scale : pyro distribution, default data-scaled
         Prior of each feature's scale sigma_d (Sigma_features = diag(sigma)^2); default
         HalfNormal(scale), the parameter's scale read from the data (``protocol.Tasks``).
-    mean : pyro distribution or number, default 0.0
-        Prior of each entry of the population mean mu (D,); a number fixes it (0: the
-        zero-mean matrix-normal of MTRL). Learn it (e.g. ``Normal(0, 10)``) when features such
-        as an intercept have a common non-zero level; Omega then describes the tasks'
-        deviations from mu. (Not learned by default: with few tasks, centring each feature on a
-        learned mean pulls the task correlations towards -1 / (T - 1).)
+    mean : "auto", "data", None, pyro distribution or number
+        The population mean mu (D,). A distribution is its prior (learned); None learns it under
+        the data-scaled Normal(loc, 2.5 scale); a number fixes every entry (0: the zero-mean
+        matrix-normal of MTRL); "data" fixes it at the data's location (the target's level for
+        the intercept, 0 for the rest). Omega describes the tasks' deviations from mu. "auto"
+        (default): "data" for up to ``AUTO_TASKS`` tasks, learned (None) above: with few tasks a
+        learned mean pulls the task correlations towards -1 / (T - 1).
     loading_scale : float
         Prior sd of each loading (low-rank prior).
 
@@ -167,8 +183,8 @@ class TaskRelationship(TaskPrior):
     relation_signed = True
 
     def __init__(self, correlation: LKJ | InverseWishart | None = None, scales: dist.Distribution | None = None,
-                 rank: int | None = None, feature_scale: dist.Distribution | None = None,
-                 mean=0.0, loading_scale: float = 1.0):
+                 rank: int | str | None = "auto", feature_scale: dist.Distribution | None = None,
+                 mean="auto", loading_scale: float = 1.0):
         if correlation is None:
             correlation = LKJ(2.0)
         if isinstance(correlation, (int, float)) and not isinstance(correlation, bool):
@@ -176,8 +192,10 @@ class TaskRelationship(TaskPrior):
         if not isinstance(correlation, (LKJ, InverseWishart)):
             raise TypeError("correlation must be bayesmtl.priors.LKJ(eta) or bayesmtl.priors.InverseWishart(df, "
                             f"scale); got {type(correlation).__name__}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be None (full task covariance) or an integer >= 1; got {rank!r}")
+        if isinstance(correlation, InverseWishart) and _auto(rank):
+            rank = None
+        if rank not in (None, "auto") and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be 'auto', None (full task covariance) or an integer >= 1; got {rank!r}")
         if isinstance(correlation, InverseWishart) and (rank is not None or scales is not None):
             raise ValueError("the inverse-Wishart is a prior on the whole task covariance: it takes neither "
                              f"rank (got {rank!r}) nor scales (got {scales!r})")
@@ -187,14 +205,17 @@ class TaskRelationship(TaskPrior):
         self.scales = dist.HalfNormal(1.0) if scales is None else as_distribution(scales, "scales")
         self.rank = rank
         self.feature_scale = None if feature_scale is None else as_distribution(feature_scale, "feature_scale")
-        self.mean = (None if mean is None else float(mean) if isinstance(mean, (int, float))
-                     else as_distribution(mean, "mean"))
+        if isinstance(mean, str) and mean not in ("auto", "data"):
+            raise ValueError(f"mean must be 'auto', 'data', None, a number or a distribution; got {mean!r}")
+        self.mean = (mean if mean is None or isinstance(mean, (str, torch.Tensor))
+                     else float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean"))
         self.loading_scale = float(loading_scale)
+        self.chosen: list[str] = []  # what ``sized`` chose for "auto" settings, for prior_summary
 
     @property
     def relation_kind(self) -> str:  # type: ignore[override]
-        form = (f"low rank {self.rank} + diagonal" if self.rank is not None
-                else repr(self.correlation))
+        form = (f"low rank {self.rank} + diagonal" if isinstance(self.rank, int)
+                else "rank auto" if _auto(self.rank) else repr(self.correlation))
         return (f"task correlation C = corr(Omega), the matrix-normal task covariance ({form}): "
                 "+1 = related, 0 = unrelated, -1 = negatively related")
 
@@ -202,7 +223,7 @@ class TaskRelationship(TaskPrior):
     def check(self, n_tasks: int, n_dims: int) -> None:
         if n_tasks < 2:
             raise ValueError(f"task-relationship learning needs at least 2 tasks; got {n_tasks}")
-        if self.rank is not None and self.rank >= n_tasks:
+        if isinstance(self.rank, int) and self.rank >= n_tasks:
             raise ValueError(f"rank={self.rank} must be smaller than the number of tasks ({n_tasks}); "
                              "use rank=None for a full task covariance")
         if self._iw_scale is not None and not self.correlation.degrees(n_tasks) > n_tasks - 1:
@@ -215,11 +236,23 @@ class TaskRelationship(TaskPrior):
 
     def omega_root(self, samples: dict[str, torch.Tensor], n_tasks: int) -> torch.Tensor:
         """R (B, T, Q) with Omega = R R^T, from flat draws (B, ...)."""
-        return omega_root(samples, n_tasks, self.rank, self._iw_scale)
+        return omega_root(samples, n_tasks, self._fitted_rank(samples), self._iw_scale)
+
+    def _fitted_rank(self, samples: dict[str, torch.Tensor]) -> int | None:
+        if _auto(self.rank):  # not sized: the draws say which form was fitted
+            return samples["loadings"].shape[-1] if "loadings" in samples else None
+        return self.rank
+
+    @property
+    def _learned_mean(self) -> bool:
+        return not isinstance(self.mean, (float, str, torch.Tensor))  # None (bound later) or a distribution
 
     def site_dims(self):
+        if _auto(self.rank) or _auto(self.mean):
+            raise ValueError("the sites of TaskRelationship(rank='auto' or mean='auto') depend on the number "
+                             "of tasks: call sized(n_tasks) first")
         dims = {"feature_scale": ("feature",), "w_raw": ("task", "feature"), "w": ("task", "feature")}
-        if not isinstance(self.mean, float):
+        if self._learned_mean:
             dims["mu"] = ("feature",)
         if self._iw_scale is not None:
             dims.update(iw_chi2=("task",), iw_normal=("task_pair",))
@@ -232,12 +265,14 @@ class TaskRelationship(TaskPrior):
     def sample_hyper(self, n_tasks: int, n_dims: int, task_plate, like: torch.Tensor) -> dict[str, torch.Tensor]:
         """The covariance sites (everything but the standard normals). Used by the collapsed form too.
         Unbound (defaults not set from data): unit scales."""
-        if self.defaults():
+        if _auto(self.rank) or _auto(self.mean):
+            return self.sized(n_tasks).sample_hyper(n_tasks, n_dims, task_plate, like)
+        if self._unbound():
             return self.bind(like.new_zeros(n_dims), like.new_ones(n_dims)).sample_hyper(n_tasks, n_dims,
                                                                                       task_plate, like)
         T, D = n_tasks, n_dims
         out = {}
-        if not isinstance(self.mean, float):
+        if self._learned_mean:
             out["mu"] = pyro.sample("mu", _vec(self.mean, D, like))
         out["feature_scale"] = pyro.sample("feature_scale", _vec(self.feature_scale, D, like))
         scales = move_distribution(self.scales, like)
@@ -261,19 +296,42 @@ class TaskRelationship(TaskPrior):
                 out["psi"] = pyro.sample("psi", scales)
         return out
 
+    def sized(self, n_tasks: int) -> TaskRelationship:
+        """A copy with rank="auto" and mean="auto" chosen for ``n_tasks`` (see ``AUTO_TASKS``)."""
+        out = copy.copy(self)
+        out.chosen = list(self.chosen)
+        many = n_tasks > AUTO_TASKS
+        if _auto(self.rank):
+            out.rank = AUTO_RANK if many else None
+            out.chosen.append(f"rank={out.rank if many else 'full'}")
+        if _auto(self.mean):
+            out.mean = None if many else "data"
+            out.chosen.append(f"mean={'learned' if many else 'data location'}")
+        return out
+
     def bind(self, loc, scale):
         out = copy.copy(self)
-        if self.mean is None:  # (only when given None explicitly)
+        if self.mean is None:
             out.mean = location_default(loc, scale)
+        elif isinstance(self.mean, str) and self.mean == "data":
+            out.mean = loc.clone()
         if self.feature_scale is None:
             out.feature_scale = spread_default(scale)
         return out
 
+    def _unbound(self) -> list[str]:
+        """Settings ``bind`` still has to set from the data."""
+        return ([k for k in ("mean", "feature_scale") if getattr(self, k) is None]
+                + (["mean"] if isinstance(self.mean, str) and self.mean == "data" else []))
+
     def defaults(self):
-        return [k for k in ("mean", "feature_scale") if getattr(self, k) is None]
+        auto = [k for k in ("rank", "mean") if _auto(getattr(self, k))]
+        return self.chosen + auto + self._unbound()
 
     def sample(self, tasks):
-        if self.defaults():
+        if _auto(self.rank) or _auto(self.mean):
+            return self.sized(tasks.n).sample(tasks)
+        if self._unbound():
             return self.bind(tasks.loc, tasks.scale).sample(tasks)
         T, D, task_plate, like = tasks.n, tasks.dims, tasks.plate, tasks.like
         h = self.sample_hyper(T, D, task_plate, like)
@@ -296,7 +354,7 @@ class TaskRelationship(TaskPrior):
         w = dev * fs
         if "mu" in h:
             w = w + h["mu"].reshape(*batch, 1, D)
-        elif self.mean != 0.0:
+        else:
             w = w + self.mean
         return pyro.deterministic("w", w)
 
@@ -312,7 +370,8 @@ class TaskRelationship(TaskPrior):
         """
         fs = samples["feature_scale"].reshape(-1, n_dims)
         S = fs.shape[0]
-        per_task = "iw_chi2" if self._iw_scale is not None else "task_scale" if self.rank is None else "psi"
+        full = self._fitted_rank(samples) is None
+        per_task = "iw_chi2" if self._iw_scale is not None else "task_scale" if full else "psi"
         T = samples[per_task].reshape(S, -1).shape[-1]
         R = self.omega_root(samples, T)
         avg = (R * R).sum(-1).mean(-1).sqrt()  # (S,) root mean diagonal of Omega
@@ -329,7 +388,7 @@ class TaskRelationship(TaskPrior):
 
     def relations(self, samples):
         w = samples["w"]
-        return task_correlation(samples, w.shape[-2], self.rank, self._iw_scale).cpu().numpy()
+        return task_correlation(samples, w.shape[-2], self._fitted_rank(samples), self._iw_scale).cpu().numpy()
 
     def __repr__(self):
         return (f"TaskRelationship(correlation={self.correlation}, scales={self.scales}, rank={self.rank}, "
