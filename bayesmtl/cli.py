@@ -475,6 +475,25 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bayesmtl.compare import compare
+
+    for run in a.runs:
+        if not Path(run).is_dir():
+            raise UserError(f"{run!r} is not a run directory (no such folder)")
+    table = compare(a.runs, by=a.by, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
+    what = "leave one row out" if a.by == "row" else "leave one task out (importance sampling, not refits)"
+    print(f"PSIS-LOO, {what}: {table.attrs['n']} {a.by}s; elpd_diff and dse against the best run; "
+          "a difference within 2 dse is not a clear preference")
+    with pd.option_context("display.max_columns", None, "display.width", 10_000):
+        print(table.round(3).to_string())
+    for note in table.attrs["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     import contextlib
 
@@ -601,6 +620,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prob", type=_arg_type(check_prob, "--prob"), default=0.9,
                    help="mass of the central interval (default 0.9)")
     s.set_defaults(func=cmd_summary)
+
+    c = sub.add_parser("compare", help="rank runs fitted to the same data by PSIS-LOO (elpd)",
+                       description="Compare runs of different model families fitted to the same data by "
+                       "Pareto-smoothed importance-sampling leave-one-out (ArviZ).")
+    c.add_argument("runs", nargs="+", help="run directories written by `bayesmtl fit`")
+    c.add_argument("--by", choices=["row", "task"], default="row",
+                   help="leave out one row (predicting new rows of known tasks) or one task (a new task)")
+    _trust_flags(c)
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="fit the hierarchical model to built-in synthetic data")
     d.add_argument("--out", default=None, help="also write a run directory here")

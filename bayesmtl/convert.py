@@ -6,10 +6,11 @@ import logging
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from .posterior import quantile_label
 
-__all__ = ["to_inference_data", "from_inference_data", "summary", "psis", "az"]
+__all__ = ["to_inference_data", "from_inference_data", "summary", "psis", "loo", "compare", "az"]
 
 with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
     warnings.simplefilter("ignore", FutureWarning)
@@ -79,3 +80,18 @@ def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 
     if idata.posterior.sizes["chain"] < 2:
         out["r_hat"] = np.nan  # one chain (SVI, MAP): r_hat is not defined
     return out
+
+
+def loo(log_lik: np.ndarray):
+    """ArviZ's PSIS-LOO (``ELPDData``, pointwise) of log likelihoods (chain, draw, n)."""
+    idata = az.from_dict(posterior={"_": np.zeros(log_lik.shape[:2])}, log_likelihood={"y": log_lik})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # high Pareto k: the caller names the rows or tasks
+        return az.loo(idata, pointwise=True)
+
+
+def compare(loos: dict) -> pd.DataFrame:
+    """ArviZ's ``compare`` of ``loo`` results (name -> ELPDData), best first; stacking weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.compare(loos, ic="loo", method="stacking")

@@ -212,6 +212,9 @@ class ModelBase:
     unidentified_sites: tuple[str, ...] = ()
     #: the target's kind ("gaussian", "bernoulli", ...): Posterior.predict adds ``probability`` for binary ones
     outcome: str = "gaussian"
+    #: rows are independent given the parameters, so ``log_likelihood`` terms can be left out one by
+    #: one (PSIS-LOO in ``bayesmtl.compare``); False for a GP, whose rows share the latent function
+    rows_independent: bool = True
 
     def extra_outputs(self, post) -> dict[str, Any]:
         """Extra tables for the run directory, file name -> DataFrame (none by default)."""

@@ -53,7 +53,8 @@ SCHOOL_SHARED = ["pct_fsm", "pct_vr1", "ethnic_african", "ethnic_arab", "ethnic_
 FAMILIES = {"hierarchical": lambda **kw: bm.models.Hierarchical(**kw),
             "independent": lambda **kw: bm.models.Independent(**kw),
             "pooled": lambda **kw: bm.models.Pooled(**kw),
-            "task-relationship": lambda **kw: bm.models.TaskRelationship(**kw)}
+            "task-relationship": lambda **kw: bm.models.TaskRelationship(**kw),
+            "dp-clustering": lambda **kw: bm.models.DPClustering(**kw)}
 BINS, MIN_BIN_ROWS = 10, 20
 
 

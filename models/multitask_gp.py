@@ -112,6 +112,7 @@ class MultitaskGP(ModelBase):
     """
 
     name = "multitask-gp"
+    rows_independent = False  # rows share f: their log likelihood terms are not separate data points
 
     def __init__(self, rank: int | None = None, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
                  inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,

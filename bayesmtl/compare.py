@@ -1,0 +1,134 @@
+"""Which structure do my tasks have? Runs of different model families compared by PSIS-LOO.
+
+``compare(runs)`` scores each fitted run by its expected log predictive density (elpd) under
+Pareto-smoothed importance-sampling leave-one-out (Vehtari, Gelman & Gabry 2017; ArviZ's
+``loo`` and ``compare``), on the pointwise log likelihoods every model gives through the
+contract (``log_likelihood(data, samples)``, (S, N)):
+
+- ``by="row"``: leave one row out, the question "which model predicts new rows of these tasks";
+- ``by="task"``: leave one task out, "which model predicts a new task": each task's rows are
+  summed into one term and left out together, by importance sampling (not exact refits), with
+  a Pareto k per task; k above ArviZ's threshold (0.7, lower for under 2,200 draws) marks a task
+  whose estimate is unreliable (refit without it to check).
+
+Runs must be fitted to the same data (their fingerprints, ``MultiTaskData.digest``, agree) and
+hold posterior draws: a point estimate (``method="map"``) has no posterior to leave a row out of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .posterior import MAX_POINTWISE, Posterior
+
+__all__ = ["compare", "pointwise_log_likelihood"]
+
+
+def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
+    """log p(y_i | draw) as (chain, draw, N) for ``by="row"``, or summed over each task's rows as
+    (chain, draw, T) for ``by="task"``. Draws are thinned evenly when chain x draw x N would
+    exceed ``MAX_POINTWISE`` values."""
+    if by not in ("row", "task"):
+        raise ValueError(f"by must be 'row' or 'task'; got {by!r}")
+    data = post.data
+    if data.y is None:
+        raise ValueError("the run's data have no target: there is nothing to predict")
+    C, S = post.num_chains, post.num_draws
+    keep = np.arange(S)
+    if C * S * data.n_rows > MAX_POINTWISE:
+        keep = np.linspace(0, S - 1, max(int(MAX_POINTWISE // (C * data.n_rows)), 2)).round().astype(int)
+    samples = {k: torch.as_tensor(np.asarray(v)[:, keep]).reshape(C * len(keep), *np.shape(v)[2:]).to(data.device)
+               for k, v in post.samples.items()}
+    with torch.no_grad():
+        ll = post.model.log_likelihood(data, samples)  # (C * S', N)
+    ll = ll.reshape(C, len(keep), data.n_rows).double()
+    if by == "task":
+        ll = ll.new_zeros(C, len(keep), data.n_tasks).index_add_(-1, data.task, ll)
+    return ll.cpu().numpy()
+
+
+def _named(run, name: str | None, trust: Mapping) -> tuple[str, Posterior]:
+    """(name, Posterior) of a Posterior or a run directory; unnamed runs take the folder's name
+    or the model class and method."""
+    if isinstance(run, (str, Path)):
+        from .runs import load_run
+
+        return name or Path(run).name or str(run), load_run(run, **trust)
+    if isinstance(run, Posterior):
+        return name or f"{type(run.model).__name__} ({run.info.get('method', '?')})", run
+    raise TypeError(f"each run must be a Posterior or a run directory path; got {type(run).__name__}")
+
+
+def _check_runs(posts: dict[str, Posterior]) -> None:
+    if len(posts) < 2:
+        raise ValueError(f"compare needs at least two runs; got {len(posts)}")
+    digests = {name: p.data.digest() for name, p in posts.items()}
+    first = next(iter(digests))
+    for name, d in digests.items():
+        if d != digests[first]:
+            raise ValueError(f"runs {first!r} and {name!r} were fitted to different data (fingerprints "
+                             f"{digests[first]} and {d}): elpd is comparable only on the same rows")
+    for name, p in posts.items():
+        if p.info.get("draws_kind") == "point" or p.num_chains * p.num_draws < 2:
+            raise ValueError(f"run {name!r} is a point estimate (method={p.info.get('method')!r}): leave-one-out "
+                             "needs posterior draws; refit it with nuts, chees or svi")
+        if not p.model.rows_independent:
+            raise ValueError(f"run {name!r} ({type(p.model).__name__}): its rows are not independent given its "
+                             "parameters, so PSIS-LOO on pointwise log likelihoods does not apply")
+
+
+def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
+            trust_pickle: bool = False, trust_code: bool = False) -> pd.DataFrame:
+    """PSIS-LOO comparison of fitted runs: one row per run, best first.
+
+    Parameters
+    ----------
+    runs : Posteriors or run directories (a list, named by folder or model, or a dict name -> run)
+    by : "row" (leave one row out) or "task" (leave one task out, by importance sampling)
+    trust_pickle, trust_code : passed to ``bayesmtl.load`` for run directories
+
+    Returns
+    -------
+    DataFrame indexed by run name with ``rank``, ``elpd_loo``, ``se``, ``elpd_diff`` and
+    ``dse`` (difference to the best and its standard error), ``p_loo`` (effective number of
+    parameters), ``weight`` (stacking weights), ``n_high_k`` (rows or tasks with Pareto k >
+    0.7), ``max_k``, ``draws`` (the back end's kind of draws) and ``model``. ``attrs``: ``by``,
+    ``n`` (rows or tasks), ``notes`` (one line per caveat: high Pareto k, independent draws).
+    """
+    from . import convert
+
+    trust = {"trust_pickle": trust_pickle, "trust_code": trust_code}
+    items = runs.items() if isinstance(runs, Mapping) else [(None, r) for r in runs]
+    posts: dict[str, Posterior] = {}
+    for given, run in items:
+        name, post = _named(run, None if given is None else str(given), trust)
+        while name in posts:  # two unnamed runs of one model and method
+            name += "'"
+        posts[name] = post
+    _check_runs(posts)
+    loo = {name: convert.loo(pointwise_log_likelihood(p, by)) for name, p in posts.items()}
+    table = convert.compare(loo)
+    notes = []
+    rows = []
+    for name in table.index:
+        k, good = np.asarray(loo[name].pareto_k), float(loo[name].good_k)  # min(1 - 1/log10(S), 0.7)
+        high = int((k > good).sum())
+        p = posts[name]
+        rows.append({"n_high_k": high, "max_k": float(k.max()), "draws": p.info.get("draws_kind", "?"),
+                     "model": type(p.model).__name__})
+        if high:
+            what = "rows" if by == "row" else "tasks"
+            worst = np.argsort(-k)[:3]
+            labels = (list(np.asarray(p.task_names)[worst]) if by == "task" else [int(i) for i in worst])
+            notes.append(f"{name}: {high} {what} with Pareto k > {good:.2f} (worst: {labels}); their elpd terms "
+                         "are unreliable" + ("; refit without those tasks to check" if by == "task" else
+                                             "; consider K-fold cross-validation"))
+    extra = pd.DataFrame(rows, index=table.index)
+    out = table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]].join(extra)
+    out.attrs.update(by=by, n=int(np.asarray(next(iter(loo.values())).pareto_k).size), notes=notes)
+    return out
