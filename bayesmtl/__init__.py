@@ -6,9 +6,9 @@ data -> model (task prior + likelihood) -> back end -> posterior -> relations an
 __version__ = "0.1.0"
 
 from . import diagnostics, likelihoods, priors  # noqa: E402
+from .compare import compare  # noqa: E402
 from .data import MultiTaskData  # noqa: E402
 from .diagnostics import DiagnosticWarning  # noqa: E402
-from .compare import compare  # noqa: E402
 from .fit import fit  # noqa: E402
 from .model import MultiTaskModel  # noqa: E402
 from .posterior import Posterior  # noqa: E402
@@ -32,6 +32,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'bayesmtl' has no attribute {name!r}")
 
 
-__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "compare", "fit", "load",
-           "prior_predictive",
+__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "compare", "fit",
+           "load", "prior_predictive",
            "priors", "likelihoods", "diagnostics", "models", "__version__"]
