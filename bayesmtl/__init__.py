@@ -14,6 +14,7 @@ from .model import MultiTaskModel  # noqa: E402
 from .posterior import Posterior  # noqa: E402
 from .predictive import prior_predictive  # noqa: E402
 from .relations import TaskRelations  # noqa: E402
+from .report import report  # noqa: E402
 
 
 def load(path, trust_pickle: bool = False, trust_code: bool = False, classes=None):
@@ -32,6 +33,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'bayesmtl' has no attribute {name!r}")
 
 
-__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "compare", "fit",
-           "load", "prior_predictive",
-           "priors", "likelihoods", "diagnostics", "models", "__version__"]
+__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "compare",
+           "report", "fit", "load", "prior_predictive", "priors", "likelihoods", "diagnostics", "models",
+           "__version__"]

@@ -494,6 +494,22 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from bayesmtl.report import report
+
+    for run in a.runs:
+        if not Path(run).is_dir():
+            raise UserError(f"{run!r} is not a run directory (no such folder)")
+    out = Path(a.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {a.out!r} must name an .html file")
+    if out.exists() and not a.overwrite:
+        raise UserError(f"--out {a.out!r} exists; pass --overwrite to replace it")
+    report(a.runs, out, by=a.by, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB): open it in any browser")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     import contextlib
 
@@ -629,6 +645,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out one row (predicting new rows of known tasks) or one task (a new task)")
     _trust_flags(c)
     c.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML report of one run or of several",
+                        description="One HTML file (no server, no network): settings, diagnostics, summaries, "
+                        "trace plots, task relations, clusters, predictive checks, priors; with several runs "
+                        "also their PSIS-LOO comparison and relations side by side.")
+    rp.add_argument("runs", nargs="+", help="run directories written by `bayesmtl fit`")
+    rp.add_argument("--out", required=True, help="the .html file to write")
+    rp.add_argument("--by", choices=["row", "task"], default="row", help="comparison: leave out a row or a task")
+    rp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _trust_flags(rp)
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="fit the hierarchical model to built-in synthetic data")
     d.add_argument("--out", default=None, help="also write a run directory here")

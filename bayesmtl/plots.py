@@ -31,8 +31,7 @@ def heatmap(rel, path: str | Path | None = None, title: str | None = None, prob:
     size = min(4 + 0.18 * T, 16)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     lo = -1.0 if m.min() < 0 else 0.0
-    cmap = plt.get_cmap("RdBu_r" if lo < 0 else "viridis").copy()
-    cmap.set_bad("0.88")
+    cmap = plt.get_cmap("RdBu_r" if lo < 0 else "viridis").with_extremes(bad="0.88")
     im = ax.imshow(np.ma.masked_array(m, ~shown), cmap=cmap, vmin=lo, vmax=max(1.0, m.max()))
     pairs = int(np.triu(shown, 1).sum())
     title = title or f"{rel.kind[:70]}\n{pairs} credibly related pair(s) at {prob:g} (grey: not credible)"
