@@ -321,7 +321,8 @@ def _build_prior(spec: str, args_text: str | None):
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="nuts", help="nuts, chees, pyro_nuts, svi or map (default nuts)")
+    p.add_argument("--method", default=None, help="nuts, chees, pyro_nuts, svi or map (default: the model's, nuts; "
+                   "map, type-II ML, for multitask-gp)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)
@@ -357,6 +358,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
     model = _set_priors(model, a.set_prior, data)
+    a.method = a.method or model.default_method
     from bayesmtl.runs import checkpoint_path, reserve
 
     with reserve(a.out, overwrite=a.overwrite):  # refused or locked now, not after the fit
@@ -523,6 +525,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
+
+    a.method = a.method or "nuts"
 
     import bayesmtl as bm
     from bayesmtl.synthetic import hierarchical_regression

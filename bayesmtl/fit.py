@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, warmup: int = 1000,
+def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
         progress: bool = True, collapse: bool | None = None, checkpoint: str | Path | None = None,
         checkpoint_every: float = 60.0, resume: str | Path | None = None, **options) -> Posterior:
@@ -45,8 +45,9 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
 
     Parameters
     ----------
-    method : {"nuts", "pyro_nuts", "svi", "map", ...}
-        Back end (see ``bayesmtl.infer.METHODS``).
+    method : {"nuts", "chees", "pyro_nuts", "svi", "map", ...} or None
+        Back end (see ``bayesmtl.infer.METHODS``); None: the model's ``default_method``
+        ("nuts"; "map", type-II ML, for ``MultitaskGP``).
     chains, warmup, draws : int
         MCMC settings; SVI draws ``draws`` samples from its fitted guide.
     seed : int
@@ -91,6 +92,7 @@ def fit(model, data: MultiTaskData, method: str = "nuts", *, chains: int = 4, wa
         raise TypeError(f"progress must be bool; got {progress!r}")
     if collapse is not None and not isinstance(collapse, bool):
         raise TypeError(f"collapse must be bool or None; got {collapse!r}")
+    method = model.default_method if method is None else method
     backend = get_backend(method)
     dev = resolve_device(device)
     ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)

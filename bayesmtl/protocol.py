@@ -215,6 +215,8 @@ class ModelBase:
     #: rows are independent given the parameters, so ``log_likelihood`` terms can be left out one by
     #: one (PSIS-LOO in ``bayesmtl.compare``); False for a GP, whose rows share the latent function
     rows_independent: bool = True
+    #: the back end ``fit`` uses when given no method
+    default_method: str = "nuts"
 
     def extra_outputs(self, post) -> dict[str, Any]:
         """Extra tables for the run directory, file name -> DataFrame (none by default)."""

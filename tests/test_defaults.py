@@ -107,7 +107,7 @@ def test_dp_clustering_picks_its_likelihood_from_the_target_and_says_so(kind):
 def test_multitask_gp_default_rank_represents_three_opposed_tasks(tmp_path):
     """One factor plus a diagonal cannot hold +0.8, -0.6, -0.3 (rho01 rho02 / rho12 = 1.6 > 1); the
     default rank is full for few tasks, so `bayesmtl fit --model multitask-gp` with no settings
-    recovers each latent correlation within 0.15 (type-II ML here; NUTS in docs/benchmarks.md)."""
+    (its default method: type-II ML) recovers each latent correlation within 0.15."""
     rng = np.random.default_rng(0)
     C = np.array([[1, 0.8, -0.6], [0.8, 1, -0.3], [-0.6, -0.3, 1]])
     n = 250
@@ -118,11 +118,12 @@ def test_multitask_gp_default_rank_represents_three_opposed_tasks(tmp_path):
                        "y": f + 0.3 * rng.standard_normal(3 * n)})
     df.to_csv(tmp_path / "d.csv", index=False)
     assert main(["fit", "--model", "multitask-gp", "--data", str(tmp_path / "d.csv"), "--task", "task",
-                 "--target", "y", "--out", str(tmp_path / "r"), "--method", "map", "--quiet"]) == 0
+                 "--target", "y", "--out", str(tmp_path / "r"), "--quiet"]) == 0
     rel = pd.read_csv(tmp_path / "r" / "relations.csv").set_index(["task_a", "task_b"])["mean"]
     for (a, b), truth in {("a", "b"): 0.8, ("a", "c"): -0.6, ("b", "c"): -0.3}.items():
         assert abs(rel[(a, b)] - truth) < 0.15, rel
-    assert "rank=3" in bm.load(tmp_path / "r").prior_summary().attrs["defaults"]
+    run = bm.load(tmp_path / "r")
+    assert "rank=3" in run.prior_summary().attrs["defaults"] and run.info["method"] == "map"
 
 
 def test_multitask_gp_priors_follow_the_targets_and_inputs_units():
