@@ -477,14 +477,18 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_runs(runs: list[str]) -> None:
+    for run in runs:
+        if not Path(run).is_dir():
+            raise UserError(f"{run!r} is not a run directory (no such folder)")
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from bayesmtl.compare import compare
 
-    for run in a.runs:
-        if not Path(run).is_dir():
-            raise UserError(f"{run!r} is not a run directory (no such folder)")
+    _existing_runs(a.runs)
     table = compare(a.runs, by=a.by, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
     what = "leave one row out" if a.by == "row" else "leave one task out (importance sampling, not refits)"
     print(f"PSIS-LOO, {what}: {table.attrs['n']} {a.by}s; elpd_diff and dse against the best run; "
@@ -499,9 +503,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from bayesmtl.report import report
 
-    for run in a.runs:
-        if not Path(run).is_dir():
-            raise UserError(f"{run!r} is not a run directory (no such folder)")
+    _existing_runs(a.runs)
     out = Path(a.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {a.out!r} must name an .html file")

@@ -26,7 +26,7 @@ import torch
 
 from .posterior import MAX_POINTWISE, Posterior
 
-__all__ = ["compare", "pointwise_log_likelihood"]
+__all__ = ["compare", "collect", "pointwise_log_likelihood"]
 
 
 def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
@@ -62,6 +62,20 @@ def _named(run, name: str | None, trust: Mapping) -> tuple[str, Posterior]:
     if isinstance(run, Posterior):
         return name or f"{type(run.model).__name__} ({run.info.get('method', '?')})", run
     raise TypeError(f"each run must be a Posterior or a run directory path; got {type(run).__name__}")
+
+
+def collect(runs: Sequence | Mapping, trust_pickle: bool = False, trust_code: bool = False) -> dict[str, Posterior]:
+    """Name -> Posterior for a list of runs (Posteriors or run directories) or a dict of them;
+    unnamed runs take their folder's name, or the model class and method (primed if repeated)."""
+    trust = {"trust_pickle": trust_pickle, "trust_code": trust_code}
+    items = runs.items() if isinstance(runs, Mapping) else [(None, r) for r in runs]
+    posts: dict[str, Posterior] = {}
+    for given, run in items:
+        name, post = _named(run, None if given is None else str(given), trust)
+        while name in posts:  # two unnamed runs of one model and method
+            name += "'"
+        posts[name] = post
+    return posts
 
 
 def _check_runs(posts: dict[str, Posterior]) -> None:
@@ -102,14 +116,7 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     """
     from . import convert
 
-    trust = {"trust_pickle": trust_pickle, "trust_code": trust_code}
-    items = runs.items() if isinstance(runs, Mapping) else [(None, r) for r in runs]
-    posts: dict[str, Posterior] = {}
-    for given, run in items:
-        name, post = _named(run, None if given is None else str(given), trust)
-        while name in posts:  # two unnamed runs of one model and method
-            name += "'"
-        posts[name] = post
+    posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
     _check_runs(posts)
     loo = {name: convert.loo(pointwise_log_likelihood(p, by)) for name, p in posts.items()}
     table = convert.compare(loo)

@@ -245,7 +245,7 @@ def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from .compare import _named
+    from .compare import collect
 
     if by not in ("row", "task"):
         raise ValueError(f"by must be 'row' or 'task'; got {by!r}")
@@ -254,15 +254,8 @@ def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, 
         raise IsADirectoryError(f"report path {str(path)!r} is a folder; give a file name such as report.html")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder of {str(path)!r} does not exist")
-    trust = {"trust_pickle": trust_pickle, "trust_code": trust_code}
     single = isinstance(runs, (Posterior, str, Path))
-    items = runs.items() if isinstance(runs, Mapping) else [(None, r) for r in ([runs] if single else runs)]
-    posts: dict[str, Posterior] = {}
-    for given, run in items:
-        name, post = _named(run, None if given is None else str(given), trust)
-        while name in posts:
-            name += "'"
-        posts[name] = post
+    posts = collect([runs] if single else runs, trust_pickle=trust_pickle, trust_code=trust_code)
     if not posts:
         raise ValueError("report needs at least one run")
     title = title or ("bayesmtl report: " + ", ".join(posts))
