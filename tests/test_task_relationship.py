@@ -239,6 +239,27 @@ def test_new_task_is_unrelated_with_average_scale():
     assert abs(corr) < 0.03
 
 
+def test_low_rank_new_task_follows_the_shared_factors_not_the_ridge():
+    """Loadings x c and factors / c give the same W; a new task's spread must not depend on c,
+    and must match the spread of the known tasks' parameters."""
+    prior = bm.priors.TaskRelationship(rank=2, mean=dist.Normal(0.0, 1.0))
+    g = torch.Generator().manual_seed(0)
+    S, T, D, r = 4000, 50, 3, 2
+    lam = torch.randn(T, r, generator=g, dtype=torch.float64)
+    U = torch.randn(r, D, generator=g, dtype=torch.float64) * torch.tensor([[0.2], [1.0]], dtype=torch.float64)
+    psi = torch.full((T,), 0.3, dtype=torch.float64)
+    fs = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    known = fs * (lam @ U + psi.unsqueeze(-1) * torch.randn(T, D, generator=g, dtype=torch.float64))
+    spreads = []
+    for c in (1.0, 10.0):
+        samples = {"loadings": (lam * c).expand(S, T, r), "factor_raw": (U / c).expand(S, r, D),
+                   "psi": psi.expand(S, T), "feature_scale": fs.expand(S, D), "mu": torch.zeros(S, D, dtype=fs.dtype)}
+        w = prior.sample_new(samples, Tasks(1, D, None), torch.Generator().manual_seed(1))
+        spreads.append(w[:, 0].std(0))
+    assert torch.allclose(spreads[0], spreads[1], rtol=0.05), spreads
+    assert torch.allclose(spreads[0], known.std(0), rtol=0.2), (spreads[0], known.std(0))
+
+
 # ---------------------------------------------------------------------------------- planted relations
 @pytest.fixture(scope="module")
 def planted_svi():

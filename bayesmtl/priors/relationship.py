@@ -360,28 +360,38 @@ class TaskRelationship(TaskPrior):
 
     # ------------------------------------------------------------------ after inference
     def sample_new(self, samples, tasks, generator):
-        n_new, n_dims = tasks.n, tasks.dims
-        """A new task drawn as an *unrelated* task with the average task scale.
+        """New tasks' parameters (S, n_new, D), from flat draws (S, ...).
 
-        The prior says nothing about a new task's covariance with the known tasks (Omega is
-        only defined over the training tasks), so the conditional Gaussian given the others
-        is not available. Each draw uses w_new = mu + sqrt(mean_t Omega_tt) sigma * z,
-        z ~ N(0, I): the population's typical spread, no borrowing from particular tasks.
+        Omega is defined over the training tasks only, so the conditional Gaussian of a new
+        task given the others is not available. Full Omega (LKJ or inverse-Wishart): each draw
+        uses w_new = mu + sqrt(mean_t Omega_tt) sigma * z, z ~ N(0, I): the population's typical
+        spread, no borrowing from particular tasks. Low rank: the factors U (r, D) are shared by
+        every task, so a new task takes the drawn U and the loadings and idiosyncratic sd of a
+        known task picked at random in each draw, w_new = mu + sigma * (U^T lambda_k + psi_k z).
+        Omega_tt = |lambda_t|^2 + psi_t^2 alone would not do: U and Lambda trade scale along a
+        ridge of the posterior (on the computer survey its predictive sd was 4.4 on a 0-10
+        rating, covering every held-out row).
         """
+        n_dims = tasks.dims
         fs = samples["feature_scale"].reshape(-1, n_dims)
         S = fs.shape[0]
-        full = self._fitted_rank(samples) is None
-        per_task = "iw_chi2" if self._iw_scale is not None else "task_scale" if full else "psi"
-        T = samples[per_task].reshape(S, -1).shape[-1]
-        R = self.omega_root(samples, T)
-        avg = (R * R).sum(-1).mean(-1).sqrt()  # (S,) root mean diagonal of Omega
-        z = torch.randn(S, n_new, n_dims, generator=generator, dtype=fs.dtype, device=fs.device)
-        w = avg.reshape(S, 1, 1) * fs.unsqueeze(-2) * z
-        if "mu" in samples:
-            w = w + samples["mu"].reshape(S, 1, n_dims)
+        z = torch.randn(S, tasks.n, n_dims, generator=generator, dtype=fs.dtype, device=fs.device)
+        rank = self._fitted_rank(samples)
+        if rank is not None and self._iw_scale is None:
+            psi = samples["psi"].reshape(S, -1)
+            lam = samples["loadings"].reshape(S, psi.shape[-1], rank)
+            factors = samples["factor_raw"].reshape(S, rank, n_dims)
+            k = torch.randint(psi.shape[-1], (S, tasks.n), generator=generator, device=fs.device)
+            lam_k = torch.gather(lam, 1, k.unsqueeze(-1).expand(S, tasks.n, rank))
+            dev = lam_k @ factors + torch.gather(psi, 1, k).unsqueeze(-1) * z
         else:
-            w = w + self.mean
-        return w
+            per_task = "iw_chi2" if self._iw_scale is not None else "task_scale"
+            R = self.omega_root(samples, samples[per_task].reshape(S, -1).shape[-1])
+            dev = (R * R).sum(-1).mean(-1).sqrt().reshape(S, 1, 1) * z  # root mean diagonal of Omega
+        w = dev * fs.unsqueeze(-2)
+        if "mu" in samples:
+            return w + samples["mu"].reshape(S, 1, n_dims)
+        return w + self.mean
 
     def relation_null(self, n_dims, n=4000, seed=0):
         return None  # not a cosine: see relations
