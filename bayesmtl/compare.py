@@ -26,7 +26,7 @@ import torch
 
 from .posterior import MAX_POINTWISE, Posterior
 
-__all__ = ["compare", "collect", "pointwise_log_likelihood"]
+__all__ = ["compare", "collect", "exact_loo", "pointwise_log_likelihood"]
 
 
 def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
@@ -88,12 +88,36 @@ def _check_runs(posts: dict[str, Posterior]) -> None:
             raise ValueError(f"runs {first!r} and {name!r} were fitted to different data (fingerprints "
                              f"{digests[first]} and {d}): elpd is comparable only on the same rows")
     for name, p in posts.items():
-        if p.info.get("draws_kind") == "point" or p.num_chains * p.num_draws < 2:
+        point = p.info.get("draws_kind") == "point" or p.num_chains * p.num_draws < 2
+        if point and p.model.rows_independent:  # (a GP's exact leave-one-out works at a point too)
             raise ValueError(f"run {name!r} is a point estimate (method={p.info.get('method')!r}): leave-one-out "
                              "needs posterior draws; refit it with nuts, chees or svi")
-        if not p.model.rows_independent:
-            raise ValueError(f"run {name!r} ({type(p.model).__name__}): its rows are not independent given its "
-                             "parameters, so PSIS-LOO on pointwise log likelihoods does not apply")
+
+
+def _flat(post: Posterior, max_draws: int) -> dict[str, torch.Tensor]:
+    """Flat draws (S', ...), thinned evenly to at most ``max_draws``."""
+    flat = post.flat()
+    S = next(iter(flat.values())).shape[0]
+    keep = torch.from_numpy(np.linspace(0, S - 1, min(S, max_draws)).round().astype(np.int64))
+    return {k: v[keep.to(v.device)] for k, v in flat.items()}
+
+
+def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
+    """ELPDData of a model's exact leave-one-out (``loo_log_density``), averaged over up to
+    ``max_draws`` draws of its parameters (each an O(n^3) solve for a GP); p_loo against the
+    in-sample log predictive density."""
+    from . import convert
+
+    flat = _flat(post, max_draws)
+    with torch.no_grad():
+        terms = post.model.loo_log_density(post.data, flat, by).double()  # (S', n)
+        inside = post.model.log_likelihood(post.data, flat).double()  # (S', N)
+    if by == "task":
+        inside = inside.new_zeros(inside.shape[0], post.data.n_tasks).index_add_(-1, post.data.task, inside)
+    log_s = np.log(terms.shape[0])
+    elpd_i = (torch.logsumexp(terms, 0) - log_s).cpu().numpy()
+    lppd = float((torch.logsumexp(inside, 0) - log_s).sum())
+    return convert.exact_loo(elpd_i, lppd, terms.shape[0])
 
 
 def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
@@ -112,16 +136,27 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     ``dse`` (difference to the best and its standard error), ``p_loo`` (effective number of
     parameters), ``weight`` (stacking weights), ``n_high_k`` (rows or tasks with Pareto k >
     0.7), ``max_k``, ``draws`` (the back end's kind of draws) and ``model``. ``attrs``: ``by``,
-    ``n`` (rows or tasks), ``notes`` (one line per caveat: high Pareto k, independent draws).
+    ``n`` (rows or tasks), ``notes`` (one line per caveat: high Pareto k, exact GP leave-one-out).
+
+    Models whose rows are not independent given the parameters (a GP: ``rows_independent``
+    False) are scored by their exact leave-one-out density instead (``exact_loo``), also from
+    a point estimate (type-II ML), which the notes say.
     """
     from . import convert
 
     posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
     _check_runs(posts)
-    loo = {name: convert.loo(pointwise_log_likelihood(p, by)) for name, p in posts.items()}
+    loo = {name: convert.loo(pointwise_log_likelihood(p, by)) if p.model.rows_independent else exact_loo(p, by)
+           for name, p in posts.items()}
     table = convert.compare(loo)
     notes = []
     rows = []
+    for name, p in posts.items():
+        if not p.model.rows_independent:
+            hyper = ("its hyperparameters are a point estimate (type-II ML)" if p.info.get("draws_kind") == "point"
+                     else "averaged over draws of its hyperparameters")
+            notes.append(f"{name}: exact {type(p.model).__name__} leave-one-out, hyperparameters not refitted; "
+                         f"{hyper}")
     for name in table.index:
         k, good = np.asarray(loo[name].pareto_k), float(loo[name].good_k)  # min(1 - 1/log10(S), 0.7)
         high = int((k > good).sum())

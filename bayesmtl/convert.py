@@ -10,7 +10,7 @@ import pandas as pd
 
 from .posterior import quantile_label
 
-__all__ = ["to_inference_data", "from_inference_data", "summary", "psis", "loo", "compare", "az"]
+__all__ = ["to_inference_data", "from_inference_data", "summary", "psis", "loo", "exact_loo", "compare", "az"]
 
 with warnings.catch_warnings():  # arviz 0.23 warns once a day about its 1.0 migration
     warnings.simplefilter("ignore", FutureWarning)
@@ -88,6 +88,22 @@ def loo(log_lik: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # high Pareto k: the caller names the rows or tasks
         return az.loo(idata, pointwise=True)
+
+
+def exact_loo(elpd_i: np.ndarray, lppd: float, n_samples: int):
+    """An ``ELPDData`` like ``loo``'s for exact leave-one-out terms ``elpd_i`` (n,): no importance
+    sampling, so every Pareto k is 0; p_loo = ``lppd`` (in-sample) - elpd_loo."""
+    import xarray as xr
+    from arviz.stats.stats_utils import ELPDData
+
+    elpd_i = np.asarray(elpd_i, dtype=float)
+    n = elpd_i.size
+    total = float(elpd_i.sum())
+    return ELPDData(data=[total, float(np.sqrt(n * elpd_i.var())), lppd - total, n_samples, n, False,
+                          xr.DataArray(elpd_i, dims=["i"], name="loo_i"), xr.DataArray(np.zeros(n), dims=["i"]),
+                          "log", 0.7],
+                    index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
+                           "scale", "good_k"])
 
 
 def compare(loos: dict) -> pd.DataFrame:

@@ -218,6 +218,12 @@ class ModelBase:
     #: the back end ``fit`` uses when given no method
     default_method: str = "nuts"
 
+    def loo_log_density(self, data: MultiTaskData, samples: dict[str, torch.Tensor], by: str = "row") -> torch.Tensor:
+        """Exact leave-one-out log predictive density per draw, (S, N) (``by="row"``) or (S, T)
+        (``"task"``), for models whose rows are not independent given the parameters
+        (``rows_independent = False``); the others are left out by PSIS on ``log_likelihood``."""
+        raise NotImplementedError(f"{type(self).__name__} gives no exact leave-one-out density")
+
     def extra_outputs(self, post) -> dict[str, Any]:
         """Extra tables for the run directory, file name -> DataFrame (none by default)."""
         return {}

@@ -320,6 +320,11 @@ class MultitaskGP(ModelBase):
         mu, var = self.predictive_moments(data, data, samples)
         return gp_predict.log_density(data.y, mu, var)
 
+    def loo_log_density(self, data: MultiTaskData, samples: dict[str, torch.Tensor], by: str = "row") -> torch.Tensor:
+        """Exact GP leave-one-out (a row, or a task's rows) given each draw's hyperparameters, (S, N)
+        or (S, T) (``bayesmtl.gp.predict.loo_log_density``)."""
+        return gp_predict.loo_log_density(self, data, samples, by)
+
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                 generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:
         """GP predictive at the rows of ``new`` (known tasks only), from flat draws (S, ...).

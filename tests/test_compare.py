@@ -68,17 +68,52 @@ def test_compare_refuses_what_it_cannot_compare(two_runs):
         bm.compare([runs["hierarchical"], 3])
 
 
-@pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
-def test_a_gp_is_refused_with_the_reason():
+@pytest.fixture(scope="module")
+def curves():
+    """Two tasks that are smooth functions of x: a GP should predict left-out rows far better
+    than a linear model."""
     rng = np.random.default_rng(0)
-    x = np.tile(np.linspace(0, 5, 20), 2)
-    df = pd.DataFrame({"task": np.repeat(["a", "b"], 20), "x": x, "y": np.sin(x) + 0.1 * rng.normal(size=40)})
-    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
-    gp = bm.fit(bm.models.MultitaskGP(), data, method="svi", steps=200, min_steps=100, draws=50, seed=0,
-                progress=False)
-    pooled = bm.fit(bm.models.Pooled(), data, seed=0, **FIT)
-    with pytest.raises(ValueError, match="rows are not independent"):
-        bm.compare([gp, pooled])
+    x = np.tile(np.linspace(0, 6, 30), 2)
+    f = np.where(np.arange(60) < 30, np.sin(2 * x), np.cos(2 * x))
+    df = pd.DataFrame({"task": np.repeat(["a", "b"], 30), "x": x, "y": f + 0.1 * rng.normal(size=60)})
+    return bm.MultiTaskData.from_frame(df, task="task", target="y")
+
+
+def _brute_loo(K, r, idx):
+    """log N(r_b | conditional of the block b on the rest) by explicit conditioning."""
+    rest = np.setdiff1d(np.arange(len(r)), idx)
+    A = K[np.ix_(idx, rest)] @ np.linalg.inv(K[np.ix_(rest, rest)])
+    mean, cov = A @ r[rest], K[np.ix_(idx, idx)] - A @ K[np.ix_(rest, idx)]
+    from scipy.stats import multivariate_normal
+
+    return multivariate_normal(mean, cov).logpdf(r[idx])
+
+
+@pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
+def test_gp_exact_leave_one_out_is_the_conditional_density(curves):
+    from bayesmtl.gp import icm
+    from bayesmtl.gp.predict import shared_task_cov
+
+    post = bm.fit(bm.models.MultitaskGP(), curves, steps=200, seed=0, progress=False)
+    flat = post.flat()
+    K = icm._hadamard_cov(curves.X, curves.task, shared_task_cov(flat)[0], flat["lengthscale"][0],
+                          flat["noise"][0], "rbf").numpy()
+    r = (curves.y - flat["mean"][0][curves.task]).numpy()
+    rows = post.model.loo_log_density(curves, flat, "row")[0].numpy()
+    for i in (0, 17, 45):
+        assert rows[i] == pytest.approx(_brute_loo(K, r, np.array([i])), rel=1e-6)
+    tasks = post.model.loo_log_density(curves, flat, "task")[0].numpy()
+    assert tasks[1] == pytest.approx(_brute_loo(K, r, np.arange(30, 60)), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
+def test_a_gp_fitted_by_type_ii_ml_is_compared_by_its_exact_loo(curves):
+    gp = bm.fit(bm.models.MultitaskGP(), curves, steps=200, seed=0, progress=False)  # map
+    linear = bm.fit(bm.models.Hierarchical(), curves, seed=0, **FIT)
+    table = bm.compare({"gp": gp, "linear": linear})
+    assert table.index[0] == "gp" and table.loc["linear", "elpd_diff"] > 2 * table.loc["linear", "dse"], table
+    assert any("point estimate (type-II ML)" in n for n in table.attrs["notes"])
+    assert table.loc["gp", "n_high_k"] == 0  # exact: no importance sampling
 
 
 @pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")

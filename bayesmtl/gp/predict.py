@@ -11,7 +11,8 @@ import torch
 
 from . import icm
 
-__all__ = ["shared_task_cov", "with_task_cov", "kernel_of_draw", "moments", "draws_of_y", "log_density"]
+__all__ = ["shared_task_cov", "with_task_cov", "kernel_of_draw", "moments", "draws_of_y", "log_density",
+           "loo_log_density", "MAX_LOO_ROWS"]
 
 
 def shared_task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -103,3 +104,43 @@ def log_density(y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.T
     """log N(y_n | mu, var) per row and draw: y (N,), mu and var (S, N) -> (S, N)."""
     y = y.to(mu)
     return -0.5 * ((y - mu) ** 2 / var + torch.log(2 * math.pi * var))
+
+
+#: rows above which exact leave-one-out (one n x n inverse per draw) is refused
+MAX_LOO_ROWS = 5000
+
+
+def loo_log_density(model, data, samples: dict[str, torch.Tensor], by: str = "row") -> torch.Tensor:
+    """Exact leave-one-out predictive log density of each row (``by="row"``, (S, N)) or of each
+    task's rows together (``"task"``, (S, T)) given each draw's hyperparameters (not refitted):
+    with P = K^-1 and a = P (y - mean), a row's is log N(a_i / P_ii; 0, 1 / P_ii) and a block's
+    log N(P_bb^-1 a_b; 0, P_bb^-1) (Rasmussen & Williams 2006, sec. 5.4.2). Exact ICM only."""
+    if model.kind == "lmc":
+        raise NotImplementedError("exact leave-one-out needs the exact ICM; kind='lmc' is variational")
+    if data.n_rows > MAX_LOO_ROWS:
+        raise ValueError(f"exact GP leave-one-out inverts an n x n covariance per draw; {data.n_rows} rows is "
+                         f"above {MAX_LOO_ROWS}")
+    dt, dev = data.dtype, data.device
+    B_all = shared_task_cov(samples).to(device=dev, dtype=dt)
+    X, y, task = data.X, data.y, data.task
+    out = []
+    for s in range(B_all.shape[0]):
+        get = lambda k, s=s: samples[k][s].to(device=dev, dtype=dt)  # noqa: E731
+        priv = (get("private_lengthscale"), get("private_var")) if model.private else None
+        with torch.no_grad():
+            K = icm._hadamard_cov(X, task, B_all[s], get("lengthscale"), get("noise"),
+                                  kernel_of_draw(model.kernel, samples, s, X), private=priv)
+            P = torch.cholesky_inverse(icm.robust_cholesky(K, "ICM covariance (leave-one-out)"))
+            a = P @ (y - get("mean")[task])
+            if by == "row":
+                p = P.diagonal()
+                out.append(-0.5 * (math.log(2 * math.pi) - p.log() + a * a / p))
+                continue
+            terms = []
+            for t in range(data.n_tasks):
+                idx = (task == t).nonzero().squeeze(-1)
+                L = torch.linalg.cholesky(P[idx][:, idx])
+                v = torch.cholesky_solve(a[idx].unsqueeze(-1), L).squeeze(-1)
+                terms.append(-0.5 * len(idx) * math.log(2 * math.pi) + L.diagonal().log().sum() - 0.5 * (a[idx] @ v))
+            out.append(torch.stack(terms))
+    return torch.stack(out)
