@@ -179,3 +179,22 @@ def test_reliability_check_flags_a_mean_field_guide_on_the_three_level_prior():
     with pytest.warns(bm.DiagnosticWarning, match="Pareto k"):
         post = bm.fit(model, data, method="svi", guide="normal", draws=500, seed=0, progress=False)
     assert post.info["pareto_k"] > 0.7 and any(p.check == "pareto_k" for p in post.diagnose())
+
+
+def test_importance_ratios_leave_deterministic_sites_out():
+    """A deterministic site adds 0 to log p, but its masked Delta compares the replayed value with
+    the recomputed one; in DP's atoms that comparison broadcast to (k, 1, k, K, D) (19 GB)."""
+    from pyro import poutine
+
+    from bayesmtl.infer.svi import _per_draw
+
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.deterministic("b", 2 * a)
+
+    with pyro.plate("draws", 5, dim=-1):
+        tr = poutine.trace(model).get_trace()
+    tr.nodes["b"]["fn"] = dist.Delta(torch.zeros(5, 1, 5, 3)).mask(False)  # a recomputation gone wide
+    out = _per_draw(tr, 5, 0)
+    assert "b" not in tr.nodes
+    assert torch.allclose(out, dist.Normal(0.0, 1.0).log_prob(tr.nodes["a"]["value"]).double())

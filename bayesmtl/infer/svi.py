@@ -221,6 +221,11 @@ def _site_dims(site: dict, nesting: int) -> int:
 def _per_draw(trace, k: int, nesting: int) -> torch.Tensor:
     """Sum of a trace's log densities per draw of the outer plate, shape (k,)."""
     total = torch.zeros(k, dtype=torch.float64)
+    for name in [n for n, site in trace.nodes.items() if site["type"] == "sample"
+                 and site.get("infer", {}).get("_deterministic")]:
+        # pyro.deterministic: a masked Delta that adds 0, but its log_prob compares the replayed
+        # value with the recomputed one, which broadcast to (k, 1, k, K, D) in DP's atoms (19 GB)
+        trace.remove_node(name)
     trace.compute_log_prob()  # scaled and masked as the ELBO sees them
     for site in trace.nodes.values():
         if site["type"] != "sample":
