@@ -14,6 +14,7 @@ generating family came first by more than 2 dse (the issue's criterion).
 
     .venv/bin/python benchmarks/compare.py --method svi --seed 0
     .venv/bin/python benchmarks/compare.py --method nuts --warmup 300 --draws 300 --by task
+    .venv/bin/python benchmarks/compare.py --cases landmine,school --by task   # real data: the table only
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bayesmtl.synthetic import hierarchical_regression, planted_clusters
 FAMILIES = {"hierarchical": bm.models.Hierarchical, "dp-clustering": bm.models.DPClustering,
             "task-relationship": bm.models.TaskRelationship}
 TRUTH = {"clustered": "dp-clustering", "correlated": "task-relationship", "hierarchical": "hierarchical"}
+REAL = ("landmine", "school")  # no known truth: the table only
 
 
 def correlated(seed: int) -> pd.DataFrame:
@@ -49,6 +51,22 @@ def correlated(seed: int) -> pd.DataFrame:
     return pd.DataFrame({"task": [f"t{t}" for t in task], **{f"x{d}": X[:, d] for d in range(D)}, "y": y})
 
 
+def real(kind: str, seed: int) -> tuple[bm.MultiTaskData, str | None]:
+    """Landmine (80 rows a field, Bernoulli) or school (Argyriou split 0, the calibration
+    benchmark's features), from ``../shared/data`` (``BAYESMTL_DATA``)."""
+    from bayesmtl import datasets
+
+    if kind == "landmine":
+        train, _ = datasets.landmine_split(datasets.landmine(), 80, seed=seed)
+        return bm.MultiTaskData.from_frame(train, task="field", target="label",
+                                           features=list(datasets.LANDMINE_FEATURES), standardize=True), "bernoulli"
+    from calibration import SCHOOL_VARYING
+
+    train, _ = datasets.school(split=0)
+    return bm.MultiTaskData.from_frame(train, task="school", target="score", features=SCHOOL_VARYING,
+                                       standardize=True), None
+
+
 def planted(kind: str, seed: int) -> pd.DataFrame:
     if kind == "clustered":
         return planted_clusters(clusters=3, tasks_per_cluster=4, rows=30, likelihood="gaussian", seed=seed)[0]
@@ -61,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="svi")
     p.add_argument("--by", default="row", choices=["row", "task"])
-    p.add_argument("--cases", default=",".join(TRUTH))
+    p.add_argument("--cases", default=",".join(TRUTH), help=f"also {', '.join(REAL)} (real data, table only)")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--draws", type=int, default=300, help="per chain (MCMC); SVI draws 1000")
     p.add_argument("--chains", type=int, default=2)
@@ -70,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     results = []
     for case in args.cases.split(","):
-        df = planted(case, args.seed)
-        data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+        likelihood = None
+        if case in REAL:
+            data, likelihood = real(case, args.seed)
+        else:
+            data = bm.MultiTaskData.from_frame(planted(case, args.seed), task="task", target="y")
         runs, seconds = {}, {}
         for name, family in FAMILIES.items():
             kw = (dict(steps=5000, draws=1000) if args.method == "svi" else
@@ -79,10 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", bm.DiagnosticWarning)
-                runs[name] = bm.fit(family(), data, method=args.method, seed=args.seed, progress=False, **kw)
+                model = family() if likelihood is None else family(likelihood=likelihood)
+                runs[name] = bm.fit(model, data, method=args.method, seed=args.seed, progress=False, **kw)
             seconds[name] = time.perf_counter() - t0
         table = bm.compare(runs, by=args.by)
         table["seconds"] = pd.Series(seconds).round(1)
+        if case in REAL:
+            print(f"\n{case} ({data.n_tasks} tasks, {data.n_rows} rows), {args.method}, leave one {args.by} out")
+            print(table.round(2).to_string())
+            for note in table.attrs["notes"]:
+                print(f"note: {note}")
+            continue
         best, second = table.index[0], table.index[1]
         clear = table.loc[second, "elpd_diff"] > 2 * table.loc[second, "dse"]
         picked = best == TRUTH[case] and clear
@@ -94,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table.round(2).to_string())
         for note in table.attrs["notes"]:
             print(f"note: {note}")
+    if not results:
+        return 0
     out = pd.DataFrame(results)
     print(f"\nsummary ({args.method}, by {args.by}, seed {args.seed}): generating family first by > 2 dse in "
           f"{int(out['picked (> 2 dse)'].sum())} of {len(out)}")
