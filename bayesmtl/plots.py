@@ -43,7 +43,18 @@ def heatmap(rel, path: str | Path | None = None, title: str | None = None, prob:
         ax.set_yticks([])
         ax.set_xlabel(f"{T} tasks, ordered so related tasks sit together")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title(title, fontsize=9)
+    Z = rel.linkage()
+    if Z is not None:  # the clustering that ordered the tasks, above their columns
+        from mpl_toolkits.axes_grid1 import make_axes_locatable
+        from scipy.cluster.hierarchy import dendrogram
+
+        top = make_axes_locatable(ax).append_axes("top", size="12%", pad=0.05)
+        dendrogram(Z, ax=top, no_labels=True, color_threshold=0, above_threshold_color="0.35")
+        top.set_xlim(0, 10 * T)  # dendrogram leaves sit at 5, 15, ...: one per heatmap column
+        top.set_axis_off()
+        top.set_title(title, fontsize=9)
+    else:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

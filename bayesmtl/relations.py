@@ -127,17 +127,25 @@ class TaskRelations:
             out["credible"] = self.credible(prob).to_numpy()[a, b]
         return out
 
-    def order(self) -> list[int]:
-        """Task order that puts related tasks together (average-linkage clustering of 1 - mean)."""
-        from scipy.cluster.hierarchy import leaves_list, linkage
+    def linkage(self) -> np.ndarray | None:
+        """Average-linkage clustering of the tasks on max(mean) - mean (scipy's linkage matrix,
+        (T - 1, 4)); None for fewer than 3 tasks."""
+        from scipy.cluster.hierarchy import linkage
         from scipy.spatial.distance import squareform
 
-        m = self.draws.mean(0)
         if len(self.names) < 3:
-            return list(range(len(self.names)))
+            return None
+        m = self.draws.mean(0)
         d = np.clip(m.max() - (m + m.T) / 2, 0, None)
         np.fill_diagonal(d, 0)
-        return list(leaves_list(linkage(squareform(d, checks=False), method="average")))
+        return linkage(squareform(d, checks=False), method="average")
+
+    def order(self) -> list[int]:
+        """Task order that puts related tasks together: the leaves of ``linkage()``."""
+        from scipy.cluster.hierarchy import leaves_list
+
+        Z = self.linkage()
+        return list(range(len(self.names))) if Z is None else list(leaves_list(Z))
 
     def clusters(self, num_clusters: int | None = None, max_sweeps: int = 50) -> pd.DataFrame:
         """A point partition of the tasks minimising the posterior expected Binder loss among

@@ -55,3 +55,22 @@ def test_exchangeable_tasks_show_few_credible_pairs(T, tmp_path):
     assert len(rel.graph(threshold=0.0, path=tmp_path / "g.png")) == int(round(frac * len(a)))
     rel.plot(path=tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_the_heatmap_draws_the_dendrogram_that_ordered_its_tasks():
+    """Two blocks of planted relations: the order is the linkage's leaves, and the figure carries
+    the dendrogram above the columns (heatmap, colorbar, dendrogram)."""
+    from scipy.cluster.hierarchy import leaves_list
+
+    rng = np.random.default_rng(0)
+    block = np.array([0, 1, 0, 1, 0, 1])
+    base = np.where(block[:, None] == block[None, :], 0.9, 0.0)
+    np.fill_diagonal(base, 1.0)
+    rel = bm.TaskRelations(base + 0.01 * rng.normal(size=(50, 6, 6)), [f"t{i}" for i in range(6)], "test")
+    order = rel.order()
+    assert order == list(leaves_list(rel.linkage()))
+    assert set(block[order[:3]]) in ({0}, {1})  # related tasks sit together
+    fig = rel.plot()
+    assert len(fig.axes) == 3
+    two = bm.TaskRelations(base[:2, :2][None].repeat(5, 0), ["a", "b"], "test")
+    assert two.linkage() is None and len(two.plot().axes) == 2
