@@ -38,18 +38,23 @@ def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
     data = post.data
     if data.y is None:
         raise ValueError("the run's data have no target: there is nothing to predict")
-    C, S = post.num_chains, post.num_draws
-    keep = np.arange(S)
-    if C * S * data.n_rows > MAX_POINTWISE:
-        keep = np.linspace(0, S - 1, max(int(MAX_POINTWISE // (C * data.n_rows)), 2)).round().astype(int)
-    samples = {k: torch.as_tensor(np.asarray(v)[:, keep]).reshape(C * len(keep), *np.shape(v)[2:]).to(data.device)
-               for k, v in post.samples.items()}
+    C = post.num_chains
+    samples, kept = _thinned(post, max(int(MAX_POINTWISE // (C * data.n_rows)), 2))
     with torch.no_grad():
-        ll = post.model.log_likelihood(data, samples)  # (C * S', N)
-    ll = ll.reshape(C, len(keep), data.n_rows).double()
+        ll = post.model.log_likelihood(data, {k: v.to(data.device) for k, v in samples.items()})  # (C * S', N)
+    ll = ll.reshape(C, kept, data.n_rows).double()
     if by == "task":
-        ll = ll.new_zeros(C, len(keep), data.n_tasks).index_add_(-1, data.task, ll)
+        ll = ll.new_zeros(C, kept, data.n_tasks).index_add_(-1, data.task, ll)
     return ll.cpu().numpy()
+
+
+def _thinned(post: Posterior, per_chain: int) -> tuple[dict[str, torch.Tensor], int]:
+    """``post.flat()`` (chain-major) keeping at most ``per_chain`` evenly spaced draws of each
+    chain, and how many each chain kept."""
+    C, S = post.num_chains, post.num_draws
+    keep = np.linspace(0, S - 1, min(S, per_chain)).round().astype(np.int64)
+    idx = torch.from_numpy((np.arange(C)[:, None] * S + keep).ravel())
+    return {k: v[idx] for k, v in post.flat().items()}, len(keep)
 
 
 def _named(run, name: str | None, trust: Mapping) -> tuple[str, Posterior]:
@@ -94,21 +99,13 @@ def _check_runs(posts: dict[str, Posterior]) -> None:
                              "needs posterior draws; refit it with nuts, chees or svi")
 
 
-def _flat(post: Posterior, max_draws: int) -> dict[str, torch.Tensor]:
-    """Flat draws (S', ...), thinned evenly to at most ``max_draws``."""
-    flat = post.flat()
-    S = next(iter(flat.values())).shape[0]
-    keep = torch.from_numpy(np.linspace(0, S - 1, min(S, max_draws)).round().astype(np.int64))
-    return {k: v[keep.to(v.device)] for k, v in flat.items()}
-
-
 def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
     """ELPDData of a model's exact leave-one-out (``loo_log_density``), averaged over up to
     ``max_draws`` draws of its parameters (each an O(n^3) solve for a GP); p_loo against the
     in-sample log predictive density."""
     from . import convert
 
-    flat = _flat(post, max_draws)
+    flat, _ = _thinned(post, max(1, max_draws // post.num_chains))
     with torch.no_grad():
         terms = post.model.loo_log_density(post.data, flat, by).double()  # (S', n)
         inside = post.model.log_likelihood(post.data, flat).double()  # (S', N)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import html
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -111,12 +109,13 @@ def _traces(post: Posterior, sites: list[str]) -> str:
         ax.set_ylabel("loss (-ELBO)")
         ax.set_yscale("symlog")
         return _figure(fig, "SVI loss by window of steps: it should level off before the end.")
+    labels = post.summary(var_names=sites).index.tolist() if sites else []  # cached: _section shows it too
     names = []
     for k in sites:
         v = np.asarray(post.samples[k])
         flat = v.reshape(v.shape[0], v.shape[1], -1)
-        labels = post.summary(var_names=[k]).index.tolist()
-        names += [(lab, flat[:, :, j]) for j, lab in enumerate(labels[:flat.shape[-1]])]
+        own = [lab for lab in labels if lab == k or lab.startswith(f"{k}[")]
+        names += [(lab, flat[:, :, j]) for j, lab in enumerate(own[:flat.shape[-1]])]
     names = names[:MAX_TRACED]
     if not names:
         return ""
@@ -266,15 +265,7 @@ def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, 
     body += [_section(name, post) for name, post in posts.items()]
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .runs import write_atomic
+
+    write_atomic(path, lambda fh: fh.write(page), "an HTML file")
     return path

@@ -446,9 +446,16 @@ def _read_data(path: Path, meta: dict):
 
 def write_atomic_csv(frame, path: str | Path) -> Path:
     """Write a CSV through a temporary file so a failure leaves no partial file."""
+    return write_atomic(path, lambda fh: frame.to_csv(fh, index=False), "a CSV file")
+
+
+def write_atomic(path: str | Path, write, what: str = "a file") -> Path:
+    """Call ``write(text_file)`` on a temporary file beside ``path``, then move it into place:
+    a failure leaves no partial file. The file gets the usual permissions (umask), not
+    mkstemp's private 0600."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{str(path)!r} is a folder, not a CSV file to write; choose a file name")
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not {what} to write; choose a file name")
     _check_parent(path)
     made = _make_parents(path)
     try:
@@ -457,8 +464,11 @@ def write_atomic_csv(frame, path: str | Path) -> Path:
         _remove_empty(made)
         raise PermissionError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
-        with open(fd, "w") as fh:
-            frame.to_csv(fh, index=False)
+        with open(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
