@@ -395,22 +395,27 @@ class MultiTaskData:
     # ------------------------------------------------------------------ properties
     @property
     def n_rows(self) -> int:
+        """Number of rows N."""
         return int(self.X.shape[0])
 
     @property
     def n_tasks(self) -> int:
+        """Number of tasks T (known tasks and any new ones mapped in by ``prepare``)."""
         return len(self.task_names)
 
     @property
     def n_features(self) -> int:
+        """Number of feature columns (before the model adds an intercept)."""
         return int(self.X.shape[1])
 
     @property
     def device(self) -> torch.device:
+        """The device of the tensors (``to(device)`` moves them)."""
         return self.X.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The floating dtype of the features and target."""
         return self.X.dtype
 
     def digest(self) -> str:

@@ -71,6 +71,8 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
         Back-end options (e.g. ``guide="mvn"``, ``batch_size=256`` for SVI;
         ``target_accept=0.9`` for NUTS).
 
+    Notes
+    -----
     The model offers its targets (``Model.targets``: registered fast paths, then its plain
     program); the back end runs the first one it uses by default, recorded as ``info["path"]``.
     """

@@ -101,10 +101,12 @@ class MultiTaskModel(ModelBase):
 
     # ------------------------------------------------------------------ structure
     def varying_names(self, data: MultiTaskData) -> list[str]:
+        """Names of the D task-varying parameters: the intercept (if any), then the features not in ``shared``."""
         names = [f for f in data.feature_names if f not in self.shared]
         return ([INTERCEPT] if self.intercept else []) + names
 
     def likelihood_for(self, data: MultiTaskData) -> Likelihood:
+        """The likelihood bound to these data (noise mode resolved, default priors scaled to the target)."""
         lik = self.likelihood
         return lik.bind(data)
 
@@ -197,6 +199,7 @@ class MultiTaskModel(ModelBase):
         return out + (["shared_prior"] if self.shared and self.shared_prior is None else [])
 
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
+        """Coordinate labels of every dim the model's sites use (task, feature, ...), for ArviZ."""
         names = self.varying_names(data)
         out = {"task": list(data.task_names), "task_": list(data.task_names), "feature": names,
                "feature_": names, "shared_feature": list(self.shared)}

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["heatmap", "graph"]
+__all__ = ["heatmap", "graph", "LABELLED_TASKS"]
+
+#: above this many tasks the heatmap drops its axis labels (they would overprint)
+LABELLED_TASKS = 60
 
 
 def heatmap(rel, path: str | Path | None = None, title: str | None = None, prob: float = 0.9):
@@ -35,7 +38,7 @@ def heatmap(rel, path: str | Path | None = None, title: str | None = None, prob:
     im = ax.imshow(np.ma.masked_array(m, ~shown), cmap=cmap, vmin=lo, vmax=max(1.0, m.max()))
     pairs = int(np.triu(shown, 1).sum())
     title = title or f"{rel.kind[:70]}\n{pairs} credibly related pair(s) at {prob:g} (grey: not credible)"
-    if T <= 60:
+    if T <= LABELLED_TASKS:
         ax.set_xticks(range(T), names, rotation=90, fontsize=max(4, 9 - T // 10))
         ax.set_yticks(range(T), names, fontsize=max(4, 9 - T // 10))
     else:  # names would overprint: the order is the picture; graph() names the related pairs
@@ -86,7 +89,7 @@ def graph(rel, pairs, path: str | Path | None = None, title: str | None = None):
         ax.plot([x0, x1], [y0, y1], color="tab:red" if m > 0 else "tab:blue", lw=0.5 + 3 * abs(m), alpha=0.7)
     ax.scatter(np.cos(angle), np.sin(angle), s=20, color="black", zorder=3)
     for n, (x, y) in xy.items():
-        if T <= 60 or n in linked:  # many tasks: label only those with an edge
+        if T <= LABELLED_TASKS or n in linked:  # many tasks: label only those with an edge
             ax.annotate(n, (x, y), xytext=(6 * x, 6 * y), textcoords="offset points", fontsize=max(5, 9 - T // 10),
                         ha="left" if x >= 0 else "right", va="center")
     ax.set_aspect("equal")

@@ -55,14 +55,17 @@ class Posterior:
     # ------------------------------------------------------------------ basics
     @property
     def num_chains(self) -> int:
+        """Number of chains (1 for SVI and point estimates)."""
         return next(iter(self.samples.values())).shape[0]
 
     @property
     def num_draws(self) -> int:
+        """Draws per chain."""
         return next(iter(self.samples.values())).shape[1]
 
     @property
     def task_names(self) -> list[str]:
+        """The task labels, in the order of the task dim."""
         return list(self.data.task_names)
 
     def flat(self) -> dict[str, torch.Tensor]:
@@ -74,6 +77,7 @@ class Posterior:
                 f"{self.num_chains} chain(s) x {self.num_draws} draws, {self.data.n_tasks} tasks)")
 
     def dims(self) -> dict[str, tuple[str, ...]]:
+        """Dims of every drawn site, by name, e.g. ``{'w': ('task', 'param')}``."""
         return self.model.site_dims(self.data)
 
     # ------------------------------------------------------------------ ArviZ and summaries

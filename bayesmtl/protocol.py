@@ -167,6 +167,7 @@ class Target:
         return self.rebuild(self.data.to(dtype=dtype))
 
     def with_path(self, path: str) -> Target:
+        """The same target under another path name (recorded in ``run.json``)."""
         return replace(self, path=path)
 
 

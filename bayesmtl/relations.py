@@ -147,6 +147,36 @@ class TaskRelations:
         Z = self.linkage()
         return list(range(len(self.names))) if Z is None else list(leaves_list(Z))
 
+    def blocks(self, max_blocks: int = 12, prob: float = 0.9) -> pd.DataFrame:
+        """The heatmap's order cut into at most ``max_blocks`` contiguous blocks (``linkage()``
+        cut by scipy's ``fcluster``, criterion maxclust): an overview that names every task
+        when there are too many to label the heatmap's axes.
+
+        Returns one row per block, in heatmap order: ``block`` (1, 2, ...), ``size``,
+        ``mean_relation`` (mean posterior-mean relation between distinct members; NaN for a
+        single task), ``credible_share`` (share of those pairs credibly related at ``prob``),
+        ``tasks`` (the members, comma-separated, in heatmap order).
+        """
+        from scipy.cluster.hierarchy import fcluster
+
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be at least 1; got {max_blocks!r}")
+        T = len(self.names)
+        Z = self.linkage()
+        labels = np.ones(T, dtype=int) if Z is None else fcluster(Z, t=min(max_blocks, T), criterion="maxclust")
+        mean, cred = self.draws.mean(0), self.credible(prob).to_numpy()
+        rows, seen = [], {}
+        for i in self.order():  # blocks numbered by where they first appear in the heatmap
+            seen.setdefault(labels[i], []).append(i)
+        for n, members in enumerate(seen.values(), 1):
+            m = np.asarray(members)
+            off = ~np.eye(len(m), dtype=bool)
+            rows.append({"block": n, "size": len(m),
+                         "mean_relation": float(mean[np.ix_(m, m)][off].mean()) if len(m) > 1 else float("nan"),
+                         "credible_share": float(cred[np.ix_(m, m)][off].mean()) if len(m) > 1 else float("nan"),
+                         "tasks": ", ".join(str(self.names[i]) for i in m)})
+        return pd.DataFrame(rows)
+
     def clusters(self, num_clusters: int | None = None, max_sweeps: int = 50) -> pd.DataFrame:
         """A point partition of the tasks minimising the posterior expected Binder loss among
         partitions with ``num_clusters`` clusters.

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .plots import LABELLED_TASKS
 from .posterior import Posterior
 
 __all__ = ["report"]
@@ -144,6 +145,9 @@ def _relations(post: Posterior) -> str:
         return f"<p class='note'>No task relations: {html.escape(str(e))}</p>"
     out = [f"<p>{html.escape(rel.kind)}</p>", _figure(rel.plot(), "Posterior mean relation; grey cells are not "
                                                    "credibly different from unrelated tasks.")]
+    if len(rel.names) > LABELLED_TASKS:  # the axes carry no names: list the heatmap's blocks instead
+        out.append(f"<h4>Blocks of the heatmap, top left to bottom right ({len(rel.names)} tasks)</h4>"
+                   + _table(rel.blocks().set_index("block")))
     pairs = rel.graph()
     fig = pairs.attrs.pop("figure")
     if len(pairs):

@@ -65,6 +65,7 @@ class PriorSourceError(ImportError):
 
 
 def versions() -> dict[str, str]:
+    """Versions of Python, bayesmtl and the libraries a run depends on, for ``run.json``."""
     import arviz
     import gpytorch
     import pyro
@@ -487,6 +488,7 @@ def file_module_name(file: str | Path) -> str:
 
 
 def sha256_of(file: str | Path) -> str:
+    """Hex SHA-256 digest of a file's bytes."""
     return hashlib.sha256(Path(file).read_bytes()).hexdigest()
 
 

@@ -97,6 +97,7 @@ class DPClustering(MultiTaskModel):
         super().__init__(prior, likelihood, intercept, shared, shared_prior)
 
     def likelihood_for(self, data: MultiTaskData) -> Likelihood:
+        """The likelihood for these data: the one given, or Bernoulli for a 0/1 target and Gaussian otherwise."""
         if self.auto_likelihood and data.y is not None:
             y = data.y
             return (Bernoulli() if bool(((y == 0) | (y == 1)).all()) else Gaussian()).bind(data)
@@ -110,6 +111,7 @@ class DPClustering(MultiTaskModel):
         return out
 
     def coords(self, data):
+        """Coordinate labels of the model's dims, clusters included."""
         out = super().coords(data)
         out.update(self.prior.coords())
         return out

@@ -216,6 +216,7 @@ class MultitaskGP(ModelBase):
                                  f"input feature(s) {data.feature_names}")
 
     def full_rank(self, data: MultiTaskData) -> bool:
+        """Whether the task covariance is full rank for these data (rank >= number of tasks)."""
         return self.rank_for(data) >= data.n_tasks
 
     def gp_path(self, data: MultiTaskData) -> str:
@@ -223,6 +224,7 @@ class MultitaskGP(ModelBase):
         return self.describe(data)["gp_path"]
 
     def coords(self, data: MultiTaskData) -> dict[str, list]:
+        """Coordinate labels of the model's dims (task, feature, rank, latent, ...), for ArviZ."""
         T = data.n_tasks
         q = self._n_latents(data)
         out = {"task": list(data.task_names), "task_": list(data.task_names),
@@ -242,6 +244,7 @@ class MultitaskGP(ModelBase):
         return self.num_latents or self.rank_for(data)
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
+        """Dims of every site in the draws, by name (``task``, ``feature``, ...)."""
         if self.kind == "lmc":
             # the fitted variational state (see bayesmtl.gp.lmc.STATE_SITES) is part of the draws
             return {"lengthscale": ("latent", "feature"), "lmc_coef": ("latent", "task"), "noise": ("task",),

@@ -35,7 +35,9 @@ class TaskRelationship(MultiTaskModel):
     intercept, shared, shared_prior
         As in ``MultiTaskModel``. The intercept is a task-varying column of W like any other.
 
-    Inference notes: MCMC uses the collapsed form by default (Gaussian likelihood; T x D for
+    Notes
+    -----
+    MCMC uses the collapsed form by default (Gaussian likelihood; T x D for
     the full prior or rank x D for the low-rank prior at most ``MAX_COLLAPSED_DIM``; shared
     coefficients stay sampled). For SVI pass ``collapse=True`` where the collapsed form exists:
     a mean-field guide over W and Omega jointly shrinks the task correlations towards 0 and
@@ -55,6 +57,7 @@ class TaskRelationship(MultiTaskModel):
         super().__init__(prior or rp.TaskRelationship(), likelihood, intercept, shared, shared_prior)
 
     def coords(self, data: MultiTaskData) -> dict[str, list[str]]:
+        """Coordinate labels of the model's dims (task, feature, rank), for ArviZ."""
         out = super().coords(data)
         out["task_"] = list(data.task_names)
         if "iw_normal" in self.prior.site_dims():  # inverse-Wishart: one Bartlett entry per pair of tasks

@@ -45,3 +45,14 @@ def test_block_runs(code):
                           timeout=180)
     assert proc.returncode == 0, (f"block exited {proc.returncode}\n--- stderr ---\n{proc.stderr[-6000:]}"
                                   f"\n--- stdout ---\n{proc.stdout[-2000:]}")
+
+
+def test_docs_build_strictly(tmp_path):
+    """``mkdocs build --strict``: every page in the nav, every link and anchor resolves, and the
+    API reference renders from the docstrings without a warning."""
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    for name in ("MultiTaskData", "Posterior", "TaskRelations", "DPClustering", "MultitaskGP", "TaskPrior"):
+        assert name in api, f"the API reference lacks {name}"

@@ -74,3 +74,29 @@ def test_the_heatmap_draws_the_dendrogram_that_ordered_its_tasks():
     assert len(fig.axes) == 3
     two = bm.TaskRelations(base[:2, :2][None].repeat(5, 0), ["a", "b"], "test")
     assert two.linkage() is None and len(two.plot().axes) == 2
+
+
+def test_blocks_name_every_task_of_a_200_task_heatmap_and_find_planted_groups():
+    """Above 60 tasks the heatmap has no axis labels; its blocks name every task, and on four
+    planted groups of correlated tasks the blocks are those groups."""
+    from bayesmtl.relations import adjusted_rand_index
+
+    rng = np.random.default_rng(1)
+    T, S = 200, 50
+    group = rng.permutation(np.repeat(np.arange(4), T // 4))
+    base = np.where(group[:, None] == group[None, :], 0.8, 0.0)
+    draws = base + 0.05 * rng.standard_normal((S, T, T))
+    draws = (draws + draws.transpose(0, 2, 1)) / 2
+    draws[:, np.arange(T), np.arange(T)] = 1.0
+    names = [f"store_{i:03d}" for i in range(T)]
+    rel = TaskRelations(draws, names, "correlation", signed=True)
+    blocks = rel.blocks(max_blocks=4)
+    members = {n: b for b, tasks in zip(blocks["block"], blocks["tasks"], strict=True) for n in tasks.split(", ")}
+    assert sorted(members) == sorted(names) and blocks["size"].sum() == T
+    assert adjusted_rand_index(np.array([members[n] for n in names]), group) == 1.0
+    assert (blocks["mean_relation"] > 0.7).all() and (blocks["credible_share"] > 0.95).all()
+    # the blocks follow the heatmap's order: reading them top to bottom reads the axis
+    order = [names[i] for i in rel.order()]
+    assert ", ".join(blocks["tasks"]) == ", ".join(order)
+    with pytest.raises(ValueError, match="max_blocks"):
+        rel.blocks(max_blocks=0)

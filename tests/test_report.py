@@ -112,3 +112,19 @@ def test_the_report_renders_in_headless_chromium(pages, tmp_path):
                 page.close()
         finally:
             browser.close()
+
+
+def test_a_report_of_many_tasks_names_each_in_the_heatmap_blocks(tmp_path):
+    """Above 60 tasks the heatmap's axes carry no names; the report lists its blocks instead,
+    so every task name appears in the relations section."""
+    df, _ = planted_clusters(clusters=3, tasks_per_cluster=24, rows=6, likelihood="gaussian", seed=1)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bm.DiagnosticWarning)
+        post = bm.fit(bm.models.Hierarchical(), data, **FIT)
+    text = bm.report(post, tmp_path / "many.html").read_text()
+    assert "Blocks of the heatmap" in text
+    start = text.index("Blocks of the heatmap")
+    section = text[start:text.index("</table>", start)]  # the blocks table alone
+    missing = [t for t in data.task_names if t not in section]
+    assert len(data.task_names) == 72 and not missing, missing[:5]

@@ -63,7 +63,8 @@ class Backend(Protocol):
     paths: tuple[str, ...]
     kind: str
 
-    def run(self, target, settings: Settings) -> Draws: ...
+    def run(self, target, settings: Settings) -> Draws:
+        """Sample ``target`` with ``settings`` and return the draws and their sample stats."""
 
 
 @contextlib.contextmanager

@@ -84,6 +84,7 @@ class Options:
 
     @classmethod
     def known(cls) -> list[str]:
+        """The option names this back end accepts."""
         return [f.name for f in fields(cls)]
 
     @classmethod

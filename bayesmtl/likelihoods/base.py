@@ -48,6 +48,8 @@ class Likelihood:
     uses_trials: bool = False
 
     def check(self, data: MultiTaskData) -> None:
+        """Refuse data this likelihood cannot model: a target of the wrong kind, or a noise or
+        trials column it would ignore."""
         data.check_target(self.kind)
         name = type(self).__name__
         if data.noise is not None and not self.uses_noise:
@@ -125,6 +127,7 @@ class LocationScale(Likelihood):
         self._defaults: list[str] | None = None  # what ``bind`` set from the data
 
     def resolved_noise(self, data: MultiTaskData) -> str:
+        """The noise mode for these data: as given, else ``known`` with a noise column and ``per_task`` without."""
         if self.noise is None:
             return "known" if data.noise is not None else "per_task"
         return self.noise
@@ -156,6 +159,7 @@ class LocationScale(Likelihood):
             (["noise_prior"] if self.noise_prior is None else [])
 
     def check(self, data: MultiTaskData) -> None:
+        """As ``Likelihood.check``; ``noise='known'`` also needs a noise column."""
         super().check(data)
         if self.resolved_noise(data) == "known" and data.noise is None:
             raise ValueError("noise='known' needs a noise column (MultiTaskData.from_frame(..., noise='se'))")
@@ -165,6 +169,7 @@ class LocationScale(Likelihood):
         return {}
 
     def extra_dims(self) -> dict[str, tuple[str, ...]]:
+        """Dims of the family's extra parameters (beyond sigma), by site name."""
         return {}
 
     def sample_params(self, n_tasks, task_plate, like):
@@ -182,6 +187,7 @@ class LocationScale(Likelihood):
         return {**sigma, **self.extra_dims()}
 
     def scale(self, eta, params, task, noise):
+        """The noise sd per row: known, the row's task's sigma, or the shared one."""
         if self.noise == "known":
             return noise
         if self.noise == "per_task":
@@ -189,6 +195,7 @@ class LocationScale(Likelihood):
         return per_row(params["sigma"], eta)
 
     def family(self, eta, scale, params) -> dist.Distribution:
+        """The distribution of y given location ``eta`` (..., N), noise sd ``scale`` and extra parameters."""
         raise NotImplementedError
 
     def distribution(self, eta, params, task, noise, trials):
@@ -238,6 +245,7 @@ class OneParameter(Likelihood):
         return v[..., task] if self.per_task else per_row(v, eta)
 
     def family(self, mean: torch.Tensor, value: torch.Tensor) -> dist.Distribution:
+        """The distribution of y given its mean (after the link) and the extra parameter per row."""
         raise NotImplementedError
 
     def distribution(self, eta, params, task, noise, trials):

@@ -82,6 +82,7 @@ class InverseWishart:
         self.scale = float(scale)
 
     def degrees(self, n_tasks: int) -> float:
+        """Degrees of freedom for T tasks: the given ``df``, else T + 1."""
         return float(n_tasks + 1) if self.df is None else self.df
 
     def __repr__(self) -> str:
@@ -175,7 +176,9 @@ class TaskRelationship(TaskPrior):
     loading_scale : float
         Prior sd of each loading (low-rank prior).
 
-    Note: the overall size of Omega and of Sigma is shared (s_t c and sigma_d / c give the same
+    Notes
+    -----
+    The overall size of Omega and of Sigma is shared (s_t c and sigma_d / c give the same
     W); the proper priors on both keep this ridge bounded, and C is unaffected by it.
     """
 
