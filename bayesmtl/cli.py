@@ -489,8 +489,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from bayesmtl.compare import compare
 
     _existing_runs(a.runs)
-    table = compare(a.runs, by=a.by, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
-    what = "leave one row out" if a.by == "row" else "leave one task out (importance sampling, not refits)"
+    if a.refit == "all" and a.by != "task":
+        raise SystemExit("error: --refit all refits one task at a time: use it with --by task")
+    table = compare(a.runs, by=a.by, refit=a.refit, trust_pickle=a.trust_pickle, trust_code=a.trust_code)
+    refitted = any("refitted exactly" in n for n in table.attrs["notes"])
+    what = ("leave one row out" if a.by == "row" else "leave one task out (" + (
+        "exact refits where the notes say, importance sampling elsewhere" if refitted else "importance sampling") + ")")
     print(f"PSIS-LOO, {what}: {table.attrs['n']} {a.by}s; elpd_diff and dse against the best run; "
           "a difference within 2 dse is not a clear preference")
     with pd.option_context("display.max_columns", None, "display.width", 10_000):
@@ -649,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories written by `bayesmtl fit`")
     c.add_argument("--by", choices=["row", "task"], default="row",
                    help="leave out one row (predicting new rows of known tasks) or one task (a new task)")
+    c.add_argument("--refit", choices=["auto", "all", "none"], default="auto",
+                   help="--by task: refit exactly the tasks with high Pareto k when a run has at most "
+                        "10 tasks (auto), every task (all: one fit per task and run), or none")
     _trust_flags(c)
     c.set_defaults(func=cmd_compare)
 

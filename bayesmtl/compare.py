@@ -7,9 +7,11 @@ contract (``log_likelihood(data, samples)``, (S, N)):
 
 - ``by="row"``: leave one row out, the question "which model predicts new rows of these tasks";
 - ``by="task"``: leave one task out, "which model predicts a new task": each task's rows are
-  summed into one term and left out together, by importance sampling (not exact refits), with
-  a Pareto k per task; k above ArviZ's threshold (0.7, lower for under 2,200 draws) marks a task
-  whose estimate is unreliable (refit without it to check).
+  summed into one term and left out together, by importance sampling with a Pareto k per task.
+  k above ArviZ's threshold (0.7, lower for under 2,200 draws) marks a task whose estimate is
+  unreliable; with few tasks (``REFIT_TASKS``) those tasks are refitted exactly (the run's
+  model, method, settings and seed on the data without the task), as brms's ``reloo`` does;
+  ``refit="all"`` refits every task, ``refit="none"`` none. The notes say which terms are which.
 
 Runs must be fitted to the same data (their fingerprints, ``MultiTaskData.digest``, agree) and
 hold posterior draws: a point estimate (``method="map"``) has no posterior to leave a row out of.
@@ -17,6 +19,8 @@ hold posterior draws: a point estimate (``method="map"``) has no posterior to le
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +30,10 @@ import torch
 
 from .posterior import MAX_POINTWISE, Posterior
 
-__all__ = ["compare", "collect", "exact_loo", "pointwise_log_likelihood"]
+__all__ = ["compare", "collect", "exact_loo", "pointwise_log_likelihood", "refit_task_terms", "REFIT_TASKS"]
+
+#: with refit="auto", tasks with high Pareto k are refitted exactly in runs of at most this many tasks
+REFIT_TASKS = 10
 
 
 def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
@@ -117,14 +124,78 @@ def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
     return convert.exact_loo(elpd_i, lppd, terms.shape[0])
 
 
+def refit_task_terms(post: Posterior, tasks: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+    """Exact leave-one-task-out terms log p(y_t | y_-t), one per task index in ``tasks``.
+
+    Each task's rows are dropped and the run's model is fitted again with the run's method,
+    chains, warmup, draws, seed, device, options and inference path. The task stays in the data
+    with no rows, so the refit draws its parameters from the learned population: the draws of
+    a new task. The term is log mean_s prod_i p(y_ti | draw s), over the refit's draws.
+
+    Returns the (len(tasks),) terms and the refits' diagnostic warnings, one line each.
+    """
+    from .fit import fit
+
+    info, data = post.info, post.data
+    settings = dict(method=info["method"], chains=info["chains"], warmup=info["warmup"], draws=info["draws"],
+                    seed=info["seed"], device=info.get("device", "cpu"), progress=False,
+                    collapse=info.get("path") == "collapsed", **info.get("options", {}))
+    terms, problems = [], []
+    for t in tasks:
+        rows = (data.task == int(t)).cpu().numpy()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refit = fit(post.model, data.subset(~rows), **settings)
+        problems += [f"refit without {data.task_names[t]}: {w.message}" for w in caught
+                     if issubclass(w.category, UserWarning)]
+        with torch.no_grad():
+            flat = {k: v.to(data.device) for k, v in refit.flat().items()}
+            ll = refit.model.log_likelihood(data.subset(rows), flat).double().sum(-1)  # (S,)
+        terms.append(float(torch.logsumexp(ll, 0) - np.log(ll.shape[0])))
+    return np.asarray(terms), problems
+
+
+def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str]):
+    """``loo`` (by task) with the terms of the tasks ``refit`` asks for replaced by exact refits."""
+    from . import convert
+
+    k, good = np.asarray(loo.pareto_k), float(loo.good_k)
+    T = k.size
+    if refit == "all":
+        tasks = np.arange(T)
+    elif refit == "auto" and T <= REFIT_TASKS:
+        tasks = np.flatnonzero(k > good)
+    else:
+        return loo
+    if not len(tasks):
+        return loo
+    t0 = time.perf_counter()
+    exact, problems = refit_task_terms(post, tasks)
+    elpd_i = np.asarray(loo.loo_i, dtype=float).copy()
+    lppd = float(loo.elpd_loo + loo.p_loo)
+    elpd_i[tasks] = exact
+    k = k.copy()
+    k[tasks] = 0.0
+    labels = [post.task_names[t] for t in tasks]
+    notes.append(f"{name}: {len(tasks)} task(s) refitted exactly ({', '.join(map(str, labels[:5]))}"
+                 f"{', ...' if len(labels) > 5 else ''}) in {time.perf_counter() - t0:.0f} s; "
+                 + ("the others by importance sampling" if len(tasks) < T else "no importance sampling"))
+    notes.extend(f"{name}: {p}" for p in problems[:3])
+    return convert.exact_loo(elpd_i, lppd, int(loo.n_samples), pareto_k=k, good_k=good)
+
+
 def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
-            trust_pickle: bool = False, trust_code: bool = False) -> pd.DataFrame:
+            refit: str = "auto", trust_pickle: bool = False, trust_code: bool = False) -> pd.DataFrame:
     """PSIS-LOO comparison of fitted runs: one row per run, best first.
 
     Parameters
     ----------
     runs : Posteriors or run directories (a list, named by folder or model, or a dict name -> run)
-    by : "row" (leave one row out) or "task" (leave one task out, by importance sampling)
+    by : "row" (leave one row out) or "task" (leave one task out)
+    refit : "auto", "all" or "none"
+        ``by="task"`` only: which tasks are left out by exact refits rather than importance
+        sampling. "auto": those with high Pareto k, in runs of at most ``REFIT_TASKS`` tasks;
+        "all": every task (one fit per task and run); "none": no refit.
     trust_pickle, trust_code : passed to ``bayesmtl.load`` for run directories
 
     Returns
@@ -141,12 +212,22 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     """
     from . import convert
 
+    if refit not in ("auto", "all", "none"):
+        raise ValueError(f"refit must be 'auto', 'all' or 'none'; got {refit!r}")
+    if refit == "all" and by != "task":
+        raise ValueError("refit='all' refits one task at a time: use it with by='task'")
     posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
     _check_runs(posts)
-    loo = {name: convert.loo(pointwise_log_likelihood(p, by)) if p.model.rows_independent else exact_loo(p, by)
-           for name, p in posts.items()}
+    notes: list[str] = []
+    loo = {}
+    for name, p in posts.items():
+        if not p.model.rows_independent:
+            loo[name] = exact_loo(p, by)
+            continue
+        loo[name] = convert.loo(pointwise_log_likelihood(p, by))
+        if by == "task":
+            loo[name] = _refitted(p, loo[name], refit, name, notes)
     table = convert.compare(loo)
-    notes = []
     rows = []
     for name, p in posts.items():
         if not p.model.rows_independent:
@@ -165,7 +246,7 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
             worst = np.argsort(-k)[:3]
             labels = (list(np.asarray(p.task_names)[worst]) if by == "task" else [int(i) for i in worst])
             notes.append(f"{name}: {high} {what} with Pareto k > {good:.2f} (worst: {labels}); their elpd terms "
-                         "are unreliable" + ("; refit without those tasks to check" if by == "task" else
+                         "are unreliable" + ("; refit='all' refits each task exactly" if by == "task" else
                                              "; consider K-fold cross-validation"))
     extra = pd.DataFrame(rows, index=table.index)
     out = table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]].join(extra)

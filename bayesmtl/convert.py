@@ -90,18 +90,21 @@ def loo(log_lik: np.ndarray):
         return az.loo(idata, pointwise=True)
 
 
-def exact_loo(elpd_i: np.ndarray, lppd: float, n_samples: int):
-    """An ``ELPDData`` like ``loo``'s for exact leave-one-out terms ``elpd_i`` (n,): no importance
-    sampling, so every Pareto k is 0; p_loo = ``lppd`` (in-sample) - elpd_loo."""
+def exact_loo(elpd_i: np.ndarray, lppd: float, n_samples: int, pareto_k: np.ndarray | None = None,
+              good_k: float = 0.7):
+    """An ``ELPDData`` like ``loo``'s for leave-one-out terms ``elpd_i`` (n,); p_loo = ``lppd``
+    (in-sample) - elpd_loo. ``pareto_k`` (n,) holds the k of terms that were importance sampled,
+    0 for exact ones (the default: every term exact)."""
     import xarray as xr
     from arviz.stats.stats_utils import ELPDData
 
     elpd_i = np.asarray(elpd_i, dtype=float)
     n = elpd_i.size
     total = float(elpd_i.sum())
-    return ELPDData(data=[total, float(np.sqrt(n * elpd_i.var())), lppd - total, n_samples, n, False,
-                          xr.DataArray(elpd_i, dims=["i"], name="loo_i"), xr.DataArray(np.zeros(n), dims=["i"]),
-                          "log", 0.7],
+    k = np.zeros(n) if pareto_k is None else np.asarray(pareto_k, dtype=float)
+    return ELPDData(data=[total, float(np.sqrt(n * elpd_i.var())), lppd - total, n_samples, n, bool((k > good_k).any()),
+                          xr.DataArray(elpd_i, dims=["i"], name="loo_i"), xr.DataArray(k, dims=["i"]),
+                          "log", good_k],
                     index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
                            "scale", "good_k"])
 
