@@ -72,7 +72,10 @@ def _population_sites(post: Posterior) -> list[str]:
 def _settings(post: Posterior) -> str:
     i = post.info
     data = post.data
-    rows = {"model": repr(post.model), "method": i.get("method"), "draws": post.describe_draws(),
+    # the class, not its repr: a bound model's priors hold tensors, which repr as their shapes;
+    # the Priors section lists each one with its numbers
+    rows = {"model": f"{type(post.model).__name__} (its priors: the Priors section)", "method": i.get("method"),
+            "draws": post.describe_draws(),
             "data": f"{data.n_tasks} tasks, {data.n_rows} rows, features {', '.join(data.feature_names)}",
             "seed": i.get("seed"), "device": i.get("device"), "seconds": round(float(i.get("seconds", np.nan)), 1),
             "path": i.get("path")}

@@ -21,3 +21,14 @@ def small_frame():
 
     df, truth = hierarchical_regression(n_tasks=6, rows=15, features=2, seed=1)
     return df, truth
+
+
+@pytest.fixture
+def shared_data():
+    """The shared data folder (``../shared/data`` or ``$BAYESMTL_DATA``); skips, saying so, when absent."""
+    from bayesmtl.datasets import data_dir
+
+    try:
+        return data_dir()
+    except FileNotFoundError:
+        pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")

@@ -56,3 +56,26 @@ def test_docs_build_strictly(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in ("MultiTaskData", "Posterior", "TaskRelations", "DPClustering", "MultitaskGP", "TaskPrior"):
         assert name in api, f"the API reference lacks {name}"
+
+
+@pytest.mark.slow  # the page's own settings: NUTS 4 x (1000 + 1000) on the school scores, twice
+def test_getting_started_runs_as_written(tmp_path, shared_data):
+    """The first-fit section of docs/getting-started.md, run as a reader would: its bash block
+    (write the CSVs, fit, summary, predict, report) and then its python block, in one folder."""
+    text = (ROOT / "docs" / "getting-started.md").read_text()
+    section = text[text.index("## Your first fit on your own data"):text.index("## What you get back")]
+    bash = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    code = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
+    assert len(bash) == 2 and len(code) == 1, (len(bash), len(code))
+    venv = str(Path(sys.executable).parent) + "/"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
+    for block in bash:
+        script = block.replace(".venv/bin/", venv)
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, f"{script}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert (tmp_path / "preds.csv").exists() and (tmp_path / "school.html").exists()
+    proc = subprocess.run([sys.executable, "-c", code[0]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "runs" / "school-py" / "run.json").exists()

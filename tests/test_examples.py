@@ -16,16 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 
-def _have_data() -> bool:
-    from bayesmtl.datasets import data_dir
-
-    try:
-        data_dir()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def test_every_example_is_collected():
     assert len(EXAMPLES) >= 4, [p.name for p in EXAMPLES]
 
@@ -36,9 +26,7 @@ FAST_EXAMPLES = {"custom_priors"}
 
 @pytest.mark.parametrize("script", [pytest.param(p, marks=() if p.stem in FAST_EXAMPLES else pytest.mark.slow)
                                     for p in EXAMPLES], ids=[p.stem for p in EXAMPLES])
-def test_example_smoke(script: Path, tmp_path: Path):
-    if not _have_data():
-        pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")
+def test_example_smoke(script: Path, tmp_path: Path, shared_data):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning", "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--smoke", "--seed", "0", "--device", "cpu",
@@ -49,10 +37,8 @@ def test_example_smoke(script: Path, tmp_path: Path):
     assert any(p.suffix == ".csv" for p in written), [p.name for p in written]
 
 
-def test_sarcos_with_tasks_at_different_inputs(tmp_path: Path):
+def test_sarcos_with_tasks_at_different_inputs(tmp_path: Path, shared_data):
     """``--observed``: each torque sees its own subset of the inputs, so ICM takes the Hadamard path."""
-    if not _have_data():
-        pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")
     env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning"}
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sarcos.py"), "--smoke", "--observed", "0.5",
                            "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

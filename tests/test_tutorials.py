@@ -29,16 +29,6 @@ def embedded(script: Path) -> list[str]:
     return [Path(m).name for m in FIGURE.findall(page(script).read_text())]
 
 
-def _have_data() -> bool:
-    from bayesmtl.datasets import data_dir
-
-    try:
-        data_dir()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def test_every_tutorial_has_a_page_with_committed_figures():
     assert len(SCRIPTS) >= 4, [p.name for p in SCRIPTS]
     for script in SCRIPTS:
@@ -52,9 +42,7 @@ def test_every_tutorial_has_a_page_with_committed_figures():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
-def test_tutorial_runs_and_writes_its_figures(script: Path, tmp_path: Path):
-    if not _have_data():
-        pytest.skip("the shared data folder (../shared/data or $BAYESMTL_DATA) is absent")
+def test_tutorial_runs_and_writes_its_figures(script: Path, tmp_path: Path, shared_data):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--smoke", "--seed", "0", "--device", "cpu",
                            "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figures")],

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="svi", help="svi (default) or nuts")
     p.add_argument("--n-train", type=int, default=80, help="training rows per field")
-    p.add_argument("--steps", type=int, default=3000, help="most SVI steps")
+    p.add_argument("--steps", type=int, default=8000, help="most SVI steps")
     p.add_argument("--warmup", type=int, default=500, help="MCMC warmup")
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--chains", type=int, default=2, help="MCMC chains")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     scores.to_csv(out / "scores.csv", index=False)
     part.to_csv(out / "clusters.csv", index=False)
     num_clusters_figure(nc, figures / "num_clusters.png")
-    rel.plot(figures / "coclustering.png", title="P(two fields share a cluster); grey: not credible")
+    rel.plot(figures / "coclustering.png", title="P(two fields share a cluster), ordered by clustering")
     print(f"wrote {out}" + (f" and figures to {figures}" if figures != out else ""))
     return scores
 
