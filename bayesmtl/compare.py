@@ -19,6 +19,7 @@ hold posterior draws: a point estimate (``method="map"``) has no posterior to le
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -124,7 +125,7 @@ def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
     return convert.exact_loo(elpd_i, lppd, terms.shape[0])
 
 
-def refit_task_terms(post: Posterior, tasks: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+def refit_task_terms(post: Posterior, tasks: Sequence[int], say=None) -> tuple[np.ndarray, list[str]]:
     """Exact leave-one-task-out terms log p(y_t | y_-t), one per task index in ``tasks``.
 
     Each task's rows are dropped and the run's model is fitted again with the run's method,
@@ -132,6 +133,7 @@ def refit_task_terms(post: Posterior, tasks: Sequence[int]) -> tuple[np.ndarray,
     with no rows, so the refit draws its parameters from the learned population: the draws of
     a new task. The term is log mean_s prod_i p(y_ti | draw s), over the refit's draws.
 
+    ``say``, when given, is called with one line before each refit (the CLI prints them).
     Returns the (len(tasks),) terms and the refits' diagnostic warnings, one line each.
     """
     from .fit import fit
@@ -141,7 +143,9 @@ def refit_task_terms(post: Posterior, tasks: Sequence[int]) -> tuple[np.ndarray,
                     seed=info["seed"], device=info.get("device", "cpu"), progress=False,
                     collapse=info.get("path") == "collapsed", **info.get("options", {}))
     terms, problems = [], []
-    for t in tasks:
+    for n, t in enumerate(tasks, 1):
+        if say is not None:
+            say(f"refitting without {data.task_names[t]} ({n} of {len(tasks)}, method {info['method']})")
         rows = (data.task == int(t)).cpu().numpy()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -155,7 +159,7 @@ def refit_task_terms(post: Posterior, tasks: Sequence[int]) -> tuple[np.ndarray,
     return np.asarray(terms), problems
 
 
-def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str]):
+def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str], say=None):
     """``loo`` (by task) with the terms of the tasks ``refit`` asks for replaced by exact refits."""
     from . import convert
 
@@ -170,7 +174,7 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str]):
     if not len(tasks):
         return loo
     t0 = time.perf_counter()
-    exact, problems = refit_task_terms(post, tasks)
+    exact, problems = refit_task_terms(post, tasks, None if say is None else (lambda m: say(f"{name}: {m}")))
     elpd_i = np.asarray(loo.loo_i, dtype=float).copy()
     lppd = float(loo.elpd_loo + loo.p_loo)
     elpd_i[tasks] = exact
@@ -184,8 +188,13 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str]):
     return convert.exact_loo(elpd_i, lppd, int(loo.n_samples), pareto_k=k, good_k=good)
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
-            refit: str = "auto", trust_pickle: bool = False, trust_code: bool = False) -> pd.DataFrame:
+            refit: str = "auto", trust_pickle: bool = False, trust_code: bool = False,
+            progress: bool = False) -> pd.DataFrame:
     """PSIS-LOO comparison of fitted runs: one row per run, best first.
 
     Parameters
@@ -197,6 +206,7 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
         sampling. "auto": those with high Pareto k, in runs of at most ``REFIT_TASKS`` tasks;
         "all": every task (one fit per task and run); "none": no refit.
     trust_pickle, trust_code : passed to ``bayesmtl.load`` for run directories
+    progress : print a line to stderr before each refit (they can take as long as the fits)
 
     Returns
     -------
@@ -226,7 +236,7 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
             continue
         loo[name] = convert.loo(pointwise_log_likelihood(p, by))
         if by == "task":
-            loo[name] = _refitted(p, loo[name], refit, name, notes)
+            loo[name] = _refitted(p, loo[name], refit, name, notes, _say if progress else None)
     table = convert.compare(loo)
     rows = []
     for name, p in posts.items():

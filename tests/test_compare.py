@@ -148,11 +148,14 @@ def test_cli_compare_prints_the_table_and_refuses_other_data(two_runs, tmp_path,
     df, _, runs = two_runs
     for name, post in runs.items():
         post.save(tmp_path / name)
-    assert main(["compare", str(tmp_path / "hierarchical"), str(tmp_path / "pooled"), "--by", "task"]) == 0
+    assert main(["compare", str(tmp_path / "hierarchical"), str(tmp_path / "pooled"), "--by", "task",
+                 "--refit", "none"]) == 0  # the refits: test_exact_refits_replace_the_importance_sampled_task_terms
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith(("hierarchical", "pooled"))]
     assert [ln.split()[0] for ln in lines] == ["hierarchical", "pooled"], out
-    assert "leave one task out" in out and "elpd_loo" in out
+    assert "leave one task out (importance sampling)" in out and "elpd_loo" in out
+    assert main(["compare", str(tmp_path / "hierarchical"), str(tmp_path / "pooled"), "--refit", "all"]) == 2
+    assert "use it with --by task" in capsys.readouterr().err
     df.iloc[:-1].to_csv(tmp_path / "d.csv", index=False)
     assert main(["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--model", "pooled",
                  "--method", "svi", "--option", "steps=300", "--option", "min_steps=100", "--draws", "100",
