@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = bm.models.Hierarchical(likelihood="gaussian", shared=SHARED)
     # 3. inference
     t0 = time.perf_counter()
+    quick = {"max_tree_depth": 4} if a.smoke and a.method == "nuts" else {}  # smoke: short trees, short run
     post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
-                  seed=a.seed, device=a.device, progress=False)
+                  seed=a.seed, device=a.device, progress=False, **quick)
     print(f"{post} in {time.perf_counter() - t0:.0f} s, inference path: {post.info['path']}")
     print(post.prior_summary().to_string())
     problems = post.diagnose()  # fit has already warned about each of these

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
               "task-relationship": bm.models.TaskRelationship(noise)}
     settings = (dict(steps=a.steps, min_steps=min(3000, a.steps)) if a.method == "svi"
                 else dict(chains=a.chains, warmup=a.warmup, draws=a.draws))
+    if a.smoke and a.method == "nuts":
+        settings["max_tree_depth"] = 4  # smoke: short trees, short run
     rows, posts = [], {}
     for name, model in models.items():
         extra = {"collapse": True} if a.method == "svi" and name == "task-relationship" else {}
