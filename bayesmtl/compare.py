@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,8 @@ def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
     return convert.exact_loo(elpd_i, lppd, terms.shape[0])
 
 
-def refit_task_terms(post: Posterior, tasks: Sequence[int], say=None) -> tuple[np.ndarray, list[str]]:
+def refit_task_terms(post: Posterior, tasks: Sequence[int],
+                     say: Callable[[str], None] | None = None) -> tuple[np.ndarray, list[str]]:
     """Exact leave-one-task-out terms log p(y_t | y_-t), one per task index in ``tasks``.
 
     Each task's rows are dropped and the run's model is fitted again with the run's method,
@@ -159,7 +160,8 @@ def refit_task_terms(post: Posterior, tasks: Sequence[int], say=None) -> tuple[n
     return np.asarray(terms), problems
 
 
-def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str], say=None):
+def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
+              say: Callable[[str], None] | None = None):
     """``loo`` (by task) with the terms of the tasks ``refit`` asks for replaced by exact refits."""
     from . import convert
 
