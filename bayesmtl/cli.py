@@ -493,7 +493,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise ValueError("--refit all refits one task at a time: use it with --by task")
     table = compare(a.runs, by=a.by, refit=a.refit, trust_pickle=a.trust_pickle, trust_code=a.trust_code,
                     progress=True)
-    refitted = any("refitted exactly" in n for n in table.attrs["notes"])
+    refitted = bool(table.attrs["refitted"])
     what = ("leave one row out" if a.by == "row" else "leave one task out (" + (
         "exact refits where the notes say, importance sampling elsewhere" if refitted else "importance sampling") + ")")
     print(f"PSIS-LOO, {what}: {table.attrs['n']} {a.by}s; elpd_diff and dse against the best run; "

@@ -162,7 +162,8 @@ def refit_task_terms(post: Posterior, tasks: Sequence[int],
 
 def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
               say: Callable[[str], None] | None = None):
-    """``loo`` (by task) with the terms of the tasks ``refit`` asks for replaced by exact refits."""
+    """``loo`` (by task) with the terms of the tasks ``refit`` asks for replaced by exact refits,
+    and the names of those tasks."""
     from . import convert
 
     k, good = np.asarray(loo.pareto_k), float(loo.good_k)
@@ -172,9 +173,9 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
     elif refit == "auto" and T <= REFIT_TASKS:
         tasks = np.flatnonzero(k > good)
     else:
-        return loo
+        return loo, []
     if not len(tasks):
-        return loo
+        return loo, []
     t0 = time.perf_counter()
     exact, problems = refit_task_terms(post, tasks, None if say is None else (lambda m: say(f"{name}: {m}")))
     elpd_i = np.asarray(loo.loo_i, dtype=float).copy()
@@ -187,7 +188,7 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
                  f"{', ...' if len(labels) > 5 else ''}) in {time.perf_counter() - t0:.0f} s; "
                  + ("the others by importance sampling" if len(tasks) < T else "no importance sampling"))
     notes.extend(f"{name}: {p}" for p in problems[:3])
-    return convert.exact_loo(elpd_i, lppd, int(loo.n_samples), pareto_k=k, good_k=good)
+    return convert.exact_loo(elpd_i, lppd, int(loo.n_samples), pareto_k=k, good_k=good), labels
 
 
 def _say(line: str) -> None:
@@ -216,7 +217,8 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     ``dse`` (difference to the best and its standard error), ``p_loo`` (effective number of
     parameters), ``weight`` (stacking weights), ``n_high_k`` (rows or tasks with Pareto k >
     0.7), ``max_k``, ``draws`` (the back end's kind of draws) and ``model``. ``attrs``: ``by``,
-    ``n`` (rows or tasks), ``notes`` (one line per caveat: high Pareto k, exact GP leave-one-out).
+    ``n`` (rows or tasks), ``notes`` (one line per caveat: high Pareto k, exact GP leave-one-out,
+    refits), ``refitted`` (run name -> the tasks left out by exact refits).
 
     Models whose rows are not independent given the parameters (a GP: ``rows_independent``
     False) are scored by their exact leave-one-out density instead (``exact_loo``), also from
@@ -231,14 +233,14 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
     _check_runs(posts)
     notes: list[str] = []
-    loo = {}
+    loo, refitted = {}, {}
     for name, p in posts.items():
         if not p.model.rows_independent:
             loo[name] = exact_loo(p, by)
             continue
         loo[name] = convert.loo(pointwise_log_likelihood(p, by))
         if by == "task":
-            loo[name] = _refitted(p, loo[name], refit, name, notes, _say if progress else None)
+            loo[name], refitted[name] = _refitted(p, loo[name], refit, name, notes, _say if progress else None)
     table = convert.compare(loo)
     rows = []
     for name, p in posts.items():
@@ -262,5 +264,6 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
                                              "; consider K-fold cross-validation"))
     extra = pd.DataFrame(rows, index=table.index)
     out = table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]].join(extra)
-    out.attrs.update(by=by, n=int(np.asarray(next(iter(loo.values())).pareto_k).size), notes=notes)
+    out.attrs.update(by=by, n=int(np.asarray(next(iter(loo.values())).pareto_k).size), notes=notes,
+                     refitted={name: tasks for name, tasks in refitted.items() if tasks})
     return out

@@ -157,7 +157,7 @@ class TaskRelations:
         single task), ``credible_share`` (share of those pairs credibly related at ``prob``),
         ``tasks`` (the members, comma-separated, in heatmap order).
         """
-        from scipy.cluster.hierarchy import fcluster
+        from scipy.cluster.hierarchy import fcluster, leaves_list
 
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be at least 1; got {max_blocks!r}")
@@ -166,7 +166,8 @@ class TaskRelations:
         labels = np.ones(T, dtype=int) if Z is None else fcluster(Z, t=min(max_blocks, T), criterion="maxclust")
         mean, cred = self.draws.mean(0), self.credible(prob).to_numpy()
         rows, seen = [], {}
-        for i in self.order():  # blocks numbered by where they first appear in the heatmap
+        order = range(T) if Z is None else leaves_list(Z)  # order(), from the linkage already made
+        for i in order:  # blocks numbered by where they first appear in the heatmap
             seen.setdefault(labels[i], []).append(i)
         for n, members in enumerate(seen.values(), 1):
             m = np.asarray(members)
