@@ -22,6 +22,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
@@ -204,6 +205,7 @@ class MultiTaskModel(ModelBase):
         out = {"task": list(data.task_names), "task_": list(data.task_names), "feature": names,
                "feature_": names, "shared_feature": list(self.shared)}
         out.update({k: list(v) for k, v in data.task_levels.items()})  # a plate named after a task feature
+        out.update(self.prior.sized(data.n_tasks).coords(names))
         return out
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
@@ -223,11 +225,13 @@ class MultiTaskModel(ModelBase):
         ``loc`` and ``scale`` come from ``scaled_by`` (the training data; default ``data``)."""
         T = len(data.task_names) - start
         loc, scale, _ = self.scaling(data if scaled_by is None else scaled_by)
+        rows = torch.bincount(data.task, minlength=len(data.task_names))[start:]
         return Tasks(n=T, dims=len(self.varying_names(data)), plate=plate, loc=loc, scale=scale,
                      features=TaskFeatures({k: v[start:] for k, v in data.task_features.items()}),
                      levels=dict(data.task_levels), names=list(data.task_names[start:]),
                      feature_names=self.varying_names(data),
-                     like=torch.zeros((), dtype=data.dtype, device=data.device))
+                     like=torch.zeros((), dtype=data.dtype, device=data.device),
+                     rows=rows.to(dtype=data.dtype, device=data.device))
 
     def _sample_prior(self, tasks: Tasks, reparam: dict | None) -> torch.Tensor:
         """Run the prior for ``tasks``; its return value checked to be (..., T, D)."""
@@ -479,6 +483,11 @@ class MultiTaskModel(ModelBase):
         """Pointwise log-likelihood of the rows, shape (S, N)."""
         eta, params, lik = self._eta_params(data, data, samples, None)
         return lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
+
+    def inclusion(self, post) -> pd.DataFrame:
+        """Posterior inclusion probabilities of the features (sparsity priors, ``TaskPrior.inclusion``)."""
+        names = self.varying_names(post.data)
+        return self.prior.inclusion(post.flat(), post.task_names, names)
 
     def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
         """Draws of the (T, T) task relation (S, T, T), what they measure, and whether signed."""

@@ -251,6 +251,11 @@ class Posterior:
                              point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
                              null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None))
 
+    def inclusion(self) -> pd.DataFrame:
+        """Posterior inclusion probability of each feature, shared and per task (sparsity priors
+        such as ``priors.SharedSparsity``); ``attrs["rule"]`` says how it is computed."""
+        return self.model.inclusion(self)
+
     def num_clusters(self) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""
         return self.model.num_clusters(self)

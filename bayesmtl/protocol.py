@@ -65,6 +65,9 @@ class Tasks:
         feature's coefficient has ``loc`` 0 and ``scale`` sd(target) / sd(feature). The
         built-in priors' defaults are Normal(loc, 2.5 scale) for locations and HalfNormal(scale)
         for spreads; a user prior may use them the same way. Zeros and ones when not given.
+    rows : Tensor, shape (T,), optional
+        Training rows of each task (for new tasks in prediction: their rows in the new data),
+        e.g. for a global scale that depends on the sample size (a horseshoe's tau0).
 
     Under a batch of chains or particles, hyperparameters carry leading dims: index per-task
     gathers as ``g[..., tasks.features["group"], :]``, not ``g[group]``.
@@ -80,6 +83,7 @@ class Tasks:
     like: torch.Tensor | None = None
     loc: torch.Tensor | None = None
     scale: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         like = self.like if self.like is not None else torch.zeros(())
@@ -246,6 +250,11 @@ class ModelBase:
     def prior_scales(self, data: MultiTaskData) -> dict[str, float]:
         """The data scales the default priors were set from (run.json); none by default."""
         return {}
+
+    def inclusion(self, post) -> Any:
+        """Posterior inclusion probabilities of the features (sparsity priors only)."""
+        raise TypeError(f"{type(self).__name__} does not select features; inclusion() needs a sparsity prior "
+                        "such as bayesmtl.priors.SharedSparsity")
 
     def num_clusters(self, post) -> Any:
         """Posterior of the number of occupied clusters (clustering models only)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["hierarchical_regression", "planted_clusters"]
+__all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression"]
 
 
 def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3, noise: float = 0.5,
@@ -87,3 +87,34 @@ def planted_clusters(clusters: int = 3, tasks_per_cluster: int = 10, rows: int =
     df.insert(0, "task", [names[t] for t in task])
     df["y"] = y
     return df, {"theta": theta, "cluster": cluster, "w": w}
+
+
+def sparse_regression(n_tasks: int = 20, features: int = 60, rows: int = 40, shared: int = 5,
+                      private_tasks: int = 6, effect: float = 1.0, private_effect: float = 1.5,
+                      noise: float = 1.0, test_rows: int = 0, seed: int = 0,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Joint sparsity with task-private features (issue 19's planted problem: p > n per task).
+
+    Features x0..x{shared-1} matter in every task, with coefficients effect * sign_j * (1 + 0.3 e_tj)
+    (a shared sign and size per feature, a task spread); task t < ``private_tasks`` also has
+    feature ``shared + t`` with coefficient ``private_effect`` in it alone. Features are standard
+    normal, the intercept is 2. Returns the training frame (``rows`` per task), a test frame
+    (``test_rows`` per task, same tasks) and the truth: ``w`` (T, features), ``shared`` (features,)
+    bool, ``private`` (T, features) bool.
+    """
+    rng = np.random.default_rng(seed)
+    n = rows + test_rows
+    X = rng.normal(size=(n_tasks, n, features))
+    w = np.zeros((n_tasks, features))
+    sign = np.where(rng.random(shared) < 0.5, -1.0, 1.0)
+    w[:, :shared] = effect * sign * (1 + 0.3 * rng.normal(size=(n_tasks, shared)))
+    private = np.zeros((n_tasks, features), bool)
+    for t in range(min(private_tasks, n_tasks, features - shared)):
+        w[t, shared + t] = private_effect
+        private[t, shared + t] = True
+    y = 2.0 + np.einsum("tnf,tf->tn", X, w) + noise * rng.normal(size=(n_tasks, n))
+    frames = [pd.DataFrame(X[t], columns=[f"x{j}" for j in range(features)]).assign(task=f"task{t}", y=y[t])
+              for t in range(n_tasks)]
+    train = pd.concat([f.iloc[:rows] for f in frames], ignore_index=True)
+    test = pd.concat([f.iloc[rows:] for f in frames], ignore_index=True)
+    return train, test, {"w": w, "shared": np.arange(features) < shared, "private": private}

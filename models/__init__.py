@@ -18,10 +18,12 @@ REGISTRY = {
     "dp-clustering": "dp_clustering:DPClustering",
     "multitask-gp": "multitask_gp:MultitaskGP",
     "task-relationship": "task_relationship:TaskRelationship",
+    "shared-sparsity": "sparsity:SharedSparsity",
+    "dirty": "sparsity:Dirty",
 }
 
 _LAZY = {"DPClustering": "dp_clustering", "MultitaskGP": "multitask_gp",
-         "TaskRelationship": "task_relationship"}
+         "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity"}
 
 
 def get_model_class(name: str):

@@ -110,12 +110,6 @@ class DPClustering(MultiTaskModel):
             out.bound_defaults = out.bound_defaults + [f"likelihood={out.likelihood.kind}"]
         return out
 
-    def coords(self, data):
-        """Coordinate labels of the model's dims, clusters included."""
-        out = super().coords(data)
-        out.update(self.prior.coords())
-        return out
-
     # ------------------------------------------------------------------ the Pyro program
     def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None, observe: bool = True):
         if subsample_size is not None:

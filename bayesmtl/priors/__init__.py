@@ -4,6 +4,7 @@ from .base import TaskPrior
 from .dirichlet import DirichletProcess
 from .hierarchical import Hierarchical, Independent, Pooled
 from .relationship import LKJ, InverseWishart, TaskRelationship
+from .sparsity import SharedSparsity
 
 __all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "InverseWishart", "TaskRelationship",
-           "DirichletProcess"]
+           "DirichletProcess", "SharedSparsity"]

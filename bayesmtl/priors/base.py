@@ -9,7 +9,10 @@ vectorised by an outer plate at dim ``-(max_plate_nesting + 1)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 import torch
 from pyro.distributions import Distribution
 from torch.distributions import TransformedDistribution
@@ -71,6 +74,18 @@ class TaskPrior:
         z = torch.randn(n, 2, n_dims, generator=g, dtype=torch.float64)
         z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (z[:, 0] * z[:, 1]).sum(-1).numpy()
+
+    def coords(self, feature_names: Sequence[str] = ()) -> dict[str, list]:
+        """Labels of dims the prior names itself (``site_dims``) beyond task and feature, given
+        the names of the D task parameters; none by default."""
+        return {}
+
+    def inclusion(self, samples: dict[str, torch.Tensor], task_names: Sequence[str],
+                  feature_names: Sequence[str]) -> pd.DataFrame:
+        """Posterior inclusion probability of each feature (sparsity priors such as
+        ``SharedSparsity``); other priors select no features."""
+        raise TypeError(f"{type(self).__name__} does not select features; inclusion() needs a sparsity prior "
+                        "such as bayesmtl.priors.SharedSparsity")
 
     def cluster_counts(self, samples: dict[str, torch.Tensor]) -> np.ndarray | None:
         """Occupied clusters per draw (S,) for a clustering prior; None (the default) otherwise."""

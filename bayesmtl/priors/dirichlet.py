@@ -130,7 +130,7 @@ class DirichletProcess(TaskPrior):
     def defaults(self):
         return [f"base.{k}" for k in self.base.defaults()]
 
-    def coords(self) -> dict[str, list]:
+    def coords(self, feature_names=()) -> dict[str, list]:
         """Coordinate labels of the prior's own dims (the clusters)."""
         K = self.truncation
         return {"cluster": list(range(K)), "stick": list(range(K - 1))}
