@@ -44,7 +44,7 @@ class SharedSparsity(MultiTaskModel):
 
     def extra_outputs(self, post) -> dict[str, pd.DataFrame]:
         """``inclusion.csv``: the posterior inclusion probabilities."""
-        return {"inclusion.csv": post.inclusion()}
+        return {"inclusion.csv": post.inclusion().reset_index()}
 
 
 class Dirty(SharedSparsity):

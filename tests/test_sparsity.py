@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import pandas as pd
 import pyro.distributions as dist
 import pytest
 import torch
@@ -128,3 +129,24 @@ def test_planted_joint_sparsity_issue_19(method):
         assert ours < mse(_fit(other, data, "svi", steps=5000)), type(other).__name__
     if method != "svi":
         assert post.diagnostics()["divergences"] == 0
+
+
+def test_cli_fits_the_dirty_model_and_writes_the_inclusion_table(tmp_path, capsys):
+    from bayesmtl.cli import main
+
+    train, _, truth = sparse_regression(n_tasks=5, features=8, rows=25, shared=2, private_tasks=1, seed=2)
+    path = tmp_path / "train.csv"
+    train.to_csv(path, index=False)
+    run = tmp_path / "run"
+    assert main(["fit", "--model", "dirty", "--data", str(path), "--task", "task", "--target", "y",
+                 "--model-option", "slab_scale=3", "--method", "svi", "--option", "steps=1500",
+                 "--option", "min_steps=500", "--out", str(run)]) == 0
+    table = pd.read_csv(run / "inclusion.csv", index_col="feature")
+    assert list(table.columns) == ["shared"] + [f"task{t}" for t in range(5)]
+    assert table.index.tolist() == [f"x{j}" for j in range(8)]
+    assert roc_auc_score(truth["shared"], table["shared"]) == 1.0
+    loaded = bm.load(run)
+    assert loaded.model.prior.private and loaded.model.prior.slab_scale == 3.0
+    assert main(["fit", "--model", "shared-sparsity", "--data", str(path), "--task", "task", "--target", "y",
+                 "--model-option", "slab_scale=-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "slab_scale must be a positive number" in capsys.readouterr().err
