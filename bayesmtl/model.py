@@ -81,6 +81,11 @@ class MultiTaskModel(ModelBase):
     name = "multitask"
 
     @property
+    def unidentified_sites(self) -> tuple[str, ...]:
+        """The prior's sites identified only up to a symmetry (left out of summaries and r_hat)."""
+        return tuple(self.prior.unidentified_sites)
+
+    @property
     def outcome(self) -> str:
         """The likelihood's kind ("gaussian", "bernoulli", ...)."""
         return self.likelihood.kind

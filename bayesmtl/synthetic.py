@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression"]
+__all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression", "subspace_regression"]
 
 
 def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3, noise: float = 0.5,
@@ -118,3 +118,32 @@ def sparse_regression(n_tasks: int = 20, features: int = 60, rows: int = 40, sha
     train = pd.concat([f.iloc[:rows] for f in frames], ignore_index=True)
     test = pd.concat([f.iloc[rows:] for f in frames], ignore_index=True)
     return train, test, {"w": w, "shared": np.arange(features) < shared, "private": private}
+
+
+def subspace_regression(n_tasks: int = 30, features: int = 25, factors: int = 3, rows: int = 30,
+                        overlap: float = 0.2, noise: float = 1.0, test_rows: int = 0, seed: int = 0,
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Task coefficients that are sparse combinations of a few basis vectors (issue 19's planted
+    subspace): task t belongs to group t mod ``factors`` and uses that group's basis vector with
+    a code of size 1-2; a share ``overlap`` of the tasks also uses the next group's vector.
+    Basis vectors are N(0, 1) entries scaled to norm 2.5 over the features. Returns the training
+    frame, a test frame (``test_rows`` per task) and the truth: ``w`` (T, features),
+    ``basis`` (factors, features), ``codes`` (T, factors), ``group`` (T,).
+    """
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(factors, features))
+    basis *= 2.5 / np.linalg.norm(basis, axis=1, keepdims=True)
+    group = np.arange(n_tasks) % factors
+    codes = np.zeros((n_tasks, factors))
+    codes[np.arange(n_tasks), group] = rng.uniform(1.0, 2.0, n_tasks) * np.where(rng.random(n_tasks) < 0.5, -1, 1)
+    both = rng.random(n_tasks) < overlap
+    codes[both, (group[both] + 1) % factors] = rng.uniform(0.5, 1.0, both.sum())
+    w = codes @ basis
+    n = rows + test_rows
+    X = rng.normal(size=(n_tasks, n, features))
+    y = 1.0 + np.einsum("tnf,tf->tn", X, w) + noise * rng.normal(size=(n_tasks, n))
+    frames = [pd.DataFrame(X[t], columns=[f"x{j}" for j in range(features)]).assign(task=f"task{t}", y=y[t])
+              for t in range(n_tasks)]
+    train = pd.concat([f.iloc[:rows] for f in frames], ignore_index=True)
+    test = pd.concat([f.iloc[rows:] for f in frames], ignore_index=True)
+    return train, test, {"w": w, "basis": basis, "codes": codes, "group": group}

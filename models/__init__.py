@@ -20,10 +20,12 @@ REGISTRY = {
     "task-relationship": "task_relationship:TaskRelationship",
     "shared-sparsity": "sparsity:SharedSparsity",
     "dirty": "sparsity:Dirty",
+    "shared-subspace": "subspace:SharedSubspace",
 }
 
 _LAZY = {"DPClustering": "dp_clustering", "MultitaskGP": "multitask_gp",
-         "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity"}
+         "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity",
+         "SharedSubspace": "subspace"}
 
 
 def get_model_class(name: str):

@@ -46,7 +46,8 @@ def _case(name: str, seed: int = 0):
         train, new, _ = planted(name, n_tasks=5, rows=6, seed=seed, new_tasks=1)
         model, data = build(name, train)
         return model, train, new, data
-    df, _ = hierarchical_regression(n_tasks=5, rows=6, features=1, seed=seed)
+    features = 3 if name == "shared-subspace" else 1  # a subspace needs features to span
+    df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
     cls = get_model_class(name)
     model = cls(likelihood="gaussian") if name == "dp-clustering" else cls()

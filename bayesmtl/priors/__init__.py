@@ -5,6 +5,7 @@ from .dirichlet import DirichletProcess
 from .hierarchical import Hierarchical, Independent, Pooled
 from .relationship import LKJ, InverseWishart, TaskRelationship
 from .sparsity import SharedSparsity
+from .subspace import SharedSubspace
 
 __all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "InverseWishart", "TaskRelationship",
-           "DirichletProcess", "SharedSparsity"]
+           "DirichletProcess", "SharedSparsity", "SharedSubspace"]

@@ -39,6 +39,8 @@ class TaskPrior:
     #: whether the package may non-centre this prior's location-scale sites (``MultiTaskModel(reparam=...)``);
     #: priors that choose their own parametrisation set False
     reparam: bool = True
+    #: sites identified only up to a symmetry (rotation, sign, label): left out of summaries and r_hat
+    unidentified_sites: tuple[str, ...] = ()
 
     def sample(self, tasks: Tasks) -> torch.Tensor:
         """The task parameters (..., T, D), sampled inside a Pyro model."""

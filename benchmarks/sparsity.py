@@ -1,0 +1,192 @@
+"""Joint sparsity and the dirty model (issue 19) against what a user would pick instead.
+
+Prints one table per case:
+
+- ``planted``: issue 19's problem (``synthetic.sparse_regression``: 20 tasks, 60 features, 40
+  rows a task, 5 shared features, 6 private ones): ROC AUC of the shared inclusion
+  probabilities, of the private ones over task-feature pairs, test MSE, r_hat, divergences and
+  time, for each ``--methods``; the hierarchical Normal prior and independent fits (SVI), and
+  scikit-learn's per-task ``LassoCV`` as the point-estimate anchor (the tasks have different
+  rows, so ``MultiTaskLasso``, which needs one design for every task, does not apply).
+- ``survey``: computer survey (190 respondents rate the same 16 profiles; the last 4 are the
+  test): RMSE, against scikit-learn ``MultiTaskLassoCV`` / ``MultiTaskElasticNetCV`` (one
+  design for every respondent, so they apply as they stand), per-respondent ``RidgeCV`` and
+  the hierarchical model.
+- ``school``: explained variance (1 - MSE / var(y_test), in %) on the Argyriou et al. splits,
+  all 21 features per school under the sparsity priors; the hierarchical model with the
+  school-level features shared, as in ``benchmarks/calibration.py``.
+
+    .venv/bin/python benchmarks/sparsity.py --cases planted --methods chees,svi
+    .venv/bin/python benchmarks/sparsity.py --cases survey,school --splits 0-2
+
+Bayesian fits use their default settings (SVI: the structured guide, 20,000 steps at most).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LassoCV, MultiTaskElasticNetCV, MultiTaskLassoCV, RidgeCV
+from sklearn.metrics import roc_auc_score
+
+import bayesmtl as bm
+from bayesmtl import datasets
+from bayesmtl.synthetic import sparse_regression
+
+SCHOOL_VARYING = ["year_1985", "year_1986", "female", "vr1", "vr2"]
+SCHOOL_SHARED = ["pct_fsm", "pct_vr1", "ethnic_african", "ethnic_arab", "ethnic_bangladeshi", "ethnic_caribbean",
+                 "ethnic_greek", "ethnic_indian", "ethnic_pakistani", "ethnic_se_asian", "ethnic_turkish",
+                 "ethnic_other", "school_boys", "school_girls", "denom_cofe", "denom_rc"]
+MCMC = dict(chains=4, warmup=500, draws=500)
+
+
+def _fit(model, data, method, seed, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        post = bm.fit(model, data, method=method, seed=seed, progress=False, **(MCMC if method != "svi" else {}), **kw)
+        seconds = time.perf_counter() - t0
+    n_warn = sum(issubclass(w.category, bm.diagnostics.DiagnosticWarning) for w in caught)
+    return post, seconds, n_warn
+
+
+def _mcmc_stats(post) -> dict:
+    if post.info.get("draws_kind") != "mcmc":
+        return {"max r_hat": None, "divergences": None}
+    s = post.summary()
+    return {"max r_hat": round(float(s["r_hat"].max()), 3), "divergences": post.diagnostics()["divergences"]}
+
+
+def planted(args) -> list[dict]:
+    train, test, truth = sparse_regression(seed=args.seed, test_rows=40)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    feats = [c for c in train.columns if c.startswith("x")]
+    T = train["task"].nunique()
+    mask = ~truth["shared"][None, :].repeat(T, 0)
+    rows = []
+
+    def mse(pred):
+        return float(((pred - test["y"].to_numpy()) ** 2).mean())
+
+    for name, cls in (("dirty", bm.models.Dirty), ("shared-sparsity", bm.models.SharedSparsity)):
+        for method in args.methods:
+            post, sec, n_warn = _fit(cls(), data, method, args.seed)
+            inc = post.inclusion()
+            row = {"case": "planted", "model": name, "method": method,
+                   "shared AUC": round(roc_auc_score(truth["shared"], inc["shared"]), 3),
+                   "test MSE": round(mse(post.predict(test)["mean"].to_numpy()), 3), "seconds": round(sec, 1),
+                   "warnings": n_warn, "path": post.info["path"], **_mcmc_stats(post)}
+            if name == "dirty":
+                private = inc.drop(columns="shared").to_numpy().T
+                row["private AUC"] = round(roc_auc_score(truth["private"][mask], private[mask]), 3)
+            rows.append(row)
+            print(row, flush=True)
+    for name, model in (("hierarchical", bm.models.Hierarchical()), ("independent", bm.models.Independent())):
+        post, sec, n_warn = _fit(model, data, "svi", args.seed)
+        rows.append({"case": "planted", "model": name, "method": "svi", "seconds": round(sec, 1),
+                     "test MSE": round(mse(post.predict(test)["mean"].to_numpy()), 3)})
+        print(rows[-1], flush=True)
+    pred = np.empty(len(test))
+    t0 = time.perf_counter()
+    for task, part in train.groupby("task"):
+        rows_test = (test["task"] == task).to_numpy()
+        fit = LassoCV(cv=5, random_state=args.seed).fit(part[feats], part["y"])
+        pred[rows_test] = fit.predict(test.loc[rows_test, feats])
+    rows.append({"case": "planted", "model": "LassoCV per task", "method": "sklearn",
+                 "test MSE": round(mse(pred), 3), "seconds": round(time.perf_counter() - t0, 1)})
+    print(rows[-1], flush=True)
+    return rows
+
+
+def survey(args) -> list[dict]:
+    train, test = datasets.computer_survey()
+    attrs = list(datasets.SURVEY_ATTRIBUTES)
+    # each respondent rates the same profiles in the same order
+    train = train.assign(profile=train.groupby("respondent").cumcount())
+    test = test.assign(profile=test.groupby("respondent").cumcount())
+    data = bm.MultiTaskData.from_frame(train.drop(columns="profile"), task="respondent", target="rating",
+                                       features=attrs)
+    rows = []
+
+    def rmse(pred):
+        return float(np.sqrt(((pred - test["rating"].to_numpy()) ** 2).mean()))
+
+    for name, model in (("hierarchical", bm.models.Hierarchical()), ("shared-sparsity", bm.models.SharedSparsity()),
+                        ("dirty", bm.models.Dirty())):
+        post, sec, n_warn = _fit(model, data, args.method, args.seed)
+        rows.append({"case": "survey", "model": name, "method": args.method, "RMSE": round(rmse(
+            post.predict(test)["mean"].to_numpy()), 3), "seconds": round(sec, 1), "warnings": n_warn})
+        print(rows[-1], flush=True)
+    # one design for every respondent: Y is (16 profiles, 190 respondents)
+    wide = train.pivot(index="profile", columns="respondent", values="rating")
+    X = train.drop_duplicates("profile").set_index("profile").loc[wide.index, attrs].to_numpy(float)
+    Xt = test.drop_duplicates("profile").set_index("profile")[attrs]
+    anchors = (("MultiTaskLassoCV", MultiTaskLassoCV(cv=4)), ("MultiTaskElasticNetCV", MultiTaskElasticNetCV(cv=4)),
+               ("RidgeCV per respondent", RidgeCV(alphas=np.logspace(-3, 3, 13))))
+    for name, est in anchors:
+        t0 = time.perf_counter()
+        fit = est.fit(X, wide.to_numpy(float))
+        pred_wide = pd.DataFrame(fit.predict(Xt.to_numpy(float)), index=Xt.index, columns=wide.columns)
+        pred = pred_wide.stack().rename("p").reset_index()
+        merged = test.merge(pred, on=["profile", "respondent"], how="left")
+        rows.append({"case": "survey", "model": name, "method": "sklearn",
+                     "RMSE": round(rmse(merged["p"].to_numpy()), 3), "seconds": round(time.perf_counter() - t0, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def school(args) -> list[dict]:
+    rows = []
+    for k in args.splits:
+        train, test = datasets.school(split=k)
+        feats, shared = SCHOOL_VARYING + SCHOOL_SHARED, SCHOOL_SHARED  # no reference levels
+        data = bm.MultiTaskData.from_frame(train, task="school", target="score", features=feats, standardize=True)
+        for name, model in (("hierarchical", bm.models.Hierarchical(shared=shared)),
+                            ("shared-sparsity", bm.models.SharedSparsity()), ("dirty", bm.models.Dirty())):
+            post, sec, n_warn = _fit(model, data, args.method, args.seed + k)
+            pred = post.predict(test)["mean"].to_numpy()
+            y = test["score"].to_numpy()
+            ev = 100 * (1 - ((pred - y) ** 2).mean() / y.var())
+            rows.append({"case": "school", "split": k, "model": name, "method": args.method,
+                         "explained variance %": round(float(ev), 2), "seconds": round(sec, 1), "warnings": n_warn})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _splits(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="planted", help="planted,survey,school")
+    p.add_argument("--methods", default="chees,svi", help="planted: back ends for the sparsity models")
+    p.add_argument("--method", default="svi", help="survey, school: back end of the Bayesian models")
+    p.add_argument("--splits", default="0", help="school: '0-9' or '0,3'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file for the rows")
+    args = p.parse_args(argv)
+    args.methods = args.methods.split(",")
+    args.splits = _splits(args.splits)
+    torch.set_num_threads(1)
+    rows = []
+    for case in args.cases.split(","):
+        rows += {"planted": planted, "survey": survey, "school": school}[case](args)
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
