@@ -8,6 +8,10 @@ Prints one table per case:
   time, for each ``--methods``; the hierarchical Normal prior and independent fits (SVI), and
   scikit-learn's per-task ``LassoCV`` as the point-estimate anchor (the tasks have different
   rows, so ``MultiTaskLasso``, which needs one design for every task, does not apply).
+- ``subspace``: issue 19's planted subspace (``synthetic.subspace_regression``: 30 tasks, 25
+  features, sparse codes on 3 basis vectors in 3 overlapping groups), 6 tasks with only 5
+  training rows: the posterior mode of the number of active factors, the adjusted Rand index of
+  the groups cut from |relation|, and test MSE on the few-row tasks, against the hierarchical prior.
 - ``survey``: computer survey (190 respondents rate the same 16 profiles; the last 4 are the
   test): RMSE, against scikit-learn ``MultiTaskLassoCV`` / ``MultiTaskElasticNetCV`` (one
   design for every respondent, so they apply as they stand), per-respondent ``RidgeCV`` and
@@ -104,6 +108,47 @@ def planted(args) -> list[dict]:
     return rows
 
 
+def subspace(args) -> list[dict]:
+    """Issue 19's planted subspace (``synthetic.subspace_regression``), 6 of 30 tasks with 5 rows."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    from sklearn.metrics import adjusted_rand_score
+
+    from bayesmtl.synthetic import subspace_regression
+
+    train, test, truth = subspace_regression(seed=args.seed, test_rows=30)
+    few = [f"task{t}" for t in range(24, 30)]
+    train = train[~train["task"].isin(few) | (train.groupby("task").cumcount() < 5)]
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    new = test[test["task"].isin(few)]
+
+    def mse(post, df):
+        return round(float(((post.predict(df)["mean"].to_numpy() - df["y"].to_numpy()) ** 2).mean()), 3)
+
+    rows = []
+    for sparse in (True, False):
+        for method in args.methods:
+            model = bm.models.SharedSubspace(prior=bm.priors.SharedSubspace(max_factors=8, sparse_codes=sparse))
+            post, sec, n_warn = _fit(model, data, method, args.seed)
+            counts = model.num_factors(post).set_index("num_factors")["probability"]
+            d = 1 - np.abs(post.relations().mean().to_numpy())
+            np.fill_diagonal(d, 0)
+            groups = fcluster(linkage(squareform(d, checks=False), "average"), 3, criterion="maxclust")
+            order = [int(t.removeprefix("task")) for t in post.task_names]
+            rows.append({"case": "subspace", "model": f"shared-subspace ({'sparse' if sparse else 'dense'} codes)",
+                         "method": method, "factors mode": int(counts.idxmax()),
+                         "P(mode)": round(float(counts.max()), 2),
+                         "group ARI": round(adjusted_rand_score(truth["group"][order], groups), 3),
+                         "few-row tasks MSE": mse(post, new), "test MSE": mse(post, test), "seconds": round(sec, 1),
+                         "warnings": n_warn, **_mcmc_stats(post)})
+            print(rows[-1], flush=True)
+    post, sec, _ = _fit(bm.models.Hierarchical(), data, "svi", args.seed)
+    rows.append({"case": "subspace", "model": "hierarchical", "method": "svi", "few-row tasks MSE": mse(post, new),
+                 "test MSE": mse(post, test), "seconds": round(sec, 1)})
+    print(rows[-1], flush=True)
+    return rows
+
+
 def survey(args) -> list[dict]:
     train, test = datasets.computer_survey()
     attrs = list(datasets.SURVEY_ATTRIBUTES)
@@ -168,7 +213,7 @@ def _splits(text: str) -> list[int]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="planted", help="planted,survey,school")
+    p.add_argument("--cases", default="planted", help="planted,subspace,survey,school")
     p.add_argument("--methods", default="chees,svi", help="planted: back ends for the sparsity models")
     p.add_argument("--method", default="svi", help="survey, school: back end of the Bayesian models")
     p.add_argument("--splits", default="0", help="school: '0-9' or '0,3'")
@@ -180,7 +225,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     rows = []
     for case in args.cases.split(","):
-        rows += {"planted": planted, "survey": survey, "school": school}[case](args)
+        rows += {"planted": planted, "subspace": subspace, "survey": survey, "school": school}[case](args)
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False))
     if args.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 import pyro.distributions as dist
 import pytest
@@ -150,3 +151,76 @@ def test_cli_fits_the_dirty_model_and_writes_the_inclusion_table(tmp_path, capsy
     assert main(["fit", "--model", "shared-sparsity", "--data", str(path), "--task", "task", "--target", "y",
                  "--model-option", "slab_scale=-1", "--out", str(tmp_path / "bad")]) == 2
     assert "slab_scale must be a positive number" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- shared subspace
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_factors=0), "max_factors must be an integer >= 1"),
+    (dict(max_factors=2.5), "max_factors must be an integer >= 1"),
+    (dict(residual_scale=0), "residual_scale must be a positive number"),
+    (dict(active_share=1.5), "active_share must lie in (0, 1)"),
+])
+def test_subspace_bad_settings_are_one_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bm.priors.SharedSubspace(**kwargs)
+
+
+def test_subspace_needs_fewer_factors_than_features():
+    data, _, _ = _data(n_tasks=3, features=4, rows=8, shared=1, private_tasks=0)
+    with pytest.raises(ValueError, match="max_factors below the number of features"):
+        bm.models.SharedSubspace(prior=bm.priors.SharedSubspace(max_factors=4)).check(data)
+
+
+def test_subspace_summaries_leave_out_the_rotation_and_name_the_factors():
+    from bayesmtl.synthetic import subspace_regression
+
+    train, _, _ = subspace_regression(n_tasks=6, features=5, factors=2, rows=10, seed=1)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    post = _fit(bm.models.SharedSubspace(prior=bm.priors.SharedSubspace(max_factors=3)), data, "map",
+                steps=200, min_steps=100)
+    sites = post.summarised_sites()
+    assert "subspace" in sites and "active_factors" in sites
+    assert not {"loadings", "codes", "factor_scale"} & set(sites)
+    assert post.to_arviz().posterior["loadings"].dims[2:] == ("factor", "sparse_feature")
+    assert post.to_arviz().posterior.coords["factor"].values.tolist() == ["factor_0", "factor_1", "factor_2"]
+    counts = post.model.num_factors(post)
+    assert counts["probability"].sum() == pytest.approx(1.0) and counts["num_factors"].between(1, 3).all()
+
+
+def _groups_from_relation(rel, k: int) -> np.ndarray:
+    """A point partition from |posterior-mean relation|: tasks that use the same basis vector,
+    whichever the sign of their codes."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    d = 1 - np.abs(rel.mean().to_numpy())
+    np.fill_diagonal(d, 0)
+    return fcluster(linkage(squareform(d, checks=False), "average"), k, criterion="maxclust")
+
+
+@pytest.mark.slow
+def test_planted_subspace_issue_19():
+    """Issue 19's planted subspace: 30 tasks, 25 features, sparse combinations of 3 basis vectors
+    in 3 overlapping groups; 6 of the tasks come with 5 rows only (p > n). The number of active
+    factors has its mode at 3, the groups come back from the relations (adjusted Rand >= 0.8),
+    and the few-row tasks are predicted better than by the hierarchical prior."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from bayesmtl.synthetic import subspace_regression
+
+    train, test, truth = subspace_regression(seed=0, test_rows=30)
+    few = [f"task{t}" for t in range(24, 30)]
+    train = train[~train["task"].isin(few) | (train.groupby("task").cumcount() < 5)]
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    model = bm.models.SharedSubspace(prior=bm.priors.SharedSubspace(max_factors=8, sparse_codes=True))
+    post = _fit(model, data, "chees", chains=4, warmup=500, draws=500)
+    counts = model.num_factors(post).set_index("num_factors")["probability"]
+    assert counts.idxmax() == 3
+    group = truth["group"][[int(t.removeprefix("task")) for t in post.task_names]]
+    assert adjusted_rand_score(group, _groups_from_relation(post.relations(), 3)) >= 0.8
+    new = test[test["task"].isin(few)]
+
+    def mse(p):
+        return float(((p.predict(new)["mean"].to_numpy() - new["y"].to_numpy()) ** 2).mean())
+
+    assert mse(post) < mse(_fit(bm.models.Hierarchical(), data, "svi"))

@@ -8,7 +8,7 @@ learned up to ``max_factors``.
 With the F features' coefficients in their data-scaled units u_j = sd(y) / sd(x_j):
 
     delta_1 ~ Gamma(a1, 1), delta_k ~ Gamma(a2, 1),  phi_k = (delta_1 ... delta_k)^(-1/2)
-    L_kj ~ N(0, 1),  s_tk ~ N(0, 1) (dense) or N(0, kappa_tk^2), kappa_tk ~ HalfCauchy(1) (sparse codes)
+    L_kj ~ N(0, 1),  s_tk ~ N(0, 1) (dense) or Laplace(0, 1) = N(0, v_tk), v_tk ~ Exponential(1/2) (sparse codes)
     w_tj / u_j = m_j + sum_k s_tk phi_k L_kj + psi e_tj,   m_j ~ N(0, 2.5^2),  psi ~ HalfNormal(residual)
 
 The intercept, when the model has one, is hierarchical (as in ``SharedSparsity``). S and L are
@@ -18,9 +18,9 @@ in the data's units, ``w``, and ``active_factors``, the number of factors that e
 least ``active_share`` of the subspace's sum of squares.
 
 Sites: ``mean`` (F,), ``shrinkage`` (K,), ``loadings`` (K, F), ``residual_scale`` (),
-``codes`` (T, K) (sparse: ``code_scale`` (T, K) and ``codes_raw`` (T, K)), ``deviation_raw``
+``codes`` (T, K) (sparse: ``code_scale_raw`` (T, K), the variances v, and ``codes_raw`` (T, K)), ``deviation_raw``
 (T, D), ``intercept_mean`` (), ``intercept_scale`` (); deterministic ``factor_scale`` (K,),
-``subspace`` (T, F), ``active_factors`` () and ``w`` (T, D).
+(sparse: ``code_scale`` (T, K)), ``subspace`` (T, F), ``active_factors`` () and ``w`` (T, D).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from ..protocol import Tasks
 from .base import TaskPrior, _cosine
 from .hierarchical import LOCATION_SCALE
-from .sparsity import _half_cauchy, _has_intercept, _positive, _sparse
+from .sparsity import _has_intercept, _positive, _sparse
 
 __all__ = ["SharedSubspace"]
 
@@ -49,8 +49,8 @@ class SharedSubspace(TaskPrior):
         Upper bound K on the subspace's dimension (1 <= K < F, the number of features).
         Default: min(5, F - 1).
     sparse_codes : bool
-        Horseshoe task codes: each task uses few factors, so groups of tasks share basis vectors
-        and may overlap (Kumar & Daumé 2012).
+        Laplace task codes (the Bayesian form of Kumar & Daumé's l1 penalty): each task leans on
+        few factors, so groups of tasks share basis vectors and may overlap.
     residual_scale : float
         Scale of the HalfNormal prior on psi, each task's deviation from the subspace (units of
         sd(y) / sd(x)).
@@ -68,8 +68,8 @@ class SharedSubspace(TaskPrior):
     relation_kind = ("cosine of the tasks' components in the shared subspace (identified under rotation of the "
                      "factors): +1 = the same direction, 0 = unrelated, -1 = opposite")
     #: identified only up to rotation, sign and order of the factors: left out of summaries and r_hat
-    unidentified_sites = ("loadings", "codes", "codes_raw", "code_scale", "code_scale_raw", "code_scale_mix_raw",
-                          "shrinkage", "factor_scale")
+    unidentified_sites = ("loadings", "codes", "codes_raw", "code_scale", "code_scale_raw", "shrinkage",
+                          "factor_scale")
 
     def __init__(self, max_factors: int | None = None, sparse_codes: bool = False, residual_scale: float = 0.5,
                  a1: float = 2.0, a2: float = 3.0, active_share: float = 0.05):
@@ -105,7 +105,7 @@ class SharedSubspace(TaskPrior):
                 "intercept_mean": (), "intercept_scale": ()}
         if self.sparse_codes:
             dims.update({"code_scale": ("task", "factor"), "code_scale_raw": ("task", "factor"),
-                         "code_scale_mix_raw": ("task", "factor"), "codes_raw": ("task", "factor")})
+                         "codes_raw": ("task", "factor")})
         else:
             dims["codes"] = ("task", "factor")
         return dims
@@ -129,7 +129,10 @@ class SharedSubspace(TaskPrior):
             si = pyro.sample("intercept_scale", dist.HalfNormal(tasks.scale[0].to(like)))
         with tasks.plate:
             if self.sparse_codes:
-                kap = _half_cauchy("code_scale", 1.0, ones_k)
+                # Laplace codes (the Bayesian form of an l1 penalty) as a scale mixture; a horseshoe's
+                # Cauchy tails made a new task's predictive mean a Monte-Carlo lottery
+                v = pyro.sample("code_scale_raw", dist.Exponential(0.5 * ones_k).to_event(1))
+                kap = pyro.deterministic("code_scale", v.sqrt(), event_dim=1)
                 s = kap * pyro.sample("codes_raw", dist.Normal(0 * ones_k, ones_k).to_event(1))
             else:
                 s = pyro.sample("codes", dist.Normal(0 * ones_k, ones_k).to_event(1))
