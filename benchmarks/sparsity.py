@@ -173,7 +173,7 @@ def survey(args) -> list[dict]:
     X = train.drop_duplicates("profile").set_index("profile").loc[wide.index, attrs].to_numpy(float)
     Xt = test.drop_duplicates("profile").set_index("profile")[attrs]
     anchors = (("MultiTaskLassoCV", MultiTaskLassoCV(cv=4)), ("MultiTaskElasticNetCV", MultiTaskElasticNetCV(cv=4)),
-               ("RidgeCV per respondent", RidgeCV(alphas=np.logspace(-3, 3, 13))))
+               ("RidgeCV (one alpha for all respondents)", RidgeCV(alphas=np.logspace(-3, 3, 13))))
     for name, est in anchors:
         t0 = time.perf_counter()
         fit = est.fit(X, wide.to_numpy(float))

@@ -28,15 +28,19 @@ def _fit(model, data, method, **kw):
         return bm.fit(model, data, method=method, seed=0, progress=False, **kw)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(slab_scale=0.0), "slab_scale must be a positive number"),
-    (dict(slab_df=-1), "slab_df must be a positive number"),
-    (dict(global_scale=dist.Normal(0.0, 1.0)), "global_scale must be a distribution on (0, inf)"),
-    (dict(expected_features=0), "expected_features must be a positive number"),
+@pytest.mark.parametrize("prior,kwargs,message", [
+    ("SharedSparsity", dict(slab_scale=0.0), "slab_scale must be a positive number"),
+    ("SharedSparsity", dict(slab_df=-1), "slab_df must be a positive number"),
+    ("SharedSparsity", dict(global_scale=dist.Normal(0.0, 1.0)), "global_scale must be a distribution on (0, inf)"),
+    ("SharedSparsity", dict(expected_features=0), "expected_features must be a positive number"),
+    ("SharedSubspace", dict(max_factors=0), "max_factors must be an integer >= 1"),
+    ("SharedSubspace", dict(max_factors=2.5), "max_factors must be an integer >= 1"),
+    ("SharedSubspace", dict(residual_scale=0), "residual_scale must be a positive number"),
+    ("SharedSubspace", dict(active_share=1.5), "active_share must lie in (0, 1)"),
 ])
-def test_bad_settings_are_one_clear_error(kwargs, message):
+def test_bad_settings_are_one_clear_error(prior, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        bm.priors.SharedSparsity(**kwargs)
+        getattr(bm.priors, prior)(**kwargs)
 
 
 def test_a_model_without_features_or_with_too_many_expected_is_refused():
@@ -154,17 +158,6 @@ def test_cli_fits_the_dirty_model_and_writes_the_inclusion_table(tmp_path, capsy
 
 
 # ---------------------------------------------------------------------- shared subspace
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(max_factors=0), "max_factors must be an integer >= 1"),
-    (dict(max_factors=2.5), "max_factors must be an integer >= 1"),
-    (dict(residual_scale=0), "residual_scale must be a positive number"),
-    (dict(active_share=1.5), "active_share must lie in (0, 1)"),
-])
-def test_subspace_bad_settings_are_one_clear_error(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        bm.priors.SharedSubspace(**kwargs)
-
-
 def test_subspace_needs_fewer_factors_than_features():
     data, _, _ = _data(n_tasks=3, features=4, rows=8, shared=1, private_tasks=0)
     with pytest.raises(ValueError, match="max_factors below the number of features"):
