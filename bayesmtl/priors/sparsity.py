@@ -13,14 +13,17 @@ task-varying parameter but the intercept):
 so a feature is switched on or off for every task at once (lambda_j), with a shared effect
 (z_j) and a task spread (r_j) both under the switch. ``private=True`` adds a task-private sparse
 part, tau_p ltp_tj v_tj with its own global scale and one local scale per (task, feature).
-The intercept, when the model has one, is hierarchical: w_t0 = m + s a_t. Everything is
-non-centred, which is what NUTS needs on a horseshoe.
+The intercept, when the model has one, is hierarchical: w_t0 = m + s e_t0. Everything is
+non-centred, which is what NUTS needs on a horseshoe; each half-Cauchy scale is drawn as
+a sqrt(b) (``_half_cauchy``). With a Gaussian likelihood the w_t are integrated out
+(``marginals.sparsity_gaussian``).
 
-Sites: ``global_scale`` (), ``slab`` (), ``local_scale`` (F,), ``effect_raw`` (F,), ``spread``
-(F,), ``deviation_raw`` (T, D), with ``private``: ``private_global_scale`` (),
+Sites: ``global_scale`` () (from ``global_scale_raw`` and ``global_scale_mix_raw`` at its default),
+``slab`` (), ``local_scale`` (F,), ``effect_raw`` (F,), ``spread`` (F,), ``deviation_raw``
+(T, D) (the intercept's column first), with ``private``: ``private_global_scale`` (),
 ``private_local_scale`` (T, F), ``private_raw`` (T, F); the intercept's ``intercept_mean`` (),
-``intercept_scale`` () (its task deviations are ``deviation_raw[:, 0]``); deterministic ``effect`` (F,) (the shared
-coefficients in the data's units) and ``w`` (T, D).
+``intercept_scale`` (); deterministic ``effect`` (F,) (the shared coefficients in the data's
+units), ``inclusion`` (F,), ``private_inclusion`` (T, F) and ``w`` (T, D).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
+from torch.distributions import constraints
 
 from ..protocol import Tasks
 from .base import TaskPrior, as_distribution, move_distribution
@@ -58,9 +62,11 @@ def _scale_prior(value, name: str):
     if value is None:
         return None
     d = as_distribution(value, name)
+    sup = d.support
     if isinstance(d, dist.Delta):
         _positive(float(d.v), name)
-    elif d.support is not dist.constraints.positive and not isinstance(d.support, type(dist.constraints.positive)):
+    elif not (isinstance(sup, (constraints._GreaterThan, constraints._GreaterThanEq))
+              and float(sup.lower_bound) >= 0):
         raise ValueError(f"{name} must be a distribution on (0, inf) such as HalfCauchy(0.1); got {d!r} "
                          f"with support {d.support}")
     if d.batch_shape != torch.Size() or d.event_shape != torch.Size():
@@ -125,7 +131,7 @@ class SharedSparsity(TaskPrior):
         return {"sparse_feature": _sparse(list(feature_names))}
 
     def site_dims(self) -> dict[str, tuple[str, ...]]:
-        dims = {"global_scale": (), "global_scale_raw": (), "global_scale_mix_raw": (), "slab": (),
+        dims = {"global_scale": (), "slab": (),
                 "local_scale": ("sparse_feature",), "local_scale_raw": ("sparse_feature",),
                 "local_scale_mix_raw": ("sparse_feature",), "effect_raw": ("sparse_feature",),
                 "spread": ("sparse_feature",), "deviation_raw": ("task", "feature"),
@@ -138,6 +144,10 @@ class SharedSparsity(TaskPrior):
                          "private_local_scale_mix_raw": ("task", "sparse_feature"),
                          "private_raw": ("task", "sparse_feature"),
                          "private_inclusion": ("task", "sparse_feature")})
+            if self.private_global_scale is not None:
+                del dims["private_global_scale_raw"], dims["private_global_scale_mix_raw"]
+        if self.global_scale is None:
+            dims.update({"global_scale_raw": (), "global_scale_mix_raw": ()})
         return dims
 
     def tau0(self, n_features: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +180,7 @@ class SharedSparsity(TaskPrior):
         if self.global_scale is None:
             tau = _half_cauchy("global_scale", t0, like.new_ones(())).unsqueeze(-1)
         else:
-            tau = pyro.sample("global_scale", move_distribution(self.global_scale, like)).unsqueeze(-1)
+            tau = _given_scale("global_scale", self.global_scale, like)
         half = like.new_tensor(self.slab_df / 2)
         c2 = self.slab_scale ** 2 * pyro.sample("slab", dist.InverseGamma(half, half)).unsqueeze(-1)
         ones = like.new_ones(F)
@@ -192,8 +202,7 @@ class SharedSparsity(TaskPrior):
             if self.private_global_scale is None:
                 tau_p = _half_cauchy("private_global_scale", tp0, like.new_ones(())).unsqueeze(-1)
             else:
-                tau_p = pyro.sample("private_global_scale",
-                                    move_distribution(self.private_global_scale, like)).unsqueeze(-1)
+                tau_p = _given_scale("private_global_scale", self.private_global_scale, like)
             with tasks.plate:
                 kap = _half_cauchy("private_local_scale", 1.0, ones)
                 scale_p = tau_p * _regularised(kap, tau_p, c2)  # (..., T, F): batch hyperparameters broadcast
@@ -243,6 +252,13 @@ class SharedSparsity(TaskPrior):
         gs = "data-scaled HalfCauchy" if self.global_scale is None else self.global_scale
         return (f"SharedSparsity(global_scale={gs}, slab_scale={self.slab_scale}, slab_df={self.slab_df}, "
                 f"private={self.private}, expected_features={self.expected_features})")
+
+
+def _given_scale(name: str, d: dist.Distribution, like: torch.Tensor) -> torch.Tensor:
+    """A user's prior of a global scale as a site, or the number itself when fixed; shape (..., 1)."""
+    if isinstance(d, dist.Delta):
+        return like.new_tensor([float(d.v)])
+    return pyro.sample(name, move_distribution(d, like)).unsqueeze(-1)
 
 
 def _half_cauchy(name: str, scale, ones: torch.Tensor) -> torch.Tensor:
