@@ -113,8 +113,17 @@ class SparsityGaussian(Marginal):
 
         return model
 
-    def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Add exact draws of ``w`` (S, T, D) and the program's ``deviation_raw`` / ``private_raw``."""
+    def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator,
+                    chunk: int = 200) -> dict[str, torch.Tensor]:
+        """Add exact draws of ``w`` (S, T, D) and the program's ``deviation_raw`` / ``private_raw``,
+        ``chunk`` draws at a time (A is (chunk, T, D, D): 2,000 draws at once of 20 tasks x 61
+        parameters would hold 1.2 GB)."""
+        S = next(iter(samples.values())).shape[0]
+        parts = [self._conditional({k: v[lo:lo + chunk] for k, v in samples.items()}, generator)
+                 for lo in range(0, S, chunk)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         from ..pyro_util import batch_condition
 
         S = next(iter(samples.values())).shape[0]
@@ -128,16 +137,14 @@ class SparsityGaussian(Marginal):
         with torch.no_grad(), pyro.poutine.block():
             batch_condition(prog, samples, S, 1)
         mean, sd, private_sd = box["pop"]
-        sigma = samples["sigma"]
-        mean2, sd2, s2, _ = self._moments(mean, sd, private_sd, sigma)
+        mean2, sd2, s2, _ = self._moments(mean, sd, private_sd, samples["sigma"])
         c, _, L = self._factor(mean2, sd2, s2)
         # w_t = m + sd_t * q,  q ~ N(A^-1 sd_t c, A^-1)
         v = torch.linalg.solve_triangular(L, (sd2 * c).unsqueeze(-1), upper=False)
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         q = torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
-        d = sd2 * q                                                   # w - m, (S, T, D)
         out = dict(samples)
-        out["w"] = mean2.unsqueeze(-2) + d
+        out["w"] = mean2.unsqueeze(-2) + sd2 * q
         if private_sd is None:
             out["deviation_raw"] = q  # sd_t is the shared sd itself
             return out
