@@ -226,11 +226,10 @@ def main(argv=None) -> None:
     rows = []
     for case in args.cases.split(","):
         rows += {"planted": planted, "subspace": subspace, "survey": survey, "school": school}[case](args)
-    table = pd.DataFrame(rows)
-    print(table.to_markdown(index=False))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 if __name__ == "__main__":
