@@ -152,10 +152,10 @@ class SharedSparsity(TaskPrior):
 
     def tau0(self, n_features: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Default global scales (shared, private): p0 / (F - p0) / sqrt(n), p0 = 1 for the
-        private parts, n the mean rows per task (a tensor: no host sync inside a compiled program)."""
+        private parts, n the mean rows per task, a 0-d tensor (no host sync inside a compiled program)."""
         p0 = self.expected_features if self.expected_features is not None else max(1.0, 0.1 * n_features)
         p0 = min(p0, n_features - 0.5)
-        root = rows.mean().clamp_min(1.0).sqrt()
+        root = rows.clamp_min(1.0).sqrt()
         return p0 / (n_features - p0) / root, 1.0 / max(n_features - 1.0, 0.5) / root
 
     # ------------------------------------------------------------------ the program
@@ -175,7 +175,7 @@ class SharedSparsity(TaskPrior):
             raise ValueError("SharedSparsity needs at least one feature besides the intercept")
         n_t = tasks.rows.to(like) if tasks.rows is not None else like.new_ones(tasks.n)
         rows = n_t.mean()
-        t0, tp0 = self.tau0(F, n_t)
+        t0, tp0 = self.tau0(F, rows)
         unit = tasks.scale[int(has_icpt):].to(like)
         if self.global_scale is None:
             tau = _half_cauchy("global_scale", t0, like.new_ones(())).unsqueeze(-1)
