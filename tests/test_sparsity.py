@@ -59,13 +59,18 @@ def test_inclusion_needs_a_sparsity_prior():
 
 
 @pytest.mark.parametrize("private", [False, True])
-def test_collapsed_density_is_the_marginal_of_the_program(private):
+@pytest.mark.parametrize("features,rows", [(6, 7), (8, 5)])
+def test_collapsed_density_is_the_marginal_of_the_program(private, features, rows):
     """For fixed population values, the collapsed log density equals the Gaussian marginal of y
-    computed directly: y_t ~ N(X_t m, X_t V_t X_t' + sigma^2 I)."""
-    data, _, _ = _data(n_tasks=4, features=6, rows=7, shared=2, private_tasks=2, seed=1)
+    computed directly: y_t ~ N(X_t m, X_t V_t X_t' + sigma^2 I); with fewer rows than
+    parameters in every task (8 features, 5 rows, one task 4) in the padded row form."""
+    train, _, _ = sparse_regression(n_tasks=4, features=features, rows=rows, shared=2, private_tasks=2, seed=1)
+    train = train.drop(index=train.index[train["task"] == train["task"].iloc[0]][-1])  # unequal rows
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
     model = bm.MultiTaskModel(bm.priors.SharedSparsity(private=private)).bind(data)
     f = form(model, data, "collapsed")
     assert f is not None
+    assert (f.rows is not None) == (rows < features + 1)
     g = torch.Generator().manual_seed(0)
     T, D = f.T, f.D
     mean = torch.randn(2, D, generator=g, dtype=torch.float64)
