@@ -18,10 +18,18 @@ Prints one table per case:
   the hierarchical model.
 - ``school``: explained variance (1 - MSE / var(y_test), in %) on the Argyriou et al. splits,
   all 21 features per school under the sparsity priors; the hierarchical model with the
-  school-level features shared, as in ``benchmarks/calibration.py``.
+  school-level features shared, as in ``benchmarks/calibration.py``; scikit-learn anchors:
+  ``RidgeCV`` per school on the 5 student-level features, and one ``LassoCV`` over all schools
+  on the 21 features plus a school indicator (the schools have different students, so
+  ``MultiTaskLasso`` does not apply).
+- ``landmine``: mean AUC over the 29 fields at ``--n-train`` rows a field (Bernoulli
+  likelihood), splits as ``examples/landmine.py``; anchors: per-field L1 and L2 logistic
+  regression with a cross-validated penalty (``LogisticRegressionCV``) and the hierarchical
+  model. The DP model's .738/.776/.777 comes from ``examples/landmine.py`` (docs/benchmarks.md).
 
     .venv/bin/python benchmarks/sparsity.py --cases planted --methods chees,svi
     .venv/bin/python benchmarks/sparsity.py --cases survey,school --splits 0-2
+    .venv/bin/python benchmarks/sparsity.py --cases landmine --n-train 40,80,160 --splits 0-9
 
 Bayesian fits use their default settings (SVI: the structured guide, 20,000 steps at most).
 """
@@ -36,7 +44,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LassoCV, MultiTaskElasticNetCV, MultiTaskLassoCV, RidgeCV
+from sklearn.linear_model import (
+    LassoCV,
+    LogisticRegression,
+    LogisticRegressionCV,
+    MultiTaskElasticNetCV,
+    MultiTaskLassoCV,
+    RidgeCV,
+)
 from sklearn.metrics import roc_auc_score
 
 import bayesmtl as bm
@@ -79,7 +94,7 @@ def planted(args) -> list[dict]:
         return float(((pred - test["y"].to_numpy()) ** 2).mean())
 
     for name, cls in (("dirty", bm.models.Dirty), ("shared-sparsity", bm.models.SharedSparsity)):
-        for method in args.methods:
+        for method in args.methods if name in args.models else ():
             post, sec, n_warn = _fit(cls(), data, method, args.seed)
             inc = post.inclusion()
             row = {"case": "planted", "model": name, "method": method,
@@ -92,10 +107,14 @@ def planted(args) -> list[dict]:
             rows.append(row)
             print(row, flush=True)
     for name, model in (("hierarchical", bm.models.Hierarchical()), ("independent", bm.models.Independent())):
+        if name not in args.models:
+            continue
         post, sec, n_warn = _fit(model, data, "svi", args.seed)
         rows.append({"case": "planted", "model": name, "method": "svi", "seconds": round(sec, 1),
                      "test MSE": round(mse(post.predict(test)["mean"].to_numpy()), 3)})
         print(rows[-1], flush=True)
+    if "sklearn" not in args.models:
+        return rows
     pred = np.empty(len(test))
     t0 = time.perf_counter()
     for task, part in train.groupby("task"):
@@ -194,6 +213,8 @@ def school(args) -> list[dict]:
         data = bm.MultiTaskData.from_frame(train, task="school", target="score", features=feats, standardize=True)
         for name, model in (("hierarchical", bm.models.Hierarchical(shared=shared)),
                             ("shared-sparsity", bm.models.SharedSparsity()), ("dirty", bm.models.Dirty())):
+            if name not in args.models:
+                continue
             post, sec, n_warn = _fit(model, data, args.method, args.seed + k)
             pred = post.predict(test)["mean"].to_numpy()
             y = test["score"].to_numpy()
@@ -201,6 +222,81 @@ def school(args) -> list[dict]:
             rows.append({"case": "school", "split": k, "model": name, "method": args.method,
                          "explained variance %": round(float(ev), 2), "seconds": round(sec, 1), "warnings": n_warn})
             print(rows[-1], flush=True)
+        for name, pred, sec in _school_anchors(train, test, feats) if "sklearn" in args.models else ():
+            y = test["score"].to_numpy()
+            rows.append({"case": "school", "split": k, "model": name, "method": "sklearn",
+                         "explained variance %": round(float(100 * (1 - ((pred - y) ** 2).mean() / y.var())), 2),
+                         "seconds": round(sec, 1)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _school_anchors(train, test, feats):
+    """Per-school ``RidgeCV`` on the student-level features; one ``LassoCV`` with a school indicator."""
+    t0 = time.perf_counter()
+    pred = np.full(len(test), train["score"].mean())
+    for school, part in train.groupby("school"):
+        rows_test = (test["school"] == school).to_numpy()
+        if rows_test.any():
+            fit = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(part[SCHOOL_VARYING], part["score"])
+            pred[rows_test] = fit.predict(test.loc[rows_test, SCHOOL_VARYING])
+    yield "RidgeCV per school", pred, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    schools = pd.Categorical(train["school"]).categories
+
+    def design(df):
+        dummies = pd.get_dummies(pd.Categorical(df["school"], categories=schools), dtype=float)
+        x = df[feats].to_numpy(float)
+        return np.hstack([(x - mu) / sd, dummies.to_numpy()])
+
+    mu, sd = train[feats].to_numpy(float).mean(0), train[feats].to_numpy(float).std(0) + 1e-12
+    fit = LassoCV(cv=5, random_state=0).fit(design(train), train["score"])
+    yield "LassoCV, pooled + school indicator", fit.predict(design(test)), time.perf_counter() - t0
+
+
+def _mean_auc(test: pd.DataFrame, prob: np.ndarray) -> float:
+    """AUC of ``prob`` within each field that has both labels, averaged over fields."""
+    aucs = [roc_auc_score(part["label"], prob[(test["field"] == f).to_numpy()])
+            for f, part in test.groupby("field") if part["label"].nunique() == 2]
+    return round(float(np.mean(aucs)), 3)
+
+
+def landmine(args) -> list[dict]:
+    df = datasets.landmine()
+    feats = list(datasets.LANDMINE_FEATURES)
+    rows = []
+    for n_train in args.n_train:
+        for k in args.splits:
+            train, test = datasets.landmine_split(df, n_train, seed=args.seed + k)
+            data = bm.MultiTaskData.from_frame(train, task="field", target="label", features=feats)
+
+            for name, model in (("hierarchical", bm.models.Hierarchical(likelihood="bernoulli")),
+                                ("shared-sparsity", bm.models.SharedSparsity(likelihood="bernoulli")),
+                                ("dirty", bm.models.Dirty(likelihood="bernoulli"))):
+                if name not in args.models:
+                    continue
+                post, sec, n_warn = _fit(model, data, args.method, args.seed)
+                prob = post.predict(test)["probability"].to_numpy()
+                rows.append({"case": "landmine", "n_train": n_train, "split": k, "model": name,
+                             "method": args.method, "mean AUC": _mean_auc(test, prob), "seconds": round(sec, 1),
+                             "warnings": n_warn})
+                print(rows[-1], flush=True)
+            for penalty in ("l1", "l2") if "sklearn" in args.models else ():
+                t0 = time.perf_counter()
+                prob = np.empty(len(test))
+                for f, part in train.groupby("field"):
+                    m = (test["field"] == f).to_numpy()
+                    cv = min(5, int(part["label"].sum()))
+                    if cv < 2:  # one positive: no cross-validation possible, a fixed moderate penalty
+                        est = LogisticRegression(penalty=penalty, C=1.0, solver="liblinear")
+                    else:
+                        est = LogisticRegressionCV(Cs=10, cv=cv, penalty=penalty, solver="liblinear",
+                                                   scoring="roc_auc")
+                    prob[m] = est.fit(part[feats], part["label"]).predict_proba(test.loc[m, feats])[:, 1]
+                rows.append({"case": "landmine", "n_train": n_train, "split": k,
+                             "model": f"{penalty.upper()} logistic per field (CV)", "method": "sklearn",
+                             "mean AUC": _mean_auc(test, prob), "seconds": round(time.perf_counter() - t0, 1)})
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -213,19 +309,25 @@ def _splits(text: str) -> list[int]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="planted", help="planted,subspace,survey,school")
+    p.add_argument("--cases", default="planted", help="planted,subspace,survey,school,landmine")
     p.add_argument("--methods", default="chees,svi", help="planted: back ends for the sparsity models")
     p.add_argument("--method", default="svi", help="survey, school: back end of the Bayesian models")
-    p.add_argument("--splits", default="0", help="school: '0-9' or '0,3'")
+    p.add_argument("--splits", default="0", help="school, landmine: '0-9' or '0,3'")
+    p.add_argument("--n-train", default="80", help="landmine: rows per field, e.g. '40,80,160'")
+    p.add_argument("--models", default="hierarchical,independent,shared-sparsity,dirty,sklearn",
+                   help="planted, school, landmine: which rows to fit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
     args.methods = args.methods.split(",")
+    args.models = args.models.split(",")
     args.splits = _splits(args.splits)
+    args.n_train = [int(n) for n in args.n_train.split(",")]
     torch.set_num_threads(1)
     rows = []
     for case in args.cases.split(","):
-        rows += {"planted": planted, "subspace": subspace, "survey": survey, "school": school}[case](args)
+        rows += {"planted": planted, "subspace": subspace, "survey": survey, "school": school,
+                 "landmine": landmine}[case](args)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)

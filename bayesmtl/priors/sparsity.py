@@ -14,12 +14,11 @@ so a feature is switched on or off for every task at once (lambda_j), with a sha
 (z_j) and a task spread (r_j) both under the switch. ``private=True`` adds a task-private sparse
 part, tau_p ltp_tj v_tj with its own global scale and one local scale per (task, feature).
 The intercept, when the model has one, is hierarchical: w_t0 = m + s e_t0. Everything is
-non-centred, which is what NUTS needs on a horseshoe; each half-Cauchy scale is drawn as
-a sqrt(b) (``_half_cauchy``). With a Gaussian likelihood the w_t are integrated out
+non-centred, which is what NUTS needs on a horseshoe; each half-Cauchy scale is one site
+(``_half_cauchy`` says why). With a Gaussian likelihood the w_t are integrated out
 (``marginals.sparsity_gaussian``).
 
-Sites: ``global_scale`` () (from ``global_scale_raw`` and ``global_scale_mix_raw`` at its default),
-``slab`` (), ``local_scale`` (F,), ``effect_raw`` (F,), ``spread`` (F,), ``deviation_raw``
+Sites: ``global_scale`` (), ``slab`` (), ``local_scale`` (F,), ``effect_raw`` (F,), ``spread`` (F,), ``deviation_raw``
 (T, D) (the intercept's column first), with ``private``: ``private_global_scale`` (),
 ``private_local_scale`` (T, F), ``private_raw`` (T, F); the intercept's ``intercept_mean`` (),
 ``intercept_scale`` (); deterministic ``effect`` (F,) (the shared coefficients in the data's
@@ -132,22 +131,14 @@ class SharedSparsity(TaskPrior):
 
     def site_dims(self) -> dict[str, tuple[str, ...]]:
         dims = {"global_scale": (), "slab": (),
-                "local_scale": ("sparse_feature",), "local_scale_raw": ("sparse_feature",),
-                "local_scale_mix_raw": ("sparse_feature",), "effect_raw": ("sparse_feature",),
+                "local_scale": ("sparse_feature",), "effect_raw": ("sparse_feature",),
                 "spread": ("sparse_feature",), "deviation_raw": ("task", "feature"),
                 "effect": ("sparse_feature",), "inclusion": ("sparse_feature",), "w": ("task", "feature"),
                 "intercept_mean": (), "intercept_scale": ()}
         if self.private:
-            dims.update({"private_global_scale": (), "private_global_scale_raw": (), "private_global_scale_mix_raw": (),
-                         "private_local_scale": ("task", "sparse_feature"),
-                         "private_local_scale_raw": ("task", "sparse_feature"),
-                         "private_local_scale_mix_raw": ("task", "sparse_feature"),
+            dims.update({"private_global_scale": (), "private_local_scale": ("task", "sparse_feature"),
                          "private_raw": ("task", "sparse_feature"),
                          "private_inclusion": ("task", "sparse_feature")})
-            if self.private_global_scale is not None:
-                del dims["private_global_scale_raw"], dims["private_global_scale_mix_raw"]
-        if self.global_scale is None:
-            dims.update({"global_scale_raw": (), "global_scale_mix_raw": ()})
         return dims
 
     def tau0(self, n_features: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,15 +253,15 @@ def _given_scale(name: str, d: dist.Distribution, like: torch.Tensor) -> torch.T
 
 
 def _half_cauchy(name: str, scale, ones: torch.Tensor) -> torch.Tensor:
-    """A HalfCauchy(scale) site drawn as scale * a sqrt(b), a ~ HalfNormal(1), b ~ InvGamma(1/2, 1/2),
-    as Piironen & Vehtari's Stan code does (sites ``<name>_raw``, ``<name>_mix_raw``, left out of
-    summaries; the value is recorded as ``name``). On a small planted problem NUTS gave min ESS
-    508 this way against 381 for a half-Cauchy sampled directly."""
-    def site(d):
-        return d.to_event(ones.dim()) if ones.dim() else d
-    a = pyro.sample(f"{name}_raw", site(dist.HalfNormal(ones)))
-    b = pyro.sample(f"{name}_mix_raw", site(dist.InverseGamma(0.5 * ones, 0.5 * ones)))
-    return pyro.deterministic(name, scale * a * b.sqrt(), event_dim=ones.dim())
+    """A HalfCauchy(scale) site ``name`` of ``ones``' shape.
+
+    Sampled directly, not as Piironen & Vehtari's scale * a sqrt(b) (a ~ HalfNormal(1),
+    b ~ InvGamma(1/2, 1/2)): the log of a half-Cauchy is close to Gaussian, which SVI's guides
+    fit, whereas log a and log b are skewed and doubled the sites. On issue 19's planted problem
+    (20 tasks, 60 features) SVI's private AUC went from 0.68 to 1.00 and its test MSE from 1.81
+    to 1.23; the cost is NUTS's min ESS on a small planted problem, 381 against 508."""
+    d = dist.HalfCauchy(scale * ones)
+    return pyro.sample(name, d.to_event(ones.dim()) if ones.dim() else d)
 
 
 def _regularised(lam: torch.Tensor, tau: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
