@@ -70,7 +70,7 @@ def test_collapsed_density_is_the_marginal_of_the_program(private, features, row
     model = bm.MultiTaskModel(bm.priors.SharedSparsity(private=private)).bind(data)
     f = form(model, data, "collapsed")
     assert f is not None
-    assert (f.rows is not None) == (rows < features + 1)
+    assert (f.stats.rows is not None) == (rows < features + 1)
     g = torch.Generator().manual_seed(0)
     T, D = f.T, f.D
     mean = torch.randn(2, D, generator=g, dtype=torch.float64)
@@ -183,6 +183,54 @@ def test_subspace_summaries_leave_out_the_rotation_and_name_the_factors():
     assert post.to_arviz().posterior.coords["factor"].values.tolist() == ["factor_0", "factor_1", "factor_2"]
     counts = post.model.num_factors(post)
     assert counts["probability"].sum() == pytest.approx(1.0) and counts["num_factors"].between(1, 3).all()
+
+
+@pytest.mark.parametrize("sparse_codes", [False, True])
+@pytest.mark.parametrize("rows", [12, 4])
+def test_subspace_collapsed_density_is_the_marginal_of_the_program(sparse_codes, rows):
+    """At population values drawn from the prior, the collapsed log density equals the Gaussian
+    marginal computed directly, y_t ~ N(X_t m, X_t (diag(d)^2 + G_t G_t') X_t' + sigma^2 I); with
+    4 rows a task (fewer than D + K = 9) in the padded row form."""
+    from pyro import poutine
+
+    from bayesmtl.synthetic import subspace_regression
+
+    train, _, _ = subspace_regression(n_tasks=4, features=5, factors=2, rows=rows, seed=2)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    model = bm.MultiTaskModel(bm.priors.SharedSubspace(max_factors=3, sparse_codes=sparse_codes)).bind(data)
+    f = form(model, data, "collapsed")
+    assert f is not None and (f.stats.rows is not None) == (rows < 9)
+    torch.manual_seed(0)
+    tr = poutine.trace(f._population).get_trace()
+    pop = tr.nodes["_RETURN"]["value"][0]
+    sigma = torch.rand(f.T, dtype=torch.float64) + 0.5
+    mean, B, s2, _ = f._factor(pop, sigma)
+    got = f.stats.log_marginal(mean, B, s2)
+    Xv, _ = model.design(data)
+    want = torch.zeros((), dtype=torch.float64)
+    for t in range(f.T):
+        rows_t = data.task == t
+        X, y = Xv[rows_t], data.y[rows_t]
+        cov = X @ B[0, t] @ B[0, t].T @ X.T + s2[0, t] * torch.eye(len(y), dtype=X.dtype)
+        want += torch.distributions.MultivariateNormal(X @ mean[0], cov).log_prob(y)
+    torch.testing.assert_close(got, want.reshape(1))
+
+
+@pytest.mark.parametrize("sparse_codes", [False, True])
+def test_subspace_collapsed_draws_rebuild_w_through_the_program(sparse_codes):
+    """The collapsed path is the default for MCMC, and its exact draws of deviation_raw and the
+    codes give w through the plain program."""
+    from bayesmtl.synthetic import subspace_regression
+
+    train, _, _ = subspace_regression(n_tasks=5, features=5, factors=2, rows=8, seed=1)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    model = bm.models.SharedSubspace(prior=bm.priors.SharedSubspace(max_factors=2, sparse_codes=sparse_codes))
+    post = _fit(model, data, "nuts", chains=2, warmup=20, draws=10, max_tree_depth=4)
+    assert post.info["path"] == "collapsed"
+    flat = post.flat()
+    rebuilt = post.model.complete(data, {k: v for k, v in flat.items() if k not in ("w", "subspace")})
+    torch.testing.assert_close(rebuilt["w"], flat["w"])
+    torch.testing.assert_close(rebuilt["subspace"], flat["subspace"])
 
 
 def _groups_from_relation(rel, k: int) -> np.ndarray:

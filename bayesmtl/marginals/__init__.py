@@ -73,7 +73,13 @@ def forms(model, data) -> Iterator[tuple[str, Marginal]]:
 
 
 # registration: one line per fast path
-from . import hierarchical_gaussian, hierarchical_glm, sparsity_gaussian, task_relationship_gaussian  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    hierarchical_gaussian,
+    hierarchical_glm,
+    sparsity_gaussian,
+    subspace_gaussian,
+    task_relationship_gaussian,
+)
 
 
 def form(model, data, path: str) -> Marginal | None:

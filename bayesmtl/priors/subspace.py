@@ -26,6 +26,7 @@ Sites: ``mean`` (F,), ``shrinkage`` (K,), ``loadings`` (K, F), ``residual_scale`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -37,7 +38,16 @@ from .base import TaskPrior, _cosine
 from .hierarchical import LOCATION_SCALE
 from .sparsity import _has_intercept, _positive, _sparse
 
-__all__ = ["SharedSubspace"]
+__all__ = ["SharedSubspace", "SubspacePopulation"]
+
+
+class SubspacePopulation(NamedTuple):
+    """The prior of ``w`` given the population: w = mean + diag * e + factor @ codes (see
+    ``SharedSubspace.population``)."""
+
+    mean: torch.Tensor
+    diag: torch.Tensor
+    factor: torch.Tensor
 
 
 class SharedSubspace(TaskPrior):
@@ -110,7 +120,16 @@ class SharedSubspace(TaskPrior):
             dims["codes"] = ("task", "factor")
         return dims
 
-    def sample(self, tasks: Tasks) -> torch.Tensor:
+    def population(self, tasks: Tasks) -> SubspacePopulation:
+        """Sample everything but the tasks' standard-normal draws; returns the prior of ``w``:
+
+            w = mean + diag * deviation_raw + factor @ codes_raw     (codes_raw: ``codes`` when dense)
+
+        mean, diag (..., D) (the intercept first; under a batch of chains (C, 1, D), broadcasting
+        against the tasks), factor (..., T, D, K) (its intercept row 0). Given these, each
+        task's w is Gaussian, which the collapsed Gaussian form integrates out
+        (``marginals.subspace_gaussian``).
+        """
         like = tasks.like
         has_icpt = _has_intercept(tasks.feature_names)
         F = tasks.dims - int(has_icpt)
@@ -123,31 +142,48 @@ class SharedSubspace(TaskPrior):
         phi = pyro.deterministic("factor_scale", torch.cumprod(delta, -1).rsqrt(), event_dim=1)
         L = pyro.sample("loadings", dist.Normal(0 * like, 1 + 0 * like).expand([K, F]).to_event(2))
         psi = pyro.sample("residual_scale", dist.HalfNormal(like.new_tensor(self.residual_scale))).unsqueeze(-1)
+        mean, diag = unit * m, unit * psi.expand(*psi.shape[:-1], F)
         if has_icpt:
             mi = pyro.sample("intercept_mean", dist.Normal(tasks.loc[0].to(like),
                                                            LOCATION_SCALE * tasks.scale[0].to(like)))
             si = pyro.sample("intercept_scale", dist.HalfNormal(tasks.scale[0].to(like)))
-        with tasks.plate:
-            if self.sparse_codes:
+            mean = torch.cat([mi.unsqueeze(-1).expand(*mean.shape[:-1], 1), mean], dim=-1)
+            diag = torch.cat([si.unsqueeze(-1).expand(*diag.shape[:-1], 1), diag], dim=-1)
+        scale = phi * like.new_ones(tasks.n, K)  # (..., T, K): each factor's scale in each task
+        if self.sparse_codes:
+            with tasks.plate:
                 # Laplace codes (the Bayesian form of an l1 penalty) as a scale mixture; a horseshoe's
                 # Cauchy tails made a new task's predictive mean a Monte-Carlo lottery
                 v = pyro.sample("code_scale_raw", dist.Exponential(0.5 * ones_k).to_event(1))
-                kap = pyro.deterministic("code_scale", v.sqrt(), event_dim=1)
-                s = kap * pyro.sample("codes_raw", dist.Normal(0 * ones_k, ones_k).to_event(1))
-            else:
-                s = pyro.sample("codes", dist.Normal(0 * ones_k, ones_k).to_event(1))
+                scale = scale * pyro.deterministic("code_scale", v.sqrt(), event_dim=1)
+        # (..., T, F, K): unit_j L_kj scale_tk; under a batch of chains L (C, 1, K, F) carries the
+        # task plate's 1 already
+        Lt = L.transpose(-1, -2) if L.dim() > 2 else L.transpose(-1, -2).unsqueeze(0)
+        factor = unit[:, None] * Lt * scale.unsqueeze(-2)
+        if has_icpt:
+            factor = torch.nn.functional.pad(factor, (0, 0, 1, 0))
+        return SubspacePopulation(mean, diag, factor)
+
+    def sample(self, tasks: Tasks) -> torch.Tensor:
+        like = tasks.like
+        pop = self.population(tasks)
+        has_icpt = _has_intercept(tasks.feature_names)
+        K = pop.factor.shape[-1]
+        ones_k = like.new_ones(K)
+        with tasks.plate:
+            codes = pyro.sample("codes_raw" if self.sparse_codes else "codes",
+                                dist.Normal(0 * ones_k, ones_k).to_event(1))
             e = pyro.sample("deviation_raw", dist.Normal(0 * like, 1 + 0 * like).expand([tasks.dims]).to_event(1))
-        # (..., T, 1, K) @ (..., 1, K, F): L carries the batch dims of a hyperparameter
-        sub = ((s * phi).unsqueeze(-2) @ L).squeeze(-2)
-        pyro.deterministic("subspace", unit * sub, event_dim=2)
-        energy = phi ** 2 * (s ** 2).sum(-2, keepdim=True) * (L ** 2).sum(-1)  # (..., 1, K): ||s_k phi_k L_k||^2
+        parts = pop.factor * codes.unsqueeze(-2)  # (..., T, D, K): each factor's part of each task's w
+        sub = parts.sum(-1)
+        pyro.deterministic("subspace", sub[..., int(has_icpt):], event_dim=2)
+        # each factor's sum of squares, in units of sd(y) / sd(x)
+        unit = tasks.scale[int(has_icpt):].to(like)
+        energy = ((parts[..., int(has_icpt):, :] / unit[:, None]) ** 2).sum(-2).sum(-2, keepdim=True)  # (..., 1, K)
         share = energy / energy.sum(-1, keepdim=True).clamp_min(torch.finfo(like.dtype).tiny)
         count = (share >= self.active_share).to(like).sum(-1)
         pyro.deterministic("active_factors", count.squeeze(-1) if count.dim() == 1 else count)
-        w = unit * (m + sub + psi * e[..., int(has_icpt):])
-        if has_icpt:
-            w = torch.cat([(mi.unsqueeze(-1) + si.unsqueeze(-1) * e[..., :1]), w], dim=-1)
-        return pyro.deterministic("w", w, event_dim=2)
+        return pyro.deterministic("w", pop.mean + pop.diag * e + sub, event_dim=2)
 
     def relations(self, samples):
         return _cosine(samples["subspace"])

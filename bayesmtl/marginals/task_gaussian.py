@@ -1,0 +1,123 @@
+"""Gaussian task coefficients integrated out of a Gaussian regression, given the population.
+
+The algebra shared by the collapsed forms whose prior makes each task's coefficients Gaussian
+once the population is fixed:
+
+    w_t = m + B_t q_t,  q_t ~ N(0, I_R),  y_t | w_t ~ N(X_t w_t, s2_t I)
+    =>  y_t ~ N(X_t m, X_t B_t B_t' X_t' + s2_t I)
+
+with B_t either diagonal, given as its diagonal (..., T, D) (R = D: a horseshoe's scales), or a
+factor (..., T, D, R) (a subspace's loadings next to a diagonal). Two equivalent forms, each with
+every eigenvalue >= 1 (no division by a scale that may shrink to 0):
+
+- parameters: A = I_R + B' X'X B / s2 from per-task sufficient statistics, O(T R^3);
+- rows, where every task has fewer rows n_t than R (p > n): K = I_n + X B B' X' / s2 on the
+  tasks' rows padded to the largest n_t with zero rows (which add nothing), O(T n^2 R + T n^3).
+
+Afterwards ``draw`` gives q_t exactly from its conditional N(A^-1 B'c, A^-1), c = X'(y - X m) / s2,
+so a form splits w back into its program's own standard-normal sites.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["TaskGaussian"]
+
+
+class TaskGaussian:
+    """Per-task sufficient statistics of one Gaussian regression.
+
+    Parameters
+    ----------
+    X : Tensor (N, D)
+        The task-varying design.
+    y : Tensor (N,)
+    task : LongTensor (N,)
+        Each row's task in 0..T-1.
+    n_tasks : int
+    width : int
+        R, the columns of B; the row form is used where every task has fewer rows than R.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, width: int):
+        T, D = n_tasks, X.shape[-1]
+        self.T, self.D = T, D
+        XX = X.new_zeros(T, D, D).index_add_(0, task, X.unsqueeze(-1) * X.unsqueeze(-2))
+        self.XX = 0.5 * (XX + XX.transpose(-1, -2))
+        self.Xy = X.new_zeros(T, D).index_add_(0, task, X * y.unsqueeze(-1))
+        self.yy = X.new_zeros(T).index_add_(0, task, y * y)
+        self.n = X.new_zeros(T).index_add_(0, task, torch.ones_like(y))
+        self.const = float(y.numel() * math.log(2 * math.pi))
+        n_max = int(self.n.max()) if T else 0
+        self.rows = None  # (X (T, n, D), y (T, n)) padded, in the row form
+        if 0 < n_max < width:
+            slot = _slots(task, T)
+            self.rows = (X.new_zeros(T, n_max, D).index_put_((task, slot), X),
+                         X.new_zeros(T, n_max).index_put_((task, slot), y))
+
+    @staticmethod
+    def _diagonal(B: torch.Tensor, like: torch.Tensor) -> bool:
+        """True when B is given as its diagonal (same rank as ``like``'s (B, T, D))."""
+        return B.dim() == like.dim()
+
+    def _factor(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor):
+        """mean (S, D), B (S, T, D) or (S, T, D, R), s2 (S, T) -> u = B'c (S, T, R), r'r / s2
+        (S, T) and the Cholesky factor of A (S, T, R, R), with c = X'(y - X m) / s2."""
+        inv = 1.0 / s2
+        m = mean.unsqueeze(-2)                                       # (S, 1, D)
+        XXm = torch.matmul(self.XX, m.unsqueeze(-1)).squeeze(-1)     # (S, T, D)
+        c = (self.Xy - XXm) * inv.unsqueeze(-1)
+        rr = (self.yy - (m * (2 * self.Xy - XXm)).sum(-1)) * inv
+        if self._diagonal(B, c):
+            u = B * c
+            A = B.unsqueeze(-1) * self.XX * B.unsqueeze(-2)
+        else:
+            u = torch.matmul(B.transpose(-1, -2), c.unsqueeze(-1)).squeeze(-1)
+            A = B.transpose(-1, -2) @ self.XX @ B
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        L = torch.linalg.cholesky_ex(eye + A * inv[..., None, None])[0]  # every eigenvalue >= 1
+        return u, rr, L
+
+    def log_marginal(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """sum_t log N(y_t | X_t m, X_t B_t B_t' X_t' + s2_t I), shape (S,)."""
+        if self.rows is not None:
+            return self._log_marginal_rows(mean, B, s2)
+        u, rr, L = self._factor(mean, B, s2)
+        v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        ll = -0.5 * (self.n * torch.log(s2) + logdet + rr - (v * v).sum((-1, -2)))
+        return ll.sum(-1) - 0.5 * self.const
+
+    def _log_marginal_rows(self, mean, B, s2) -> torch.Tensor:
+        """``log_marginal`` in the row form: K_t = I + X_t B_t B_t' X_t' / s2_t on the padded rows
+        (a padded row is a zero row of X with y = 0: K's diagonal 1 there, residual 0)."""
+        X, y = self.rows
+        inv = 1.0 / s2                                                   # (S, T)
+        r = y - torch.matmul(X, mean[:, None, :, None]).squeeze(-1)      # (S, T, n); 0 on padded rows
+        XB = X * B.unsqueeze(-2) if self._diagonal(B, r) else X @ B      # (S, T, n, R)
+        eye = torch.eye(X.shape[-2], dtype=X.dtype, device=X.device)
+        L = torch.linalg.cholesky_ex(eye + torch.matmul(XB, XB.transpose(-1, -2)) * inv[..., None, None])[0]
+        a = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False)
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        ll = -0.5 * (self.n * torch.log(s2) + logdet + (a * a).sum((-1, -2)) * inv)
+        return ll.sum(-1) - 0.5 * self.const
+
+    def draw(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """q (S, T, R) from its conditional given y: N(A^-1 B'c, A^-1)."""
+        u, _, L = self._factor(mean, B, s2)
+        v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
+        eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+        return torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
+
+
+def _slots(task: torch.Tensor, T: int) -> torch.Tensor:
+    """Each row's position among its task's rows (0, 1, ... in data order), shape (N,)."""
+    order = torch.argsort(task, stable=True)
+    counts = torch.bincount(task, minlength=T)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(task)
+    slot[order] = torch.arange(task.numel(), device=task.device) - start[task[order]]
+    return slot
