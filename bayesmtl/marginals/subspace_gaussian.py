@@ -55,18 +55,21 @@ class SubspaceGaussian(Marginal):
         Xv, _ = model.design(data)
         self.T, self.D = data.n_tasks, Xv.shape[-1]
         self.K = self.prior.factors(self.D - int(_has_intercept(self.tasks.feature_names)))
-        self.stats = TaskGaussian(Xv, data.y, data.task, data.n_tasks, width=self.D + self.K)
+        # the row form only below D rows, not D + K: the factor's K columns are cheap in the
+        # parameter form (issue 19's planted subspace, 30 rows, D = 26, K = 8: 21 ms a gradient
+        # of 4 chains against 26 ms in the row form)
+        self.stats = TaskGaussian(Xv, data.y, data.task, data.n_tasks, width=self.D)
         self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
         self.codes = "codes_raw" if self.prior.sparse_codes else "codes"
 
     def _factor(self, pop, sigma):
-        """(S, D) mean, (S, T, D, D + K) factor B, (S, T) noise variance, and the batch shape."""
+        """(S, D) mean, B as (diagonal (S, T, D), factor (S, T, D, K)), (S, T) noise variance, and the
+        batch shape."""
         T, D = self.T, self.D
         batch = pop.mean.shape[:-1]
         S = math.prod(batch)
         mean = pop.mean.reshape(S, D)
-        diag = torch.diag_embed(pop.diag.reshape(S, 1, D).expand(S, T, D))
-        B = torch.cat([diag, pop.factor.reshape(S, T, D, self.K)], dim=-1)
+        B = (pop.diag.reshape(S, 1, D).expand(S, T, D), pop.factor.reshape(S, T, D, self.K))
         s2 = (sigma.reshape(S, -1) ** 2).expand(S, T)
         return mean, B, s2, batch
 

@@ -6,8 +6,9 @@ once the population is fixed:
     w_t = m + B_t q_t,  q_t ~ N(0, I_R),  y_t | w_t ~ N(X_t w_t, s2_t I)
     =>  y_t ~ N(X_t m, X_t B_t B_t' X_t' + s2_t I)
 
-with B_t either diagonal, given as its diagonal (..., T, D) (R = D: a horseshoe's scales), or a
-factor (..., T, D, R) (a subspace's loadings next to a diagonal). Two equivalent forms, each with
+with B_t diagonal, given as its diagonal d (..., T, D) (R = D: a horseshoe's scales), or
+[diag(d), G], given as the pair (d, G), G (..., T, D, K) (R = D + K: a subspace's loadings next
+to the task residuals). Two equivalent forms, each with
 every eigenvalue >= 1 (no division by a scale that may shrink to 0):
 
 - parameters: A = I_R + B' X'X B / s2 from per-task sufficient statistics, O(T R^3);
@@ -58,30 +59,28 @@ class TaskGaussian:
             self.rows = (X.new_zeros(T, n_max, D).index_put_((task, slot), X),
                          X.new_zeros(T, n_max).index_put_((task, slot), y))
 
-    @staticmethod
-    def _diagonal(B: torch.Tensor, like: torch.Tensor) -> bool:
-        """True when B is given as its diagonal (same rank as ``like``'s (B, T, D))."""
-        return B.dim() == like.dim()
-
     def _factor(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor):
-        """mean (S, D), B (S, T, D) or (S, T, D, R), s2 (S, T) -> u = B'c (S, T, R), r'r / s2
+        """mean (S, D), B (S, T, D) or a pair ((S, T, D), (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2
         (S, T) and the Cholesky factor of A (S, T, R, R), with c = X'(y - X m) / s2."""
         inv = 1.0 / s2
         m = mean.unsqueeze(-2)                                       # (S, 1, D)
         XXm = torch.matmul(self.XX, m.unsqueeze(-1)).squeeze(-1)     # (S, T, D)
         c = (self.Xy - XXm) * inv.unsqueeze(-1)
         rr = (self.yy - (m * (2 * self.Xy - XXm)).sum(-1)) * inv
-        if self._diagonal(B, c):
-            u = B * c
-            A = B.unsqueeze(-1) * self.XX * B.unsqueeze(-2)
-        else:
-            u = torch.matmul(B.transpose(-1, -2), c.unsqueeze(-1)).squeeze(-1)
-            A = B.transpose(-1, -2) @ self.XX @ B
+        d, G = B if isinstance(B, tuple) else (B, None)
+        u = d * c
+        A = d.unsqueeze(-1) * self.XX * d.unsqueeze(-2)
+        if G is not None:  # B = [diag(d), G]: A's blocks, with no product of a diagonal by a matrix
+            XXG = self.XX @ G                                        # (S, T, D, K)
+            u = torch.cat([u, (G * c.unsqueeze(-1)).sum(-2)], -1)
+            dXXG = d.unsqueeze(-1) * XXG
+            A = torch.cat([torch.cat([A, dXXG], -1),
+                           torch.cat([dXXG.transpose(-1, -2), G.transpose(-1, -2) @ XXG], -1)], -2)
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         L = torch.linalg.cholesky_ex(eye + A * inv[..., None, None])[0]  # every eigenvalue >= 1
         return u, rr, L
 
-    def log_marginal(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    def log_marginal(self, mean: torch.Tensor, B, s2: torch.Tensor) -> torch.Tensor:
         """sum_t log N(y_t | X_t m, X_t B_t B_t' X_t' + s2_t I), shape (S,)."""
         if self.rows is not None:
             return self._log_marginal_rows(mean, B, s2)
@@ -97,7 +96,10 @@ class TaskGaussian:
         X, y = self.rows
         inv = 1.0 / s2                                                   # (S, T)
         r = y - torch.matmul(X, mean[:, None, :, None]).squeeze(-1)      # (S, T, n); 0 on padded rows
-        XB = X * B.unsqueeze(-2) if self._diagonal(B, r) else X @ B      # (S, T, n, R)
+        d, G = B if isinstance(B, tuple) else (B, None)
+        XB = X * d.unsqueeze(-2)                                         # (S, T, n, D)
+        if G is not None:
+            XB = torch.cat([XB, X @ G], -1)                              # (S, T, n, R)
         eye = torch.eye(X.shape[-2], dtype=X.dtype, device=X.device)
         L = torch.linalg.cholesky_ex(eye + torch.matmul(XB, XB.transpose(-1, -2)) * inv[..., None, None])[0]
         a = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False)
@@ -105,7 +107,7 @@ class TaskGaussian:
         ll = -0.5 * (self.n * torch.log(s2) + logdet + (a * a).sum((-1, -2)) * inv)
         return ll.sum(-1) - 0.5 * self.const
 
-    def draw(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def draw(self, mean: torch.Tensor, B, s2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """q (S, T, R) from its conditional given y: N(A^-1 B'c, A^-1)."""
         u, _, L = self._factor(mean, B, s2)
         v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
