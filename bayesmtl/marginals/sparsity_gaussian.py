@@ -19,17 +19,14 @@ Declines (the plain program is used) with shared coefficients or a known per-row
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
-import pyro
 import torch
 
 from ..data import MultiTaskData
 from ..likelihoods import Gaussian
 from ..priors.sparsity import SharedSparsity, pad
-from ..protocol import data_context
-from . import Marginal, register
-from .task_gaussian import TaskGaussian
+from . import register
+from .task_gaussian import PopulationGaussian
 
 __all__ = ["SparsityGaussian", "sparsity_gaussian"]
 
@@ -42,27 +39,16 @@ def sparsity_gaussian(model, data: MultiTaskData) -> SparsityGaussian | None:
     return SparsityGaussian(model, data)
 
 
-class SparsityGaussian(Marginal):
+class SparsityGaussian(PopulationGaussian):
     """Sufficient statistics and the collapsed program of a ``SharedSparsity`` Gaussian regression."""
-
-    max_plate_nesting = 1
-
-    def __init__(self, model, data: MultiTaskData):
-        self.prior = model.prior
-        self.lik = model.likelihood_for(data)
-        self.tasks = model.tasks(data)
-        self.dtype, self.device = data.dtype, data.device
-        Xv, _ = model.design(data)
-        self.T, self.D = data.n_tasks, Xv.shape[-1]
-        self.stats = TaskGaussian(Xv, data.y, data.task, data.n_tasks, width=Xv.shape[-1])
-        self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
 
     def log_marginal(self, mean, sd, s2) -> torch.Tensor:
         """sum_t log N(y_t | X_t m, X_t diag(sd_t^2) X_t' + s2_t I), shape (B,)."""
         return self.stats.log_marginal(mean, sd, s2)
 
-    def _moments(self, mean, sd, private_sd, sigma):
-        """Flatten to (B, D) mean, (B, T, D) sd of w, (B, T) noise variance, and the batch shape."""
+    def _factor(self, pop, sigma):
+        """(B, D) mean, (B, T, D) sd of w, (B, T) noise variance, and the batch shape."""
+        mean, sd, private_sd = pop
         D, T = self.D, self.T
         batch = mean.shape[:-1]
         var = sd ** 2
@@ -75,47 +61,11 @@ class SparsityGaussian(Marginal):
         s2 = (sigma.reshape(B, -1) ** 2).expand(B, T)
         return mean2, sd2, s2, batch
 
-    # ------------------------------------------------------------------ Collapsed protocol
-    def pyro_model(self):
-        T, prior, lik, like = self.T, self.prior, self.lik, self.like
-        dtype, device = self.dtype, self.device
-
-        def model() -> None:
-            task_plate = pyro.plate("task", T, dim=-1)
-            with data_context(dtype, device):
-                mean, sd, private_sd = prior.population(replace(self.tasks, plate=task_plate))
-                sigma = lik.sample_params(T, task_plate, like)["sigma"]
-            mean2, sd2, s2, batch = self._moments(mean, sd, private_sd, sigma)
-            pyro.factor("y_marginal", self.log_marginal(mean2, sd2, s2).reshape(batch))
-
-        return model
-
-    def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator,
-                    chunk: int = 200) -> dict[str, torch.Tensor]:
-        """Add exact draws of ``w`` (S, T, D) and the program's ``deviation_raw`` / ``private_raw``,
-        ``chunk`` draws at a time (A is (chunk, T, D, D): 2,000 draws at once of 20 tasks x 61
-        parameters would hold 1.2 GB)."""
-        S = next(iter(samples.values())).shape[0]
-        parts = [self._conditional({k: v[lo:lo + chunk] for k, v in samples.items()}, generator)
-                 for lo in range(0, S, chunk)]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    def _conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from ..pyro_util import batch_condition
-
-        S = next(iter(samples.values())).shape[0]
-        box = {}
-
-        def prog():
-            task_plate = pyro.plate("task", self.T, dim=-1)
-            with data_context(self.dtype, self.device):
-                box["pop"] = self.prior.population(replace(self.tasks, plate=task_plate))
-
-        with torch.no_grad(), pyro.poutine.block():
-            batch_condition(prog, samples, S, 1)
-        mean, sd, private_sd = box["pop"]
-        mean2, sd2, s2, _ = self._moments(mean, sd, private_sd, samples["sigma"])
-        q = self.stats.draw(mean2, sd2, s2, generator)  # w_t = m + sd_t * q
+    def _split(self, pop, q, samples, generator):
+        """``w`` (S, T, D) = m + sd_t q, and the program's ``deviation_raw`` / ``private_raw``."""
+        mean, sd, private_sd = pop
+        S = q.shape[0]
+        mean2, sd2, _, _ = self._factor(pop, samples["sigma"])
         out = dict(samples)
         out["w"] = mean2.unsqueeze(-2) + sd2 * q
         if private_sd is None:
