@@ -65,11 +65,16 @@ SCHOOL_SHARED = ["pct_fsm", "pct_vr1", "ethnic_african", "ethnic_arab", "ethnic_
 MCMC = dict(chains=4, warmup=500, draws=500)
 
 
+#: MCMC options from the command line (``--target-accept``)
+MCMC_OPTIONS: dict = {}
+
+
 def _fit(model, data, method, seed, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        post = bm.fit(model, data, method=method, seed=seed, progress=False, **(MCMC if method != "svi" else {}), **kw)
+        mcmc = {**MCMC, **MCMC_OPTIONS} if method != "svi" else {}
+        post = bm.fit(model, data, method=method, seed=seed, progress=False, **mcmc, **kw)
         seconds = time.perf_counter() - t0
     n_warn = sum(issubclass(w.category, bm.diagnostics.DiagnosticWarning) for w in caught)
     return post, seconds, n_warn
@@ -316,11 +321,14 @@ def main(argv=None) -> None:
     p.add_argument("--n-train", default="80", help="landmine: rows per field, e.g. '40,80,160'")
     p.add_argument("--models", default="hierarchical,independent,shared-sparsity,dirty,sklearn",
                    help="planted, school, landmine: which rows to fit")
+    p.add_argument("--target-accept", type=float, default=None, help="MCMC: the back end's target_accept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
     args.methods = args.methods.split(",")
     args.models = args.models.split(",")
+    if args.target_accept is not None:
+        MCMC_OPTIONS["target_accept"] = args.target_accept
     args.splits = _splits(args.splits)
     args.n_train = [int(n) for n in args.n_train.split(",")]
     torch.set_num_threads(1)
