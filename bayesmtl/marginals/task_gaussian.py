@@ -65,7 +65,7 @@ class TaskGaussian:
             self.rows = (X.new_zeros(T, n_max, D).index_put_((task, slot), X),
                          X.new_zeros(T, n_max).index_put_((task, slot), y))
 
-    def _factor(self, mean: torch.Tensor, B: torch.Tensor, s2: torch.Tensor):
+    def _factor(self, mean: torch.Tensor, B, s2: torch.Tensor):
         """mean (S, D), B (S, T, D) or a pair ((S, T, D), (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2
         (S, T) and the Cholesky factor of A (S, T, R, R), with c = X'(y - X m) / s2."""
         inv = 1.0 / s2
