@@ -61,11 +61,10 @@ class SparsityGaussian(PopulationGaussian):
         s2 = (sigma.reshape(B, -1) ** 2).expand(B, T)
         return mean2, sd2, s2, batch
 
-    def _split(self, pop, q, samples, generator):
+    def _split(self, pop, mean2, sd2, q, samples, generator):
         """``w`` (S, T, D) = m + sd_t q, and the program's ``deviation_raw`` / ``private_raw``."""
-        mean, sd, private_sd = pop
+        _, sd, private_sd = pop
         S = q.shape[0]
-        mean2, sd2, _, _ = self._factor(pop, samples["sigma"])
         out = dict(samples)
         out["w"] = mean2.unsqueeze(-2) + sd2 * q
         if private_sd is None:

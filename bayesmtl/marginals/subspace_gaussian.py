@@ -58,6 +58,6 @@ class SubspaceGaussian(PopulationGaussian):
         s2 = (sigma.reshape(S, -1) ** 2).expand(S, T)
         return pop.mean.reshape(S, D), B, s2, batch
 
-    def _split(self, pop, q, samples, generator):
+    def _split(self, pop, mean, B, q, samples, generator):
         """``deviation_raw`` (S, T, D) and the codes (S, T, K) from q = (e_t, s_t)."""
         return {**samples, "deviation_raw": q[..., :self.D], self.codes: q[..., self.D:]}

@@ -155,9 +155,10 @@ class PopulationGaussian(Marginal):
         """(S, D) mean, B (see ``TaskGaussian``), (S, T) noise variance, and the batch shape."""
         raise NotImplementedError
 
-    def _split(self, pop, q: torch.Tensor, samples: dict[str, torch.Tensor],
+    def _split(self, pop, mean: torch.Tensor, B, q: torch.Tensor, samples: dict[str, torch.Tensor],
                generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The program's sites from q (S, T, R), the exact draw given y."""
+        """The program's sites from q (S, T, R), the exact draw given y (``mean`` and ``B`` as
+        ``_factor`` gave them)."""
         raise NotImplementedError
 
     def _population(self):
@@ -197,4 +198,4 @@ class PopulationGaussian(Marginal):
         with torch.no_grad(), pyro.poutine.block():
             batch_condition(prog, samples, S, 1)
         mean, B, s2, _ = self._factor(box["pop"], samples["sigma"])
-        return self._split(box["pop"], self.stats.draw(mean, B, s2, generator), samples, generator)
+        return self._split(box["pop"], mean, B, self.stats.draw(mean, B, s2, generator), samples, generator)
