@@ -13,7 +13,7 @@ import torch
 
 from .data import MultiTaskData
 from .diagnostics import DiagnosticWarning, diagnose
-from .infer import Settings, get_backend
+from .infer import Settings, get_backend, with_model_defaults
 from .posterior import Posterior
 from .protocol import Target, data_context
 from .pyro_util import squeeze_to
@@ -95,7 +95,7 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
     if collapse is not None and not isinstance(collapse, bool):
         raise TypeError(f"collapse must be bool or None; got {collapse!r}")
     method = model.default_method if method is None else method
-    backend = get_backend(method)
+    backend, options, model_options = with_model_defaults(get_backend(method), options, model.sampler_defaults())
     dev = resolve_device(device)
     ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
     if resume is not None and not any(Path(ckpt).rglob(f"{backend.name}.npz")):
@@ -115,7 +115,7 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
         model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
-        return _run(model, data, on_device, target, backend, settings, method)
+        return _run(model, data, on_device, target, backend, settings, method, model_options)
 
 
 def _checkpoint_folder(checkpoint, resume, every) -> str | None:
@@ -154,7 +154,7 @@ def seeded(seed: int, device: torch.device):
             random.setstate(py_state)
 
 
-def _run(model, data, on_device, target, backend, settings, method: str) -> Posterior:
+def _run(model, data, on_device, target, backend, settings, method: str, model_options: dict) -> Posterior:
     seed, chains, warmup, draws, dev = (settings.seed, settings.chains, settings.warmup, settings.draws,
                                         torch.device(settings.device))
     options = settings.options
@@ -179,6 +179,8 @@ def _run(model, data, on_device, target, backend, settings, method: str) -> Post
             "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
             "seconds": seconds, "path": target.path, **out.info}
     info.update(target.info)
+    if model_options:
+        info["model_options"] = model_options  # filled in from the model's sampler_defaults, not the user's
     if target.reparam:
         info["reparam"] = {"non_centred": list(target.reparam)}
     info["prior_scales"] = {**model.prior_scales(host), "defaults": model.defaults()}

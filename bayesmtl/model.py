@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 import pyro
@@ -192,6 +193,10 @@ class MultiTaskModel(ModelBase):
         """The linear predictor's location and scale read from ``data`` (``scaling``)."""
         m, s = self.likelihood_for(data).location_scale(data)
         return {"location": m, "scale": s}
+
+    def sampler_defaults(self) -> dict[str, Any]:
+        """The prior's ``sampler_defaults`` (e.g. the horseshoe's ``target_accept``)."""
+        return dict(self.prior.sampler_defaults)
 
     def defaults(self) -> list[str]:
         """Settings left at their data-scaled defaults: ``prior.mean``, ``likelihood.noise_prior``, ..."""

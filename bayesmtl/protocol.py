@@ -243,6 +243,12 @@ class ModelBase:
         fits it. Models without data-scaled defaults return themselves."""
         return self
 
+    def sampler_defaults(self) -> dict[str, Any]:
+        """Back-end options the model's posterior needs unless the user sets them (e.g.
+        ``{"target_accept": 0.9}``); ``fit`` fills in those the chosen back end knows and records
+        them as ``info["model_options"]``. None by default."""
+        return {}
+
     def defaults(self) -> list[str]:
         """Settings left at their data-scaled defaults (``Posterior.prior_summary``)."""
         return []

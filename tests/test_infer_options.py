@@ -127,3 +127,33 @@ def test_options_object_in_chain_groups(data):
     np.testing.assert_array_equal(a.samples["w"], b.samples["w"])
     assert a.info["chain_groups"] == [2, 2] and a.info["method"] == "chees"
     assert a.info["options"] == b.info["options"] == {"max_steps": 20, "processes": 2}
+
+
+class _Funnel(bm.priors.Hierarchical):
+    """A user prior whose posterior wants a higher acceptance target than NUTS's default."""
+
+    sampler_defaults = {"target_accept": 0.93}
+
+
+@pytest.mark.parametrize("method,given,expect,filled", [
+    ("nuts", {}, 0.93, {"target_accept": 0.93}),
+    ("nuts", {"target_accept": 0.85}, 0.85, None),              # the user's setting wins
+    (NUTS(max_tree_depth=6), {}, 0.93, {"target_accept": 0.93}),  # an options object is filled too
+    (NUTS(target_accept=0.85), {}, 0.85, None),
+    ("chees", {}, 0.93, {"target_accept": 0.93}),
+])
+def test_a_priors_sampler_defaults_fill_unset_options(data, method, given, expect, filled):
+    funnel = bm.MultiTaskModel(prior=_Funnel(), likelihood="bernoulli")
+    post = bm.fit(funnel, data, method=method, chains=2, warmup=4, draws=2, progress=False, **given)
+    assert post.info["target_accept"] == expect
+    assert post.info.get("model_options") == filled
+
+
+@pytest.mark.filterwarnings("ignore::bayesmtl.diagnostics.DiagnosticWarning")  # 20 SVI steps
+def test_sampler_defaults_skip_back_ends_without_the_option(data):
+    funnel = bm.MultiTaskModel(prior=_Funnel(), likelihood="bernoulli")
+    post = bm.fit(funnel, data, method="svi", steps=20, draws=10, progress=False)
+    assert "model_options" not in post.info and "target_accept" not in post.info["options"]
+    sparse = bm.MultiTaskModel(prior=bm.priors.SharedSparsity())
+    assert sparse.sampler_defaults() == {"target_accept": 0.9}
+    assert bm.models.Hierarchical().sampler_defaults() == {}

@@ -10,10 +10,14 @@ Layout: ``options.py`` (the typed options), ``hmc_util.py`` (pure HMC helpers), 
 
 from __future__ import annotations
 
-from .base import Backend, Draws, Settings
-from .options import MAP, NUTS, SVI, ChEES, Options, PyroNUTS
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["Backend", "Draws", "Settings", "get_backend", "METHODS", "OPTIONS",
+from .base import Backend, Draws, Settings
+from .options import MAP, NUTS, SVI, ChEES, Configured, Options, PyroNUTS
+
+__all__ = ["Backend", "Draws", "Settings", "get_backend", "with_model_defaults", "METHODS", "OPTIONS",
            "Options", "NUTS", "ChEES", "SVI", "MAP", "PyroNUTS"]
 
 
@@ -58,3 +62,22 @@ def get_backend(method: str | Options) -> Backend:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass an options object "
                          f"such as bayesmtl.infer.NUTS(...)")
     return METHODS[method]()
+
+
+def with_model_defaults(backend: Backend, options: dict[str, Any],
+                        defaults: Mapping[str, Any]) -> tuple[Backend, dict[str, Any], dict[str, Any]]:
+    """Fill a model's ``sampler_defaults`` into the back end's options where the back end knows
+    the option and the user left it unset; returns (back end, keyword options, what was filled).
+
+    A back end bound to an options object (``Configured``) gets a copy with the filled fields;
+    fields the object sets to other than the class default count as set."""
+    if isinstance(backend, Configured):
+        given, known = backend.options.given(), type(backend.options).known()
+        filled = {k: v for k, v in defaults.items() if k in known and k not in given}
+        if filled:
+            backend = Configured(dataclasses.replace(backend.options, **filled), backend.inner)
+        return backend, options, filled
+    cls = OPTIONS.get(backend.name)
+    known = cls.known() if cls is not None else []
+    filled = {k: v for k, v in defaults.items() if k in known and k not in options}
+    return backend, {**options, **filled}, filled

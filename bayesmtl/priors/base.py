@@ -9,7 +9,9 @@ vectorised by an outer plate at dim ``-(max_plate_nesting + 1)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,9 @@ class TaskPrior:
     reparam: bool = True
     #: sites identified only up to a symmetry (rotation, sign, label): left out of summaries and r_hat
     unidentified_sites: tuple[str, ...] = ()
+    #: back-end options this prior's posterior needs unless the user sets them, e.g.
+    #: ``{"target_accept": 0.9}`` for a horseshoe's funnels; ``fit`` fills in those the back end knows
+    sampler_defaults: Mapping[str, Any] = MappingProxyType({})
 
     def sample(self, tasks: Tasks) -> torch.Tensor:
         """The task parameters (..., T, D), sampled inside a Pyro model."""

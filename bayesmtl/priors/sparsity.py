@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import pandas as pd
 import pyro
@@ -102,6 +103,9 @@ class SharedSparsity(TaskPrior):
     """
 
     reparam = False  # non-centred by hand
+    # the horseshoe's funnels: at NUTS's 0.8 and ChEES's 0.651 the planted dirty problem diverged
+    # (21 and 7 times); ChEES at 0.9 did not (docs/benchmarks.md, issue 19)
+    sampler_defaults = MappingProxyType({"target_accept": 0.9})
     relation_kind = ("overlap of supports: the share of features in either task's support that are in both "
                      "(Jaccard index; a feature is in a task's support when its inclusion is above 0.5)")
 
