@@ -153,7 +153,8 @@ def svi_problems(info: dict, max_pareto_k: float = 0.7) -> list[Problem]:
     out: list[Problem] = []
     if info.get("converged") is False:
         out.append(Problem("elbo", float(info.get("steps", 0)), 0.0, (),
-                           f"SVI did not converge in {info.get('steps')} steps (the mean loss was still "
+                           f"{'MAP' if info.get('method') == 'map' else 'SVI'} did not converge in "
+                           f"{info.get('steps')} steps (the mean loss was still "
                            "falling); raise steps= or lr="))
     k = info.get("pareto_k")
     if k is not None and np.isfinite(k) and k > max_pareto_k:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression", "subspace_regression"]
+__all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression", "subspace_regression",
+           "tree_regression"]
 
 
 def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3, noise: float = 0.5,
@@ -147,3 +150,37 @@ def subspace_regression(n_tasks: int = 30, features: int = 25, factors: int = 3,
     train = pd.concat([f.iloc[:rows] for f in frames], ignore_index=True)
     test = pd.concat([f.iloc[rows:] for f in frames], ignore_index=True)
     return train, test, {"w": w, "basis": basis, "codes": codes, "group": group}
+
+
+def tree_regression(branching: Sequence[int] = (4, 3, 4), scales: Sequence[float] = (1.0, 0.6, 0.3),
+                    rows: int = 20, features: int = 1, noise: float = 0.5, seed: int = 0,
+                    ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Tasks at the leaves of a planted tree: 4 regions > 3 districts each > 4 tasks each by
+    default (48 tasks). Every coefficient (intercept first) steps from its parent by Normal(0,
+    scale) at each level: ``scales`` are the region, district and task spreads.
+
+    Returns the frame (columns ``task``, ``region``, ``district``, ``x1..xD``, ``y``; district
+    names are unique, ``r1-d2``) and the truth: ``mu`` (D+1,), ``region_scale``,
+    ``district_scale``, ``tau`` (each a float), ``w`` (T, D+1), ``region`` (T,).
+    """
+    if len(branching) != 3 or len(scales) != 3:
+        raise ValueError("branching and scales need three entries: regions, districts, tasks")
+    rng = np.random.default_rng(seed)
+    D = features + 1
+    mu = np.linspace(1.0, -0.5, D)
+    n_r, n_d, n_t = branching
+    region = mu + scales[0] * rng.standard_normal((n_r, D))
+    district = np.repeat(region, n_d, 0) + scales[1] * rng.standard_normal((n_r * n_d, D))
+    w = np.repeat(district, n_t, 0) + scales[2] * rng.standard_normal((n_r * n_d * n_t, D))
+    T = len(w)
+    r_of, d_of = np.arange(T) // (n_d * n_t), np.arange(T) // n_t
+    X = rng.standard_normal((T * rows, features))
+    task = np.repeat(np.arange(T), rows)
+    y = w[task, 0] + (X * w[task, 1:]).sum(1) + noise * rng.standard_normal(len(task))
+    df = pd.DataFrame(X, columns=[f"x{j + 1}" for j in range(features)])
+    df.insert(0, "task", [f"t{t:02d}" for t in task])
+    df.insert(1, "region", [f"r{r_of[t]}" for t in task])
+    df.insert(2, "district", [f"r{r_of[t]}-d{d_of[t] % n_d}" for t in task])
+    df["y"] = y
+    return df, {"mu": mu, "region_scale": scales[0], "district_scale": scales[1], "tau": scales[2], "w": w,
+                "region": r_of}

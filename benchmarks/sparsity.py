@@ -186,8 +186,7 @@ def survey(args) -> list[dict]:
     def rmse(pred):
         return float(np.sqrt(((pred - test["rating"].to_numpy()) ** 2).mean()))
 
-    for name, model in (("hierarchical", bm.models.Hierarchical()), ("shared-sparsity", bm.models.SharedSparsity()),
-                        ("dirty", bm.models.Dirty())):
+    for name, model in _bayesian(args.models, "gaussian"):
         post, sec, n_warn = _fit(model, data, args.method, args.seed)
         rows.append({"case": "survey", "model": name, "method": args.method, "RMSE": round(rmse(
             post.predict(test)["mean"].to_numpy()), 3), "seconds": round(sec, 1), "warnings": n_warn})
@@ -210,16 +209,23 @@ def survey(args) -> list[dict]:
     return rows
 
 
+def _bayesian(names: list[str], likelihood: str, shared: list[str] | None = None):
+    """(name, model) for the Bayesian rows of the real-data cases that ``--models`` names; the
+    hierarchical model takes the school-level features as shared (``shared``)."""
+    made = {"hierarchical": lambda: bm.models.Hierarchical(likelihood, shared=shared or ()),
+            "shared-sparsity": lambda: bm.models.SharedSparsity(likelihood=likelihood),
+            "dirty": lambda: bm.models.Dirty(likelihood=likelihood),
+            "shared-subspace": lambda: bm.models.SharedSubspace(likelihood=likelihood)}
+    return [(name, make()) for name, make in made.items() if name in names]
+
+
 def school(args) -> list[dict]:
     rows = []
     for k in args.splits:
         train, test = datasets.school(split=k)
         feats, shared = SCHOOL_VARYING + SCHOOL_SHARED, SCHOOL_SHARED  # no reference levels
         data = bm.MultiTaskData.from_frame(train, task="school", target="score", features=feats, standardize=True)
-        for name, model in (("hierarchical", bm.models.Hierarchical(shared=shared)),
-                            ("shared-sparsity", bm.models.SharedSparsity()), ("dirty", bm.models.Dirty())):
-            if name not in args.models:
-                continue
+        for name, model in _bayesian(args.models, "gaussian", shared):
             post, sec, n_warn = _fit(model, data, args.method, args.seed + k)
             pred = post.predict(test)["mean"].to_numpy()
             y = test["score"].to_numpy()
@@ -275,11 +281,7 @@ def landmine(args) -> list[dict]:
             train, test = datasets.landmine_split(df, n_train, seed=args.seed + k)
             data = bm.MultiTaskData.from_frame(train, task="field", target="label", features=feats)
 
-            for name, model in (("hierarchical", bm.models.Hierarchical(likelihood="bernoulli")),
-                                ("shared-sparsity", bm.models.SharedSparsity(likelihood="bernoulli")),
-                                ("dirty", bm.models.Dirty(likelihood="bernoulli"))):
-                if name not in args.models:
-                    continue
+            for name, model in _bayesian(args.models, "bernoulli"):
                 post, sec, n_warn = _fit(model, data, args.method, args.seed)
                 prob = post.predict(test)["probability"].to_numpy()
                 rows.append({"case": "landmine", "n_train": n_train, "split": k, "model": name,
@@ -319,8 +321,8 @@ def main(argv=None) -> None:
     p.add_argument("--method", default="svi", help="survey, school: back end of the Bayesian models")
     p.add_argument("--splits", default="0", help="school, landmine: '0-9' or '0,3'")
     p.add_argument("--n-train", default="80", help="landmine: rows per field, e.g. '40,80,160'")
-    p.add_argument("--models", default="hierarchical,independent,shared-sparsity,dirty,sklearn",
-                   help="planted, school, landmine: which rows to fit")
+    p.add_argument("--models", default="hierarchical,independent,shared-sparsity,dirty,shared-subspace,sklearn",
+                   help="which rows to fit (every case but subspace)")
     p.add_argument("--target-accept", type=float, default=None, help="MCMC: the back end's target_accept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file for the rows")

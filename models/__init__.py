@@ -21,11 +21,12 @@ REGISTRY = {
     "shared-sparsity": "sparsity:SharedSparsity",
     "dirty": "sparsity:Dirty",
     "shared-subspace": "subspace:SharedSubspace",
+    "tree-hierarchy": "tree:TreeHierarchy",
 }
 
 _LAZY = {"DPClustering": "dp_clustering", "MultitaskGP": "multitask_gp",
          "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity",
-         "SharedSubspace": "subspace"}
+         "SharedSubspace": "subspace", "TreeHierarchy": "tree"}
 
 
 def get_model_class(name: str):

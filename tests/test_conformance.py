@@ -18,7 +18,7 @@ import torch
 
 import bayesmtl as bm
 from bayesmtl.protocol import Model, RelationDraws
-from bayesmtl.synthetic import hierarchical_regression
+from bayesmtl.synthetic import hierarchical_regression, tree_regression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from custom_priors import PRIORS, build, planted  # noqa: E402
@@ -33,7 +33,7 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts")}
+        ("covariates", "nuts"), ("tree-hierarchy", "chees")}
 
 
 def _settings(name: str, method: str) -> dict:
@@ -46,6 +46,12 @@ def _case(name: str, seed: int = 0):
         train, new, _ = planted(name, n_tasks=5, rows=6, seed=seed, new_tasks=1)
         model, data = build(name, train)
         return model, train, new, data
+    if name == "tree-hierarchy":  # tasks under a tree of task-level columns; a new task in a known district
+        df, _ = tree_regression(branching=(2, 2, 2), rows=6, seed=seed)
+        new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
+        data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"],
+                                           task_features=["region", "district"])
+        return get_model_class(name)("region/district"), df, new, data
     features = 3 if name == "shared-subspace" else 1  # a subspace needs features to span
     df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")

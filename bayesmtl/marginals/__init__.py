@@ -79,6 +79,7 @@ from . import (  # noqa: E402, F401
     sparsity_gaussian,
     subspace_gaussian,
     task_relationship_gaussian,
+    tree_gaussian,
 )
 
 

@@ -3,13 +3,13 @@
 The algebra shared by the collapsed forms whose prior makes each task's coefficients Gaussian
 once the population is fixed:
 
-    w_t = m + B_t q_t,  q_t ~ N(0, I_R),  y_t | w_t ~ N(X_t w_t, s2_t I)
-    =>  y_t ~ N(X_t m, X_t B_t B_t' X_t' + s2_t I)
+    w_t = m_t + B_t q_t,  q_t ~ N(0, I_R),  y_t | w_t ~ N(X_t w_t, s2_t I)
+    =>  y_t ~ N(X_t m_t, X_t B_t B_t' X_t' + s2_t I)
 
-with B_t diagonal, given as its diagonal d (..., T, D) (R = D: a horseshoe's scales), or
-[diag(d), G], given as the pair (d, G), G (..., T, D, K) (R = D + K: a subspace's loadings next
-to the task residuals). Two equivalent forms, each with
-every eigenvalue >= 1 (no division by a scale that may shrink to 0):
+with m_t one population mean or each task's own (a tree's node), B_t diagonal, given as its
+diagonal d (..., T, D) (R = D: a horseshoe's scales), or [diag(d), G], given as the pair (d, G),
+G (..., T, D, K) (R = D + K: a subspace's loadings next to the task residuals). Two equivalent
+forms, each with every eigenvalue >= 1 (no division by a scale that may shrink to 0):
 
 - parameters: A = I_R + B' X'X B / s2 from per-task sufficient statistics, O(T R^3);
 - rows, where every task has fewer rows n_t than R (p > n): K = I_n + X B B' X' / s2 on the
@@ -66,10 +66,11 @@ class TaskGaussian:
                          X.new_zeros(T, n_max).index_put_((task, slot), y))
 
     def _factor(self, mean: torch.Tensor, B, s2: torch.Tensor):
-        """mean (S, D), B (S, T, D) or a pair ((S, T, D), (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2
-        (S, T) and the Cholesky factor of A (S, T, R, R), with c = X'(y - X m) / s2."""
+        """mean (S, D), or (S, T, D) for a mean of each task, B (S, T, D) or a pair ((S, T, D),
+        (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2 (S, T) and the Cholesky factor of
+        A (S, T, R, R), with c = X'(y - X m) / s2."""
         inv = 1.0 / s2
-        m = mean.unsqueeze(-2)                                       # (S, 1, D)
+        m = _per_task(mean)                                          # (S, 1 or T, D)
         XXm = torch.matmul(self.XX, m.unsqueeze(-1)).squeeze(-1)     # (S, T, D)
         c = (self.Xy - XXm) * inv.unsqueeze(-1)
         rr = (self.yy - (m * (2 * self.Xy - XXm)).sum(-1)) * inv
@@ -101,7 +102,7 @@ class TaskGaussian:
         (a padded row is a zero row of X with y = 0: K's diagonal 1 there, residual 0)."""
         X, y = self.rows
         inv = 1.0 / s2                                                   # (S, T)
-        r = y - torch.matmul(X, mean[:, None, :, None]).squeeze(-1)      # (S, T, n); 0 on padded rows
+        r = y - torch.matmul(X, _per_task(mean).unsqueeze(-1)).squeeze(-1)  # (S, T, n); 0 on padded rows
         d, G = B if isinstance(B, tuple) else (B, None)
         XB = X * d.unsqueeze(-2)                                         # (S, T, n, D)
         if G is not None:
@@ -119,6 +120,11 @@ class TaskGaussian:
         v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         return torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
+
+
+def _per_task(mean: torch.Tensor) -> torch.Tensor:
+    """A population mean (S, D) as (S, 1, D); a mean of each task (S, T, D) as it is."""
+    return mean.unsqueeze(-2) if mean.dim() == 2 else mean
 
 
 def _slots(task: torch.Tensor, T: int) -> torch.Tensor:
@@ -152,7 +158,7 @@ class PopulationGaussian(Marginal):
         self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
 
     def _factor(self, pop, sigma):
-        """(S, D) mean, B (see ``TaskGaussian``), (S, T) noise variance, and the batch shape."""
+        """(S, D) or (S, T, D) mean, B (see ``TaskGaussian``), (S, T) noise variance, and the batch shape."""
         raise NotImplementedError
 
     def _split(self, pop, mean: torch.Tensor, B, q: torch.Tensor, samples: dict[str, torch.Tensor],

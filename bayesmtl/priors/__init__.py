@@ -6,6 +6,7 @@ from .hierarchical import Hierarchical, Independent, Pooled
 from .relationship import LKJ, InverseWishart, TaskRelationship
 from .sparsity import SharedSparsity
 from .subspace import SharedSubspace
+from .tree import TreeHierarchy
 
 __all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "InverseWishart", "TaskRelationship",
-           "DirichletProcess", "SharedSparsity", "SharedSubspace"]
+           "DirichletProcess", "SharedSparsity", "SharedSubspace", "TreeHierarchy"]

@@ -1,0 +1,151 @@
+"""Tasks at the leaves of a given tree (Daumé 2009, with the tree known): parameters diffuse
+from the root down, so tasks under one node are closer than tasks under different ones.
+
+The tree comes from task-level columns, outermost first (``tree="region/district"``: each
+district lies in one region, each task in one district). Sites (D task-varying parameters,
+T tasks, n_l nodes at level l):
+
+- ``mu`` (D,): the root;
+- for each level column ``c``: ``c_scale`` (D,), how far its nodes stray from their parents,
+  and ``c_mean`` (n_l, D) in a plate named ``c`` (labelled by the column's categories);
+- ``tau`` (D,), how far tasks stray from their node, and ``w`` (T, D).
+
+The package non-centres ``c_mean`` and ``w`` for the samplers (``reparam``), as for a user's
+prior. A new task must sit under a node seen in training; its parameters are drawn from that
+node (derived by rerunning ``sample`` with the tree's sites fixed to each draw).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from ..protocol import Tasks
+from .base import TaskPrior, as_distribution
+from .hierarchical import _bound, _vec, location_default, spread_default
+
+__all__ = ["TreeHierarchy", "TreePopulation"]
+
+
+def _levels(tree: str | Sequence[str]) -> list[str]:
+    """Column names from ``"region/district"`` or a sequence, checked."""
+    cols = tree.split("/") if isinstance(tree, str) else list(tree) if isinstance(tree, Sequence) else None
+    if not cols or not all(isinstance(c, str) and c.strip() for c in cols):
+        raise ValueError(f"tree must name task-level columns, outermost first, e.g. 'region/district' or "
+                         f"['region', 'district']; got {tree!r}")
+    cols = [c.strip() for c in cols]
+    if len(set(cols)) < len(cols):
+        raise ValueError(f"tree names a column twice: {tree!r}")
+    reserved = {"task", "feature"} & set(cols)
+    if reserved:
+        raise ValueError(f"tree level {sorted(reserved)[0]!r} clashes with a dim the model names; rename the column")
+    return cols
+
+
+class TreePopulation(NamedTuple):
+    """The prior of every task's parameters given the tree: w_t ~ N(mean_t, diag(tau)^2)."""
+
+    mean: torch.Tensor  # (..., T, D): each task's node
+    tau: torch.Tensor   # (..., D)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+class TreeHierarchy(TaskPrior):
+    """Task parameters that diffuse down a given tree: root ``mu`` -> one mean per node of each
+    level -> tasks.
+
+    Parameters
+    ----------
+    tree : str or sequence of str
+        Task-level columns, outermost first: ``"region/district"`` or ``["region", "district"]``.
+        Declare them with ``MultiTaskData.from_frame(..., task_features=[...])``; each must be
+        categorical and nested (a node lies under one parent).
+    mean : pyro distribution, default data-scaled
+        Prior of each entry of the root ``mu`` (D,); default Normal(loc, 2.5 scale) as for
+        ``Hierarchical``.
+    scale : pyro distribution, default data-scaled
+        Prior of every level's spread (each ``<column>_scale`` and ``tau``, (D,) each). Default:
+        HalfNormal(scale / sqrt(L + 1)) for L levels, so that the spreads of the L + 1 steps from
+        the root to a task add up to the hierarchical model's default spread.
+    """
+
+    relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across tasks "
+                     "(tasks under one node should come out alike)")
+
+    def __init__(self, tree: str | Sequence[str], mean=None, scale=None):
+        self.tree = _levels(tree)
+        self.mean = None if mean is None else as_distribution(mean, "mean")
+        self.scale = None if scale is None else as_distribution(scale, "scale")
+
+    def bind(self, loc, scale):
+        per_step = spread_default(scale / math.sqrt(len(self.tree) + 1))
+        return _bound(self, {"mean": location_default(loc, scale), "scale": per_step})
+
+    def defaults(self):
+        return [k for k in ("mean", "scale") if getattr(self, k) is None]
+
+    def _parents(self, tasks: Tasks) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per level: (each task's node code (T,), each node's parent code (n_l,), n_l)."""
+        out, above = [], None
+        for col in self.tree:
+            codes = tasks.features[col].long()  # a column not declared: one error naming those that are
+            if col not in tasks.levels:
+                raise ValueError(f"tree level {col!r} is numeric; the tree needs categories (e.g. "
+                                 f"df[{col!r}] = df[{col!r}].astype(str))")
+            n = len(tasks.levels[col])
+            parent = codes.new_zeros(n)
+            if above is not None:
+                parent[codes] = above
+                if not _tracing():
+                    self._check_nested(col, codes, above, tasks)
+            out.append((codes, parent, n))
+            above = codes
+        return out
+
+    def _check_nested(self, col: str, codes: torch.Tensor, above: torch.Tensor, tasks: Tasks) -> None:
+        outer = self.tree[self.tree.index(col) - 1]
+        seen: dict[int, int] = {}
+        for child, par in zip(codes.tolist(), above.tolist(), strict=True):
+            if seen.setdefault(child, par) != par:
+                names = tasks.levels[outer]
+                raise ValueError(f"tree: {col} {tasks.levels[col][child]!r} lies in two {outer}s "
+                                 f"({names[seen[child]]!r} and {names[par]!r}); a node needs one parent "
+                                 f"(give nodes unique names, e.g. '{outer}-{col}')")
+
+    def sample(self, tasks: Tasks) -> torch.Tensor:
+        pop = self.population(tasks)
+        with tasks.plate:
+            return pyro.sample("w", dist.Normal(pop.mean, pop.tau).to_event(1))
+
+    def population(self, tasks: Tasks) -> TreePopulation:
+        """Sample the root, the level spreads, the node means and ``tau``; returns the prior of
+        ``w``: w_t ~ N(mean_t, diag(tau)^2), mean (..., T, D) each task's node, tau (..., D).
+        Given these each task's w is Gaussian, which the collapsed Gaussian form integrates out
+        (``marginals.tree_gaussian``)."""
+        like, D = tasks.like, tasks.dims
+        bound = self.bind(tasks.loc, tasks.scale) if self.defaults() else self  # fit binds once, up front
+        levels = self._parents(tasks)
+        # sites outside a plate broadcast against one (their batch dims end in a 1 under a batch of
+        # chains); nodes inside one are gathered by their children's parent codes
+        loc = pyro.sample("mu", _vec(bound.mean, D, like))
+        for depth, (col, (_, parent, n)) in enumerate(zip(self.tree, levels, strict=True)):
+            spread = pyro.sample(f"{col}_scale", _vec(bound.scale, D, like))
+            with pyro.plate(col, n):
+                node = pyro.sample(f"{col}_mean", dist.Normal(loc if depth == 0 else loc[..., parent, :], spread)
+                                   .to_event(1))
+            loc = node
+        tau = pyro.sample("tau", _vec(bound.scale, D, like))
+        return TreePopulation(loc[..., levels[-1][0], :], tau)
+
+    def __repr__(self):
+        mean = "data-scaled" if self.mean is None else self.mean
+        scale = "data-scaled" if self.scale is None else self.scale
+        return f"TreeHierarchy(tree={'/'.join(self.tree)!r}, mean={mean}, scale={scale})"
