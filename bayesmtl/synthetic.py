@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["hierarchical_regression", "planted_clusters", "sparse_regression", "subspace_regression",
-           "tree_regression"]
+           "tree_regression", "gated_clusters"]
 
 
 def hierarchical_regression(n_tasks: int = 12, rows: int = 30, features: int = 3, noise: float = 0.5,
@@ -184,3 +184,36 @@ def tree_regression(branching: Sequence[int] = (4, 3, 4), scales: Sequence[float
     df["y"] = y
     return df, {"mu": mu, "region_scale": scales[0], "district_scale": scales[1], "tau": scales[2], "w": w,
                 "region": r_of}
+
+
+def gated_clusters(n_tasks: int = 40, clusters: int = 3, rows: int = 20, few_tasks: int = 20, few_rows: int = 5,
+                   test_rows: int = 20, flip: float = 0.1, noise: float = 0.5, seed: int = 0,
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Tasks in planted clusters whose cluster is a noisy function of two task features.
+
+    Task features ``f1``, ``f2`` ~ N(0, 1); the cluster is the sector of (f1, f2) (three
+    120-degree sectors for 3 clusters), changed to a random other cluster with probability
+    ``flip``. Each cluster has one coefficient vector (intercept, slope; coordinates +-1.5).
+    ``n_tasks`` tasks have ``rows`` training rows; ``few_tasks`` more have ``few_rows``
+    (where the gate has to place them). Every task has ``test_rows`` test rows.
+
+    Returns (train, test, truth): frames with columns ``task``, ``f1``, ``f2``, ``x1``, ``y``; the
+    truth has ``theta`` (K, 2), ``cluster`` (T,) and ``few`` (T,) bool.
+    """
+    rng = np.random.default_rng(seed)
+    T = n_tasks + few_tasks
+    f = rng.standard_normal((T, 2))
+    angle = np.mod(np.arctan2(f[:, 1], f[:, 0]), 2 * np.pi)
+    cluster = np.floor(angle / (2 * np.pi / clusters)).astype(int)
+    flipped = rng.random(T) < flip
+    cluster[flipped] = (cluster[flipped] + rng.integers(1, clusters, flipped.sum())) % clusters
+    theta = 1.5 * np.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])[:clusters]
+    few = np.arange(T) >= n_tasks
+    frames = {"train": [], "test": []}
+    for t in range(T):
+        for part, n in (("train", few_rows if few[t] else rows), ("test", test_rows)):
+            x = rng.standard_normal(n)
+            y = theta[cluster[t], 0] + theta[cluster[t], 1] * x + noise * rng.standard_normal(n)
+            frames[part].append(pd.DataFrame({"task": f"t{t:02d}", "f1": f[t, 0], "f2": f[t, 1], "x1": x, "y": y}))
+    return (pd.concat(frames["train"], ignore_index=True), pd.concat(frames["test"], ignore_index=True),
+            {"theta": theta, "cluster": cluster, "few": few})

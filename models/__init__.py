@@ -22,11 +22,13 @@ REGISTRY = {
     "dirty": "sparsity:Dirty",
     "shared-subspace": "subspace:SharedSubspace",
     "tree-hierarchy": "tree:TreeHierarchy",
+    "gated-clusters": "gating:GatedClusters",
 }
 
 _LAZY = {"DPClustering": "dp_clustering", "MultitaskGP": "multitask_gp",
          "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity",
-         "SharedSubspace": "subspace", "TreeHierarchy": "tree"}
+         "SharedSubspace": "subspace", "TreeHierarchy": "tree",
+         "GatedClusters": "gating"}
 
 
 def get_model_class(name: str):

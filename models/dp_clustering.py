@@ -119,10 +119,11 @@ class DPClustering(MultiTaskModel):
         lik = self.likelihood_for(data)
         T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
         like = torch.zeros((), dtype=data.dtype, device=data.device)
+        tasks = self.tasks(data)
 
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
-            weights, atoms = self.prior.sample_clusters(D, like)
+            weights, atoms = self.prior.sample_clusters(D, like, tasks)
             coef = None
             if Ds:
                 coef = pyro.sample("coef", move_distribution(self.shared_prior, like).expand([Ds]).to_event(1))
@@ -140,7 +141,8 @@ class DPClustering(MultiTaskModel):
         """A trace of the cluster sites (sticks, atoms): what site dims are read from."""
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         with pyro.poutine.block(), torch.no_grad():
-            return pyro.poutine.trace(self.prior.sample_clusters).get_trace(len(self.varying_names(data)), like)
+            return pyro.poutine.trace(self.prior.sample_clusters).get_trace(len(self.varying_names(data)), like,
+                                                                            self.tasks(data))
 
     def targets(self, data: MultiTaskData) -> list[Target]:
         """The continuous marginal (z summed out by logsumexp), for samplers without enumeration,
@@ -170,7 +172,8 @@ class DPClustering(MultiTaskModel):
                 params = {k: full[k][sl] for k in lik.site_dims()}
                 coef = full["coef"][sl] if "coef" in full else None
                 ll = cluster_loglik(self, data, full["atom_w"][sl], coef, params, Xv, Xs)
-                logp = torch.log(full["weights"][sl].clamp_min(1e-300)).unsqueeze(-2) + ll
+                weights = self.prior.assignment_weights({k: v[sl] for k, v in full.items()})
+                logp = torch.log(weights.clamp_min(1e-300)) + ll
                 p = torch.softmax(logp.double(), dim=-1)
                 probs.append(p.to(ll.dtype))
                 zs.append(torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=gen).reshape(p.shape[:-1]))
@@ -178,7 +181,7 @@ class DPClustering(MultiTaskModel):
         full["z"] = torch.cat(zs)
         atoms = full["atom_w"]
         full["w"] = atoms.gather(-2, full["z"].unsqueeze(-1).expand(-1, -1, atoms.shape[-1]))
-        tail = full["weights"][:, -1]
+        tail = full["weights"][:, -1] if self.prior.truncated else torch.zeros(1)
         if "alpha" in full:
             tail = tail * full["alpha"] / (1 + full["alpha"])
         else:
@@ -211,10 +214,11 @@ class _Marginal(Marginal):
         lik = m.likelihood_for(data)
         T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
         like = torch.zeros((), dtype=data.dtype, device=data.device)
+        tasks = m.tasks(data)
 
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
-            weights, atoms = m.prior.sample_clusters(D, like)  # (..., K) broadcasts with (..., T, K)
+            weights, atoms = m.prior.sample_clusters(D, like, tasks)  # (..., K) or (..., T, K)
             coef = None
             if Ds:
                 coef = pyro.sample("coef", move_distribution(m.shared_prior, like).expand([Ds]).to_event(1))

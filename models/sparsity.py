@@ -51,9 +51,8 @@ class Dirty(SharedSparsity):
     """Shared plus task-private sparse coefficients (a "dirty" model): a feature may matter in
     every task or in one task alone. The prior's ``private`` setting is always on.
 
-    Parameters
-    ----------
-    As ``SharedSparsity``; default prior ``SharedSparsity(private=True)``.
+    The parameters are those of ``SharedSparsity``; the default prior is
+    ``SharedSparsity(private=True)``.
     """
 
     name = "dirty"

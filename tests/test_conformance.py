@@ -18,7 +18,7 @@ import torch
 
 import bayesmtl as bm
 from bayesmtl.protocol import Model, RelationDraws
-from bayesmtl.synthetic import hierarchical_regression, tree_regression
+from bayesmtl.synthetic import gated_clusters, hierarchical_regression, tree_regression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from custom_priors import PRIORS, build, planted  # noqa: E402
@@ -33,7 +33,7 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts"), ("tree-hierarchy", "chees")}
+        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "svi")}
 
 
 def _settings(name: str, method: str) -> dict:
@@ -52,6 +52,11 @@ def _case(name: str, seed: int = 0):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"],
                                            task_features=["region", "district"])
         return get_model_class(name)("region/district"), df, new, data
+    if name == "gated-clusters":  # the gate reads two task-level features; a new task brings its own
+        df, _, _ = gated_clusters(n_tasks=5, few_tasks=0, rows=6, test_rows=1, seed=seed)
+        new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new", f1=0.5)
+        data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"], task_features=["f1", "f2"])
+        return get_model_class(name)(["f1", "f2"], clusters=3, likelihood="gaussian"), df, new, data
     features = 3 if name == "shared-subspace" else 1  # a subspace needs features to span
     df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")

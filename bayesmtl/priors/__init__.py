@@ -2,6 +2,7 @@
 
 from .base import TaskPrior
 from .dirichlet import DirichletProcess
+from .gating import GatedClusters
 from .hierarchical import Hierarchical, Independent, Pooled
 from .relationship import LKJ, InverseWishart, TaskRelationship
 from .sparsity import SharedSparsity
@@ -9,4 +10,4 @@ from .subspace import SharedSubspace
 from .tree import TreeHierarchy
 
 __all__ = ["TaskPrior", "Independent", "Pooled", "Hierarchical", "LKJ", "InverseWishart", "TaskRelationship",
-           "DirichletProcess", "SharedSparsity", "SharedSubspace", "TreeHierarchy"]
+           "DirichletProcess", "GatedClusters", "SharedSparsity", "SharedSubspace", "TreeHierarchy"]

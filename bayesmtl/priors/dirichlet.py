@@ -79,6 +79,8 @@ class DirichletProcess(TaskPrior):
     """
 
     reparam = False  # parametrised by hand (centred / non-centred options)
+    #: the sticks approximate an infinite process: warn when weight is left beyond the last one
+    truncated = True
 
     relation_kind = ("co-clustering probability P(z_i = z_j | data) (Dirichlet-process task clustering; "
                      "1 on the diagonal)")
@@ -158,15 +160,18 @@ class DirichletProcess(TaskPrior):
         if tuple(atoms.shape) != (K, n_dims):
             raise ValueError(f"base measure {self.base!r} draws parameter vectors of shape {tuple(atoms.shape[1:])}, "
                              f"but the model has {n_dims} task-varying parameters")
-        tail = self.expected_tail_weight()
+        tail = self.expected_tail_weight() if self.truncated else 0.0
         if tail > TRUNCATION_TOLERANCE:
             warnings.warn(f"DirichletProcess truncation={K}: the prior expected stick weight beyond the "
                           f"truncation level is {tail:.3f} (> {TRUNCATION_TOLERANCE:.0%}); raise truncation",
                           UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ inside the model
-    def sample_clusters(self, n_dims: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample concentration, sticks and atoms; returns weights (..., K) and atoms (..., K, D)."""
+    def sample_clusters(self, n_dims: int, like: torch.Tensor, tasks: Tasks | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample concentration, sticks and atoms; returns weights (..., K) and atoms (..., K, D).
+        ``tasks`` (their task-level features) serve priors whose weights differ by task, which
+        return (..., T, K)."""
         K = self.truncation
         if isinstance(self.alpha, float):
             a = torch.full((), self.alpha, dtype=like.dtype, device=like.device)
@@ -179,6 +184,10 @@ class DirichletProcess(TaskPrior):
         with _Prefix(), _Float():
             atoms = self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
         return weights, atoms
+
+    def assignment_weights(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each task's prior cluster probabilities from flat draws: (S, 1, K), the same for all."""
+        return samples["weights"].unsqueeze(-2)
 
     def sample(self, tasks):
         raise TypeError("DirichletProcess marginalises the discrete cluster assignments; use it through "

@@ -98,6 +98,8 @@ class SharedSparsity(TaskPrior):
         Prior of the private parts' global scale, tau0_p = 1 / (F - 1) / sqrt(n): about one
         private feature a task.
 
+    Notes
+    -----
     Shapes: T tasks, D task-varying parameters (intercept first when the model has one), F =
     D - 1 sparse features with an intercept, D without.
     """

@@ -70,6 +70,8 @@ class SharedSubspace(TaskPrior):
         A factor counts as active in a draw when it carries at least this share of the
         subspace's sum of squares (``active_factors``).
 
+    Notes
+    -----
     Shapes: T tasks, D task parameters (the intercept first), F features, K = ``max_factors``.
     """
 

@@ -1,0 +1,90 @@
+"""Task clustering with gating by task features (``bm.models.GatedClusters``, issue 20): the gate
+places tasks by their features, new tasks included, and bad settings are one clear error."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesmtl as bm
+from bayesmtl.relations import adjusted_rand_index
+from bayesmtl.synthetic import gated_clusters
+
+
+def _data(train):
+    return bm.MultiTaskData.from_frame(train, task="task", target="y", features=["x1"], task_features=["f1", "f2"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(features=["f1"], clusters=1), "clusters must be an integer >= 2; got 1"),
+    (dict(features=["f1"], clusters=2.5), "clusters must be an integer >= 2"),
+    (dict(features=[]), "features must name the task-level columns"),
+    (dict(features=["f1"], gate_scale=0.0), "gate_scale must be a positive number; got 0.0"),
+])
+def test_bad_gate_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bm.priors.GatedClusters(**kwargs)
+
+
+def test_model_needs_gate_features_and_they_must_be_declared():
+    with pytest.raises(ValueError, match="GatedClusters needs features="):
+        bm.models.GatedClusters()
+    train, _, _ = gated_clusters(n_tasks=6, few_tasks=0, rows=4, seed=0)
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y", features=["x1"], task_features=["f1"])
+    with pytest.raises(ValueError, match=r"no task feature 'f2'; the data have task features \['f1'\]"):
+        bm.fit(bm.models.GatedClusters(["f1", "f2"]), data, method="svi", steps=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    train, test, truth = gated_clusters(n_tasks=30, few_tasks=0, rows=15, flip=0.0, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bm.fit(bm.models.GatedClusters(["f1", "f2"], clusters=4, likelihood="gaussian"), _data(train),
+                      method="svi", steps=4000, min_steps=1500, draws=300, seed=0, progress=False)
+    return post, truth
+
+
+def test_planted_clusters_come_back_and_the_gate_places_new_tasks_by_their_features(fitted):
+    """Clusters recovered (ARI 1 with no flips); a new task deep in each planted sector gets, from
+    its features alone, most of its gate probability on the cluster of that sector's tasks."""
+    post, truth = fitted
+    part = post.relations().clusters()
+    assert adjusted_rand_index(part["cluster"].to_numpy(), truth["cluster"]) == pytest.approx(1.0)
+    # the model's own cluster index of each planted cluster (partition labels are renumbered)
+    own = post.model.gate(post).pivot(index="task", columns="cluster", values="mean").idxmax(axis=1)
+    label = {c: int(own.to_numpy()[truth["cluster"] == c][0]) for c in range(3)}
+    angles = [math.pi / 3, math.pi, 5 * math.pi / 3]  # the middle of sector c
+    rows = pd.DataFrame({"task": [f"new{c}" for c in range(3)], "f1": [2 * math.cos(a) for a in angles],
+                         "f2": [2 * math.sin(a) for a in angles], "x1": 0.0, "y": 0.0})
+    gate = post.model.gate(post, rows)
+    for c in range(3):
+        p = gate[(gate["task"] == f"new{c}") & (gate["cluster"] == label[c])]["mean"].item()
+        assert p > 0.7, (c, gate[gate["task"] == f"new{c}"])
+    pred = post.predict(rows.assign(x1=1.0))
+    want = truth["theta"][:, 0] + truth["theta"][:, 1]
+    np.testing.assert_allclose(pred["mean"].to_numpy(), want, atol=0.8)
+
+
+def test_cli_fits_gated_clusters_and_the_run_loads(tmp_path, capsys):
+    from bayesmtl.cli import main
+
+    train, _, _ = gated_clusters(n_tasks=8, few_tasks=0, rows=6, seed=1)
+    path = tmp_path / "train.csv"
+    train.to_csv(path, index=False)
+    base = ["fit", "--model", "gated-clusters", "--data", str(path), "--task", "task", "--target", "y",
+            "--features", "x1", "--task-features", "f1,f2", "--method", "map", "--option", "steps=100"]
+    assert main(base + ["--model-option", "features=f1,f2", "--model-option", "clusters=3",
+                        "--out", str(tmp_path / "run")]) == 0
+    loaded = bm.load(tmp_path / "run")
+    assert loaded.model.prior.features == ["f1", "f2"] and loaded.model.prior.truncation == 3
+    assert loaded.model.prior.centre is not None  # the training tasks' scale travels with the run
+    capsys.readouterr()
+    assert main(base + ["--model-option", "features=f1", "--model-option", "clusters=1",
+                        "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clusters must be an integer >= 2" in err[0], err
