@@ -113,3 +113,24 @@ def _task_rows_backward(ctx, g):
 
 
 _task_rows.register_autograd(_task_rows_backward, setup_context=_task_rows_setup)
+
+
+def exact_fits(Xv: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, tol: float = 1e-9) -> list[int]:
+    """Tasks whose rows are more than their design's rank yet fitted exactly by it (residual 0):
+    with a noise sd of their own, the likelihood grows without bound as that sd goes to 0, and
+    the posterior is improper. Xv (N, D) the task-varying design, y (N,), task (N,)."""
+    X, yv = Xv.double(), y.double()
+    XX = X.new_zeros(n_tasks, X.shape[1], X.shape[1]).index_add_(0, task, X.unsqueeze(-1) * X.unsqueeze(-2))
+    Xy = X.new_zeros(n_tasks, X.shape[1]).index_add_(0, task, X * yv.unsqueeze(-1))
+    n = torch.bincount(task, minlength=n_tasks).double()
+    ybar = X.new_zeros(n_tasks).index_add_(0, task, yv) / n.clamp_min(1)
+    spread = X.new_zeros(n_tasks).index_add_(0, task, (yv - ybar[task]) ** 2)
+    yy = X.new_zeros(n_tasks).index_add_(0, task, yv * yv)
+    vals, vecs = torch.linalg.eigh(XX)
+    keep = vals > tol * vals[:, -1:].clamp_min(tol)
+    proj = (vecs.transpose(-1, -2) @ Xy.unsqueeze(-1)).squeeze(-1)      # Xy in the eigenbasis
+    fitted = (proj ** 2 / vals.where(keep, torch.ones_like(vals)) * keep).sum(-1)
+    rss = (yy - fitted).clamp_min(0)
+    rank = keep.sum(-1)
+    exact = (n > rank) & (rss <= 1e-8 * (spread + yy).clamp_min(1e-300))
+    return torch.nonzero(exact).flatten().tolist()

@@ -19,6 +19,7 @@ draw), and the automatic non-centring of a user prior's location-scale sites.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,8 +34,9 @@ from pyro.poutine.runtime import _PYRO_STACK
 
 from . import marginals
 from .data import MultiTaskData
-from .design import linear_predictor, task_rows
+from .design import exact_fits, linear_predictor, task_rows
 from .likelihoods import Likelihood, check_shapes, get_likelihood
+from .likelihoods.base import LocationScale
 from .priors.base import TaskPrior, as_distribution, move_distribution
 from .protocol import (
     ModelBase,
@@ -134,6 +136,15 @@ class MultiTaskModel(ModelBase):
         lik = self.likelihood_for(data)
         lik.check(data)
         check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
+        if isinstance(lik, LocationScale) and lik.resolved_noise(data) == "per_task" and data.y is not None:
+            exact = exact_fits(self.design(data)[0], data.y, data.task, data.n_tasks)
+            if exact:
+                names = ", ".join(repr(data.task_names[t]) for t in exact[:5]) + (" ..." if len(exact) > 5 else "")
+                warnings.warn(f"{len(exact)} task(s) ({names}) have more rows than free parameters yet their target "
+                              f"is fitted exactly (residual 0): with a noise sd per task their posterior has no "
+                              f"lower bound on it (improper; SVI may stop with a NaN ELBO). Use "
+                              f"{type(lik).__name__}(noise='shared'), or check those tasks' data",
+                              UserWarning, stacklevel=3)
         self._prior_trace(data)  # a prior that cannot run, or returns the wrong shape, fails here
 
     def design(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor]:

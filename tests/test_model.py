@@ -78,3 +78,23 @@ def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
     traced = torch.jit.trace(lambda w: rows(w).square().sum(-1), (w0,), check_trace=False)
     w1 = torch.randn(2, T, D, generator=g, dtype=torch.float64)
     assert torch.allclose(traced(w1), (X * w1[..., task, :]).sum(-1).square().sum(-1))
+
+
+def test_a_task_fitted_exactly_with_its_own_noise_is_named():
+    """A task with more rows than parameters whose target its design fits exactly makes the
+    per-task noise posterior improper (the survey data hold four): one warning names it, and
+    shared noise or ordinary data give none."""
+    import warnings
+
+    df, _ = hierarchical_regression(n_tasks=4, rows=10, features=2, seed=0)
+    exact = df["task"] == df["task"].iloc[0]
+    df.loc[exact, "y"] = 1.0 + 2.0 * df.loc[exact, "x1"] - df.loc[exact, "x2"]
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    with pytest.warns(UserWarning, match=r"1 task\(s\) \('task_00'\) have more rows than free parameters"):
+        bm.models.Hierarchical().check(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise="shared")).check(data)
+        clean = bm.MultiTaskData.from_frame(hierarchical_regression(n_tasks=4, rows=10, features=2, seed=0)[0],
+                                            task="task", target="y")
+        bm.models.Hierarchical().check(clean)
