@@ -209,9 +209,15 @@ def survey(args) -> list[dict]:
     return rows
 
 
-def _bayesian(names: list[str], likelihood: str, shared: list[str] | None = None):
+#: the Gaussian models' noise mode (``--noise``)
+NOISE = {"noise": "per_task"}
+
+
+def _bayesian(names: list[str], likelihood, shared: list[str] | None = None):
     """(name, model) for the Bayesian rows of the real-data cases that ``--models`` names; the
     hierarchical model takes the school-level features as shared (``shared``)."""
+    if likelihood == "gaussian" and NOISE["noise"] != "per_task":
+        likelihood = bm.likelihoods.Gaussian(noise=NOISE["noise"])
     made = {"hierarchical": lambda: bm.models.Hierarchical(likelihood, shared=shared or ()),
             "shared-sparsity": lambda: bm.models.SharedSparsity(likelihood=likelihood),
             "dirty": lambda: bm.models.Dirty(likelihood=likelihood),
@@ -324,11 +330,14 @@ def main(argv=None) -> None:
     p.add_argument("--models", default="hierarchical,independent,shared-sparsity,dirty,shared-subspace,sklearn",
                    help="which rows to fit (every case but subspace)")
     p.add_argument("--target-accept", type=float, default=None, help="MCMC: the back end's target_accept")
+    p.add_argument("--noise", default="per_task", choices=["per_task", "shared"],
+                   help="survey, school: the Gaussian models' noise (per task by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
     args.methods = args.methods.split(",")
     args.models = args.models.split(",")
+    NOISE["noise"] = args.noise
     if args.target_accept is not None:
         MCMC_OPTIONS["target_accept"] = args.target_accept
     args.splits = _splits(args.splits)
