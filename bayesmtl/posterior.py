@@ -260,6 +260,13 @@ class Posterior:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""
         return self.model.num_clusters(self)
 
+    def gate(self, new: pd.DataFrame | None = None, prob: float = 0.9) -> pd.DataFrame:
+        """Each task's cluster probabilities from its task features alone, with a central
+        ``prob`` interval (``GatedClusters`` only): task, cluster, mean, lower, upper; ``new``:
+        a frame of other tasks instead of the training ones."""
+        check_prob(prob)
+        return self.model.gate(self, new, prob)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write a run directory (see ``bayesmtl.runs``); nothing half-written on error. A

@@ -267,6 +267,10 @@ class ModelBase:
         raise TypeError(f"{type(self).__name__} has no task clusters; num_clusters() needs a clustering "
                         "model such as bayesmtl.models.DPClustering")
 
+    def gate(self, post, new=None, prob: float = 0.9) -> Any:
+        """Cluster probabilities from task features (gated clustering models only)."""
+        raise TypeError(f"{type(self).__name__} has no gate; gate() needs bayesmtl.models.GatedClusters")
+
 
 # ---------------------------------------------------------------------- helpers of the contract
 @contextlib.contextmanager

@@ -57,18 +57,28 @@ def test_planted_clusters_come_back_and_the_gate_places_new_tasks_by_their_featu
     part = post.relations().clusters()
     assert adjusted_rand_index(part["cluster"].to_numpy(), truth["cluster"]) == pytest.approx(1.0)
     # the model's own cluster index of each planted cluster (partition labels are renumbered)
-    own = post.model.gate(post).pivot(index="task", columns="cluster", values="mean").idxmax(axis=1)
+    own = post.gate().pivot(index="task", columns="cluster", values="mean").idxmax(axis=1)
     label = {c: int(own.to_numpy()[truth["cluster"] == c][0]) for c in range(3)}
     angles = [math.pi / 3, math.pi, 5 * math.pi / 3]  # the middle of sector c
     rows = pd.DataFrame({"task": [f"new{c}" for c in range(3)], "f1": [2 * math.cos(a) for a in angles],
                          "f2": [2 * math.sin(a) for a in angles], "x1": 0.0, "y": 0.0})
-    gate = post.model.gate(post, rows)
+    gate = post.gate(rows)
     for c in range(3):
         p = gate[(gate["task"] == f"new{c}") & (gate["cluster"] == label[c])]["mean"].item()
         assert p > 0.7, (c, gate[gate["task"] == f"new{c}"])
     pred = post.predict(rows.assign(x1=1.0))
     want = truth["theta"][:, 0] + truth["theta"][:, 1]
     np.testing.assert_allclose(pred["mean"].to_numpy(), want, atol=0.8)
+
+
+def test_gate_is_refused_by_models_without_one():
+    from bayesmtl.synthetic import hierarchical_regression
+
+    df, _ = hierarchical_regression(n_tasks=3, rows=5, features=1, seed=0)
+    post = bm.fit(bm.models.Hierarchical(), bm.MultiTaskData.from_frame(df, task="task", target="y"),
+                  method="map", steps=50, progress=False)
+    with pytest.raises(TypeError, match="Hierarchical has no gate; gate\\(\\) needs bayesmtl.models.GatedClusters"):
+        post.gate()
 
 
 def test_cli_fits_gated_clusters_and_the_run_loads(tmp_path, capsys):
