@@ -33,7 +33,7 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "svi")}
+        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees")}
 
 
 def _settings(name: str, method: str) -> dict:

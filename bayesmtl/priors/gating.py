@@ -132,10 +132,7 @@ class GatedClusters(DirichletProcess):
 
     def sample_new(self, samples, tasks, generator):
         """New tasks: a cluster drawn from the gate at their features per draw, its atom as parameters."""
-        x = self.inputs(tasks).to(samples["gate"])                      # (n, F)
-        base = stick_breaking(samples["v"])                             # (S, K)
-        logits = torch.log(base.clamp_min(1e-300)).unsqueeze(-2) + x @ samples["gate"].transpose(-1, -2)
-        p = torch.softmax(logits.double(), -1)                          # (S, n, K)
+        p = self.gate_probabilities(samples, tasks).double()            # (S, n, K)
         S, n, K = p.shape
         k = torch.multinomial(p.reshape(S * n, K), 1, generator=generator).reshape(S, n)
         atoms = samples["atom_w"]
