@@ -27,17 +27,15 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
+from sparsity import SCHOOL_SHARED, SCHOOL_VARYING, _splits  # benchmarks/ is the script's folder
 
 import bayesmtl as bm
 from bayesmtl import datasets
 from bayesmtl.relations import adjusted_rand_index
 from bayesmtl.synthetic import gated_clusters, tree_regression
 
+#: school-level columns the gate reads (copies of them: the originals stay shared features)
 SCHOOL_GATE = ["school_boys", "school_girls", "denom_cofe", "denom_rc"]
-SCHOOL_VARYING = ["year_1985", "year_1986", "female", "vr1", "vr2"]
-SCHOOL_SHARED = ["pct_fsm", "pct_vr1", "ethnic_african", "ethnic_arab", "ethnic_bangladeshi", "ethnic_caribbean",
-                 "ethnic_greek", "ethnic_indian", "ethnic_pakistani", "ethnic_se_asian", "ethnic_turkish",
-                 "ethnic_other", *SCHOOL_GATE]
 
 
 def _fit(model, data, method: str, seed: int):
@@ -122,14 +120,6 @@ def school(args) -> list[dict]:
                          "seconds": round(sec, 1), "warnings": "; ".join(problems)})
             print(rows[-1], flush=True)
     return rows
-
-
-def _splits(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return out
 
 
 def main(argv=None) -> None:
