@@ -342,11 +342,17 @@ def main(argv=None) -> None:
         MCMC_OPTIONS["target_accept"] = args.target_accept
     args.splits = _splits(args.splits)
     args.n_train = [int(n) for n in args.n_train.split(",")]
+    run_cases({"planted": planted, "subspace": subspace, "survey": survey, "school": school,
+               "landmine": landmine}, args)
+
+
+def run_cases(cases: dict, args) -> None:
+    """Run ``args.cases`` (comma-separated names of ``cases``) on one thread, write the rows to
+    ``args.out`` (JSON) and print them as a table."""
     torch.set_num_threads(1)
     rows = []
     for case in args.cases.split(","):
-        rows += {"planted": planted, "subspace": subspace, "survey": survey, "school": school,
-                 "landmine": landmine}[case](args)
+        rows += cases[case](args)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)

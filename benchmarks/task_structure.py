@@ -19,15 +19,13 @@ Cases (``--cases``):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 import warnings
 
 import numpy as np
-import pandas as pd
 import torch
-from sparsity import SCHOOL_SHARED, SCHOOL_VARYING, _splits  # benchmarks/ is the script's folder
+from sparsity import SCHOOL_SHARED, SCHOOL_VARYING, _splits, run_cases  # benchmarks/ is the script's folder
 
 import bayesmtl as bm
 from bayesmtl import datasets
@@ -136,14 +134,7 @@ def main(argv=None) -> None:
     args.methods = args.methods.split(",")
     args.models = args.models.split(",")
     args.splits = _splits(args.splits)
-    torch.set_num_threads(1)
-    rows = []
-    for case in args.cases.split(","):
-        rows += {"gate": gate, "tree": tree, "school": school}[case](args)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(rows, fh, indent=1)
-    print(pd.DataFrame(rows).to_string(index=False))
+    run_cases({"gate": gate, "tree": tree, "school": school}, args)
 
 
 if __name__ == "__main__":

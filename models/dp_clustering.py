@@ -166,14 +166,14 @@ class DPClustering(MultiTaskModel):
         gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,))))  # fit seeded the global RNG
         S = full["weights"].shape[0]
         probs, zs = [], []
+        weights = self.prior.assignment_weights(full)  # (S, 1 or T, K): a view, sliced per chunk
         with torch.no_grad():
             for lo in range(0, S, chunk):
                 sl = slice(lo, lo + chunk)
                 params = {k: full[k][sl] for k in lik.site_dims()}
                 coef = full["coef"][sl] if "coef" in full else None
                 ll = cluster_loglik(self, data, full["atom_w"][sl], coef, params, Xv, Xs)
-                weights = self.prior.assignment_weights({k: v[sl] for k, v in full.items()})
-                logp = torch.log(weights.clamp_min(1e-300)) + ll
+                logp = torch.log(weights[sl].clamp_min(1e-300)) + ll
                 p = torch.softmax(logp.double(), dim=-1)
                 probs.append(p.to(ll.dtype))
                 zs.append(torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=gen).reshape(p.shape[:-1]))

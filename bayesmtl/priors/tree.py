@@ -104,21 +104,26 @@ class TreeHierarchy(TaskPrior):
             parent = codes.new_zeros(n)
             if above is not None:
                 parent[codes] = above
-                if not _tracing():
-                    self._check_nested(col, codes, above, tasks)
+                if not _tracing():  # one comparison, not a loop: sample runs at every untraced evaluation
+                    self._check_nested(col, codes, above, parent, tasks)
             out.append((codes, parent, n))
             above = codes
         return out
 
-    def _check_nested(self, col: str, codes: torch.Tensor, above: torch.Tensor, tasks: Tasks) -> None:
-        outer = self.tree[self.tree.index(col) - 1]
-        seen: dict[int, int] = {}
-        for child, par in zip(codes.tolist(), above.tolist(), strict=True):
-            if seen.setdefault(child, par) != par:
-                names = tasks.levels[outer]
-                raise ValueError(f"tree: {col} {tasks.levels[col][child]!r} lies in two {outer}s "
-                                 f"({names[seen[child]]!r} and {names[par]!r}); a node needs one parent "
-                                 f"(give nodes unique names, e.g. '{outer}-{col}')")
+    def _check_nested(self, col: str, codes: torch.Tensor, above: torch.Tensor, parent: torch.Tensor,
+                      tasks: Tasks) -> None:
+        """Raise when a node of ``col`` has tasks under two parents (``parent[codes]`` then
+        differs from some task's own parent ``above``)."""
+        bad = torch.nonzero(parent[codes] != above).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            child = int(codes[i])
+            outer = self.tree[self.tree.index(col) - 1]
+            names = tasks.levels[outer]
+            a, b = sorted((int(parent[child]), int(above[i])))
+            raise ValueError(f"tree: {col} {tasks.levels[col][child]!r} lies in two {outer}s "
+                             f"({names[a]!r} and {names[b]!r}); a node needs one parent "
+                             f"(give nodes unique names, e.g. '{outer}-{col}')")
 
     def sample(self, tasks: Tasks) -> torch.Tensor:
         pop = self.population(tasks)
