@@ -28,7 +28,6 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from bayesmtl.data import MultiTaskData
-from bayesmtl.design import linear_predictor
 from bayesmtl.likelihoods import Bernoulli, Gaussian, Likelihood
 from bayesmtl.marginals import Marginal
 from bayesmtl.model import MultiTaskModel
@@ -46,25 +45,19 @@ def cluster_loglik(model: MultiTaskModel, data: MultiTaskData, atoms: torch.Tens
     atoms (..., K, D); coef and params laid out as inside the model or as flat draws (S, ...).
     """
     lik = model.likelihood_for(data)
-    T, K = data.n_tasks, atoms.shape[-2]
-    zeros = torch.zeros_like(data.task)
-    if isinstance(lik, Gaussian) and lik.noise == "shared":
-        # a shared sigma's layout rule (Gaussian.scale) assumes eta (..., N): one cluster at a time
-        cols = []
-        for k in range(K):
-            eta = linear_predictor(atoms[..., k:k + 1, :], coef, Xv, Xs, zeros)
-            lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
-            cols.append(lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp))
-        return torch.stack(cols, dim=-1)
+    T, K, N = data.n_tasks, atoms.shape[-2], data.n_rows
     # one matmul (..., N, K) rather than gathering a (K, N, D) design: 3-4x faster SVI steps on landmine
     eta = Xv @ atoms.transpose(-1, -2)
     if coef is not None and Xs.shape[-1]:
         c = coef.squeeze(-2) if coef.dim() >= 2 and coef.shape[-2] == 1 else coef  # as in linear_predictor
         eta = eta + (c @ Xs.T if c.dim() > 1 else Xs @ c).unsqueeze(-1)
-    # clusters as a new leftmost dim: eta (K, ..., N) broadcasts against per-task or per-row parameters
-    eta = eta.movedim(-1, 0)
-    lp = lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
-    return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).movedim(0, -1)
+    # the K clusters' copies of the rows side by side, (..., K N): a likelihood sees rows as always,
+    # so a shared or per-draw parameter (sigma, nu) lines up with them whatever its layout
+    eta = eta.transpose(-1, -2).reshape(*eta.shape[:-2], K * N)
+    rows = [None if v is None else v.repeat(K) for v in (data.task, data.noise, data.trials, data.y)]
+    lp = lik.distribution(eta, params, rows[0], rows[1], rows[2]).log_prob(rows[3])
+    lp = lp.reshape(*lp.shape[:-1], K, N)
+    return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).transpose(-1, -2)
 
 
 class DPClustering(MultiTaskModel):

@@ -109,6 +109,27 @@ def test_cluster_loglik_shared_and_per_task_noise_agree():
     torch.testing.assert_close(a[2, 1, 7], ref)
 
 
+def test_cluster_loglik_lines_up_a_per_draw_parameter_with_the_rows():
+    """A Student-t's nu is one value per draw, (S,); with the clusters stacked on the left of the
+    rows it broadcast against the rows instead (an error, or a silent result when S = N)."""
+    from bayesmtl.models.dp_clustering import cluster_loglik
+
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=7, likelihood="gaussian")
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.DPClustering(likelihood=bm.likelihoods.StudentT(noise="per_task"))
+    Xv, Xs = model.design(data)
+    S = data.n_rows  # the case where a wrong broadcast would pass silently
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(S, 5, 3, generator=g, dtype=torch.float64)
+    params = {"sigma": torch.rand(S, data.n_tasks, generator=g, dtype=torch.float64) + 0.5,
+              "nu": torch.rand(S, generator=g, dtype=torch.float64) * 10 + 1}
+    out = cluster_loglik(model, data, atoms, None, params, Xv, Xs)
+    assert out.shape == (S, data.n_tasks, 5)
+    rows = (data.task == 2).nonzero().squeeze(-1)
+    ref = torch.distributions.StudentT(params["nu"][3], Xv[rows] @ atoms[3, 4], params["sigma"][3, 2])
+    torch.testing.assert_close(out[3, 2, 4], ref.log_prob(data.y[rows]).sum())
+
+
 def test_marginal_matches_enumeration():
     """The closed-form marginal (collapsed form, for samplers without enumeration) has the same
     potential as Pyro's enumeration of z."""

@@ -43,6 +43,47 @@ def test_structured_affine_inverts_and_its_jacobian_is_the_dense_matrix_s():
     assert torch.allclose(t.marginal_sd(), J.pow(2).sum(-1).sqrt())
 
 
+def test_per_task_blocks_invert_and_their_jacobian_is_the_dense_matrix_s():
+    """B as one lower-triangular block per task (T = 3 tasks x m = 2 values, listed task by task)."""
+    t = _affine(Q=6)
+    g = torch.Generator().manual_seed(1)
+    t.task = torch.tensor([1, 2, 4, 5, 7, 8])
+    t.order = torch.argsort(torch.cat([t.pop, t.task]))
+    t.coupling = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    t.scale = torch.randn(3, 2, 2, generator=g, dtype=torch.float64).tril()
+    t.scale.diagonal(dim1=-2, dim2=-1).copy_(torch.rand(3, 2, generator=g, dtype=torch.float64) + 0.3)
+    t.loc = torch.randn(9, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 9, dtype=torch.float64)
+    z = t(x)
+    assert torch.allclose(t.inv(z), x, atol=1e-10)
+    J = torch.autograd.functional.jacobian(lambda v: t(v), x[0])
+    assert torch.allclose(t.log_abs_det_jacobian(x, z)[0], torch.linalg.slogdet(J)[1])
+    assert torch.allclose(t.marginal_sd(), J.pow(2).sum(-1).sqrt())
+    # a task's two values are correlated under B, values of different tasks are not (given eps_pop)
+    Jt = J[t.task][:, t.task]
+    cov = Jt @ Jt.T
+    assert cov[0, 1].abs() > 1e-3 and torch.allclose(cov[0, 2:], torch.zeros(4, dtype=cov.dtype), atol=1e-12)
+
+
+def test_structured_guide_gives_each_task_one_block_over_its_sites():
+    """Two per-task sites (a (T, 2) coefficient and a (T,) scale) make one 3 x 3 block per task."""
+    T = 5
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("task", T, dim=-1):
+            w = pyro.sample("w", dist.Normal(mu, 1.0).to_event(1))
+            s = pyro.sample("s", dist.HalfNormal(1.0))
+            pyro.sample("y", dist.Normal(w.sum(-1), s), obs=torch.zeros(T))
+
+    pyro.clear_param_store()
+    guide = AutoStructuredNormal(model)
+    guide()
+    assert guide.task_blocks == (T, 3) and guide.task_tril.shape == (T, 3, 3)
+    # task t's values: w[t, 0], w[t, 1] (positions 2 + 2t, 3 + 2t) and s[t] (position 2 + 2T + t)
+    assert guide._task[:3].tolist() == [2, 3, 2 + 2 * T] and guide._task[3:6].tolist() == [4, 5, 3 + 2 * T]
+
+
 def test_a_diagonal_population_factor_given_as_a_vector_is_the_dense_diagonal():
     dense = _affine()
     sd = dense.tril.diagonal().clone()
