@@ -28,6 +28,14 @@ an exact LMC with one shared and T private latent processes. It nests independen
 and ICM (p = 0), so tasks that differ in smoothness need not share one lengthscale. It runs on
 the Hadamard path; ``task_cov`` and ``task_corr`` then describe f at one input (B + diag(p)).
 
+``kind="hierarchical"`` is the hierarchical GP (``bayesmtl.gp.hierarchical``; Lawrence & Platt
+2004, Yu, Tresp & Schwaighofer 2005): f_t = g + h_t + c_t, one shared function g plus each task's
+own deviation h_t and constant c_t. Tasks are exchangeable, so it predicts tasks never seen in
+training (g's posterior plus a deviation from the prior). Sites: ``lengthscale`` (D,) and
+``shared_scale`` of g, ``deviation_lengthscale`` (D,) and ``deviation_scale`` of the h_t,
+``offset_scale``, ``noise`` (T,), ``mean`` (); ``task_corr`` is then the share of a task's
+variance at one input that is shared, s_g^2 / (s_g^2 + s_h^2 + c^2), the same for every pair.
+
 ``kind="lmc"`` is the variational linear model of coregionalisation (``bayesmtl.gp.lmc``), fitted
 with ``method="map"`` only (inducing points, minibatches). Sites: ``lengthscale`` (Q, D),
 ``lmc_coef`` (Q, T), ``noise``, ``mean``, and its variational state ``lmc_latent_mean`` (Q,),
@@ -52,7 +60,7 @@ import pyro.distributions as dist
 import torch
 
 from bayesmtl.data import MultiTaskData
-from bayesmtl.gp import icm, program, typeii
+from bayesmtl.gp import hierarchical, icm, program, typeii
 from bayesmtl.gp import predict as gp_predict
 from bayesmtl.priors.base import as_distribution
 from bayesmtl.protocol import ModelBase, RelationDraws, Target
@@ -95,7 +103,9 @@ class MultitaskGP(ModelBase):
         ``prior_summary().attrs["defaults"]``).
     kernel : "rbf", "matern12", "matern32", "matern52" or a gpytorch Kernel
         Input kernel (ARD). A gpytorch kernel object is fitted with ``method="map"`` only.
-    kind : "icm" or "lmc"
+    kind : "icm", "hierarchical" or "lmc"
+        ICM: a learned task covariance times one kernel; hierarchical: a shared function plus
+        task deviations (new tasks predicted); LMC: variational, for large data.
     num_latents, inducing : int
         LMC only: number of latent GPs (default ``rank``) and inducing points.
     lengthscale_prior, outputscale_prior, noise_prior, mean_prior, w_prior, v_prior : pyro distributions
@@ -122,8 +132,10 @@ class MultitaskGP(ModelBase):
                  mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0, private: bool = False):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be None or an integer >= 1; got {rank!r}")
-        if kind not in ("icm", "lmc"):
-            raise ValueError(f"kind must be 'icm' or 'lmc'; got {kind!r}")
+        if kind not in ("icm", "hierarchical", "lmc"):
+            raise ValueError(f"kind must be 'icm', 'hierarchical' or 'lmc'; got {kind!r}")
+        if kind == "hierarchical" and not isinstance(kernel, str):
+            raise ValueError("kind='hierarchical' takes a kernel given by name ('rbf', 'matern52', ...)")
         if isinstance(kernel, str):
             if kernel not in icm.KERNELS:
                 raise ValueError(f"kernel must be one of {icm.KERNELS} or a gpytorch Kernel; got {kernel!r}")
@@ -135,7 +147,8 @@ class MultitaskGP(ModelBase):
         if private not in (True, False):
             raise ValueError(f"private must be True or False; got {private!r}")
         if private and (kind != "icm" or not isinstance(kernel, str)):
-            raise ValueError("private=True needs kind='icm' and a kernel given by name ('rbf', 'matern52', ...)")
+            raise ValueError("private=True needs kind='icm' and a kernel given by name ('rbf', 'matern52', ...); "
+                             "kind='hierarchical' has each task's own kernel already")
         if float(task_corr_eta) <= 0:
             raise ValueError(f"task_corr_eta must be positive; got {task_corr_eta}")
         self.rank = rank
@@ -158,6 +171,12 @@ class MultitaskGP(ModelBase):
         self.private = private
         self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
 
+    @property
+    def own_kernels(self) -> bool:
+        """Whether each task has a kernel of its own (``private=True``, or the hierarchical GP's
+        deviations): such models take the Hadamard path."""
+        return self.private or self.kind == "hierarchical"
+
     def rank_for(self, data: MultiTaskData) -> int:
         """The rank used on ``data``: the one given, else full up to FULL_RANK_TASKS tasks."""
         if self.rank is not None:
@@ -175,7 +194,7 @@ class MultitaskGP(ModelBase):
                 if name in scaled:
                     setattr(out, name, prior)
             out._unit = {}
-        rank = [f"rank={self.rank_for(data)}"] if self.rank is None else []
+        rank = [f"rank={self.rank_for(data)}"] if self.rank is None and self.kind != "hierarchical" else []
         out.bound_defaults = self.defaults() + list(scaled) + rank
         out.rank = self.rank_for(data)
         return out
@@ -187,6 +206,8 @@ class MultitaskGP(ModelBase):
         k = self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
         extra = f", num_latents={self.num_latents}, inducing={self.inducing}" if self.kind == "lmc" else ""
         extra += ", private=True" if self.private else ""
+        if self.kind == "hierarchical":
+            return f"MultitaskGP(kernel={k!r}, kind='hierarchical')"
         return f"MultitaskGP(rank={self.rank}, kernel={k!r}, kind={self.kind!r}{extra})"
 
     # ------------------------------------------------------------------ structure
@@ -245,6 +266,8 @@ class MultitaskGP(ModelBase):
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
         """Dims of every site in the draws, by name (``task``, ``feature``, ...)."""
+        if self.kind == "hierarchical":
+            return {**hierarchical.SITE_DIMS, "task_cov": ("task", "task_"), "task_corr": ("task", "task_")}
         if self.kind == "lmc":
             # the fitted variational state (see bayesmtl.gp.lmc.STATE_SITES) is part of the draws
             return {"lengthscale": ("latent", "feature"), "lmc_coef": ("latent", "task"), "noise": ("task",),
@@ -264,7 +287,7 @@ class MultitaskGP(ModelBase):
         points); the ICM's factor W (up to sign and rotation; task_cov and task_corr are shown)."""
         if self.kind == "lmc":
             return ("lmc_inducing", "lmc_var_mean", "lmc_var_chol")
-        return ("task_W",)  # W is defined up to sign and rotation; B = W W^T + diag(v) is what is learned
+        return ("task_W",) if self.kind == "icm" else ()  # W is defined up to sign and rotation; B = W W^T + diag(v) is what is learned
 
     # ------------------------------------------------------------------ a gpytorch kernel object
     # Its trained hyperparameters are draws (sites "kernel.<parameter name>", raw values), not
@@ -284,7 +307,7 @@ class MultitaskGP(ModelBase):
         "cholesky": one factor per task). The grid layout is found once here."""
         if self.kind == "lmc":
             return {"gp_path": "lmc-variational", "kronecker_solver": None}
-        grid, _ = icm.training_layout(data.X, data.y, data.task, data.n_tasks, self.private, cells=False)
+        grid, _ = icm.training_layout(data.X, data.y, data.task, data.n_tasks, self.own_kernels, cells=False)
         if grid is None:
             return {"gp_path": "hadamard", "kronecker_solver": None}
         return {"gp_path": "kronecker",
@@ -315,6 +338,9 @@ class MultitaskGP(ModelBase):
     def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
         """Draws of the task correlation B_ij / sqrt(B_ii B_jj), (S, T, T), signed."""
         corr = gp_predict.with_task_cov(samples)["task_corr"]
+        if self.kind == "hierarchical":
+            return RelationDraws(corr.cpu().numpy(), "share of each task's function that is shared (hierarchical GP: "
+                                 "s_g^2 / (s_g^2 + s_h^2 + c^2), one value for every pair)", True)
         return RelationDraws(corr.cpu().numpy(), "task correlation of the latent functions (multi-task GP)", True)
 
     def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -330,7 +356,8 @@ class MultitaskGP(ModelBase):
 
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                 generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:
-        """GP predictive at the rows of ``new`` (known tasks only), from flat draws (S, ...).
+        """GP predictive at the rows of ``new`` (known tasks only, except for the hierarchical GP,
+        whose new tasks get the shared function plus a deviation from the prior), from flat draws (S, ...).
 
         Returns ``mean`` (S, N), E[y | draw] (f + task mean), and ``y`` (S * K, N) with
         K = ``draws_per_sample``: K predictive draws of y (noise included) per posterior draw,
@@ -342,7 +369,7 @@ class MultitaskGP(ModelBase):
             raise ValueError(f"draws_per_sample must be an integer >= 1; got {draws_per_sample!r}")
         n_known = new.n_known_tasks
         unseen = sorted({new.task_names[i] for i in new.task.tolist() if i >= n_known})
-        if unseen:
+        if unseen and self.kind != "hierarchical":
             raise ValueError(f"task {unseen[0]!r} was not in the training data; a multi-task GP predicts "
                              "only for tasks it was trained on")
         mu, var = self.predictive_moments(train, new, samples)

@@ -33,11 +33,12 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees")}
+        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map")}
 
 
 def _settings(name: str, method: str) -> dict:
-    return {"steps": 10} if (name, method) == ("multitask-gp", "map") else SETTINGS[method]  # L-BFGS steps
+    gp = name in ("multitask-gp", "hierarchical-gp")
+    return {"steps": 10} if gp and method == "map" else SETTINGS[method]  # L-BFGS steps
 
 
 def _case(name: str, seed: int = 0):
@@ -60,13 +61,17 @@ def _case(name: str, seed: int = 0):
     features = 3 if name == "shared-subspace" else 1  # a subspace needs features to span
     df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
+    if name == "hierarchical-gp":  # a kind of multitask-gp that predicts new tasks
+        return bm.models.MultitaskGP(kind="hierarchical"), df, new, bm.MultiTaskData.from_frame(df, task="task",
+                                                                                              target="y")
     cls = get_model_class(name)
     model = cls(likelihood="gaussian") if name == "dp-clustering" else cls()
     return model, df, new, bm.MultiTaskData.from_frame(df, task="task", target="y")
 
 
 CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else pytest.mark.slow)
-         for n in list(REGISTRY) + list(PRIORS) for m in SETTINGS if (n, m) not in UNSUPPORTED]
+         for n in list(REGISTRY) + ["hierarchical-gp"] + list(PRIORS) for m in SETTINGS
+         if (n if n != "hierarchical-gp" else "multitask-gp", m) not in UNSUPPORTED]
 
 
 @pytest.mark.parametrize("name,method", CASES)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,13 @@ def test_sarcos_with_tasks_at_different_inputs(tmp_path: Path, shared_data):
     """``--observed``: each torque sees its own subset of the inputs, so ICM takes the Hadamard path."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning"}
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sarcos.py"), "--smoke", "--observed", "0.5",
-                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--hierarchical", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(75 observed per torque)" in proc.stdout and "hadamard path" in proc.stdout, proc.stdout
+    table = pd.read_csv(tmp_path / "table.csv", index_col=0)
+    assert {"ICM rank 1", "hierarchical GP"} <= set(table.index)
+    assert (table["SMSE"] < 1).all(), table  # every model beats predicting the training mean
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "sarcos.py"), "--smoke", "--observed", "0",
                           "--out", str(tmp_path / "bad")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "--observed must lie in (0, 1]" in bad.stderr

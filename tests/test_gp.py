@@ -591,3 +591,76 @@ def test_a_batch_keeps_the_factors_it_can_and_rejects_the_rest():
     A = torch.stack([-torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)])
     L = icm.robust_cholesky(A, "test matrix")
     assert torch.isnan(L[0]).all() and torch.equal(L[1], torch.eye(3, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------- the hierarchical GP
+def _hierarchical_frame(n_tasks=8, rows=30, seed=0, new_tasks=0):
+    """f_t(x) = sin(1.5 x) (shared) + 0.4 sin(0.7 x + phase_t) + a_t, a_t ~ N(0, 0.4), y = 3 + f_t + N(0, 0.2)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for t in range(n_tasks + new_tasks):
+        x = rng.uniform(-3, 3, rows)
+        f = np.sin(1.5 * x) + 0.4 * np.sin(0.7 * x + rng.uniform(0, 6)) + rng.normal(0, 0.4)
+        parts.append(pd.DataFrame({"task": f"t{t}", "x": x, "y": 3 + f + rng.normal(0, 0.2, rows)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_hierarchical_gp_marginal_likelihood_is_the_dense_gaussian():
+    """The ICM form (B = s_g^2 1 1^T, each task's own kernel plus a constant) with repeated inputs
+    merged into cells equals log N(y; m, s_g^2 K_g + [t = t'] (s_h^2 K_h + c^2) + diag(noise))."""
+    from bayesmtl.gp import hierarchical
+
+    df = _hierarchical_frame(n_tasks=3, rows=5)
+    df = pd.concat([df, df.iloc[[0, 3, 7]].assign(y=lambda d: d["y"] + 0.3)], ignore_index=True)  # repeats
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    d = torch.float64
+    h = {"lengthscale": torch.tensor([0.8], dtype=d), "shared_scale": torch.tensor(1.3, dtype=d),
+         "deviation_lengthscale": torch.tensor([2.0], dtype=d), "deviation_scale": torch.tensor(0.5, dtype=d),
+         "offset_scale": torch.tensor(0.7, dtype=d), "noise": torch.tensor([0.05, 0.1, 0.2], dtype=d),
+         "mean": torch.tensor(2.5, dtype=d)}
+    _, cells = icm.training_layout(data.X, data.y, data.task, 3, private=True)
+    B, priv, mean, noise = hierarchical.parts(h, 3)
+    got = icm.hadamard_mll(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean, "rbf", cells.count,
+                           cells.ss, priv)
+    X, t = data.X, data.task
+    same = (t[:, None] == t[None, :]).to(d)
+    K = 1.3**2 * icm.ard_kernel(X, X, h["lengthscale"]) + same * (0.25 * icm.ard_kernel(X, X, torch.tensor([2.0], dtype=d))
+                                                                   + 0.49) + torch.diag(h["noise"][t])
+    want = torch.distributions.MultivariateNormal(torch.full_like(data.y, 2.5), K).log_prob(data.y)
+    torch.testing.assert_close(got, want)
+
+
+def test_hierarchical_gp_recovers_the_shared_function_and_predicts_new_tasks():
+    """Fitted on 8 tasks, a new task's predictive mean is the shared function (3 + sin 1.5x: the
+    deviations and constants average out), and its 90% intervals cover 30 unseen tasks' rows."""
+    df = _hierarchical_frame(n_tasks=8, rows=30, new_tasks=30)
+    fitted = [f"t{t}" for t in range(8)]
+    train, unseen = df[df["task"].isin(fitted)], df[~df["task"].isin(fitted)]
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y")
+    post = bm.fit(MultitaskGP(kind="hierarchical"), data, method="map", seed=0, progress=False)
+    grid = pd.DataFrame({"task": "brand_new", "x": np.linspace(-2.5, 2.5, 41), "y": 0.0})
+    p = post.predict(grid)
+    assert p["new_task"].all()
+    err = p["mean"].to_numpy() - (3 + np.sin(1.5 * grid["x"].to_numpy()))
+    assert np.sqrt((err**2).mean()) < 0.3, err  # the constants a_t (sd 0.4) over 8 tasks leave about 0.15
+    q = post.predict(unseen)
+    inside = (unseen["y"].to_numpy() >= q["q05"].to_numpy()) & (unseen["y"].to_numpy() <= q["q95"].to_numpy())
+    assert 0.82 <= inside.mean() <= 0.97, inside.mean()
+    # a known task's rows are predicted far better than a new task's: its deviation is learned
+    known = post.predict(train)
+    assert (known["sd"] < 0.6 * q["sd"].mean()).mean() > 0.9
+    # the share of a task's function that is shared: one value for every pair
+    corr = post.relations().mean()
+    off = corr.to_numpy()[~np.eye(8, dtype=bool)]
+    assert np.allclose(off, off[0]) and 0.3 < off[0] < 0.95
+
+
+def test_hierarchical_gp_settings_are_checked():
+    with pytest.raises(ValueError, match="kind must be 'icm', 'hierarchical' or 'lmc'"):
+        MultitaskGP(kind="tree")
+    with pytest.raises(ValueError, match="has each task's own kernel already"):
+        MultitaskGP(kind="hierarchical", private=True)
+    import gpytorch
+
+    with pytest.raises(ValueError, match="kind='hierarchical' takes a kernel given by name"):
+        MultitaskGP(kind="hierarchical", kernel=gpytorch.kernels.RBFKernel())

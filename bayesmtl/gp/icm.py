@@ -53,15 +53,19 @@ def ard_kernel(X1: torch.Tensor, X2: torch.Tensor, lengthscale: torch.Tensor, ki
 
 
 def private_kernel(X1: torch.Tensor, t1: torch.Tensor, X2: torch.Tensor, t2: torch.Tensor,
-                   private: tuple[torch.Tensor, torch.Tensor], kind: str = "rbf") -> torch.Tensor:
+                   private: tuple[torch.Tensor, ...], kind: str = "rbf") -> torch.Tensor:
     """Each task's own ARD kernel times its variance, zero between tasks.
 
     X1 (N1, D), t1 (N1,), X2 (N2, D), t2 (N2,), private = (lengthscales (..., T, D), variances
-    (..., T)) -> (..., N1, N2).
+    (..., T)[, offsets (..., T)]) -> (..., N1, N2). An offset is the variance of a constant
+    of each task's own (the hierarchical GP's task intercepts, integrated out).
     """
-    ls, var = private
-    K = _scaled_kernel(X1 / ls[..., t1, :], X2 / ls[..., t2, :], kind)
-    return K * (t1.unsqueeze(-1) == t2.unsqueeze(-2)) * var[..., t1].unsqueeze(-1)
+    ls, var = private[:2]
+    same = t1.unsqueeze(-1) == t2.unsqueeze(-2)
+    K = _scaled_kernel(X1 / ls[..., t1, :], X2 / ls[..., t2, :], kind) * var[..., t1].unsqueeze(-1)
+    if len(private) > 2:
+        K = K + private[2][..., t1].unsqueeze(-1)
+    return K * same
 
 
 def _scaled_kernel(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -256,7 +260,7 @@ def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):
 
 def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
                  noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf", count: torch.Tensor | None = None,
-                 ss: torch.Tensor | None = None, private: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 ss: torch.Tensor | None = None, private: tuple[torch.Tensor, ...] | None = None,
                  ) -> torch.Tensor:
     """Exact log marginal likelihood, Hadamard form.
 
@@ -294,7 +298,7 @@ def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kin
     prior = B[task_s, task_s]  # k(x, x) = 1
     if private is not None:
         Ks = Ks + private_kernel(Xs, task_s, X, task, private, kind)
-        prior = prior + private[1][task_s]
+        prior = prior + sum(p[task_s] for p in private[1:])
     mu = mean[task_s] + Ks @ cache.alpha
     v = torch.linalg.solve_triangular(cache.L, Ks.T, upper=False)
     var = prior - (v * v).sum(0)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from . import icm
+from . import hierarchical, icm
 
 __all__ = ["shared_task_cov", "with_task_cov", "kernel_of_draw", "moments", "draws_of_y", "log_density",
            "loo_log_density", "MAX_LOO_ROWS"]
@@ -26,6 +26,8 @@ def shared_task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
     if "lmc_coef" in samples:
         A = samples["lmc_coef"]  # (S, Q, T)
         return A.transpose(-1, -2) @ A
+    if "shared_scale" in samples:  # the hierarchical GP: the shared function's variance, every pair
+        return hierarchical.parts(samples, samples["noise"].shape[-1])[0]
     return samples["task_cov"]
 
 
@@ -36,6 +38,9 @@ def with_task_cov(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     B = shared_task_cov(samples)
     if "private_var" in samples:
         B = B + torch.diag_embed(samples["private_var"])
+    if "deviation_scale" in samples:  # each task's own deviation and constant
+        own = samples["deviation_scale"].pow(2) + samples["offset_scale"].pow(2)
+        B = B + own[..., None, None] * torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
     d = B.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
     out["task_cov"] = B
     out["task_corr"] = d.unsqueeze(-1) * B * d.unsqueeze(-2)
@@ -69,15 +74,11 @@ def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.
         return lmc.moments_lmc(samples, new, model.kernel)
     out_m, out_v = [], []
     dt, dev = train.dtype, train.device
-    B_all = shared_task_cov(samples).to(device=dev, dtype=dt)
-    grid, cells = icm.training_layout(train.X, train.y, train.task, train.n_tasks, model.private)
+    grid, cells = icm.training_layout(train.X, train.y, train.task, train.n_tasks, model.own_kernels)
     new = new.to(dev)
-    for s in range(B_all.shape[0]):
+    for s in range(samples["lengthscale"].shape[0]):
         kfn = kernel_of_draw(model.kernel, samples, s, train.X)
-        B, ls = B_all[s], samples["lengthscale"][s].to(device=dev, dtype=dt)
-        noise, mean = samples["noise"][s].to(device=dev, dtype=dt), samples["mean"][s].to(device=dev, dtype=dt)
-        priv = ((samples["private_lengthscale"][s].to(device=dev, dtype=dt),
-                 samples["private_var"][s].to(device=dev, dtype=dt)) if model.private else None)
+        B, ls, noise, mean, priv = _draw(model, samples, s, max(train.n_tasks, new.n_tasks), dev, dt)
         with torch.no_grad():
             if grid is not None:
                 c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
@@ -88,6 +89,18 @@ def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.
         out_m.append(mu)
         out_v.append(var + noise[new.task])
     return torch.stack(out_m), torch.stack(out_v)
+
+
+def _draw(model, samples: dict[str, torch.Tensor], s: int, n_tasks: int, dev, dt):
+    """Draw s as the ICM's (B, lengthscale, noise, mean, private or None) on ``dev``/``dt``;
+    the hierarchical GP's for ``n_tasks`` tasks (new ones after the known)."""
+    get = lambda k: samples[k][s].to(device=dev, dtype=dt)  # noqa: E731
+    if model.kind == "hierarchical":
+        B, priv, mean, noise = hierarchical.parts({k: get(k) for k in hierarchical.SITE_DIMS}, n_tasks)
+        return B, get("lengthscale"), noise, mean, priv
+    B = shared_task_cov({k: v[s:s + 1] for k, v in samples.items()})[0].to(device=dev, dtype=dt)
+    priv = (get("private_lengthscale"), get("private_var")) if model.private else None
+    return B, get("lengthscale"), get("noise"), get("mean"), priv
 
 
 def draws_of_y(mu: torch.Tensor, var: torch.Tensor, generator: torch.Generator, draws_per_sample: int) -> torch.Tensor:
@@ -121,17 +134,14 @@ def loo_log_density(model, data, samples: dict[str, torch.Tensor], by: str = "ro
         raise ValueError(f"exact GP leave-one-out inverts an n x n covariance per draw; {data.n_rows} rows is "
                          f"above {MAX_LOO_ROWS}")
     dt, dev = data.dtype, data.device
-    B_all = shared_task_cov(samples).to(device=dev, dtype=dt)
     X, y, task = data.X, data.y, data.task
     out = []
-    for s in range(B_all.shape[0]):
-        get = lambda k, s=s: samples[k][s].to(device=dev, dtype=dt)  # noqa: E731
-        priv = (get("private_lengthscale"), get("private_var")) if model.private else None
+    for s in range(samples["lengthscale"].shape[0]):
+        B, ls, noise, mean, priv = _draw(model, samples, s, data.n_tasks, dev, dt)
         with torch.no_grad():
-            K = icm._hadamard_cov(X, task, B_all[s], get("lengthscale"), get("noise"),
-                                  kernel_of_draw(model.kernel, samples, s, X), private=priv)
+            K = icm._hadamard_cov(X, task, B, ls, noise, kernel_of_draw(model.kernel, samples, s, X), private=priv)
             P = torch.cholesky_inverse(icm.robust_cholesky(K, "ICM covariance (leave-one-out)"))
-            a = P @ (y - get("mean")[task])
+            a = P @ (y - mean[task])
             if by == "row":
                 p = P.diagonal()
                 out.append(-0.5 * (math.log(2 * math.pi) - p.log() + a * a / p))

@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 
 from ..priors.base import move_distribution
-from . import icm
+from . import hierarchical, icm
 
 __all__ = ["icm_program"]
 
@@ -23,7 +23,9 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
     ``outputscale`` (T,) and ``corr_chol`` (T, T), B = diag(s) C diag(s); else ``task_W`` (T, r)
     and ``task_v`` (T,), B = W W^T + diag(v); with private kernels ``private_lengthscale`` (T, D)
     and ``private_var`` (T,); ``noise`` (T,), ``mean`` (T,); the factor ``gp_mll`` (unless
-    ``observe=False``: priors only). Broadcasts over a leading batch dim (an outer plate at dim -2).
+    ``observe=False``: priors only). ``kind="hierarchical"``: the sites of
+    ``bayesmtl.gp.hierarchical``, on the Hadamard path. Broadcasts over a leading batch dim (an
+    outer plate at dim -2).
     """
     if model.kind == "lmc":
         raise NotImplementedError("kind='lmc' is fitted by variational inference: use method='map'")
@@ -37,10 +39,20 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
     like = torch.zeros((), dtype=data.dtype, device=data.device)
     full = model.full_rank(data)
     private = model.private
-    grid, cells = icm.training_layout(data.X, data.y, data.task, T, private)
+    grid, cells = icm.training_layout(data.X, data.y, data.task, T, model.own_kernels)
     kind = model.kernel
     mv = lambda d: move_distribution(d, like)  # noqa: E731
     eta = model.task_corr_eta
+
+    def hierarchical_program() -> None:
+        h = hierarchical.sample_sites(model, T, D, mv)
+        if observe:
+            B, priv, mean, noise = hierarchical.parts(h, T)
+            pyro.factor("gp_mll", icm.hadamard_mll(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean,
+                                                   kind, cells.count, cells.ss, priv))
+
+    if model.kind == "hierarchical":
+        return hierarchical_program
 
     def program() -> None:
         ls = pyro.sample("lengthscale", mv(model.lengthscale_prior).expand([D]).to_event(1))

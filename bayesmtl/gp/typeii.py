@@ -11,7 +11,7 @@ import time
 import torch
 
 from ..infer.base import Draws, Settings, torch_threads
-from . import icm
+from . import hierarchical, icm
 
 __all__ = ["OPTIONS", "fit_type_ii"]
 
@@ -29,7 +29,8 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
     ``lmc.fit_lmc``. Returns one draw: samples of shape (1, 1, ...) (T tasks, D features,
     r = min(rank, T)): ``lengthscale`` (D,), ``task_W`` (T, r), ``task_v`` (T,), ``noise`` (T,),
     ``mean`` (T,), with private kernels ``private_lengthscale`` (T, D) and ``private_var`` (T,),
-    with a gpytorch kernel object its trained parameters ``kernel.<name>``.
+    with a gpytorch kernel object its trained parameters ``kernel.<name>``; ``kind="hierarchical"``:
+    the sites of ``bayesmtl.gp.hierarchical``.
     """
     opts = dict(settings.options)
     unknown = set(opts) - OPTIONS
@@ -46,7 +47,7 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {optimizer!r}")
     restarts = int(opts.get("restarts", 1))
     gen = torch.Generator().manual_seed(settings.seed)
-    grid, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, model.private)
+    grid, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, model.own_kernels)
     best = None
     t0 = time.perf_counter()
     # small problems: one thread (thread start-up and waits cost more than they save, and badly
@@ -98,6 +99,17 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
               gen: torch.Generator) -> tuple[float, dict[str, torch.Tensor], int, list[float]]:
     """One optimisation from a random start: (final MLL, fitted values (constrained, no leading
     dims), iterations, MLL trace)."""
+    if model.kind == "hierarchical":
+        raw = hierarchical.initial(data, gen)
+
+        def mll_of(raw):
+            h = hierarchical.constrain(raw)
+            B, priv, mean, noise = hierarchical.parts(h, data.n_tasks)
+            return icm.hadamard_mll(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean, model.kernel,
+                                    cells.count, cells.ss, priv)
+
+        final, iters, trace = _optimise(raw, list(raw.values()), mll_of, data.n_rows, optimizer, opts)
+        return final, {k: v.detach() for k, v in hierarchical.constrain(raw).items()}, iters, trace
     raw = _initial(model, data, gen)
     params = list(raw.values())
     kfn, kern = model.kernel, None
@@ -118,7 +130,19 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
         return icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, noise, raw["mean"], kfn, cells.count,
                                 cells.ss, priv)
 
-    n = data.n_rows
+    final, iters, trace = _optimise(raw, params, mll_of, data.n_rows, optimizer, opts)
+    out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
+           "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
+    if private:
+        out["private_lengthscale"], out["private_var"] = raw["log_pls"].exp(), raw["log_pv"].exp()
+    if kern is not None:
+        out.update({f"kernel.{n}": p for n, p in kern.named_parameters()})
+    return final, {k: v.detach() for k, v in out.items()}, iters, trace
+
+
+def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, n: int, optimizer: str,
+              opts: dict) -> tuple[float, int, list[float]]:
+    """Maximise ``mll_of(raw)`` over ``params`` in place: (final MLL, iterations, MLL trace)."""
     tol = float(opts.get("tol", 1e-7))
     trace: list[float] = []
     if optimizer == "adam":
@@ -150,10 +174,4 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
                 break
     with torch.no_grad():
         final = float(mll_of(raw))
-    out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
-           "noise": raw["log_noise"].exp(), "mean": raw["mean"]}
-    if private:
-        out["private_lengthscale"], out["private_var"] = raw["log_pls"].exp(), raw["log_pv"].exp()
-    if kern is not None:
-        out.update({f"kernel.{n}": p for n, p in kern.named_parameters()})
-    return final, {k: v.detach() for k, v in out.items()}, len(trace), trace
+    return final, len(trace), trace
