@@ -17,6 +17,7 @@ point partition are invariant to label switching.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -45,11 +46,25 @@ def cluster_loglik(model: MultiTaskModel, data: MultiTaskData, atoms: torch.Tens
     atoms (..., K, D); coef and params laid out as inside the model or as flat draws (S, ...).
     """
     lik = model.likelihood_for(data)
+    c = None
+    if coef is not None and Xs.shape[-1]:
+        c = coef.squeeze(-2) if coef.dim() >= 2 and coef.shape[-2] == 1 else coef  # as in linear_predictor
+    if _by_task(lik, data):
+        return gaussian_by_task(lik, data, atoms, c, params, Xv, Xs)
+    return _by_rows(lik, data, atoms, c, params, Xv, Xs)
+
+
+def _by_task(lik: Likelihood, data: MultiTaskData) -> bool:
+    """Whether a Gaussian with learned noise (Gaussian's own family) scores these data."""
+    return (isinstance(lik, Gaussian) and type(lik).family is Gaussian.family and lik.noise in ("shared", "per_task")
+            and data.noise is None)
+
+
+def _by_rows(lik, data, atoms, c, params, Xv, Xs) -> torch.Tensor:
     T, K, N = data.n_tasks, atoms.shape[-2], data.n_rows
     # one matmul (..., N, K) rather than gathering a (K, N, D) design: 3-4x faster SVI steps on landmine
     eta = Xv @ atoms.transpose(-1, -2)
-    if coef is not None and Xs.shape[-1]:
-        c = coef.squeeze(-2) if coef.dim() >= 2 and coef.shape[-2] == 1 else coef  # as in linear_predictor
+    if c is not None:
         eta = eta + (c @ Xs.T if c.dim() > 1 else Xs @ c).unsqueeze(-1)
     # the K clusters' copies of the rows side by side, (..., K N): a likelihood sees rows as always,
     # so a shared or per-draw parameter (sigma, nu) lines up with them whatever its layout
@@ -58,6 +73,30 @@ def cluster_loglik(model: MultiTaskModel, data: MultiTaskData, atoms: torch.Tens
     lp = lik.distribution(eta, params, rows[0], rows[1], rows[2]).log_prob(rows[3])
     lp = lp.reshape(*lp.shape[:-1], K, N)
     return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).transpose(-1, -2)
+
+
+def gaussian_by_task(lik, data, atoms, c, params, Xv, Xs) -> torch.Tensor:
+    """The Gaussian case from each task's sufficient statistics, (..., T, K): with beta_k the
+    cluster's coefficients (atom, then the shared coef) and Z the rows' design,
+    sum_n (y_n - z_n . beta_k)^2 = y'y - 2 beta_k' Z'y + beta_k' Z'Z beta_k per task. Its cost does
+    not grow with rows: on school (11.6k rows, 139 tasks, 20 clusters) an SVI step took 0.3 s by rows."""
+    T, task, y = data.n_tasks, data.task, data.y
+    Z = Xv if c is None else torch.cat([Xv, Xs], -1)
+    gram = Z.new_zeros(T, Z.shape[-1], Z.shape[-1]).index_add(0, task, Z.unsqueeze(-1) * Z.unsqueeze(-2))
+    zy = Z.new_zeros(T, Z.shape[-1]).index_add(0, task, Z * y.unsqueeze(-1))
+    yy = y.new_zeros(T).index_add(0, task, y * y)
+    n = torch.bincount(task, minlength=T).to(y.dtype)
+    beta = atoms
+    if c is not None:
+        batch = torch.broadcast_shapes(atoms.shape[:-2], c.shape[:-1])
+        beta = torch.cat([atoms.expand(*batch, *atoms.shape[-2:]),
+                          c.unsqueeze(-2).expand(*batch, atoms.shape[-2], c.shape[-1])], -1)
+    ss = (yy.unsqueeze(-1) - 2 * torch.einsum("...ke,te->...tk", beta, zy)
+          + torch.einsum("...ke,tef,...kf->...tk", beta, gram, beta))
+    per_task = beta.new_zeros(beta.shape[:-2] + (T,))  # tasks where the rows would be
+    sd = lik.scale(per_task, params, torch.arange(T, device=task.device), None)
+    sd = sd.expand(torch.broadcast_shapes(sd.shape, per_task.shape)).unsqueeze(-1)
+    return -n.unsqueeze(-1) * (sd.log() + 0.5 * math.log(2 * math.pi)) - ss.clamp_min(0) / (2 * sd * sd)
 
 
 class DPClustering(MultiTaskModel):

@@ -109,6 +109,31 @@ def test_cluster_loglik_shared_and_per_task_noise_agree():
     torch.testing.assert_close(a[2, 1, 7], ref)
 
 
+@pytest.mark.parametrize("noise", ["shared", "per_task"])
+def test_gaussian_cluster_loglik_from_sufficient_statistics_equals_the_rows(noise):
+    """The Gaussian's per-task sufficient statistics give the rows' sum, with shared coefficients,
+    for flat draws and for the model's own layout (a scalar sigma)."""
+    from bayesmtl.models.dp_clustering import _by_rows, gaussian_by_task
+
+    df, _ = planted_clusters(tasks_per_cluster=2, rows=7, likelihood="gaussian")
+    df["s1"] = np.random.default_rng(0).normal(size=len(df))
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.models.DPClustering(likelihood=bm.likelihoods.Gaussian(noise=noise), shared=["s1"])
+    lik = model.likelihood_for(data)
+    Xv, Xs = model.design(data)
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(6, 4, Xv.shape[-1], generator=g, dtype=torch.float64)
+    c = torch.randn(6, Xs.shape[-1], generator=g, dtype=torch.float64)
+    shape = (6,) if noise == "shared" else (6, data.n_tasks)
+    params = {"sigma": torch.rand(shape, generator=g, dtype=torch.float64) + 0.3}
+    torch.testing.assert_close(gaussian_by_task(lik, data, atoms, c, params, Xv, Xs),
+                               _by_rows(lik, data, atoms, c, params, Xv, Xs))
+    if noise == "shared":  # inside the model: one sigma, (), and no draw dim
+        one = {"sigma": params["sigma"][0]}
+        torch.testing.assert_close(gaussian_by_task(lik, data, atoms[0], c[0], one, Xv, Xs),
+                                   _by_rows(lik, data, atoms[0], c[0], one, Xv, Xs))
+
+
 def test_cluster_loglik_lines_up_a_per_draw_parameter_with_the_rows():
     """A Student-t's nu is one value per draw, (S,); with the clusters stacked on the left of the
     rows it broadcast against the rows instead (an error, or a silent result when S = N)."""
