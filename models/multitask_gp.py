@@ -171,12 +171,6 @@ class MultitaskGP(ModelBase):
         self.private = private
         self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
 
-    @property
-    def own_kernels(self) -> bool:
-        """Whether each task has a kernel of its own (``private=True``, or the hierarchical GP's
-        deviations): such models take the Hadamard path."""
-        return self.private or self.kind == "hierarchical"
-
     def rank_for(self, data: MultiTaskData) -> int:
         """The rank used on ``data``: the one given, else full up to FULL_RANK_TASKS tasks."""
         if self.rank is not None:
@@ -287,7 +281,8 @@ class MultitaskGP(ModelBase):
         points); the ICM's factor W (up to sign and rotation; task_cov and task_corr are shown)."""
         if self.kind == "lmc":
             return ("lmc_inducing", "lmc_var_mean", "lmc_var_chol")
-        return ("task_W",) if self.kind == "icm" else ()  # W is defined up to sign and rotation; B = W W^T + diag(v) is what is learned
+        # W is defined up to sign and rotation; B = W W^T + diag(v) is what is learned
+        return ("task_W",) if self.kind == "icm" else ()
 
     # ------------------------------------------------------------------ a gpytorch kernel object
     # Its trained hyperparameters are draws (sites "kernel.<parameter name>", raw values), not
@@ -307,9 +302,11 @@ class MultitaskGP(ModelBase):
         "cholesky": one factor per task). The grid layout is found once here."""
         if self.kind == "lmc":
             return {"gp_path": "lmc-variational", "kronecker_solver": None}
-        grid, _ = icm.training_layout(data.X, data.y, data.task, data.n_tasks, self.own_kernels, cells=False)
+        grid, _ = icm.training_layout(data.X, data.y, data.task, data.n_tasks, self.private, cells=False)
         if grid is None:
             return {"gp_path": "hadamard", "kronecker_solver": None}
+        if self.kind == "hierarchical":
+            return {"gp_path": "grid", "kronecker_solver": None}
         return {"gp_path": "kronecker",
                 "kronecker_solver": icm.kronecker_solver(grid.X.shape[0], data.n_tasks, data.device)}
 

@@ -624,8 +624,8 @@ def test_hierarchical_gp_marginal_likelihood_is_the_dense_gaussian():
                            cells.ss, priv)
     X, t = data.X, data.task
     same = (t[:, None] == t[None, :]).to(d)
-    K = 1.3**2 * icm.ard_kernel(X, X, h["lengthscale"]) + same * (0.25 * icm.ard_kernel(X, X, torch.tensor([2.0], dtype=d))
-                                                                   + 0.49) + torch.diag(h["noise"][t])
+    own = 0.25 * icm.ard_kernel(X, X, torch.tensor([2.0], dtype=d)) + 0.49
+    K = 1.3**2 * icm.ard_kernel(X, X, h["lengthscale"]) + same * own + torch.diag(h["noise"][t])
     want = torch.distributions.MultivariateNormal(torch.full_like(data.y, 2.5), K).log_prob(data.y)
     torch.testing.assert_close(got, want)
 
@@ -664,3 +664,47 @@ def test_hierarchical_gp_settings_are_checked():
 
     with pytest.raises(ValueError, match="kind='hierarchical' takes a kernel given by name"):
         MultitaskGP(kind="hierarchical", kernel=gpytorch.kernels.RBFKernel())
+
+
+def test_hierarchical_gp_grid_path_is_the_hadamard_path():
+    """Every task at every input: the grid path's marginal likelihood, gradient and predictions
+    (known and new tasks) equal the Hadamard path's."""
+    from bayesmtl.gp import hierarchical
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, (12, 2))
+    df = pd.DataFrame([{"task": f"t{t}", "x1": a, "x2": b, "y": np.sin(a) + 0.3 * t + rng.normal(0, 0.3)}
+                       for t in range(4) for a, b in x])
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    grid, _ = icm.training_layout(data.X, data.y, data.task, 4)
+    _, cells = icm.training_layout(data.X, data.y, data.task, 4, private=True)
+    assert grid is not None
+    d = torch.float64
+    h = {"lengthscale": torch.tensor([0.9, 1.4], dtype=d, requires_grad=True),
+         "shared_scale": torch.tensor(1.1, dtype=d, requires_grad=True),
+         "deviation_lengthscale": torch.tensor([1.7, 0.8], dtype=d), "deviation_scale": torch.tensor(0.4, dtype=d),
+         "offset_scale": torch.tensor(0.5, dtype=d, requires_grad=True),
+         "noise": torch.tensor([0.05, 0.1, 0.08, 0.2], dtype=d, requires_grad=True), "mean": torch.tensor(0.2, dtype=d)}
+    a, b = hierarchical.mll(grid, None, h), hierarchical.mll(None, cells, h)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    ga = torch.autograd.grad(a, [h["shared_scale"], h["offset_scale"], h["noise"]])
+    gb = torch.autograd.grad(b, [h["shared_scale"], h["offset_scale"], h["noise"]])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-8)
+    h = {k: v.detach() for k, v in h.items()}
+    Xs = torch.tensor(rng.uniform(-2, 2, (7, 2)), dtype=d)
+    ts = torch.tensor([0, 1, 2, 3, 4, 4, 0])  # 4: a new task
+    mu_g, var_g = hierarchical.grid_predict(hierarchical.grid_cache(grid.X, grid.Y, h), grid.X, Xs, ts, h)
+    B, priv, mean, noise = hierarchical.parts(h, 5)
+    c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean, "rbf", cells.count, priv)
+    mu_h, var_h = icm.hadamard_predict(c, cells.X, cells.task, Xs, ts, B, h["lengthscale"], mean, "rbf", priv)
+    torch.testing.assert_close(mu_g, mu_h, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(var_g, var_h, rtol=1e-5, atol=1e-6)
+    post = bm.fit(MultitaskGP(kind="hierarchical"), data, method="map", seed=0, steps=5, progress=False)
+    assert post.info["gp_path"] == "grid"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short chain
+        post = bm.fit(MultitaskGP(kind="hierarchical"), data, method="nuts", chains=2, warmup=20, draws=10, seed=0,
+                      progress=False)  # chains batched through the grid path
+    assert post.info["gp_path"] == "grid"
+    assert np.isfinite(post.predict(df.head(3).assign(task="new"))[["mean", "sd"]].to_numpy()).all()

@@ -74,13 +74,17 @@ def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.
         return lmc.moments_lmc(samples, new, model.kernel)
     out_m, out_v = [], []
     dt, dev = train.dtype, train.device
-    grid, cells = icm.training_layout(train.X, train.y, train.task, train.n_tasks, model.own_kernels)
+    grid, cells = icm.training_layout(train.X, train.y, train.task, train.n_tasks, model.private)
     new = new.to(dev)
     for s in range(samples["lengthscale"].shape[0]):
         kfn = kernel_of_draw(model.kernel, samples, s, train.X)
         B, ls, noise, mean, priv = _draw(model, samples, s, max(train.n_tasks, new.n_tasks), dev, dt)
         with torch.no_grad():
-            if grid is not None:
+            if grid is not None and model.kind == "hierarchical":
+                h = {k: samples[k][s].to(device=dev, dtype=dt) for k in hierarchical.SITE_DIMS}
+                mu, var = hierarchical.grid_predict(hierarchical.grid_cache(grid.X, grid.Y, h, kfn), grid.X, new.X,
+                                                    new.task, h, kfn)
+            elif grid is not None:
                 c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
                 mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
             else:

@@ -39,7 +39,7 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
     like = torch.zeros((), dtype=data.dtype, device=data.device)
     full = model.full_rank(data)
     private = model.private
-    grid, cells = icm.training_layout(data.X, data.y, data.task, T, model.own_kernels)
+    grid, cells = icm.training_layout(data.X, data.y, data.task, T, model.private)
     kind = model.kernel
     mv = lambda d: move_distribution(d, like)  # noqa: E731
     eta = model.task_corr_eta
@@ -47,9 +47,7 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
     def hierarchical_program() -> None:
         h = hierarchical.sample_sites(model, T, D, mv)
         if observe:
-            B, priv, mean, noise = hierarchical.parts(h, T)
-            pyro.factor("gp_mll", icm.hadamard_mll(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean,
-                                                   kind, cells.count, cells.ss, priv))
+            pyro.factor("gp_mll", hierarchical.mll(grid, cells, h, kind))
 
     if model.kind == "hierarchical":
         return hierarchical_program

@@ -47,7 +47,7 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {optimizer!r}")
     restarts = int(opts.get("restarts", 1))
     gen = torch.Generator().manual_seed(settings.seed)
-    grid, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, model.own_kernels)
+    grid, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, model.private)
     best = None
     t0 = time.perf_counter()
     # small problems: one thread (thread start-up and waits cost more than they save, and badly
@@ -62,7 +62,7 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
     mll, params, iters, trace = best
     seconds = time.perf_counter() - t0
     samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in params.items()}
-    info = {"gp_path": "hadamard" if grid is None else "kronecker", "optimizer": optimizer,
+    info = {"gp_path": model.describe(data)["gp_path"], "optimizer": optimizer,
             "log_marginal_likelihood": float(mll), "iterations": iters, "restarts": restarts,
             "fit_seconds": seconds, "mll_trace": trace[:: max(1, len(trace) // 100)]}
     return Draws(samples, {}, info)
@@ -103,10 +103,7 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
         raw = hierarchical.initial(data, gen)
 
         def mll_of(raw):
-            h = hierarchical.constrain(raw)
-            B, priv, mean, noise = hierarchical.parts(h, data.n_tasks)
-            return icm.hadamard_mll(cells.X, cells.y, cells.task, B, h["lengthscale"], noise, mean, model.kernel,
-                                    cells.count, cells.ss, priv)
+            return hierarchical.mll(grid, cells, hierarchical.constrain(raw), model.kernel)
 
         final, iters, trace = _optimise(raw, list(raw.values()), mll_of, data.n_rows, optimizer, opts)
         return final, {k: v.detach() for k, v in hierarchical.constrain(raw).items()}, iters, trace
