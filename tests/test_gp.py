@@ -708,3 +708,22 @@ def test_hierarchical_gp_grid_path_is_the_hadamard_path():
                       progress=False)  # chains batched through the grid path
     assert post.info["gp_path"] == "grid"
     assert np.isfinite(post.predict(df.head(3).assign(task="new"))[["mean", "sd"]].to_numpy()).all()
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_type_ii_backs_off_points_where_the_likelihood_is_not_finite(optimizer):
+    """L-BFGS's step toward the optimum lands where the marginal likelihood is NaN (the survey's
+    190-task ICM reached NaN parameters that way): the point scores badly, the search backs off,
+    and the best finite point is kept."""
+    from bayesmtl.gp.typeii import _optimise
+
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    def mll_of(raw):  # its maximum (x = 5) lies beyond the NaN wall at x = 4
+        v = raw["x"]
+        return torch.where(v < 4, -(v - 5) ** 2, torch.full_like(v, float("nan"))).sum()
+
+    final, iters, _ = _optimise({"x": x}, [x], mll_of, 1, optimizer, {"steps": 200, "lr": 1.0 if optimizer == "lbfgs"
+                                                                       else 0.5})
+    x = float(x.detach())
+    assert np.isfinite(final) and 3.0 < x < 4, (x, final)
