@@ -32,15 +32,20 @@ def _affine(seed=0, P=3, Q=5):
                             torch.rand(Q, generator=g, dtype=torch.float64) + 0.1)
 
 
-def test_structured_affine_inverts_and_its_jacobian_is_the_dense_matrix_s():
-    t = _affine()
-    x = torch.randn(4, 8, dtype=torch.float64)
+def _check_bijection(t, n):
+    """t inverts, its log-Jacobian is the dense matrix's, and its marginal sds are the rows'
+    norms of that matrix; returns the matrix."""
+    x = torch.randn(4, n, dtype=torch.float64)
     z = t(x)
     assert torch.allclose(t.inv(z), x, atol=1e-10)
     J = torch.autograd.functional.jacobian(lambda v: t(v), x[0])
     assert torch.allclose(t.log_abs_det_jacobian(x, z)[0], torch.linalg.slogdet(J)[1])
-    # its marginal sds are the rows of the dense factor's norms
     assert torch.allclose(t.marginal_sd(), J.pow(2).sum(-1).sqrt())
+    return J
+
+
+def test_structured_affine_inverts_and_its_jacobian_is_the_dense_matrix_s():
+    _check_bijection(_affine(), 8)
 
 
 def test_per_task_blocks_invert_and_their_jacobian_is_the_dense_matrix_s():
@@ -53,12 +58,7 @@ def test_per_task_blocks_invert_and_their_jacobian_is_the_dense_matrix_s():
     t.scale = torch.randn(3, 2, 2, generator=g, dtype=torch.float64).tril()
     t.scale.diagonal(dim1=-2, dim2=-1).copy_(torch.rand(3, 2, generator=g, dtype=torch.float64) + 0.3)
     t.loc = torch.randn(9, generator=g, dtype=torch.float64)
-    x = torch.randn(4, 9, dtype=torch.float64)
-    z = t(x)
-    assert torch.allclose(t.inv(z), x, atol=1e-10)
-    J = torch.autograd.functional.jacobian(lambda v: t(v), x[0])
-    assert torch.allclose(t.log_abs_det_jacobian(x, z)[0], torch.linalg.slogdet(J)[1])
-    assert torch.allclose(t.marginal_sd(), J.pow(2).sum(-1).sqrt())
+    J = _check_bijection(t, 9)
     # a task's two values are correlated under B, values of different tasks are not (given eps_pop)
     Jt = J[t.task][:, t.task]
     cov = Jt @ Jt.T
