@@ -175,8 +175,10 @@ def main() -> None:
         fits.append(("hierarchical GP", MultitaskGP(kernel=args.kernel, kind="hierarchical")))
     for label, model in fits:
         t0 = time.perf_counter()
+        # hyperprior=False: type-II maximum likelihood, the paper's protocol (the package's default
+        # adds the hyperparameters' priors)
         post = bm.fit(model, data, method=args.method, seed=args.seed, device=args.device, steps=args.steps,
-                      progress=False)
+                      hyperprior=False, progress=False)
         mu, var = post.model.predictive_moments(post.data.to(dev), new.to(dev),
                                                 {k: v.to(dev) for k, v in post.flat().items()})
         mu, var = mu[0], var[0]

@@ -545,8 +545,9 @@ def test_fitting_and_algebra_live_in_bayesmtl_gp_the_model_holds_settings():
     model = MultitaskGP(rank=2)
     settings = dict(vars(model))
     assert not hasattr(model, "map_estimate")  # fitting lives outside the model
-    # type-II ML called directly is what method="map" runs (same seed, same draws)
-    draws = typeii.fit_type_ii(model, data, Settings(seed=0, options={"steps": 5}))
+    # type-II MAP called directly on the model bound to the data (its priors scaled) is what
+    # method="map" runs (same seed, same draws)
+    draws = typeii.fit_type_ii(model.bind(data), data, Settings(seed=0, options={"steps": 5}))
     post = bm.fit(model, data, method="map", seed=0, steps=5)
     assert draws.samples.keys() == {"lengthscale", "task_W", "task_v", "noise", "mean"}
     for k, v in draws.samples.items():
