@@ -113,7 +113,7 @@ def test_cluster_loglik_shared_and_per_task_noise_agree():
 def test_gaussian_cluster_loglik_from_sufficient_statistics_equals_the_rows(noise):
     """The Gaussian's per-task sufficient statistics give the rows' sum, with shared coefficients,
     for flat draws and for the model's own layout (a scalar sigma)."""
-    from bayesmtl.models.dp_clustering import _by_rows, gaussian_by_task
+    from bayesmtl.models.dp_clustering import _by_rows, gaussian_by_task, task_statistics
 
     df, _ = planted_clusters(tasks_per_cluster=2, rows=7, likelihood="gaussian")
     df["s1"] = np.random.default_rng(0).normal(size=len(df))
@@ -126,11 +126,12 @@ def test_gaussian_cluster_loglik_from_sufficient_statistics_equals_the_rows(nois
     c = torch.randn(6, Xs.shape[-1], generator=g, dtype=torch.float64)
     shape = (6,) if noise == "shared" else (6, data.n_tasks)
     params = {"sigma": torch.rand(shape, generator=g, dtype=torch.float64) + 0.3}
-    torch.testing.assert_close(gaussian_by_task(lik, data, atoms, c, params, Xv, Xs),
+    stats = task_statistics(model, data, Xv, Xs)
+    torch.testing.assert_close(gaussian_by_task(lik, data, atoms, c, params, stats),
                                _by_rows(lik, data, atoms, c, params, Xv, Xs))
     if noise == "shared":  # inside the model: one sigma, (), and no draw dim
         one = {"sigma": params["sigma"][0]}
-        torch.testing.assert_close(gaussian_by_task(lik, data, atoms[0], c[0], one, Xv, Xs),
+        torch.testing.assert_close(gaussian_by_task(lik, data, atoms[0], c[0], one, stats),
                                    _by_rows(lik, data, atoms[0], c[0], one, Xv, Xs))
 
 

@@ -665,6 +665,9 @@ def test_hierarchical_gp_settings_are_checked():
 
     with pytest.raises(ValueError, match="kind='hierarchical' takes a kernel given by name"):
         MultitaskGP(kind="hierarchical", kernel=gpytorch.kernels.RBFKernel())
+    data = bm.MultiTaskData.from_frame(_hierarchical_frame(n_tasks=2, rows=5), task="task", target="y")
+    with pytest.raises(ValueError, match="hyperprior must be True or False; got 'yes'"):
+        bm.fit(MultitaskGP(kind="hierarchical"), data, method="map", hyperprior="yes")
 
 
 def test_hierarchical_gp_grid_path_is_the_hadamard_path():
