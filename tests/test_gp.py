@@ -572,13 +572,25 @@ def test_fitting_and_algebra_live_in_bayesmtl_gp_the_model_holds_settings():
 def test_a_failed_task_rotation_loses_only_its_own_chain():
     """A sampler far in a tail can make one chain's task covariance non-finite: its rotation is NaN
     (its proposal is rejected), the other chains' are exact."""
-    from bayesmtl.gp.icm import _eigvecs
+    from bayesmtl.gp.icm import _safe_eigh
 
     A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64).repeat(3, 1, 1)
     A[1, 0, 0] = float("inf")
-    U = _eigvecs(A)
+    U = _safe_eigh(A)[1]
     assert torch.isnan(U[1]).all() and torch.isfinite(U[[0, 2]]).all()
     torch.testing.assert_close(U[0], torch.linalg.eigh(A[0])[1])
+
+
+def test_a_chain_whose_input_kernel_fails_loses_only_its_own_density():
+    """NUTS on the computer survey stopped when one chain's lengthscale made the input kernel NaN
+    (eigh raised for the whole batch): that chain's log density is NaN, the others' exact."""
+    x, Y = torch.linspace(0, 1, 6, dtype=torch.float64)[:, None], torch.randn(6, 4, dtype=torch.float64)
+    B = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
+    ls = torch.tensor([[0.3], [float("nan")], [0.5]], dtype=torch.float64)
+    noise, mean = torch.full((3, 4), 0.1, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64)
+    out = icm.kronecker_mll(x, Y, B, ls, noise, mean, solver="eigh")
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+    torch.testing.assert_close(out[2], icm.kronecker_mll(x, Y, B[2], ls[2], noise[2], mean[2], solver="eigh"))
 
 
 def test_a_non_finite_covariance_gives_a_nan_factor_not_an_error():

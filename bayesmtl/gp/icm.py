@@ -311,29 +311,33 @@ def _rotation(B: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         s = noise.rsqrt()
         Bt = s.unsqueeze(-1) * B * s.unsqueeze(-2)
-        U = _eigvecs(Bt)
+        U = _safe_eigh(Bt)[1]
         return U.transpose(-1, -2) * s.unsqueeze(-2)
 
 
-def _eigvecs(A: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of symmetric (..., T, T); NaN for a batch element whose eigh fails (a sampler
-    far out in a tail: non-finite or ill-conditioned B), so its log density is NaN and the
-    proposal is rejected, instead of one chain's matrix stopping every chain."""
+def _safe_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors of symmetric (..., n, n); NaN for a batch element whose eigh
+    fails (a sampler far out in a tail: non-finite or ill-conditioned), so its log density is NaN
+    and the proposal is rejected, instead of one chain's matrix stopping every chain."""
     bad = ~torch.isfinite(A).all(-1).all(-1)
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     A = torch.where(bad[..., None, None], eye, A)
     try:
-        U = torch.linalg.eigh(A)[1]
+        lam, U = torch.linalg.eigh(A)
     except torch.linalg.LinAlgError:
         flat = A.reshape(-1, *A.shape[-2:])
-        out = []
+        lams, vecs = [], []
         for a in flat:  # one by one: only the failing elements are lost
             try:
-                out.append(torch.linalg.eigh(a)[1])
+                la, u = torch.linalg.eigh(a)
             except torch.linalg.LinAlgError:
-                out.append(torch.full_like(a, float("nan")))
-        U = torch.stack(out).reshape(A.shape)
-    return torch.where(bad[..., None, None], torch.full_like(U, float("nan")), U)
+                la, u = torch.full_like(a[0], float("nan")), torch.full_like(a, float("nan"))
+            lams.append(la)
+            vecs.append(u)
+        lam, U = torch.stack(lams).reshape(A.shape[:-1]), torch.stack(vecs).reshape(A.shape)
+    nan = float("nan")
+    return (torch.where(bad[..., None], torch.full_like(lam, nan), lam),
+            torch.where(bad[..., None, None], torch.full_like(U, nan), U))
 
 
 class _EigenBlocks(torch.autograd.Function):
@@ -346,8 +350,8 @@ class _EigenBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, K, c, e, Z):
-        lam, Q = torch.linalg.eigh(K)
-        if not bool(torch.isfinite(lam).all()):
+        lam, Q = _safe_eigh(K)  # a chain whose K fails gets NaN (its proposal is rejected)
+        if K.dim() == 2 and not bool(torch.isfinite(lam).all()):
             raise GPNumericalError("eigendecomposition of the input kernel matrix failed (NaN or inf entries)")
         lam = lam.clamp_min(0)                                   # K is PSD: round-off only
         d = c.unsqueeze(-2) * lam.unsqueeze(-1) + e.unsqueeze(-2)  # (..., N, T)
