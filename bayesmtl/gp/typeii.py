@@ -174,12 +174,19 @@ def _log_prior(like: torch.Tensor):
     kept one and its task correlation fell from 0.86 to 0.13."""
     from ..priors.base import move_distribution
 
+    moved: dict[int, object] = {}  # each prior moved to the data's device once, not at every evaluation
+
+    def mv(d):
+        if id(d) not in moved:
+            moved[id(d)] = move_distribution(d, like)
+        return moved[id(d)]
+
     def log_prior(logs, plain):
         total = like.new_zeros(())
         for d, u in logs:
-            total = total + move_distribution(d, like).log_prob(u.exp()).sum()
+            total = total + mv(d).log_prob(u.exp()).sum()
         for d, v in plain:
-            total = total + move_distribution(d, like).log_prob(v).sum()
+            total = total + mv(d).log_prob(v).sum()
         return total
 
     return log_prior
