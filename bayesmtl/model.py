@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyro
 import pyro.distributions as dist
@@ -117,7 +118,15 @@ class MultiTaskModel(ModelBase):
     def likelihood_for(self, data: MultiTaskData) -> Likelihood:
         """The likelihood bound to these data (noise mode resolved, default priors scaled to the target)."""
         lik = self.likelihood
+        if isinstance(lik, LocationScale):
+            return lik.bind(data, residual_df=self.residual_df(data))
         return lik.bind(data)
+
+    def residual_df(self, data: MultiTaskData) -> float:
+        """Rows minus task-varying parameters of the median task: how well a sigma per task is
+        identified (the default noise mode reads it; ``likelihoods.base.MIN_TASK_DF``)."""
+        rows = data.rows_per_task()
+        return float(np.median(rows)) - len(self.varying_names(data)) if rows.size else 0.0
 
     def check(self, data: MultiTaskData) -> None:
         """Raise ValueError/TypeError naming the problem when the data cannot feed this model."""
@@ -136,7 +145,7 @@ class MultiTaskModel(ModelBase):
         lik = self.likelihood_for(data)
         lik.check(data)
         check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
-        if isinstance(lik, LocationScale) and lik.resolved_noise(data) == "per_task" and data.y is not None:
+        if isinstance(lik, LocationScale) and lik.noise == "per_task" and data.y is not None:
             exact = exact_fits(self.design(data)[0], data.y, data.task, data.n_tasks)
             if exact:
                 names = ", ".join(repr(data.task_names[t]) for t in exact[:5]) + (" ..." if len(exact) > 5 else "")

@@ -267,6 +267,11 @@ class Posterior:
         check_prob(prob)
         return self.model.gate(self, new, prob)
 
+    def tree(self) -> pd.DataFrame:
+        """The learned tree's nodes with their clade probabilities (``TreeHierarchy(tree="learn")``
+        only): level, node, size, probability, together, tasks."""
+        return self.model.tree(self)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write a run directory (see ``bayesmtl.runs``); nothing half-written on error. A

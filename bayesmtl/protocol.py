@@ -271,6 +271,11 @@ class ModelBase:
         """Cluster probabilities from task features (gated clustering models only)."""
         raise TypeError(f"{type(self).__name__} has no gate; gate() needs bayesmtl.models.GatedClusters")
 
+    def tree(self, post) -> Any:
+        """The learned tree with its clade probabilities (learned-tree models only)."""
+        raise TypeError(f"{type(self).__name__} learns no tree; tree() needs "
+                        "bayesmtl.models.TreeHierarchy(tree='learn')")
+
 
 # ---------------------------------------------------------------------- helpers of the contract
 @contextlib.contextmanager

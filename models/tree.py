@@ -1,10 +1,14 @@
-"""Tasks at the leaves of a given tree (Daumé 2009's latent hierarchy, tree known):
-``bayesmtl.priors.TreeHierarchy`` under any likelihood."""
+"""Tasks at the leaves of a tree (Daumé 2009's latent hierarchy), given by task-level columns or
+learned (``tree="learn"``): ``bayesmtl.priors.TreeHierarchy`` under any likelihood."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
+import torch
+
+from bayesmtl.data import MultiTaskData
 from bayesmtl.likelihoods import Likelihood
 from bayesmtl.model import MultiTaskModel
 from bayesmtl.priors import tree as tp
@@ -19,7 +23,12 @@ class TreeHierarchy(MultiTaskModel):
     ----------
     tree : str or sequence of str
         Task-level columns, outermost first (``"region/district"``), declared with
-        ``MultiTaskData.from_frame(..., task_features=[...])``.
+        ``MultiTaskData.from_frame(..., task_features=[...])``; or ``"learn"``: the tree is
+        learned from the tasks' data before the fit (a nested CRP of ``depth`` levels by
+        collapsed Gibbs, ``priors.tree_learn``; Gaussian or Bernoulli likelihood, no shared
+        features) and the fit uses its point tree; ``post.tree()`` gives its clades.
+    depth, alpha, chains, warmup, draws
+        ``tree="learn"`` only (see ``priors.TreeHierarchy``).
     likelihood : "gaussian", "bernoulli", "poisson", ... or a Likelihood
     prior : bayesmtl.priors.TreeHierarchy, optional
         Instead of ``tree``, a prior with its own ``mean`` and ``scale`` settings.
@@ -31,10 +40,46 @@ class TreeHierarchy(MultiTaskModel):
 
     def __init__(self, tree: str | Sequence[str] | None = None, likelihood: str | Likelihood = "gaussian",
                  prior: tp.TreeHierarchy | None = None, intercept: bool = True, shared: Sequence[str] = (),
-                 shared_prior=None):
+                 shared_prior=None, depth: int = 2, alpha: float = 1.0, chains: int = 2, warmup: int = 200,
+                 draws: int = 200):
         if prior is not None and not isinstance(prior, tp.TreeHierarchy):
             raise TypeError(f"prior must be bayesmtl.priors.TreeHierarchy; got {type(prior).__name__}")
         if (prior is None) == (tree is None):
             raise ValueError("give the tree (e.g. tree='region/district') or a TreeHierarchy prior, not both"
                              if prior is not None else "TreeHierarchy needs tree=, e.g. tree='region/district'")
-        super().__init__(prior or tp.TreeHierarchy(tree), likelihood, intercept, shared, shared_prior)
+        prior = prior or tp.TreeHierarchy(tree, depth=depth, alpha=alpha, chains=chains, warmup=warmup, draws=draws)
+        super().__init__(prior, likelihood, intercept, shared, shared_prior)
+
+    def check(self, data: MultiTaskData) -> None:
+        super().check(data)
+        if self.prior.learn:
+            kind = self.likelihood_for(data).kind
+            if kind not in ("gaussian", "bernoulli"):
+                raise ValueError(f"tree='learn' takes a gaussian or bernoulli likelihood; this one is {kind!r}")
+            if self.shared:
+                raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
+
+    def bind(self, data: MultiTaskData) -> TreeHierarchy:
+        """As ``MultiTaskModel.bind``; with ``tree="learn"`` the copy's prior also holds the tree
+        learned from ``data`` (seeded from the fit's seed, so a fit is reproducible)."""
+        out = super().bind(data)
+        if out.prior.learn and out.prior.learned is None and data.y is not None:
+            loc, scale, _ = self.scaling(data)
+            seed = int(torch.randint(2**31, (1,)))  # fit seeds torch's generator
+            out.prior = out.prior.learned_from(self.design(data)[0], data.y, data.task, data.n_tasks,
+                                               out.likelihood.kind, loc, scale, seed)
+        return out
+
+    def tree(self, post) -> pd.DataFrame:
+        """The learned point tree's nodes: level, node, tasks (names), ``probability`` (the
+        share of the sampler's draws with exactly these tasks under one node of this level) and
+        ``together`` (mean probability that two of its tasks share a node there)."""
+        prior = post.model.prior
+        if not getattr(prior, "learn", False) or prior.clades is None:
+            raise TypeError("tree() reports a learned tree: fit TreeHierarchy(tree='learn'); a given tree is "
+                            "its task-level columns")
+        names = post.data.task_names
+        rows = [{**c, "tasks": [names[t] for t in c["tasks"]], "size": len(c["tasks"])} for c in prior.clades]
+        out = pd.DataFrame(rows, columns=["level", "node", "size", "probability", "together", "tasks"])
+        out.attrs.update(prior.tree_info or {})
+        return out

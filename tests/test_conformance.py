@@ -33,7 +33,8 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map")}
+        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map"),
+        ("learned-tree", "map")}
 
 
 def _settings(name: str, method: str) -> dict:
@@ -53,6 +54,11 @@ def _case(name: str, seed: int = 0):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"],
                                            task_features=["region", "district"])
         return get_model_class(name)("region/district"), df, new, data
+    if name == "learned-tree":  # the tree learned from the tasks' data; a new task takes a nested-CRP path
+        df, _ = tree_regression(branching=(2, 2, 2), rows=6, seed=seed)
+        new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
+        data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"])
+        return bm.models.TreeHierarchy(tree="learn", warmup=10, draws=10), df, new, data
     if name == "gated-clusters":  # the gate reads two task-level features; a new task brings its own
         df, _, _ = gated_clusters(n_tasks=5, few_tasks=0, rows=6, test_rows=1, seed=seed)
         new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new", f1=0.5)
@@ -70,7 +76,7 @@ def _case(name: str, seed: int = 0):
 
 
 CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else pytest.mark.slow)
-         for n in list(REGISTRY) + ["hierarchical-gp"] + list(PRIORS) for m in SETTINGS
+         for n in list(REGISTRY) + ["hierarchical-gp", "learned-tree"] + list(PRIORS) for m in SETTINGS
          if (n if n != "hierarchical-gp" else "multitask-gp", m) not in UNSUPPORTED]
 
 

@@ -36,9 +36,43 @@ def test_default_priors_follow_the_targets_units_and_are_reported():
     assert table[("sigma", "all")] == f"HalfNormal(scale={s:.4g})"
     assert table[("mu", "intercept")].startswith(f"Normal(loc={m:.4g}, ")
     assert table[("mu", "x")] == f"Normal(loc=0, scale={2.5 * s / df['x'].std():.4g})"
-    assert set(post.prior_summary().attrs["defaults"]) == {"prior.mean", "prior.scale", "likelihood.noise_prior"}
+    assert set(post.prior_summary().attrs["defaults"]) == {"prior.mean", "prior.scale", "likelihood.noise",
+                                                         "likelihood.noise_prior"}
     assert post.info["prior_scales"]["scale"] == pytest.approx(s)
     assert model.prior.mean is None and model.likelihood.noise_prior is None  # the caller's model is unchanged
+
+
+def _few_rows(rows: int, dims: int, seed: int = 0) -> bm.MultiTaskData:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(6 * rows, dims))
+    task = np.repeat(np.arange(6), rows)
+    y = X @ rng.normal(size=dims) + rng.normal(size=6 * rows)
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(dims)]).assign(task=task, y=y)
+    return bm.MultiTaskData.from_frame(frame, task="task", target="y")
+
+
+@pytest.mark.parametrize("rows, mode", [(12, "shared"), (16, "per_task")])
+def test_the_default_noise_is_per_task_only_where_each_task_can_estimate_it(rows, mode):
+    # 10 task parameters (intercept + 9 features): 12 rows leave 2 residual degrees of freedom
+    # per task, too few for a sigma per task; 16 leave 6
+    data = _few_rows(rows, dims=9)
+    model = bm.models.Independent()
+    bound = model.bind(data)
+    assert bound.likelihood.noise == mode
+    assert "likelihood.noise" in bound.defaults()
+    assert model.likelihood.noise is None  # the caller's model is unchanged
+    given = bm.models.Independent(likelihood=bm.likelihoods.Gaussian(noise="per_task")).bind(data)
+    assert given.likelihood.noise == "per_task" and "likelihood.noise" not in given.defaults()
+
+
+def test_an_independent_models_new_task_warns_that_it_gets_the_prior():
+    data = _few_rows(16, dims=2)
+    post = bm.fit(bm.models.Independent(), data, method="map", steps=200, min_steps=50, seed=0, progress=False)
+    new = pd.DataFrame({"task": [99, 99], "x0": [0.0, 1.0], "x1": [0.0, -1.0]})
+    with pytest.warns(UserWarning, match="share nothing"):
+        wide = post.predict(new)
+    known = post.predict(new.assign(task=0))
+    assert (wide["sd"] > 3 * known["sd"]).all()  # the prior's spread, not a fitted task's
 
 
 def test_given_priors_stay_as_given():

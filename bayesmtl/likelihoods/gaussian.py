@@ -19,7 +19,8 @@ class Gaussian(LocationScale):
     noise : {"per_task", "shared", "known", None}
         ``per_task`` learns sigma_t per task, ``shared`` one sigma, ``known`` takes each row's sd
         from the data's noise column. None: ``known`` when the data carry a noise column, else
-        ``per_task``.
+        ``per_task``, or ``shared`` when the median task has fewer than 5 rows beyond its
+        parameters (a sigma per task from so few rows is mostly its prior; ``MIN_TASK_DF``).
     noise_prior : pyro distribution, default data-scaled
         Prior of each learned sigma; default HalfNormal(sd of the target), so the noise can be
         as large as the target's spread whatever its units.

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 
 from ..data import MultiTaskData
-from .base import LocationScale, OneParameter
+from .base import LocationScale, OneParameter, learned_noise
 from .counts import _log_mean
 
 __all__ = ["Gamma", "LogNormal"]
@@ -54,8 +54,8 @@ class LogNormal(LocationScale):
             raise ValueError("LogNormal takes noise='per_task' or 'shared'; a known noise column is on y's scale")
         super().__init__(noise, noise_prior)
 
-    def resolved_noise(self, data):
-        return self.noise or "per_task"
+    def resolved_noise(self, data, residual_df=None):
+        return self.noise or learned_noise(residual_df)
 
     @staticmethod
     def transform(y: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ Sites (D = number of task-varying parameters, T = tasks):
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -95,6 +96,9 @@ class Independent(_OnePrior):
             return pyro.sample("w", _vec(self._prior(tasks), tasks.dims, tasks.like))
 
     def sample_new(self, samples, tasks, generator):
+        warnings.warn(f"Independent prior: the {tasks.n} new task(s) share nothing with the fitted tasks, so "
+                      "their predictions are the prior's (wide by design); Hierarchical or Pooled borrow "
+                      "strength for new tasks", UserWarning, stacklevel=2)
         like = samples["w"]
         p = move_distribution(self._prior(tasks), like)
         with torch.random.fork_rng(devices=[]):  # draw from the caller's generator, not global state

@@ -17,10 +17,12 @@ node (derived by rerunning ``sample`` with the tree's sites fixed to each draw).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -67,7 +69,11 @@ class TreeHierarchy(TaskPrior):
     tree : str or sequence of str
         Task-level columns, outermost first: ``"region/district"`` or ``["region", "district"]``.
         Declare them with ``MultiTaskData.from_frame(..., task_features=[...])``; each must be
-        categorical and nested (a node lies under one parent).
+        categorical and nested (a node lies under one parent). ``"learn"``: the tree is learned
+        from the tasks' data (``priors.tree_learn``: a nested Chinese restaurant process of
+        ``depth`` levels sampled by collapsed Gibbs); the fit then uses its point tree, whose
+        levels are named ``level1``, ``level2``, ... and whose clade probabilities
+        ``post.tree()`` reports.
     mean : pyro distribution, default data-scaled
         Prior of each entry of the root ``mu`` (D,); default Normal(loc, 2.5 scale) as for
         ``Hierarchical``.
@@ -75,15 +81,35 @@ class TreeHierarchy(TaskPrior):
         Prior of every level's spread (each ``<column>_scale`` and ``tau``, (D,) each). Default:
         HalfNormal(scale / sqrt(L + 1)) for L levels, so that the spreads of the L + 1 steps from
         the root to a task add up to the hierarchical model's default spread.
+    depth, alpha, chains, warmup, draws
+        ``tree="learn"`` only: levels of the learned tree (2: groups and subgroups of tasks),
+        the nested CRP's concentration, and the Gibbs sampler's chains and sweeps.
     """
 
     relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across tasks "
                      "(tasks under one node should come out alike)")
 
-    def __init__(self, tree: str | Sequence[str], mean=None, scale=None):
-        self.tree = _levels(tree)
+    def __init__(self, tree: str | Sequence[str], mean=None, scale=None, depth: int = 2, alpha: float = 1.0,
+                 chains: int = 2, warmup: int = 200, draws: int = 200):
+        self.learn = isinstance(tree, str) and tree.strip() == "learn"
+        if self.learn:
+            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+                raise ValueError(f"depth must be an integer >= 1; got {depth!r}")
+            if not float(alpha) > 0:
+                raise ValueError(f"alpha (the nested CRP's concentration) must be positive; got {alpha!r}")
+            for name, v in (("chains", chains), ("warmup", warmup), ("draws", draws)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "warmup" else 1):
+                    raise ValueError(f"{name} must be an integer >= {0 if name == 'warmup' else 1}; got {v!r}")
+        self.tree = [f"level{k + 1}" for k in range(depth)] if self.learn else _levels(tree)
         self.mean = None if mean is None else as_distribution(mean, "mean")
         self.scale = None if scale is None else as_distribution(scale, "scale")
+        self.depth, self.alpha = int(depth), float(alpha)
+        self.chains, self.warmup, self.draws = chains, warmup, draws
+        #: a learned tree, set by ``TreeHierarchy.learned_from``: the point tree's node of each
+        #: task per level (T lists of L ints), and the clades' posterior probabilities
+        self.learned: list[list[int]] | None = None
+        self.clades: list[dict] | None = None
+        self.tree_info: dict | None = None
 
     def bind(self, loc, scale):
         per_step = spread_default(scale / math.sqrt(len(self.tree) + 1))
@@ -94,6 +120,8 @@ class TreeHierarchy(TaskPrior):
 
     def _parents(self, tasks: Tasks) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """Per level: (each task's node code (T,), each node's parent code (n_l,), n_l)."""
+        if self.learn:
+            return self._learned_parents(tasks)
         out, above = [], None
         for col in self.tree:
             codes = tasks.features[col].long()  # a column not declared: one error naming those that are
@@ -109,6 +137,92 @@ class TreeHierarchy(TaskPrior):
             out.append((codes, parent, n))
             above = codes
         return out
+
+    def _learned_parents(self, tasks: Tasks) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``_parents`` of the learned point tree (before learning, for checks: one path)."""
+        codes = torch.zeros(tasks.n, self.depth, dtype=torch.long) if self.learned is None else \
+            torch.as_tensor(self.learned, dtype=torch.long)
+        if codes.shape[0] != tasks.n:
+            raise ValueError(f"the learned tree places {codes.shape[0]} tasks; this program has {tasks.n}")
+        codes = codes.to(tasks.like.device if tasks.like is not None else "cpu")
+        out = []
+        for lev in range(self.depth):
+            n = int(codes[:, lev].max()) + 1
+            parent = codes.new_zeros(n)
+            if lev:
+                parent[codes[:, lev]] = codes[:, lev - 1]
+            out.append((codes[:, lev], parent, n))
+        return out
+
+    def learned_from(self, X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, kind: str,
+                     loc: torch.Tensor, scale: torch.Tensor, seed: int) -> TreeHierarchy:
+        """A copy holding the tree learned from the tasks' data (``tree="learn"``): nested CRP
+        draws by collapsed Gibbs (``tree_learn.sample_trees``), their point tree (least expected
+        Binder loss over levels) and each clade's posterior probability. X (N, D) the varying
+        design with the intercept, y (N,), task (N,); loc, scale (D,) the data scales."""
+        from . import tree_learn as tl
+
+        factors = tl.task_factors(X, y, task, n_tasks, kind, 2.5 * scale.double().cpu())
+        draws = tl.sample_trees(factors, loc.cpu(), scale.cpu(), depth=self.depth, alpha=self.alpha,
+                                chains=self.chains, warmup=self.warmup, draws=self.draws, seed=seed)
+        point, loss = tl.consensus(draws.paths)
+        probs = tl.clade_table(draws.paths)
+        together = tl.together(draws.paths)
+        out = copy.copy(self)
+        out.learned = point.tolist()
+        out.clades = []
+        for lev in range(self.depth):
+            for k in range(int(point[:, lev].max()) + 1):
+                members = np.flatnonzero(point[:, lev] == k)
+                pairs = together[lev][np.ix_(members, members)]
+                within = float(pairs[np.triu_indices(len(members), 1)].mean()) if len(members) > 1 else 1.0
+                clade = probs.get((lev, frozenset(members.tolist())), 0.0)
+                out.clades.append({"level": self.tree[lev], "node": f"{self.tree[lev]}-{k + 1}",
+                                   "tasks": members.tolist(), "probability": clade, "together": within})
+        out.tree_info = {"draws": int(len(draws.paths)), "binder_loss": float(loss),
+                         "spreads": draws.spreads.mean(0).tolist()}
+        return out
+
+    def sample_new(self, samples, tasks, generator):
+        """Given tree: None (the program reruns with the tree's sites fixed). Learned tree: each
+        new task takes a path by the nested CRP's predictive rule on the point tree (an
+        existing node with probability proportional to its tasks, a new one with ``alpha``),
+        its node mean from the draw (or, for a new node, drawn from its parent), then w."""
+        if not self.learn:
+            return None
+        codes = np.asarray(self.learned)
+        mu = samples["mu"]
+        S, D = mu.shape[0], mu.shape[-1]
+        seed = int(torch.randint(2**31, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            z = torch.randn(S, tasks.n, self.depth + 1, D, dtype=mu.dtype).to(mu.device)
+        means = [samples[f"{col}_mean"] for col in self.tree]
+        spreads = [samples[f"{col}_scale"] for col in self.tree] + [samples["tau"]]
+        out = mu.new_empty(S, tasks.n, D)
+        for i in range(tasks.n):
+            for s in range(S):
+                loc, rows, fresh = mu[s], np.arange(len(codes)), False
+                for lev in range(self.depth):
+                    if not fresh:
+                        kids, n = np.unique(codes[rows, lev], return_counts=True)
+                        pick = rng.choice(len(kids) + 1, p=np.append(n, self.alpha) / (n.sum() + self.alpha))
+                        fresh = pick == len(kids)
+                    if fresh:
+                        loc = loc + spreads[lev][s] * z[s, i, lev]
+                    else:
+                        loc = means[lev][s, kids[pick]]
+                        rows = rows[codes[rows, lev] == kids[pick]]
+                out[s, i] = loc + spreads[-1][s] * z[s, i, -1]
+        return out
+
+    def coords(self, feature_names=()):
+        if not self.learn or self.learned is None:
+            return {}
+        codes = np.asarray(self.learned)
+        return {col: [f"{col}-{k + 1}" for k in range(int(codes[:, lev].max()) + 1)]
+                for lev, col in enumerate(self.tree)}
 
     def _check_nested(self, col: str, codes: torch.Tensor, above: torch.Tensor, parent: torch.Tensor,
                       tasks: Tasks) -> None:
@@ -153,4 +267,5 @@ class TreeHierarchy(TaskPrior):
     def __repr__(self):
         mean = "data-scaled" if self.mean is None else self.mean
         scale = "data-scaled" if self.scale is None else self.scale
-        return f"TreeHierarchy(tree={'/'.join(self.tree)!r}, mean={mean}, scale={scale})"
+        tree = f"'learn', depth={self.depth}, alpha={self.alpha}" if self.learn else repr("/".join(self.tree))
+        return f"TreeHierarchy(tree={tree}, mean={mean}, scale={scale})"
