@@ -9,7 +9,9 @@ of its point partition (expected-Binder-loss minimiser) against the terrain spli
 README (fields 1-15 foliated, 16-29 bare earth / desert) is reported too, and the co-clustering
 heatmap of the first split at the largest n_train is saved. The ``tree`` model is a
 ``TreeHierarchy`` over that terrain split (a task-level column ``terrain``): what DP clustering
-would find if it found the terrain exactly.
+would find if it found the terrain exactly. ``learned-tree`` learns the tree from the fields'
+data (``TreeHierarchy(tree="learn")``); its level-1 groups are scored against the terrain (ARI),
+with the smallest clade probability among them.
 
 Features are standardised with the training rows' mean and sd (``standardize=True``).
 
@@ -35,7 +37,7 @@ import bayesmtl as bm
 from bayesmtl.datasets import landmine, landmine_split
 from bayesmtl.relations import adjusted_rand_index
 
-MODELS = ("independent", "pooled", "hierarchical", "dp", "tree")
+MODELS = ("independent", "pooled", "hierarchical", "dp", "tree", "learned-tree")
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -50,11 +52,14 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def make_model(name: str):
+def make_model(name: str, smoke: bool = False):
     if name == "dp":
         return bm.models.DPClustering(likelihood="bernoulli")
     if name == "tree":
         return bm.models.TreeHierarchy("terrain", likelihood="bernoulli")
+    if name == "learned-tree":  # the tree learned from the fields' data (nested CRP), not given
+        sweeps = dict(warmup=5, draws=5) if smoke else {}
+        return bm.models.TreeHierarchy(tree="learn", likelihood="bernoulli", **sweeps)
     return {"independent": bm.models.Independent, "pooled": bm.models.Pooled,
             "hierarchical": bm.models.Hierarchical}[name](likelihood="bernoulli")
 
@@ -116,7 +121,7 @@ def main(argv=None) -> pd.DataFrame:
                 t0 = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    post = bm.fit(make_model(name), data, method=args.method, seed=args.seed,
+                    post = bm.fit(make_model(name, args.smoke), data, method=args.method, seed=args.seed,
                                   device=args.device, progress=False, **kw)
                 pred = post.predict(test)
                 aucs = [auc(test["label"].to_numpy()[m], pred["probability"].to_numpy()[m])
@@ -136,6 +141,16 @@ def main(argv=None) -> pd.DataFrame:
                         rel.plot(out / f"coclustering_n{n_train}.png",
                                  title=f"landmine co-clustering, n_train={n_train}")
                         part.to_csv(out / f"clusters_n{n_train}.csv", index=False)
+                if name == "learned-tree":
+                    tree = post.tree()
+                    top = tree[tree["level"] == "level1"]
+                    labels = np.zeros(data.n_tasks, dtype=int)
+                    for k, tasks in enumerate(top["tasks"]):
+                        labels[[data.task_names.index(t) for t in tasks]] = k
+                    terrain = np.array([int(f.split("_")[1]) > 15 for f in data.task_names])
+                    row["ari_terrain"] = adjusted_rand_index(labels, terrain)
+                    row["clusters"] = len(top)
+                    row["min_clade_probability"] = float(top["probability"].min())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             pd.DataFrame(rows).to_csv(out / "results.csv", index=False)  # partial results survive an interrupt
@@ -152,6 +167,11 @@ def main(argv=None) -> pd.DataFrame:
         dp = res[res.model == "dp"].groupby("n_train")[["ari_terrain", "clusters", "num_clusters_mode"]].mean()
         print("\nDP point partition vs terrain (ARI), clusters in the partition, mode of occupied clusters (means):")
         print(dp.to_string())
+    if "learned-tree" in models:
+        lt = res[res.model == "learned-tree"].groupby("n_train")[["ari_terrain", "clusters",
+                                                                   "min_clade_probability"]].mean()
+        print("\nlearned tree's level-1 groups vs terrain (ARI), number of groups, smallest clade probability (means):")
+        print(lt.to_string())
     print(f"\nwrote {out}/results.csv" + (f", {out}/coclustering_n{max(n_trains)}.png" if "dp" in models else ""))
     return res
 

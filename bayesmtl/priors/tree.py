@@ -162,9 +162,9 @@ class TreeHierarchy(TaskPrior):
         design with the intercept, y (N,), task (N,); loc, scale (D,) the data scales."""
         from . import tree_learn as tl
 
-        factors = tl.task_factors(X, y, task, n_tasks, kind, 2.5 * scale.double().cpu())
-        draws = tl.sample_trees(factors, loc.cpu(), scale.cpu(), depth=self.depth, alpha=self.alpha,
-                                chains=self.chains, warmup=self.warmup, draws=self.draws, seed=seed)
+        factors = tl.task_factors(X, y, task, n_tasks, kind, 2.5 * scale.double())
+        draws = tl.sample_trees(factors, loc.double().cpu().numpy(), scale.double().cpu().numpy(), depth=self.depth,
+                                alpha=self.alpha, chains=self.chains, warmup=self.warmup, draws=self.draws, seed=seed)
         point, loss = tl.consensus(draws.paths)
         probs = tl.clade_table(draws.paths)
         together = tl.together(draws.paths)

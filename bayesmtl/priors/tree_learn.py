@@ -30,9 +30,9 @@ __all__ = ["Factor", "TreeDraws", "task_factors", "sample_trees", "clade_table",
 class Factor(NamedTuple):
     """exp(-x'Px/2 + h'x + c): P (..., D, D), h (..., D), c (...)."""
 
-    P: torch.Tensor
-    h: torch.Tensor
-    c: torch.Tensor
+    P: np.ndarray
+    h: np.ndarray
+    c: np.ndarray
 
     def __add__(self, other):  # sums of factors, not tuple concatenation
         return Factor(self.P + other.P, self.h + other.h, self.c + other.c)
@@ -51,38 +51,39 @@ class TreeDraws(NamedTuple):
     log_marginal: np.ndarray
 
 
-def up(f: Factor, var: torch.Tensor) -> Factor:
+def up(f: Factor, var: np.ndarray) -> Factor:
     """The factor of a parent theta from a child's factor f(x) and x ~ N(theta, diag(var)):
-    integral f(x) N(x; theta, var) dx. f (..., D, D) etc.; var (D,) or broadcastable."""
-    A = torch.diag_embed(1.0 / var).expand_as(f.P)
-    L = torch.linalg.cholesky(f.P + A)
-    Mh = torch.cholesky_solve(f.h.unsqueeze(-1), L).squeeze(-1)
-    MA = torch.cholesky_solve(A, L)
-    P = A - A @ MA
-    h = (A @ Mh.unsqueeze(-1)).squeeze(-1)
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    c = f.c - 0.5 * torch.log(var).sum(-1) - 0.5 * logdet + 0.5 * (f.h * Mh).sum(-1)
-    return Factor(0.5 * (P + P.transpose(-1, -2)), h, c)
+    integral f(x) N(x; theta, var) dx. f (..., D, D) etc.; var (D,). NumPy: these are many
+    tiny solves, where torch's per-call cost dominates."""
+    a = 1.0 / var
+    M = f.P + np.diag(a)
+    L = np.linalg.cholesky(M)
+    Minv = np.linalg.inv(M)
+    Mh = np.einsum("...ij,...j->...i", Minv, f.h)
+    P = np.diag(a) - a[:, None] * Minv * a[None, :]
+    logdet = 2 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(-1)
+    c = f.c - 0.5 * np.log(var).sum() - 0.5 * logdet + 0.5 * (f.h * Mh).sum(-1)
+    return Factor(0.5 * (P + np.swapaxes(P, -1, -2)), a * Mh, c)
 
 
-def at_root(f: Factor, loc: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+def at_root(f: Factor, loc: np.ndarray, var: np.ndarray) -> np.ndarray:
     """log integral f(mu) N(mu; loc, diag(var)) dmu, batched over f's leading dims."""
     g = up(f, var)
-    return g.c + (g.h * loc).sum(-1) - 0.5 * ((g.P @ loc.unsqueeze(-1)).squeeze(-1) * loc).sum(-1)
+    return g.c + g.h @ loc - 0.5 * np.einsum("i,...ij,j->...", loc, g.P, loc)
 
 
 def task_factors(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, kind: str,
                  prior_sd: torch.Tensor) -> Factor:
-    """Each task's Gaussian factor of its parameters w_t, (T, D, D) etc.
+    """Each task's Gaussian factor of its parameters w_t, (T, D, D) etc. (NumPy float64).
 
     ``kind="gaussian"``: the exact likelihood given one pooled noise variance (the residual
     variance of per-task ridge fits with ``prior_sd``, pooled over tasks' residual degrees of
     freedom); ``"bernoulli"``: a Laplace approximation at each task's mode under N(0, prior_sd^2)
     (so a separable task stays finite), with that prior divided back out. X (N, D) with the
     intercept column, y (N,), task (N,) long."""
-    X, y = X.double(), y.double()
+    X, y, task = X.double().cpu(), y.double().cpu(), task.cpu()
     D = X.shape[1]
-    ridge = torch.diag(1.0 / prior_sd.double() ** 2)
+    ridge = torch.diag(1.0 / prior_sd.double().cpu() ** 2)
     P = X.new_zeros(n_tasks, D, D)
     h = X.new_zeros(n_tasks, D)
     if kind == "gaussian":
@@ -96,7 +97,7 @@ def task_factors(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: 
             df += max(int(m.sum()) - D, 0)
             P[t], h[t] = G, Xt.T @ yt
         s2 = rss / df if df > 0 else float(y.var()) / 4
-        return Factor(P / s2, h / s2, X.new_zeros(n_tasks))
+        return Factor((P / s2).numpy(), (h / s2).numpy(), np.zeros(n_tasks))
     if kind == "bernoulli":
         for t in range(n_tasks):
             m = task == t
@@ -113,7 +114,7 @@ def task_factors(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: 
             G = Xt.T @ (Xt * (p * (1 - p)).unsqueeze(-1))
             # N(w; mode, H^-1) / N(w; 0, ridge^-1): the likelihood's quadratic around the mode
             P[t], h[t] = G, (G + ridge) @ w
-        return Factor(P, h, X.new_zeros(n_tasks))
+        return Factor(P.numpy(), h.numpy(), np.zeros(n_tasks))
     raise ValueError(f"a learned tree takes a gaussian or bernoulli likelihood; got {kind!r}")
 
 
@@ -121,18 +122,17 @@ class _State:
     """One chain's tree: per level l (0-based, L levels) node slots with aggregate factors of
     their children's messages, their own messages up, task counts and parents."""
 
-    def __init__(self, leaf: Factor, paths: np.ndarray, spreads: torch.Tensor):
+    def __init__(self, leaf: Factor, paths: np.ndarray, spreads: np.ndarray):
         self.leaf_raw = leaf
         self.T, self.L = paths.shape
         self.D = leaf.h.shape[-1]
         self.paths = paths.copy()
-        self.spreads = spreads.clone()
+        self.spreads = np.array(spreads, dtype=np.float64)
         self.rebuild()
 
     def rebuild(self) -> None:
         """Counts, parents, aggregates and messages from ``paths`` and ``spreads``."""
         T, L, D = self.T, self.L, self.D
-        z = self.leaf_raw.h
         self.leaf = up(self.leaf_raw, self.spreads[L] ** 2)
         self.count = np.zeros((L, T), dtype=np.int64)
         self.parent = np.full((L, T), -1, dtype=np.int64)
@@ -140,14 +140,14 @@ class _State:
             np.add.at(self.count[lev], self.paths[:, lev], 1)
             if lev:
                 self.parent[lev, self.paths[:, lev]] = self.paths[:, lev - 1]
-        self.agg = [Factor(z.new_zeros(T, D, D), z.new_zeros(T, D), z.new_zeros(T)) for _ in range(L)]
-        self.agg[L - 1] = _scatter(self.agg[L - 1], torch.as_tensor(self.paths[:, L - 1]), self.leaf)
+        self.agg = [Factor(np.zeros((T, D, D)), np.zeros((T, D)), np.zeros(T)) for _ in range(L)]
+        self.agg[L - 1] = _scatter(self.agg[L - 1], self.paths[:, L - 1], self.leaf)
         self.msg = [None] * L
         for lev in range(L - 1, -1, -1):
-            live = torch.as_tensor(self.count[lev] > 0, dtype=z.dtype)
+            live = (self.count[lev] > 0).astype(np.float64)
             self.msg[lev] = _mask(up(self.agg[lev], self.spreads[lev] ** 2), live)  # empty slots: exactly 0
             if lev:
-                kids = torch.as_tensor(np.maximum(self.parent[lev], 0))
+                kids = np.maximum(self.parent[lev], 0)
                 self.agg[lev - 1] = _scatter(_zeros_like(self.agg[lev - 1]), kids, self.msg[lev])
         self.root = _sum(self.msg[0])
 
@@ -164,7 +164,7 @@ class _State:
             node = prefix[lev]
             self.count[lev, node] += m
             old = _row(self.msg[lev], node)
-            old = Factor(old.P.clone(), old.h.clone(), old.c.clone())  # _set below overwrites the row
+            old = Factor(old.P.copy(), old.h.copy(), np.copy(old.c))  # _set below overwrites the row
             if self.count[lev, node] == 0:  # an empty node's factor is exactly zero
                 agg, new = _zeros_like(old), _zeros_like(old)
                 self.parent[lev, node] = -1
@@ -176,7 +176,7 @@ class _State:
             delta = new - old
         self.root = self.root + delta
 
-    def log_marginal(self, loc: torch.Tensor, var0: torch.Tensor) -> float:
+    def log_marginal(self, loc: np.ndarray, var0: np.ndarray) -> float:
         return float(at_root(self.root, loc, var0))
 
     def log_prior(self, alpha: float) -> float:
@@ -203,10 +203,10 @@ def _set(f: Factor, i: int, g: Factor) -> None:
 
 
 def _zeros_like(f: Factor) -> Factor:
-    return Factor(torch.zeros_like(f.P), torch.zeros_like(f.h), torch.zeros_like(f.c))
+    return Factor(np.zeros_like(f.P), np.zeros_like(f.h), np.zeros_like(f.c))
 
 
-def _mask(f: Factor, m: torch.Tensor) -> Factor:
+def _mask(f: Factor, m: np.ndarray) -> Factor:
     return Factor(f.P * m[:, None, None], f.h * m[:, None], f.c * m)
 
 
@@ -214,8 +214,11 @@ def _sum(f: Factor) -> Factor:
     return Factor(f.P.sum(0), f.h.sum(0), f.c.sum(0))
 
 
-def _scatter(base: Factor, idx: torch.Tensor, src: Factor) -> Factor:
-    return Factor(base.P.index_add(0, idx, src.P), base.h.index_add(0, idx, src.h), base.c.index_add(0, idx, src.c))
+def _scatter(base: Factor, idx: np.ndarray, src: Factor) -> Factor:
+    out = Factor(base.P.copy(), base.h.copy(), base.c.copy())
+    for a, b in zip(out, src, strict=True):
+        np.add.at(a, idx, b)
+    return out
 
 
 def _prefixes(state: _State, depth: int) -> list[list[int]]:
@@ -240,12 +243,13 @@ def _prefixes(state: _State, depth: int) -> list[list[int]]:
     return out
 
 
-def _scores(state: _State, prefixes: list[list[int]], delta: Factor, loc, var0) -> torch.Tensor:
+def _scores(state: _State, prefixes: list[list[int]], delta: Factor, loc, var0) -> np.ndarray:
     """log marginal of all tasks with a subtree whose message is ``delta`` hung under each
     prefix, (C,), batched over the candidates."""
-    idx = torch.as_tensor(prefixes)  # (C, depth)
+    idx = np.asarray(prefixes)  # (C, depth)
     C = idx.shape[0]
-    d = Factor(delta.P.expand(C, -1, -1), delta.h.expand(C, -1), delta.c.expand(C))
+    d = Factor(np.broadcast_to(delta.P, (C,) + delta.P.shape), np.broadcast_to(delta.h, (C,) + delta.h.shape),
+               np.broadcast_to(delta.c, (C,)))
     for lev in range(idx.shape[1] - 1, -1, -1):
         node = idx[:, lev]
         old = Factor(state.msg[lev].P[node], state.msg[lev].h[node], state.msg[lev].c[node])
@@ -263,7 +267,7 @@ def _regraft(state: _State, members: np.ndarray, depth: int, node: int | None, a
     delta = _row(state.leaf, int(members[0])) if node is None else _row(state.msg[depth], node)
     state.propagate(old, Factor(-delta.P, -delta.h, -delta.c), -m)
     prefixes = _prefixes(state, depth)
-    lik = _scores(state, prefixes, delta, loc, var0).numpy()
+    lik = _scores(state, prefixes, delta, loc, var0)
     prior = np.array([_prior_gain(state, pre, m, alpha, node is not None) for pre in prefixes])
     score = lik + prior
     p = np.exp(score - score.max())
@@ -304,7 +308,7 @@ def _relabel(paths: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_trees(factors: Factor, loc: torch.Tensor, scale: torch.Tensor, depth: int = 2, alpha: float = 1.0,
+def sample_trees(factors: Factor, loc: np.ndarray, scale: np.ndarray, depth: int = 2, alpha: float = 1.0,
                  chains: int = 2, warmup: int = 100, draws: int = 200, seed: int = 0) -> TreeDraws:
     """Collapsed Gibbs over nCRP paths of fixed ``depth``: each sweep moves every task, then
     every subtree (a node with all its tasks, so whole districts change region), then takes a
@@ -319,7 +323,7 @@ def sample_trees(factors: Factor, loc: torch.Tensor, scale: torch.Tensor, depth:
     if alpha <= 0:
         raise ValueError(f"alpha (the nCRP concentration) must be positive; got {alpha}")
     T, D = factors.h.shape
-    loc, scale = loc.double(), scale.double()
+    loc, scale = np.asarray(loc, dtype=np.float64), np.asarray(scale, dtype=np.float64)
     var0 = (2.5 * scale) ** 2
     prior_sd = scale / math.sqrt(depth + 1)
     rng = np.random.default_rng(seed)
@@ -329,8 +333,7 @@ def sample_trees(factors: Factor, loc: torch.Tensor, scale: torch.Tensor, depth:
         # the first chain starts from Ward's tree of the tasks' estimates, the others from one
         # path (which the sampler splits): chains that disagree show as clades they weigh apart
         start = first if chain == 0 else np.zeros((T, depth), dtype=np.int64)
-        shrink = torch.linspace(0.8, 0.3, depth + 1, dtype=prior_sd.dtype).unsqueeze(-1)
-        spreads = shrink * prior_sd  # decreasing down the tree (``_ordered``)
+        spreads = np.linspace(0.8, 0.3, depth + 1)[:, None] * prior_sd  # decreasing down the tree (``_ordered``)
         state = _State(factors, start, spreads)
         step = np.full((depth + 1, D), 0.3)
         for sweep in range(warmup + draws):
@@ -347,12 +350,12 @@ def sample_trees(factors: Factor, loc: torch.Tensor, scale: torch.Tensor, depth:
                 step *= np.exp(0.1 * (accepted - 0.4))
             else:
                 out_paths.append(_relabel(state.paths))
-                out_spreads.append(state.spreads.numpy().copy())
+                out_spreads.append(state.spreads.copy())
                 out_lm.append(state.log_marginal(loc, var0))
     return TreeDraws(np.stack(out_paths), np.stack(out_spreads), np.asarray(out_lm))
 
 
-def ward_start(factors: Factor, scale: torch.Tensor, depth: int) -> np.ndarray:
+def ward_start(factors: Factor, scale: np.ndarray, depth: int) -> np.ndarray:
     """A starting tree (T, depth): Ward's agglomerative tree of each task's estimate P^-1 h (in
     units of ``scale``; a small ridge keeps it finite), cut at its ``depth`` largest jumps in
     merge height (the largest gives level 1)."""
@@ -361,9 +364,9 @@ def ward_start(factors: Factor, scale: torch.Tensor, depth: int) -> np.ndarray:
     T, D = factors.h.shape
     if T < 3:
         return np.zeros((T, depth), dtype=np.int64)
-    ridge = 1e-6 * torch.eye(D, dtype=factors.P.dtype) * factors.P.diagonal(dim1=-2, dim2=-1).mean()
-    est = torch.linalg.solve(factors.P + ridge, factors.h.unsqueeze(-1)).squeeze(-1) / scale
-    Z = linkage(est.numpy(), method="ward")
+    ridge = 1e-6 * np.eye(D) * np.diagonal(factors.P, axis1=-2, axis2=-1).mean()
+    est = np.linalg.solve(factors.P + ridge, factors.h[..., None])[..., 0] / scale
+    Z = linkage(est, method="ward")
     heights = Z[:, 2]
     jumps = np.diff(heights)  # cutting between merges i and i+1 leaves T - 1 - i clusters
     cuts = np.sort(np.argsort(jumps)[::-1][:depth])[::-1]  # fewest clusters (latest cut) first
@@ -401,7 +404,7 @@ def _move_spreads(state: _State, loc, var0, prior_sd, step, rng) -> np.ndarray:
     return accepted
 
 
-def _ordered(spreads: torch.Tensor, unit: torch.Tensor) -> bool:
+def _ordered(spreads: np.ndarray, unit: np.ndarray) -> bool:
     """Whether each level's total spread (summed over parameters in units of ``unit``) is at
     least the next one's: the prior's order constraint, which makes the levels identifiable
     (without it a level of single-child nodes lets the spreads swap levels)."""
