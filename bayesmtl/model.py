@@ -205,6 +205,8 @@ class MultiTaskModel(ModelBase):
         sized = self.prior.sized(data.n_tasks)
         out.prior = sized.bind(loc, scale)
         out.likelihood = self.likelihood_for(data)
+        if data.y is not None:
+            out.prior = out.prior.learn_structure(out, data)  # e.g. a learned tree (seeded by fit)
         out.shared_prior = self.shared_prior_for(data) if self.shared else self.shared_prior
         out.bound_defaults = self._defaults(out.likelihood, sized)
         return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
 
 from bayesmtl.data import MultiTaskData
 from bayesmtl.likelihoods import Likelihood
@@ -58,17 +57,6 @@ class TreeHierarchy(MultiTaskModel):
                 raise ValueError(f"tree='learn' takes a gaussian or bernoulli likelihood; this one is {kind!r}")
             if self.shared:
                 raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
-
-    def bind(self, data: MultiTaskData) -> TreeHierarchy:
-        """As ``MultiTaskModel.bind``; with ``tree="learn"`` the copy's prior also holds the tree
-        learned from ``data`` (seeded from the fit's seed, so a fit is reproducible)."""
-        out = super().bind(data)
-        if out.prior.learn and out.prior.learned is None and data.y is not None:
-            loc, scale, _ = self.scaling(data)
-            seed = int(torch.randint(2**31, (1,)))  # fit seeds torch's generator
-            out.prior = out.prior.learned_from(self.design(data)[0], data.y, data.task, data.n_tasks,
-                                               out.likelihood.kind, loc, scale, seed)
-        return out
 
     def tree(self, post) -> pd.DataFrame:
         """The learned point tree's nodes: level, node, tasks (names), ``probability`` (the

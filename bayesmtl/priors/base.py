@@ -117,6 +117,13 @@ class TaskPrior:
         """Names of the settings left at their data-scaled defaults (``prior_summary``)."""
         return []
 
+    def learn_structure(self, model, data) -> TaskPrior:
+        """A copy holding structure learned from the data before the fit (a learned tree's
+        point tree); ``MultiTaskModel.bind`` calls it after ``bind``. ``model``: the bound
+        model (its ``design``, ``likelihood`` and ``scaling``). The base class learns nothing:
+        itself."""
+        return self
+
 
 def _cosine(z: torch.Tensor) -> np.ndarray:
     """Cosine similarity between rows: z (S, T, D) -> (S, T, T)."""

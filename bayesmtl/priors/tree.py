@@ -105,7 +105,7 @@ class TreeHierarchy(TaskPrior):
         self.scale = None if scale is None else as_distribution(scale, "scale")
         self.depth, self.alpha = int(depth), float(alpha)
         self.chains, self.warmup, self.draws = chains, warmup, draws
-        #: a learned tree, set by ``TreeHierarchy.learned_from``: the point tree's node of each
+        #: a learned tree, set by ``learn_structure``: the point tree's node of each
         #: task per level (T lists of L ints), and the clades' posterior probabilities
         self.learned: list[list[int]] | None = None
         self.clades: list[dict] | None = None
@@ -154,15 +154,21 @@ class TreeHierarchy(TaskPrior):
             out.append((codes[:, lev], parent, n))
         return out
 
-    def learned_from(self, X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, kind: str,
-                     loc: torch.Tensor, scale: torch.Tensor, seed: int) -> TreeHierarchy:
-        """A copy holding the tree learned from the tasks' data (``tree="learn"``): nested CRP
-        draws by collapsed Gibbs (``tree_learn.sample_trees``), their point tree (least expected
-        Binder loss over levels) and each clade's posterior probability. X (N, D) the varying
-        design with the intercept, y (N,), task (N,); loc, scale (D,) the data scales."""
+    def learn_structure(self, model, data) -> TreeHierarchy:
+        """With ``tree="learn"`` (and no tree yet), a copy holding the tree learned from the
+        tasks' data: nested CRP draws by collapsed Gibbs (``tree_learn.sample_trees``, seeded
+        from torch's generator, which ``fit`` seeds), their point tree (least expected Binder
+        loss over levels) and each clade's posterior probability."""
+        if not self.learn or self.learned is not None:
+            return self
         from . import tree_learn as tl
 
-        factors = tl.task_factors(X, y, task, n_tasks, kind, 2.5 * scale.double())
+        if getattr(model, "shared", None):
+            raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
+        X, kind = model.design(data)[0], model.likelihood.kind
+        loc, scale, _ = model.scaling(data)
+        seed = int(torch.randint(2**31, (1,)))
+        factors = tl.task_factors(X, data.y, data.task, data.n_tasks, kind, 2.5 * scale.double())
         draws = tl.sample_trees(factors, loc.double().cpu().numpy(), scale.double().cpu().numpy(), depth=self.depth,
                                 alpha=self.alpha, chains=self.chains, warmup=self.warmup, draws=self.draws, seed=seed)
         point, loss = tl.consensus(draws.paths)
