@@ -58,6 +58,13 @@ class TreeHierarchy(MultiTaskModel):
             if self.shared:
                 raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
 
+    def extra_outputs(self, post) -> dict[str, pd.DataFrame]:
+        """A learned tree's nodes as ``tree.csv`` in the run directory (tasks joined by ';')."""
+        if not self.prior.learn:
+            return {}
+        table = self.tree(post)
+        return {"tree.csv": table.assign(tasks=table["tasks"].map(";".join))}
+
     def tree(self, post) -> pd.DataFrame:
         """The learned point tree's nodes: level, node, tasks (names), ``probability`` (the
         share of the sampler's draws with exactly these tasks under one node of this level) and

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg as sl
 import torch
@@ -159,6 +160,8 @@ def test_a_learned_tree_fits_predicts_new_tasks_and_saves(tmp_path):
     assert pred["new_task"].all() and np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
     assert post.to_arviz().posterior["level1_mean"].sizes["level1"] == (tree.level == "level1").sum()
     post.save(tmp_path / "run")
+    saved = pd.read_csv(tmp_path / "run" / "tree.csv")  # the tree as data, for the CLI's users
+    assert saved["tasks"].str.split(";").map(len).tolist() == tree["size"].tolist()
     loaded = bm.load(tmp_path / "run")
     assert loaded.model.prior.learned == post.model.prior.learned
     assert loaded.tree()["probability"].tolist() == tree["probability"].tolist()
