@@ -82,7 +82,7 @@ def test_given_priors_stay_as_given():
     post = bm.fit(model, data, method="map", steps=300, min_steps=100, seed=0, progress=False)
     table = post.prior_summary().set_index(["site", "entry"])["prior"]
     assert table[("tau", "all")] == "HalfNormal(scale=2)" and table[("sigma", "all")] == "HalfNormal(scale=40)"
-    assert post.prior_summary().attrs["defaults"] == ["prior.mean"]
+    assert post.prior_summary().attrs["defaults"] == ["prior.mean", "likelihood.noise"]  # the noise mode: from the data
 
 
 def test_a_raw_scale_target_gets_calibrated_intervals_with_defaults():
