@@ -182,3 +182,24 @@ def test_bad_learned_tree_settings_name_the_problem():
     post = bm.fit(bm.models.Hierarchical(), data, method="map", steps=100, min_steps=50, progress=False)
     with pytest.raises(TypeError, match="learns no tree"):
         post.tree()
+
+
+def test_a_new_task_takes_a_path_by_the_nested_crp_rule():
+    import pyro
+
+    from bayesmtl.priors.tree import TreeHierarchy
+    from bayesmtl.protocol import Tasks
+
+    prior = TreeHierarchy("learn")
+    prior.learned = [[0, 0], [0, 0], [0, 1], [1, 2]]  # groups {3 tasks: subgroups of 2 and 1}, {1 task}
+    S, tiny = 20000, torch.full((20000, 1), 1e-6)  # spreads ~0: each draw lands on its node's mean
+    samples = {"mu": torch.zeros(S, 1), "tau": tiny, "level1_scale": tiny, "level2_scale": tiny,
+               "level1_mean": torch.tensor([10.0, 20.0]).reshape(1, 2, 1).expand(S, 2, 1),
+               "level2_mean": torch.tensor([11.0, 12.0, 21.0]).reshape(1, 3, 1).expand(S, 3, 1)}
+    w = prior.sample_new(samples, Tasks(n=1, dims=1, plate=pyro.plate("task", 1)), torch.Generator().manual_seed(0))
+    share = {v: float((w[:, 0, 0].round() == v).float().mean()) for v in (0, 10, 11, 12, 20, 21)}
+    # alpha 1: group 1 w.p. 3/5, group 2 1/5, a new group (at the root's mean, 0) 1/5; inside
+    # group 1: subgroup 11 w.p. 2/4, 12 1/4, a new one (at the group's mean, 10) 1/4
+    expected = {0: 0.2, 10: 0.15, 11: 0.3, 12: 0.15, 20: 0.1, 21: 0.1}
+    for v, p in expected.items():
+        assert share[v] == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / S)), (v, share)

@@ -206,21 +206,27 @@ class TreeHierarchy(TaskPrior):
             z = torch.randn(S, tasks.n, self.depth + 1, D, dtype=mu.dtype).to(mu.device)
         means = [samples[f"{col}_mean"] for col in self.tree]
         spreads = [samples[f"{col}_scale"] for col in self.tree] + [samples["tau"]]
+        # each level's children of every node (the root is -1) and their sizes, for the CRP's rule
+        children = [{-1: np.unique(codes[:, 0], return_counts=True)}]
+        children += [{int(p): np.unique(codes[codes[:, lev - 1] == p, lev], return_counts=True)
+                      for p in np.unique(codes[:, lev - 1])} for lev in range(1, self.depth)]
         out = mu.new_empty(S, tasks.n, D)
-        for i in range(tasks.n):
-            for s in range(S):
-                loc, rows, fresh = mu[s], np.arange(len(codes)), False
-                for lev in range(self.depth):
-                    if not fresh:
-                        kids, n = np.unique(codes[rows, lev], return_counts=True)
-                        pick = rng.choice(len(kids) + 1, p=np.append(n, self.alpha) / (n.sum() + self.alpha))
-                        fresh = pick == len(kids)
-                    if fresh:
-                        loc = loc + spreads[lev][s] * z[s, i, lev]
-                    else:
-                        loc = means[lev][s, kids[pick]]
-                        rows = rows[codes[rows, lev] == kids[pick]]
-                out[s, i] = loc + spreads[-1][s] * z[s, i, -1]
+        rows = torch.arange(S, device=mu.device)
+        for i in range(tasks.n):  # vectorised over the S draws: each draw walks its own path
+            node, fresh, loc = np.full(S, -1), np.zeros(S, dtype=bool), mu.clone()
+            for lev in range(self.depth):
+                u, choice = rng.uniform(size=S), np.full(S, -1)
+                for parent, (kids, n) in children[lev].items():
+                    sel = ~fresh & (node == parent)
+                    if sel.any():
+                        k = np.searchsorted(np.cumsum(np.append(n, self.alpha)) / (n.sum() + self.alpha), u[sel])
+                        choice[sel] = np.where(k < len(kids), kids[np.minimum(k, len(kids) - 1)], -1)
+                fresh |= choice < 0  # a new node here: it and every node below it drawn from the parent
+                old = torch.as_tensor(~fresh, device=mu.device)
+                pick = torch.as_tensor(np.maximum(choice, 0), device=mu.device)
+                loc = torch.where(old.unsqueeze(-1), means[lev][rows, pick], loc + spreads[lev] * z[:, i, lev])
+                node = choice
+            out[:, i] = loc + spreads[-1] * z[:, i, -1]
         return out
 
     def coords(self, feature_names=()):
