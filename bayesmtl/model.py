@@ -524,7 +524,8 @@ class MultiTaskModel(ModelBase):
     def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
         """Draws of the (T, T) task relation (S, T, T), what they measure, and whether signed."""
         return RelationDraws(self.prior.relations(samples), self.prior.relation_kind, self.prior.relation_signed,
-                             self.prior.relation_null(samples["w"].shape[-1]), self.prior.cluster_counts(samples))
+                             self.prior.relation_null(samples["w"].shape[-1]), self.prior.cluster_counts(samples),
+                             self.prior.relation_tree())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(prior={self.prior!r}, likelihood={self.likelihood!r}, "

@@ -249,7 +249,8 @@ class Posterior:
         out = self.model.relations(self.flat())
         return TaskRelations(out.draws, self.task_names, out.kind,
                              point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
-                             null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None))
+                             null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None),
+                             tree=getattr(out, "tree", None))
 
     def inclusion(self) -> pd.DataFrame:
         """Posterior inclusion probability of each feature, shared and per task (sparsity priors

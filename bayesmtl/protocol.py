@@ -104,6 +104,7 @@ class RelationDraws(NamedTuple):
     signed: bool = False
     null: np.ndarray | None = None
     cluster_counts: np.ndarray | None = None  # clustering models: occupied clusters per draw (S,)
+    tree: np.ndarray | None = None  # a tree of the tasks the model holds (a learned tree): scipy linkage (T-1, 4)
 
 
 @dataclass(frozen=True)

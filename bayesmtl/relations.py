@@ -36,11 +36,14 @@ class TaskRelations:
     cluster_counts : array (S,), optional
         Clustering models: the number of occupied clusters in each draw; ``clusters`` then
         returns a partition with the most probable number of clusters.
+    tree : array (T - 1, 4), optional
+        A tree of the tasks the model holds (a learned tree), as a scipy linkage matrix: the
+        plot orders the tasks by it and draws it above the heatmap.
     """
 
     def __init__(self, draws: np.ndarray, names: list[str], kind: str, point_estimate: bool = False,
                  signed: bool = False, null: np.ndarray | None = None,
-                 cluster_counts: np.ndarray | None = None):
+                 cluster_counts: np.ndarray | None = None, tree: np.ndarray | None = None):
         draws = np.asarray(draws, dtype=float)
         if draws.ndim == 2:
             draws = draws[None]
@@ -53,6 +56,7 @@ class TaskRelations:
         self.signed = bool(signed)  # entries can be negative (correlations): relations.csv adds p_positive
         self.null = None if null is None else np.asarray(null, dtype=float).ravel()
         self.cluster_counts = None if cluster_counts is None else np.asarray(cluster_counts).ravel()
+        self.tree = None if tree is None else np.asarray(tree, dtype=float)
 
     def __repr__(self) -> str:
         return (f"TaskRelations({len(self.names)} tasks, {self.draws.shape[0]} draws"
@@ -128,11 +132,14 @@ class TaskRelations:
         return out
 
     def linkage(self) -> np.ndarray | None:
-        """Average-linkage clustering of the tasks on max(mean) - mean (scipy's linkage matrix,
+        """The model's own tree of the tasks where it has one (a learned tree), else
+        average-linkage clustering of the tasks on max(mean) - mean (scipy's linkage matrix,
         (T - 1, 4)); None for fewer than 3 tasks."""
         from scipy.cluster.hierarchy import linkage
         from scipy.spatial.distance import squareform
 
+        if self.tree is not None:
+            return self.tree
         if len(self.names) < 3:
             return None
         m = self.draws.mean(0)

@@ -159,6 +159,16 @@ def test_a_learned_tree_fits_predicts_new_tasks_and_saves(tmp_path):
     pred = post.predict(new)
     assert pred["new_task"].all() and np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
     assert post.to_arviz().posterior["level1_mean"].sizes["level1"] == (tree.level == "level1").sum()
+    # the relation plot orders the tasks by the learned tree and draws it: cut below the root,
+    # its linkage gives the level-1 groups
+    from scipy.cluster.hierarchy import fcluster
+
+    rel = post.relations()
+    groups = fcluster(rel.linkage(), 2.5, criterion="distance")
+    level1 = np.asarray(post.model.prior.learned)[:, 0]
+    assert len(set(zip(groups, level1, strict=True))) == len(set(level1)) == len(set(groups))
+    rel.plot(tmp_path / "relations.png")
+    assert (tmp_path / "relations.png").stat().st_size > 0
     post.save(tmp_path / "run")
     saved = pd.read_csv(tmp_path / "run" / "tree.csv")  # the tree as data, for the CLI's users
     assert saved["tasks"].str.split(";").map(len).tolist() == tree["size"].tolist()

@@ -98,6 +98,12 @@ class TaskPrior:
         """Occupied clusters per draw (S,) for a clustering prior; None (the default) otherwise."""
         return None
 
+    def relation_tree(self) -> np.ndarray | None:
+        """A tree of the tasks the prior holds (a learned tree), as a scipy linkage matrix
+        (T - 1, 4), for the relation plot's order and dendrogram; None (the default): the plot
+        clusters the relation's means instead."""
+        return None
+
     def check(self, n_tasks: int, n_dims: int) -> None:
         """Raise ValueError when the prior cannot serve T tasks with D parameters each."""
 

@@ -229,6 +229,36 @@ class TreeHierarchy(TaskPrior):
             out[:, i] = loc + spreads[-1] * z[:, i, -1]
         return out
 
+    def relation_tree(self):
+        """The learned point tree as a scipy linkage matrix (T - 1, 4): tasks join within their
+        deepest node at height 1, nodes within their parent at the next height, the top level
+        at the root (depth + 1). None for a given tree, or fewer than 2 tasks."""
+        if not self.learn or self.learned is None or len(self.learned) < 2:
+            return None
+        codes = np.asarray(self.learned)
+        T, rows = len(codes), []
+
+        def merge(ids: list[int], height: float) -> int:
+            acc = ids[0]
+            for other in ids[1:]:
+                size = sizes[acc] + sizes[other]
+                rows.append([acc, other, height, size])
+                acc = T + len(rows) - 1
+                sizes[acc] = size
+            return acc
+
+        sizes = {t: 1 for t in range(T)}
+        current = {t: t for t in range(T)}  # task -> its cluster id
+        for lev in range(self.depth - 1, -2, -1):  # deepest nodes first, the root (-1) last
+            keys = [tuple(codes[t, : lev + 1]) for t in range(T)]
+            for key in dict.fromkeys(keys):
+                ids = list(dict.fromkeys(current[t] for t in range(T) if keys[t] == key))
+                top = merge(ids, float(self.depth - lev))
+                for t in range(T):
+                    if keys[t] == key:
+                        current[t] = top
+        return np.asarray(rows, dtype=float)
+
     def coords(self, feature_names=()):
         if not self.learn or self.learned is None:
             return {}
