@@ -117,8 +117,12 @@ class MultiTaskModel(ModelBase):
 
     def likelihood_for(self, data: MultiTaskData) -> Likelihood:
         """The likelihood bound to these data (noise mode resolved, default priors scaled to the target)."""
-        lik = self.likelihood
-        if isinstance(lik, LocationScale):
+        return self.bind_likelihood(self.likelihood, data)
+
+    def bind_likelihood(self, lik: Likelihood, data: MultiTaskData) -> Likelihood:
+        """``lik`` bound to ``data``; a noise mode left to the data reads ``residual_df`` (computed
+        only then: a bound likelihood has its mode already)."""
+        if isinstance(lik, LocationScale) and lik.noise is None:
             return lik.bind(data, residual_df=self.residual_df(data))
         return lik.bind(data)
 

@@ -146,9 +146,7 @@ class DPClustering(MultiTaskModel):
         """The likelihood for these data: the one given, or Bernoulli for a 0/1 target and Gaussian otherwise."""
         if self.auto_likelihood and data.y is not None:
             y = data.y
-            if bool(((y == 0) | (y == 1)).all()):
-                return Bernoulli().bind(data)
-            return Gaussian().bind(data, residual_df=self.residual_df(data))
+            return self.bind_likelihood(Bernoulli() if bool(((y == 0) | (y == 1)).all()) else Gaussian(), data)
         return super().likelihood_for(data)
 
     def bind(self, data: MultiTaskData) -> DPClustering:

@@ -51,12 +51,7 @@ class TreeHierarchy(MultiTaskModel):
 
     def check(self, data: MultiTaskData) -> None:
         super().check(data)
-        if self.prior.learn:
-            kind = self.likelihood_for(data).kind
-            if kind not in ("gaussian", "bernoulli"):
-                raise ValueError(f"tree='learn' takes a gaussian or bernoulli likelihood; this one is {kind!r}")
-            if self.shared:
-                raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
+        self.prior.check_learnable(self.likelihood_for(data).kind, self.shared)  # before the fit, not at bind
 
     def extra_outputs(self, post) -> dict[str, pd.DataFrame]:
         """A learned tree's nodes as ``tree.csv`` in the run directory (tasks joined by ';')."""

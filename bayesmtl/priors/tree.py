@@ -154,6 +154,16 @@ class TreeHierarchy(TaskPrior):
             out.append((codes[:, lev], parent, n))
         return out
 
+    def check_learnable(self, kind: str, shared) -> None:
+        """Raise ValueError when a tree cannot be learned for this likelihood ``kind`` or with
+        shared features (a given tree takes any)."""
+        if not self.learn:
+            return
+        if kind not in ("gaussian", "bernoulli"):
+            raise ValueError(f"tree='learn' takes a gaussian or bernoulli likelihood; this one is {kind!r}")
+        if shared:
+            raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
+
     def learn_structure(self, model, data) -> TreeHierarchy:
         """With ``tree="learn"`` (and no tree yet), a copy holding the tree learned from the
         tasks' data: nested CRP draws by collapsed Gibbs (``tree_learn.sample_trees``, seeded
@@ -163,8 +173,7 @@ class TreeHierarchy(TaskPrior):
             return self
         from . import tree_learn as tl
 
-        if getattr(model, "shared", None):
-            raise ValueError("tree='learn' does not take shared features yet; drop shared= or give the tree")
+        self.check_learnable(model.likelihood.kind, getattr(model, "shared", ()))
         X, kind = model.design(data)[0], model.likelihood.kind
         loc, scale, _ = model.scaling(data)
         seed = int(torch.randint(2**31, (1,)))
