@@ -17,12 +17,13 @@ from .relations import TaskRelations  # noqa: E402
 from .report import report  # noqa: E402
 
 
-def load(path, trust_pickle: bool = False, trust_code: bool = False, classes=None):
+def load(path, trust_pickle: bool = False, trust_code: bool = False, classes=None, modules=None):
     """A Posterior from a run directory written by ``Posterior.save``; no code in the directory
-    runs (see ``bayesmtl.runs.load_run`` for ``trust_pickle``, ``trust_code`` and ``classes``)."""
+    runs (see ``bayesmtl.runs.load_run`` for ``trust_pickle``, ``trust_code``, ``classes`` and
+    ``modules``)."""
     from .runs import load_run
 
-    return load_run(path, trust_pickle=trust_pickle, trust_code=trust_code, classes=classes)
+    return load_run(path, trust_pickle=trust_pickle, trust_code=trust_code, classes=classes, modules=modules)
 
 
 def __getattr__(name):

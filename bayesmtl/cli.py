@@ -243,9 +243,9 @@ def _prior_args(text: str | None) -> dict:
     return args
 
 
-def _import_prior_module(where: str):
-    """The module named by the part of --prior before ':' (a .py file or an importable module),
-    and how run.json records it."""
+def _import_prior_module(where: str, flag: str = "--prior"):
+    """The module named by the part of --prior (or ``flag``) before ':' (a .py file or an
+    importable module), and how run.json records it."""
     from bayesmtl.runs import file_module_name, import_file, sha256_of
 
     is_module = (not where.endswith(".py") and all(part.isidentifier() for part in where.split("."))
@@ -253,15 +253,15 @@ def _import_prior_module(where: str):
     if not is_module:
         file = Path(where).expanduser()
         if not file.exists():
-            raise UserError(f"--prior: file {where!r} does not exist")
+            raise UserError(f"{flag}: file {where!r} does not exist")
         if not file.is_file() or file.suffix != ".py":
-            raise UserError(f"--prior: {where!r} is not a .py file (expected FILE.py:ClassName)")
+            raise UserError(f"{flag}: {where!r} is not a .py file (expected FILE.py:ClassName)")
         file = file.resolve()
         name = file_module_name(file)
         try:
             module = import_file(file, name)
         except (Exception, SystemExit) as e:
-            raise UserError(f"--prior: importing {file} failed: {_first_line(e)}") from None
+            raise UserError(f"{flag}: importing {file} failed: {_first_line(e)}") from None
         return module, {"file": str(file), "import_name": name, "sha256": sha256_of(file)}
     try:
         module = importlib.import_module(where)
@@ -269,12 +269,12 @@ def _import_prior_module(where: str):
         if isinstance(e, ModuleNotFoundError) and e.name and (where + ".").startswith(e.name + "."):
             hint = f"; did you mean {where}.py:ClassName?" if Path(where + ".py").is_file() else \
                 " (a file is given as FILE.py:ClassName)"
-            raise UserError(f"--prior: no module named {e.name!r}{hint}") from None
+            raise UserError(f"{flag}: no module named {e.name!r}{hint}") from None
         try:
             origin = importlib.util.find_spec(where).origin
         except Exception:
             origin = None
-        raise UserError(f"--prior: importing module {where}{f' ({origin})' if origin else ''} failed: "
+        raise UserError(f"{flag}: importing module {where}{f' ({origin})' if origin else ''} failed: "
                         f"{_first_line(e)}") from None
     origin = getattr(module, "__file__", None)
     return module, {"module": where, **({"sha256": sha256_of(origin)} if origin else {})}
@@ -320,6 +320,33 @@ def _build_prior(spec: str, args_text: str | None):
     return prior, {**source, "class": name, "args": args}
 
 
+def _build_trunk(spec: str, n_features: int):
+    """The torch module ``FILE.py:function`` (or ``package.module:function``) returns, called with
+    the data's number of features when it takes an argument, and its ``trunk_source`` record."""
+    import torch
+
+    where, colon, name = spec.rpartition(":")
+    if not colon or not where or not name.isidentifier():
+        raise UserError(f"--trunk expects FILE.py:function or package.module:function; got {spec!r}")
+    module, source = _import_prior_module(where, "--trunk")
+    make = getattr(module, name, None)
+    if not callable(make):
+        raise UserError(f"--trunk: {source.get('file') or where} has no function {name!r}")
+    try:
+        takes = [p for p in inspect.signature(make).parameters.values()
+                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        takes = []
+    args = [n_features] if takes else []
+    try:
+        trunk = make(*args)
+    except Exception as e:
+        raise UserError(f"--trunk: {name}({', '.join(map(str, args))}) raised {_first_line(e)}") from None
+    if not isinstance(trunk, torch.nn.Module):
+        raise UserError(f"--trunk: {name} returned a {type(trunk).__name__}, not a torch.nn.Module")
+    return trunk, {**source, "function": name, "args": args}
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="nuts, chees, pyro_nuts, svi or map (default: the model's, nuts; "
                    "map, type-II ML, for multitask-gp)")
@@ -346,17 +373,40 @@ def cmd_fit(a: argparse.Namespace) -> int:
         if value is not None and not _csv_list(value):
             raise UserError(f"{flag} is empty; leave it out for the default, or name "
                             f"{'columns' if 'feature' in flag or flag == '--shared' else 'one'}")
-    if a.prior is not None:
-        prior, source = _build_prior(a.prior, a.prior_args)
-        model = bm.MultiTaskModel(prior, likelihood=a.likelihood or "gaussian", shared=_csv_list(a.shared) or ())
-    elif a.prior_args is not None:
+    if a.prior_args is not None and a.prior is None:
         raise UserError("--prior-args needs --prior FILE.py:ClassName")
-    else:
-        model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared),
-                             _options(a.model_option, "--model-option"))
+    if a.trunk is not None and a.model not in (None, "neural"):
+        raise UserError(f"--trunk is the network of --model neural, not of --model {a.model}")
+    if a.model == "neural" and a.trunk is None:
+        raise UserError("--model neural needs --trunk FILE.py:function (a function returning a torch.nn.Module)")
     data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
                                      noise=a.noise, trials=a.trials, standardize=a.standardize,
                                      task_features=_csv_list(a.task_features) or ())
+    trunk_source = None
+    if a.trunk is not None:
+        trunk, trunk_source = _build_trunk(a.trunk, data.n_features)
+        prior = None
+        if a.prior is not None:
+            prior, source = _build_prior(a.prior, a.prior_args)
+        options = _options(a.model_option, "--model-option")
+        if a.shared:
+            raise UserError("--shared: the trunk takes every feature (--model neural has no shared coefficients)")
+        own = {k: options.pop(k) for k in ("intercept", "train_trunk") if k in options}
+        heads = options.pop("prior", None)
+        if heads is not None or options:  # the heads' prior as a built-in model's (--model-option prior=...)
+            if prior is not None:
+                raise UserError("--model-option prior=... and --prior both set the heads' prior; give one")
+            prior = _build_model(str(heads or "hierarchical"), None, None, options).prior
+        try:
+            model = bm.models.NeuralMultiTask(trunk, prior=prior, likelihood=a.likelihood or "gaussian", **own)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--model neural: {_first_line(e)}") from None
+    elif a.prior is not None:
+        prior, source = _build_prior(a.prior, a.prior_args)
+        model = bm.MultiTaskModel(prior, likelihood=a.likelihood or "gaussian", shared=_csv_list(a.shared) or ())
+    else:
+        model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared),
+                             _options(a.model_option, "--model-option"))
     model = _set_priors(model, a.set_prior, data)
     a.method = a.method or model.default_method
     from bayesmtl.runs import checkpoint_path, reserve
@@ -385,6 +435,8 @@ def cmd_fit(a: argparse.Namespace) -> int:
             raise
         if source is not None:
             post.info["prior_source"] = source
+        if trunk_source is not None:
+            post.info["trunk_source"] = trunk_source
         post.save(a.out, overwrite=a.overwrite)
         shutil.rmtree(ckpt, ignore_errors=True)
         _FitState.checkpoint = None
@@ -592,11 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "long-format CSV and write a run directory.")
     which = f.add_mutually_exclusive_group()
     which.add_argument("--model", help="built-in model: hierarchical (default), independent, pooled, "
-                       "dp-clustering, multitask-gp, task-relationship")
+                       "dp-clustering, multitask-gp, task-relationship, ..., neural (with --trunk)")
     which.add_argument("--prior", metavar="FILE.py:CLASS", help="your own task prior, a subclass of "
                        "bayesmtl.priors.TaskPrior, from a Python file (my_priors.py:StudentTPopulation) or an "
                        "importable module (package.module:Class); fitted as MultiTaskModel(prior, likelihood). "
                        "run.json records the file and its sha256; predict and summary import it from there again")
+    f.add_argument("--trunk", metavar="FILE.py:FUNCTION", help="the shared network of --model neural: a function "
+                   "returning a torch.nn.Module that maps the features to H outputs (given the number of features "
+                   "when it takes an argument); each task gets a Bayesian head on them, under the prior of "
+                   "--prior, or of a built-in model (--model-option prior=task-relationship --model-option rank=3; "
+                   "default hierarchical). Weights are saved as tensors; a network of your own layer classes "
+                   "loads again with --trust-code")
     f.add_argument("--prior-args", metavar="JSON", help="keyword arguments of the --prior class as a JSON "
                    "object, e.g. '{\"df\": 4}'")
     f.add_argument("--data", required=True, help="long-format CSV: one row per observation")

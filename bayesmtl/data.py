@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["MultiTaskData"]
+__all__ = ["MultiTaskData", "wide_to_long"]
 
 
 def _numeric_column(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
@@ -262,6 +262,17 @@ class MultiTaskData:
             return out
         values, levels = _task_level(df, task_features, labels_str, names, {}, dtype)
         return replace(out, task_features=values, task_levels=levels)
+
+    @classmethod
+    def from_wide(cls, df: pd.DataFrame, targets: Sequence[str], features: Sequence[str] | None = None, *,
+                  standardize: bool = False, dtype: torch.dtype = torch.float64) -> MultiTaskData:
+        """Build from a wide frame: one row per input, one target column per task (SARCOS's
+        seven torques). Each non-missing entry of a target column becomes a row of that task
+        (``wide_to_long``); ``features`` default to every column that is not a target.
+        """
+        long = wide_to_long(df, targets, features)
+        features = [c for c in long.columns if c not in ("task", "y")]
+        return cls.from_frame(long, task="task", target="y", features=features, standardize=standardize, dtype=dtype)
 
     @classmethod
     def from_arrays(
@@ -597,6 +608,43 @@ class MultiTaskData:
             v = v.cpu().numpy()[rows]
             out[name] = np.asarray(self.task_levels[name], dtype=object)[v] if name in self.task_levels else v
         return out
+
+
+def wide_to_long(df: pd.DataFrame, targets: Sequence[str], features: Sequence[str] | None = None) -> pd.DataFrame:
+    """The long frame of a wide one: columns "task" (the target column's name), the features and
+    "y", one row per non-missing target entry, task by task (for ``from_wide`` and for the
+    rows ``Posterior.predict`` takes)."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if isinstance(targets, str):
+        raise TypeError(f"targets must be a list of column names; got the string {targets!r} (write [{targets!r}])")
+    targets = list(targets)
+    if not targets:
+        raise ValueError("targets is empty: name the target column of each task")
+    missing = [c for c in targets if c not in df.columns]
+    if missing:
+        raise ValueError(f"target column {missing[0]!r} not found; columns are {list(df.columns)}")
+    if len(set(targets)) < len(targets):
+        raise ValueError("a target column is named twice in targets")
+    features = [c for c in df.columns if c not in targets] if features is None else list(features)
+    absent = [c for c in features if c not in df.columns]
+    if absent:
+        raise ValueError(f"feature column {absent[0]!r} not found; columns are {list(df.columns)}")
+    clash = [c for c in features if c in targets]
+    if clash:
+        raise ValueError(f"column {clash[0]!r} cannot be both a feature and a target")
+    if "task" in features or "y" in features:
+        raise ValueError("a feature column is named 'task' or 'y', which the long format uses; rename it")
+    parts = []
+    for c in targets:
+        keep = df[c].notna().to_numpy()
+        if not keep.any():
+            raise ValueError(f"target column {c!r} has no values (every entry is missing)")
+        part = df.loc[keep, features].copy()
+        part.insert(0, "task", str(c))
+        part["y"] = df.loc[keep, c].to_numpy()
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _task_level(df: pd.DataFrame, columns: list[str], labels: np.ndarray, names: list[str],

@@ -115,6 +115,10 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
         model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
         on_device = data.to(dev)
         target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
+        if target.trains and backend.kind == "mcmc":
+            raise ValueError(f"{type(model).__name__} trains {', '.join(target.trains)} by optimisation, which "
+                             f"method {method!r} (a sampler) cannot: fit with method='svi' or 'map', then sample "
+                             f"the heads of the trained network with post.model.frozen()")
         return _run(model, data, on_device, target, backend, settings, method, model_options)
 
 

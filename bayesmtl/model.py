@@ -83,6 +83,9 @@ class MultiTaskModel(ModelBase):
     """
 
     name = "multitask"
+    #: attributes that are torch modules the program trains as point estimates (``pyro.module``):
+    #: fast paths, which precompute from a fixed design, then do not apply (``Target.trains``)
+    trained_modules: tuple[str, ...] = ()
 
     @property
     def unidentified_sites(self) -> tuple[str, ...]:
@@ -242,6 +245,7 @@ class MultiTaskModel(ModelBase):
                "feature_": names, "shared_feature": list(self.shared)}
         out.update({k: list(v) for k, v in data.task_levels.items()})  # a plate named after a task feature
         out.update(self.prior.sized(data.n_tasks).coords(names))
+        out.update(self.likelihood_for(data).coords())
         return out
 
     def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
@@ -339,13 +343,11 @@ class MultiTaskModel(ModelBase):
     def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None,
                    observe: bool = True) -> Callable[[], None]:
         """The model as a Pyro callable with no arguments (data bound in)."""
-        Xv, Xs = self.design(data)
         lik = self.likelihood_for(data)
-        T, N, Ds = data.n_tasks, data.n_rows, Xs.shape[-1]
+        T, N, Ds = data.n_tasks, data.n_rows, len(self.shared)
         like = torch.zeros((), dtype=data.dtype, device=data.device)
         task, y, noise, trials = data.task, data.y, data.noise, data.trials
-        # built once per program, not per evaluation; a minibatch changes the rows, so it gathers instead
-        rows = task_rows(Xv, task, T) if observe and subsample_size is None else None
+        eta_of = self.row_predictor(data, subsample_size) if observe else None
         config = self.reparam_config(data)
         name_w = "w" not in self._prior_trace(data).nodes  # record w when the prior returns it unnamed
         tasks = self.tasks(data)
@@ -367,11 +369,20 @@ class MultiTaskModel(ModelBase):
             with pyro.plate("data", N, dim=-1, subsample_size=subsample_size) as idx:
                 # without minibatches idx is arange(N): indexing would copy X every step
                 pick = (lambda t: t) if subsample_size is None else (lambda t: None if t is None else t[idx])
-                eta = linear_predictor(w, coef, pick(Xv), pick(Xs), pick(task), rows)
+                eta = eta_of(w, coef, pick)
                 pyro.sample("y", lik.distribution(eta, params, pick(task), pick(noise), pick(trials)),
                             obs=pick(y))
 
         return model
+
+    def row_predictor(self, data: MultiTaskData, subsample_size: int | None = None) -> Callable:
+        """``eta(w, coef, pick)`` -> (..., n) for the rows ``pick`` selects (``pick(tensor)`` indexes
+        the minibatch's rows; the identity without minibatches), called inside the program."""
+        Xv, Xs = self.design(data)
+        # built once per program, not per evaluation; a minibatch changes the rows, so it gathers instead
+        rows = task_rows(Xv, data.task, data.n_tasks) if subsample_size is None else None
+        task = data.task
+        return lambda w, coef, pick: linear_predictor(w, coef, pick(Xv), pick(Xs), pick(task), rows)
 
     def _centred(self) -> MultiTaskModel:
         """A copy that runs the prior as written (no automatic non-centring)."""
@@ -399,7 +410,8 @@ class MultiTaskModel(ModelBase):
         reparam = sorted(self.reparam_config(data))
         out = []
         written = None
-        for path, form in marginals.forms(self, data):
+        trains = tuple(self.trained_modules)
+        for path, form in ([] if trains else marginals.forms(self, data)):
             if path == "written":
                 written = written or form
                 continue
@@ -414,11 +426,12 @@ class MultiTaskModel(ModelBase):
             centred = self._centred()
             out.append(Target(program=lambda s=None: centred.pyro_model(data, subsample_size=s),
                               max_plate_nesting=nest, n_rows=data.n_rows, path="centred",
-                              rebuild=lambda d: _pick(self.targets(d), "centred"), data=data))
+                              rebuild=lambda d: _pick(self.targets(d), "centred"), data=data, trains=trains))
         out.append(Target(program=lambda s=None: self.pyro_model(data, subsample_size=s), max_plate_nesting=nest,
                           n_rows=data.n_rows, path="plain",
                           log_density_grad=None if written is None else written.log_density_and_grad,
-                          rebuild=lambda d: _pick(self.targets(d), "plain"), data=data, reparam=reparam))
+                          rebuild=lambda d: _pick(self.targets(d), "plain"), data=data, reparam=reparam,
+                          trains=trains))
         return out
 
     # ------------------------------------------------------------------ after inference
@@ -525,8 +538,9 @@ class MultiTaskModel(ModelBase):
         names = self.varying_names(post.data)
         return self.prior.inclusion(post.flat(), post.task_names, names)
 
-    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
-        """Draws of the (T, T) task relation (S, T, T), what they measure, and whether signed."""
+    def relations(self, samples: dict[str, torch.Tensor], data: MultiTaskData | None = None) -> RelationDraws:
+        """Draws of the (T, T) task relation (S, T, T), what they measure, and whether signed
+        (the prior's; ``data`` is not needed)."""
         return RelationDraws(self.prior.relations(samples), self.prior.relation_kind, self.prior.relation_signed,
                              self.prior.relation_null(samples["w"].shape[-1]), self.prior.cluster_counts(samples),
                              self.prior.relation_tree())

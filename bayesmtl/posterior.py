@@ -246,7 +246,7 @@ class Posterior:
 
     def relations(self) -> TaskRelations:
         """Posterior draws of the T x T task relation, with task names (see ``kind``)."""
-        out = self.model.relations(self.flat())
+        out = self.model.relations(self.flat(), self.data)
         return TaskRelations(out.draws, self.task_names, out.kind,
                              point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
                              null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None),

@@ -143,6 +143,9 @@ class Target:
         Sites the package non-centred automatically (recorded in ``run.json``).
     info : dict
         What the model wants recorded in ``run.json`` about this target (e.g. a GP's solver).
+    trains : tuple of str
+        Modules the program registers with ``pyro.module`` and trains as point estimates (a
+        network's trunk): optimisers (SVI, MAP) fit them, samplers cannot.
     """
 
     program: Callable[..., Callable[[], None]]
@@ -158,6 +161,7 @@ class Target:
     data: Any = None
     reparam: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    trains: tuple[str, ...] = ()
 
     def pyro_model(self, subsample_size: int | None = None) -> Callable[[], None]:
         """The Pyro program (no arguments)."""
@@ -207,8 +211,9 @@ class Model(Protocol):
         (``draws_per_sample`` consecutive rows per posterior draw). Rows of tasks unseen in
         training (index >= ``new.n_known_tasks``) get parameters from what the model learned."""
 
-    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
-        """Draws of the (T, T) task relation."""
+    def relations(self, samples: dict[str, torch.Tensor], data: MultiTaskData | None = None) -> RelationDraws:
+        """Draws of the (T, T) task relation; ``data``, the training data, for relations that
+        read it (a network's heads are compared through its features)."""
 
 
 class ModelBase:

@@ -275,13 +275,15 @@ def _write_run(post, path: Path) -> Path:
 
 
 def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = False,
-             classes: dict[str, type] | None = None):
+             classes: dict[str, type] | None = None, modules: dict[str, torch.nn.Module] | None = None):
     """A Posterior from a run directory written by ``save_run``. Nothing in the directory runs
     as code: the model is rebuilt from ``model.json`` (package classes and Pyro distributions
     only; a user's prior class must be imported already, passed in ``classes``
     {"module:Name": cls}, or, with ``trust_code=True``, imported from where the fit found it).
     A ``model.pt`` (a pickle: runs of format 1, or a model that cannot be described as data)
-    is read only with ``trust_pickle=True``, which can run code: use it for runs you trust."""
+    is read only with ``trust_pickle=True``, which can run code: use it for runs you trust.
+    A network (``NeuralMultiTask``'s trunk) comes back with its weights; one built of a user's own
+    layer classes needs its architecture given, ``modules={"trunk": net}``."""
     from .convert import az, from_inference_data
     from .posterior import Posterior
     from .spec import SpecError, from_spec
@@ -306,11 +308,13 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
     if (path / "model.json").is_file():
         if source and trust_code:
             _import_prior_source(source, path)
+        if isinstance(info.get("trunk_source"), dict) and trust_code and "trunk" not in (modules or {}):
+            modules = {**(modules or {}), "trunk": _trunk_from_source(info["trunk_source"])}
         try:
             spec = json.loads((path / "model.json").read_text())
             if not (isinstance(spec, dict) and all(isinstance(spec.get(k), dict) for k in ("model", "data"))):
                 raise ValueError("its model and data entries must be objects")
-            model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases())
+            model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases(), modules=modules)
             data = _read_data(path, spec["data"])
         except SpecError as e:
             hint = " (CLI: --trust-code)" if "trust_code" in str(e) else ""
@@ -548,6 +552,21 @@ def _import_prior_source(source: dict, run: Path) -> None:
             sys.modules.pop(source["import_name"], None)
         raise PriorSourceError(f"the run's prior {cls} came from {where}, which no longer defines {cls}; "
                                "put the class back to load this run")
+
+
+def _trunk_from_source(source: dict):
+    """The network a run's ``--trunk`` function builds (``trunk_source`` in run.json): its
+    architecture, for weights the run holds."""
+    where = source.get("file") or source.get("module")
+    try:
+        if "file" in source:
+            module = sys.modules.get(source["import_name"]) or import_file(Path(source["file"]), source["import_name"])
+        else:
+            module = importlib.import_module(source["module"])
+        return getattr(module, source["function"])(*source.get("args", []))
+    except (Exception, SystemExit) as e:
+        raise PriorSourceError(f"the run's trunk {source.get('function')} from {where} cannot be built now: "
+                               f"{_first_line(e)}") from e
 
 
 def _warn_if_changed(source: dict, file: Path) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .nn_spec import build_module, module_spec
+
 __all__ = ["to_spec", "from_spec", "SpecError", "class_path"]
 
 #: modules whose classes may be created on load without the caller naming them
@@ -65,6 +67,8 @@ def to_spec(obj: Any, where: str = "model") -> Any:
         return _dist_spec(obj, where)
     if isinstance(obj, type):
         return {"class": class_path(obj)}  # e.g. Custom(dist.Gamma, ...): checked again on load
+    if isinstance(obj, torch.nn.Module):  # a network's weights as tensors (``nn_spec``)
+        return module_spec(obj, where)
     cls = type(obj)
     if isinstance(obj, (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)):
         raise SpecError(f"{where}: a function ({getattr(obj, '__qualname__', obj)!r}) cannot be saved as data")
@@ -123,10 +127,11 @@ def _resolve(path: str, classes: Mapping[str, type], allow_dists: bool = False,
 
 
 def from_spec(spec: Any, classes: Mapping[str, type] | None = None, trust_code: bool = False,
-              bases: tuple[type, ...] = ()) -> Any:
+              bases: tuple[type, ...] = (), modules: Mapping[str, torch.nn.Module] | None = None) -> Any:
     """The object ``to_spec`` described. Classes outside the package come from ``classes``
     (``{"module:Name": cls}``), from modules already imported when they subclass one of
-    ``bases``, or with ``trust_code=True`` are imported by their path."""
+    ``bases``, or with ``trust_code=True`` are imported by their path. A torch module is rebuilt
+    by ``nn_spec.build_module`` (``modules``: the architecture of a user's own network)."""
     classes = dict(classes or {})
 
     def build(s: Any) -> Any:
@@ -156,6 +161,11 @@ def from_spec(spec: Any, classes: Mapping[str, type] | None = None, trust_code: 
             return dtype
         if "independent" in s:
             return build(s["independent"]).to_event(int(s["ndims"]))
+        if "module" in s:
+            try:
+                return build_module(s, modules)
+            except (ValueError, TypeError, KeyError) as e:
+                raise SpecError(str(e)) from None
         if "dist" in s:
             cls = get(s["dist"], allow_dists=True)
             if not issubclass(cls, torch.distributions.Distribution):

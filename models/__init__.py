@@ -23,12 +23,13 @@ REGISTRY = {
     "shared-subspace": "subspace:SharedSubspace",
     "tree-hierarchy": "tree:TreeHierarchy",
     "gated-clusters": "gating:GatedClusters",
+    "neural": "neural:NeuralMultiTask",
 }
 
 _LAZY = {"DPClustering": "dp_clustering", "MultitaskGP": "multitask_gp",
          "TaskRelationship": "task_relationship", "SharedSparsity": "sparsity", "Dirty": "sparsity",
          "SharedSubspace": "subspace", "TreeHierarchy": "tree",
-         "GatedClusters": "gating"}
+         "GatedClusters": "gating", "NeuralMultiTask": "neural"}
 
 
 def get_model_class(name: str):

@@ -332,7 +332,7 @@ class MultitaskGP(ModelBase):
         kernels) and ``task_corr`` (S, T, T) to flat draws (S, ...)."""
         return gp_predict.with_task_cov(samples)
 
-    def relations(self, samples: dict[str, torch.Tensor]) -> RelationDraws:
+    def relations(self, samples: dict[str, torch.Tensor], data: MultiTaskData | None = None) -> RelationDraws:
         """Draws of the task correlation B_ij / sqrt(B_ii B_jj), (S, T, T), signed."""
         corr = gp_predict.with_task_cov(samples)["task_corr"]
         if self.kind == "hierarchical":

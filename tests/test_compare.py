@@ -77,6 +77,7 @@ def few_tasks():
             for name, model in (("hierarchical", bm.models.Hierarchical()), ("pooled", bm.models.Pooled()))}
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 @pytest.mark.filterwarnings("ignore::bayesmtl.DiagnosticWarning")
 def test_exact_refits_replace_the_importance_sampled_task_terms(few_tasks):
     table = bm.compare(few_tasks, by="task", refit="all")

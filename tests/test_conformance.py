@@ -29,12 +29,14 @@ SETTINGS = {"nuts": dict(chains=2, warmup=40, draws=30, max_tree_depth=5),
             "chees": dict(chains=4, warmup=40, draws=30, max_steps=32),
             "svi": dict(steps=200, min_steps=100, draws=30), "map": dict(steps=150, min_steps=100)}
 #: back ends a model family cannot use, and why
-UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marginal)"}
+UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marginal)",
+               ("neural", "nuts"): "samplers cannot train a trunk (refused; the frozen trunk: test_neural)",
+               ("neural", "chees"): "samplers cannot train a trunk (refused; the frozen trunk: test_neural)"}
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
         ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map"),
-        ("learned-tree", "map")}
+        ("learned-tree", "map"), ("neural", "svi")}
 
 
 def _settings(name: str, method: str) -> dict:
@@ -64,13 +66,17 @@ def _case(name: str, seed: int = 0):
         new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new", f1=0.5)
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"], task_features=["f1", "f2"])
         return get_model_class(name)(["f1", "f2"], clusters=3, likelihood="gaussian"), df, new, data
-    features = 3 if name == "shared-subspace" else 1  # a subspace needs features to span
+    features = 3 if name in ("shared-subspace", "neural") else 1  # a subspace needs features to span
     df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
     if name == "hierarchical-gp":  # a kind of multitask-gp that predicts new tasks
         return bm.models.MultitaskGP(kind="hierarchical"), df, new, bm.MultiTaskData.from_frame(df, task="task",
                                                                                               target="y")
     cls = get_model_class(name)
+    if name == "neural":  # Bayesian heads on a small trunk
+        torch.manual_seed(seed)
+        return cls(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))), df, new, \
+            bm.MultiTaskData.from_frame(df, task="task", target="y")
     model = cls(likelihood="gaussian") if name == "dp-clustering" else cls()
     return model, df, new, bm.MultiTaskData.from_frame(df, task="task", target="y")
 

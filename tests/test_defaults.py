@@ -193,6 +193,7 @@ def test_task_relationship_sizes_its_covariance_and_mean_to_the_number_of_tasks(
     assert ("mu" in post.samples) == (mean == "learned")
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_a_new_task_of_a_rare_binary_target_gets_the_populations_rate():
     """Under a zero-mean prior a new task was predicted at p = 0.5 for a target with 6% positives
     (landmine); with many tasks the learned mean carries the population's level to new tasks."""

@@ -327,6 +327,7 @@ def test_svi_and_nuts_agree(full_svi, full_nuts):
 
 
 # ---------------------------------------------------------------------- command line
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_cli_fit_writes_clusters(tmp_path):
     from bayesmtl.cli import main

@@ -38,6 +38,7 @@ def test_example_smoke(script: Path, tmp_path: Path, shared_data):
     assert any(p.suffix == ".csv" for p in written), [p.name for p in written]
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_sarcos_with_tasks_at_different_inputs(tmp_path: Path, shared_data):
     """``--observed``: each torque sees its own subset of the inputs, so ICM takes the Hadamard path."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::FutureWarning"}

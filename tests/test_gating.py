@@ -50,6 +50,7 @@ def fitted():
     return post, truth
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_planted_clusters_come_back_and_the_gate_places_new_tasks_by_their_features(fitted):
     """Clusters recovered (ARI 1 with no flips); a new task deep in each planted sector gets, from
     its features alone, most of its gate probability on the cluster of that sector's tasks."""

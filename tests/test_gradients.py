@@ -81,6 +81,7 @@ def test_plain_glm_written_gradient_matches_autograd(lik, centered):
     _assert_written_matches_autograd(bm.MultiTaskModel(prior, lik), data, None)
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_nuts_reports_which_gradient_ran():
     df, _ = hierarchical_regression(n_tasks=4, rows=10, features=1, seed=0, likelihood="bernoulli")
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")

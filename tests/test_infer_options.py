@@ -105,6 +105,7 @@ def test_unknown_keyword_option_names_the_method(data, method, option):
                **{option: 1})
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_options_object_fits_as_the_keywords_do(data):
     kw = dict(chains=2, warmup=30, draws=20, seed=3, progress=False)
     a = bm.fit(model(), data, method=NUTS(target_accept=0.9), **kw)

@@ -32,6 +32,7 @@ def _fit(model, data, **kw):
         return bm.fit(model, data, progress=False, seed=0, **kw)
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_student_t_by_name_runs_end_to_end_with_new_tasks():
     df = _student()
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")

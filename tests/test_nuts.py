@@ -557,6 +557,7 @@ def test_nuts_stops_at_the_first_u_turn():
     assert int(torch.stack(steps).max()) <= 15
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_dense_mass_learns_a_correlated_gaussian():
     """sd 0.5..2 with correlations 0.95 and -0.2: the dense metric recovers the covariance, so
     trajectories are far shorter than with the diagonal one, and the draws have the right moments."""

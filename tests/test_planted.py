@@ -108,10 +108,12 @@ def svi_post_small(planted_small):
     return _svi_hier(planted_small[0])
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_planted_hyperparameters_covered_svi(svi_post_small):
     _check_hyper_coverage(svi_post_small)
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_planted_new_task_beats_pooled_and_independent_svi(planted_small, svi_post_small):
     _check_new_tasks("svi", planted_small, svi_post_small, draws=500, guide="normal")
 

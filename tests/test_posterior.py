@@ -169,6 +169,7 @@ def test_failed_save_leaves_nothing(fitted, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_same_seed_same_result_different_seed_differs(fitted):
     _, data, _ = fitted
     kw = dict(FAST_SVI, steps=300, min_steps=300)
@@ -183,9 +184,9 @@ def test_same_seed_same_result_different_seed_differs(fitted):
 
 @pytest.mark.parametrize("prior", [
     bm.priors.Hierarchical(covariance="lkj", eta=2.0),
-    bm.priors.Hierarchical(centered=True),
-    bm.priors.Hierarchical(mean=dist.Normal(0, 3), scale=dist.HalfCauchy(2)),
-    bm.priors.Independent(),
+    pytest.param(bm.priors.Hierarchical(centered=True), marks=pytest.mark.slow),
+    pytest.param(bm.priors.Hierarchical(mean=dist.Normal(0, 3), scale=dist.HalfCauchy(2)), marks=pytest.mark.slow),
+    pytest.param(bm.priors.Independent(), marks=pytest.mark.slow),
     bm.priors.Pooled(),
 ])
 def test_every_prior_runs_through_fit_and_predict(fitted, prior):

@@ -49,6 +49,7 @@ def test_predict_draws_are_labelled_by_row_and_task(raw_scale):
     assert np.allclose(d.values.std(0), summary["sd"].to_numpy(), rtol=0.2)
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_ppc_passes_a_fitting_model_and_flags_the_tasks_a_pooled_model_misses(raw_scale):
     _, data = raw_scale
     good = _svi(bm.models.Hierarchical(), data).ppc()

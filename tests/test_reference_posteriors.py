@@ -168,6 +168,7 @@ def _check_svi(name: str, bound: float = 0.25, seed: int = 0, **options):
 
 
 # ---------------------------------------------------------------- NUTS
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_eight_schools_nuts():
     # small enough for the fast tier: 4 chains x (500 + 500)
     _check_nuts(EIGHT_SCHOOLS, chains=4, warmup=500, draws=500)
@@ -185,6 +186,7 @@ def test_reference_nuts(name, chains):
 
 
 # ---------------------------------------------------------------- SVI with a full-rank guide
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_eight_schools_svi_mvn():
     _check_svi(EIGHT_SCHOOLS, steps=4000, min_steps=2000)
 

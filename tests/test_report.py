@@ -38,6 +38,7 @@ def pages(runs, tmp_path_factory):
     return data, {"dp": bm.report(posts["dp"], folder / "dp.html"), "all": bm.report(posts, folder / "all.html")}
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_the_report_is_one_self_contained_file(pages):
     data, files = pages
     for name, path in files.items():
@@ -114,6 +115,7 @@ def test_the_report_renders_in_headless_chromium(pages, tmp_path):
             browser.close()
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_a_report_of_many_tasks_names_each_in_the_heatmap_blocks(tmp_path):
     """Above 60 tasks the heatmap's axes carry no names; the report lists its blocks instead,
     so every task name appears in the relations section."""

@@ -101,6 +101,7 @@ def test_collapsed_draws_rebuild_w_through_the_program(private):
     torch.testing.assert_close(rebuilt["w"], flat["w"])
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_planted_shared_and_private_features_are_found_small():
     """A small planted problem, fast: the shared features lead the inclusion table and the
     private pair leads its task's column."""
@@ -147,6 +148,7 @@ def test_planted_joint_sparsity_issue_19(method):
         assert post.diagnostics()["divergences"] == 0
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_cli_fits_the_dirty_model_and_writes_the_inclusion_table(tmp_path, capsys):
     from bayesmtl.cli import main
 

@@ -290,6 +290,7 @@ def check_planted(rel, omega):
     return frame
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_planted_relations_svi(planted_svi):
     post, omega = planted_svi
     assert post.info["path"] == "collapsed"
@@ -379,6 +380,7 @@ def test_low_rank_recovers_blocks_of_200_tasks():
 
 
 # ---------------------------------------------------------------------------------- command line
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_cli_fit_writes_signed_relations_and_predicts_new_task(tmp_path):
     from bayesmtl.cli import main

@@ -29,6 +29,10 @@ def embedded(script: Path) -> list[str]:
     return [Path(m).name for m in FIGURE.findall(page(script).read_text())]
 
 
+#: tutorials whose smoke run takes most of a minute: the slow tier (the fast tier stays under 10 minutes)
+SLOW = {"dp_landmine"}
+
+
 def test_every_tutorial_has_a_page_with_committed_figures():
     assert len(SCRIPTS) >= 4, [p.name for p in SCRIPTS]
     for script in SCRIPTS:
@@ -41,7 +45,8 @@ def test_every_tutorial_has_a_page_with_committed_figures():
         assert f"examples/tutorials/{script.name}" in page(script).read_text(), f"{page(script).name} names no script"
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+@pytest.mark.parametrize("script", [pytest.param(p, id=p.stem, marks=pytest.mark.slow if p.stem in SLOW else ())
+                                    for p in SCRIPTS])
 def test_tutorial_runs_and_writes_its_figures(script: Path, tmp_path: Path, shared_data):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--smoke", "--seed", "0", "--device", "cpu",

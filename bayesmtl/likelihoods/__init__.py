@@ -2,7 +2,8 @@
 
 One file per family: ``gaussian.py`` (Gaussian, Student-t), ``glm.py`` (Bernoulli, Poisson,
 binomial), ``counts.py`` (negative binomial, zero-inflated Poisson), ``positive.py`` (Gamma,
-log-normal), ``beta.py``, ``ordinal.py`` (cumulative logit), ``custom.py`` (any Pyro
+log-normal), ``beta.py``, ``ordinal.py`` (cumulative logit), ``per_task.py`` (one per task, for mixed
+regression and classification tasks), ``custom.py`` (any Pyro
 distribution with a named link); what they share is in ``base.py``. A new one is a file here
 plus its names in ``_BY_NAME``.
 """
@@ -10,6 +11,7 @@ plus its names in ``_BY_NAME``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 
 import torch
 
@@ -20,11 +22,12 @@ from .custom import Custom
 from .gaussian import Gaussian, StudentT
 from .glm import Bernoulli, Binomial, Poisson
 from .ordinal import Ordinal
+from .per_task import PerTask
 from .positive import Gamma, LogNormal
 
 __all__ = ["Likelihood", "LocationScale", "OneParameter", "Gaussian", "StudentT", "Bernoulli", "Poisson",
            "Binomial", "NegativeBinomial", "ZeroInflatedPoisson", "Gamma", "LogNormal", "Beta", "Ordinal",
-           "Custom", "get_likelihood", "check_shapes", "per_row", "LINKS"]
+           "Custom", "PerTask", "get_likelihood", "check_shapes", "per_row", "LINKS"]
 
 _BY_NAME = {"gaussian": Gaussian, "normal": Gaussian, "student_t": StudentT, "student-t": StudentT,
             "bernoulli": Bernoulli, "logistic": Bernoulli, "poisson": Poisson, "binomial": Binomial,
@@ -34,12 +37,14 @@ _BY_NAME = {"gaussian": Gaussian, "normal": Gaussian, "student_t": StudentT, "st
             "ordinal": Ordinal, "cumulative": Ordinal}
 
 
-def get_likelihood(spec: str | Likelihood) -> Likelihood:
+def get_likelihood(spec: str | Likelihood | Mapping[str, str | Likelihood]) -> Likelihood:
     """A likelihood from its name (see ``_BY_NAME``: "gaussian", "student_t", "bernoulli",
     "poisson", "binomial", "negative_binomial", "zip", "gamma", "lognormal", "beta", "ordinal")
-    or itself."""
+    or itself; a {task: likelihood} mapping gives one per task (``PerTask``)."""
     if isinstance(spec, Likelihood):
         return spec
+    if isinstance(spec, Mapping):
+        return PerTask(spec)
     if isinstance(spec, str) and spec.lower() in _BY_NAME:
         return _BY_NAME[spec.lower()]()
     if isinstance(spec, torch.distributions.Distribution) or (

@@ -81,6 +81,10 @@ class Likelihood:
         """Dims of every site ``sample_params`` samples (``("task",)`` for one value per task)."""
         return {}
 
+    def coords(self) -> dict[str, list[str]]:
+        """Labels of dims of its own that ``site_dims`` uses (none by default)."""
+        return {}
+
     def distribution(self, eta: torch.Tensor, params: dict[str, torch.Tensor], task: torch.Tensor,
                      noise: torch.Tensor | None, trials: torch.Tensor | None) -> dist.Distribution:
         """Distribution of the rows given eta (..., N) and each row's task index (N,); its
@@ -292,7 +296,7 @@ def check_shapes(lik: Likelihood, data: MultiTaskData) -> None:
         flat = {}
         for k, v in params.items():
             v = v.expand((S,) + v.shape[1:]) if v.dim() >= 1 and v.shape[0] == 1 else v
-            shared = dims.get(k, ())[:1] != ("task",)
+            shared = not str((dims.get(k) or ("",))[0]).startswith("task")  # "task" or a group's "task_<g>"
             flat[k] = v.reshape((S,) + v.shape[2:]) if shared and v.dim() >= 2 and v.shape[1] == 1 else v
         eta = data.X.new_zeros(S, N) + torch.linspace(-0.5, 0.5, N, dtype=data.dtype, device=data.X.device)
         d = lik.distribution(eta, flat, data.task, data.noise, data.trials)

@@ -1,0 +1,232 @@
+"""A likelihood per task: regression and classification tasks in one model
+(``likelihood={"depth": "gaussian", "is_road": "bernoulli"}``).
+
+Tasks named with the same likelihood name (or the same object) form a group that shares one
+likelihood, bound to the group's rows: a Gaussian group's noise prior is scaled to its own
+target, and with ``noise="per_task"`` each of its tasks has its own sigma, which is the
+uncertainty weighting of Kendall, Gal & Cipolla (2018) inside the likelihood. A group's sites
+carry its name (``sigma_gaussian``, over the dim ``task_gaussian``). A Bernoulli or Poisson
+task has no free noise: its weight is fixed by its likelihood.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.util import broadcast_shape
+from pyro.poutine.messenger import Messenger
+from torch.distributions import constraints
+
+from ..data import MultiTaskData
+from .base import Likelihood, LocationScale
+
+__all__ = ["PerTask"]
+
+
+class _Suffix(Messenger):
+    """Renames the sample sites inside: ``name`` -> ``name_suffix``."""
+
+    def __init__(self, suffix: str):
+        super().__init__()
+        self.suffix = suffix
+
+    def _pyro_sample(self, msg):
+        msg["name"] = f"{msg['name']}_{self.suffix}"
+
+
+class PerTask(Likelihood):
+    """One likelihood per task.
+
+    Parameters
+    ----------
+    likelihoods : mapping of task name -> likelihood name or ``Likelihood``
+        Every task of the data must be named. Tasks given the same name (or object) share it.
+    """
+
+    kind = "per_task"
+
+    def __init__(self, likelihoods: Mapping[str, str | Likelihood]):
+        from . import get_likelihood
+
+        if not isinstance(likelihoods, Mapping) or not likelihoods:
+            raise ValueError("likelihood per task: give a non-empty {task name: likelihood} mapping")
+        self.tasks = {str(k): v if isinstance(v, str) else get_likelihood(v) for k, v in likelihoods.items()}
+        groups: dict[str, Likelihood] = {}
+        self.group_of: dict[str, str] = {}
+        for task, spec in self.tasks.items():
+            lik = get_likelihood(spec)
+            if isinstance(spec, str):
+                key = spec.lower().replace("-", "_")
+            else:
+                key = next((g for g, v in groups.items() if v is spec), None) or _fresh(type(spec).__name__.lower(), groups)
+            groups.setdefault(key, lik)
+            self.group_of[task] = key
+        self.groups = groups
+        self.group_tasks: dict[str, list[str]] = {}   # filled by ``bind``: each group's tasks in data order
+        self.row_group: torch.Tensor | None = None    # (T,) group index of each training task
+
+    # ------------------------------------------------------------------ binding to the data
+    def _rows(self, data: MultiTaskData, group: str) -> torch.Tensor:
+        ids = [i for i, n in enumerate(data.task_names) if self.group_of.get(str(n)) == group]
+        return torch.isin(data.task, torch.tensor(ids, dtype=data.task.dtype, device=data.task.device))
+
+    def _named(self, data: MultiTaskData) -> None:
+        missing = [str(n) for n in data.task_names[:data.n_known_tasks] if str(n) not in self.group_of]
+        if missing:
+            raise ValueError(f"task {missing[0]!r} has no likelihood in the per-task mapping "
+                             f"(it names {sorted(self.group_of)[:8]})")
+
+    def check(self, data: MultiTaskData) -> None:
+        """Each group's likelihood checks its own rows (a Bernoulli group's target is 0/1, ...)."""
+        self._named(data)
+        for g, lik in self.groups.items():
+            rows = self._rows(data, g)
+            if bool(rows.any()):
+                try:
+                    lik.check(data.subset(rows))
+                except ValueError as e:
+                    raise ValueError(f"tasks with the {g} likelihood: {e}") from None
+
+    def bind(self, data: MultiTaskData, residual_df: float | None = None) -> PerTask:
+        """A copy whose groups are bound to their own rows, in the data's task order."""
+        self._named(data)
+        out = copy.copy(self)
+        out.groups, out.group_tasks = {}, {}
+        for g, lik in self.groups.items():
+            names = [str(n) for n in data.task_names if self.group_of.get(str(n)) == g]
+            if not names:
+                continue
+            sub = data.subset(self._rows(data, g))
+            out.groups[g] = lik.bind(sub, residual_df) if isinstance(lik, LocationScale) else lik.bind(sub)
+            out.group_tasks[g] = names
+        order = list(out.groups)
+        out.row_group = torch.tensor([order.index(out.group_of[str(n)]) for n in data.task_names], dtype=torch.long)
+        return out
+
+    def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
+        """The widest group's scale; location 0 unless one group holds every task."""
+        pairs = [lik.location_scale(data.subset(self._rows(data, g)))
+                 for g, lik in self.groups.items() if bool(self._rows(data, g).any())]
+        if len(pairs) == 1:
+            return pairs[0]
+        return 0.0, max(s for _, s in pairs)
+
+    def defaults(self) -> list[str]:
+        return [f"{g}.{k}" for g, lik in self.groups.items() for k in lik.defaults()]
+
+    # ------------------------------------------------------------------ the model's pieces
+    def _local(self) -> dict[str, torch.Tensor]:
+        """Per group: each training task's position within its group (-1 outside it)."""
+        out = {}
+        for j, g in enumerate(self.groups):
+            inside = self.row_group == j
+            out[g] = torch.where(inside, inside.long().cumsum(0) - 1, torch.full_like(self.row_group, -1))
+        return out
+
+    def sample_params(self, n_tasks, task_plate, like):
+        out = {}
+        for g, lik in self.groups.items():
+            plate = pyro.plate(f"task_{g}", len(self.group_tasks[g]), dim=-1)
+            with _Suffix(g):
+                params = lik.sample_params(len(self.group_tasks[g]), plate, like)
+            out.update({f"{k}_{g}": v for k, v in params.items()})
+        return out
+
+    def site_dims(self):
+        return {f"{k}_{g}": tuple(f"task_{g}" if d == "task" else d for d in dims)
+                for g, lik in self.groups.items() for k, dims in lik.site_dims().items()}
+
+    def coords(self) -> dict[str, list[str]]:
+        """Labels of each group's task dim (``task_<group>``)."""
+        return {f"task_{g}": list(names) for g, names in self.group_tasks.items()}
+
+    def _parts(self, eta, params, task):
+        if int(task.max()) >= len(self.row_group):
+            raise ValueError("a task unseen in training has no likelihood in the per-task mapping: per-task "
+                             "likelihoods predict the tasks they name")
+        rg = self.row_group.to(task.device)[task]
+        local = self._local()
+        for j, (g, lik) in enumerate(self.groups.items()):
+            idx = torch.nonzero(rg == j).flatten()
+            if idx.numel():
+                own = {k[: -len(g) - 1]: v for k, v in params.items() if k.endswith(f"_{g}")}
+                yield idx, lik, own, local[g].to(task.device)[task[idx]]
+
+    def distribution(self, eta, params, task, noise, trials):
+        parts = [(idx, lik.distribution(eta[..., idx], own, loc, _at(noise, idx), _at(trials, idx)))
+                 for idx, lik, own, loc in self._parts(eta, params, task)]
+        return _Rows(parts, eta.shape)
+
+    def mean(self, eta, params, task, trials=None):
+        out = torch.zeros_like(eta)
+        for idx, lik, own, loc in self._parts(eta, params, task):
+            out = out.index_copy(-1, idx, lik.mean(eta[..., idx], own, loc, _at(trials, idx)).to(out).expand(
+                eta.shape[:-1] + (len(idx),)))
+        return out
+
+    def new_task_params(self, params, n_new, generator):
+        raise ValueError("a task unseen in training has no likelihood in the per-task mapping: per-task "
+                         "likelihoods predict the tasks they name")
+
+    def __repr__(self) -> str:
+        return f"PerTask({ {t: repr(self.groups.get(g, g)) for t, g in self.group_of.items()} })"
+
+
+def _fresh(base: str, taken) -> str:
+    k = 1
+    while f"{base}{k}" in taken:
+        k += 1
+    return f"{base}{k}"
+
+
+def _at(v: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if v is None else v[idx]
+
+
+class _Rows(dist.TorchDistribution):
+    """Rows drawn from different distributions: ``parts`` [(row indices, distribution over them)]."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+
+    def __init__(self, parts, batch_shape):
+        self.parts = parts
+        super().__init__(torch.Size(batch_shape), validate_args=False)
+
+    def log_prob(self, value):
+        shape = broadcast_shape(tuple(self.batch_shape), tuple(value.shape))
+        dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
+        out = torch.zeros(shape, dtype=dtype, device=value.device)
+        for idx, d in self.parts:
+            part = d.log_prob(value[..., idx]).to(out.dtype).expand(shape[:-1] + (len(idx),))
+            out = out.index_copy(-1, idx, part)
+        return out
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        out = None
+        for idx, d in self.parts:
+            part = d.sample(sample_shape)
+            if out is None:
+                out = part.new_zeros(shape, dtype=torch.promote_types(part.dtype, torch.float32))
+            out = out.index_copy(-1, idx, part.to(out.dtype))
+        return out
+
+    def expand(self, batch_shape, _instance=None):
+        if tuple(batch_shape) == tuple(self.batch_shape):
+            return self
+        raise NotImplementedError("per-task rows do not expand")
+
+    @property
+    def mean(self):
+        out = None
+        for idx, d in self.parts:
+            m = d.mean
+            if out is None:
+                out = m.new_zeros(self.batch_shape)
+            out = out.index_copy(-1, idx, m.to(out.dtype).expand(self.batch_shape[:-1] + (len(idx),)))
+        return out

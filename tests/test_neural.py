@@ -1,0 +1,240 @@
+"""NeuralMultiTask: Bayesian heads on a shared trunk (models/neural.py), a likelihood per task
+(likelihoods/per_task.py), wide data, and the trunk's weights in a run directory."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import bayesmtl as bm
+from bayesmtl.data import wide_to_long
+
+SVI = dict(method="svi", progress=False)
+
+
+def _trunk(F: int, H: int = 4, seed: int = 0, width: int = 16) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(F, width), torch.nn.SiLU(), torch.nn.Linear(width, H), torch.nn.SiLU())
+
+
+def _features(X: np.ndarray) -> np.ndarray:
+    """The planted nonlinear map the tasks share (3 features)."""
+    return np.stack([np.sin(2 * X[:, 0]), X[:, 1] * X[:, 2], np.tanh(X[:, 3] - X[:, 0])], 1)
+
+
+def _wide(n: int, heads: np.ndarray, noise, classify=(), seed: int = 0) -> pd.DataFrame:
+    """One row per input x (4 features), one column per task: f(x) . heads[t] + noise[t] eps
+    (regression) or a Bernoulli draw of sigmoid(2 f(x) . heads[t]) for tasks in ``classify``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    f = _features(X)
+    out = pd.DataFrame(X, columns=[f"x{j}" for j in range(4)])
+    for t in range(heads.shape[0]):
+        eta = f @ heads[t]
+        if t in classify:
+            out[f"c{t}"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-2 * eta))).astype(float)
+        else:
+            out[f"r{t}"] = eta + noise[t] * rng.normal(size=n)
+    return out
+
+
+def _small(seed: int = 0, tasks: int = 3, rows: int = 60):
+    heads = np.random.default_rng(seed + 100).normal(size=(tasks, 3))
+    wide = _wide(rows, heads, [0.3] * tasks, seed=seed)
+    return wide, bm.MultiTaskData.from_wide(wide, targets=[f"r{t}" for t in range(tasks)])
+
+
+def _fit(model, data, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # short runs: convergence warnings are expected here
+        return bm.fit(model, data, **{**SVI, "steps": 300, "min_steps": 300, "draws": 50, "seed": 0, **kw})
+
+
+# ---------------------------------------------------------------------- the model
+@pytest.mark.slow
+def test_heads_fit_a_shared_nonlinear_map_and_predict_calibrated():
+    """Bayesian heads on a learned trunk fit what no linear model can: test-row RMSE near the
+    noise, 90% intervals near 90%, and a new task's intervals wider than a known task's."""
+    heads = np.random.default_rng(3).normal(size=(4, 3))
+    wide = _wide(500, heads, [0.3] * 4, seed=0)
+    test = _wide(300, heads, [0.3] * 4, seed=1)
+    targets = [f"r{t}" for t in range(4)]
+    data = bm.MultiTaskData.from_wide(wide, targets=targets)
+    post = _fit(bm.models.NeuralMultiTask(_trunk(4, 6)), data, steps=2500, min_steps=2500, draws=200)
+    long = wide_to_long(test, targets)
+    pred = post.predict(long, seed=0)
+    y = long["y"].to_numpy()
+    rmse = float(np.sqrt(np.mean((pred["mean"] - y) ** 2)))
+    cover = float(np.mean((y > pred["q05"]) & (y < pred["q95"])))
+    lin = _fit(bm.models.Hierarchical(), data, steps=1500, min_steps=1500, draws=200)
+    rmse_lin = float(np.sqrt(np.mean((lin.predict(long, seed=0)["mean"] - y) ** 2)))
+    assert rmse < 0.45 and rmse < 0.6 * rmse_lin, (rmse, rmse_lin)
+    assert 0.8 <= cover <= 0.97, cover
+    new = post.predict(long.assign(task=long["task"] + "_new").head(100), seed=0)
+    assert new["new_task"].all() and float(new["sd"].mean()) > 1.5 * float(pred["sd"].head(100).mean())
+
+
+@pytest.mark.slow
+def test_planted_task_correlations_are_recovered():
+    """Heads drawn from a known task covariance (+0.9 for tasks 0-1, -0.9 for 2-3, 0 across) on 8
+    shared nonlinear features: the relations (the correlation of the tasks' functions over the
+    inputs) cover each planted one with their 90% intervals, and the two correlated pairs exclude 0
+    with the planted sign (Long et al. 2017's DRN: a TaskRelationship prior over the heads)."""
+    rng = np.random.default_rng(0)
+    A, b = rng.normal(size=(4, 8)), rng.normal(size=8)
+    C = np.eye(4)
+    C[0, 1] = C[1, 0] = 0.9
+    C[2, 3] = C[3, 2] = -0.9
+    heads = rng.multivariate_normal(np.zeros(4), C, size=8).T  # (4 tasks, 8 features)
+    X = rng.normal(size=(600, 4))
+    f = np.tanh(X @ A / 2 + b) @ heads.T  # (rows, tasks): the planted functions
+    truth = np.corrcoef(f.T)
+    wide = pd.DataFrame(X, columns=[f"x{j}" for j in range(4)])
+    for t in range(4):
+        wide[f"r{t}"] = f[:, t] + 0.2 * rng.normal(size=len(X))
+    data = bm.MultiTaskData.from_wide(wide, targets=[f"r{t}" for t in range(4)])
+    model = bm.models.NeuralMultiTask(_trunk(4, 8, width=32), prior=bm.priors.TaskRelationship())
+    post = _fit(model, data, steps=4000, min_steps=4000, draws=400)
+    rel = post.relations()
+    assert rel.signed and "functions" in rel.kind
+    table = rel.to_frame().set_index(["task_a", "task_b"])
+    for a, b_ in [(0, 1), (2, 3), (0, 2), (1, 3), (0, 3), (1, 2)]:
+        row = table.loc[(f"r{a}", f"r{b_}")]
+        assert row["q05"] <= truth[a, b_] <= row["q95"], (a, b_, truth[a, b_], row.to_dict())
+    assert table.loc[("r0", "r1"), "q05"] > 0 and table.loc[("r2", "r3"), "q95"] < 0
+
+
+@pytest.mark.slow
+def test_per_task_noise_recovers_the_planted_ordering_with_mixed_task_types():
+    """3 regression tasks (noise 0.1, 0.3, 0.6) and 2 classification tasks on one trunk: each
+    regression task's learned sigma (Kendall et al.'s weight) is within 20% of its planted value."""
+    heads = np.random.default_rng(1).normal(size=(5, 3))
+    wide = _wide(400, heads, [0.1, 0.3, 0.6, 0, 0], classify=(3, 4), seed=1)
+    targets = ["r0", "r1", "r2", "c3", "c4"]
+    lik = {"r0": "gaussian", "r1": "gaussian", "r2": "gaussian", "c3": "bernoulli", "c4": "bernoulli"}
+    data = bm.MultiTaskData.from_wide(wide, targets=targets)
+    post = _fit(bm.models.NeuralMultiTask(_trunk(4, 8, width=32), likelihood=lik), data, steps=4000,
+                min_steps=4000, draws=200, batch_size=512)
+    sigma = post.summary().loc[["sigma_gaussian[r0]", "sigma_gaussian[r1]", "sigma_gaussian[r2]"], "mean"].to_numpy()
+    assert np.all(np.diff(sigma) > 0), sigma
+    np.testing.assert_allclose(sigma, [0.1, 0.3, 0.6], rtol=0.2)
+    pred = post.predict(wide_to_long(wide.head(50), targets), seed=0)
+    cls = pred[pred["task"].isin(["c3", "c4"])]
+    assert cls["mean"].between(0, 1).all()
+
+
+def test_trunk_trains_on_a_copy_and_the_fit_is_reproducible():
+    """The trunk passed in is not changed; the fitted one is post.model.trunk; same seed, same draws."""
+    _, data = _small()
+    trunk = _trunk(4)
+    before = {k: v.clone() for k, v in trunk.state_dict().items()}
+    a = _fit(bm.models.NeuralMultiTask(trunk), data)
+    b = _fit(bm.models.NeuralMultiTask(trunk), data)
+    for k, v in trunk.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(a.model.trunk[0].weight.detach().float(), before["0.weight"])
+    for k in a.samples:
+        np.testing.assert_array_equal(a.samples[k], b.samples[k])
+
+
+def test_samplers_refuse_a_trained_trunk_and_draw_the_heads_of_a_frozen_one():
+    """NUTS cannot train a trunk: refused with the way out; post.model.frozen() is a linear model
+    on the trunk's features, which NUTS samples through the collapsed form."""
+    wide, data = _small()
+    model = bm.models.NeuralMultiTask(_trunk(4))
+    with pytest.raises(ValueError, match=r"trains trunk by optimisation.*frozen\(\)"):
+        bm.fit(model, data, method="nuts", progress=False)
+    assert model.default_method == "svi"
+    post = _fit(model, data, method="map")
+    frozen = post.model.frozen()
+    assert frozen.default_method == "nuts"
+    nuts = bm.fit(frozen, data, method="nuts", chains=2, warmup=100, draws=100, seed=0, progress=False)
+    assert nuts.info["path"] == "collapsed"
+    np.testing.assert_allclose(frozen.design(data)[0].numpy(), post.model.design(data)[0].numpy())
+    assert nuts.predict(wide_to_long(wide.head(5), ["r0", "r1", "r2"]))["sd"].gt(0).all()
+
+
+# ---------------------------------------------------------------------- save and load
+def test_run_directory_holds_weights_as_data(tmp_path):
+    """A trunk of standard layers comes back from the run alone; one of the user's own classes
+    needs its architecture (modules=) and refuses without it, naming the way."""
+    wide, data = _small()
+    long = wide_to_long(wide.head(6), ["r0", "r1", "r2"])
+    post = _fit(bm.models.NeuralMultiTask(_trunk(4)), data)
+    post.save(tmp_path / "std")
+    assert not list((tmp_path / "std").glob("*.pt"))
+    pd.testing.assert_frame_equal(bm.load(tmp_path / "std").predict(long, seed=1), post.predict(long, seed=1))
+
+    class Mine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x))
+
+    torch.manual_seed(0)
+    own = _fit(bm.models.NeuralMultiTask(Mine()), data)
+    own.save(tmp_path / "own")
+    with pytest.raises(ValueError, match=r"modules=\{'trunk': net\}"):
+        bm.load(tmp_path / "own")
+    back = bm.load(tmp_path / "own", modules={"trunk": Mine()})
+    pd.testing.assert_frame_equal(back.predict(long, seed=1), own.predict(long, seed=1))
+    with pytest.raises(ValueError, match="do not fit the module given"):
+        bm.load(tmp_path / "own", modules={"trunk": torch.nn.Linear(4, 5)})
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_trunks_and_settings_are_named():
+    _, data = _small()
+    with pytest.raises(TypeError, match="trunk must be a torch.nn.Module instance"):
+        bm.models.NeuralMultiTask(torch.nn.Linear)
+    with pytest.raises(ValueError, match="the trunk failed on the data's 4 features"):
+        bm.fit(bm.models.NeuralMultiTask(torch.nn.Linear(7, 3)), data, **SVI)
+    with pytest.raises(ValueError, match=r"must map features \(N, 4\) to \(N, H\)"):
+        bm.fit(bm.models.NeuralMultiTask(torch.nn.Flatten(0)), data, **SVI)
+    nofeat = bm.MultiTaskData.from_frame(pd.DataFrame({"task": ["a", "b"] * 3, "y": np.arange(6.0)}), "task", "y")
+    with pytest.raises(ValueError, match="needs features for its trunk"):
+        bm.fit(bm.models.NeuralMultiTask(torch.nn.Linear(1, 2)), nofeat, **SVI)
+
+
+def test_per_task_likelihood_checks_each_group():
+    wide, data = _small()
+    with pytest.raises(ValueError, match="task 'r2' has no likelihood in the per-task mapping"):
+        _fit(bm.models.NeuralMultiTask(_trunk(4), likelihood={"r0": "gaussian", "r1": "gaussian"}), data)
+    with pytest.raises(ValueError, match="tasks with the bernoulli likelihood"):
+        _fit(bm.models.NeuralMultiTask(_trunk(4), likelihood={"r0": "gaussian", "r1": "gaussian",
+                                                               "r2": "bernoulli"}), data)
+    post = _fit(bm.MultiTaskModel(bm.priors.Hierarchical(), likelihood={"r0": "gaussian", "r1": "student_t",
+                                                                        "r2": "gaussian"}), data)
+    assert post.dims()["sigma_gaussian"] == ("task_gaussian",)
+    assert post.to_arviz().posterior["sigma_gaussian"].coords["task_gaussian"].values.tolist() == ["r0", "r2"]
+    with pytest.raises(ValueError, match="per-task likelihoods predict the tasks they name"):
+        post.predict(wide_to_long(wide.head(3), ["r0"]).assign(task="brand_new"))
+
+
+def test_wide_frames_become_long_tasks():
+    wide = pd.DataFrame({"x": [1.0, 2.0, 3.0], "a": [0.1, np.nan, 0.3], "b": [1.0, 0.0, 1.0]})
+    data = bm.MultiTaskData.from_wide(wide, targets=["a", "b"])
+    assert data.task_names == ["a", "b"] and data.n_rows == 5 and data.feature_names == ["x"]
+    with pytest.raises(ValueError, match="target column 'c' not found"):
+        bm.MultiTaskData.from_wide(wide, targets=["a", "c"])
+    with pytest.raises(TypeError, match="targets must be a list"):
+        bm.MultiTaskData.from_wide(wide, targets="a")
+    with pytest.raises(ValueError, match="'a' has no values"):
+        bm.MultiTaskData.from_wide(wide.assign(a=np.nan), targets=["a", "b"])
+    with pytest.raises(ValueError, match="cannot be both a feature and a target"):
+        bm.MultiTaskData.from_wide(wide, targets=["a", "b"], features=["x", "a"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_fit_matches_the_cpu_path():
+    wide, data = _small()
+    post = _fit(bm.models.NeuralMultiTask(_trunk(4)), data, device="cuda")
+    assert post.info["device"].startswith("cuda")
+    pred = post.predict(wide_to_long(wide.head(5), ["r0", "r1", "r2"]))
+    assert np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
