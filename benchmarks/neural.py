@@ -42,7 +42,9 @@ from torch import nn
 
 import bayesmtl as bm
 from bayesmtl.data import wide_to_long
-from bayesmtl.datasets import SARCOS_INPUTS as _IN, SARCOS_TORQUES as _OUT, sarcos
+from bayesmtl.datasets import SARCOS_INPUTS as _IN
+from bayesmtl.datasets import SARCOS_TORQUES as _OUT
+from bayesmtl.datasets import sarcos
 
 SARCOS_INPUTS, SARCOS_TORQUES = list(_IN), list(_OUT)
 
@@ -170,29 +172,38 @@ def fit_bayes(model, train: pd.DataFrame, test: pd.DataFrame, a, seed: int, **kw
     return rows, seconds, post
 
 
+POINT = ("independent nets", "hard sharing", "hard sharing + Kendall")
+BAYES = ("bayesmtl DRN", "bayesmtl hier. heads", "bayesmtl linear MTRL")
+
+
+def fit_one(name: str, train: pd.DataFrame, test: pd.DataFrame, a, seed: int) -> tuple:
+    """(per-torque rows, seconds[, posterior]) of the method called ``name``."""
+    if name in POINT:
+        return fit_point(name, train, test, a, seed)
+    svi = dict(method="svi", steps=a.steps, min_steps=a.steps, anneal=0, lr=a.lr, batch_size=a.batch)
+    if name == "bayesmtl DRN":
+        model = bm.models.NeuralMultiTask(make_trunk(len(SARCOS_INPUTS), seed), prior=bm.priors.TaskRelationship())
+    elif name == "bayesmtl hier. heads":
+        model = bm.models.NeuralMultiTask(make_trunk(len(SARCOS_INPUTS), seed))
+    elif name == "bayesmtl linear MTRL":
+        model, svi = bm.models.TaskRelationship(), dict(method="svi")
+    else:
+        model, svi = bm.models.MultitaskGP(kind="icm", rank=7), dict(method="map")
+    return fit_bayes(model, train, test, a, seed, **svi)
+
+
 def run(a) -> pd.DataFrame:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    svi = dict(method="svi", steps=a.steps, min_steps=a.steps, anneal=0, lr=a.lr, batch_size=a.batch)
     for fraction in a.fractions:
         for seed in range(a.seeds):
             train, test = split(fraction, seed, a.max_train)
-            n_in = len(SARCOS_INPUTS)
-            runs = [(k, lambda k=k: fit_point(k, train, test, a, seed))
-                    for k in ("independent nets", "hard sharing", "hard sharing + Kendall")]
-            runs += [("bayesmtl DRN", lambda: fit_bayes(bm.models.NeuralMultiTask(
-                         make_trunk(n_in, seed), prior=bm.priors.TaskRelationship()), train, test, a, seed, **svi)),
-                     ("bayesmtl hier. heads", lambda: fit_bayes(bm.models.NeuralMultiTask(make_trunk(n_in, seed)),
-                                                                train, test, a, seed, **svi)),
-                     ("bayesmtl linear MTRL", lambda: fit_bayes(bm.models.TaskRelationship(), train, test, a, seed,
-                                                                method="svi"))]
-            if a.gp and fraction < 1:
-                runs.append(("ICM GP", lambda: fit_bayes(bm.models.MultitaskGP(kind="icm", rank=7), train, test, a,
-                                                         seed, method="map")))
-            for name, go in runs:
-                got = go()
+            names = [n for n in [*POINT, *BAYES] + (["ICM GP"] if a.gp and fraction < 1 else [])
+                     if a.models is None or n in a.models]
+            for name in names:
+                got = fit_one(name, train, test, a, seed)
                 per, seconds = got[0], got[1]
                 if name == "bayesmtl DRN" and seed == 0:
                     corr = got[2].relations().to_frame()
@@ -221,6 +232,7 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--draws", type=int, default=300, help="posterior draws kept (bayesmtl)")
     p.add_argument("--gp", action=argparse.BooleanOptionalAction, default=True, help="the ICM GP at fractions < 1")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=None, help="only these (names as in the table)")
     p.add_argument("--max-train", type=int, default=None, help="first n wide rows of train and test")
     p.add_argument("--smoke", action="store_true", help="1 seed, 300 rows, 100 steps, no GP")
     p.add_argument("--out", default="runs/bench_neural")

@@ -272,6 +272,7 @@ _SVI_CHECKS = {
     "threads": lambda v: _integer("threads", v, 1, optional=True),
     "psis": lambda v: _flag("psis", v),
     "psis_draws": lambda v: _integer("psis_draws", v, 1, optional=True),
+    "init_scale": lambda v: None if v is None else _number("init_scale", v, 0),
 }
 
 
@@ -298,6 +299,8 @@ class SVI(Options):
     jit : JIT-compiled ELBO (None: when there are no minibatches); threads : torch threads
     psis : resample the guide's draws by their Pareto-smoothed importance weights where these
         are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
+    init_scale : the guide's initial sd of every unconstrained value (None: the guide's, 0.1; a
+        model may ask for less through ``sampler_defaults``, as a network's heads do)
     """
 
     method: ClassVar[str] = "svi"
@@ -316,6 +319,7 @@ class SVI(Options):
     threads: int | None = 1
     psis: bool = True
     psis_draws: int | None = None
+    init_scale: float | None = None
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)

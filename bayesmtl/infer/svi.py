@@ -92,6 +92,8 @@ class SVIBackend:
                 pyro.plate("_batch_check", 2, dim=-(target.max_plate_nesting + 1)):
             fn()
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
+        if o.init_scale is not None and guide_name != "delta":
+            kw["init_scale"] = float(o.init_scale)
         enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         guide = _GUIDES[guide_name](guided, **kw)

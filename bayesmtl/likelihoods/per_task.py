@@ -62,7 +62,8 @@ class PerTask(Likelihood):
             if isinstance(spec, str):
                 key = spec.lower().replace("-", "_")
             else:
-                key = next((g for g, v in groups.items() if v is spec), None) or _fresh(type(spec).__name__.lower(), groups)
+                same = next((g for g, v in groups.items() if v is spec), None)
+                key = same or _fresh(type(spec).__name__.lower(), groups)
             groups.setdefault(key, lik)
             self.group_of[task] = key
         self.groups = groups
@@ -206,7 +207,7 @@ class _Rows(dist.TorchDistribution):
             out = out.index_copy(-1, idx, part)
         return out
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape
         out = None
         for idx, d in self.parts:
