@@ -1,28 +1,41 @@
 """Bayesian heads on a shared network against what a deep multi-task user writes in PyTorch.
 
-SARCOS inverse dynamics (7 torques = 7 tasks, 21 inputs; the test file's even rows train and
-its odd rows test, ``bayesmtl.datasets.sarcos``), at the full training set and with each torque
-observed at its own random ``--fraction`` of the training inputs. Inputs and each torque are
-standardised by their training mean and sd; metrics are on that scale, per torque, averaged.
+Cases (``--case``):
 
-Every network has the same trunk (21 -> 128 -> 32, SiLU), the same optimiser (Adam, ``--lr``),
-the same ``--steps`` minibatches of ``--batch`` (task, input) rows:
+* ``sarcos``: SARCOS inverse dynamics (7 torques = 7 tasks, 21 inputs; the test file's even rows
+  train and its odd rows test, ``bayesmtl.datasets.sarcos``), at the full training set and
+  with each torque observed at its own random ``--fraction`` of the training inputs.
+* ``parkinsons``: Parkinson's telemonitoring, 42 patients = tasks, target ``motor_UPDRS`` from
+  the 16 voice measures, age, sex and test time; split by time within each patient (first 75%
+  of each patient's recordings train) and leave-patients-out (8 random patients held out:
+  new tasks).
+* ``mixed``: a planted problem, 3 regression tasks (noise 0.1, 0.3, 0.6) and 2 classification
+  tasks on one nonlinear feature map.
+* ``speed``: steps per second and peak memory at 100k rows, each method in its own process.
 
-* ``independent nets``: one trunk and head per torque (MSE);
-* ``hard sharing``: one trunk, 7 heads, equal loss weights (MSE);
-* ``hard sharing + Kendall``: the loss weight of each task is its learned noise
-  (Kendall, Gal & Cipolla 2018), a point estimate;
+Inputs and each task's target are standardised by their training mean and sd; metrics are on
+that scale (Parkinson's RMSE in UPDRS points). Every network has the same trunk (F -> 128 -> 32,
+SiLU), optimiser (Adam, ``--lr``) and budget (``--steps`` minibatches of ``--batch`` rows):
+
+* ``independent nets``: one trunk and head per task (SARCOS only: 42 patients' nets cost too much);
+* ``pooled net``: one trunk, one head for all tasks (Parkinson's);
+* ``hard sharing``: one trunk, a head per task, equal loss weights;
+* ``hard sharing + Kendall``: each task's loss weighted by its learned noise (Kendall, Gal &
+  Cipolla 2018), a point estimate;
 * ``bayesmtl DRN``: ``NeuralMultiTask(trunk, prior=TaskRelationship())`` by SVI (Long et al. 2017);
-* ``bayesmtl hier. heads``: ``NeuralMultiTask(trunk)`` (hierarchical prior over heads);
-* ``bayesmtl linear MTRL``: ``models.TaskRelationship()`` on the inputs (SVI, its defaults);
-* ``ICM GP`` (``--gp``, at fractions below 1): ``models.MultitaskGP(kind="icm", rank=7)``, type-II ML.
+* ``bayesmtl hier. heads``: ``NeuralMultiTask(trunk)`` (hierarchical prior over the heads);
+* ``bayesmtl linear MTRL`` / ``bayesmtl linear hier.``: the linear models on the inputs (SVI, defaults);
+* ``ICM GP`` (SARCOS at fractions below 1, ``--gp``): ``MultitaskGP(kind="icm", rank=7)``, type-II MAP.
 
-Point estimates predict N(f(x), s_t^2) with s_t^2 the task's training MSE (Kendall: its learned
-noise). Reports SMSE (MSE / variance of the test torque), NLPD (mean negative log predictive
-density) and 90% interval coverage, mean +- sd over ``--seeds``, and the DRN's 7 x 7 torque
-correlation (seed 0). Needs ``../shared/data/sarcos`` (or ``BAYESMTL_DATA``).
+Point estimates predict N(f(x), s_t^2), s_t^2 the task's training MSE (Kendall: its learned
+noise); a new patient gets the mean of the heads. Reports SMSE (MSE / variance of the test
+target), RMSE, NLPD (mean negative log predictive density) and 90% coverage, mean +- sd over
+``--seeds``, per task in ``per_task.csv``. Needs ``../shared/data`` (or ``BAYESMTL_DATA``).
 
-    .venv/bin/python benchmarks/neural.py --seeds 5 --fractions 1.0 0.1 --out runs/bench_neural
+    .venv/bin/python benchmarks/neural.py --case sarcos --seeds 5 --out runs/bench_neural
+    .venv/bin/python benchmarks/neural.py --case parkinsons --seeds 5 --out runs/bench_neural
+    .venv/bin/python benchmarks/neural.py --case mixed --seeds 5 --out runs/bench_neural
+    .venv/bin/python benchmarks/neural.py --case speed --out runs/bench_neural
     .venv/bin/python benchmarks/neural.py --smoke
 """
 
@@ -31,6 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,81 +58,138 @@ from torch import nn
 
 import bayesmtl as bm
 from bayesmtl.data import wide_to_long
-from bayesmtl.datasets import SARCOS_INPUTS as _IN
-from bayesmtl.datasets import SARCOS_TORQUES as _OUT
-from bayesmtl.datasets import sarcos
-
-SARCOS_INPUTS, SARCOS_TORQUES = list(_IN), list(_OUT)
+from bayesmtl.datasets import PARKINSONS_VOICE, SARCOS_INPUTS, SARCOS_TORQUES, parkinsons, sarcos
 
 Z90 = 1.6448536269514722
+POINT = ("independent nets", "pooled net", "hard sharing", "hard sharing + Kendall")
 
 
 def make_trunk(n_in: int, seed: int) -> nn.Module:
-    """The trunk every network shares: 21 -> 128 -> 32, SiLU."""
+    """The trunk every network shares: F -> 128 -> 32, SiLU."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, 32), nn.SiLU())
 
 
-def split(fraction: float, seed: int, max_train: int | None = None):
-    """Standardised (train long, test long) frames; each torque keeps its own random
-    ``fraction`` of the training inputs."""
+def _standardise(train: pd.DataFrame, test: pd.DataFrame, cols: list[str]):
+    m, s = train[cols].mean(), train[cols].std().replace(0, 1)
+    return train.assign(**((train[cols] - m) / s)), test.assign(**((test[cols] - m) / s))
+
+
+def _standardise_y(train: pd.DataFrame, test: pd.DataFrame, per_task: bool = True):
+    """Each task's target by its training mean and sd (tasks unseen in training: the pooled ones);
+    ``per_task=False``: all by the pooled ones."""
+    if not per_task:
+        m, s = train["y"].mean(), train["y"].std()
+        return train.assign(y=(train["y"] - m) / s), test.assign(y=(test["y"] - m) / s), np.full(len(test), s)
+    g = train.groupby("task")["y"]
+    m, s = g.transform("mean"), g.transform("std")
+    mt = test["task"].map(g.mean()).fillna(train["y"].mean())
+    st = test["task"].map(g.std()).fillna(train["y"].std())
+    return train.assign(y=(train["y"] - m) / s), test.assign(y=(test["y"] - mt) / st), st.to_numpy()
+
+
+# ---------------------------------------------------------------------- data
+def sarcos_split(fraction: float, seed: int, max_train: int | None = None):
+    """(train, test, features, unit) long frames; each torque keeps its own ``fraction`` of the inputs."""
+    inputs, torques = list(SARCOS_INPUTS), list(SARCOS_TORQUES)
     train, test = sarcos()
     if max_train:
-        train, test = train.iloc[:max_train], test.iloc[:max_train]
-    mx, sx = train[SARCOS_INPUTS].mean(), train[SARCOS_INPUTS].std()
-    my, sy = train[SARCOS_TORQUES].mean(), train[SARCOS_TORQUES].std()
-    train = pd.concat([(train[SARCOS_INPUTS] - mx) / sx, (train[SARCOS_TORQUES] - my) / sy], axis=1)
-    test = pd.concat([(test[SARCOS_INPUTS] - mx) / sx, (test[SARCOS_TORQUES] - my) / sy], axis=1)
+        train, test = train.iloc[:max_train].copy(), test.iloc[:max_train].copy()
     if fraction < 1:
         rng = np.random.default_rng(1000 + seed)
-        for c in SARCOS_TORQUES:
-            hide = rng.uniform(size=len(train)) >= fraction
-            train.loc[hide, c] = np.nan
-    return wide_to_long(train, SARCOS_TORQUES), wide_to_long(test, SARCOS_TORQUES)
+        for c in torques:
+            train.loc[rng.uniform(size=len(train)) >= fraction, c] = np.nan
+    train, test = wide_to_long(train, torques), wide_to_long(test, torques)
+    train, test = _standardise(train, test, inputs)
+    train, test, unit = _standardise_y(train, test)
+    return train, test, inputs, unit
 
 
-def scores(y: np.ndarray, mean: np.ndarray, sd_or_lo, hi=None, lpd: np.ndarray | None = None) -> dict:
-    """SMSE, NLPD and 90% coverage of one torque's test rows (Gaussian predictive when ``hi`` is None)."""
-    if hi is None:
-        sd = sd_or_lo
-        lo, hi = mean - Z90 * sd, mean + Z90 * sd
-        lpd = -0.5 * np.log(2 * math.pi * sd ** 2) - 0.5 * (y - mean) ** 2 / sd ** 2
+def parkinsons_split(kind: str, seed: int, max_rows: int | None = None):
+    """(train, test, features, unit): ``time`` (first 75% of each patient's recordings train) or
+    ``patients`` (8 random patients held out)."""
+    df = parkinsons().rename(columns={"patient": "task", "motor_UPDRS": "y"}).drop(columns="total_UPDRS")
+    feats = ["age", "sex", "test_time", *PARKINSONS_VOICE]
+    if max_rows:
+        df = df.groupby("task").head(max_rows // 42 + 1)
+    if kind == "time":
+        rank = df.groupby("task")["test_time"].rank(pct=True, method="first")
+        train, test = df[rank <= 0.75], df[rank > 0.75]
     else:
-        lo = sd_or_lo
-    return {"SMSE": float(np.mean((y - mean) ** 2) / np.var(y)), "NLPD": float(-np.mean(lpd)),
-            "cover90": float(np.mean((y >= lo) & (y <= hi)))}
+        rng = np.random.default_rng(2000 + seed)
+        out = rng.choice(sorted(df["task"].unique()), size=8, replace=False)
+        train, test = df[~df["task"].isin(out)], df[df["task"].isin(out)]
+    train, test = _standardise(train, test, feats)
+    # one scale for all patients: a patient's UPDRS is interpolated between visits, nearly constant
+    # within a split, so a per-patient scale would blow up its errors
+    train, test, unit = _standardise_y(train, test, per_task=False)
+    return train, test, feats, unit
+
+
+# ---------------------------------------------------------------------- scores
+def scores(y, mean, lo, hi, lpd, unit, ref_var: float | None = None) -> dict:
+    """SMSE (MSE / ``ref_var``, default the variance of y), RMSE (in the target's units), NLPD
+    (in those units) and 90% coverage."""
+    return {"SMSE": float(np.mean((y - mean) ** 2) / (np.var(y) if ref_var is None else ref_var)),
+            "RMSE": float(np.sqrt(np.mean(((y - mean) * unit) ** 2))),
+            "NLPD": float(-np.mean(lpd - np.log(unit))), "cover90": float(np.mean((y >= lo) & (y <= hi)))}
+
+
+def per_task(test: pd.DataFrame, mean, lo, hi, lpd, unit) -> list[dict]:
+    """Scores per task; SMSE against the whole test set's variance where the unit is shared."""
+    y = test["y"].to_numpy()
+    unit = np.broadcast_to(np.asarray(unit, dtype=float), y.shape)
+    ref = float(np.var(y)) if np.all(unit == unit[0]) else None
+    return [{"task": t, **scores(y[s], mean[s], lo[s], hi[s], lpd[s], unit[s], ref)}
+            for t in test["task"].unique() for s in [(test["task"] == t).to_numpy()]]
 
 
 # ---------------------------------------------------------------------- plain PyTorch baselines
 class Heads(nn.Module):
-    """Trunk(s) and one linear head per task; ``independent``: a trunk per task too."""
+    """Trunk(s) and one linear head per task (``independent``: a trunk per task too; ``pooled``:
+    one head); ``kendall``: a learned log noise variance per task."""
 
-    def __init__(self, n_in: int, n_tasks: int, independent: bool, kendall: bool, seed: int):
+    def __init__(self, n_in: int, n_tasks: int, kind: str, seed: int):
         super().__init__()
-        self.trunks = nn.ModuleList([make_trunk(n_in, seed + 17 * k) for k in range(n_tasks if independent else 1)])
-        self.heads = nn.Linear(32, n_tasks)
-        self.log_var = nn.Parameter(torch.zeros(n_tasks)) if kendall else None
+        k = n_tasks if kind == "independent nets" else 1
+        self.trunks = nn.ModuleList([make_trunk(n_in, seed + 17 * j) for j in range(k)])
+        self.heads = nn.Linear(32, 1 if kind == "pooled net" else n_tasks)
+        self.log_var = nn.Parameter(torch.zeros(n_tasks)) if kind == "hard sharing + Kendall" else None
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Predictions (B,); a task index of -1 (a new task) gets the mean head."""
+        task = task.clamp_min(0) if self.heads.out_features > 1 else torch.zeros_like(task)
         if len(self.trunks) == 1:
-            return self.heads(self.trunks[0](x)).gather(1, task[:, None]).squeeze(1)
-        h = torch.stack([t(x) for t in self.trunks], 1)  # (B, T, 32)
-        h = h[torch.arange(len(task)), task]
+            h = self.trunks[0](x)
+        else:
+            h = torch.stack([t(x) for t in self.trunks], 1)[torch.arange(len(task)), task]
         return (h * self.heads.weight[task]).sum(-1) + self.heads.bias[task]
 
+    def predict(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        if (task >= 0).all() or self.heads.out_features == 1:
+            return self(x, task)
+        h = self.trunks[0](x)
+        new = h @ self.heads.weight.mean(0) + self.heads.bias.mean()
+        return torch.where(task >= 0, self(x, task), new)
 
-def fit_point(kind: str, train: pd.DataFrame, test: pd.DataFrame, a, seed: int) -> tuple[list[dict], float]:
-    names = list(SARCOS_TORQUES)
-    X = torch.tensor(train[SARCOS_INPUTS].to_numpy(), dtype=torch.float32)
+
+def fit_point(kind, train, test, feats, unit, a, seed, task_kinds=None):
+    names = list(dict.fromkeys(train["task"]))
+    X = torch.tensor(train[feats].to_numpy(), dtype=torch.float32)
     y = torch.tensor(train["y"].to_numpy(), dtype=torch.float32)
     t = torch.tensor(train["task"].map(names.index).to_numpy())
-    net = Heads(X.shape[1], len(names), kind == "independent nets", kind == "hard sharing + Kendall", seed)
+    binary = torch.tensor([task_kinds.get(n) == "bernoulli" for n in names]) if task_kinds else None
+    net = Heads(X.shape[1], len(names), kind, seed)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for _ in range(a.steps):
         idx = torch.randint(len(y), (min(a.batch, len(y)),), generator=gen)
-        err = (net(X[idx], t[idx]) - y[idx]) ** 2
+        f = net(X[idx], t[idx])
+        err = (f - y[idx]) ** 2
+        if binary is not None:  # classification tasks: cross-entropy; Kendall: 1/s^2 CE + log s
+            ce = nn.functional.binary_cross_entropy_with_logits(f, y[idx], reduction="none")
+            err = torch.where(binary[t[idx]], 2 * ce, err)
         if net.log_var is None:
             loss = err.mean()
         else:  # Kendall et al.: 1/(2 s^2) MSE + log s per task
@@ -130,26 +203,23 @@ def fit_point(kind: str, train: pd.DataFrame, test: pd.DataFrame, a, seed: int) 
         fit = net(X, t)
         var = (torch.exp(net.log_var) if net.log_var is not None else
                torch.stack([((fit - y)[t == k] ** 2).mean() for k in range(len(names))]))
-        Xt = torch.tensor(test[SARCOS_INPUTS].to_numpy(), dtype=torch.float32)
-        tt = torch.tensor(test["task"].map(names.index).to_numpy())
-        mean = net(Xt, tt).numpy()
-    rows = []
-    for k, name in enumerate(names):
-        sel = (tt == k).numpy()
-        rows.append({"torque": name, **scores(test["y"].to_numpy()[sel], mean[sel], math.sqrt(float(var[k])))})
-    return rows, seconds
+        Xt = torch.tensor(test[feats].to_numpy(), dtype=torch.float32)
+        tt = torch.tensor(test["task"].map({n: i for i, n in enumerate(names)}).fillna(-1).astype(int).to_numpy())
+        mean = net.predict(Xt, tt).numpy()
+    sd = np.sqrt(np.where(tt.numpy() >= 0, var.numpy()[tt.clamp_min(0).numpy()], float(var.mean())))
+    lpd = -0.5 * np.log(2 * math.pi * sd ** 2) - 0.5 * (test["y"].to_numpy() - mean) ** 2 / sd ** 2
+    extra = {"noise": var.sqrt().tolist(), "mean": mean}
+    return per_task(test, mean, mean - Z90 * sd, mean + Z90 * sd, lpd, unit), seconds, extra
 
 
 # ---------------------------------------------------------------------- bayesmtl
-def fit_bayes(model, train: pd.DataFrame, test: pd.DataFrame, a, seed: int, **kw) -> tuple[list[dict], float, object]:
-    data = bm.MultiTaskData.from_frame(train, task="task", target="y", features=list(SARCOS_INPUTS),
-                                       dtype=torch.float32)
+def fit_bayes(model, train, test, feats, unit, a, seed, **kw):
+    data = bm.MultiTaskData.from_frame(train, task="task", target="y", features=feats, dtype=torch.float32)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = bm.fit(model, data, seed=seed, progress=False, draws=a.draws, **kw)
     seconds = time.perf_counter() - t0
-    rows = []
     if isinstance(model, bm.models.MultitaskGP):
         new = post.data.prepare(test, require_target=False)
         with torch.no_grad():
@@ -162,70 +232,190 @@ def fit_bayes(model, train: pd.DataFrame, test: pd.DataFrame, a, seed: int, **kw
     else:
         pred = post.predict(test, seed=seed)
         new = post.data.prepare(test, require_target=True)
-        with torch.no_grad():
-            ll = post.model.log_likelihood(new, post.flat())
+        with torch.no_grad():  # a new task's draws are drawn once per posterior draw: the mixture over them
+            gen = torch.Generator().manual_seed(seed)
+            eta, params, lik = post.model._eta_params(post.data, new, post.flat(), gen)
+            ll = lik.distribution(eta, params, new.task, new.noise, new.trials).log_prob(new.y)
         lpd = (torch.logsumexp(ll.double(), 0) - math.log(ll.shape[0])).numpy()
         mean, lo, hi = pred["mean"].to_numpy(), pred["q05"].to_numpy(), pred["q95"].to_numpy()
-    for name in SARCOS_TORQUES:
-        sel = (test["task"] == name).to_numpy()
-        rows.append({"torque": name, **scores(test["y"].to_numpy()[sel], mean[sel], lo[sel], hi[sel], lpd[sel])})
-    return rows, seconds, post
+    return per_task(test, mean, lo, hi, lpd, unit), seconds, post
 
 
-POINT = ("independent nets", "hard sharing", "hard sharing + Kendall")
-BAYES = ("bayesmtl DRN", "bayesmtl hier. heads", "bayesmtl linear MTRL")
-
-
-def fit_one(name: str, train: pd.DataFrame, test: pd.DataFrame, a, seed: int) -> tuple:
-    """(per-torque rows, seconds[, posterior]) of the method called ``name``."""
+def fit_one(name, train, test, feats, unit, a, seed):
+    """(per-task rows, seconds, posterior or extras) of the method called ``name``."""
     if name in POINT:
-        return fit_point(name, train, test, a, seed)
+        return fit_point(name, train, test, feats, unit, a, seed)
     svi = dict(method="svi", steps=a.steps, min_steps=a.steps, anneal=0, lr=a.lr, batch_size=a.batch)
     if name == "bayesmtl DRN":
-        model = bm.models.NeuralMultiTask(make_trunk(len(SARCOS_INPUTS), seed), prior=bm.priors.TaskRelationship())
+        model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed), prior=bm.priors.TaskRelationship())
     elif name == "bayesmtl hier. heads":
-        model = bm.models.NeuralMultiTask(make_trunk(len(SARCOS_INPUTS), seed))
+        model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed))
     elif name == "bayesmtl linear MTRL":
         model, svi = bm.models.TaskRelationship(), dict(method="svi")
+    elif name == "bayesmtl linear hier.":
+        model, svi = bm.models.Hierarchical(), dict(method="svi")
     else:
         model, svi = bm.models.MultitaskGP(kind="icm", rank=7), dict(method="map")
-    return fit_bayes(model, train, test, a, seed, **svi)
+    return fit_bayes(model, train, test, feats, unit, a, seed, **svi)
 
 
-def run(a) -> pd.DataFrame:
-    torch.set_num_threads(a.threads)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+def _report(rows: list[dict], out: Path, keys: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "per_task.csv", index=False)
+    per_seed = df.groupby([*keys, "model", "seed"])[["SMSE", "RMSE", "NLPD", "cover90", "seconds"]].mean()
+    table = per_seed.groupby([*keys, "model"]).agg(["mean", "std"])
+    print(table.round(3).to_string(), flush=True)
+    table.to_csv(out / "summary.csv")
+    return table
+
+
+def _run_split(rows, setting: dict, train, test, feats, unit, names, a, seed, out: Path, corr_name: str):
+    for name in names:
+        per, seconds, extra = fit_one(name, train, test, feats, unit, a, seed)
+        if name == "bayesmtl DRN" and seed == 0:
+            extra.relations().to_frame().to_csv(out / corr_name, index=False)
+        rows += [{**setting, "seed": seed, "model": name, "seconds": seconds, **r} for r in per]
+        mean = pd.DataFrame(per)[["SMSE", "RMSE", "NLPD", "cover90"]].mean()
+        print(json.dumps({**setting, "seed": seed, "model": name, "seconds": round(seconds, 1),
+                          **{k: round(float(v), 4) for k, v in mean.items()}}), flush=True)
+
+
+def case_sarcos(a, out: Path) -> pd.DataFrame:
     rows = []
     for fraction in a.fractions:
         for seed in range(a.seeds):
-            train, test = split(fraction, seed, a.max_train)
-            names = [n for n in [*POINT, *BAYES] + (["ICM GP"] if a.gp and fraction < 1 else [])
-                     if a.models is None or n in a.models]
-            for name in names:
-                got = fit_one(name, train, test, a, seed)
-                per, seconds = got[0], got[1]
-                if name == "bayesmtl DRN" and seed == 0:
-                    corr = got[2].relations().to_frame()
-                    corr.to_csv(out / f"drn_correlation_f{fraction:g}.csv", index=False)
-                for r in per:
-                    rows.append({"fraction": fraction, "seed": seed, "model": name, "seconds": seconds, **r})
-                row = pd.DataFrame(per)[["SMSE", "NLPD", "cover90"]].mean()
-                print(json.dumps({"fraction": fraction, "seed": seed, "model": name, "seconds": round(seconds, 1),
-                                  **{k: round(float(v), 4) for k, v in row.items()}}), flush=True)
-            pd.DataFrame(rows).to_csv(out / "per_torque.csv", index=False)  # nothing lost if stopped
+            train, test, feats, unit = sarcos_split(fraction, seed, a.max_train)
+            names = ["independent nets", "hard sharing", "hard sharing + Kendall", "bayesmtl DRN",
+                     "bayesmtl hier. heads", "bayesmtl linear MTRL"] + (["ICM GP"] if a.gp and fraction < 1 else [])
+            names = [n for n in names if a.models is None or n in a.models]
+            _run_split(rows, {"fraction": fraction}, train, test, feats, unit, names, a, seed, out,
+                       f"sarcos_drn_correlation_f{fraction:g}.csv")
+            _report(rows, out, ["fraction"])
+    return _report(rows, out, ["fraction"])
+
+
+def case_parkinsons(a, out: Path) -> pd.DataFrame:
+    rows = []
+    for split in ("time", "patients"):
+        for seed in range(a.seeds):
+            train, test, feats, unit = parkinsons_split(split, seed, a.max_train)
+            names = ["pooled net", "hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
+                     "bayesmtl linear hier."]
+            names = [n for n in names if a.models is None or n in a.models]
+            _run_split(rows, {"split": split}, train, test, feats, unit, names, a, seed, out,
+                       f"parkinsons_drn_{split}.csv")
+            _report(rows, out, ["split"])
+    return _report(rows, out, ["split"])
+
+
+def mixed_data(n: int, seed: int):
+    """3 regression tasks (noise 0.1, 0.3, 0.6) and 2 classification tasks on one map (wide)."""
+    rng = np.random.default_rng(seed)
+    W = np.random.default_rng(77).normal(size=(5, 3))
+    X = rng.normal(size=(n, 4))
+    f = np.stack([np.sin(2 * X[:, 0]), X[:, 1] * X[:, 2], np.tanh(X[:, 3] - X[:, 0])], 1) @ W.T
+    wide = pd.DataFrame(X, columns=[f"x{j}" for j in range(4)])
+    for t, s in enumerate([0.1, 0.3, 0.6]):
+        wide[f"r{t}"] = f[:, t] + s * rng.normal(size=n)
+    for t in (3, 4):
+        wide[f"c{t}"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-2 * f[:, t]))).astype(float)
+    return wide
+
+
+def case_mixed(a, out: Path) -> pd.DataFrame:
+    """Regression tasks' SMSE and learned noise, classification tasks' log loss and accuracy."""
+    targets, feats = ["r0", "r1", "r2", "c3", "c4"], ["x0", "x1", "x2", "x3"]
+    kinds = {t: "gaussian" if t[0] == "r" else "bernoulli" for t in targets}
+    rows = []
+    for seed in range(a.seeds):
+        train = wide_to_long(mixed_data(a.max_train or 400, seed), targets)
+        test = wide_to_long(mixed_data(2000, 10_000 + seed), targets)
+        for name in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads"):
+            t0 = time.perf_counter()
+            if name in POINT:  # the nets' raw outputs: a regression's mean, a classification's logit
+                _, seconds, extra = fit_point(name, train, test, feats, 1.0, a, seed, task_kinds=kinds)
+                noise = dict(zip(dict.fromkeys(train["task"]), extra["noise"], strict=True))
+                out_ = extra["mean"]
+                prob = np.where(test["task"].str.startswith("c"), 1 / (1 + np.exp(-out_)), out_)
+            else:
+                data = bm.MultiTaskData.from_frame(train, task="task", target="y", features=feats, dtype=torch.float32)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    post = bm.fit(bm.models.NeuralMultiTask(make_trunk(4, seed), likelihood=kinds), data,
+                                  method="svi", steps=a.steps, min_steps=a.steps, anneal=0, lr=a.lr,
+                                  batch_size=a.batch, draws=a.draws, seed=seed, progress=False)
+                seconds = time.perf_counter() - t0
+                s = post.summary()
+                noise = {t: float(s.loc[f"sigma_gaussian[{t}]", "mean"]) for t in targets[:3]}
+                prob = post.predict(test, seed=seed)["mean"].to_numpy()
+            for t in targets:
+                sel = (test["task"] == t).to_numpy()
+                y = test["y"].to_numpy()[sel]
+                if t[0] == "r":
+                    r = {"SMSE": float(np.mean((y - prob[sel]) ** 2) / np.var(y)), "noise": noise[t]}
+                else:
+                    q = np.clip(prob[sel], 1e-6, 1 - 1e-6)
+                    r = {"log_loss": float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))),
+                         "accuracy": float(np.mean((q > 0.5) == (y > 0.5)))}
+                rows.append({"seed": seed, "model": name, "task": t, "seconds": seconds, **r})
+            print(json.dumps({"seed": seed, "model": name, "noise": {k: round(v, 3) for k, v in noise.items()},
+                              "seconds": round(seconds, 1)}), flush=True)
     df = pd.DataFrame(rows)
-    per_seed = df.groupby(["fraction", "model", "seed"])[["SMSE", "NLPD", "cover90", "seconds"]].mean()
-    table = per_seed.groupby(["fraction", "model"]).agg(["mean", "std"])
+    df.to_csv(out / "mixed.csv", index=False)
+    table = df.groupby(["model", "task"])[[c for c in ("SMSE", "noise", "log_loss", "accuracy") if c in df]].agg(
+        ["mean", "std"])
     print(table.round(3).to_string())
-    table.to_csv(out / "summary.csv")
+    return table
+
+
+def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
+    """Steps per second and peak memory (this process) of one method on ``rows`` rows, 10 tasks."""
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 21)).astype(np.float32)
+    task = np.repeat(np.arange(10), rows // 10)
+    y = np.sin(X[:, 0]) * (1 + task / 10) + 0.1 * rng.normal(size=rows)
+    df = pd.DataFrame(X, columns=[f"x{j}" for j in range(21)]).assign(task=[f"t{t}" for t in task], y=y)
+    feats = [f"x{j}" for j in range(21)]
+    t0 = time.perf_counter()
+    if which == "bayesmtl hier. heads":
+        data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=feats, dtype=torch.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            post = bm.fit(bm.models.NeuralMultiTask(make_trunk(21, 0)), data, method="svi", steps=steps,
+                          min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0, progress=False)
+        rate = post.info["steps_per_second"]
+    else:
+        class A:
+            pass
+        a = A()
+        a.lr, a.steps, a.batch = 3e-3, steps, batch
+        _, seconds, _ = fit_point(which, df, df.head(100), feats, 1.0, a, 0)
+        rate = steps / seconds
+    return {"method": which, "rows": rows, "steps_per_second": rate, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def case_speed(a, out: Path) -> pd.DataFrame:
+    rows = []
+    for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads"):
+        cmd = [sys.executable, __file__, "--case", "speed-one", "--which", which, "--steps", str(a.steps),
+               "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    df = pd.DataFrame(rows)
+    df["ratio_to_hard_sharing"] = df["steps_per_second"] / df.loc[0, "steps_per_second"]
+    print(df.round(2).to_string(index=False))
+    df.to_csv(out / "speed.csv", index=False)
     return df
 
 
-def main(argv=None) -> pd.DataFrame:
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", default="sarcos", choices=["sarcos", "parkinsons", "mixed", "speed", "speed-one"])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
+    p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1], help="SARCOS training fractions")
     p.add_argument("--steps", type=int, default=3000, help="minibatch steps of every network")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -233,13 +423,22 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--gp", action=argparse.BooleanOptionalAction, default=True, help="the ICM GP at fractions < 1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=None, help="only these (names as in the table)")
-    p.add_argument("--max-train", type=int, default=None, help="first n wide rows of train and test")
-    p.add_argument("--smoke", action="store_true", help="1 seed, 300 rows, 100 steps, no GP")
+    p.add_argument("--max-train", type=int, default=None, help="SARCOS: first n wide rows; Parkinson's: about n "
+                   "rows; mixed: training rows; speed: rows")
+    p.add_argument("--which", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="1 seed, a few hundred rows, 60 steps, no GP")
     p.add_argument("--out", default="runs/bench_neural")
     a = p.parse_args(argv)
+    if a.case == "speed-one":
+        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch)))
+        return None
     if a.smoke:
-        a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 100, 300, 50, False, [1.0, 0.2]
-    return run(a)
+        a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 60, 300, 50, False, [0.3]
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"sarcos": case_sarcos, "parkinsons": case_parkinsons, "mixed": case_mixed, "speed": case_speed}[a.case](
+        a, out)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ class NeuralMultiTask(MultiTaskModel):
         True: the trunk is trained with the heads (SVI or MAP). False: the trunk is fixed and
         the model is a linear multi-task model on its features (any back end, fast paths).
 
+    Notes
+    -----
     Default priors read the target's scale s (``scaling``): the intercept is centred on its
     location with scale s and each head weight has scale s / sqrt(H), so a head on unit-scale
     features moves the prediction by about s.
@@ -81,6 +83,8 @@ class NeuralMultiTask(MultiTaskModel):
         sqrt(H) to every prediction; one particle per step left the ELBO too noisy to converge
         (SARCOS, 1,500 steps: test SMSE 0.050 with one particle, 0.036 with 32, which cost
         little: the trunk runs once per minibatch, whatever the particles)."""
+        if not self.train_trunk:  # a linear model on fixed features: the usual settings
+            return super().sampler_defaults()
         return {"init_scale": INIT_SCALE, "particles": PARTICLES, **super().sampler_defaults()}
 
     @property

@@ -154,7 +154,7 @@ def test_structured_guide_recovers_a_gaussian_posterior_of_its_own_family():
     assert abs(float(ratio[3:].median()) - 1) < 0.1 and float((ratio[3:] - 1).abs().max()) < 0.4, ratio[3:]
 
 
-@pytest.mark.parametrize("guide", ["structured", "normal"])
+@pytest.mark.parametrize("guide", ["structured", pytest.param("normal", marks=pytest.mark.slow)])
 def test_svi_draws_are_importance_resampled_when_the_weights_allow(guide):
     from bayesmtl.synthetic import hierarchical_regression
 

@@ -51,7 +51,7 @@ def _small(seed: int = 0, tasks: int = 3, rows: int = 60):
 def _fit(model, data, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short runs: convergence warnings are expected here
-        return bm.fit(model, data, **{**SVI, "steps": 300, "min_steps": 300, "draws": 50, "seed": 0, **kw})
+        return bm.fit(model, data, **{**SVI, "steps": 100, "min_steps": 100, "draws": 50, "seed": 0, **kw})
 
 
 # ---------------------------------------------------------------------- the model
@@ -152,7 +152,9 @@ def test_samplers_refuse_a_trained_trunk_and_draw_the_heads_of_a_frozen_one():
     post = _fit(model, data, method="map")
     frozen = post.model.frozen()
     assert frozen.default_method == "nuts"
-    nuts = bm.fit(frozen, data, method="nuts", chains=2, warmup=100, draws=100, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short run: convergence warnings are expected
+        nuts = bm.fit(frozen, data, method="nuts", chains=2, warmup=50, draws=50, seed=0, progress=False)
     assert nuts.info["path"] == "collapsed"
     np.testing.assert_allclose(frozen.design(data)[0].numpy(), post.model.design(data)[0].numpy())
     assert nuts.predict(wide_to_long(wide.head(5), ["r0", "r1", "r2"]))["sd"].gt(0).all()
@@ -238,3 +240,17 @@ def test_cuda_fit_matches_the_cpu_path():
     assert post.info["device"].startswith("cuda")
     pred = post.predict(wide_to_long(wide.head(5), ["r0", "r1", "r2"]))
     assert np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["sarcos", "parkinsons", "mixed"])
+def test_benchmark_smoke_runs(case, tmp_path, shared_data):
+    """benchmarks/neural.py --smoke: every method of the case runs and scores each task."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import neural
+
+    table = neural.main(["--case", case, "--smoke", "--out", str(tmp_path)])
+    assert len(table) >= 3 and np.isfinite(table.to_numpy(dtype=float)).any()

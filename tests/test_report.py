@@ -17,7 +17,7 @@ import bayesmtl as bm
 from bayesmtl.cli import main
 from bayesmtl.synthetic import planted_clusters
 
-FIT = dict(method="svi", steps=600, min_steps=300, draws=200, seed=0, progress=False)
+FIT = dict(method="svi", steps=300, min_steps=300, draws=100, seed=0, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -300,6 +300,7 @@ def test_planted_relations_svi(planted_svi):
     assert np.allclose(rel.draws[:, np.arange(6), np.arange(6)], 1.0)
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_graph_and_run_directory(planted_svi, tmp_path):
     post, _ = planted_svi
     rel = post.relations()

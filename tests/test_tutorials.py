@@ -30,7 +30,7 @@ def embedded(script: Path) -> list[str]:
 
 
 #: tutorials whose smoke run takes most of a minute: the slow tier (the fast tier stays under 10 minutes)
-SLOW = {"dp_landmine"}
+SLOW = {"dp_landmine", "task_relationship_survey"}
 
 
 def test_every_tutorial_has_a_page_with_committed_figures():
