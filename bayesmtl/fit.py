@@ -6,6 +6,7 @@ import contextlib
 import random
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,11 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
         found = sorted({f.stem for f in Path(ckpt).rglob("*.npz")})
         raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
                          f"{backend.name!r}: resume with the method (and settings) that wrote it")
+    holdout = None
+    if (fraction := _validation(backend, options)) is not None:
+        data, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
+        if holdout.n_rows == 0:
+            raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options), checkpoint=ckpt,
                         checkpoint_every=float(checkpoint_every), resume=resume is not None,
@@ -119,7 +125,41 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
             raise ValueError(f"{type(model).__name__} trains {', '.join(target.trains)} by optimisation, which "
                              f"method {method!r} (a sampler) cannot: fit with method='svi' or 'map', then sample "
                              f"the heads of the trained network with post.model.frozen()")
-        return _run(model, data, on_device, target, backend, settings, method, model_options)
+        if holdout is not None:
+            target = replace(target, score=_holdout_score(model, data, holdout, target, seed))
+        post = _run(model, data, on_device, target, backend, settings, method, model_options)
+        if holdout is not None:
+            post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
+        return post
+
+
+def _validation(backend, options: dict) -> float | None:
+    """The ``validation`` share the back end's options ask for (an options object or keywords)."""
+    from .infer.options import _SVI_CHECKS
+
+    given = getattr(getattr(backend, "options", None), "validation", None)
+    value = options.get("validation", given)
+    return None if value is None else _SVI_CHECKS["validation"](value)
+
+
+def _holdout_score(model, train: MultiTaskData, holdout: MultiTaskData, target: Target, seed: int):
+    """``Target.score``: latent draws {site: (S, ...)} -> mean log predictive density of the
+    held-out rows (each row's density averaged over the draws)."""
+    dims = model.site_dims(train)
+    host = train.to("cpu")
+
+    def score(draws: dict[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            S = next(iter(draws.values())).shape[0]
+            flat = {k: v.detach() for k, v in draws.items()}
+            if target.conditional is not None:
+                dev = next(iter(flat.values())).device
+                flat = target.conditional(flat, torch.Generator(device=dev).manual_seed(seed))
+            flat = {k: squeeze_to(v.cpu(), 1 + len(dims[k])) if k in dims else v.cpu() for k, v in flat.items()}
+            ll = model.log_likelihood(holdout, model.complete(host, flat)).double()
+            return float((torch.logsumexp(ll, 0) - np.log(S)).mean())
+
+    return score
 
 
 def _checkpoint_folder(checkpoint, resume, every) -> str | None:

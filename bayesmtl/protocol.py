@@ -146,6 +146,9 @@ class Target:
     trains : tuple of str
         Modules the program registers with ``pyro.module`` and trains as point estimates (a
         network's trunk): optimisers (SVI, MAP) fit them, samplers cannot.
+    score : callable, optional
+        Draws {site: (S, ...)} of the latent sites -> the mean log predictive density of rows
+        held out of the fit (``validation=``): what an optimiser may stop early on.
     """
 
     program: Callable[..., Callable[[], None]]
@@ -162,6 +165,7 @@ class Target:
     reparam: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     trains: tuple[str, ...] = ()
+    score: Callable[[dict], float] | None = None
 
     def pyro_model(self, subsample_size: int | None = None) -> Callable[[], None]:
         """The Pyro program (no arguments)."""

@@ -254,3 +254,34 @@ def test_benchmark_smoke_runs(case, tmp_path, shared_data):
 
     table = neural.main(["--case", case, "--smoke", "--out", str(tmp_path)])
     assert len(table) >= 3 and np.isfinite(table.to_numpy(dtype=float)).any()
+
+
+def test_cli_fits_a_trunk_from_a_file_and_loads_it_back(tmp_path, capsys):
+    """--trunk FILE.py:function builds the network (given the number of features); the run
+    predicts in a fresh load; a trunk of the user's own layer class loads with --trust-code only."""
+    from bayesmtl.cli import main
+
+    wide, _ = _small(rows=40)
+    wide_to_long(wide, ["r0", "r1", "r2"]).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "net.py").write_text(
+        "import torch\n"
+        "def make(n):\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(n, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))\n"
+        "class Mine(torch.nn.Module):\n    def __init__(self, n):\n        super().__init__(); self.a = torch.nn.Linear(n, 3)\n"
+        "    def forward(self, x):\n        return torch.tanh(self.a(x))\n"
+        "def mine(n):\n    torch.manual_seed(0); return Mine(n)\n")
+    common = ["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--quiet",
+              "--option", "steps=60", "--option", "min_steps=60", "--draws", "30"]
+    assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:make", "--out", str(tmp_path / "a")]) == 0
+    assert main(["predict", str(tmp_path / "a"), "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 120
+    assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:mine", "--model-option", "prior=task-relationship",
+                 "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "b")]) == 2
+    assert "--trust-code" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "b"), "--trust-code"]) == 0
+    assert main([*common, "--model", "neural", "--out", str(tmp_path / "c")]) == 2
+    assert "--model neural needs --trunk" in capsys.readouterr().err
+    assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:nothing", "--out", str(tmp_path / "c")]) == 2
+    assert "has no function 'nothing'" in capsys.readouterr().err

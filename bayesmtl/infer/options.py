@@ -273,7 +273,17 @@ _SVI_CHECKS = {
     "psis": lambda v: _flag("psis", v),
     "psis_draws": lambda v: _integer("psis_draws", v, 1, optional=True),
     "init_scale": lambda v: None if v is None else _number("init_scale", v, 0),
+    "validation": lambda v: None if v is None else _fraction("validation", v),
+    "patience": lambda v: _integer("patience", v, 1),
 }
+
+
+def _fraction(name: str, value) -> float:
+    """A number in (0, 0.5]: a share of each task's rows to hold out."""
+    v = _number(name, value, 0)
+    if v > 0.5:
+        raise ValueError(f"{name} must be a fraction of the rows in (0, 0.5]; got {value!r}")
+    return v
 
 
 def _check_min_steps(min_steps: int | None, steps: int) -> None:
@@ -301,6 +311,10 @@ class SVI(Options):
         are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
     init_scale : the guide's initial sd of every unconstrained value (None: the guide's, 0.1; a
         model may ask for less through ``sampler_defaults``, as a network's heads do)
+    validation : hold out this share of each task's rows (``fit`` splits them off, seeded): every
+        ``window`` steps the held-out rows' mean log predictive density under the guide is
+        scored; the fit stops when it has not improved for ``patience`` windows and ends at the
+        best window's guide (no annealing). The posterior is then of the other rows.
     """
 
     method: ClassVar[str] = "svi"
@@ -320,6 +334,8 @@ class SVI(Options):
     psis: bool = True
     psis_draws: int | None = None
     init_scale: float | None = None
+    validation: float | None = None
+    patience: int = 4
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)
@@ -351,6 +367,8 @@ class MAP(Options):
     particles: int | None = None
     jit: bool | None = None
     threads: int | None = None
+    validation: float | None = None
+    patience: int | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):

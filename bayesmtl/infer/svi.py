@@ -122,11 +122,21 @@ class SVIBackend:
             warnings.filterwarnings("ignore", message="Encountered NaN")  # _step says it, with what to do
             bar = tqdm(total=steps, disable=not settings.progress, desc=self.label, leave=False)
             bar.update(min(len(losses), steps))
+            check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
+            sites = model_sites_of(fn) if check is not None else []
             for i in range(len(losses), steps if not converged and main_steps is None else 0):
                 losses.append(_step(svi, i, lr))
                 if (i + 1) % window == 0:
                     bar.update(window)
-                    bar.set_postfix(loss=f"{np.mean(losses[-window:]):.4g}")
+                    post = {"loss": f"{np.mean(losses[-window:]):.4g}"}
+                    if check is not None:
+                        post["val_lpd"] = f"{check.update(i + 1, sites):.4g}"
+                    bar.set_postfix(**post)
+                    if check is not None:
+                        if check.stop:
+                            converged = True
+                            break
+                        continue
                     if i + 1 >= max(min_steps, (lookback + 1) * window):
                         cur = np.mean(losses[-window:])
                         prev = np.mean(losses[-(lookback + 1) * window:-lookback * window])
@@ -136,6 +146,9 @@ class SVIBackend:
                 if ckpt is not None and ckpt.due():
                     _save(ckpt, svi, losses, converged, main_steps, time.perf_counter() - t0)
             bar.close()
+            if check is not None:  # end at the best window's guide; no annealing after it
+                check.restore()
+                anneal = 0
             if anneal:
                 if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
                     main_steps = len(losses)
@@ -152,6 +165,7 @@ class SVIBackend:
         shapes = site_shapes(fn)
         model_sites = [k for k, (_, _, observed) in shapes.items() if not observed]
         info = {"guide": guide_name, "particles": particles, "steps": len(losses), "converged": converged,
+                **({"validation": check.summary()} if check is not None else {}),
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
                 "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit, "anneal": anneal,
                 "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
@@ -178,6 +192,51 @@ class SVIBackend:
                 out = Predictive(guide, num_samples=n, parallel=False)()
             latent = {k_: v.detach().cpu().unsqueeze(0) for k_, v in out.items() if k_ in model_sites}
         return Draws(latent, {}, info)
+
+
+def model_sites_of(fn) -> list[str]:
+    """The latent sites of the program ``fn``."""
+    return [k for k, (_, _, observed) in site_shapes(fn).items() if not observed]
+
+
+class _Validation:
+    """Early stopping on held-out rows (``SVI.validation``): ``update`` scores the guide's draws
+    with ``score`` and keeps a copy of the parameters at the best score; ``stop`` once
+    ``patience`` windows have passed without a better one; ``restore`` puts the best back."""
+
+    draws = 32  # guide draws per score: the mean log predictive density's Monte Carlo error stays small
+
+    def __init__(self, score, guide, patience: int):
+        if score is None:
+            raise ValueError("validation= needs the fit to hold rows out (bm.fit splits them off)")
+        self.score, self.guide, self.patience = score, guide, patience
+        self.best, self.best_step, self.trace, self.saved, self.since = -np.inf, 0, [], None, 0
+
+    def update(self, step: int, sites: list[str]) -> float:
+        with torch.no_grad(), poutine.block():
+            out = Predictive(self.guide, num_samples=self.draws, parallel=False)()
+        value = self.score({k: v for k, v in out.items() if k in sites})
+        self.trace.append([step, value])
+        if value > self.best:
+            self.best, self.best_step, self.since = value, step, 0
+            self.saved = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+        else:
+            self.since += 1
+        return value
+
+    @property
+    def stop(self) -> bool:
+        return self.since >= self.patience
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            with torch.no_grad():
+                for k, v in pyro.get_param_store().named_parameters():
+                    if k in self.saved:
+                        v.copy_(self.saved[k])
+
+    def summary(self) -> dict:
+        return {"best_lpd": self.best, "best_step": self.best_step, "stopped_early": self.stop, "trace": self.trace}
 
 
 #: ELBO particles on a collapsed target unless ``particles=`` says otherwise
