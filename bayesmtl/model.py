@@ -37,7 +37,7 @@ from . import marginals
 from .data import MultiTaskData
 from .design import exact_fits, linear_predictor, task_rows
 from .likelihoods import Likelihood, check_shapes, get_likelihood
-from .likelihoods.base import LocationScale
+from .likelihoods.base import MIN_TASK_DF, LocationScale
 from .priors.base import TaskPrior, as_distribution, move_distribution
 from .protocol import (
     ModelBase,
@@ -126,8 +126,18 @@ class MultiTaskModel(ModelBase):
         """``lik`` bound to ``data``; a noise mode left to the data reads ``residual_df`` (computed
         only then: a bound likelihood has its mode already)."""
         if isinstance(lik, LocationScale) and lik.noise is None:
-            return lik.bind(data, residual_df=self.residual_df(data))
+            df = self.residual_df(data)
+            if lik.resolved_noise(data, df) == "per_task" and self.exact_tasks(data):
+                df = 0.0  # a task its own design fits exactly has no lower bound on its own sigma: share one
+            return lik.bind(data, residual_df=df)
         return lik.bind(data)
+
+    def exact_tasks(self, data: MultiTaskData) -> list[int]:
+        """Tasks with more rows than parameters whose target their own design fits exactly
+        (``design.exact_fits``): with a sigma of their own the posterior is improper."""
+        if data.y is None:
+            return []
+        return exact_fits(self.design(data)[0], data.y, data.task, data.n_tasks)
 
     def residual_df(self, data: MultiTaskData) -> float:
         """Rows minus task-varying parameters of the median task: how well a sigma per task is
@@ -152,15 +162,20 @@ class MultiTaskModel(ModelBase):
         lik = self.likelihood_for(data)
         lik.check(data)
         check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
-        if isinstance(lik, LocationScale) and lik.noise == "per_task" and data.y is not None:
-            exact = exact_fits(self.design(data)[0], data.y, data.task, data.n_tasks)
+        chose = isinstance(lik, LocationScale) and self.likelihood.noise is None and data.noise is None
+        if isinstance(lik, LocationScale) and (lik.noise == "per_task" or chose) and data.y is not None:
+            exact = self.exact_tasks(data)
             if exact:
                 names = ", ".join(repr(data.task_names[t]) for t in exact[:5]) + (" ..." if len(exact) > 5 else "")
-                warnings.warn(f"{len(exact)} task(s) ({names}) have more rows than free parameters yet their target "
-                              f"is fitted exactly (residual 0): with a noise sd per task their posterior has no "
-                              f"lower bound on it (improper; SVI may stop with a NaN ELBO). Use "
-                              f"{type(lik).__name__}(noise='shared'), or check those tasks' data",
-                              UserWarning, stacklevel=3)
+                what = (f"{len(exact)} task(s) ({names}) have more rows than free parameters yet their target is "
+                        f"fitted exactly (residual 0): with a noise sd per task their posterior has no lower bound "
+                        f"on it (improper; SVI may stop with a NaN ELBO). ")
+                if lik.noise == "per_task":
+                    warnings.warn(what + f"Use {type(lik).__name__}(noise='shared'), or check those tasks' data",
+                                  UserWarning, stacklevel=3)
+                elif self.residual_df(data) >= MIN_TASK_DF:  # (short tasks share a sigma anyway)
+                    warnings.warn(what + "The default noise is therefore one sigma for all tasks; check those "
+                                  "tasks' data", UserWarning, stacklevel=3)
         self._prior_trace(data)  # a prior that cannot run, or returns the wrong shape, fails here
 
     def design(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,8 +90,12 @@ def test_a_task_fitted_exactly_with_its_own_noise_is_named():
     exact = df["task"] == df["task"].iloc[0]
     df.loc[exact, "y"] = 1.0 + 2.0 * df.loc[exact, "x1"] - df.loc[exact, "x2"]
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
-    with pytest.warns(UserWarning, match=r"1 task\(s\) \('task_00'\) have more rows than free parameters"):
+    with pytest.warns(UserWarning, match=r"1 task\(s\) \('task_00'\) have more rows than free parameters.*"
+                                         r"default noise is therefore one sigma for all tasks"):
         bm.models.Hierarchical().check(data)
+    assert bm.models.Hierarchical().bind(data).likelihood.noise == "shared"  # the default avoids the trap
+    with pytest.warns(UserWarning, match=r"1 task\(s\) \('task_00'\).*Use Gaussian\(noise='shared'\)"):
+        bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise="per_task")).check(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bm.models.Hierarchical(likelihood=bm.likelihoods.Gaussian(noise="shared")).check(data)

@@ -267,13 +267,15 @@ def test_cli_fits_a_trunk_from_a_file_and_loads_it_back(tmp_path, capsys):
         "import torch\n"
         "def make(n):\n    torch.manual_seed(0)\n"
         "    return torch.nn.Sequential(torch.nn.Linear(n, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))\n"
-        "class Mine(torch.nn.Module):\n    def __init__(self, n):\n        super().__init__(); self.a = torch.nn.Linear(n, 3)\n"
+        "class Mine(torch.nn.Module):\n    def __init__(self, n):\n"
+        "        super().__init__(); self.a = torch.nn.Linear(n, 3)\n"
         "    def forward(self, x):\n        return torch.tanh(self.a(x))\n"
         "def mine(n):\n    torch.manual_seed(0); return Mine(n)\n")
     common = ["fit", "--data", str(tmp_path / "d.csv"), "--task", "task", "--target", "y", "--quiet",
               "--option", "steps=60", "--option", "min_steps=60", "--draws", "30"]
     assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:make", "--out", str(tmp_path / "a")]) == 0
-    assert main(["predict", str(tmp_path / "a"), "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(tmp_path / "a"), "--data", str(tmp_path / "d.csv"),
+                 "--out", str(tmp_path / "p.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "p.csv")) == 120
     assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:mine", "--model-option", "prior=task-relationship",
                  "--out", str(tmp_path / "b")]) == 0
