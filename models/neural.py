@@ -38,6 +38,19 @@ INIT_SCALE = 0.01
 PARTICLES = 32
 
 
+def head_products(h: torch.Tensor, w: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """eta (..., N) = h_n . w[..., task_n, :] for features h (N, D) and heads w (..., T, D).
+
+    With fewer tasks than features, every task's head on every row as one matrix product
+    (..., N, T), then each row's own: T/D of the memory of gathering the heads (..., N, D),
+    and BLAS speed (a 100k-row PSIS check went from 64 s to a few)."""
+    if w.shape[-2] <= w.shape[-1]:
+        all_heads = h @ w.transpose(-1, -2)  # (..., N, T)
+        index = task.expand(all_heads.shape[:-1]).unsqueeze(-1)
+        return all_heads.gather(-1, index).squeeze(-1)
+    return (h * w[..., task, :]).sum(-1)
+
+
 class NeuralMultiTask(MultiTaskModel):
     """A shared trunk and one Bayesian head per task.
 
@@ -199,12 +212,22 @@ class NeuralMultiTask(MultiTaskModel):
         trunk = self.trunk.to(device=data.device, dtype=data.dtype)
         X, task, intercept = data.X, data.task, self.intercept
 
+        cache: dict = {}
+
         def eta(w, coef, pick):
             net = pyro.module("trunk", trunk)
-            net.train()
-            h = net(pick(X))
-            if intercept:
-                h = torch.cat([h.new_ones(h.shape[0], 1), h], dim=-1)
-            return (h * w[..., pick(task), :]).sum(-1)
+            net.train(torch.is_grad_enabled())  # dropout and the like in training steps only
+            # evaluations without gradients on every row (SVI's PSIS check: 1000 draws in chunks)
+            # share one pass of the trunk while its weights stay as they are
+            key = tuple(p._version for p in net.parameters()) if subsample_size is None else None
+            if key is not None and not torch.is_grad_enabled() and cache.get("key") == key:
+                h = cache["h"]
+            else:
+                h = net(pick(X))
+                if intercept:
+                    h = torch.cat([h.new_ones(h.shape[0], 1), h], dim=-1)
+                if key is not None and not torch.is_grad_enabled():
+                    cache.update(key=key, h=h)
+            return head_products(h, w, pick(task))
 
         return eta
