@@ -34,8 +34,8 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
                ("neural", "chees"): "samplers cannot train a trunk (refused; the frozen trunk: test_neural)"}
 #: the fast tier checks each model with one back end and each back end several times; the rest is -m slow
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
-        ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"), ("three-level", "svi"),
-        ("covariates", "nuts"), ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map"),
+        ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"),
+        ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map"),
         ("learned-tree", "map"), ("neural", "svi")}
 
 

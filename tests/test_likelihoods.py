@@ -160,6 +160,7 @@ def test_a_target_outside_the_family_is_named():
         bm.models.Hierarchical(likelihood=dist.StudentT(3.0))
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_custom_family_with_a_named_link_recovers_its_parameter():
     data, _, truth, _ = _planted("gamma", n=40)
     lik = bm.likelihoods.Custom(dist.Gamma, mean_arg="rate", link=lambda eta: 4.0 / torch.exp(eta),
