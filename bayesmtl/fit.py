@@ -105,8 +105,13 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
                          f"{backend.name!r}: resume with the method (and settings) that wrote it")
     holdout = None
     if (fraction := _validation(backend, options)) is not None:
-        data, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
-        if holdout.n_rows == 0:
+        train, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
+        if holdout.n_rows > 0:
+            data = train
+        elif "validation" in model_options:  # the model's default, on data too small to spare rows: no early stop
+            options, model_options, holdout = dict(options), dict(model_options), None
+            del options["validation"], model_options["validation"]
+        else:
             raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
     settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                         progress=progress, options=dict(options), checkpoint=ckpt,

@@ -36,6 +36,8 @@ __all__ = ["NeuralMultiTask"]
 #: SVI guide's initial sd, and ELBO particles, for a network's heads (``sampler_defaults``)
 INIT_SCALE = 0.01
 PARTICLES = 32
+#: SVI/MAP early stopping on held-out rows by default (``sampler_defaults``)
+EARLY_STOP = {"validation": 0.1, "window": 100, "patience": 5}
 
 
 def head_products(h: torch.Tensor, w: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -95,10 +97,14 @@ class NeuralMultiTask(MultiTaskModel):
         A guide that starts at the usual 0.1 on each of 1 + H weights adds noise of sd ~0.1
         sqrt(H) to every prediction; one particle per step left the ELBO too noisy to converge
         (SARCOS, 1,500 steps: test SMSE 0.050 with one particle, 0.036 with 32, which cost
-        little: the trunk runs once per minibatch, whatever the particles)."""
+        little: the trunk runs once per minibatch, whatever the particles). And ``EARLY_STOP``:
+        the trunk is a point estimate with no prior, which overfits where tasks have few rows;
+        SVI and MAP hold a tenth of each task's rows out and stop when their predictive density
+        stops improving (SARCOS at 10% of the inputs: test NLPD 11.7 and 90% coverage 0.38
+        without, 2.08 and 0.92 with). Pass ``validation=None`` to fit on every row."""
         if not self.train_trunk:  # a linear model on fixed features: the usual settings
             return super().sampler_defaults()
-        return {"init_scale": INIT_SCALE, "particles": PARTICLES, **super().sampler_defaults()}
+        return {"init_scale": INIT_SCALE, "particles": PARTICLES, **EARLY_STOP, **super().sampler_defaults()}
 
     @property
     def default_method(self) -> str:  # type: ignore[override]
