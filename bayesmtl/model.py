@@ -173,7 +173,8 @@ class MultiTaskModel(ModelBase):
         lik = self.likelihood_for(data)
         lik.check(data)
         check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
-        chose = isinstance(lik, LocationScale) and self.likelihood.noise is None and data.noise is None
+        open_noise = getattr(self.likelihood, "noise", None) is None and data.noise is None
+        chose = isinstance(lik, LocationScale) and open_noise
         if isinstance(lik, LocationScale) and (lik.noise == "per_task" or chose) and data.y is not None:
             exact = self.exact_tasks(data)
             if exact:

@@ -95,7 +95,7 @@ def test_model_contract(name, method, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short runs: convergence warnings are expected here
         post = bm.fit(model, data, method=method, seed=0, progress=False, **_settings(name, method))
-    C, S, N = post.num_chains, post.num_draws, data.n_rows
+    C, S, N = post.num_chains, post.num_draws, post.data.n_rows  # (rows a validation split held out are not)
     assert post.info["path"] in ("plain", "centred", "collapsed")
 
     idata = post.to_arviz()
