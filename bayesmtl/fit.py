@@ -160,7 +160,7 @@ def _holdout_score(model, train: MultiTaskData, holdout: MultiTaskData, target: 
             if target.conditional is not None:
                 dev = next(iter(flat.values())).device
                 flat = target.conditional(flat, torch.Generator(device=dev).manual_seed(seed))
-            flat = {k: squeeze_to(v.cpu(), 1 + len(dims[k])) if k in dims else v.cpu() for k, v in flat.items()}
+            flat = _squeezed({k: v.cpu() for k, v in flat.items()}, dims)
             ll = model.log_likelihood(holdout, model.complete(host, flat)).double()
             return float((torch.logsumexp(ll, 0) - np.log(S)).mean())
 
@@ -218,10 +218,7 @@ def _run(model, data, on_device, target, backend, settings, method: str, model_o
         out = out._replace(samples={k: v.reshape((C, S) + v.shape[1:]) for k, v in full.items()})
     seconds = time.perf_counter() - t0
     dims = model.site_dims(host)
-    flat = {}
-    for k, v in out.samples.items():
-        v = v.detach().cpu().reshape((C * S,) + v.shape[2:])
-        flat[k] = squeeze_to(v, 1 + len(dims[k])) if k in dims else v  # drop plate-batch 1s
+    flat = _squeezed({k: v.detach().cpu().reshape((C * S,) + v.shape[2:]) for k, v in out.samples.items()}, dims)
     flat = model.complete(host, flat)
     samples = {k: v.reshape((C, S) + v.shape[1:]).numpy() for k, v in flat.items()}
     info = {"method": method, "backend": backend.name, "draws_kind": backend.kind, "chains": chains, "warmup": warmup,
@@ -240,6 +237,11 @@ def _run(model, data, on_device, target, backend, settings, method: str, model_o
     for p in problems:
         warnings.warn(p.message, DiagnosticWarning, stacklevel=3)  # points at the caller of fit
     return post
+
+
+def _squeezed(flat: dict[str, torch.Tensor], dims: dict) -> dict[str, torch.Tensor]:
+    """Flat draws (S, ...) with the plate-batch 1s dropped: each site at 1 + its named dims."""
+    return {k: squeeze_to(v, 1 + len(dims[k])) if k in dims else v for k, v in flat.items()}
 
 
 def choose_target(targets: list[Target], backend, collapse: bool | None, model_name: str,

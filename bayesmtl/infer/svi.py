@@ -103,6 +103,8 @@ class SVIBackend:
             if o.rank > guide.latent_dim:
                 raise ValueError(f"rank {o.rank} exceeds the {guide.latent_dim} unconstrained dimensions of the "
                                  "posterior; use rank <= that, or guide='mvn'")
+        with torch.random.fork_rng():  # a shape query: the fit's random stream stays as it was
+            model_sites = model_sites_of(fn)
         elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
         # several particles where an evaluation is cheap: on school's collapsed form the guide's
         # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
@@ -123,14 +125,13 @@ class SVIBackend:
             bar = tqdm(total=steps, disable=not settings.progress, desc=self.label, leave=False)
             bar.update(min(len(losses), steps))
             check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
-            sites = model_sites_of(fn) if check is not None else []
             for i in range(len(losses), steps if not converged and main_steps is None else 0):
                 losses.append(_step(svi, i, lr))
                 if (i + 1) % window == 0:
                     bar.update(window)
                     post = {"loss": f"{np.mean(losses[-window:]):.4g}"}
                     if check is not None:
-                        post["val_lpd"] = f"{check.update(i + 1, sites):.4g}"
+                        post["val_lpd"] = f"{check.update(i + 1, model_sites):.4g}"
                     bar.set_postfix(**post)
                     if check is not None:
                         if check.stop:
@@ -163,7 +164,6 @@ class SVIBackend:
         fit_seconds = time.perf_counter() - t0
         n = 1 if guide_name == "delta" else settings.draws
         shapes = site_shapes(fn)
-        model_sites = [k for k, (_, _, observed) in shapes.items() if not observed]
         info = {"guide": guide_name, "particles": particles, "steps": len(losses), "converged": converged,
                 **({"validation": check.summary()} if check is not None else {}),
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
