@@ -101,7 +101,8 @@ class NeuralMultiTask(MultiTaskModel):
         the trunk is a point estimate with no prior, which overfits where tasks have few rows;
         SVI and MAP hold a tenth of each task's rows out and stop when their predictive density
         stops improving (SARCOS at 10% of the inputs: test NLPD 11.7 and 90% coverage 0.38
-        without, 2.08 and 0.92 with). Pass ``validation=None`` to fit on every row."""
+        without (seed 0), 1.89 and 0.90 with (5 seeds, benchmarks/neural.py)). Pass
+        ``validation=None`` to fit on every row."""
         if not self.train_trunk:  # a linear model on fixed features: the usual settings
             return super().sampler_defaults()
         return {"init_scale": INIT_SCALE, "particles": PARTICLES, **EARLY_STOP, **super().sampler_defaults()}
