@@ -22,7 +22,7 @@ def test_every_example_is_collected():
 
 
 #: smoke-tested in the fast tier; the rest (the same code paths on other data, 25-35 s each) run with -m slow
-FAST_EXAMPLES = {"custom_priors"}
+FAST_EXAMPLES: set[str] = set()  # every example is a 25-35 s smoke: the slow tier (test_docs runs the guide's code)
 
 
 @pytest.mark.parametrize("script", [pytest.param(p, marks=() if p.stem in FAST_EXAMPLES else pytest.mark.slow)

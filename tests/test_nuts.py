@@ -269,6 +269,7 @@ needs_ref = pytest.mark.skipif(reference_dir(EIGHT_SCHOOLS) is None,
                                reason="posteriordb eight schools reference not in the data folder")
 
 
+@pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 @needs_ref
 def test_eight_schools_4_chains_collapsed():
     model, data, ref = _eight_schools()
