@@ -69,6 +69,7 @@ class PerTask(Likelihood):
         self.groups = groups
         self.group_tasks: dict[str, list[str]] = {}   # filled by ``bind``: each group's tasks in data order
         self.row_group: torch.Tensor | None = None    # (T,) group index of each training task
+        self.local: dict[str, torch.Tensor] = {}      # per group: each task's position in it (``bind``)
 
     # ------------------------------------------------------------------ binding to the data
     def _rows(self, data: MultiTaskData, group: str) -> torch.Tensor:
@@ -106,6 +107,11 @@ class PerTask(Likelihood):
             out.group_tasks[g] = names
         order = list(out.groups)
         out.row_group = torch.tensor([order.index(out.group_of[str(n)]) for n in data.task_names], dtype=torch.long)
+        # each training task's position within its group (-1 outside it): once here, not per step
+        out.local = {}
+        for j, g in enumerate(out.groups):
+            inside = out.row_group == j
+            out.local[g] = torch.where(inside, inside.long().cumsum(0) - 1, torch.full_like(out.row_group, -1))
         return out
 
     def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
@@ -120,14 +126,6 @@ class PerTask(Likelihood):
         return [f"{g}.{k}" for g, lik in self.groups.items() for k in lik.defaults()]
 
     # ------------------------------------------------------------------ the model's pieces
-    def _local(self) -> dict[str, torch.Tensor]:
-        """Per group: each training task's position within its group (-1 outside it)."""
-        out = {}
-        for j, g in enumerate(self.groups):
-            inside = self.row_group == j
-            out[g] = torch.where(inside, inside.long().cumsum(0) - 1, torch.full_like(self.row_group, -1))
-        return out
-
     def sample_params(self, n_tasks, task_plate, like):
         out = {}
         for g, lik in self.groups.items():
@@ -150,7 +148,7 @@ class PerTask(Likelihood):
             raise ValueError("a task unseen in training has no likelihood in the per-task mapping: per-task "
                              "likelihoods predict the tasks they name")
         rg = self.row_group.to(task.device)[task]
-        local = self._local()
+        local = self.local
         for j, (g, lik) in enumerate(self.groups.items()):
             idx = torch.nonzero(rg == j).flatten()
             if idx.numel():
