@@ -191,7 +191,9 @@ def main(argv=None) -> None:
     print(f"\n{args.dataset}, {args.method} {args.chains}x({args.warmup}+{args.draws}), splits {args.splits}{extra}, "
           f"raw target, default priors; {what}")
     print(table[cols].round(3).to_string())
-    warned = pd.DataFrame(rows).groupby("family")[["rows warnings", "new tasks warnings"]].sum()
+    frame = pd.DataFrame(rows)
+    counts = [c for c in ("rows warnings", "new tasks warnings") if c in frame]  # ICM alone: no new tasks
+    warned = frame.groupby("family")[counts].sum()
     print("\nDiagnosticWarnings (sum over splits):\n" + warned.to_string())
 
 
