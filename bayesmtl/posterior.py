@@ -131,8 +131,9 @@ class Posterior:
             raise ValueError(f"no site {missing[0]!r} in the posterior; sites: {sorted(self.samples)}")
         key = (tuple(var_names), check_prob(prob))
         if key not in self._summaries:
-            out = summary(self.to_arviz(predictive=False), var_names, prob)
             kind = self.info.get("draws_kind", "mcmc")
+            # no chains to diagnose: the per-entry ESS and r_hat (NaN below) would cost minutes at 50k tasks
+            out = summary(self.to_arviz(predictive=False), var_names, prob, chains=kind == "mcmc")
             if kind != "mcmc":
                 out[["ess_bulk", "ess_tail", "r_hat"]] = np.nan
                 n = self.num_chains * self.num_draws
@@ -159,7 +160,9 @@ class Posterior:
         """Divergences, max r_hat and min bulk/tail ESS over the summarised entries (NaN-free:
         None where not defined, e.g. for independent draws)."""
         out: dict[str, Any] = {"divergences": int(np.asarray(self.sample_stats.get("diverging", 0)).sum())}
-        if self.num_draws >= 4:
+        if self.num_draws >= 4 and self.info.get("draws_kind", "mcmc") != "mcmc":
+            out.update(max_r_hat=None, min_ess_bulk=None, min_ess_tail=None)  # not chains: nothing to compute
+        elif self.num_draws >= 4:
             s = self.summary()
             for key, col, fn in (("max_r_hat", "r_hat", "max"), ("min_ess_bulk", "ess_bulk", "min"),
                                  ("min_ess_tail", "ess_tail", "min")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -111,9 +112,9 @@ class RelationDraws(NamedTuple):
 class Target:
     """What a back end samples or optimises: a log density over latent sites.
 
-    program : callable(subsample_size=None) -> Pyro callable with no arguments
+    program : callable(subsample_size=None[, task_batch=None]) -> Pyro callable with no arguments
         The log density as a Pyro program (data bound in); ``subsample_size`` minibatches the
-        rows (SVI).
+        rows, ``task_batch`` the tasks (SVI; ``MultiTaskModel.task_minibatches``).
     max_plate_nesting : int
         Plate dims the program uses; back ends batch chains/particles one dim further left.
     n_rows : int
@@ -167,9 +168,15 @@ class Target:
     trains: tuple[str, ...] = ()
     score: Callable[[dict], float] | None = None
 
-    def pyro_model(self, subsample_size: int | None = None) -> Callable[[], None]:
-        """The Pyro program (no arguments)."""
-        return self.program(subsample_size)
+    def pyro_model(self, subsample_size: int | None = None, task_batch: int | None = None) -> Callable[[], None]:
+        """The Pyro program (no arguments); ``subsample_size`` rows or ``task_batch`` tasks per
+        evaluation, drawn at random, with the log density scaled to the full data's."""
+        if task_batch is None:
+            return self.program(subsample_size)
+        if len(inspect.signature(self.program).parameters) < 2:
+            raise ValueError(f"the {self.path!r} form of this model takes no task minibatches "
+                             "(task_batch_size); use batch_size (rows) instead")
+        return self.program(subsample_size, task_batch)
 
     def to(self, dtype: torch.dtype) -> Target:
         """The same target with the data cast to ``dtype`` (itself when it already is)."""

@@ -267,6 +267,7 @@ _SVI_CHECKS = {
     "lookback": lambda v: _integer("lookback", v, 1),
     "anneal": lambda v: _integer("anneal", v, 0),
     "batch_size": lambda v: _integer("batch_size", v, 1, optional=True),
+    "task_batch_size": lambda v: _integer("task_batch_size", v, 1, optional=True),
     "particles": lambda v: _integer("particles", v, 1, optional=True),
     "jit": lambda v: None if v is None else _flag("jit", v),
     "threads": lambda v: _integer("threads", v, 1, optional=True),
@@ -306,6 +307,11 @@ class SVI(Options):
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
     batch_size : rows per minibatch (None: all rows); particles : ELBO particles (None: 4 on a
         collapsed target, whose evaluations are cheap and whose guide then settles better, else 1)
+    task_batch_size : tasks per minibatch, each with all its rows (None: all tasks): the task
+        plate subsamples and the ELBO is scaled to the full data's, so memory and time per step
+        follow the batch, not the number of tasks (``MultiTaskModel.task_minibatches``). Guides:
+        "structured" (full rank over the population, mean field over the tasks), "normal",
+        "delta". No PSIS check (it needs every row).
     jit : JIT-compiled ELBO (None: when there are no minibatches); threads : torch threads
     psis : resample the guide's draws by their Pareto-smoothed importance weights where these
         are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
@@ -328,6 +334,7 @@ class SVI(Options):
     lookback: int = 4
     anneal: int = 1000
     batch_size: int | None = None
+    task_batch_size: int | None = None
     particles: int | None = None
     jit: bool | None = None
     threads: int | None = 1
@@ -344,6 +351,16 @@ class SVI(Options):
         _check_min_steps(self.min_steps, self.steps)
         if self.rank is not None and self.guide != "lowrank":
             raise ValueError(f"rank applies to guide='lowrank' only; the guide is {self.guide!r}")
+        if self.task_batch_size is not None:
+            if self.batch_size is not None:
+                raise ValueError("batch_size (rows) and task_batch_size (tasks) both set: a minibatch is one or "
+                                 "the other")
+            if self.guide in ("mvn", "lowrank"):
+                raise ValueError(f"guide={self.guide!r} draws every task jointly, so it cannot take task "
+                                 "minibatches; use 'structured', 'normal' or 'delta'")
+            if self.validation is not None:
+                raise ValueError("validation= holds rows out of every task; with task_batch_size it is not "
+                                 "supported yet")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +381,7 @@ class MAP(Options):
     lookback: int | None = None
     anneal: int | None = None
     batch_size: int | None = None
+    task_batch_size: int | None = None
     particles: int | None = None
     jit: bool | None = None
     threads: int | None = None

@@ -36,16 +36,19 @@ from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Predictive, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import (
     AutoDelta,
+    AutoGuideList,
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
     AutoNormal,
 )
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..pyro_util import site_shapes
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .guides import AutoStructuredNormal
+from .optim import LazyClippedAdam
 from .options import SVI as SVIOptions
 
 __all__ = ["SVIBackend"]
@@ -70,7 +73,8 @@ class SVIBackend:
 
     def paths_for(self, options) -> tuple[str, ...]:
         """The default paths under ``options``: minibatches need the plain program."""
-        return ("centred", "plain") if SVIOptions.of(options).batch_size is not None else self.paths
+        o = SVIOptions.of(options)
+        return ("centred", "plain") if o.batch_size is not None or o.task_batch_size is not None else self.paths
 
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
@@ -81,11 +85,14 @@ class SVIBackend:
         if o.batch_size is not None and batch is None:
             warnings.warn(f"batch_size {o.batch_size} is not below the data's {target.n_rows} rows: every step "
                           "uses all rows (no minibatches)", UserWarning, stacklevel=2)
-        jit = batch is None if o.jit is None else o.jit
+        tasks = o.task_batch_size
+        if tasks is not None and target.enumerated:
+            raise ValueError("task_batch_size: this model sums out discrete sites over all tasks; fit it on all tasks")
+        jit = batch is None and tasks is None if o.jit is None else o.jit
 
         pyro.set_rng_seed(settings.seed % 2**32)  # (numpy's seeds stop at 2**32 - 1)
         pyro.clear_param_store()
-        fn = target.pyro_model(subsample_size=batch)
+        fn = target.pyro_model(subsample_size=batch, task_batch=tasks)
         # one run under a batch of 2 draws: a program that does not batch (its prior's hyperparameters
         # do not broadcast) fails here, naming the prior, not after the fit inside the PSIS check
         with torch.random.fork_rng(), torch.no_grad(), poutine.block(), \
@@ -96,7 +103,12 @@ class SVIBackend:
             kw["init_scale"] = float(o.init_scale)
         enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
-        guide = _GUIDES[guide_name](guided, **kw)
+        plates = None
+        if tasks is not None:
+            plates = _TaskPlate(target.data.n_tasks, tasks)
+            guide = _minibatch_guide(guided, guide_name, plates, kw)
+        else:
+            guide = _GUIDES[guide_name](guided, **kw)
         if "rank" in kw:
             with torch.random.fork_rng(), poutine.block():
                 guide._setup_prototype()  # its latent size, without drawing from the fit's stream
@@ -112,7 +124,8 @@ class SVIBackend:
         # particles as one more batch dim (the models batch through their plates): one pass, not a loop
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
-        svi = SVI(fn, guide, pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0}), elbo)
+        optim = pyro.optim.ClippedAdam if tasks is None else _LazyAdam  # lazy: see optim.py
+        svi = SVI(fn, guide, optim({"lr": lr, "lrd": 1.0}), elbo)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
         t0 = time.perf_counter()
@@ -169,7 +182,10 @@ class SVIBackend:
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
                 "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit, "anneal": anneal,
                 "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
-        if guide_name != "delta" and not enum:  # (the check cannot sum out enumerated sites yet)
+        if plates is not None:
+            plates.size = None  # draws of every task
+            info.update(task_batch_size=tasks, psis="skipped: task minibatches (the check needs every row)")
+        if guide_name != "delta" and not enum and plates is None:  # (the check cannot sum out enumerated sites yet)
             per_draw = sum((b + e).numel() for b, e, observed in shapes.values() if not observed)
             m = o.psis_draws or max(n, min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(per_draw, 1))))
             with torch.no_grad():
@@ -192,6 +208,41 @@ class SVIBackend:
                 out = Predictive(guide, num_samples=n, parallel=False)()
             latent = {k_: v.detach().cpu().unsqueeze(0) for k_, v in out.items() if k_ in model_sites}
         return Draws(latent, {}, info)
+
+
+def _LazyAdam(optim_args: dict) -> pyro.optim.PyroOptim:
+    """``optim.LazyClippedAdam`` wrapped for Pyro (as ``pyro.optim.ClippedAdam`` wraps its own)."""
+    return pyro.optim.PyroOptim(LazyClippedAdam, optim_args)
+
+
+class _TaskPlate:
+    """The guide's task plate (``create_plates``): ``size`` tasks a minibatch, drawn by the guide
+    and replayed by the model; ``size = None`` for draws of every task after the fit."""
+
+    def __init__(self, n_tasks: int, size: int | None):
+        self.n_tasks, self.size = n_tasks, size
+
+    def __call__(self, *args, **kwargs) -> pyro.plate:
+        return pyro.plate("task", self.n_tasks, dim=-1, subsample_size=self.size)
+
+
+def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict):
+    """A guide for task minibatches: "structured" is full rank over the sites outside the task
+    plate (the population) and mean field over the per-task sites, whose parameters a step
+    updates only for the tasks in its batch; "normal" and "delta" as named."""
+    if name != "structured":
+        return _GUIDES[name](fn, create_plates=plates, **kw)
+    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+        tr = poutine.trace(fn).get_trace()
+    latent = [(k, v) for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
+              and not site_is_subsample(v) and not v.get("infer", {}).get("_deterministic")]
+    population = [k for k, v in latent if all(f.name != "task" for f in v["cond_indep_stack"])]
+    if not population or len(population) == len(latent):
+        return AutoNormal(fn, create_plates=plates, **kw)
+    guide = AutoGuideList(fn, create_plates=plates)
+    guide.append(AutoMultivariateNormal(poutine.block(fn, expose=population), **kw))
+    guide.append(AutoNormal(poutine.block(fn, hide=population), **kw))
+    return guide
 
 
 def model_sites_of(fn) -> list[str]:

@@ -1,0 +1,119 @@
+"""Many tasks: SVI on task minibatches (``task_batch_size``) against the full-batch fit.
+
+    .venv/bin/python benchmarks/scale.py [--tasks 50000] [--rows 100] [--features 10]
+                                         [--task-batch 1000] [--compare 5000] [--draws 100] [--seed 0]
+
+Planted hierarchical linear regression: w_t ~ N(mu, diag(tau^2)) over an intercept and
+``--features`` slopes, y = x . w_t + N(0, 1), ``--rows`` rows a task. Two parts, one table each:
+
+1. ``--compare`` tasks (a subset of the same planted population) fitted twice with the default
+   guide: all tasks every step (the model's default SVI path) and ``--task-batch`` tasks a step.
+   The population's posterior means are compared in units of the full-batch posterior sd, and
+   the sds as a ratio.
+2. All ``--tasks`` tasks on task minibatches: time to build the data, to fit, steps, peak
+   resident memory of the process (``ru_maxrss``), and whether the 90% intervals of mu and tau
+   cover the planted values.
+
+One process, one core's worth of threads (torch threads 1). Peak memory is the process's
+high-water mark, so part 2 runs first when both are asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+import bayesmtl as bm
+
+
+def planted(n_tasks: int, rows: int, features: int, seed: int):
+    """(frame, mu, tau) of a planted hierarchical regression."""
+    rng = np.random.default_rng(seed)
+    D = features + 1
+    mu = np.concatenate([[1.0], rng.normal(0.0, 0.5, features)])
+    tau = rng.uniform(0.2, 0.8, D)
+    W = mu + tau * rng.normal(size=(n_tasks, D))
+    task = np.repeat(np.arange(n_tasks, dtype=np.int64), rows)
+    X = rng.normal(size=(n_tasks * rows, features))
+    y = W[task, 0] + np.einsum("nd,nd->n", X, W[task, 1:]) + rng.normal(size=len(task))
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(features)])
+    frame.insert(0, "y", y)
+    frame.insert(0, "task", task)
+    return frame, mu, tau
+
+
+def peak_gb() -> float:
+    """The process's peak resident memory so far, GB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def fit(frame: pd.DataFrame, features: int, draws: int, seed: int, **options):
+    """(posterior, data seconds, fit seconds) of the default hierarchical model."""
+    t0 = time.perf_counter()
+    data = bm.MultiTaskData.from_frame(frame, task="task", target="y", features=[f"x{j}" for j in range(features)])
+    t1 = time.perf_counter()
+    model = bm.MultiTaskModel(prior=bm.priors.Hierarchical(), likelihood="gaussian")
+    post = bm.fit(model, data, method="svi", seed=seed, draws=draws, progress=False, **options)
+    return post, t1 - t0, time.perf_counter() - t1
+
+
+def population(post) -> dict[str, np.ndarray]:
+    """Draws (S, D) of mu and tau."""
+    return {k: np.asarray(post.samples[k]).reshape(-1, np.asarray(post.samples[k]).shape[-1]) for k in ("mu", "tau")}
+
+
+def covered(draws: np.ndarray, truth: np.ndarray) -> int:
+    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+    return int(((lo <= truth) & (truth <= hi)).sum())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=50000)
+    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--features", type=int, default=10)
+    p.add_argument("--task-batch", type=int, default=1000)
+    p.add_argument("--compare", type=int, default=5000, help="tasks of the full-batch comparison (0: skip)")
+    p.add_argument("--draws", type=int, default=100)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.tasks:
+        frame, mu, tau = planted(a.tasks, a.rows, a.features, a.seed)
+        post, t_data, t_fit = fit(frame, a.features, a.draws, a.seed, task_batch_size=a.task_batch, steps=a.steps)
+        pop = population(post)
+        D = a.features + 1
+        print(f"\n## {a.tasks} tasks x {a.rows} rows x {a.features} features ({len(frame):,} rows), "
+              f"{a.task_batch} tasks a step\n")
+        print("| data s | fit s | steps | steps/s | peak memory GB | mu covered (90%) | tau covered (90%) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| {t_data:.1f} | {t_fit:.0f} | {post.info['steps']} | {post.info['steps_per_second']:.1f} | "
+              f"{peak_gb():.2f} | {covered(pop['mu'], mu)}/{D} | {covered(pop['tau'], tau)}/{D} |")
+        del post, frame
+    if a.compare:
+        frame, mu, tau = planted(a.compare, a.rows, a.features, a.seed + 1)
+        full, _, t_full = fit(frame, a.features, a.draws * 10, a.seed, steps=a.steps)
+        part, _, t_part = fit(frame, a.features, a.draws * 10, a.seed, task_batch_size=min(a.task_batch, a.compare // 5),
+                              steps=a.steps)
+        f, q = population(full), population(part)
+        print(f"\n## {a.compare} tasks: all tasks a step ({full.info['path']} path, {t_full:.0f} s) against "
+              f"{part.info['task_batch_size']} a step ({t_part:.0f} s)\n")
+        print("| site | max abs(mean difference) / full-batch sd | sd ratio, min-max | covered (90%), full / minibatch |")
+        print("| --- | --- | --- | --- |")
+        for k, truth in (("mu", mu), ("tau", tau)):
+            sd = f[k].std(0)
+            z = np.abs(q[k].mean(0) - f[k].mean(0)) / sd
+            r = q[k].std(0) / sd
+            print(f"| {k} | {z.max():.3f} | {r.min():.2f}-{r.max():.2f} | "
+                  f"{covered(f[k], truth)}/{len(truth)} / {covered(q[k], truth)}/{len(truth)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
