@@ -19,6 +19,7 @@ draw), and the automatic non-centring of a user prior's location-scale sites.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -369,11 +370,9 @@ class MultiTaskModel(ModelBase):
 
     # ------------------------------------------------------------------ the Pyro program
     def pyro_model(self, data: MultiTaskData, subsample_size: int | None = None,
-                   observe: bool = True, task_batch: int | None = None) -> Callable[[], None]:
-        """The model as a Pyro callable with no arguments (data bound in). ``subsample_size``:
-        rows per minibatch; ``task_batch``: tasks per minibatch instead (``task_minibatches``)."""
-        if task_batch is not None:
-            return self.task_minibatches(data, task_batch)
+                   observe: bool = True) -> Callable[[], None]:
+        """The model as a Pyro callable with no arguments (data bound in); ``subsample_size``
+        rows per minibatch (tasks per minibatch: ``task_minibatches``)."""
         lik = self.likelihood_for(data)
         T, N, Ds = data.n_tasks, data.n_rows, len(self.shared)
         like = torch.zeros((), dtype=data.dtype, device=data.device)
@@ -544,11 +543,10 @@ class MultiTaskModel(ModelBase):
             # centred posterior better where tasks are informative; the three-level planted prior's
             # population sds went from 0.13-0.24 of NUTS's (non-centred) to 0.69-0.80 (centred)
             centred = self._centred()
-            out.append(Target(program=lambda s=None, t=None: centred.pyro_model(data, subsample_size=s, task_batch=t),
+            out.append(Target(program=functools.partial(_program, centred, data),
                               max_plate_nesting=nest, n_rows=data.n_rows, path="centred",
                               rebuild=lambda d: _pick(self.targets(d), "centred"), data=data, trains=trains))
-        out.append(Target(program=lambda s=None, t=None: self.pyro_model(data, subsample_size=s, task_batch=t),
-                          max_plate_nesting=nest,
+        out.append(Target(program=functools.partial(_program, self, data), max_plate_nesting=nest,
                           n_rows=data.n_rows, path="plain",
                           log_density_grad=None if written is None else written.log_density_and_grad,
                           rebuild=lambda d: _pick(self.targets(d), "plain"), data=data, reparam=reparam,
@@ -669,6 +667,14 @@ class MultiTaskModel(ModelBase):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(prior={self.prior!r}, likelihood={self.likelihood!r}, "
                 f"intercept={self.intercept}, shared={self.shared})")
+
+
+def _program(model: MultiTaskModel, data: MultiTaskData, subsample_size: int | None = None,
+             task_batch: int | None = None) -> Callable[[], None]:
+    """``Target.program`` of a model's own program: rows or tasks per minibatch."""
+    if task_batch is not None:
+        return model.task_minibatches(data, task_batch)
+    return model.pyro_model(data, subsample_size=subsample_size)
 
 
 def _no_minibatch(program: Callable[[], Callable[[], None]], path: str):

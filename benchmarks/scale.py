@@ -99,12 +99,13 @@ def main(argv=None) -> int:
     if a.compare:
         frame, mu, tau = planted(a.compare, a.rows, a.features, a.seed + 1)
         full, _, t_full = fit(frame, a.features, a.draws * 10, a.seed, steps=a.steps)
-        part, _, t_part = fit(frame, a.features, a.draws * 10, a.seed, task_batch_size=min(a.task_batch, a.compare // 5),
-                              steps=a.steps)
+        batch = min(a.task_batch, a.compare // 5)
+        part, _, t_part = fit(frame, a.features, a.draws * 10, a.seed, task_batch_size=batch, steps=a.steps)
         f, q = population(full), population(part)
         print(f"\n## {a.compare} tasks: all tasks a step ({full.info['path']} path, {t_full:.0f} s) against "
               f"{part.info['task_batch_size']} a step ({t_part:.0f} s)\n")
-        print("| site | max abs(mean difference) / full-batch sd | sd ratio, min-max | covered (90%), full / minibatch |")
+        print("| site | max abs(mean difference) / full-batch sd | sd ratio, min-max | "
+              "covered (90%), full / minibatch |")
         print("| --- | --- | --- | --- |")
         for k, truth in (("mu", mu), ("tau", tau)):
             sd = f[k].std(0)

@@ -35,7 +35,7 @@ def test_the_minibatch_log_density_is_unbiased_for_the_full_one():
         values = {k: v["value"] for k, v in poutine.trace(full).get_trace().nodes.items()
                   if v["type"] == "sample" and not v["is_observed"] and not site_is_subsample(v)}
     want = _log_joint(full, values)
-    batch = model.pyro_model(data, task_batch=3)
+    batch = model.task_minibatches(data, 3)
 
     def one():  # the batch's own slice of every per-task value
         tr = poutine.trace(batch).get_trace()  # draws the batch
@@ -134,3 +134,15 @@ def test_the_lazy_optimiser_leaves_entries_without_a_gradient_alone():
     ob.step()
     assert torch.equal(b.detach()[3:], before[3:]) and not torch.equal(b.detach()[:3], before[:3])
     assert torch.equal(ob.state[b]["step"][3:], torch.full((3,), 30.0, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_task_minibatches_on_cuda():
+    """The same short fit with the data on the GPU: every index and the lazy optimiser's state
+    live on the data's device."""
+    _, data, _ = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = bm.fit(bm.models.Hierarchical(), data, method="svi", task_batch_size=3, steps=200, min_steps=100,
+                      anneal=20, draws=20, seed=0, progress=False, device="cuda")
+    assert np.asarray(post.samples["w"]).shape[-2:] == (30, 3)

@@ -124,8 +124,11 @@ class SVIBackend:
         # particles as one more batch dim (the models batch through their plates): one pass, not a loop
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
-        optim = pyro.optim.ClippedAdam if tasks is None else _LazyAdam  # lazy: see optim.py
-        svi = SVI(fn, guide, optim({"lr": lr, "lrd": 1.0}), elbo)
+        if tasks is None:
+            optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0})
+        else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
+            optim = _LazyAdam(_local_rates(lr, plates, local_sites(fn)))
+        svi = SVI(fn, guide, optim, elbo)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
         t0 = time.perf_counter()
@@ -224,6 +227,29 @@ class _TaskPlate:
 
     def __call__(self, *args, **kwargs) -> pyro.plate:
         return pyro.plate("task", self.n_tasks, dim=-1, subsample_size=self.size)
+
+
+#: under task minibatches a per-task parameter's learning rate is lr times T / B, at most this
+LOCAL_RATE_MAX = 10.0
+
+
+def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
+    """Adam's settings per parameter: a task in a batch of B out of T is visited once every T / B
+    steps, so its guide parameters step at lr x min(T / B, LOCAL_RATE_MAX); the population's at lr."""
+    fast = lr * min(plates.n_tasks / plates.size, LOCAL_RATE_MAX)
+
+    def rates(name: str) -> dict:
+        own = any(name.endswith((f"locs.{s}", f"scales.{s}", f".{s}")) for s in local)
+        return {"lr": fast if own else lr, "lrd": 1.0}
+    return rates
+
+
+def local_sites(fn) -> list[str]:
+    """The latent sites of ``fn`` inside its task plate."""
+    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+        tr = poutine.trace(fn).get_trace()
+    return [k for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
+            and not site_is_subsample(v) and any(f.name == "task" for f in v["cond_indep_stack"])]
 
 
 def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict):
