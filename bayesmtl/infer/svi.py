@@ -127,7 +127,7 @@ class SVIBackend:
         if tasks is None:
             optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0})
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
-            optim = _LazyAdam(_local_rates(lr, plates, local_sites(fn)))
+            optim = _LazyAdam(_local_rates(lr, plates, _split_sites(fn)[1]))
         svi = SVI(fn, guide, optim, elbo)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
@@ -238,18 +238,20 @@ def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
     steps, so its guide parameters step at lr x min(T / B, LOCAL_RATE_MAX); the population's at lr."""
     fast = lr * min(plates.n_tasks / plates.size, LOCAL_RATE_MAX)
 
-    def rates(name: str) -> dict:
-        own = any(name.endswith((f"locs.{s}", f"scales.{s}", f".{s}")) for s in local)
+    def rates(name: str) -> dict:  # AutoNormal's "...locs.w" / "...scales.w", AutoDelta's "AutoDelta.w"
+        own = any(name.endswith((f"locs.{s}", f"scales.{s}")) or name == f"AutoDelta.{s}" for s in local)
         return {"lr": fast if own else lr, "lrd": 1.0}
     return rates
 
 
-def local_sites(fn) -> list[str]:
-    """The latent sites of ``fn`` inside its task plate."""
+def _split_sites(fn) -> tuple[list[str], list[str]]:
+    """The latent sites of ``fn`` outside its task plate (the population) and inside it."""
     with torch.random.fork_rng(), torch.no_grad(), poutine.block():
         tr = poutine.trace(fn).get_trace()
-    return [k for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
-            and not site_is_subsample(v) and any(f.name == "task" for f in v["cond_indep_stack"])]
+    latent = [(k, v) for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
+              and not site_is_subsample(v) and not v.get("infer", {}).get("_deterministic")]
+    inside = [k for k, v in latent if any(f.name == "task" for f in v["cond_indep_stack"])]
+    return [k for k, _ in latent if k not in inside], inside
 
 
 def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict):
@@ -258,12 +260,8 @@ def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict):
     updates only for the tasks in its batch; "normal" and "delta" as named."""
     if name != "structured":
         return _GUIDES[name](fn, create_plates=plates, **kw)
-    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
-        tr = poutine.trace(fn).get_trace()
-    latent = [(k, v) for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
-              and not site_is_subsample(v) and not v.get("infer", {}).get("_deterministic")]
-    population = [k for k, v in latent if all(f.name != "task" for f in v["cond_indep_stack"])]
-    if not population or len(population) == len(latent):
+    population, inside = _split_sites(fn)
+    if not population or not inside:
         return AutoNormal(fn, create_plates=plates, **kw)
     guide = AutoGuideList(fn, create_plates=plates)
     guide.append(AutoMultivariateNormal(poutine.block(fn, expose=population), **kw))
