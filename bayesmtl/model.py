@@ -375,7 +375,6 @@ class MultiTaskModel(ModelBase):
         rows per minibatch (tasks per minibatch: ``task_minibatches``)."""
         lik = self.likelihood_for(data)
         T, N, Ds = data.n_tasks, data.n_rows, len(self.shared)
-        like = torch.zeros((), dtype=data.dtype, device=data.device)
         task, y, noise, trials = data.task, data.y, data.noise, data.trials
         eta_of = self.row_predictor(data, subsample_size) if observe else None
         config = self.reparam_config(data)
@@ -387,13 +386,7 @@ class MultiTaskModel(ModelBase):
         def model() -> None:
             task_plate = pyro.plate("task", T, dim=-1)
             with data_context(dt, dev):
-                w = self._sample_batched(replace(tasks, plate=task_plate), config)
-                if name_w:
-                    w = pyro.deterministic("w", w, event_dim=2)
-                coef = None
-                if Ds:
-                    coef = pyro.sample("coef", move_distribution(shared_prior, like).expand([Ds]).to_event(1))
-                params = lik.sample_params(T, task_plate, like)
+                w, coef, params = self._parameters(replace(tasks, plate=task_plate), config, name_w, shared_prior, lik)
             if not observe:
                 return
             with pyro.plate("data", N, dim=-1, subsample_size=subsample_size) as idx:
@@ -404,6 +397,19 @@ class MultiTaskModel(ModelBase):
                             obs=pick(y))
 
         return model
+
+    def _parameters(self, tasks: Tasks, config: dict, name_w: bool, shared_prior, lik: Likelihood):
+        """Inside a program: the task parameters w (..., n, D) of ``tasks`` (named "w" where the
+        prior leaves them unnamed), the shared coefficients (or None) and the likelihood's own
+        parameters, for ``tasks.n`` tasks under ``tasks.plate``."""
+        w = self._sample_batched(tasks, config)
+        if name_w:
+            w = pyro.deterministic("w", w, event_dim=2)
+        coef = None
+        if shared_prior is not None:
+            coef = pyro.sample("coef", move_distribution(shared_prior, tasks.like).expand([len(self.shared)])
+                               .to_event(1))
+        return w, coef, lik.sample_params(tasks.n, tasks.plate, tasks.like)
 
     def task_minibatches(self, data: MultiTaskData, batch: int) -> Callable[[], None]:
         """The program on ``batch`` tasks drawn at random each evaluation, with all their rows:
@@ -425,7 +431,8 @@ class MultiTaskModel(ModelBase):
         T = data.n_tasks
         if not 1 <= batch < T:
             raise ValueError(f"task_batch_size must be from 1 to {T - 1} (the data have {T} tasks); got {batch}")
-        for site_name, site in self._prior_trace(data).nodes.items():
+        prior_trace = self._prior_trace(data)
+        for site_name, site in prior_trace.nodes.items():
             if (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
                     and all(f.name != "task" for f in site["cond_indep_stack"]) and T in site["value"].shape):
                 raise ValueError(f"task minibatches: {name} samples {site_name!r} (shape "
@@ -436,12 +443,10 @@ class MultiTaskModel(ModelBase):
             raise ValueError(f"task minibatches: the likelihood {type(lik).__name__} has task groups of its own; "
                              "use batch_size (rows) instead")
         config = self.reparam_config(data)
-        name_w = "w" not in self._prior_trace(data).nodes
+        name_w = "w" not in prior_trace.nodes
         tasks = self.tasks(data)
         dt, dev = data.dtype, data.device
-        Ds = len(self.shared)
-        shared_prior = self.shared_prior_for(data) if Ds else None
-        like = torch.zeros((), dtype=dt, device=dev)
+        shared_prior = self.shared_prior_for(data) if self.shared else None
         Xv, Xs = self.design(data)
         order = torch.argsort(data.task, stable=True)
         counts = torch.bincount(data.task, minlength=T)
@@ -457,16 +462,7 @@ class MultiTaskModel(ModelBase):
             task_plate = pyro.plate("task", T, dim=-1, subsample_size=batch)
             idx = task_plate.indices
             with data_context(dt, dev):
-                w = self._sample_batched(sub(tasks, idx, task_plate), config)
-                if w.shape[-2] != len(idx):
-                    raise ValueError(f"{name}.sample returned {w.shape[-2]} tasks under a minibatch of {len(idx)}: "
-                                     "task minibatches need every per-task site inside tasks.plate")
-                if name_w:
-                    w = pyro.deterministic("w", w, event_dim=2)
-                coef = None
-                if Ds:
-                    coef = pyro.sample("coef", move_distribution(shared_prior, like).expand([Ds]).to_event(1))
-                params = lik.sample_params(len(idx), task_plate, like)
+                w, coef, params = self._parameters(sub(tasks, idx, task_plate), config, name_w, shared_prior, lik)
             n = counts[idx]
             local = torch.repeat_interleave(torch.arange(len(idx), device=dev), n)
             first = torch.repeat_interleave(starts[idx] - (torch.cumsum(n, 0) - n), n)
