@@ -40,13 +40,16 @@ class LazyClippedAdam(Optimizer):
                     state["step"] = torch.zeros_like(p)  # per entry: visits so far
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["beta1_t"] = torch.ones_like(p)  # beta ** visits, kept by products: no pow
+                    state["beta2_t"] = torch.ones_like(p)  # over every entry each step
                 seen = grad != 0
-                t = state["step"].add_(seen.to(p.dtype))
-                m = state["exp_avg"]
-                v = state["exp_avg_sq"]
+                visit = seen.to(p.dtype)
+                state["step"].add_(visit)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                b1 = state["beta1_t"].mul_(visit * (beta1 - 1) + 1)  # in p's dtype: beta1 where seen, else 1
+                b2 = state["beta2_t"].mul_(visit * (beta2 - 1) + 1)
                 m.copy_(torch.where(seen, beta1 * m + (1 - beta1) * grad, m))
                 v.copy_(torch.where(seen, beta2 * v + (1 - beta2) * grad * grad, v))
-                t1 = t.clamp(min=1)
-                size = group["lr"] * torch.sqrt(1 - beta2 ** t1) / (1 - beta1 ** t1)
+                size = group["lr"] * torch.sqrt(1 - b2) / (1 - b1).clamp(min=1 - beta1)
                 p.sub_(torch.where(seen, size * m / (v.sqrt() + group["eps"]), 0.0))
         return loss

@@ -106,7 +106,8 @@ class SVIBackend:
         plates = None
         if tasks is not None:
             plates = _TaskPlate(target.data.n_tasks, tasks)
-            guide = _minibatch_guide(guided, guide_name, plates, kw)
+            population, inside = _split_sites(fn)  # one trace serves the guide and the learning rates
+            guide = _minibatch_guide(guided, guide_name, plates, kw, population, inside)
         else:
             guide = _GUIDES[guide_name](guided, **kw)
         if "rank" in kw:
@@ -127,7 +128,7 @@ class SVIBackend:
         if tasks is None:
             optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0})
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
-            optim = _LazyAdam(_local_rates(lr, plates, _split_sites(fn)[1]))
+            optim = _LazyAdam(_local_rates(lr, plates, inside))
         svi = SVI(fn, guide, optim, elbo)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
@@ -254,13 +255,13 @@ def _split_sites(fn) -> tuple[list[str], list[str]]:
     return [k for k, _ in latent if k not in inside], inside
 
 
-def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict):
+def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict, population: list[str], inside: list[str]):
     """A guide for task minibatches: "structured" is full rank over the sites outside the task
     plate (the population) and mean field over the per-task sites, whose parameters a step
-    updates only for the tasks in its batch; "normal" and "delta" as named."""
+    updates only for the tasks in its batch; "normal" and "delta" as named. ``population`` and
+    ``inside``: ``_split_sites(fn)``."""
     if name != "structured":
         return _GUIDES[name](fn, create_plates=plates, **kw)
-    population, inside = _split_sites(fn)
     if not population or not inside:
         return AutoNormal(fn, create_plates=plates, **kw)
     guide = AutoGuideList(fn, create_plates=plates)
