@@ -33,7 +33,7 @@ from torch.distributions.transforms import Transform
 
 from ..protocol import in_plate
 
-__all__ = ["AutoStructuredNormal", "StructuredAffine"]
+__all__ = ["AutoStructuredNormal", "StructuredAffine", "structured_layout"]
 
 #: above this many population values the population block is diagonal (its factor grows as P^2)
 MAX_FULL_RANK = 1000
@@ -134,23 +134,12 @@ class AutoStructuredNormal(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
-        pop, task, task_of, pos = [], [], [], 0
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
-            shape = self._unconstrained_shapes[name]
-            if in_plate(site, self._task_plate):
-                task.extend(range(pos, pos + shape.numel()))
-                task_of.append(_task_index(site, shape, self._task_plate))
-            else:
-                pop.extend(range(pos, pos + shape.numel()))
-            pos += shape.numel()
         self.loc = torch.nn.Parameter(self._init_loc())
         like = self.loc
-        task = torch.tensor(task, dtype=torch.long)
-        blocks = _task_blocks(torch.cat(task_of) if task_of else task)
-        if blocks is not None:  # the T tasks' values in turn, so that B's blocks are contiguous
-            task = task[blocks[0]]
-        self._pop = torch.tensor(pop, dtype=torch.long, device=like.device)
-        self._task = task.to(like.device)
+        sites = [(site, self._unconstrained_shapes[name])
+                 for name, site in self.prototype_trace.iter_stochastic_nodes()]
+        pop, task, blocks = structured_layout(sites, self._task_plate)
+        self._pop, self._task = pop.to(like.device), task.to(like.device)
         self._order = torch.argsort(torch.cat([self._pop, self._task]))
         P, Q = len(pop), len(task)
         self.pop_scale = PyroParam(like.new_full((P,), self._init_scale), self.scale_constraint)
@@ -184,6 +173,25 @@ class AutoStructuredNormal(AutoContinuous):
 
     def _loc_scale(self, *args, **kwargs):
         return self.loc, self.get_transform().marginal_sd()
+
+
+def structured_layout(sites: list[tuple[dict, torch.Size]], task_plate: str = "task"):
+    """(pop, task, blocks) of a latent vector laid out site by site: the positions of its
+    population and per-task values (long tensors; per-task values task by task where ``blocks``
+    is (order, T, m), else in the vector's order), from (site, unconstrained shape) pairs in order."""
+    pop, task, task_of, pos = [], [], [], 0
+    for site, shape in sites:
+        if in_plate(site, task_plate):
+            task.extend(range(pos, pos + shape.numel()))
+            task_of.append(_task_index(site, shape, task_plate))
+        else:
+            pop.extend(range(pos, pos + shape.numel()))
+        pos += shape.numel()
+    task = torch.tensor(task, dtype=torch.long)
+    blocks = _task_blocks(torch.cat(task_of) if task_of else task)
+    if blocks is not None:  # the T tasks' values in turn, so that B's blocks are contiguous
+        task = task[blocks[0]]
+    return torch.tensor(pop, dtype=torch.long), task, blocks
 
 
 def _task_index(site: dict, shape: torch.Size, plate: str) -> torch.Tensor:

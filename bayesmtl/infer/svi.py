@@ -78,9 +78,7 @@ class SVIBackend:
 
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
-        guide_name, lr, window, lookback, anneal = o.guide, o.lr, o.window, o.lookback, o.anneal
-        steps, tol = o.steps, o.tol
-        min_steps = min(DEFAULT_MIN_STEPS, steps) if o.min_steps is None else o.min_steps
+        guide_name, lr, window = o.guide, o.lr, o.window
         batch = None if o.batch_size is None or o.batch_size >= target.n_rows else o.batch_size
         if o.batch_size is not None and batch is None:
             warnings.warn(f"batch_size {o.batch_size} is not below the data's {target.n_rows} rows: every step "
@@ -98,10 +96,15 @@ class SVIBackend:
         with torch.random.fork_rng(), torch.no_grad(), poutine.block(), \
                 pyro.plate("_batch_check", 2, dim=-(target.max_plate_nesting + 1)):
             fn()
+        enum = target.enumerated  # discrete sites summed out, not guided
+        # several particles where an evaluation is cheap: on school's collapsed form the guide's
+        # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
+        particles = o.particles or (COLLAPSED_PARTICLES if target.path == "collapsed" else 1)
+        if _compiled(o, batch, tasks, enum, check=o.validation is not None):
+            return _run_flat(self.label, target, settings, o, fn, particles)
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
         if o.init_scale is not None and guide_name != "delta":
             kw["init_scale"] = float(o.init_scale)
-        enum = target.enumerated  # discrete sites summed out, not guided
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         plates = None
         if tasks is not None:
@@ -119,9 +122,6 @@ class SVIBackend:
         with torch.random.fork_rng():  # a shape query: the fit's random stream stays as it was
             model_sites = model_sites_of(fn)
         elbo_cls = (JitTraceEnum_ELBO if jit else TraceEnum_ELBO) if enum else (JitTrace_ELBO if jit else Trace_ELBO)
-        # several particles where an evaluation is cheap: on school's collapsed form the guide's
-        # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
-        particles = o.particles or (COLLAPSED_PARTICLES if target.path == "collapsed" else 1)
         # particles as one more batch dim (the models batch through their plates): one pass, not a loop
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
@@ -130,54 +130,18 @@ class SVIBackend:
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
             optim = _LazyAdam(_local_rates(lr, plates, inside))
         svi = SVI(fn, guide, optim, elbo)
+        steps_ = _PyroSteps(svi, lr)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
         t0 = time.perf_counter()
         if ckpt is not None and (saved := ckpt.load()) is not None:
             losses, converged, main_steps = _restore(svi, guide, *saved)
             t0 -= saved[1]["seconds"]
-        with torch_threads(o.threads), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message="Encountered NaN")  # _step says it, with what to do
-            bar = tqdm(total=steps, disable=not settings.progress, desc=self.label, leave=False)
-            bar.update(min(len(losses), steps))
             check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
-            for i in range(len(losses), steps if not converged and main_steps is None else 0):
-                losses.append(_step(svi, i, lr))
-                if (i + 1) % window == 0:
-                    bar.update(window)
-                    post = {"loss": f"{np.mean(losses[-window:]):.4g}"}
-                    if check is not None:
-                        post["val_lpd"] = f"{check.update(i + 1, model_sites):.4g}"
-                    bar.set_postfix(**post)
-                    if check is not None:
-                        if check.stop:
-                            converged = True
-                            break
-                        continue
-                    if i + 1 >= max(min_steps, (lookback + 1) * window):
-                        cur = np.mean(losses[-window:])
-                        prev = np.mean(losses[-(lookback + 1) * window:-lookback * window])
-                        if prev - cur < lookback * tol * abs(cur):
-                            converged = True
-                            break
-                if ckpt is not None and ckpt.due():
-                    _save(ckpt, svi, losses, converged, main_steps, time.perf_counter() - t0)
-            bar.close()
-            if check is not None:  # end at the best window's guide; no annealing after it
-                check.restore()
-                anneal = 0
-            if anneal:
-                if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
-                    main_steps = len(losses)
-                    for opt in svi.optim.optim_objs.values():
-                        for group in opt.param_groups:
-                            group["lrd"] = 0.01 ** (1.0 / anneal)
-                end = main_steps + anneal
-                for i in range(len(losses), end):
-                    losses.append(_step(svi, i, lr))
-                    if ckpt is not None and ckpt.due() and i < end - 1:
-                        _save(ckpt, svi, losses, converged, main_steps, time.perf_counter() - t0)
+            losses, converged, main_steps, anneal = _optimise(
+                steps_, o, self.label, settings.progress, ckpt, losses, converged, main_steps, t0, check, model_sites)
         fit_seconds = time.perf_counter() - t0
         n = 1 if guide_name == "delta" else settings.draws
         shapes = site_shapes(fn)
@@ -195,23 +159,177 @@ class SVIBackend:
             with torch.no_grad():
                 log_w, values = log_ratios(target.pyro_model(), guide, target.max_plate_nesting, m,
                                            target.n_rows, keep=model_sites)
-            k, weights = psis_weights(log_w)
-            ess = float(1.0 / (weights ** 2).sum()) if weights is not None else 0.0
-            info.update(pareto_k=k, psis_draws=m, psis_ess=ess)
-            gen = torch.Generator().manual_seed(settings.seed)
-            if o.psis and weights is not None and k < PSIS_MAX_K and ess >= PSIS_MIN_ESS:
-                # sampling-importance-resampling: the guide's draws moved toward the posterior
-                pick = torch.multinomial(weights, n, replacement=True, generator=gen)
-                info["resampled"] = True
-            else:
-                pick = torch.randperm(m, generator=gen)[:n]
-                info["resampled"] = False
+            pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
             latent = {k_: v[pick].cpu().unsqueeze(0) for k_, v in values.items()}
         else:
             with torch.no_grad():
                 out = Predictive(guide, num_samples=n, parallel=False)()
             latent = {k_: v.detach().cpu().unsqueeze(0) for k_, v in out.items() if k_ in model_sites}
         return Draws(latent, {}, info)
+
+
+def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: list, converged: bool,
+              main_steps: int | None, t0: float, check=None, model_sites=()) -> tuple[list, bool, int | None, int]:
+    """The optimisation loop both engines share: ``steps_.step(i)`` until the loss settles (see
+    the module docstring) or ``o.steps``, then ``o.anneal`` steps with the learning rate decaying
+    to lr / 100; a checkpoint when due. Returns (losses, converged, main_steps, anneal)."""
+    window, lookback, anneal, steps = o.window, o.lookback, o.anneal, o.steps
+    min_steps = min(DEFAULT_MIN_STEPS, steps) if o.min_steps is None else o.min_steps
+    with torch_threads(o.threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN")  # the step says it, with what to do
+        bar = tqdm(total=steps, disable=not progress, desc=label, leave=False)
+        bar.update(min(len(losses), steps))
+        for i in range(len(losses), steps if not converged and main_steps is None else 0):
+            losses.append(steps_.step(i))
+            if (i + 1) % window == 0:
+                bar.update(window)
+                post = {"loss": f"{np.mean(losses[-window:]):.4g}"}
+                if check is not None:
+                    post["val_lpd"] = f"{check.update(i + 1, model_sites):.4g}"
+                bar.set_postfix(**post)
+                if check is not None:
+                    if check.stop:
+                        converged = True
+                        break
+                    continue
+                if i + 1 >= max(min_steps, (lookback + 1) * window):
+                    cur = np.mean(losses[-window:])
+                    prev = np.mean(losses[-(lookback + 1) * window:-lookback * window])
+                    if prev - cur < lookback * o.tol * abs(cur):
+                        converged = True
+                        break
+            if ckpt is not None and ckpt.due():
+                steps_.save(ckpt, losses, converged, main_steps, time.perf_counter() - t0)
+        bar.close()
+        if check is not None:  # end at the best window's guide; no annealing after it
+            check.restore()
+            anneal = 0
+        if anneal:
+            if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
+                main_steps = len(losses)
+                steps_.decay(0.01 ** (1.0 / anneal))
+            end = main_steps + anneal
+            for i in range(len(losses), end):
+                losses.append(steps_.step(i))
+                if ckpt is not None and ckpt.due() and i < end - 1:
+                    steps_.save(ckpt, losses, converged, main_steps, time.perf_counter() - t0)
+    return losses, converged, main_steps, anneal
+
+
+class _PyroSteps:
+    """Pyro's SVI as ``_optimise`` drives it."""
+
+    def __init__(self, svi: SVI, lr: float):
+        self.svi, self.lr = svi, lr
+
+    def step(self, i: int) -> float:
+        return _step(self.svi, i, self.lr)
+
+    def decay(self, lrd: float) -> None:
+        for opt in self.svi.optim.optim_objs.values():
+            for group in opt.param_groups:
+                group["lrd"] = lrd
+
+    def save(self, ckpt, losses, converged, main_steps, seconds) -> None:
+        _save(ckpt, self.svi, losses, converged, main_steps, seconds)
+
+
+class _FlatSteps:
+    """``flat_svi.FlatSVI`` as ``_optimise`` drives it."""
+
+    def __init__(self, engine, lr: float):
+        self.engine, self.lr = engine, lr
+
+    def step(self, i: int) -> float:
+        loss = self.engine.step()
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {self.lr}) or "
+                                     "scale the data")
+        return loss
+
+    def decay(self, lrd: float) -> None:
+        self.engine.decay(lrd)
+
+    def save(self, ckpt, losses, converged, main_steps, seconds) -> None:
+        ckpt.save({**self.engine.state(), "losses": np.asarray(losses, dtype=np.float64)}, steps=len(losses),
+                  converged=converged, main_steps=main_steps, seconds=seconds, engine="flat")
+
+
+#: ``compile="auto"`` compiles the step (``flat_svi.py``) for runs of at least this many steps:
+#: compiling takes 5-20 s, which a run of a few hundred steps would not win back
+COMPILED_FROM = 3000
+
+
+def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool) -> bool:
+    """Whether this fit runs as one compiled step on the flat potential (``flat_svi.py``);
+    ``compile="inductor"`` where it cannot raises a ValueError that says why."""
+    from .flat_svi import GUIDES
+
+    why = ("row minibatches (batch_size)" if batch is not None else
+           "task minibatches (task_batch_size)" if tasks is not None else
+           "discrete sites summed out (enumeration)" if enum else
+           "validation= (early stopping scores Pyro's guide)" if check else
+           f"guide={o.guide!r} (the compiled step writes {', '.join(GUIDES)})" if o.guide not in GUIDES else None)
+    if o.compile == "inductor" and why is not None:
+        raise ValueError(f"compile='inductor' cannot run with {why}; use compile=None (Pyro's SVI)")
+    return o.compile == "inductor" or (o.compile == "auto" and why is None and o.steps >= COMPILED_FROM)
+
+
+def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particles: int) -> Draws:
+    """SVI as one compiled step on the target's flat potential (``flat_svi.py``): the loop,
+    checkpoints and PSIS draws as on Pyro's path."""
+    from .flat_svi import FlatSVI, start
+
+    direct = (target.log_density, target.log_density_grad)
+    with torch.random.fork_rng(), warnings.catch_warnings():  # the prior's medians: not the fit's stream
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        pot, guide = start(fn, target.max_plate_nesting, direct, o.guide, o.init_scale)
+    gen = torch.Generator(device=pot.device).manual_seed(settings.seed)
+    engine = FlatSVI(pot, guide, o.lr, particles, gen, "inductor")
+    steps_ = _FlatSteps(engine, o.lr)
+    losses, converged, main_steps = [], False, None
+    ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path, engine="flat")
+    t0 = time.perf_counter()
+    if ckpt is not None and (saved := ckpt.load()) is not None:
+        arrays, head = saved
+        engine.load(arrays)
+        losses = [float(x) for x in arrays["losses"]]
+        converged, main_steps = bool(head["converged"]), head["main_steps"]
+        t0 -= head["seconds"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        losses, converged, main_steps, anneal = _optimise(
+            steps_, o, label, settings.progress, ckpt, losses, converged, main_steps, t0)
+    fit_seconds = time.perf_counter() - t0
+    n = settings.draws
+    info = {"guide": o.guide, "particles": particles, "steps": len(losses), "converged": converged,
+            "final_loss": float(np.mean(losses[-o.window:])), "fit_seconds": fit_seconds,
+            "steps_per_second": len(losses) / max(fit_seconds - engine.seconds_compile, 1e-9),
+            "batch_size": None, "jit": False, "anneal": anneal, "compile": engine.mode,
+            "seconds_compile": engine.seconds_compile,
+            "gradient": "written out" if pot.direct_grad is not None else "autograd",
+            "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
+    m = o.psis_draws or max(n, min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(pot.dim, 1))))
+    z, log_q = engine.sample(m)
+    log_w = engine.log_ratios(z, log_q, target.n_rows)
+    pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
+    with torch.no_grad():
+        values, _ = pot.constrain(z[pick.to(z.device)])
+    return Draws({k: v.cpu().unsqueeze(0) for k, v in values.items()}, {}, info)
+
+
+def _psis_pick(log_w: torch.Tensor, n: int, resample: bool, seed: int, info: dict) -> torch.Tensor:
+    """Indices of the ``n`` draws kept of those whose log ratios are ``log_w``: resampled by
+    their smoothed weights where these are usable (and ``resample``), else at random; the
+    Pareto k, ESS and which of the two went into ``info``."""
+    k, weights = psis_weights(log_w)
+    ess = float(1.0 / (weights ** 2).sum()) if weights is not None else 0.0
+    info.update(pareto_k=k, psis_draws=len(log_w), psis_ess=ess)
+    gen = torch.Generator().manual_seed(seed)
+    info["resampled"] = bool(resample and weights is not None and k < PSIS_MAX_K and ess >= PSIS_MIN_ESS)
+    if info["resampled"]:  # sampling-importance-resampling: the guide's draws moved toward the posterior
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+    return torch.randperm(len(log_w), generator=gen)[:n]
 
 
 def _LazyAdam(optim_args: dict) -> pyro.optim.PyroOptim:
