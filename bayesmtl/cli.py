@@ -11,6 +11,7 @@ from, and ``predict``/``summary`` import it from there again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -411,14 +412,16 @@ def cmd_fit(a: argparse.Namespace) -> int:
     a.method = a.method or model.default_method
     from bayesmtl.runs import checkpoint_path, reserve
 
-    with reserve(a.out, overwrite=a.overwrite):  # refused or locked now, not after the fit
+    # under torchrun every process fits (infer/distributed.py); the first alone writes the run
+    first = int(os.environ.get("RANK", "0") or 0) == 0 or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1
+    with reserve(a.out, overwrite=a.overwrite) if first else contextlib.nullcontext():  # refused or locked now
         ckpt = checkpoint_path(a.out)
         resume = getattr(a, "resume", False)
-        if not resume and any(ckpt.rglob("*.npz")):
+        if first and not resume and any(ckpt.rglob("*.npz")):
             raise UserError(f"{str(a.out)!r} has an unfinished fit's checkpoint ({str(ckpt)!r}): continue it with "
                             f"'bayesmtl resume {a.out}', or remove that folder to start again")
         keep = a.checkpoint_every > 0 and a.method in _CHECKPOINTED
-        if keep and not resume:
+        if keep and not resume and first:
             shutil.rmtree(ckpt, ignore_errors=True)  # a fit that failed before its first checkpoint
             ckpt.mkdir()
             (ckpt / "command.json").write_text(json.dumps({"argv": a.argv, "cwd": os.getcwd()}))
@@ -430,9 +433,11 @@ def cmd_fit(a: argparse.Namespace) -> int:
             post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
                           seed=a.seed, device=a.device, progress=not a.quiet, **more, **_options(a.option))
         except Exception:
-            if keep and not any(ckpt.rglob("*.npz")):
+            if first and keep and not any(ckpt.rglob("*.npz")):
                 shutil.rmtree(ckpt, ignore_errors=True)  # no progress to keep
             raise
+        if not first:
+            return 0
         if source is not None:
             post.info["prior_source"] = source
         if trunk_source is not None:

@@ -132,9 +132,11 @@ class Gradient:
             self.seconds_compile += time.perf_counter() - t0
 
 
-def _compile(fn, example: tuple[torch.Tensor, ...]):
+def _compile(fn, example: tuple[torch.Tensor, ...], simd: bool = False):
     """``fn`` over flat tensors as one inductor-compiled aten graph for the example's shapes,
-    checked against ``fn`` at the example. Called with tensors of those shapes (made contiguous)."""
+    checked against ``fn`` at the example. Called with tensors of those shapes (made contiguous).
+    ``simd``: vectorised C++ on a CPU (worth its probe where the graph is run many thousand times
+    over every row, as an SVI step is)."""
     import torch._inductor
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -143,7 +145,7 @@ def _compile(fn, example: tuple[torch.Tensor, ...]):
         graph = make_fx(fn)(*(x.clone() for x in example))
     # On a CPU, scalar C++: a sampler's tensors are small (chains x parameters), so SIMD code
     # gains little, and skipping the probe for SIMD support saves cold compiles seconds
-    options = {"cpp.vec_isa_ok": False} if example[0].device.type == "cpu" else {}
+    options = {"cpp.vec_isa_ok": False} if example[0].device.type == "cpu" and not simd else {}
     compiled = torch._inductor.compile(graph, list(example), options=options)
     got, want = compiled(*example), fn(*example)
     for a, b in zip(got, want, strict=True):

@@ -153,15 +153,17 @@ class FlatSVI:
     """
 
     def __init__(self, pot: BatchedPotential, guide: FlatGuide, lr: float, particles: int,
-                 generator: torch.Generator, compile: str | None = "inductor"):
+                 generator: torch.Generator, compile: str | None = "inductor", reduce=None):
         self.pot, self.guide, self.particles, self.gen = pot, guide, int(particles), generator
         self.theta = guide.theta0.clone()
         self.m1, self.m2 = torch.zeros_like(self.theta), torch.zeros_like(self.theta)
         self.t, self.lr, self.lrd = 0, float(lr), 1.0
         self.mode, self.seconds_compile = compile, 0.0
+        self.reduce = reduce  # (gradient and loss averaged over processes: distributed.py)
         self._step = None
 
-    def _raw_step(self, theta, m1, m2, eps, size):
+    def _grad(self, theta, eps):
+        """(d loss / d theta, loss) at the draws eps (K, n)."""
         with torch.enable_grad():
             th = theta.detach().requires_grad_(True)
             z, log_q = self.guide.sample(th, eps)
@@ -169,27 +171,37 @@ class FlatSVI:
             # U's gradient enters through z (the surrogate's value is not the loss)
             surrogate = ((z * g).sum() + log_q.sum()) / eps.shape[0]
             (grad,) = torch.autograd.grad(surrogate, th)
-        loss = (U + log_q.detach()).mean()
+        return grad, (U + log_q.detach()).mean()
+
+    @staticmethod
+    def _adam(theta, m1, m2, grad, size):
+        """ClippedAdam's update (``size`` = lr x its bias corrections)."""
         grad = grad.clamp(-CLIP, CLIP)
         m1 = BETA1 * m1 + (1 - BETA1) * grad
         m2 = BETA2 * m2 + (1 - BETA2) * grad * grad
-        theta = theta - size * m1 / (m2.sqrt() + ADAM_EPS)
-        return theta, m1, m2, loss
+        return theta - size * m1 / (m2.sqrt() + ADAM_EPS), m1, m2
+
+    def _raw_step(self, theta, m1, m2, eps, size):
+        grad, loss = self._grad(theta, eps)
+        return (*self._adam(theta, m1, m2, grad, size), loss)
 
     def _build(self, size: torch.Tensor) -> None:
+        if self.reduce is not None:  # the gradient compiled; averaged, then Adam, outside it
+            fn, example = (lambda theta, eps: self._grad(theta, eps)), (self.theta, self._eps_like())
+        else:  # (make_fx counts a bound method's self as an argument: a plain function)
+            fn = lambda theta, m1, m2, eps, size: self._raw_step(theta, m1, m2, eps, size)  # noqa: E731
+            example = (self.theta, self.m1, self.m2, self._eps_like(), size)
         if self.mode != "inductor":
-            self._step = self._raw_step
+            self._step = fn
             return
         t0 = time.perf_counter()
-        example = (self.theta, self.m1, self.m2, self._eps_like(), size)
         try:
             with pyro.validation_enabled(False):
-                self._step = _compile(lambda theta, m1, m2, eps, size: self._raw_step(theta, m1, m2, eps, size),
-                                      example)  # (make_fx counts a bound method's self as an argument)
+                self._step = _compile(fn, example, simd=True)
         except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op step still works
             warnings.warn(f"compile='inductor' failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "running the SVI step op by op", RuntimeWarning, stacklevel=3)
-            self.mode, self._step = None, self._raw_step
+            self.mode, self._step = None, fn
         self.seconds_compile += time.perf_counter() - t0
 
     def _eps_like(self) -> torch.Tensor:
@@ -209,7 +221,13 @@ class FlatSVI:
         eps = torch.randn(self.particles, self.pot.dim, generator=self.gen, device=self.theta.device,
                           dtype=self.theta.dtype)
         with pyro.validation_enabled(False):
-            self.theta, self.m1, self.m2, loss = self._step(self.theta, self.m1, self.m2, eps, size)
+            if self.reduce is None:
+                self.theta, self.m1, self.m2, loss = self._step(self.theta, self.m1, self.m2, eps, size)
+            else:
+                grad, loss = self._step(self.theta, eps)
+                both = self.reduce(torch.cat([grad, loss.reshape(1)]))
+                self.theta, self.m1, self.m2 = self._adam(self.theta, self.m1, self.m2, both[:-1], size)
+                loss = both[-1]
         return float(loss)
 
     def decay(self, lrd: float) -> None:

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..pyro_util import site_shapes
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
+from .distributed import check_same_data, shard, world
 from .guides import AutoStructuredNormal
 from .optim import LazyClippedAdam
 from .options import SVI as SVIOptions
@@ -88,6 +89,13 @@ class SVIBackend:
             raise ValueError("task_batch_size: this model sums out discrete sites over all tasks; fit it on all tasks")
         jit = batch is None and tasks is None if o.jit is None else o.jit
 
+        w = world(settings.device)
+        if w is not None:  # under torchrun: this process's shard of the tasks (distributed.py)
+            if batch is not None or tasks is not None or o.validation is not None:
+                raise ValueError("under torchrun (WORLD_SIZE > 1) each process takes a shard of the tasks; "
+                                 "batch_size, task_batch_size and validation= do not combine with it yet")
+            check_same_data(w, target.data.digest(), target.n_rows, target.data.n_tasks)
+            target = shard(target, w)
         pyro.set_rng_seed(settings.seed % 2**32)  # (numpy's seeds stop at 2**32 - 1)
         pyro.clear_param_store()
         fn = target.pyro_model(subsample_size=batch, task_batch=tasks)
@@ -101,7 +109,7 @@ class SVIBackend:
         # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
         particles = o.particles or (COLLAPSED_PARTICLES if target.path == "collapsed" else 1)
         if _compiled(o, batch, tasks, enum, check=o.validation is not None):
-            return _run_flat(self.label, target, settings, o, fn, particles)
+            return _run_flat(self.label, target, settings, o, fn, particles, w)
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
         if o.init_scale is not None and guide_name != "delta":
             kw["init_scale"] = float(o.init_scale)
@@ -130,13 +138,14 @@ class SVIBackend:
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
             optim = _LazyAdam(_local_rates(lr, plates, inside))
         svi = SVI(fn, guide, optim, elbo)
-        steps_ = _PyroSteps(svi, lr)
+        steps_ = _PyroSteps(svi, lr, None if w is None else w.mean)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
         ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path)
         t0 = time.perf_counter()
         if ckpt is not None and (saved := ckpt.load()) is not None:
             losses, converged, main_steps = _restore(svi, guide, *saved)
             t0 -= saved[1]["seconds"]
+        ckpt = ckpt if w is None or w.rank == 0 else None  # one process writes it
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
@@ -150,6 +159,8 @@ class SVIBackend:
                 "final_loss": float(np.mean(losses[-window:])), "fit_seconds": fit_seconds,
                 "steps_per_second": len(losses) / fit_seconds, "batch_size": batch, "jit": jit, "anneal": anneal,
                 "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
+        if w is not None:
+            info["distributed"] = w.info()
         if plates is not None:
             plates.size = None  # draws of every task
             info.update(task_batch_size=tasks, psis="skipped: task minibatches (the check needs every row)")
@@ -159,6 +170,7 @@ class SVIBackend:
             with torch.no_grad():
                 log_w, values = log_ratios(target.pyro_model(), guide, target.max_plate_nesting, m,
                                            target.n_rows, keep=model_sites)
+            log_w = log_w if w is None else w.mean(log_w)  # each process saw its shard
             pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
             latent = {k_: v[pick].cpu().unsqueeze(0) for k_, v in values.items()}
         else:
@@ -217,13 +229,34 @@ def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: l
 
 
 class _PyroSteps:
-    """Pyro's SVI as ``_optimise`` drives it."""
+    """Pyro's SVI as ``_optimise`` drives it; ``reduce`` averages gradients and the loss over
+    processes (``distributed.py``)."""
 
-    def __init__(self, svi: SVI, lr: float):
-        self.svi, self.lr = svi, lr
+    def __init__(self, svi: SVI, lr: float, reduce=None):
+        self.svi, self.lr, self.reduce = svi, lr, reduce
 
     def step(self, i: int) -> float:
-        return _step(self.svi, i, self.lr)
+        if self.reduce is None:
+            return _step(self.svi, i, self.lr)
+        # SVI.step with the gradients averaged between backward and the optimiser
+        with poutine.trace(param_only=True) as capture:
+            loss = self.svi.loss_and_grads(self.svi.model, self.svi.guide)
+        # by name, one message: every process must send the same collectives in the same order
+        params = list({name: site["value"].unconstrained() for name, site in sorted(capture.trace.nodes.items())
+                       }.values())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        mean = self.reduce(torch.cat([g.reshape(-1) for g in grads]))
+        pos = 0
+        for p in params:
+            p.grad = mean[pos:pos + p.numel()].reshape(p.shape).to(p.dtype)
+            pos += p.numel()
+        self.svi.optim(set(params))
+        pyro.infer.util.zero_grads(params)
+        loss = float(self.reduce(torch.as_tensor(float(loss), dtype=torch.float64)))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {self.lr}) or "
+                                     "scale the data")
+        return loss
 
     def decay(self, lrd: float) -> None:
         for opt in self.svi.optim.optim_objs.values():
@@ -275,7 +308,7 @@ def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool) -> bool:
     return o.compile == "inductor" or (o.compile == "auto" and why is None and o.steps >= COMPILED_FROM)
 
 
-def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particles: int) -> Draws:
+def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particles: int, w=None) -> Draws:
     """SVI as one compiled step on the target's flat potential (``flat_svi.py``): the loop,
     checkpoints and PSIS draws as on Pyro's path."""
     from .flat_svi import FlatSVI, start
@@ -285,7 +318,7 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         pot, guide = start(fn, target.max_plate_nesting, direct, o.guide, o.init_scale)
     gen = torch.Generator(device=pot.device).manual_seed(settings.seed)
-    engine = FlatSVI(pot, guide, o.lr, particles, gen, "inductor")
+    engine = FlatSVI(pot, guide, o.lr, particles, gen, "inductor", None if w is None else w.mean)
     steps_ = _FlatSteps(engine, o.lr)
     losses, converged, main_steps = [], False, None
     ckpt = Checkpoint.of(settings, "svi", options=o.given(), path=target.path, engine="flat")
@@ -296,6 +329,7 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
         losses = [float(x) for x in arrays["losses"]]
         converged, main_steps = bool(head["converged"]), head["main_steps"]
         t0 -= head["seconds"]
+    ckpt = ckpt if w is None or w.rank == 0 else None  # one process writes it
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         losses, converged, main_steps, anneal = _optimise(
@@ -312,6 +346,9 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
     m = o.psis_draws or max(n, min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(pot.dim, 1))))
     z, log_q = engine.sample(m)
     log_w = engine.log_ratios(z, log_q, target.n_rows)
+    if w is not None:
+        log_w = w.mean(log_w)  # each process saw its shard
+        info["distributed"] = w.info()
     pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
     with torch.no_grad():
         values, _ = pot.constrain(z[pick.to(z.device)])
