@@ -17,8 +17,8 @@ made from torchrun's environment (gloo on a CPU, NCCL on CUDA) unless the caller
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,21 +28,27 @@ from pyro.poutine.messenger import Messenger
 __all__ = ["World", "world", "shard", "ScaleObserved"]
 
 
-class World(NamedTuple):
-    """This process's place: ``rank`` of ``size`` processes talking over ``backend``."""
+class World:
+    """This process's place: ``rank`` of ``size`` processes talking over ``backend``;
+    ``seconds`` spent in collectives so far (the communication share of a fit)."""
 
-    rank: int
-    size: int
-    backend: str
+    def __init__(self, rank: int, size: int, backend: str):
+        self.rank, self.size, self.backend = rank, size, backend
+        self.seconds, self.calls = 0.0, 0
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The element-wise mean of ``t`` over the processes (every process gets it)."""
+        t0 = time.perf_counter()
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
         return t / self.size
 
     def info(self) -> dict:
-        return {"world_size": self.size, "backend": self.backend}
+        """What ``run.json`` records under ``distributed``."""
+        return {"world_size": self.size, "backend": self.backend, "rank": self.rank,
+                "all_reduce_calls": self.calls, "seconds_all_reduce": round(self.seconds, 3)}
 
 
 def world(device: str | torch.device = "cpu") -> World | None:
