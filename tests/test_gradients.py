@@ -81,6 +81,18 @@ def test_plain_glm_written_gradient_matches_autograd(lik, centered):
     _assert_written_matches_autograd(bm.MultiTaskModel(prior, lik), data, None)
 
 
+@pytest.mark.parametrize("noise", ["per_task", "shared", "known"])
+@pytest.mark.parametrize("centered", [False, True])
+def test_plain_gaussian_written_gradient_matches_autograd(noise, centered):
+    """The plain program's density from per-task sufficient statistics (``hierarchical_gaussian_rows``)."""
+    df, _ = hierarchical_regression(n_tasks=6, rows=8, features=2, seed=1)
+    df["sd"] = 0.3 + 0.1 * (df.index % 4)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y", noise="sd" if noise == "known" else None)
+    prior = bm.priors.Hierarchical(mean=dist.Normal(0.0, 2.0), scale=dist.HalfNormal(1.0), centered=centered)
+    lik = bm.likelihoods.Gaussian(noise, noise_prior=dist.HalfNormal(1.5))
+    _assert_written_matches_autograd(bm.MultiTaskModel(prior, lik), data, None)
+
+
 @pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_nuts_reports_which_gradient_ran():
     df, _ = hierarchical_regression(n_tasks=4, rows=10, features=1, seed=0, likelihood="bernoulli")

@@ -75,6 +75,7 @@ def forms(model, data) -> Iterator[tuple[str, Marginal]]:
 # registration: one line per fast path
 from . import (  # noqa: E402, F401
     hierarchical_gaussian,
+    hierarchical_gaussian_rows,
     hierarchical_glm,
     sparsity_gaussian,
     subspace_gaussian,
