@@ -88,7 +88,7 @@ sys.path.insert(0, str(HERE.parent / "examples"))  # first: this file shares the
 
 import arviz as az  # noqa: E402
 import custom_priors as cp  # noqa: E402  (examples/custom_priors.py)
-from mcmc import NUMPYRO_VENV, min_bulk_ess  # noqa: E402  (benchmarks/mcmc.py)
+from mcmc import NUMPYRO_VENV, min_bulk_ess, numpyro_python  # noqa: E402  (benchmarks/mcmc.py)
 
 import bayesmtl as bm  # noqa: E402
 
@@ -324,17 +324,6 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
                       "steps": float(steps_again.sum() / spec["C"]), "version": numpyro.__version__,
                       "jax": jax.__version__}))
 """)
-
-
-def numpyro_python(given: str) -> str:
-    if given:
-        return given
-    py = os.path.join(NUMPYRO_VENV, "bin", "python")
-    if not os.path.exists(py):
-        print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, arviz, pandas) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", NUMPYRO_VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "arviz", "pandas"], check=True)
-    return py
 
 
 def export(kind: str, model, data, path: str) -> dict:

@@ -154,14 +154,23 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
 """)
 
 
-def numpyro_row(label, df, spec, chains, warmup, draws, seed, parallel: bool = False) -> dict | None:
-    """NumPyro's NUTS on the same data: chains vectorised (one device), or ``parallel`` (one XLA
-    host device per chain, NumPyro's advice for parallel chains on a CPU)."""
-    py = NUMPYRO_PYTHON[0] or os.path.join(NUMPYRO_VENV, "bin", "python")
-    if not NUMPYRO_PYTHON[0] and not os.path.exists(py):
+def numpyro_python(given: str = "") -> str:
+    """``given`` (a Python that has numpyro and jax), else /tmp/numpyro-venv's, made on first use
+    (pip install numpyro jax jaxlib arviz pandas; never the package's own environment)."""
+    if given:
+        return given
+    py = os.path.join(NUMPYRO_VENV, "bin", "python")
+    if not os.path.exists(py):
         print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, arviz, pandas) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", NUMPYRO_VENV], check=True)
         subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "arviz", "pandas"], check=True)
+    return py
+
+
+def numpyro_row(label, df, spec, chains, warmup, draws, seed, parallel: bool = False) -> dict | None:
+    """NumPyro's NUTS on the same data: chains vectorised (one device), or ``parallel`` (one XLA
+    host device per chain, NumPyro's advice for parallel chains on a CPU)."""
+    py = numpyro_python(NUMPYRO_PYTHON[0])
     csv = f"/tmp/numpyro_bench_{label}.csv"
     df.to_csv(csv, index=False)
     spec = dict(spec, csv=csv, C=chains, W=warmup, S=draws, seed=seed, method="parallel" if parallel else "vectorized")

@@ -47,8 +47,10 @@ import pyro.distributions as dist  # noqa: E402
 
 import bayesmtl as bm  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mcmc import numpyro_python  # noqa: E402  (benchmarks/mcmc.py)
+
 PROBLEMS = {"small": (100, 50, 5), "large": (2000, 200, 20)}
-NUMPYRO_VENV = "/tmp/numpyro-venv"
 WINDOW = 100
 
 
@@ -209,17 +211,6 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
     print(json.dumps({"first": first, "again": again, "losses": np.asarray(r.losses, dtype=float).tolist(),
                       "version": numpyro.__version__, "jax": jax.__version__}))
 """)
-
-
-def numpyro_python(given: str) -> str:
-    if given:
-        return given
-    py = os.path.join(NUMPYRO_VENV, "bin", "python")
-    if not os.path.exists(py):
-        print(f"creating {NUMPYRO_VENV} (numpyro, jax, jaxlib, pandas) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", NUMPYRO_VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", "numpyro", "jax", "jaxlib", "pandas"], check=True)
-    return py
 
 
 def numpyro_rows(df: pd.DataFrame, features: int, steps: int, seed: int, python: str, threads: int) -> list[dict]:
