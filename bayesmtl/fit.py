@@ -255,6 +255,9 @@ def choose_target(targets: list[Target], backend, collapse: bool | None, model_n
             raise ValueError(f"{model_name} with this likelihood has no collapsed form")
         return found[0]
     paths = backend.paths_for(options) if hasattr(backend, "paths_for") else backend.paths
+    if (getattr(options, "task_batch_size", None) if not isinstance(options, dict)
+            else options.get("task_batch_size")) is not None:
+        targets = [t for t in targets if t.task_batches]  # (a form that needs every task at once)
     if collapse is False:
         paths = tuple(p for p in paths if p != "collapsed")
     return next((t for t in targets if t.path in paths), targets[-1])

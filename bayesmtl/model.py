@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -531,6 +532,7 @@ class MultiTaskModel(ModelBase):
                 written = written or form
                 continue
             out.append(Target(program=_no_minibatch(form.pyro_model, path), max_plate_nesting=form.max_plate_nesting,
+                              task_batches=_takes_task_batch(form.pyro_model) and not self.shared,
                               n_rows=data.n_rows, path=path, log_density=form.log_density,
                               log_density_grad=form.log_density_and_grad, conditional=form.conditional,
                               rebuild=lambda d, p=path: _pick(self.targets(d), p), data=data))
@@ -673,12 +675,18 @@ def _program(model: MultiTaskModel, data: MultiTaskData, subsample_size: int | N
     return model.pyro_model(data, subsample_size=subsample_size)
 
 
-def _no_minibatch(program: Callable[[], Callable[[], None]], path: str):
+def _no_minibatch(program: Callable[..., Callable[[], None]], path: str):
+    """A form's program as a target's: no row minibatches; task minibatches where the form's
+    ``pyro_model`` takes ``task_batch``."""
     def make(subsample_size: int | None = None, task_batch: int | None = None):
-        if subsample_size is not None or task_batch is not None:
+        if subsample_size is not None or (task_batch is not None and not _takes_task_batch(program)):
             raise ValueError(f"the {path} form needs every row at once; pass collapse=False to use batch_size")
-        return program()
+        return program() if task_batch is None else program(task_batch=task_batch)
     return make
+
+
+def _takes_task_batch(program) -> bool:
+    return "task_batch" in inspect.signature(program).parameters
 
 
 def _pick(targets: list[Target], path: str) -> Target:

@@ -150,6 +150,8 @@ class Target:
     score : callable, optional
         Draws {site: (S, ...)} of the latent sites -> the mean log predictive density of rows
         held out of the fit (``validation=``): what an optimiser may stop early on.
+    task_batches : bool
+        Whether ``program`` takes ``task_batch`` (task minibatches).
     """
 
     program: Callable[..., Callable[[], None]]
@@ -167,6 +169,7 @@ class Target:
     info: dict[str, Any] = field(default_factory=dict)
     trains: tuple[str, ...] = ()
     score: Callable[[dict], float] | None = None
+    task_batches: bool = True
 
     def pyro_model(self, subsample_size: int | None = None, task_batch: int | None = None) -> Callable[[], None]:
         """The Pyro program (no arguments); ``subsample_size`` rows or ``task_batch`` tasks per

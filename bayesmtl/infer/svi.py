@@ -73,9 +73,10 @@ class SVIBackend:
         self.label = label  # the progress bar's name ("map" when MAP runs through here)
 
     def paths_for(self, options) -> tuple[str, ...]:
-        """The default paths under ``options``: minibatches need the plain program."""
+        """The default paths under ``options``: row minibatches need the plain program (task
+        minibatches take a collapsed form that splits by task, ``Target.task_batches``)."""
         o = SVIOptions.of(options)
-        return ("centred", "plain") if o.batch_size is not None or o.task_batch_size is not None else self.paths
+        return ("centred", "plain") if o.batch_size is not None else self.paths
 
     def run(self, target, settings: Settings) -> Draws:
         o = SVIOptions.of(settings.options)
@@ -85,6 +86,9 @@ class SVIBackend:
             warnings.warn(f"batch_size {o.batch_size} is not below the data's {target.n_rows} rows: every step "
                           "uses all rows (no minibatches)", UserWarning, stacklevel=2)
         tasks = o.task_batch_size
+        if tasks is not None and target.data is not None and not 1 <= tasks < target.data.n_tasks:
+            T = target.data.n_tasks
+            raise ValueError(f"task_batch_size must be from 1 to {T - 1} (the data have {T} tasks); got {tasks}")
         if tasks is not None and target.enumerated:
             raise ValueError("task_batch_size: this model sums out discrete sites over all tasks; fit it on all tasks")
         jit = batch is None and tasks is None if o.jit is None else o.jit
@@ -417,7 +421,9 @@ def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict, population: li
     ``inside``: ``_split_sites(fn)``."""
     if name != "structured":
         return _GUIDES[name](fn, create_plates=plates, **kw)
-    if not population or not inside:
+    if not inside:  # (a collapsed form with shared noise: the population alone)
+        return AutoMultivariateNormal(fn, **kw)
+    if not population:
         return AutoNormal(fn, create_plates=plates, **kw)
     guide = AutoGuideList(fn, create_plates=plates)
     guide.append(AutoMultivariateNormal(poutine.block(fn, expose=population), **kw))

@@ -23,6 +23,7 @@ import math
 
 import pyro
 import torch
+from pyro import poutine
 
 from ..data import MultiTaskData
 from ..likelihoods import Gaussian
@@ -79,6 +80,9 @@ class HierarchicalGaussian(Marginal):
         if known:
             self.const += float(torch.log(data.noise ** 2).sum())
         self.known = known
+        # the same constant task by task, for task minibatches (``log_marginal_tasks``)
+        per_row = math.log(2 * math.pi) + (torch.log(data.noise ** 2) if known else torch.zeros_like(y))
+        self.const_t = Xv.new_zeros(T).index_add_(0, task, per_row.to(Xv.dtype))
         self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
         self._priors = {"tau": move_distribution(self.prior.scale, self.like)}
         if not isinstance(self.prior.mean, float):
@@ -128,17 +132,39 @@ class HierarchicalGaussian(Marginal):
         ll = _LogMarginal.apply(mu2, tau2, s2, self.XX, Xy, yy, self.n)
         return (ll - 0.5 * self.const).reshape(batch)
 
+    def log_marginal_tasks(self, idx: torch.Tensor, mu, tau, sigma=None) -> torch.Tensor:
+        """``log_marginal`` summed over the tasks ``idx`` (B,) only, with ``sigma`` (..., B) of
+        those tasks where it is per task (no shared features)."""
+        batch = tau.shape[:-1]
+        D, k = self.D, idx.shape[0]
+        tau2 = tau.reshape(-1, D)
+        mu2 = mu.expand(tau.shape).reshape(-1, D) if mu.dim() > 1 else mu.expand(tau2.shape)
+        B = tau2.shape[0]
+        s2 = tau2.new_ones(B, k) if sigma is None else (sigma.reshape(B, -1) ** 2).expand(B, k)
+        ll = _LogMarginal.apply(mu2, tau2, s2, self.XX[idx], self.Xy[idx], self.yy[idx], self.n[idx])
+        return (ll - 0.5 * self.const_t[idx].sum()).reshape(batch)
+
     # ------------------------------------------------------------------ Collapsed protocol
-    def pyro_model(self):
+    def pyro_model(self, task_batch: int | None = None):
+        """The collapsed program; ``task_batch`` tasks a run, drawn at random, their marginal
+        likelihood scaled by T / task_batch (unbiased for all tasks'; no shared features)."""
         T, D, like, prior = self.T, self.D, self.like, self.prior
+        if task_batch is not None and self.Ds:
+            raise ValueError("the collapsed form takes no task minibatches with shared features; pass collapse=False")
 
         def model() -> None:
-            task_plate = pyro.plate("task", T, dim=-1)
+            task_plate = pyro.plate("task", T, dim=-1, subsample_size=task_batch)
             mu = _hyper("mu", prior.mean, D, like)
             tau = pyro.sample("tau", _vec(prior.scale, D, like))
             coef = pyro.sample("coef", self._coef_prior.to_event(1)) if self.Ds else None
             sigma = self.lik.sample_params(T, task_plate, like).get("sigma")
-            pyro.factor("y_marginal", self.log_marginal(mu, tau, sigma, coef))
+            if task_batch is None:
+                pyro.factor("y_marginal", self.log_marginal(mu, tau, sigma, coef))
+                return
+            with task_plate as idx:  # (the indices the plate drew, or the guide's, replayed)
+                pass
+            with poutine.scale(scale=T / idx.shape[0]):
+                pyro.factor("y_marginal", self.log_marginal_tasks(idx, mu, tau, sigma))
 
         return model
 
