@@ -31,7 +31,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_median
 
 from .driver import _compile
 from .guides import MAX_COUPLING, MAX_FULL_RANK, StructuredAffine, structured_layout
@@ -277,10 +277,14 @@ class FlatSVI:
 
 def start(fn, max_plate_nesting: int, direct: tuple, guide: str, init_scale: float | None,
           task_plate: str = "task") -> tuple[BatchedPotential, FlatGuide]:
-    """The potential of the program ``fn`` and the guide ``guide`` over its flat latent, started,
-    as Pyro's autoguides start, at the prior's medians (15 prior draws a site)."""
+    """The potential of the program ``fn`` and the guide ``guide`` over its flat latent, started
+    where Pyro's autoguide of that name starts: "normal" (``AutoNormal``) at a feasible point
+    (0 unconstrained), the others at the prior's medians (15 prior draws a site). (Medians from
+    15 draws of a wide prior can start a mean far out: the mean-field fit of 2,000 tasks was 3%
+    further from its optimum after 1,000 steps.)"""
     pot = BatchedPotential(fn, max_plate_nesting, *direct)
-    with poutine.block(), torch.no_grad(), InitMessenger(init_to_median):
+    init = init_to_feasible if guide == "normal" else init_to_median
+    with poutine.block(), torch.no_grad(), InitMessenger(init):
         tr = poutine.trace(fn).get_trace()
     z0 = pot.unconstrain({s.name: tr.nodes[s.name]["value"].unsqueeze(0) for s in pot.sites})[0]
     sites = [(tr.nodes[s.name], torch.Size(s.ushape)) for s in pot.sites]
