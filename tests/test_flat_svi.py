@@ -107,7 +107,7 @@ def test_compile_says_what_blocks_it(options, message):
 
 
 def test_a_failed_compile_runs_the_step_op_by_op_with_a_warning(monkeypatch):
-    def broken(fn, example):
+    def broken(fn, example, **kwargs):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(flat_svi, "_compile", broken)
