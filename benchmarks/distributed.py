@@ -43,7 +43,7 @@ def worker(out: str, a) -> None:
     data = bm.MultiTaskData.from_frame(frame, task="task", target="y", features=[f"x{j}" for j in range(a.features)])
     t0 = time.perf_counter()
     post = bm.fit(bm.models.Hierarchical(), data, method="svi", seed=a.seed, draws=200, progress=False,
-                  steps=a.steps, min_steps=a.steps, anneal=0, psis=False, collapse=False, guide="normal",
+                  steps=a.steps, min_steps=a.steps, anneal=1000, psis=False, collapse=False, guide="normal",
                   compile=None if a.compile == "none" else a.compile)
     wall = time.perf_counter() - t0
     if int(os.environ.get("RANK", "0")) == 0:
