@@ -74,6 +74,7 @@ def test_a_user_prior_compiled_matches_pyros_svi():
         np.testing.assert_allclose(a.std((0, 1)), sd, rtol=0.25)
 
 
+@pytest.mark.slow  # three compiled fits (about 25 s); Pyro's engine resumes in the fast tier
 def test_compiled_svi_resumes_to_the_uninterrupted_draws_and_repeats_with_its_seed(monkeypatch, tmp_path):
     from test_checkpoint import _resumed
 
