@@ -257,10 +257,7 @@ class _PyroSteps:
         self.svi.optim(set(params))
         pyro.infer.util.zero_grads(params)
         loss = float(self.reduce(torch.as_tensor(float(loss), dtype=torch.float64)))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {self.lr}) or "
-                                     "scale the data")
-        return loss
+        return _finite(loss, i, self.lr)
 
     def decay(self, lrd: float) -> None:
         for opt in self.svi.optim.optim_objs.values():
@@ -279,10 +276,7 @@ class _FlatSteps:
 
     def step(self, i: int) -> float:
         loss = self.engine.step()
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {self.lr}) or "
-                                     "scale the data")
-        return loss
+        return _finite(loss, i, self.lr)
 
     def decay(self, lrd: float) -> None:
         self.engine.decay(lrd)
@@ -614,6 +608,11 @@ def _step(svi: SVI, i: int, lr: float) -> float:
             raise
         raise FloatingPointError(f"SVI diverged at step {i} (a parameter became nan or inf); try a smaller lr "
                                  f"(now {lr}) or scale the data") from e
+    return _finite(loss, i, lr)
+
+
+def _finite(loss: float, i: int, lr: float) -> float:
+    """``loss``, or a FloatingPointError that says what to do when it is not finite."""
     if not np.isfinite(loss):
         raise FloatingPointError(f"the ELBO became {loss} at step {i}; try a smaller lr (now {lr}) or scale the data")
     return loss
