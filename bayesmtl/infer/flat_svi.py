@@ -204,11 +204,13 @@ class FlatSVI:
             self.mode, self._step = None, fn
         self.seconds_compile += time.perf_counter() - t0
 
+    def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """eps (n, P), standard normal, from ``gen``."""
+        return torch.randn(n, self.pot.dim, generator=gen, device=self.theta.device, dtype=self.theta.dtype)
+
     def _eps_like(self) -> torch.Tensor:
         """An example eps for compiling (drawn from a throwaway generator, not the fit's)."""
-        gen = torch.Generator(device=self.theta.device).manual_seed(0)
-        return torch.randn(self.particles, self.pot.dim, generator=gen, device=self.theta.device,
-                           dtype=self.theta.dtype)
+        return self._noise(self.particles, torch.Generator(device=self.theta.device).manual_seed(0))
 
     def step(self) -> float:
         """One step of ClippedAdam on the ELBO; the loss (a float) at the step's draw."""
@@ -218,8 +220,7 @@ class FlatSVI:
         size = torch.tensor(size, dtype=self.theta.dtype, device=self.theta.device)
         if self._step is None:
             self._build(size)
-        eps = torch.randn(self.particles, self.pot.dim, generator=self.gen, device=self.theta.device,
-                          dtype=self.theta.dtype)
+        eps = self._noise(self.particles, self.gen)
         with pyro.validation_enabled(False):
             if self.reduce is None:
                 self.theta, self.m1, self.m2, loss = self._step(self.theta, self.m1, self.m2, eps, size)
@@ -261,8 +262,7 @@ class FlatSVI:
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws z (n, P) of the fitted guide and their log q (n,)."""
         with torch.no_grad():
-            eps = torch.randn(n, self.pot.dim, generator=self.gen, device=self.theta.device, dtype=self.theta.dtype)
-            return self.guide.sample(self.theta, eps)
+            return self.guide.sample(self.theta, self._noise(n, self.gen))
 
     def log_ratios(self, z: torch.Tensor, log_q: torch.Tensor, n_rows: int) -> torch.Tensor:
         """log p(x, theta) - log q(theta) of draws z (n, P), shape (n,): -U(z) - log q(z), U
