@@ -15,6 +15,7 @@ from .posterior import Posterior  # noqa: E402
 from .predictive import prior_predictive  # noqa: E402
 from .relations import TaskRelations  # noqa: E402
 from .report import report  # noqa: E402
+from .streamed import StreamedData  # noqa: E402
 
 
 def load(path, trust_pickle: bool = False, trust_code: bool = False, classes=None, modules=None):
@@ -34,6 +35,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'bayesmtl' has no attribute {name!r}")
 
 
-__all__ = ["MultiTaskData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning", "compare",
-           "report", "fit", "load", "prior_predictive", "priors", "likelihoods", "diagnostics", "models",
+__all__ = ["MultiTaskData", "StreamedData", "MultiTaskModel", "Posterior", "TaskRelations", "DiagnosticWarning",
+           "compare", "report", "fit", "load", "prior_predictive", "priors", "likelihoods", "diagnostics", "models",
            "__version__"]

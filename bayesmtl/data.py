@@ -37,11 +37,11 @@ def _numeric_column(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
     return s.to_numpy(dtype=float)
 
 
-def _check_finite(values: np.ndarray, name: str, tasks: np.ndarray | None) -> None:
+def _check_finite(values: np.ndarray, name: str, tasks: np.ndarray | None, offset: int = 0) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         rows = np.flatnonzero(bad)
-        where = f" (first at row {rows[0]}"
+        where = f" (first at row {rows[0] + offset}"
         if tasks is not None:
             where += f", task {tasks[rows[0]]!r}"
         where += ")"
@@ -66,11 +66,9 @@ _NA_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan"
             "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
-def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
-    """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
-    that names a column twice (read as ``x`` and ``x.1``) or leaves one nameless (a saved pandas
-    index), a file with no rows, an empty or unreadable file. The ``task`` column is read as text,
-    so a task named ``NA`` or ``null`` stays a task."""
+def csv_header(path: Path) -> list[str]:
+    """The header of a CSV file, refusing a column named twice or left nameless, an empty or
+    non-UTF-8 file, a folder."""
     import csv
 
     try:
@@ -92,10 +90,24 @@ def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
             raise ValueError(f"data file {str(path)!r}: column {name!r} appears twice in the header "
                              f"(columns {seen[name] + 1} and {i + 1}); give every column its own name")
         seen[name] = i
-    kw = {}
-    if task is not None and task in header:
-        kw = {"dtype": {task: str}, "keep_default_na": False,
-              "na_values": {c: list(_NA_TEXT) for c in header if c != task}}
+    return header
+
+
+def csv_options(header: list[str], task: str | None) -> dict:
+    """pandas.read_csv's options that keep the task column's labels as text."""
+    if task is None or task not in header:
+        return {}
+    return {"dtype": {task: str}, "keep_default_na": False,
+            "na_values": {c: list(_NA_TEXT) for c in header if c != task}}
+
+
+def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
+    """A CSV file as a frame, refusing what pandas would silently rename or misread: a header
+    that names a column twice (read as ``x`` and ``x.1``) or leaves one nameless (a saved pandas
+    index), a file with no rows, an empty or unreadable file. The ``task`` column is read as text,
+    so a task named ``NA`` or ``null`` stays a task."""
+    header = csv_header(path)
+    kw = csv_options(header, task)
     try:
         frame = pd.read_csv(path, **kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -105,24 +117,24 @@ def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def _labels(col: pd.Series, name: str) -> np.ndarray:
+def _labels(col: pd.Series, name: str, offset: int = 0) -> np.ndarray:
     """Task labels as strings; a missing or blank label, one holding a control character, and
     labels that differ only in surrounding spaces are errors naming the row. Whole numbers read
     as floats (a column with a blank elsewhere) are written as integers."""
     blank = col.isna() | (col.astype(str).str.strip() == "")
     if blank.any():
-        row = int(np.flatnonzero(blank.to_numpy())[0])
+        row = int(np.flatnonzero(blank.to_numpy())[0]) + offset
         raise ValueError(f"task column {name!r} has {int(blank.sum())} missing or blank label(s) "
                          f"(first at row {row})")
     if col.dtype.kind == "f" and np.all(np.mod(col.to_numpy(), 1) == 0):
         col = col.astype(np.int64)
     labels = col.astype(str).to_numpy()
-    control = np.array([any(ord(c) < 32 or ord(c) == 127 for c in s) for s in labels])
-    if control.any():
-        row = int(np.flatnonzero(control)[0])
-        raise ValueError(f"task column {name!r}: the label at row {row} ({labels[row]!r}) holds a control "
+    distinct = list(pd.unique(labels))  # in order of first appearance; each checked once, not each row
+    control = [s for s in distinct if any(ord(c) < 32 or ord(c) == 127 for c in s)]
+    if control:
+        row = int(np.flatnonzero(np.isin(labels, control))[0])
+        raise ValueError(f"task column {name!r}: the label at row {row + offset} ({labels[row]!r}) holds a control "
                          "character (e.g. NUL or a tab); clean the labels")
-    distinct = list(dict.fromkeys(labels))
     stripped: dict[str, str] = {}
     for s in distinct:
         other = stripped.setdefault(s.strip(), s)
@@ -213,49 +225,14 @@ class MultiTaskData:
         if len(df) == 0:
             raise ValueError("the data frame has no rows")
         task_features = [task_features] if isinstance(task_features, str) else list(task_features)
-        if isinstance(features, str):
-            raise TypeError(f"features must be a list of column names; got the string {features!r} "
-                            f"(write [{features!r}])")
-        roles = {"task column": task, "target": target, "noise column": noise, "trials column": trials}
-        named = [(r, c) for r, c in roles.items() if c is not None]
-        for i, (r1, c1) in enumerate(named):
-            for r2, c2 in named[i + 1:]:
-                if c1 == c2:
-                    raise ValueError(f"column {c1!r} cannot be both the {r1} and the {r2}")
-        reserved = ({task, target, noise, trials} | set(task_features)) - {None}
-        if features is None:
-            features = [c for c in df.columns if c not in reserved]
-        else:
-            features = list(features)
-            for c in features:
-                if c in reserved:
-                    role = "task feature" if c in task_features else _role(c, task, target, noise, trials)
-                    raise ValueError(f"column {c!r} cannot be both a feature and the {role}")
+        features = _roles(list(df.columns), task, target, features, noise, trials, task_features)
         if df.columns.duplicated().any():
             dup = df.columns[df.columns.duplicated()][0]
             raise ValueError(f"column {dup!r} appears more than once; give every column its own name")
-        labels_str = _labels(df[task], task)
+        labels_str, X, y, nz, tr = _arrays(df, task, target, features, noise, trials)
         names = list(dict.fromkeys(labels_str))  # order of first appearance
         index = {n: i for i, n in enumerate(names)}
         task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
-
-        X = (np.column_stack([_numeric_column(df, c, "feature") for c in features]) if features
-             else np.zeros((len(df), 0)))
-        for j, c in enumerate(features):
-            _check_finite(X[:, j], c, labels_str)
-        y = _numeric_column(df, target, "target")
-        _check_finite(y, target, labels_str)
-        nz = tr = None
-        if noise is not None:
-            nz = _numeric_column(df, noise, "noise")
-            _check_finite(nz, noise, labels_str)
-            if (nz <= 0).any():
-                raise ValueError(f"noise column {noise!r} must be positive (a standard deviation per row)")
-        if trials is not None:
-            tr = _numeric_column(df, trials, "trials")
-            _check_finite(tr, trials, labels_str)
-            if (tr < 0).any() or (tr != np.round(tr)).any():
-                raise ValueError(f"trials column {trials!r} must hold non-negative integers")
         out = cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
                          noise, trials, standardize, dtype)
         if not task_features:
@@ -444,6 +421,41 @@ class MultiTaskData:
     def rows_per_task(self) -> np.ndarray:
         """Number of rows of each task, shape (T,)."""
         return np.bincount(self.task.cpu().numpy(), minlength=self.n_tasks)
+
+    @property
+    def in_memory(self) -> bool:
+        """True: the rows are tensors here (``StreamedData``'s stay in their file)."""
+        return True
+
+    @property
+    def has_target(self) -> bool:
+        """Whether the rows carry the target (rows given only for prediction do not)."""
+        return self.y is not None
+
+    def feature_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and sd (ddof 1) of each feature column as stored, float64 (D,); sd 1 where there
+        is one row or no feature (what default priors are scaled by)."""
+        X = self.X.double()
+        mean = X.mean(0)
+        sd = X.std(0) if X.shape[0] > 1 and X.shape[1] else torch.ones_like(mean)
+        return mean.cpu(), sd.cpu()
+
+    def target_moments(self, transform=None) -> tuple[float, float, int]:
+        """Mean, sd (ddof 1) and count of the target (of ``transform(y)`` where given); NaN
+        moments where a transformed value is not finite."""
+        y = self.y.double() if transform is None else transform(self.y.double())
+        if not torch.isfinite(y).all():
+            return float("nan"), float("nan"), int(y.numel())
+        return float(y.mean()), float(y.std()) if y.numel() > 1 else float("nan"), int(y.numel())
+
+    def reduce(self, key, fn):
+        """``fn(self)``: statistics a model computes from rows (data read from a file in chunks,
+        ``StreamedData``, sum ``fn`` over them instead). ``key`` names the statistic there."""
+        return fn(self)
+
+    def head(self, n: int = 1000) -> MultiTaskData:
+        """The first ``n`` rows, every task name kept (checks that run the likelihood on rows)."""
+        return self.subset(np.arange(min(n, self.n_rows)))
 
     def __repr__(self) -> str:
         return (f"MultiTaskData({self.n_rows} rows, {self.n_tasks} tasks in {self.task_column!r}, "
@@ -697,6 +709,57 @@ def _task_level(df: pd.DataFrame, columns: list[str], labels: np.ndarray, names:
         values[col] = torch.as_tensor(np.concatenate([known[col].astype(np.int64), codes]) if known else codes)
         out_levels[col] = cats
     return values, out_levels
+
+
+def _arrays(df: pd.DataFrame, task: str, target: str, features: list, noise: str | None, trials: str | None,
+            offset: int = 0) -> tuple:
+    """Task labels, X (N, D), y, noise and trials of a frame, each checked (finite numbers,
+    positive noise, whole-number trials); error rows are counted from ``offset`` (a chunk's
+    first row in its file)."""
+    labels_str = _labels(df[task], task, offset)
+    X = (np.column_stack([_numeric_column(df, c, "feature") for c in features]) if features
+         else np.zeros((len(df), 0)))
+    for j, c in enumerate(features):
+        _check_finite(X[:, j], c, labels_str, offset)
+    y = _numeric_column(df, target, "target")
+    _check_finite(y, target, labels_str, offset)
+    nz = tr = None
+    if noise is not None:
+        nz = _numeric_column(df, noise, "noise")
+        _check_finite(nz, noise, labels_str, offset)
+        if (nz <= 0).any():
+            raise ValueError(f"noise column {noise!r} must be positive (a standard deviation per row)")
+    if trials is not None:
+        tr = _numeric_column(df, trials, "trials")
+        _check_finite(tr, trials, labels_str, offset)
+        if (tr < 0).any() or (tr != np.round(tr)).any():
+            raise ValueError(f"trials column {trials!r} must hold non-negative integers")
+    return labels_str, X, y, nz, tr
+
+
+def _roles(columns: list, task: str, target: str, features, noise: str | None, trials: str | None,
+           task_features: list) -> list:
+    """The feature columns (every column with no other role when ``features`` is None), checked:
+    no column in two roles."""
+    if isinstance(features, str):
+        raise TypeError(f"features must be a list of column names; got the string {features!r} "
+                        f"(write [{features!r}])")
+    roles = {"task column": task, "target": target, "noise column": noise, "trials column": trials}
+    named = [(r, c) for r, c in roles.items() if c is not None]
+    for i, (r1, c1) in enumerate(named):
+        for r2, c2 in named[i + 1:]:
+            if c1 == c2:
+                raise ValueError(f"column {c1!r} cannot be both the {r1} and the {r2}")
+    reserved = ({task, target, noise, trials} | set(task_features)) - {None}
+    if features is None:
+        features = [c for c in columns if c not in reserved]
+    else:
+        features = list(features)
+        for c in features:
+            if c in reserved:
+                role = "task feature" if c in task_features else _role(c, task, target, noise, trials)
+                raise ValueError(f"column {c!r} cannot be both a feature and the {role}")
+    return features
 
 
 def _role(c, task, target, noise, trials) -> str:

@@ -115,17 +115,25 @@ def _task_rows_backward(ctx, g):
 _task_rows.register_autograd(_task_rows_backward, setup_context=_task_rows_setup)
 
 
-def exact_fits(Xv: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, tol: float = 1e-9) -> list[int]:
+def task_gram(Xv: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int) -> dict[str, torch.Tensor]:
+    """Per-task sums of rows, float64 and additive over chunks of rows: ``XX`` (T, D, D),
+    ``Xy`` (T, D), ``yy``, ``ysum`` and ``n`` (T,). Xv (N, D) the task-varying design, y (N,),
+    task (N,)."""
+    X, yv = Xv.double(), y.double()
+    D = X.shape[1]
+    return {"XX": X.new_zeros(n_tasks, D, D).index_add_(0, task, X.unsqueeze(-1) * X.unsqueeze(-2)),
+            "Xy": X.new_zeros(n_tasks, D).index_add_(0, task, X * yv.unsqueeze(-1)),
+            "yy": X.new_zeros(n_tasks).index_add_(0, task, yv * yv),
+            "ysum": X.new_zeros(n_tasks).index_add_(0, task, yv),
+            "n": torch.bincount(task, minlength=n_tasks).double()}
+
+
+def exact_fits(gram: dict[str, torch.Tensor], tol: float = 1e-9) -> list[int]:
     """Tasks whose rows are more than their design's rank yet fitted exactly by it (residual 0):
     with a noise sd of their own, the likelihood grows without bound as that sd goes to 0, and
-    the posterior is improper. Xv (N, D) the task-varying design, y (N,), task (N,)."""
-    X, yv = Xv.double(), y.double()
-    XX = X.new_zeros(n_tasks, X.shape[1], X.shape[1]).index_add_(0, task, X.unsqueeze(-1) * X.unsqueeze(-2))
-    Xy = X.new_zeros(n_tasks, X.shape[1]).index_add_(0, task, X * yv.unsqueeze(-1))
-    n = torch.bincount(task, minlength=n_tasks).double()
-    ybar = X.new_zeros(n_tasks).index_add_(0, task, yv) / n.clamp_min(1)
-    spread = X.new_zeros(n_tasks).index_add_(0, task, (yv - ybar[task]) ** 2)
-    yy = X.new_zeros(n_tasks).index_add_(0, task, yv * yv)
+    the posterior is improper. ``gram`` is ``task_gram``'s per-task sums."""
+    XX, Xy, yy, n = gram["XX"], gram["Xy"], gram["yy"], gram["n"]
+    spread = (yy - gram["ysum"] ** 2 / n.clamp_min(1)).clamp_min(0)
     vals, vecs = torch.linalg.eigh(XX)
     keep = vals > tol * vals[:, -1:].clamp_min(tol)
     proj = (vecs.transpose(-1, -2) @ Xy.unsqueeze(-1)).squeeze(-1)      # Xy in the eigenbasis

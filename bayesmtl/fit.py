@@ -18,6 +18,7 @@ from .infer import Settings, get_backend, with_model_defaults
 from .posterior import Posterior
 from .protocol import Target, data_context
 from .pyro_util import squeeze_to
+from .streamed import StreamedData
 from .validate import check_count, check_seed
 
 __all__ = ["fit", "resolve_device", "choose_target"]
@@ -81,7 +82,7 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
     warmup = check_count("warmup", warmup, 0)
     draws = check_count("draws", draws, 1)
     seed = check_seed(seed)
-    if not isinstance(data, MultiTaskData):
+    if not isinstance(data, (MultiTaskData, StreamedData)):
         raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
                         f"target=...)); got {type(data).__name__}")
     from .protocol import Model

@@ -39,7 +39,7 @@ from pyro.poutine.util import site_is_subsample
 
 from . import marginals
 from .data import MultiTaskData
-from .design import exact_fits, linear_predictor, task_rows
+from .design import exact_fits, linear_predictor, task_gram, task_rows
 from .likelihoods import Likelihood, check_shapes, get_likelihood
 from .likelihoods.base import MIN_TASK_DF, LocationScale
 from .priors.base import TaskPrior, as_distribution, move_distribution
@@ -55,6 +55,7 @@ from .protocol import (
     plate_nesting,
 )
 from .pyro_util import batch_condition, site_shapes, squeeze_to
+from .streamed import StreamedData
 
 __all__ = ["MultiTaskModel", "linear_predictor", "task_rows"]
 
@@ -141,13 +142,15 @@ class MultiTaskModel(ModelBase):
     def exact_tasks(self, data: MultiTaskData) -> list[int]:
         """Tasks with more rows than parameters whose target their own design fits exactly
         (``design.exact_fits``): with a sigma of their own the posterior is improper."""
-        if data.y is None:
+        if not data.has_target:
             return []
         key = (id(self), id(data))
         hit = _EXACT.get(key)
         if hit is not None and hit[0]() is self and hit[1]() is data:
             return hit[2]  # likelihood_for asks often, on the same data; the sums cost O(N D^2)
-        found = exact_fits(self.design(data)[0], data.y, data.task, data.n_tasks)
+        T = data.n_tasks
+        found = exact_fits(data.reduce(("task_gram", self.intercept, tuple(self.shared)),
+                                       lambda d: task_gram(self.design(d)[0], d.y, d.task, T)))
         if len(_EXACT) > 64:
             _EXACT.clear()
         _EXACT[key] = (weakref.ref(self), weakref.ref(data), found)
@@ -161,7 +164,7 @@ class MultiTaskModel(ModelBase):
 
     def check(self, data: MultiTaskData) -> None:
         """Raise ValueError/TypeError naming the problem when the data cannot feed this model."""
-        if not isinstance(data, MultiTaskData):
+        if not isinstance(data, (MultiTaskData, StreamedData)):
             raise TypeError(f"data must be a MultiTaskData; got {type(data).__name__}")
         missing = [c for c in self.shared if c not in data.feature_names]
         if missing:
@@ -175,10 +178,10 @@ class MultiTaskModel(ModelBase):
         self.prior.check(data.n_tasks, n_dims)
         lik = self.likelihood_for(data)
         lik.check(data)
-        check_shapes(lik, data)  # a parameter broadcast along the wrong dim: an error, not a wrong result
+        check_shapes(lik, data.head())  # a parameter broadcast along the wrong dim: an error, not a wrong result
         open_noise = getattr(self.likelihood, "noise", None) is None and data.noise is None
         chose = isinstance(lik, LocationScale) and open_noise
-        if isinstance(lik, LocationScale) and (lik.noise == "per_task" or chose) and data.y is not None:
+        if isinstance(lik, LocationScale) and (lik.noise == "per_task" or chose) and data.has_target:
             exact = self.exact_tasks(data)
             if exact:
                 names = ", ".join(repr(data.task_names[t]) for t in exact[:5]) + (" ..." if len(exact) > 5 else "")
@@ -212,15 +215,13 @@ class MultiTaskModel(ModelBase):
         s / sd(x); the intercept has loc m and scale s sqrt(1 + sum_j (mean(x_j) / sd(x_j))^2),
         wide enough for features that are not centred."""
         m, s = self.likelihood_for(data).location_scale(data)
-        X = data.X.double()
-        mean = X.mean(0)
-        sd = X.std(0) if X.shape[0] > 1 and X.shape[1] else torch.ones_like(mean)
+        mean, sd = data.feature_moments()
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # a constant column keeps its units
         slope = s / sd
         names = data.feature_names
         vary = torch.tensor([j for j, f in enumerate(names) if f not in self.shared], dtype=torch.long)
         shared = torch.tensor([names.index(f) for f in self.shared], dtype=torch.long)
-        loc, scale = torch.zeros(len(vary), dtype=X.dtype), slope[vary]
+        loc, scale = torch.zeros(len(vary), dtype=mean.dtype), slope[vary]
         if self.intercept:
             wide = s * torch.sqrt(1 + ((mean / sd) ** 2).sum())
             loc, scale = torch.cat([loc.new_tensor([m]), loc]), torch.cat([wide.reshape(1), scale])
@@ -242,7 +243,7 @@ class MultiTaskModel(ModelBase):
         sized = self.prior.sized(data.n_tasks)
         out.prior = sized.bind(loc, scale)
         out.likelihood = self.likelihood_for(data)
-        if data.y is not None:
+        if data.has_target:
             out.prior = out.prior.learn_structure(out, data)  # e.g. a learned tree (seeded by fit)
         out.shared_prior = self.shared_prior_for(data) if self.shared else self.shared_prior
         out.bound_defaults = self._defaults(out.likelihood, sized)
@@ -295,7 +296,7 @@ class MultiTaskModel(ModelBase):
         ``loc`` and ``scale`` come from ``scaled_by`` (the training data; default ``data``)."""
         T = len(data.task_names) - start
         loc, scale, _ = self.scaling(data if scaled_by is None else scaled_by)
-        rows = torch.bincount(data.task, minlength=len(data.task_names))[start:]
+        rows = torch.as_tensor(data.rows_per_task())[start:]
         return Tasks(n=T, dims=len(self.varying_names(data)), plate=plate, loc=loc, scale=scale,
                      features=TaskFeatures({k: v[start:] for k, v in data.task_features.items()}),
                      levels=dict(data.task_levels), names=list(data.task_names[start:]),
@@ -376,7 +377,8 @@ class MultiTaskModel(ModelBase):
         rows per minibatch (tasks per minibatch: ``task_minibatches``)."""
         lik = self.likelihood_for(data)
         T, N, Ds = data.n_tasks, data.n_rows, len(self.shared)
-        task, y, noise, trials = data.task, data.y, data.noise, data.trials
+        # without observing, the rows are not read (data streamed from a file have none in memory)
+        task, y, noise, trials = (data.task, data.y, data.noise, data.trials) if observe else (None,) * 4
         eta_of = self.row_predictor(data, subsample_size) if observe else None
         config = self.reparam_config(data)
         name_w = "w" not in self._prior_trace(data).nodes  # record w when the prior returns it unnamed
@@ -527,6 +529,16 @@ class MultiTaskModel(ModelBase):
         out = []
         written = None
         trains = tuple(self.trained_modules)
+        if isinstance(data, StreamedData):  # only a form that reduces the rows to sums can fit from a file
+            out = [Target(program=_no_minibatch(f.pyro_model, p), max_plate_nesting=f.max_plate_nesting,
+                          task_batches=_takes_task_batch(f.pyro_model) and not self.shared, n_rows=data.n_rows,
+                          path=p, log_density=f.log_density, log_density_grad=f.log_density_and_grad,
+                          conditional=f.conditional, data=data)
+                   for p, f in ([] if trains else marginals.forms(self, data)) if p != "written"]
+            if not out:
+                data._no_rows(f"{type(self.prior).__name__} with a {type(self.likelihood_for(data)).__name__} "
+                              "likelihood (it has no form that reduces the rows to per-task sums)")
+            return out
         for path, form in ([] if trains else marginals.forms(self, data)):
             if path == "written":
                 written = written or form

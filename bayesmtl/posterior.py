@@ -90,9 +90,10 @@ class Posterior:
             return self._idata[predictive]
         dims = self.dims()
         coords = dict(self.model.coords(self.data))
-        coords["row"] = np.arange(self.data.n_rows)
         observed = constant = pp = ll = None
-        if self.data.y is not None:
+        if self.data.in_memory:  # rows streamed from a file stay there: the groups of the rows are left out
+            coords["row"] = np.arange(self.data.n_rows)
+        if self.data.in_memory and self.data.y is not None:
             observed = {"y": self.data.y.cpu().numpy()}
             constant = {"task": np.asarray(self.data.task_names, dtype=object)[self.data.task.cpu().numpy()]}
         C, S = self.num_chains, self.num_draws

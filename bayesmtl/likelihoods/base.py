@@ -11,6 +11,7 @@ lines it up with eta); one sampled in the task plate is (..., T), indexed by eac
 from __future__ import annotations
 
 import copy
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -156,10 +157,11 @@ class LocationScale(Likelihood):
         return y
 
     def location_scale(self, data: MultiTaskData) -> tuple[float, float]:
-        y = self.transform(data.y.double()) if data.y is not None else None
-        if y is None or y.numel() < 2 or not torch.isfinite(y).all():
+        if not data.has_target:
             return 0.0, 1.0
-        m, s = float(y.mean()), float(y.std())
+        m, s, n = data.target_moments(self.transform)
+        if n < 2 or not (math.isfinite(m) and math.isfinite(s)):
+            return 0.0, 1.0
         return m, s if s > 0 else max(abs(m), 1.0)
 
     def bind(self, data: MultiTaskData, residual_df: float | None = None) -> LocationScale:

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..streamed import RowsNotInMemory
+
 __all__ = ["Marginal", "register", "forms"]
 
 
@@ -67,7 +69,10 @@ def forms(model, data) -> Iterator[tuple[str, Marginal]]:
     lik = model.likelihood_for(data)
     for e in _REGISTRY:
         if isinstance(model.prior, e.prior) and isinstance(lik, e.likelihood):
-            form = e.factory(model, data)
+            try:
+                form = e.factory(model, data)
+            except RowsNotInMemory:  # a form that reads the rows themselves: not on streamed data
+                continue
             if form is not None:
                 yield e.path, form
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -57,33 +58,22 @@ class HierarchicalGaussian(Marginal):
     def __init__(self, model, data: MultiTaskData):
         self.prior = model.prior
         self.lik = model.likelihood_for(data)
-        Xv, Xs = model.design(data)
-        T, D, Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
-        self.T, self.D, self.Ds = T, D, Ds
-        y, task = data.y, data.task
         known = self.lik.noise == "known"
-        wt = 1.0 / data.noise ** 2 if known else torch.ones_like(y)
-        Xw = Xv * wt.unsqueeze(-1)
-        XX = Xv.new_zeros(T, D, D).index_add_(0, task, Xw.unsqueeze(-1) * Xv.unsqueeze(-2))
+        T = data.n_tasks
+        stats = data.reduce(("hierarchical_gaussian", model.intercept, tuple(model.shared), known),
+                            lambda d: _sums(model, d, T, known))
+        dt = data.dtype
+        XX, self.Xy, self.yy, self.n, self.const_t = (stats[k].to(dt) for k in ("XX", "Xy", "yy", "n", "const_t"))
         self.XX = 0.5 * (XX + XX.transpose(-1, -2))
-        self.Xy = Xv.new_zeros(T, D).index_add_(0, task, Xw * y.unsqueeze(-1))
-        self.yy = Xv.new_zeros(T).index_add_(0, task, wt * y * y)
-        self.n = Xv.new_zeros(T).index_add_(0, task, torch.ones_like(y))
+        D, Ds = XX.shape[-1], stats["SS"].shape[-1]
+        self.T, self.D, self.Ds = T, D, Ds
         if Ds:  # X'S (T, D, Ds), S'y (T, Ds), S'S (T, Ds, Ds): the residual's statistics given coef
-            Sw = Xs * wt.unsqueeze(-1)
-            self.XS = Xv.new_zeros(T, D, Ds).index_add_(0, task, Xw.unsqueeze(-1) * Xs.unsqueeze(-2))
-            self.Sy = Xv.new_zeros(T, Ds).index_add_(0, task, Sw * y.unsqueeze(-1))
-            SS = Xv.new_zeros(T, Ds, Ds).index_add_(0, task, Sw.unsqueeze(-1) * Xs.unsqueeze(-2))
+            self.XS, self.Sy, SS = (stats[k].to(dt) for k in ("XS", "Sy", "SS"))
             self.SS = 0.5 * (SS + SS.transpose(-1, -2))
         # the constant part of log det: N log 2 pi (+ sum log s_n^2 with known noise)
-        self.const = float(y.numel() * math.log(2 * math.pi))
-        if known:
-            self.const += float(torch.log(data.noise ** 2).sum())
+        self.const = float(stats["const_t"].sum())
         self.known = known
-        # the same constant task by task, for task minibatches (``log_marginal_tasks``)
-        per_row = math.log(2 * math.pi) + (torch.log(data.noise ** 2) if known else torch.zeros_like(y))
-        self.const_t = Xv.new_zeros(T).index_add_(0, task, per_row.to(Xv.dtype))
-        self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
+        self.like = torch.zeros((), dtype=dt, device=self.XX.device)
         self._priors = {"tau": move_distribution(self.prior.scale, self.like)}
         if not isinstance(self.prior.mean, float):
             self._priors["mu"] = move_distribution(self.prior.mean, self.like)
@@ -313,3 +303,31 @@ def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n, mu):
         return d_mu, d_tau, d_s2, d_Xy, d_yy
     g1 = g.unsqueeze(-1)
     return g1 * d_mu, g1 * d_tau, g1 * d_s2, g1.unsqueeze(-1) * d_Xy, g1 * d_yy
+
+
+#: rows summed at a time: the (rows, D, D) products stay near 100 MB at D = 20
+_ROWS = 32_768
+
+
+def _sums(model, data: MultiTaskData, T: int, known: bool) -> dict[str, torch.Tensor]:
+    """Per-task sums over ``data``'s rows, float64 and additive over chunks of rows: X'X, X'y,
+    y'y, rows and the log-det constant (T, ...), and X'S, S'y, S'S for shared features, each
+    row weighted by 1/s^2 where the noise is known."""
+    f64 = dict(dtype=torch.float64, device=data.device)
+    out = None
+    for lo in range(0, max(data.n_rows, 1), _ROWS):
+        part = data.subset(np.arange(lo, min(lo + _ROWS, data.n_rows))) if data.n_rows > _ROWS else data
+        Xv, Xs = (a.double() for a in model.design(part))
+        y, task = part.y.double(), part.task
+        D, Ds = Xv.shape[-1], Xs.shape[-1]
+        var = part.noise.double() ** 2 if known else None
+        wt = 1.0 / var if known else torch.ones_like(y)
+        Xw, Sw = Xv * wt.unsqueeze(-1), Xs * wt.unsqueeze(-1)
+        per_row = math.log(2 * math.pi) + (torch.log(var) if known else torch.zeros_like(y))
+        add = lambda *shape, v, task=task: torch.zeros(T, *shape, **f64).index_add_(0, task, v)  # noqa: E731
+        sums = {"XX": add(D, D, v=Xw.unsqueeze(-1) * Xv.unsqueeze(-2)), "Xy": add(D, v=Xw * y.unsqueeze(-1)),
+                "yy": add(v=wt * y * y), "n": add(v=torch.ones_like(y)), "const_t": add(v=per_row),
+                "XS": add(D, Ds, v=Xw.unsqueeze(-1) * Xs.unsqueeze(-2)), "Sy": add(Ds, v=Sw * y.unsqueeze(-1)),
+                "SS": add(Ds, Ds, v=Sw.unsqueeze(-1) * Xs.unsqueeze(-2))}
+        out = sums if out is None else {k: out[k] + v for k, v in sums.items()}
+    return out
