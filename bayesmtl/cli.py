@@ -365,6 +365,27 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    "a killed fit continues with 'bayesmtl resume OUT'")
 
 
+def _read_training_data(a):
+    """--data as MultiTaskData (CSV or parquet, told apart by the file's first bytes), or as
+    StreamedData with --stream (read in chunks; only per-task sums are kept)."""
+    import bayesmtl as bm
+    from bayesmtl.streamed import StreamedData, file_kind
+
+    kw = dict(features=_csv_list(a.features), standardize=a.standardize,
+              task_features=_csv_list(a.task_features) or ())
+    if a.stream:
+        for flag, value in (("--noise", a.noise), ("--trials", a.trials)):
+            if value is not None:
+                raise UserError(f"{flag} is not read with --stream (a Gaussian fit from per-task sums); "
+                                "leave out --stream to load the rows")
+        return StreamedData.scan(a.data, task=a.task, target=a.target, **kw)
+    kw.update(noise=a.noise, trials=a.trials)
+    path = Path(a.data)
+    if path.is_file() and file_kind(path) == "parquet":
+        return bm.MultiTaskData.from_parquet(path, task=a.task, target=a.target, **kw)
+    return bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, **kw)
+
+
 def cmd_fit(a: argparse.Namespace) -> int:
     import bayesmtl as bm
 
@@ -380,9 +401,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         raise UserError(f"--trunk is the network of --model neural, not of --model {a.model}")
     if a.model == "neural" and a.trunk is None:
         raise UserError("--model neural needs --trunk FILE.py:function (a function returning a torch.nn.Module)")
-    data = bm.MultiTaskData.from_csv(a.data, task=a.task, target=a.target, features=_csv_list(a.features),
-                                     noise=a.noise, trials=a.trials, standardize=a.standardize,
-                                     task_features=_csv_list(a.task_features) or ())
+    data = _read_training_data(a)
     trunk_source = None
     if a.trunk is not None:
         trunk, trunk_source = _build_trunk(a.trunk, data.n_features)
@@ -662,7 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "loads again with --trust-code")
     f.add_argument("--prior-args", metavar="JSON", help="keyword arguments of the --prior class as a JSON "
                    "object, e.g. '{\"df\": 4}'")
-    f.add_argument("--data", required=True, help="long-format CSV: one row per observation")
+    f.add_argument("--data", required=True, help="long-format CSV or parquet file: one row per observation")
+    f.add_argument("--stream", action="store_true", help="read --data in chunks, never whole: memory grows with "
+                   "the tasks, not the rows (a hierarchical Gaussian fit from per-task sums); the run keeps a "
+                   "reference to the file and its fingerprint, not a copy")
     f.add_argument("--task", required=True, help="task column")
     f.add_argument("--target", required=True, help="target column")
     f.add_argument("--features", help="comma-separated feature columns (default: all others)")

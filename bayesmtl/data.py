@@ -343,6 +343,30 @@ class MultiTaskData:
         return cls.from_frame(frame, task=task, target=target, **kwargs)
 
     @classmethod
+    def from_parquet(cls, path: str | Path, task: str, target: str, **kwargs) -> MultiTaskData:
+        """Read a long-format parquet file (only the columns used) and call ``from_frame``. For a
+        file too large for memory, ``StreamedData.scan`` reads it in chunks instead."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a file path (str or pathlib.Path); got {type(path).__name__}")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+        import pyarrow.parquet as pq
+
+        try:
+            names = list(pq.ParquetFile(path).schema_arrow.names)
+            features = kwargs.get("features")
+            cols = None if features is None or isinstance(features, str) else list(dict.fromkeys(
+                [task, target, *features, *(kwargs.get("task_features") or ()),
+                 *(c for c in (kwargs.get("noise"), kwargs.get("trials")) if c is not None)]))
+            frame = pq.read_table(path, columns=[c for c in cols if c in names] if cols else None).to_pandas()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"data file {str(path)!r} cannot be read as parquet: {str(e).splitlines()[0]}") from None
+        if len(frame) == 0:
+            raise ValueError(f"data file {str(path)!r} has no rows")
+        return cls.from_frame(frame, task=task, target=target, **kwargs)
+
+    @classmethod
     def _build(cls, X, y, idx, names, features, target, task_col, noise, trials, noise_col,
                trials_col, standardize, dtype) -> MultiTaskData:
         counts = np.bincount(idx, minlength=len(names))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,10 +249,40 @@ class Posterior:
             raise ValueError("the data have no target to check against")
         return ppc(self.predict(self.data, seed=seed, draws=True).values, self.data, prob)
 
-    def relations(self) -> TaskRelations:
-        """Posterior draws of the T x T task relation, with task names (see ``kind``)."""
-        out = self.model.relations(self.flat(), self.data)
-        return TaskRelations(out.draws, self.task_names, out.kind,
+    def relations(self, tasks: Sequence[str] | None = None) -> TaskRelations:
+        """Posterior draws of the T x T task relation, with task names (see ``kind``); ``tasks``:
+        only among these (names). The draws take S x T^2 numbers: past ``relations.MAX_VALUES``
+        they are thinned (with a warning), and where fewer than ``relations.MIN_DRAWS`` would be
+        left the relation of that many tasks is refused, naming how many tasks fit."""
+        from .relations import MAX_VALUES, MIN_DRAWS, TooManyTasks
+
+        names = self.task_names
+        flat = self.flat()
+        if tasks is not None:
+            if isinstance(tasks, str):
+                raise TypeError(f"tasks must be a list of task names; got the string {tasks!r} (write [{tasks!r}])")
+            pos = {n: i for i, n in enumerate(names)}
+            unknown = [t for t in map(str, tasks) if t not in pos]
+            if unknown:
+                raise ValueError(f"task {unknown[0]!r} is not a task of this fit (e.g. {names[:3]})")
+            idx = torch.tensor([pos[str(t)] for t in tasks], dtype=torch.long)
+            if len(idx) < 2:
+                raise ValueError("tasks must name at least 2 tasks to relate")
+            flat = _tasks_of(flat, self.dims(), idx)
+            names = [names[i] for i in idx.tolist()]
+        S, T = next(iter(flat.values())).shape[0], len(names)
+        keep = min(S, MAX_VALUES // (T * T))
+        if keep < S:
+            if keep < min(MIN_DRAWS, S):
+                fit = int((MAX_VALUES // min(MIN_DRAWS, S)) ** 0.5)
+                raise TooManyTasks(f"relations among {T:,} tasks take {S:,} x {T:,}^2 numbers, too many to hold; "
+                                   f"pass tasks=[...] naming up to {fit:,} tasks")
+            warnings.warn(f"relations among {T:,} tasks use {keep} of the {S} draws (S x T^2 numbers are held)",
+                          UserWarning, stacklevel=2)
+            pick = torch.linspace(0, S - 1, keep).round().long()
+            flat = {k: v[pick] for k, v in flat.items()}
+        out = self.model.relations(flat, self.data)
+        return TaskRelations(out.draws, names, out.kind,
                              point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
                              null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None),
                              tree=getattr(out, "tree", None))
@@ -283,3 +315,14 @@ class Posterior:
         from .runs import save_run
 
         return save_run(self, path, overwrite=overwrite)
+
+
+def _tasks_of(flat: dict[str, torch.Tensor], dims: dict, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flat draws (S, ...) with every task dim (named "task" or "task_") cut to tasks ``idx``."""
+    out = {}
+    for k, v in flat.items():
+        for axis, d in enumerate(dims.get(k, ())):
+            if d in ("task", "task_"):
+                v = v.index_select(axis + 1, idx)
+        out[k] = v
+    return out

@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TaskRelations", "adjusted_rand_index", "binder_loss"]
+__all__ = ["TaskRelations", "TooManyTasks", "adjusted_rand_index", "binder_loss", "MAX_VALUES", "MIN_DRAWS"]
+
+#: numbers of (S, T, T) relation draws held at most (1 GB in float64): more draws are thinned
+MAX_VALUES = 2 ** 27
+#: fewest draws a relation is summarised from; with fewer fitting, ``Posterior.relations`` refuses
+MIN_DRAWS = 100
+
+
+class TooManyTasks(ValueError):
+    """The relations among this many tasks would not fit in memory: name a subset of tasks."""
 
 
 class TaskRelations:

@@ -4,12 +4,14 @@ A run directory holds:
 
 - ``posterior.nc``: the InferenceData (netCDF through ArviZ)
 - ``summary.csv``: ``Posterior.summary()``
-- ``relations.csv``: long format task_a, task_b, mean, q05, q95 (more columns for some models)
+- ``relations.csv``: long format task_a, task_b, mean, q05, q95 (more columns for some models);
+  left out, with the reason in run.json ``relations``, for more tasks than fit in memory
 - ``run.json``: settings, seed, versions, timings, divergences, max r_hat, min ESS; for a prior
   written by the user (``bayesmtl fit --prior FILE.py:Class``), ``prior_source``: where it came from
 - ``model.json``: the model as data (``spec.to_spec``: classes by name, settings, priors as
   distribution names and numbers) and the training data's names and settings
-- ``data.nc``: the training data's arrays (netCDF)
+- ``data.nc``: the training data's arrays (netCDF); for data streamed from a file
+  (``StreamedData``), model.json holds a reference to the file and its fingerprint instead
 - ``run.json`` ``format_version`` (2; 1 = the model pickled in ``model.pt``) and ``model_format``
 
 Loading runs no code from the directory: ``model.json`` is rebuilt with package classes and Pyro
@@ -236,6 +238,8 @@ def save_run(post, path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _write_run(post, path: Path) -> Path:
+    from .relations import TooManyTasks
+
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP}", dir=path.parent))
     except OSError as e:
@@ -243,20 +247,24 @@ def _write_run(post, path: Path) -> Path:
             raise PermissionError(f"cannot write a run into {str(path.parent)!r}: {e.strerror}") from None
         raise
     try:
-        rel = post.relations()
+        note = {}
+        try:
+            rel = post.relations()
+        except TooManyTasks as e:  # 20,000 tasks: no T x T table; the run says why
+            rel, note = None, {"relations": f"relations.csv not written: {e}"}
         summary = post.summary()
         idata = post.to_arviz(predictive=False)
         idata.to_netcdf(str(tmp / "posterior.nc"))
         summary.to_csv(tmp / "summary.csv", index_label="parameter")
-        frame = rel.to_frame(extra=rel.signed)
-        frame.to_csv(tmp / "relations.csv", index=False)
+        if rel is not None:
+            rel.to_frame(extra=rel.signed).to_csv(tmp / "relations.csv", index=False)
         for name, table in post.model.extra_outputs(post).items():
             table.to_csv(tmp / name, index=False)
         model_format = _write_model(post.model, post.data, tmp)
         run = {"format_version": FORMAT_VERSION, "model_format": model_format,
                "model": type(post.model).__name__, "model_repr": repr(post.model),
                "data": repr(post.data), "data_digest": post.data.digest(), "tasks": post.task_names,
-               "relation_kind": rel.kind, **post.info,
+               "relation_kind": None if rel is None else rel.kind, **post.info, **note,
                "diagnostics": {**post.diagnostics(), "problems": [p.to_dict() for p in post.diagnose()]},
                "versions": versions()}
         (tmp / "run.json").write_text(json.dumps(_jsonable(run), indent=2))
@@ -408,6 +416,10 @@ def _write_model(model, data, folder: Path) -> str:
                       "trust_pickle=True", UserWarning, stacklevel=4)
         torch.save({"model": model, "data": data}, folder / "model.pt")
         return "pickle"
+    if not data.in_memory:  # data streamed from a file: a reference to it and its fingerprint, not a copy
+        (folder / "model.json").write_text(json.dumps({"model": spec, "data": {"streamed": data.to_reference()}},
+                                                      indent=1))
+        return "spec"
     arrays, meta = {}, {}
     for f in dataclasses.fields(data):
         v = getattr(data, f.name)
@@ -433,6 +445,10 @@ def _read_data(path: Path, meta: dict):
 
     from .data import MultiTaskData
 
+    if "streamed" in meta:
+        from .streamed import StreamedData
+
+        return StreamedData.from_reference(meta["streamed"])
     with xr.open_dataset(path / "data.nc") as ds:
         ds = ds.load()
     dtypes = json.loads(ds.attrs.get("dtypes", "{}"))

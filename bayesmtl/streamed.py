@@ -44,7 +44,8 @@ class RowsNotInMemory(ValueError):
     """Something that needs every row at once was asked of data streamed from a file."""
 
 
-def _file_kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
+    """"parquet" for a file that starts with parquet's magic bytes, else "csv"."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
     return "parquet" if magic == b"PAR1" else "csv"
@@ -174,7 +175,7 @@ class StreamedData:
             raise FileNotFoundError(f"data file {str(path)!r} does not exist")
         if path.is_dir():
             raise ValueError(f"data file {str(path)!r} is a folder, not a parquet or CSV file")
-        kind = _file_kind(path)
+        kind = file_kind(path)
         columns = _columns_of(path, kind)
         task_features = [task_features] if isinstance(task_features, str) else list(task_features)
         for role, col in (("task column", task), ("target", target)):
@@ -193,6 +194,8 @@ class StreamedData:
         levels = []
         offset = 0
         for df in _frames(path, kind, [task, target, *features, *task_features], chunk_rows, task):
+            if not len(df):  # (a header with no rows reads as one empty frame of text columns)
+                continue
             labels, X, y, _, _ = _arrays(df, task, target, features, None, None, offset)
             for s in pd.unique(labels):
                 if s not in pos:

@@ -205,21 +205,33 @@ class HierarchicalGaussian(Marginal):
         return add_log_priors(lp, grads, self._priors, values)
 
     def conditional(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Add exact draws of ``w`` (S, T, D) (and ``w_raw``) to flat draws (S, ...)."""
+        """Add exact draws of ``w`` (S, T, D) (and ``w_raw``) to flat draws (S, ...), a few draws
+        at a time: the (draws, T, D, D) factors of 50,000 tasks would not fit in memory at once."""
         tau = samples["tau"]
         S = tau.shape[0]
         tau = tau.reshape(S, self.D)
         mu = samples["mu"].reshape(S, self.D) if "mu" in samples else torch.full_like(tau, self.prior.mean)
         mu2, tau2, s2 = self._flat(mu, tau, samples.get("sigma"))
-        _, _, _, b, L = _lm_factor(mu2, tau2, s2, self.XX, *self._residual(self._coef(samples, S)))
-        v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
-        eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-        z = torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)  # (S, T, D)
+        coef = self._coef(samples, S)
+        step = max(1, _CONDITIONAL_VALUES // (self.T * self.D * self.D))
+        z = []
+        for lo in range(0, S, step):
+            part = slice(lo, lo + step)
+            _, _, _, b, L = _lm_factor(mu2[part], tau2[part], s2[part], self.XX,
+                                       *self._residual(None if coef is None else coef[part]))
+            v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
+            eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+            z.append(torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1))
+        z = torch.cat(z)  # (S, T, D)
         out = dict(samples)
         out["w"] = mu2.unsqueeze(-2) + tau2.unsqueeze(-2) * z
         if not self.prior.centered:
             out["w_raw"] = z
         return out
+
+
+#: numbers in one (draws, T, D, D) factor when drawing w: ~130 MB in float64
+_CONDITIONAL_VALUES = 2 ** 24
 
 
 class _LogMarginal(torch.autograd.Function):
