@@ -148,13 +148,23 @@ class MultiTaskModel(ModelBase):
         hit = _EXACT.get(key)
         if hit is not None and hit[0]() is self and hit[1]() is data:
             return hit[2]  # likelihood_for asks often, on the same data; the sums cost O(N D^2)
-        T = data.n_tasks
-        found = exact_fits(data.reduce(("task_gram", self.intercept, tuple(self.shared)),
-                                       lambda d: task_gram(self.design(d)[0], d.y, d.task, T)))
+        found = exact_fits(self.task_sums(data))
         if len(_EXACT) > 64:
             _EXACT.clear()
         _EXACT[key] = (weakref.ref(self), weakref.ref(data), found)
         return found
+
+    def task_sums(self, data: MultiTaskData, weighted: bool = False) -> dict[str, torch.Tensor]:
+        """Per-task sums of the rows through this model's design (``design.task_gram``), each row
+        weighted by 1 / noise^2 when ``weighted``. Data streamed from a file sum them chunk by
+        chunk, once per setting (``reduce``)."""
+        T = data.n_tasks
+
+        def sums(d: MultiTaskData) -> dict[str, torch.Tensor]:
+            Xv, Xs = self.design(d)
+            return task_gram(Xv, d.y, d.task, T, Xs, d.noise ** 2 if weighted else None)
+
+        return data.reduce(("task_sums", type(self).__qualname__, self.intercept, tuple(self.shared), weighted), sums)
 
     def residual_df(self, data: MultiTaskData) -> float:
         """Rows minus task-varying parameters of the median task: how well a sigma per task is

@@ -19,9 +19,7 @@ from N(mu + tau * A'^-1 tau * u, tau A'^-1 tau), u = X'(y - X mu) / sigma^2.
 from __future__ import annotations
 
 import functools
-import math
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -60,8 +58,7 @@ class HierarchicalGaussian(Marginal):
         self.lik = model.likelihood_for(data)
         known = self.lik.noise == "known"
         T = data.n_tasks
-        stats = data.reduce(("hierarchical_gaussian", model.intercept, tuple(model.shared), known),
-                            lambda d: _sums(model, d, T, known))
+        stats = model.task_sums(data, weighted=known)
         dt = data.dtype
         XX, self.Xy, self.yy, self.n, self.const_t = (stats[k].to(dt) for k in ("XX", "Xy", "yy", "n", "const_t"))
         self.XX = 0.5 * (XX + XX.transpose(-1, -2))
@@ -315,31 +312,3 @@ def _lm_backward(g, XX, inv, t, c, rr, q, bq, diag_m, n, mu):
         return d_mu, d_tau, d_s2, d_Xy, d_yy
     g1 = g.unsqueeze(-1)
     return g1 * d_mu, g1 * d_tau, g1 * d_s2, g1.unsqueeze(-1) * d_Xy, g1 * d_yy
-
-
-#: rows summed at a time: the (rows, D, D) products stay near 100 MB at D = 20
-_ROWS = 32_768
-
-
-def _sums(model, data: MultiTaskData, T: int, known: bool) -> dict[str, torch.Tensor]:
-    """Per-task sums over ``data``'s rows, float64 and additive over chunks of rows: X'X, X'y,
-    y'y, rows and the log-det constant (T, ...), and X'S, S'y, S'S for shared features, each
-    row weighted by 1/s^2 where the noise is known."""
-    f64 = dict(dtype=torch.float64, device=data.device)
-    out = None
-    for lo in range(0, max(data.n_rows, 1), _ROWS):
-        part = data.subset(np.arange(lo, min(lo + _ROWS, data.n_rows))) if data.n_rows > _ROWS else data
-        Xv, Xs = (a.double() for a in model.design(part))
-        y, task = part.y.double(), part.task
-        D, Ds = Xv.shape[-1], Xs.shape[-1]
-        var = part.noise.double() ** 2 if known else None
-        wt = 1.0 / var if known else torch.ones_like(y)
-        Xw, Sw = Xv * wt.unsqueeze(-1), Xs * wt.unsqueeze(-1)
-        per_row = math.log(2 * math.pi) + (torch.log(var) if known else torch.zeros_like(y))
-        add = lambda *shape, v, task=task: torch.zeros(T, *shape, **f64).index_add_(0, task, v)  # noqa: E731
-        sums = {"XX": add(D, D, v=Xw.unsqueeze(-1) * Xv.unsqueeze(-2)), "Xy": add(D, v=Xw * y.unsqueeze(-1)),
-                "yy": add(v=wt * y * y), "n": add(v=torch.ones_like(y)), "const_t": add(v=per_row),
-                "XS": add(D, Ds, v=Xw.unsqueeze(-1) * Xs.unsqueeze(-2)), "Sy": add(Ds, v=Sw * y.unsqueeze(-1)),
-                "SS": add(Ds, Ds, v=Sw.unsqueeze(-1) * Xs.unsqueeze(-2))}
-        out = sums if out is None else {k: out[k] + v for k, v in sums.items()}
-    return out
