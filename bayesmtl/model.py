@@ -540,7 +540,8 @@ class MultiTaskModel(ModelBase):
         written = None
         trains = tuple(self.trained_modules)
         if isinstance(data, StreamedData):  # only a form that reduces the rows to sums can fit from a file
-            out = [Target(program=_no_minibatch(f.pyro_model, p), max_plate_nesting=f.max_plate_nesting,
+            hint = f"the rows of {data.path!r} stay in the file: use task_batch_size= (tasks a step) instead"
+            out = [Target(program=_no_minibatch(f.pyro_model, p, hint), max_plate_nesting=f.max_plate_nesting,
                           task_batches=_takes_task_batch(f.pyro_model) and not self.shared, n_rows=data.n_rows,
                           path=p, log_density=f.log_density, log_density_grad=f.log_density_and_grad,
                           conditional=f.conditional, data=data)
@@ -697,12 +698,13 @@ def _program(model: MultiTaskModel, data: MultiTaskData, subsample_size: int | N
     return model.pyro_model(data, subsample_size=subsample_size)
 
 
-def _no_minibatch(program: Callable[..., Callable[[], None]], path: str):
+def _no_minibatch(program: Callable[..., Callable[[], None]], path: str,
+                  hint: str = "pass collapse=False to use batch_size"):
     """A form's program as a target's: no row minibatches; task minibatches where the form's
     ``pyro_model`` takes ``task_batch``."""
     def make(subsample_size: int | None = None, task_batch: int | None = None):
         if subsample_size is not None or (task_batch is not None and not _takes_task_batch(program)):
-            raise ValueError(f"the {path} form needs every row at once; pass collapse=False to use batch_size")
+            raise ValueError(f"the {path} form needs every row at once; {hint}")
         return program() if task_batch is None else program(task_batch=task_batch)
     return make
 

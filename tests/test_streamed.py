@@ -132,6 +132,8 @@ def test_steps_that_need_rows_name_the_file(files):
         bm.fit(bm.models.Hierarchical(likelihood="student_t"), data, method="svi", steps=10, progress=False)
     with pytest.raises(RowsNotInMemory, match="validation"):
         bm.fit(bm.models.Hierarchical(), data, method="svi", steps=10, validation=0.2, progress=False)
+    with pytest.raises(ValueError, match="stay in the file: use task_batch_size="):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", steps=10, batch_size=100, progress=False)
     with pytest.raises(RowsNotInMemory, match="d.parquet"):
         data.X
 
