@@ -578,9 +578,11 @@ class MultiTaskModel(ModelBase):
     def complete(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
                  chunk: int = 1000) -> dict[str, torch.Tensor]:
         """Add deterministic sites (e.g. ``w`` of a non-centred prior) to flat draws (S, ...)."""
+        dims = self.site_dims(data)
+        if all(k in samples for k in dims if not k.startswith("_")):
+            return dict(samples)  # (a collapsed form's draws hold every site: no rerun over 50,000 tasks' draws)
         fn = self._as_drawn(data, samples).pyro_model(data, observe=False)
         shapes = site_shapes(fn)
-        dims = self.site_dims(data)
         nest = self.nesting(data)
         S = next(iter(samples.values())).shape[0]
         out: dict[str, list[torch.Tensor]] = {}
@@ -590,8 +592,8 @@ class MultiTaskModel(ModelBase):
                 n = next(iter(part.values())).shape[0]
                 tr = batch_condition(fn, part, n, nest, shapes)
                 for name, site in tr.nodes.items():
-                    if site["type"] != "sample" or name.startswith("_") or name not in dims:
-                        continue
+                    if site["type"] != "sample" or name.startswith("_") or name not in dims or name in samples:
+                        continue  # (a site drawn already is kept as drawn: no copy of 50,000 tasks' draws)
                     out.setdefault(name, []).append(squeeze_to(site["value"], 1 + len(dims[name])))
         full = {k: torch.cat(v) for k, v in out.items()}
         full.update(samples)

@@ -211,24 +211,23 @@ class HierarchicalGaussian(Marginal):
         mu2, tau2, s2 = self._flat(mu, tau, samples.get("sigma"))
         coef = self._coef(samples, S)
         step = max(1, _CONDITIONAL_VALUES // (self.T * self.D * self.D))
-        z = []
+        z = tau.new_empty(S, self.T, self.D)
         for lo in range(0, S, step):
             part = slice(lo, lo + step)
             _, _, _, b, L = _lm_factor(mu2[part], tau2[part], s2[part], self.XX,
                                        *self._residual(None if coef is None else coef[part]))
             v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
             eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-            z.append(torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1))
-        z = torch.cat(z)  # (S, T, D)
+            z[part] = torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
         out = dict(samples)
-        out["w"] = mu2.unsqueeze(-2) + tau2.unsqueeze(-2) * z
+        out["w"] = torch.addcmul(mu2.unsqueeze(-2), tau2.unsqueeze(-2), z)  # (one (S, T, D) tensor, no temporary)
         if not self.prior.centered:
             out["w_raw"] = z
         return out
 
 
-#: numbers in one (draws, T, D, D) factor when drawing w: ~130 MB in float64
-_CONDITIONAL_VALUES = 2 ** 24
+#: numbers in one (draws, T, D, D) factor when drawing w: ~32 MB in float64
+_CONDITIONAL_VALUES = 2 ** 22
 
 
 class _LogMarginal(torch.autograd.Function):
