@@ -268,12 +268,17 @@ class StreamedData:
             if self.feature_mean is not None:
                 X = (X - self.feature_mean) / self.feature_scale
             y = torch.as_tensor(df[self.target_name].to_numpy(dtype=float, copy=True), dtype=self.dtype)
-            yield MultiTaskData(X=X.to(self.device), y=y.to(self.device), task=torch.as_tensor(idx, device=self.device),
-                                task_names=list(self.task_names), feature_names=list(self.feature_names),
-                                target_name=self.target_name, task_column=self.task_column,
-                                feature_mean=self.feature_mean, feature_scale=self.feature_scale,
-                                n_known_tasks=self.n_known_tasks, task_features=self.task_features,
-                                task_levels=self.task_levels)
+            yield self._piece(X, y, torch.as_tensor(idx))
+
+    def _piece(self, X: torch.Tensor, y: torch.Tensor | None, task: torch.Tensor) -> MultiTaskData:
+        """Rows as ``MultiTaskData`` with these data's names and settings, on their device."""
+        dev = self.device
+        return MultiTaskData(X=X.to(dev), y=None if y is None else y.to(dev), task=task.to(dev),
+                             task_names=list(self.task_names), feature_names=list(self.feature_names),
+                             target_name=self.target_name, task_column=self.task_column,
+                             feature_mean=self.feature_mean, feature_scale=self.feature_scale,
+                             n_known_tasks=self.n_known_tasks, task_features=self.task_features,
+                             task_levels=self.task_levels)
 
     def reduce(self, key, fn: Callable[[MultiTaskData], dict]) -> dict:
         """``fn`` summed over the chunks: ``fn(chunk)`` returns a dict of tensors (or a tensor)
@@ -410,14 +415,7 @@ class StreamedData:
 
     def skeleton(self) -> MultiTaskData:
         """The names and settings with no rows: what ``prepare`` and prediction read."""
-        D = self.n_features
-        return MultiTaskData(X=torch.zeros(0, D, dtype=self.dtype, device=self.device), y=None,
-                             task=torch.zeros(0, dtype=torch.long, device=self.device),
-                             task_names=list(self.task_names), feature_names=list(self.feature_names),
-                             target_name=self.target_name, task_column=self.task_column,
-                             feature_mean=self.feature_mean, feature_scale=self.feature_scale,
-                             n_known_tasks=self.n_known_tasks, task_features=self.task_features,
-                             task_levels=self.task_levels)
+        return self._piece(torch.zeros(0, self.n_features, dtype=self.dtype), None, torch.zeros(0, dtype=torch.long))
 
     def prepare(self, df: pd.DataFrame, require_target: bool = False) -> MultiTaskData:
         """Rows of a new frame in these data's schema (``MultiTaskData.prepare``)."""
