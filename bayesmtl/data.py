@@ -117,6 +117,14 @@ def read_csv(path: Path, task: str | None = None) -> pd.DataFrame:
     return frame
 
 
+def label_text(col: pd.Series) -> np.ndarray:
+    """Task labels as text; whole numbers read as floats (a column with a blank elsewhere) are
+    written as integers."""
+    if col.dtype.kind == "f" and np.all(np.mod(col.to_numpy(), 1) == 0):
+        col = col.astype(np.int64)
+    return col.astype(str).to_numpy()
+
+
 def _labels(col: pd.Series, name: str, offset: int = 0) -> np.ndarray:
     """Task labels as strings; a missing or blank label, one holding a control character, and
     labels that differ only in surrounding spaces are errors naming the row. Whole numbers read
@@ -126,9 +134,7 @@ def _labels(col: pd.Series, name: str, offset: int = 0) -> np.ndarray:
         row = int(np.flatnonzero(blank.to_numpy())[0]) + offset
         raise ValueError(f"task column {name!r} has {int(blank.sum())} missing or blank label(s) "
                          f"(first at row {row})")
-    if col.dtype.kind == "f" and np.all(np.mod(col.to_numpy(), 1) == 0):
-        col = col.astype(np.int64)
-    labels = col.astype(str).to_numpy()
+    labels = label_text(col)
     distinct = list(pd.unique(labels))  # in order of first appearance; each checked once, not each row
     control = [s for s in distinct if any(ord(c) < 32 or ord(c) == 127 for c in s)]
     if control:

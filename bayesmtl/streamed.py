@@ -32,6 +32,7 @@ from .data import (
     _task_level,
     csv_header,
     csv_options,
+    label_text,
 )
 
 __all__ = ["StreamedData", "RowsNotInMemory"]
@@ -260,10 +261,9 @@ class StreamedData:
         cats = list(self.task_names[: self.n_known_tasks])
         cols = [self.task_column, self.target_name, *self.feature_names]
         for df in _frames(path, self.kind, cols, self.chunk_rows, self.task_column):
-            labels = df[self.task_column]
-            if labels.dtype.kind == "f":
-                labels = labels.astype(np.int64)
-            idx = pd.Categorical(labels.astype(str), categories=cats).codes.astype(np.int64)
+            idx = pd.Categorical(label_text(df[self.task_column]), categories=cats).codes.astype(np.int64)
+            if (idx < 0).any():  # (size and mtime unchanged, yet a label the scan did not see)
+                raise ValueError(f"data file {self.path!r} holds a task the scan did not see; scan it again")
             X = torch.as_tensor(df[self.feature_names].to_numpy(dtype=float, copy=True), dtype=self.dtype)
             if self.feature_mean is not None:
                 X = (X - self.feature_mean) / self.feature_scale

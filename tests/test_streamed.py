@@ -183,3 +183,14 @@ def test_cli_streams_a_parquet_file(files, tmp_path, capsys):
     assert main(["fit", "--data", str(folder / "d.parquet"), "--task", "shop", "--target", "sales",
                  "--out", str(tmp_path / "r3"), *svi]) == 0
     assert (tmp_path / "r3" / "data.nc").exists()
+
+
+def test_numeric_task_labels_stream_as_loaded(files, tmp_path):
+    df, _ = files
+    ints = df.assign(shop=df.shop.str[1:].astype(int))  # tasks 0, 1, ... as integers in the file
+    ints.to_parquet(tmp_path / "i.parquet", row_group_size=100)
+    data = StreamedData.scan(tmp_path / "i.parquet", task="shop", target="sales", chunk_rows=100)
+    loaded = bm.MultiTaskData.from_frame(ints, task="shop", target="sales")
+    assert data.task_names == loaded.task_names
+    tasks = torch.cat([c.task for c in data.chunks()])
+    torch.testing.assert_close(tasks, loaded.task)
