@@ -66,11 +66,13 @@ def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 
     """mean, sd, equal-tailed quantiles, mcse, ess_bulk, ess_tail, r_hat per labelled entry
     (``chains=False``: draws that are not Markov chains; the last four NaN, not computed)."""
     lo, hi = (1 - prob) / 2, (1 + prob) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one chain or few draws: arviz warns, we report NaN
-        one_draw = idata.posterior.sizes["draw"] < 4
-        full = az.summary(idata, var_names=var_names, kind="stats" if one_draw or not chains else "all",
-                          round_to="none")
+    one_draw = idata.posterior.sizes["draw"] < 4
+    if one_draw or not chains:
+        full = _stats(idata.posterior, var_names)  # (no chain diagnostics: no per-entry loop of arviz's)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few draws: arviz warns, we report NaN
+            full = az.summary(idata, var_names=var_names, kind="all", round_to="none")
     # the quantiles site by site in one call each (arviz's stat_funcs run once per entry: minutes
     # at 50k tasks), in arviz's row order: sites as listed, entries in C order
     post = idata.posterior
@@ -87,6 +89,26 @@ def summary(idata: az.InferenceData, var_names: list[str] | None, prob: float = 
     if idata.posterior.sizes["chain"] < 2:
         out["r_hat"] = np.nan  # one chain (SVI, MAP): r_hat is not defined
     return out
+
+
+def _stats(post, var_names: list[str] | None) -> pd.DataFrame:
+    """mean and sd (ddof 1) of every entry, labelled as arviz labels them (``w[task_a, x1]``),
+    vectorised: arviz's summary visits entries one by one (90 s at 20,000 tasks)."""
+    import itertools
+
+    labels, mean, sd = [], [], []
+    for v in (list(post.data_vars) if var_names is None else list(var_names)):
+        da = post[v]
+        flat = da.values.reshape(-1, int(np.prod(da.shape[2:], dtype=int)))
+        mean.append(flat.mean(0))
+        sd.append(flat.std(0, ddof=1) if flat.shape[0] > 1 else np.full(flat.shape[1], np.nan))
+        dims = da.dims[2:]
+        if not dims:
+            labels.append(str(v))
+            continue
+        coords = [da[d].values.tolist() for d in dims]
+        labels += [f"{v}[{', '.join(map(str, combo))}]" for combo in itertools.product(*coords)]
+    return pd.DataFrame({"mean": np.concatenate(mean), "sd": np.concatenate(sd)}, index=labels)
 
 
 def loo(log_lik: np.ndarray):
