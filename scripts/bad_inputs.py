@@ -622,6 +622,18 @@ def build_cases() -> list[Case]:
     for cid, what, args, data, expect in cols:
         add(fit_cli(cid + "-cli", "columns", f"fit {what}", expect, data=data, args=args,
                     warn_ok=cid == "col-features-empty"))
+    streamed = [  # --stream: the file read in chunks (bayesmtl/streamed.py)
+        ("stream-task-missing", "--stream --task district", ["--stream", "--task", "district"], ("district",)),
+        ("stream-target-missing", "--stream --target grade", ["--stream", "--target", "grade"], ("grade",)),
+        ("stream-feature-missing", "--stream --features x1,x9", ["--stream", "--features", "x1,x9"], ("x9",)),
+        ("stream-noise", "--stream --noise x1 (not streamed)", ["--stream", "--noise", "x1"], ("--noise",)),
+        ("stream-bernoulli", "--stream --likelihood bernoulli on a continuous target",
+         ["--stream", "--likelihood", "bernoulli"], ("data.csv", "Bernoulli")),
+        ("stream-batch", "--stream --option batch_size=4 (rows per step, which stay in the file)",
+         ["--stream", "--method", "svi", "--option", "batch_size=4"], ("task_batch_size",)),
+    ]
+    for cid, what, args, expect in streamed:
+        add(fit_cli(cid + "-cli", "columns", f"fit {what}", expect, data=frame, args=args))
     add(from_frame_api("col-task-missing-api", "columns", "from_frame(task='district')", ("district",),
                        task="district"))
     add(from_frame_api("col-target-missing-api", "columns", "from_frame(target='grade')", ("grade",),
