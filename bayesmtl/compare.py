@@ -44,6 +44,8 @@ def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
     if by not in ("row", "task"):
         raise ValueError(f"by must be 'row' or 'task'; got {by!r}")
     data = post.data
+    if not data.in_memory:
+        data._no_rows("PSIS-LOO (it scores every training row)")
     if data.y is None:
         raise ValueError("the run's data have no target: there is nothing to predict")
     C = post.num_chains

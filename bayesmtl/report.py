@@ -181,6 +181,9 @@ def _relations(post: Posterior) -> str:
 def _ppc(post: Posterior) -> str:
     import matplotlib.pyplot as plt
 
+    if not post.data.in_memory:
+        return (f"<p class='note'>Not made: the training rows stay in {html.escape(post.data.path)} (streamed), "
+                "and the check replicates every row.</p>")
     if post.data.y is None:
         return ""
     table = post.ppc()

@@ -90,6 +90,10 @@ def test_run_folder_references_the_file(files, tmp_path):
     pred = back.predict(new)
     assert pred["new_task"].tolist() == [False, True]
     assert pred.loc[1, "sd"] > pred.loc[0, "sd"]  # a new task knows less than a fitted one
+    page = bm.report(back, tmp_path / "r.html").read_text()
+    assert "Not made: the training rows stay in" in page and "mu[intercept]" in page
+    with pytest.raises(RowsNotInMemory, match="PSIS-LOO"):
+        bm.compare({"a": back, "b": post})
     os.utime(src, ns=(0, 0))  # the file changes under the run: its rows are never silently read
     with pytest.raises(ValueError, match="changed since it was scanned"):
         next(back.data.chunks())
