@@ -39,7 +39,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 4, warmup: int = 1000,
+def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
         progress: bool = True, collapse: bool | None = None, checkpoint: str | Path | None = None,
         checkpoint_every: float = 60.0, resume: str | Path | None = None, **options) -> Posterior:
@@ -47,6 +47,8 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
 
     Parameters
     ----------
+    data : MultiTaskData, or StreamedData (a file read in chunks: models that fit from per-task
+        sums only, ``bayesmtl/streamed.py``)
     method : {"nuts", "chees", "pyro_nuts", "svi", "map", ...} or None
         Back end (see ``bayesmtl.infer.METHODS``); None: the model's ``default_method``
         ("nuts"; "map", type-II ML, for ``MultitaskGP``).
@@ -84,7 +86,7 @@ def fit(model, data: MultiTaskData, method: str | None = None, *, chains: int = 
     seed = check_seed(seed)
     if not isinstance(data, (MultiTaskData, StreamedData)):
         raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
-                        f"target=...)); got {type(data).__name__}")
+                        f"target=...)) or StreamedData (a file read in chunks); got {type(data).__name__}")
     from .protocol import Model
 
     if isinstance(model, type):
