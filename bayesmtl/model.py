@@ -539,26 +539,24 @@ class MultiTaskModel(ModelBase):
         out = []
         written = None
         trains = tuple(self.trained_modules)
-        if isinstance(data, StreamedData):  # only a form that reduces the rows to sums can fit from a file
-            hint = f"the rows of {data.path!r} stay in the file: use task_batch_size= (tasks a step) instead"
-            out = [Target(program=_no_minibatch(f.pyro_model, p, hint), max_plate_nesting=f.max_plate_nesting,
-                          task_batches=_takes_task_batch(f.pyro_model) and not self.shared, n_rows=data.n_rows,
-                          path=p, log_density=f.log_density, log_density_grad=f.log_density_and_grad,
-                          conditional=f.conditional, data=data)
-                   for p, f in ([] if trains else marginals.forms(self, data)) if p != "written"]
-            if not out:
-                data._no_rows(f"{type(self.prior).__name__} with a {type(self.likelihood_for(data)).__name__} "
-                              "likelihood (it has no form that reduces the rows to per-task sums)")
-            return out
+        streamed = isinstance(data, StreamedData)  # only a form that reduces the rows to sums fits from a file
+        hint = (f"the rows of {data.path!r} stay in the file: use task_batch_size= (tasks a step) instead"
+                if streamed else "pass collapse=False to use batch_size")
         for path, form in ([] if trains else marginals.forms(self, data)):
             if path == "written":
                 written = written or form
                 continue
-            out.append(Target(program=_no_minibatch(form.pyro_model, path), max_plate_nesting=form.max_plate_nesting,
+            out.append(Target(program=_no_minibatch(form.pyro_model, path, hint),
+                              max_plate_nesting=form.max_plate_nesting,
                               task_batches=_takes_task_batch(form.pyro_model) and not self.shared,
                               n_rows=data.n_rows, path=path, log_density=form.log_density,
                               log_density_grad=form.log_density_and_grad, conditional=form.conditional,
                               rebuild=lambda d, p=path: _pick(self.targets(d), p), data=data))
+        if streamed:
+            if not out:
+                data._no_rows(f"{type(self.prior).__name__} with a {type(self.likelihood_for(data)).__name__} "
+                              "likelihood (it has no form that reduces the rows to per-task sums)")
+            return out
         if reparam:
             # the prior as written, for back ends whose paths take it (SVI): a Gaussian guide fits a
             # centred posterior better where tasks are informative; the three-level planted prior's
@@ -700,8 +698,7 @@ def _program(model: MultiTaskModel, data: MultiTaskData, subsample_size: int | N
     return model.pyro_model(data, subsample_size=subsample_size)
 
 
-def _no_minibatch(program: Callable[..., Callable[[], None]], path: str,
-                  hint: str = "pass collapse=False to use batch_size"):
+def _no_minibatch(program: Callable[..., Callable[[], None]], path: str, hint: str):
     """A form's program as a target's: no row minibatches; task minibatches where the form's
     ``pyro_model`` takes ``task_batch``."""
     def make(subsample_size: int | None = None, task_batch: int | None = None):

@@ -372,11 +372,14 @@ class StreamedData:
         """As ``MultiTaskData.target_moments``: from the scan, or one more pass with a ``transform``."""
         if transform is None or transform is _identity_transform():
             return self.moments["y_mean"], self.moments["y_sd"], self.n_rows
-        m = _Moments(1)
-        for part in self.chunks():
-            m.add(transform(part.y.double()).cpu().numpy()[:, None])
-        ok = np.isfinite(m.lo[0]) and np.isfinite(m.hi[0])
-        return (float(m.mean[0]), float(m.sd()[0]), m.n) if ok else (float("nan"), float("nan"), m.n)
+        if ("target_moments", transform) not in self._memo:
+            m = _Moments(1)
+            for part in self.chunks():
+                m.add(transform(part.y.double()).cpu().numpy()[:, None])
+            ok = np.isfinite(m.lo[0]) and np.isfinite(m.hi[0])
+            self._memo["target_moments", transform] = ((float(m.mean[0]), float(m.sd()[0]), m.n) if ok
+                                                       else (float("nan"), float("nan"), m.n))
+        return self._memo["target_moments", transform]
 
     def warnings(self) -> list[str]:
         """As ``MultiTaskData.warnings``, from the scan."""

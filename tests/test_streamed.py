@@ -139,7 +139,7 @@ def test_steps_that_need_rows_name_the_file(files):
     with pytest.raises(ValueError, match="stay in the file: use task_batch_size="):
         bm.fit(bm.models.Hierarchical(), data, method="svi", steps=10, batch_size=100, progress=False)
     with pytest.raises(RowsNotInMemory, match="d.parquet"):
-        data.X
+        _ = data.X
 
 
 def test_from_parquet_loads_the_columns_used(files):
