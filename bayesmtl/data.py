@@ -533,15 +533,12 @@ class MultiTaskData:
         """What about these data leaves the fit resting on its priors: a target that takes one
         value in every row, tasks of one row each (with the noise unknown, task-to-task spread and
         row noise cannot be told apart)."""
-        out = []
-        if self.y is not None and self.n_rows and bool((self.y == self.y[0]).all()):
-            out.append(f"target {self.target_name!r} is {float(self.y[0]):g} in every row: the data cannot "
-                       "inform the fit, which rests on the priors")
-        if self.noise is None and self.rows_per_task().max(initial=0) <= 1:
-            out.append(f"every task in {self.task_column!r} has a single row: with the noise unknown, the spread "
-                       "between tasks and the noise within them are not separately identified (the priors "
-                       "decide how it splits)")
-        return out
+        constant = (float(self.y[0]) if self.y is not None and self.n_rows and bool((self.y == self.y[0]).all())
+                    else None)
+        return data_warnings(self, constant)
+
+    #: likelihood kinds whose targets ``check_target`` checks beyond being finite
+    CHECKED_KINDS = ("bernoulli", "poisson", "binomial", "counts", "ordinal", "positive", "proportion")
 
     def check_target(self, kind: str) -> None:
         """Raise if ``y`` cannot be a target of a ``kind`` likelihood, naming the task."""
@@ -650,6 +647,20 @@ class MultiTaskData:
             v = v.cpu().numpy()[rows]
             out[name] = np.asarray(self.task_levels[name], dtype=object)[v] if name in self.task_levels else v
         return out
+
+
+def data_warnings(data, constant: float | None) -> list[str]:
+    """``warnings`` of ``data`` (loaded or streamed), given the target's value when it is the same
+    in every row (else None)."""
+    out = []
+    if constant is not None:
+        out.append(f"target {data.target_name!r} is {constant:g} in every row: the data cannot inform the fit, "
+                   "which rests on the priors")
+    if data.noise is None and data.rows_per_task().max(initial=0) <= 1:
+        out.append(f"every task in {data.task_column!r} has a single row: with the noise unknown, the spread "
+                   "between tasks and the noise within them are not separately identified (the priors decide "
+                   "how it splits)")
+    return out
 
 
 def wide_to_long(df: pd.DataFrame, targets: Sequence[str], features: Sequence[str] | None = None) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from .data import (
     _task_level,
     csv_header,
     csv_options,
+    data_warnings,
     label_text,
 )
 
@@ -39,10 +40,6 @@ __all__ = ["StreamedData", "RowsNotInMemory"]
 
 #: rows read at a time: (N, D, D) per-task sums of 20 features take ~300 MB at this size
 CHUNK_ROWS = 100_000
-
-
-#: likelihood kinds whose targets ``MultiTaskData.check_target`` checks beyond being finite
-_CHECKED = ("bernoulli", "poisson", "binomial", "counts", "ordinal", "positive", "proportion")
 
 
 class RowsNotInMemory(ValueError):
@@ -383,18 +380,12 @@ class StreamedData:
 
     def warnings(self) -> list[str]:
         """As ``MultiTaskData.warnings``, from the scan."""
-        out = []
-        if self.moments["y_min"] == self.moments["y_max"]:
-            out.append(f"target {self.target_name!r} is {self.moments['y_min']:g} in every row: the data cannot "
-                       "inform the fit, which rests on the priors")
-        if self.counts.max(initial=0) <= 1:
-            out.append(f"every task in {self.task_column!r} has a single row: the spread between tasks and the "
-                       "noise within them are not separately identified")
-        return out
+        lo, hi = self.moments["y_min"], self.moments["y_max"]
+        return data_warnings(self, lo if lo == hi else None)
 
     def check_target(self, kind: str) -> None:
         """As ``MultiTaskData.check_target``, chunk by chunk (rows counted from the file's first)."""
-        if ("check", kind) in self._memo or kind not in _CHECKED:
+        if ("check", kind) in self._memo or kind not in MultiTaskData.CHECKED_KINDS:
             return  # (every target is finite, checked by the scan: a Gaussian's needs no more)
         offset = 0
         for part in self.chunks():

@@ -81,9 +81,10 @@ class HierarchicalGaussian(Marginal):
             self._priors["coef"] = self._coef_prior
 
     # ------------------------------------------------------------------ algebra
-    def _flat(self, mu, tau, sigma):
-        """mu, tau (B, D) and sigma^2 (B, T) from site values with any leading batch shape."""
-        D, T = self.D, self.T
+    def _flat(self, mu, tau, sigma, n: int | None = None):
+        """mu, tau (B, D) and sigma^2 (B, n) from site values with any leading batch shape (n:
+        the tasks sigma is given for, all T by default)."""
+        D, T = self.D, self.T if n is None else n
         tau2 = tau.reshape(-1, D)
         mu2 = mu.expand(tau.shape).reshape(-1, D) if mu.dim() > 1 else mu.expand(tau2.shape)
         B = tau2.shape[0]
@@ -123,11 +124,7 @@ class HierarchicalGaussian(Marginal):
         """``log_marginal`` summed over the tasks ``idx`` (B,) only, with ``sigma`` (..., B) of
         those tasks where it is per task (no shared features)."""
         batch = tau.shape[:-1]
-        D, k = self.D, idx.shape[0]
-        tau2 = tau.reshape(-1, D)
-        mu2 = mu.expand(tau.shape).reshape(-1, D) if mu.dim() > 1 else mu.expand(tau2.shape)
-        B = tau2.shape[0]
-        s2 = tau2.new_ones(B, k) if sigma is None else (sigma.reshape(B, -1) ** 2).expand(B, k)
+        mu2, tau2, s2 = self._flat(mu, tau, sigma, n=idx.shape[0])
         ll = _LogMarginal.apply(mu2, tau2, s2, self.XX[idx], self.Xy[idx], self.yy[idx], self.n[idx])
         return (ll - 0.5 * self.const_t[idx].sum()).reshape(batch)
 
