@@ -161,6 +161,7 @@ class FlatSVI:
         self.mode, self.seconds_compile = compile, 0.0
         self.reduce = reduce  # (gradient and loss averaged over processes: distributed.py)
         self._step = None
+        self.mean, self.n_mean = None, 0  # the running mean of theta while averaging (``average``)
 
     def _grad(self, theta, eps):
         """(d loss / d theta, loss) at the draws eps (K, n)."""
@@ -229,18 +230,31 @@ class FlatSVI:
                 both = self.reduce(torch.cat([grad, loss.reshape(1)]))
                 self.theta, self.m1, self.m2 = self._adam(self.theta, self.m1, self.m2, both[:-1], size)
                 loss = both[-1]
+        if self.mean is not None:
+            self.n_mean += 1
+            self.mean += (self.theta - self.mean) / self.n_mean
         return float(loss)
 
-    def decay(self, lrd: float) -> None:
-        """From the next step on, multiply the learning rate by ``lrd`` every step."""
+    def decay(self, lrd: float, average: bool = False) -> None:
+        """From the next step on, multiply the learning rate by ``lrd`` every step, and with
+        ``average`` keep the running mean of the parameters from then on (``finish`` ends there)."""
         self.lrd = float(lrd)
+        if average:
+            self.mean, self.n_mean = self.theta.clone(), 0
+
+    def finish(self) -> None:
+        """End at the mean of the averaged steps, if any (Polyak-Ruppert averaging)."""
+        if self.mean is not None and self.n_mean:
+            self.theta, self.mean = self.mean, None
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict[str, np.ndarray]:
         """Everything a resumed run needs, as arrays."""
+        mean = {} if self.mean is None else {"flat.mean": self.mean.cpu().numpy(),
+                                             "flat.n_mean": np.asarray(self.n_mean)}
         return {"flat.theta": self.theta.cpu().numpy(), "flat.m1": self.m1.cpu().numpy(),
                 "flat.m2": self.m2.cpu().numpy(), "flat.t": np.asarray(self.t), "flat.lr": np.asarray(self.lr),
-                "flat.lrd": np.asarray(self.lrd), "flat.rng": self.gen.get_state().numpy()}
+                "flat.lrd": np.asarray(self.lrd), "flat.rng": self.gen.get_state().numpy(), **mean}
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """Put ``state()``'s arrays back (raises ValueError where they are not this fit's)."""
@@ -256,6 +270,8 @@ class FlatSVI:
 
         self.theta, self.m1, self.m2 = put(arrays["flat.theta"]), put(arrays["flat.m1"]), put(arrays["flat.m2"])
         self.t, self.lr, self.lrd = int(arrays["flat.t"]), float(arrays["flat.lr"]), float(arrays["flat.lrd"])
+        if "flat.mean" in arrays:
+            self.mean, self.n_mean = put(arrays["flat.mean"]), int(arrays["flat.n_mean"])
         self.gen.set_state(torch.from_numpy(arrays["flat.rng"]))
 
     # ------------------------------------------------------------------ after the fit

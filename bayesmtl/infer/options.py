@@ -266,6 +266,7 @@ _SVI_CHECKS = {
     "window": lambda v: _integer("window", v, 1),
     "lookback": lambda v: _integer("lookback", v, 1),
     "anneal": lambda v: _integer("anneal", v, 0),
+    "average": lambda v: _flag("average", v),
     "batch_size": lambda v: _integer("batch_size", v, 1, optional=True),
     "task_batch_size": lambda v: _integer("task_batch_size", v, 1, optional=True),
     "particles": lambda v: _integer("particles", v, 1, optional=True),
@@ -305,6 +306,9 @@ class SVI(Options):
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
+    average : end at the mean of the guide's parameters over the ``anneal`` steps (Polyak-Ruppert
+        averaging), not at the last step's: the last iterate carries the optimiser's noise, which
+        in units of the posterior sd grows with the data (``svi.py``)
     batch_size : rows per minibatch (None: all rows); particles : ELBO particles (None: 4 on a
         collapsed target, whose evaluations are cheap and whose guide then settles better, else 1)
     task_batch_size : tasks per minibatch, each with all its rows (None: all tasks): the task
@@ -339,6 +343,7 @@ class SVI(Options):
     window: int = 500
     lookback: int = 4
     anneal: int = 1000
+    average: bool = True
     batch_size: int | None = None
     task_batch_size: int | None = None
     particles: int | None = None
@@ -389,6 +394,7 @@ class MAP(Options):
     window: int | None = None
     lookback: int | None = None
     anneal: int | None = None
+    average: bool | None = None
     batch_size: int | None = None
     task_batch_size: int | None = None
     particles: int | None = None

@@ -12,6 +12,11 @@ convergence half the time),
 ``anneal`` (1000: after that, this many more steps with the learning rate decaying
 geometrically to lr / 100, so the final guide is not one noisy iterate: on the radon
 references it cut the worst mean error from up to 0.6 to about 0.1 posterior sd; 0 = off),
+``average`` (True: the guide ends at the mean of its parameters over those annealing steps,
+Polyak-Ruppert averaging, not at the last step. Adam's step is in the parameters' units, so the
+last iterate's noise, counted in posterior sds, grows as the posterior narrows with more data:
+on 1,000 tasks the population means of two seeds differed by up to 0.20-0.24 sd at the last
+iterate and 0.08-0.10 sd averaged),
 ``batch_size`` (rows per minibatch; None = all rows), ``particles`` (None: 4 on a collapsed
 target, else 1), ``jit`` (True without minibatches), ``threads`` (1).
 
@@ -148,6 +153,10 @@ class SVIBackend:
         t0 = time.perf_counter()
         if ckpt is not None and (saved := ckpt.load()) is not None:
             losses, converged, main_steps = _restore(svi, guide, *saved)
+            if "n_mean" in saved[0]:  # (stopped while averaging)
+                steps_.mean = {k[len("mean."):]: torch.from_numpy(v) for k, v in saved[0].items()
+                               if k.startswith("mean.")}
+                steps_.n_mean = int(saved[0]["n_mean"])
             t0 -= saved[1]["seconds"]
         ckpt = ckpt if w is None or w.rank == 0 else None  # one process writes it
         with warnings.catch_warnings():
@@ -223,12 +232,13 @@ def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: l
         if anneal:
             if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
                 main_steps = len(losses)
-                steps_.decay(0.01 ** (1.0 / anneal))
+                steps_.decay(0.01 ** (1.0 / anneal), o.average)
             end = main_steps + anneal
             for i in range(len(losses), end):
                 losses.append(steps_.step(i))
                 if ckpt is not None and ckpt.due() and i < end - 1:
                     steps_.save(ckpt, losses, converged, main_steps, time.perf_counter() - t0)
+            steps_.finish()
     return losses, converged, main_steps, anneal
 
 
@@ -238,8 +248,18 @@ class _PyroSteps:
 
     def __init__(self, svi: SVI, lr: float, reduce=None):
         self.svi, self.lr, self.reduce = svi, lr, reduce
+        self.mean, self.n_mean = None, 0  # the running mean of the parameters while averaging
 
     def step(self, i: int) -> float:
+        loss = self._step(i)
+        if self.mean is not None:
+            self.n_mean += 1
+            with torch.no_grad():
+                for name, p in pyro.get_param_store().named_parameters():
+                    self.mean[name] += (p - self.mean[name]) / self.n_mean
+        return loss
+
+    def _step(self, i: int) -> float:
         if self.reduce is None:
             return _step(self.svi, i, self.lr)
         # SVI.step with the gradients averaged between backward and the optimiser
@@ -259,13 +279,23 @@ class _PyroSteps:
         loss = float(self.reduce(torch.as_tensor(float(loss), dtype=torch.float64)))
         return _finite(loss, i, self.lr)
 
-    def decay(self, lrd: float) -> None:
+    def decay(self, lrd: float, average: bool = False) -> None:
         for opt in self.svi.optim.optim_objs.values():
             for group in opt.param_groups:
                 group["lrd"] = lrd
+        if average:  # (unconstrained values: the mean of constrained ones could leave the support)
+            self.mean = {k: p.detach().clone() for k, p in pyro.get_param_store().named_parameters()}
+            self.n_mean = 0
+
+    def finish(self) -> None:
+        if self.mean is not None and self.n_mean:
+            with torch.no_grad():
+                for name, p in pyro.get_param_store().named_parameters():
+                    p.copy_(self.mean[name])
+        self.mean = None
 
     def save(self, ckpt, losses, converged, main_steps, seconds) -> None:
-        _save(ckpt, self.svi, losses, converged, main_steps, seconds)
+        _save(ckpt, self.svi, losses, converged, main_steps, seconds, self.mean, self.n_mean)
 
 
 class _FlatSteps:
@@ -278,8 +308,11 @@ class _FlatSteps:
         loss = self.engine.step()
         return _finite(loss, i, self.lr)
 
-    def decay(self, lrd: float) -> None:
-        self.engine.decay(lrd)
+    def decay(self, lrd: float, average: bool = False) -> None:
+        self.engine.decay(lrd, average)
+
+    def finish(self) -> None:
+        self.engine.finish()
 
     def save(self, ckpt, losses, converged, main_steps, seconds) -> None:
         ckpt.save({**self.engine.state(), "losses": np.asarray(losses, dtype=np.float64)}, steps=len(losses),
@@ -544,10 +577,14 @@ def psis_weights(log_w: torch.Tensor) -> tuple[float, torch.Tensor | None]:
     return k, weights / weights.sum()
 
 
-def _save(ckpt: Checkpoint, svi: SVI, losses: list, converged: bool, main_steps: int | None, seconds: float) -> None:
-    """The guide's parameters (unconstrained), Adam's state per parameter, the losses so far and
-    the torch random state (the guide's draws come from it)."""
+def _save(ckpt: Checkpoint, svi: SVI, losses: list, converged: bool, main_steps: int | None, seconds: float,
+          mean: dict | None = None, n_mean: int = 0) -> None:
+    """The guide's parameters (unconstrained), Adam's state per parameter, the losses so far,
+    the running mean of the parameters while averaging and the torch random state (the guide's
+    draws come from it)."""
     arrays = {f"param.{k}": v.detach().cpu().numpy() for k, v in pyro.get_param_store().get_state()["params"].items()}
+    if mean is not None:
+        arrays.update({f"mean.{k}": v.cpu().numpy() for k, v in mean.items()}, n_mean=np.asarray(n_mean))
     groups = {}
     for name, state in svi.optim.get_state().items():
         for key, value in state["state"].get(0, {}).items():
