@@ -154,8 +154,8 @@ class SVIBackend:
         if ckpt is not None and (saved := ckpt.load()) is not None:
             losses, converged, main_steps = _restore(svi, guide, *saved)
             if "n_mean" in saved[0]:  # (stopped while averaging)
-                steps_.mean = {k[len("mean."):]: torch.from_numpy(v) for k, v in saved[0].items()
-                               if k.startswith("mean.")}
+                steps_.mean = {k: torch.from_numpy(saved[0][f"mean.{k}"]).to(p)
+                               for k, p in pyro.get_param_store().named_parameters()}
                 steps_.n_mean = int(saved[0]["n_mean"])
             t0 -= saved[1]["seconds"]
         ckpt = ckpt if w is None or w.rank == 0 else None  # one process writes it
