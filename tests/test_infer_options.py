@@ -41,7 +41,7 @@ def model():
     (SVI, dict(guide="flow"), "guide must be one of 'structured', 'normal', 'mvn', 'lowrank' or 'delta'; got 'flow'"),
     (SVI, dict(lr=0), "lr must be a number > 0; got 0"),
     (SVI, dict(steps=0), "steps must be an integer >= 1"),
-    (SVI, dict(anneal=-1), "anneal must be an integer >= 0"),
+    (SVI, dict(anneal=-1), "anneal must be None or an integer >= 0"),
     (SVI, dict(batch_size=0), "batch_size must be None or an integer >= 1"),
     (SVI, dict(particles=0), "particles must be None or an integer >= 1"),
     (SVI, dict(rank=0, guide="lowrank"), "rank must be None or an integer >= 1"),

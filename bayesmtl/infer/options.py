@@ -265,7 +265,7 @@ _SVI_CHECKS = {
     "tol": lambda v: _number("tol", v, 0, strict=False),
     "window": lambda v: _integer("window", v, 1),
     "lookback": lambda v: _integer("lookback", v, 1),
-    "anneal": lambda v: _integer("anneal", v, 0),
+    "anneal": lambda v: _integer("anneal", v, 0, optional=True),
     "average": lambda v: _flag("average", v),
     "batch_size": lambda v: _integer("batch_size", v, 1, optional=True),
     "task_batch_size": lambda v: _integer("task_batch_size", v, 1, optional=True),
@@ -305,7 +305,9 @@ class SVI(Options):
         (None: 5000, or ``steps`` if fewer)
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
-    anneal : that many more steps with the learning rate decaying to lr / 100 (0: off)
+    anneal : that many more steps with the learning rate decaying to lr / 100 (0: off; None:
+        1000, times min(T / B, 10) under task minibatches, so that each task is visited about
+        as often as in 1000 steps on all tasks)
     average : end at the mean of the guide's parameters over the ``anneal`` steps (Polyak-Ruppert
         averaging), not at the last step's: the last iterate carries the optimiser's noise, which
         in units of the posterior sd grows with the data (``svi.py``)
@@ -342,7 +344,7 @@ class SVI(Options):
     tol: float = 1e-5
     window: int = 500
     lookback: int = 4
-    anneal: int = 1000
+    anneal: int | None = None
     average: bool = True
     batch_size: int | None = None
     task_batch_size: int | None = None

@@ -9,7 +9,8 @@ rank, "lowrank", "delta" = MAP),
 ``lookback`` (4) x tol x |loss| below the mean of the window ``lookback`` windows earlier; one
 window to the next is too noisy a comparison: a slow drift along a ridge then passes for
 convergence half the time),
-``anneal`` (1000: after that, this many more steps with the learning rate decaying
+``anneal`` (None: 1000, or 1000 x min(T / B, 10) on task minibatches, whose steps are noisier;
+after that, this many more steps with the learning rate decaying
 geometrically to lr / 100, so the final guide is not one noisy iterate: on the radon
 references it cut the worst mean error from up to 0.6 to about 0.1 posterior sd; 0 = off),
 ``average`` (True: the guide ends at the mean of its parameters over those annealing steps,
@@ -163,7 +164,8 @@ class SVIBackend:
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
             losses, converged, main_steps, anneal = _optimise(
-                steps_, o, self.label, settings.progress, ckpt, losses, converged, main_steps, t0, check, model_sites)
+                steps_, o, self.label, settings.progress, ckpt, losses, converged, main_steps, t0, check, model_sites,
+                0 if plates is None else plates.n_tasks)
         fit_seconds = time.perf_counter() - t0
         n = 1 if guide_name == "delta" else settings.draws
         shapes = site_shapes(fn)
@@ -193,12 +195,20 @@ class SVIBackend:
         return Draws(latent, {}, info)
 
 
+#: annealing steps (``anneal=None``) on all tasks; under task minibatches times min(T / B, 10)
+ANNEAL = 1000
+
+
 def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: list, converged: bool,
-              main_steps: int | None, t0: float, check=None, model_sites=()) -> tuple[list, bool, int | None, int]:
+              main_steps: int | None, t0: float, check=None, model_sites=(), n_tasks: int = 0
+              ) -> tuple[list, bool, int | None, int]:
     """The optimisation loop both engines share: ``steps_.step(i)`` until the loss settles (see
     the module docstring) or ``o.steps``, then ``o.anneal`` steps with the learning rate decaying
     to lr / 100; a checkpoint when due. Returns (losses, converged, main_steps, anneal)."""
-    window, lookback, anneal, steps = o.window, o.lookback, o.anneal, o.steps
+    window, lookback, steps = o.window, o.lookback, o.steps
+    anneal = ANNEAL if o.anneal is None else o.anneal
+    if o.anneal is None and o.task_batch_size is not None and n_tasks:
+        anneal = int(ANNEAL * min(n_tasks / o.task_batch_size, LOCAL_RATE_MAX))
     min_steps = min(DEFAULT_MIN_STEPS, steps) if o.min_steps is None else o.min_steps
     with torch_threads(o.threads), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # the step says it, with what to do
