@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--tasks 50000] [--rows 100] [--features 10]
                                          [--task-batch 1000] [--compare 5000] [--draws 100]
-                                         [--compare-draws 4000] [--seed 0]
+                                         [--compare-draws 4000] [--nuts] [--seed 0]
 
 Planted hierarchical linear regression: w_t ~ N(mu, diag(tau^2)) over an intercept and
 ``--features`` slopes, y = x . w_t + N(0, 1), ``--rows`` rows a task. Two parts, one table each:
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
                    help="draws of each comparison fit: with 4000 the largest of 11 Monte Carlo gaps between two "
                         "fits' means is about 0.045 sd, below the 0.1 mark")
     p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--nuts", action="store_true",
+                   help="also fit the comparison tasks with NUTS (4 chains x 1000 after 500 warmup) and print each "
+                        "SVI fit's gap to it")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -120,6 +123,18 @@ def main(argv=None) -> int:
             floor = np.abs(g[k].mean(0) - f[k].mean(0)) / sd
             print(f"| {k} | {z.max():.3f} | {floor.max():.3f} | {r.min():.2f}-{r.max():.2f} | "
                   f"{covered(f[k], truth)}/{len(truth)} / {covered(q[k], truth)}/{len(truth)} |")
+        if a.nuts:
+            data = bm.MultiTaskData.from_frame(frame, task="task", target="y",
+                                               features=[f"x{j}" for j in range(a.features)])
+            model = bm.MultiTaskModel(prior=bm.priors.Hierarchical(), likelihood="gaussian")
+            ref = population(bm.fit(model, data, method="nuts", seed=a.seed, draws=1000, warmup=500, progress=False))
+            print("\n| fit | mu: max / mean abs gap to NUTS, NUTS sd | tau: max / mean | sd ratio to NUTS |")
+            print("| --- | --- | --- | --- |")
+            for name, p_ in (("full batch", f), ("full batch, next seed", g), (f"{batch} tasks a step", q)):
+                gaps = [np.abs(p_[k].mean(0) - ref[k].mean(0)) / ref[k].std(0) for k in ("mu", "tau")]
+                r = np.concatenate([p_[k].std(0) / ref[k].std(0) for k in ("mu", "tau")])
+                print(f"| {name} | {gaps[0].max():.2f} / {gaps[0].mean():.2f} | {gaps[1].max():.2f} / "
+                      f"{gaps[1].mean():.2f} | {r.min():.2f}-{r.max():.2f} |")
     return 0
 
 
