@@ -428,16 +428,22 @@ class _TaskPlate:
 
 #: under task minibatches a per-task parameter's learning rate is lr times T / B, at most this
 LOCAL_RATE_MAX = 10.0
+#: ClippedAdam's elementwise gradient clip (Pyro's default); times T / B under task minibatches
+CLIP_NORM = 10.0
 
 
 def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
     """Adam's settings per parameter: a task in a batch of B out of T is visited once every T / B
-    steps, so its guide parameters step at lr x min(T / B, LOCAL_RATE_MAX); the population's at lr."""
-    fast = lr * min(plates.n_tasks / plates.size, LOCAL_RATE_MAX)
+    steps, so its guide parameters step at lr x min(T / B, LOCAL_RATE_MAX); the population's at lr.
+    Every gradient is clipped at Pyro's 10 x T / B: a step's gradient is its batch's times T / B,
+    and clipping those at 10 cut the large, skewed ones: the population's tau came out 0.1 sd low
+    on average, at any lr (200 tasks, 20 a step; within 0.08 sd either side clipped at 100)."""
+    ratio = plates.n_tasks / plates.size
+    fast = lr * min(ratio, LOCAL_RATE_MAX)
 
     def rates(name: str) -> dict:  # AutoNormal's "...locs.w" / "...scales.w", AutoDelta's "AutoDelta.w"
         own = any(name.endswith((f"locs.{s}", f"scales.{s}")) or name == f"AutoDelta.{s}" for s in local)
-        return {"lr": fast if own else lr, "lrd": 1.0}
+        return {"lr": fast if own else lr, "lrd": 1.0, "clip_norm": CLIP_NORM * ratio}
     return rates
 
 
