@@ -112,8 +112,9 @@ def test_a_prior_that_couples_all_tasks_is_refused():
 
 @pytest.mark.slow
 def test_minibatch_population_matches_the_full_batch_fit():
-    """200 planted tasks, 20 a step: the population's posterior means within 0.5 full-batch sd
-    of the full-batch (collapsed) fit's, sds within 25%, planted mu covered."""
+    """200 planted tasks, 20 a step: the population's posterior means within 0.3 full-batch sd
+    of the full-batch (collapsed) fit's, sds within 25%, planted mu covered. (Before the averaged
+    guide and the gradient clip scaled by T / B the largest gaps were 0.4-0.5.)"""
     _, data, truth = _data(n_tasks=200, rows=15, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -122,7 +123,7 @@ def test_minibatch_population_matches_the_full_batch_fit():
                       progress=False)
     for k in ("mu", "tau"):
         f, q = (np.asarray(p.samples[k]).reshape(-1, 3) for p in (full, part))
-        assert (np.abs(q.mean(0) - f.mean(0)) / f.std(0)).max() < 0.5, k
+        assert (np.abs(q.mean(0) - f.mean(0)) / f.std(0)).max() < 0.3, k
         assert np.all(np.abs(q.std(0) / f.std(0) - 1) < 0.25), k
     q = np.asarray(part.samples["mu"]).reshape(-1, 3)
     lo, hi = np.quantile(q, [0.05, 0.95], axis=0)
