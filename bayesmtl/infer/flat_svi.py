@@ -35,6 +35,7 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible,
 
 from .driver import _compile
 from .guides import MAX_COUPLING, MAX_FULL_RANK, StructuredAffine, structured_layout
+from .optim import CLIP_NORM
 from .potential import BatchedPotential
 
 __all__ = ["FlatGuide", "FlatSVI", "flat_guide", "start", "GUIDES"]
@@ -42,7 +43,7 @@ __all__ = ["FlatGuide", "FlatSVI", "flat_guide", "start", "GUIDES"]
 #: guides this engine writes in tensors (the others run on Pyro's SVI)
 GUIDES = ("structured", "normal", "mvn")
 #: ClippedAdam's settings, as Pyro's SVI path uses them
-BETA1, BETA2, ADAM_EPS, CLIP = 0.9, 0.999, 1e-8, 10.0
+BETA1, BETA2, ADAM_EPS, CLIP = 0.9, 0.999, 1e-8, CLIP_NORM
 #: numbers per chunk when U is evaluated for many guide draws at once (draws x rows)
 CHUNK_VALUES = 20_000_000
 

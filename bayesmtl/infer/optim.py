@@ -14,14 +14,17 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import Optimizer
 
-__all__ = ["LazyClippedAdam"]
+__all__ = ["LazyClippedAdam", "CLIP_NORM"]
+
+#: ClippedAdam's elementwise gradient clip (Pyro's default), shared by every SVI engine here
+CLIP_NORM = 10.0
 
 
 class LazyClippedAdam(Optimizer):
     """Adam, clipped and decaying like ``pyro.optim.ClippedAdam``, lazy per entry (see the module)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 clip_norm: float = 10.0, lrd: float = 1.0):
+                 clip_norm: float = CLIP_NORM, lrd: float = 1.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, clip_norm=clip_norm, lrd=lrd))
 
     @torch.no_grad()

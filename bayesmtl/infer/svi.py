@@ -55,7 +55,7 @@ from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
 from .guides import AutoStructuredNormal
-from .optim import LazyClippedAdam
+from .optim import CLIP_NORM, LazyClippedAdam
 from .options import SVI as SVIOptions
 
 __all__ = ["SVIBackend"]
@@ -428,8 +428,6 @@ class _TaskPlate:
 
 #: under task minibatches a per-task parameter's learning rate is lr times T / B, at most this
 LOCAL_RATE_MAX = 10.0
-#: ClippedAdam's elementwise gradient clip (Pyro's default); times T / B under task minibatches
-CLIP_NORM = 10.0
 
 
 def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
