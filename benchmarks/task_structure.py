@@ -10,7 +10,8 @@ Cases (``--cases``):
   r_hat and whether the 90% intervals of each level's spread cover the planted value.
 * ``school``: explained variance on the Argyriou et al. splits; gated clusters reading the
   school's gender and denomination (copies of the school-level columns, which stay shared
-  features as in the hierarchical model), against the hierarchical model.
+  features as in the hierarchical model), against the hierarchical model and task-relationship
+  learning (MTRL, default settings).
 
     .venv/bin/python benchmarks/task_structure.py --cases gate --methods svi,nuts --noise 1.5
     .venv/bin/python benchmarks/task_structure.py --cases school --splits 0-4
@@ -108,7 +109,9 @@ def school(args) -> list[dict]:
                                            features=SCHOOL_VARYING + SCHOOL_SHARED, task_features=gate_cols)
         for name, model in (("hierarchical", bm.models.Hierarchical(shared=SCHOOL_SHARED)),
                             ("gated clusters", bm.models.GatedClusters(gate_cols, clusters=args.clusters,
-                                                                       likelihood="gaussian", shared=SCHOOL_SHARED))):
+                                                                       likelihood="gaussian", shared=SCHOOL_SHARED)),
+                            ("task relationship", bm.models.TaskRelationship(likelihood="gaussian",
+                                                                             shared=SCHOOL_SHARED))):
             if name not in args.models:
                 continue
             post, sec, problems = _fit(model, data, "svi", args.seed + k)
@@ -126,7 +129,8 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="svi,nuts", help="gate, tree: back ends")
     p.add_argument("--noise", type=float, default=1.5, help="gate: the planted noise sd")
     p.add_argument("--splits", default="0", help="school: '0-9' or '0,3'")
-    p.add_argument("--models", default="hierarchical,gated clusters", help="school: which rows to fit")
+    p.add_argument("--models", default="hierarchical,gated clusters,task relationship",
+                   help="school: which rows to fit")
     p.add_argument("--clusters", type=int, default=5, help="school: the gated model's upper bound on clusters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file for the rows")

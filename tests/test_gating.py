@@ -130,3 +130,28 @@ def test_gate_beats_dp_on_few_row_tasks(method):
         assert adjusted_rand_index(part["cluster"].to_numpy(), truth["cluster"]) >= 0.9, name
         lpd[name] = _few_row_lpd(post, test, truth)
     assert lpd["gated"] > lpd["dp"], lpd
+
+
+def test_the_potential_of_many_draws_takes_memory_linear_in_the_draws():
+    """The gate's ``task_weights`` is a ``pyro.deterministic``: its Delta density compared the traced
+    (C, T, K) value with the recomputed one as a (C, 1, C, T, K) tensor, 17 GB for the PSIS draws
+    of school (139 schools). The potential skips it (it adds 0), so no allocation grows as C^2."""
+    import pyro
+    from torch.profiler import profile
+
+    from bayesmtl.infer.potential import BatchedPotential
+
+    train, _, _ = gated_clusters(n_tasks=40, few_tasks=0, rows=5, seed=0)
+    data = _data(train)
+    model = bm.models.GatedClusters(["f1", "f2"], clusters=4)
+    target = model.targets(data)[0]
+    C = 300
+    with pyro.validation_enabled(False), bm.protocol.data_context(torch.float64, "cpu"), torch.no_grad():
+        pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
+        z = 0.1 * torch.randn(C, pot.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        with profile(profile_memory=True) as prof:
+            U = pot(z)
+    assert U.shape == (C,) and bool(torch.isfinite(U).all())
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    per_draw = 8 * (data.n_rows + 40 * 4 * 4)  # a row each, and the (T, K) weights with room to spare
+    assert largest < 4 * C * per_draw, f"{largest / 1e6:.1f} MB in one allocation for {C} draws"
