@@ -69,7 +69,7 @@ class GatedClusters(DPClustering):
         data = post.data if new is None else post.data.prepare(new)
         start = 0 if new is None else data.n_known_tasks
         tasks = self.tasks(data, start=start, scaled_by=post.data)
-        flat = {k: torch.as_tensor(v) for k, v in post.flat().items() if k in ("gate", "v")}
+        flat = {k: torch.as_tensor(v) for k, v in post.flat().items() if k in ("gate", "weights")}
         p = self.prior.gate_probabilities(flat, tasks).numpy()  # (S, T, K)
         lo, hi = np.quantile(p, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         T, K = p.shape[1:]

@@ -116,7 +116,10 @@ def _few_row_lpd(post, test, truth) -> float:
 def test_gate_beats_dp_on_few_row_tasks(method):
     """Issue 20, point 1: 40 tasks with 20 rows and 20 with 5, 3 clusters given (noisily) by two
     task features. Both models recover the partition (ARI >= 0.9); on the 5-row tasks' test rows
-    the gated model predicts better than DP clustering, which cannot read the features."""
+    the gated model predicts better than DP clustering, which cannot read the features. Under
+    NUTS the gated model's alpha mixes: its weights are symmetric in the cluster labels, so
+    chains that label the clusters differently agree on it (stick-broken weights gave r_hat 1.11
+    and bulk ESS 26)."""
     train, test, truth = gated_clusters(seed=0, noise=1.5)
     data = _data(train)
     kw = dict(chains=4, warmup=500, draws=500) if method == "nuts" else {}
@@ -128,6 +131,9 @@ def test_gate_beats_dp_on_few_row_tasks(method):
             post = bm.fit(model, data, method=method, seed=0, progress=False, **kw)
         part = post.relations().clusters()
         assert adjusted_rand_index(part["cluster"].to_numpy(), truth["cluster"]) >= 0.9, name
+        if method == "nuts" and name == "gated":
+            alpha = post.summary().loc["alpha"]
+            assert alpha["r_hat"] < 1.05 and alpha["ess_bulk"] > 100, alpha
         lpd[name] = _few_row_lpd(post, test, truth)
     assert lpd["gated"] > lpd["dp"], lpd
 
