@@ -51,7 +51,8 @@ class GatedClusters(DirichletProcess):
         Scale of the half-normal prior on each gate input's spread: a unit change of a
         standardised feature moves a cluster's log-odds by about this much at most.
     alpha : pyro distribution or positive number, default Gamma(1, 1)
-        Concentration of the stick-breaking weights under the gate.
+        Concentration of the weights under the gate: pi ~ Dirichlet(alpha / K, ..., alpha / K),
+        the finite mixture that tends to a DP(alpha) as K grows.
     base : TaskPrior, default ``Hierarchical()``
         Base measure of the cluster atoms.
     """
