@@ -165,8 +165,8 @@ class BatchedPotential:
                 continue
             if site["infer"].get("_deterministic"):
                 # pyro.deterministic adds 0, but its Delta's log_prob broadcasts the recomputed
-                # value against the traced one: (chains, 1, chains, K, D) in the gated clusters'
-                # atoms, 17 GB for the PSIS draws on school
+                # value against the traced one: (chains, 1, chains, T, K) for the gated clusters'
+                # task weights, 17 GB for the PSIS draws on school
                 continue
             lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
             if lp.dim() < chain_dim:

@@ -173,17 +173,23 @@ class DirichletProcess(TaskPrior):
         ``tasks`` (their task-level features) serve priors whose weights differ by task, which
         return (..., T, K)."""
         K = self.truncation
-        if isinstance(self.alpha, float):
-            a = torch.full((), self.alpha, dtype=like.dtype, device=like.device)
-        else:
-            a = pyro.sample("alpha", move_distribution(self.alpha, like))
-        a = a.unsqueeze(-1)
+        a = self.concentration(like).unsqueeze(-1)
         v = pyro.sample("v", dist.Beta(torch.ones_like(a), a).expand(a.shape[:-1] + (K - 1,)).to_event(1))
         with _Float():
             weights = pyro.deterministic("weights", stick_breaking(v), event_dim=1)
+        return weights, self.atoms(n_dims, like)
+
+    def concentration(self, like: torch.Tensor) -> torch.Tensor:
+        """alpha, () (or (C,) under a batch of chains): the ``alpha`` site, or the fixed value."""
+        if isinstance(self.alpha, float):
+            return torch.full((), self.alpha, dtype=like.dtype, device=like.device)
+        return pyro.sample("alpha", move_distribution(self.alpha, like))
+
+    def atoms(self, n_dims: int, like: torch.Tensor) -> torch.Tensor:
+        """The K atoms (..., K, D) from the base measure, its sites prefixed ``atom_``."""
+        K = self.truncation
         with _Prefix(), _Float():
-            atoms = self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
-        return weights, atoms
+            return self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
 
     def assignment_weights(self, samples: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each task's prior cluster probabilities from flat draws: (S, 1, K), the same for all."""

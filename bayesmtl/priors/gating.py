@@ -31,8 +31,8 @@ import pyro.distributions as dist
 import torch
 
 from ..protocol import Tasks
-from .base import TaskPrior, move_distribution
-from .dirichlet import DirichletProcess, _Float, _Prefix
+from .base import TaskPrior
+from .dirichlet import DirichletProcess, _Float
 
 __all__ = ["GatedClusters"]
 
@@ -125,12 +125,10 @@ class GatedClusters(DirichletProcess):
         if tasks is None:
             raise ValueError("GatedClusters needs the tasks' features (tasks=...)")
         K = self.truncation
-        a = torch.full((), self.alpha, dtype=like.dtype, device=like.device) if isinstance(self.alpha, float) \
-            else pyro.sample("alpha", move_distribution(self.alpha, like))
+        a = self.concentration(like)
         with _Float():
             weights = pyro.sample("weights", dist.Dirichlet((a / K).unsqueeze(-1).expand(a.shape + (K,))))
-        with _Prefix(), _Float():
-            atoms = self.base.sample(Tasks(K, n_dims, pyro.plate("cluster", K, dim=-1), like=like))
+        atoms = self.atoms(n_dims, like)
         x = self.inputs(tasks)
         F = x.shape[-1]
         spread = pyro.sample("gate_scale", dist.HalfNormal(like.new_full((F,), self.gate_scale)).to_event(1))
