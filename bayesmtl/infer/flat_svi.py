@@ -42,8 +42,8 @@ __all__ = ["FlatGuide", "FlatSVI", "flat_guide", "start", "GUIDES"]
 
 #: guides this engine writes in tensors (the others run on Pyro's SVI)
 GUIDES = ("structured", "normal", "mvn")
-#: ClippedAdam's settings, as Pyro's SVI path uses them
-BETA1, BETA2, ADAM_EPS, CLIP = 0.9, 0.999, 1e-8, CLIP_NORM
+#: ClippedAdam's settings, as Pyro's SVI path uses them (its clip: ``optim.CLIP_NORM``)
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 #: numbers per chunk when U is evaluated for many guide draws at once (draws x rows)
 CHUNK_VALUES = 20_000_000
 
@@ -178,7 +178,7 @@ class FlatSVI:
     @staticmethod
     def _adam(theta, m1, m2, grad, size):
         """ClippedAdam's update (``size`` = lr x its bias corrections)."""
-        grad = grad.clamp(-CLIP, CLIP)
+        grad = grad.clamp(-CLIP_NORM, CLIP_NORM)
         m1 = BETA1 * m1 + (1 - BETA1) * grad
         m2 = BETA2 * m2 + (1 - BETA2) * grad * grad
         return theta - size * m1 / (m2.sqrt() + ADAM_EPS), m1, m2

@@ -18,7 +18,7 @@ from pyro.distributions.transforms import biject_to
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-from ..pyro_util import batch_condition
+from ..pyro_util import batch_condition, is_deterministic
 
 __all__ = ["Site", "BatchedPotential"]
 
@@ -163,10 +163,7 @@ class BatchedPotential:
         for name, site in tr.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site) or name == "_draws":
                 continue
-            if site["infer"].get("_deterministic"):
-                # pyro.deterministic adds 0, but its Delta's log_prob broadcasts the recomputed
-                # value against the traced one: (chains, 1, chains, T, K) for the gated clusters'
-                # task weights, 17 GB for the PSIS draws on school
+            if is_deterministic(site):
                 continue
             lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
             if lp.dim() < chain_dim:

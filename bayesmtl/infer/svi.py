@@ -50,7 +50,7 @@ from pyro.infer.autoguide import (
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from ..pyro_util import site_shapes
+from ..pyro_util import is_deterministic, site_shapes
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
@@ -450,7 +450,7 @@ def _split_sites(fn) -> tuple[list[str], list[str]]:
     with torch.random.fork_rng(), torch.no_grad(), poutine.block():
         tr = poutine.trace(fn).get_trace()
     latent = [(k, v) for k, v in tr.nodes.items() if v["type"] == "sample" and not v["is_observed"]
-              and not site_is_subsample(v) and not v.get("infer", {}).get("_deterministic")]
+              and not site_is_subsample(v) and not is_deterministic(v)]
     inside = [k for k, v in latent if any(f.name == "task" for f in v["cond_indep_stack"])]
     return [k for k, _ in latent if k not in inside], inside
 
@@ -560,10 +560,7 @@ def _site_dims(site: dict, nesting: int) -> int:
 def _per_draw(trace, k: int, nesting: int) -> torch.Tensor:
     """Sum of a trace's log densities per draw of the outer plate, shape (k,)."""
     total = torch.zeros(k, dtype=torch.float64)
-    for name in [n for n, site in trace.nodes.items() if site["type"] == "sample"
-                 and site.get("infer", {}).get("_deterministic")]:
-        # pyro.deterministic: a masked Delta that adds 0, but its log_prob compares the replayed
-        # value with the recomputed one, which broadcast to (k, 1, k, K, D) in DP's atoms (19 GB)
+    for name in [n for n, site in trace.nodes.items() if site["type"] == "sample" and is_deterministic(site)]:
         trace.remove_node(name)
     trace.compute_log_prob()  # scaled and masked as the ELBO sees them
     for site in trace.nodes.values():
