@@ -529,6 +529,33 @@ class MultiTaskData:
             test[rows[:n_test]] = True
         return self.subset(~test), self.subset(test)
 
+    def split_tasks(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[MultiTaskData, MultiTaskData]:
+        """Whole tasks held out: ``round(test_fraction * T)`` random tasks (at least 1; at least 2
+        stay). The training part holds only the other tasks; in the held-out part its tasks are
+        new tasks (index >= ``n_known_tasks``), as ``prepare`` makes them for prediction."""
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+        T = self.n_known_tasks
+        n_out = min(max(int(round(test_fraction * T)), 1), T - 2)
+        if n_out < 1:
+            raise ValueError(f"holding tasks out needs at least 3 tasks; the data have {T}")
+        out = np.zeros(T, dtype=bool)
+        out[np.random.default_rng(seed).choice(T, size=n_out, replace=False)] = True
+        order = np.concatenate([np.flatnonzero(~out), np.flatnonzero(out)])  # kept tasks first
+        new_index = np.empty(T, dtype=np.int64)
+        new_index[order] = np.arange(T)
+        names = [self.task_names[i] for i in order]
+        feats = {k: v[torch.as_tensor(order, device=v.device)] for k, v in self.task_features.items()}
+        tasks = self.task.cpu().numpy()
+        held = out[tasks]
+        whole = replace(self, task=torch.as_tensor(new_index[tasks], device=self.device), task_names=names,
+                        task_features=feats)
+        kept = T - n_out
+        train = whole.subset(~held)
+        train = replace(train, task_names=names[:kept], n_known_tasks=kept,
+                        task_features={k: v[:kept] for k, v in feats.items()})
+        return train, replace(whole.subset(held), n_known_tasks=kept)
+
     def warnings(self) -> list[str]:
         """What about these data leaves the fit resting on its priors: a target that takes one
         value in every row, tasks of one row each (with the noise unknown, task-to-task spread and

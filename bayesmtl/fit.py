@@ -106,8 +106,14 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         found = sorted({f.stem for f in Path(ckpt).rglob("*.npz")})
         raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
                          f"{backend.name!r}: resume with the method (and settings) that wrote it")
-    holdout = None
-    if (fraction := _validation(backend, options)) is not None:
+    holdout, full, given = None, data, model  # (the refit binds the model as given, its trunk untrained)
+    by_tasks = _validate_by(backend, options) == "tasks"
+    if (fraction := _validation(backend, options)) is None:
+        by_tasks = False
+    elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
+        _check_task_holdout(model, data, ckpt)
+        data, holdout = data.split_tasks(fraction, seed=seed)
+    else:
         train, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
         if holdout.n_rows > 0:
             data = train
@@ -134,11 +140,59 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                              f"method {method!r} (a sampler) cannot: fit with method='svi' or 'map', then sample "
                              f"the heads of the trained network with post.model.frozen()")
         if holdout is not None:
-            target = replace(target, score=_holdout_score(model, data, holdout, target, seed))
-        post = _run(model, data, on_device, target, backend, settings, method, model_options)
+            target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
+        with warnings.catch_warnings():
+            if by_tasks:  # this fit only finds the number of steps; the refit's diagnostics are the run's
+                warnings.simplefilter("ignore", DiagnosticWarning)
+            post = _run(model, data, on_device, target, backend, settings, method, model_options)
         if holdout is not None:
             post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
+        if by_tasks:
+            post = _refit(given, full, post, backend, options, settings, method, model_options, collapse)
         return post
+
+
+def _validate_by(backend, options: dict) -> str:
+    """What ``validation`` holds out: "rows" of every task or whole "tasks"."""
+    from .infer.options import _SVI_CHECKS
+
+    given = getattr(getattr(backend, "options", None), "validate_by", None)
+    value = options.get("validate_by", given)
+    return "rows" if value is None else _SVI_CHECKS["validate_by"](value)
+
+
+def _check_task_holdout(model, data, checkpoint) -> None:
+    from .model import MultiTaskModel
+
+    if not isinstance(model, MultiTaskModel):
+        raise ValueError(f"validate_by='tasks' scores held-out tasks as new tasks, which {type(model).__name__} "
+                         "does not do yet; use validate_by='rows'")
+    if not isinstance(data, MultiTaskData):
+        raise ValueError("validate_by='tasks' needs data in memory (MultiTaskData), not streamed data")
+    if checkpoint is not None:
+        raise ValueError("validate_by='tasks' fits twice (held-out tasks, then every row), which checkpoint= "
+                         "does not follow yet; fit without checkpoint=, or with validate_by='rows'")
+
+
+def _refit(model, data: MultiTaskData, first: Posterior, backend, options: dict, settings: Settings, method: str,
+           model_options: dict, collapse: bool | None) -> Posterior:
+    """The fit again on every row (every task), for the number of steps at which the held-out
+    tasks scored best, without holding anything out; ``info["validation"]`` is the first fit's."""
+    val = first.info["validation"]
+    steps = max(int(val["best_step"]), 1)
+    change = {"validation": None, "validate_by": "rows", "steps": steps, "min_steps": steps, "anneal": 0}
+    if hasattr(backend, "options"):  # a back end bound to an options object
+        backend, options = type(backend)(replace(backend.options, **change), backend.inner), options
+    else:
+        options = {**options, **change}
+    model.check(data)
+    model = model.bind(data)
+    on_device = data.to(torch.device(settings.device))
+    target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, options)
+    # the steps were chosen, not run to a settled loss: no "did not converge" for them
+    extra = {"converged": None, "validation": {**val, "by": "tasks", "refit_steps": steps}}
+    return _run(model, data, on_device, target, backend, replace(settings, options=dict(options)), method,
+                model_options, extra, stacklevel=4)
 
 
 def _validation(backend, options: dict) -> float | None:
@@ -150,22 +204,33 @@ def _validation(backend, options: dict) -> float | None:
     return None if value is None else _SVI_CHECKS["validation"](value)
 
 
-def _holdout_score(model, train: MultiTaskData, holdout: MultiTaskData, target: Target, seed: int):
+#: new-task parameter draws per guide draw when held-out tasks are scored (``validate_by="tasks"``)
+NEW_TASK_DRAWS = 8
+
+
+def _holdout_score(model, train: MultiTaskData, holdout: MultiTaskData, target: Target, seed: int,
+                   new_tasks: bool = False):
     """``Target.score``: latent draws {site: (S, ...)} -> mean log predictive density of the
-    held-out rows (each row's density averaged over the draws)."""
+    held-out rows (each row's density averaged over the draws). ``new_tasks``: the held-out
+    rows are of tasks unseen in ``train``, each draw's population giving ``NEW_TASK_DRAWS`` sets
+    of their parameters, from one seeded stream so that scores of successive windows compare."""
     dims = model.site_dims(train)
     host = train.to("cpu")
 
     def score(draws: dict[str, torch.Tensor]) -> float:
         with torch.no_grad():
-            S = next(iter(draws.values())).shape[0]
             flat = {k: v.detach() for k, v in draws.items()}
             if target.conditional is not None:
                 dev = next(iter(flat.values())).device
                 flat = target.conditional(flat, torch.Generator(device=dev).manual_seed(seed))
-            flat = _squeezed({k: v.cpu() for k, v in flat.items()}, dims)
-            ll = model.log_likelihood(holdout, model.complete(host, flat)).double()
-            return float((torch.logsumexp(ll, 0) - np.log(S)).mean())
+            flat = model.complete(host, _squeezed({k: v.cpu() for k, v in flat.items()}, dims))
+            if new_tasks:
+                flat = {k: v.repeat_interleave(NEW_TASK_DRAWS, 0) for k, v in flat.items()}
+                gen = torch.Generator().manual_seed(seed)
+                ll = model.log_likelihood(holdout, flat, train=host, generator=gen).double()
+            else:
+                ll = model.log_likelihood(holdout, flat).double()
+            return float((torch.logsumexp(ll, 0) - np.log(ll.shape[0])).mean())
 
     return score
 
@@ -206,7 +271,10 @@ def seeded(seed: int, device: torch.device):
             random.setstate(py_state)
 
 
-def _run(model, data, on_device, target, backend, settings, method: str, model_options: dict) -> Posterior:
+def _run(model, data, on_device, target, backend, settings, method: str, model_options: dict,
+         extra: dict | None = None, stacklevel: int = 3) -> Posterior:
+    """Run the back end and build the Posterior; ``extra`` goes into ``info`` before the
+    diagnostics read it, whose warnings point ``stacklevel`` frames up (at the caller of fit)."""
     seed, chains, warmup, draws, dev = (settings.seed, settings.chains, settings.warmup, settings.draws,
                                         torch.device(settings.device))
     options = settings.options
@@ -226,7 +294,7 @@ def _run(model, data, on_device, target, backend, settings, method: str, model_o
     samples = {k: v.reshape((C, S) + v.shape[1:]).numpy() for k, v in flat.items()}
     info = {"method": method, "backend": backend.name, "draws_kind": backend.kind, "chains": chains, "warmup": warmup,
             "draws": draws, "seed": seed, "device": str(dev), "options": dict(options),
-            "seconds": seconds, "path": target.path, **out.info}
+            "seconds": seconds, "path": target.path, **out.info, **(extra or {})}
     info.update(target.info)
     if model_options:
         info["model_options"] = model_options  # filled in from the model's sampler_defaults, not the user's
@@ -238,7 +306,7 @@ def _run(model, data, on_device, target, backend, settings, method: str, model_o
     problems = diagnose(post)
     info["diagnostics"] = {**post.diagnostics(), "problems": [p.to_dict() for p in problems]}
     for p in problems:
-        warnings.warn(p.message, DiagnosticWarning, stacklevel=3)  # points at the caller of fit
+        warnings.warn(p.message, DiagnosticWarning, stacklevel=stacklevel)
     return post
 
 

@@ -668,9 +668,14 @@ class MultiTaskModel(ModelBase):
             y = d.sample((K,))  # (K, S, N)
         return {"mean": lik.mean(eta, params, new.task, new.trials), "y": y.transpose(0, 1).reshape(-1, y.shape[-1])}
 
-    def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pointwise log-likelihood of the rows, shape (S, N)."""
-        eta, params, lik = self._eta_params(data, data, samples, None)
+    def log_likelihood(self, data: MultiTaskData, samples: dict[str, torch.Tensor],
+                       train: MultiTaskData | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pointwise log-likelihood of the rows, shape (S, N). Rows of tasks unseen in ``train``
+        (index >= ``data.n_known_tasks``) get parameters drawn from the learned population with
+        ``generator``, one set per draw: averaged over draws, a new task's predictive density."""
+        if len(data.task_names) > data.n_known_tasks and (train is None or generator is None):
+            raise ValueError("the data hold tasks unseen in training: pass train= and generator= to draw them")
+        eta, params, lik = self._eta_params(data if train is None else train, data, samples, generator)
         return lik.distribution(eta, params, data.task, data.noise, data.trials).log_prob(data.y)
 
     def inclusion(self, post) -> pd.DataFrame:

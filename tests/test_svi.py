@@ -50,3 +50,56 @@ def test_validation_settings_are_checked():
         bm.fit(bm.models.Hierarchical(), data, method="nuts", validation=0.2)
     with pytest.raises(ValueError, match="patience must be"):
         bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, patience=0)
+
+
+def test_split_tasks_holds_whole_tasks_out_as_new_tasks():
+    df, _ = hierarchical_regression(n_tasks=10, rows=8, features=2, seed=1)
+    codes = {t: f"r{i % 3}" for i, t in enumerate(dict.fromkeys(df["task"]))}
+    df["region"] = df["task"].map(codes)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1", "x2"], task_features=["region"])
+    train, held = data.split_tasks(0.3, seed=4)
+    out = sorted(set(held.task_names[held.n_known_tasks:]))
+    assert len(out) == 3 and train.n_tasks == 7 and train.n_known_tasks == 7
+    assert not set(out) & set(train.task_names) and held.task_names[:7] == train.task_names
+    assert (held.task >= 7).all() and train.n_rows + held.n_rows == data.n_rows
+    names = np.asarray(held.task_names, dtype=object)[held.task.numpy()]
+    frame = data.to_frame()
+    np.testing.assert_allclose(held.y.numpy(), frame.loc[frame["task"].isin(out), "y"].to_numpy())
+    assert list(held.to_frame()["task"]) == list(names)
+    assert held.to_frame()["region"].tolist() == frame.loc[frame["task"].isin(out), "region"].tolist()
+    assert train.to_frame()["region"].tolist() == frame.loc[~frame["task"].isin(out), "region"].tolist()
+    two = bm.MultiTaskData.from_frame(df[df["task"].isin(data.task_names[:2])], task="task", target="y",
+                                     features=["x1", "x2"])
+    with pytest.raises(ValueError, match="holding tasks out needs at least 3 tasks; the data have 2"):
+        two.split_tasks(0.5)
+
+
+def test_validate_by_tasks_stops_on_new_tasks_then_fits_every_task():
+    """Held-out tasks are scored as new tasks, whose rows a population draw predicts less well than
+    a known task's own parameters predict its held-out rows; the returned fit is of every row, for
+    the best window's number of steps, and says nothing about convergence it did not seek."""
+    df, _ = hierarchical_regression(n_tasks=12, rows=30, features=2, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    kw = dict(method="svi", collapse=False, steps=1500, window=100, validation=0.25, patience=2, draws=200,
+              seed=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = bm.fit(bm.models.Hierarchical(), data, validate_by="tasks", **kw)
+    assert not [w for w in caught if "did not converge" in str(w.message)]
+    v = post.info["validation"]
+    assert v["by"] == "tasks" and v["rows"] == 3 * 30 and post.info["steps"] == v["refit_steps"] == v["best_step"]
+    assert post.task_names == data.task_names and post.data.n_rows == data.n_rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = bm.fit(bm.models.Hierarchical(), data, **kw).info["validation"]
+    assert np.isfinite(v["best_lpd"]) and v["best_lpd"] < rows["best_lpd"] - 0.2, (v["best_lpd"], rows["best_lpd"])
+
+
+def test_validate_by_tasks_is_checked():
+    data = _data()
+    with pytest.raises(ValueError, match="validate_by must be one of 'rows' or 'tasks'; got 'cols'"):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, validate_by="cols")
+    with pytest.raises(ValueError, match="validate_by='tasks'.*MultitaskGP"):
+        bm.fit(bm.models.MultitaskGP(), data, method="map", validation=0.2, validate_by="tasks")
+    with pytest.raises(ValueError, match="validate_by='tasks' fits twice.*checkpoint"):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, validate_by="tasks", checkpoint="ck")

@@ -277,6 +277,7 @@ _SVI_CHECKS = {
     "init_scale": lambda v: None if v is None else _number("init_scale", v, 0),
     "validation": lambda v: None if v is None else _fraction("validation", v),
     "patience": lambda v: _integer("patience", v, 1),
+    "validate_by": lambda v: _one_of("validate_by", v, ("rows", "tasks"), one_of=True),
 }
 
 
@@ -333,6 +334,12 @@ class SVI(Options):
         ``window`` steps the held-out rows' mean log predictive density under the guide is
         scored; the fit stops when it has not improved for ``patience`` windows and ends at the
         best window's guide (no annealing). The posterior is then of the other rows.
+    validate_by : "rows" (the above) or "tasks": hold out that share of the tasks, whole, and
+        score their rows as new tasks (parameters drawn from the learned population), which is
+        what early stopping must watch when the fit is for tasks not yet seen: a network's
+        trunk can learn the training tasks apart and predict a new task confidently and wrongly
+        long before rows of the training tasks stop improving. The fit then runs again on every
+        row for the best window's number of steps, so the posterior covers every task.
     """
 
     method: ClassVar[str] = "svi"
@@ -357,6 +364,7 @@ class SVI(Options):
     init_scale: float | None = None
     validation: float | None = None
     patience: int = 4
+    validate_by: str = "rows"
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)
@@ -375,8 +383,7 @@ class SVI(Options):
                 raise ValueError(f"guide={self.guide!r} draws every task jointly, so it cannot take task "
                                  "minibatches; use 'structured', 'normal' or 'delta'")
             if self.validation is not None:
-                raise ValueError("validation= holds rows out of every task; with task_batch_size it is not "
-                                 "supported yet")
+                raise ValueError("validation= with task_batch_size is not supported yet")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,6 +411,7 @@ class MAP(Options):
     threads: int | None = None
     validation: float | None = None
     patience: int | None = None
+    validate_by: str | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
