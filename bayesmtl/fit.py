@@ -107,8 +107,8 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
                          f"{backend.name!r}: resume with the method (and settings) that wrote it")
     holdout, full, given = None, data, model  # (the refit binds the model as given, its trunk untrained)
-    by_tasks = _validate_by(backend, options) == "tasks"
-    if (fraction := _validation(backend, options)) is None:
+    by_tasks = _option(backend, options, "validate_by") == "tasks"
+    if (fraction := _option(backend, options, "validation")) is None:
         by_tasks = False
     elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
         _check_task_holdout(model, data, ckpt)
@@ -152,15 +152,6 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         return post
 
 
-def _validate_by(backend, options: dict) -> str:
-    """What ``validation`` holds out: "rows" of every task or whole "tasks"."""
-    from .infer.options import _SVI_CHECKS
-
-    given = getattr(getattr(backend, "options", None), "validate_by", None)
-    value = options.get("validate_by", given)
-    return "rows" if value is None else _SVI_CHECKS["validate_by"](value)
-
-
 def _check_task_holdout(model, data, checkpoint) -> None:
     from .model import MultiTaskModel
 
@@ -195,13 +186,13 @@ def _refit(model, data: MultiTaskData, first: Posterior, backend, options: dict,
                 model_options, extra, stacklevel=4)
 
 
-def _validation(backend, options: dict) -> float | None:
-    """The ``validation`` share the back end's options ask for (an options object or keywords)."""
+def _option(backend, options: dict, name: str):
+    """The SVI option ``name`` the back end's options ask for (an options object or keywords),
+    checked; None when unset."""
     from .infer.options import _SVI_CHECKS
 
-    given = getattr(getattr(backend, "options", None), "validation", None)
-    value = options.get("validation", given)
-    return None if value is None else _SVI_CHECKS["validation"](value)
+    value = options.get(name, getattr(getattr(backend, "options", None), name, None))
+    return None if value is None else _SVI_CHECKS[name](value)
 
 
 #: new-task parameter draws per guide draw when held-out tasks are scored (``validate_by="tasks"``)
