@@ -95,6 +95,12 @@ class MultiTaskModel(ModelBase):
     trained_modules: tuple[str, ...] = ()
 
     @property
+    def fixed_design(self) -> bool:
+        """True where eta is linear in the task parameters over a design fixed before the fit,
+        which is what fast paths precompute from (not so for a trunk trained or sampled with them)."""
+        return not self.trained_modules
+
+    @property
     def unidentified_sites(self) -> tuple[str, ...]:
         """The prior's sites identified only up to a symmetry (left out of summaries and r_hat)."""
         return tuple(self.prior.unidentified_sites)
@@ -390,6 +396,7 @@ class MultiTaskModel(ModelBase):
         # without observing, the rows are not read (data streamed from a file have none in memory)
         task, y, noise, trials = (data.task, data.y, data.noise, data.trials) if observe else (None,) * 4
         eta_of = self.row_predictor(data, subsample_size) if observe else None
+        latents = self.global_latents(data)
         config = self.reparam_config(data)
         name_w = "w" not in self._prior_trace(data).nodes  # record w when the prior returns it unnamed
         tasks = self.tasks(data)
@@ -400,12 +407,13 @@ class MultiTaskModel(ModelBase):
             task_plate = pyro.plate("task", T, dim=-1)
             with data_context(dt, dev):
                 w, coef, params = self._parameters(replace(tasks, plate=task_plate), config, name_w, shared_prior, lik)
+                z = None if latents is None else latents()
             if not observe:
                 return
             with pyro.plate("data", N, dim=-1, subsample_size=subsample_size) as idx:
                 # without minibatches idx is arange(N): indexing would copy X every step
                 pick = (lambda t: t) if subsample_size is None else (lambda t: None if t is None else t[idx])
-                eta = eta_of(w, coef, pick)
+                eta = eta_of(w, coef, pick, z)
                 pyro.sample("y", lik.distribution(eta, params, pick(task), pick(noise), pick(trials)),
                             obs=pick(y))
 
@@ -494,14 +502,21 @@ class MultiTaskModel(ModelBase):
                                  "outside tasks.plate") from e
         return model
 
+    def global_latents(self, data: MultiTaskData) -> Callable[[], Any] | None:
+        """None, or a function the program calls outside the data plate (after the task prior)
+        that samples sites outside every plate and returns what ``row_predictor``'s eta reads as
+        ``z`` (a Bayesian trunk's weights)."""
+        return None
+
     def row_predictor(self, data: MultiTaskData, subsample_size: int | None = None) -> Callable:
-        """``eta(w, coef, pick)`` -> (..., n) for the rows ``pick`` selects (``pick(tensor)`` indexes
-        the minibatch's rows; the identity without minibatches), called inside the program."""
+        """``eta(w, coef, pick, z)`` -> (..., n) for the rows ``pick`` selects (``pick(tensor)``
+        indexes the minibatch's rows; the identity without minibatches; ``z`` what
+        ``global_latents`` returned), called inside the program."""
         Xv, Xs = self.design(data)
         # built once per program, not per evaluation; a minibatch changes the rows, so it gathers instead
         rows = task_rows(Xv, data.task, data.n_tasks) if subsample_size is None else None
         task = data.task
-        return lambda w, coef, pick: linear_predictor(w, coef, pick(Xv), pick(Xs), pick(task), rows)
+        return lambda w, coef, pick, z=None: linear_predictor(w, coef, pick(Xv), pick(Xs), pick(task), rows)
 
     def _centred(self) -> MultiTaskModel:
         """A copy that runs the prior as written (no automatic non-centring)."""
@@ -542,7 +557,7 @@ class MultiTaskModel(ModelBase):
         streamed = isinstance(data, StreamedData)  # only a form that reduces the rows to sums fits from a file
         hint = (f"the rows of {data.path!r} stay in the file: use task_batch_size= (tasks a step) instead"
                 if streamed else "pass collapse=False to use batch_size")
-        for path, form in ([] if trains else marginals.forms(self, data)):
+        for path, form in (marginals.forms(self, data) if self.fixed_design else []):
             if path == "written":
                 written = written or form
                 continue
@@ -634,7 +649,6 @@ class MultiTaskModel(ModelBase):
 
     def _eta_params(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                     generator: torch.Generator | None):
-        Xv, Xs = self.design(new)
         w = samples["w"]
         n_new = len(new.task_names) - new.n_known_tasks
         lik = self.likelihood_for(train)
@@ -642,8 +656,13 @@ class MultiTaskModel(ModelBase):
         if n_new:
             w = torch.cat([w, self.new_task_params(train, new, samples, generator).to(w)], dim=-2)
             params = lik.new_task_params(params, n_new, generator)
-        eta = linear_predictor(w, samples.get("coef"), Xv, Xs, new.task, task_rows(Xv, new.task, w.shape[-2]))
-        return eta, params, lik
+        return self.draws_eta(new, w, samples), params, lik
+
+    def draws_eta(self, data: MultiTaskData, w: torch.Tensor, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """eta (S, N) of ``data``'s rows for task parameters w (S, T, D) and the other flat
+        draws in ``samples`` (shared coefficients, a Bayesian trunk's weights)."""
+        Xv, Xs = self.design(data)
+        return linear_predictor(w, samples.get("coef"), Xv, Xs, data.task, task_rows(Xv, data.task, w.shape[-2]))
 
     def predict(self, train: MultiTaskData, new: MultiTaskData, samples: dict[str, torch.Tensor],
                 generator: torch.Generator, draws_per_sample: int = 1) -> dict[str, torch.Tensor]:

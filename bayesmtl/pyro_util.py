@@ -10,7 +10,12 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["site_shapes", "batch_condition", "squeeze_to", "describe_priors", "is_deterministic"]
+__all__ = ["site_shapes", "batch_condition", "squeeze_to", "describe_priors", "is_deterministic", "MEAN_FIELD",
+           "is_mean_field"]
+
+#: a site's ``infer`` key asking SVI's default guide for a mean-field factor of its own, apart
+#: from the full-rank population block (thousands of network weights would make that block diagonal)
+MEAN_FIELD = "mean_field"
 
 
 def is_deterministic(site: dict) -> bool:
@@ -18,6 +23,11 @@ def is_deterministic(site: dict) -> bool:
     density. Score it and its Delta compares the recomputed value with the traced one by
     broadcasting, (draws, 1, draws, T, K) for the gated clusters' task weights (17 GB on school)."""
     return bool(site.get("infer", {}).get("_deterministic"))
+
+
+def is_mean_field(site: dict) -> bool:
+    """Whether a trace site asks for a mean-field guide factor (``MEAN_FIELD``)."""
+    return bool(site.get("infer", {}).get(MEAN_FIELD))
 
 
 def site_shapes(model: Callable[[], None]) -> dict[str, tuple[torch.Size, torch.Size, bool]]:

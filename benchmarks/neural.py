@@ -23,6 +23,8 @@ SiLU), optimiser (Adam, ``--lr``) and budget (``--steps`` minibatches of ``--bat
 * ``hard sharing + Kendall``: each task's loss weighted by its learned noise (Kendall, Gal &
   Cipolla 2018), a point estimate;
 * ``bayesmtl DRN``: ``NeuralMultiTask(trunk, prior=TaskRelationship())`` by SVI (Long et al. 2017);
+* ``bayesmtl DRN, Bayesian trunk`` / ``bayesmtl hier. heads, Bayesian trunk``: the same with
+  ``trunk_prior=1.0``, a mean-field posterior over the trunk's weights too;
 * ``bayesmtl hier. heads``: ``NeuralMultiTask(trunk)`` (hierarchical prior over the heads);
   ``..., tasks held out`` (Parkinson's): early stopping on a fifth of the training patients held
   out whole and scored as new patients (``validate_by="tasks"``), then a refit on every patient;
@@ -249,8 +251,13 @@ def fit_one(name, train, test, feats, unit, a, seed):
     svi = dict(method="svi", steps=a.steps, min_steps=a.steps, anneal=0, lr=a.lr, batch_size=a.batch)
     if name == "bayesmtl DRN":
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed), prior=bm.priors.TaskRelationship())
+    elif name == "bayesmtl DRN, Bayesian trunk":
+        model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed), prior=bm.priors.TaskRelationship(),
+                                          trunk_prior=1.0)
     elif name == "bayesmtl hier. heads":
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed))
+    elif name == "bayesmtl hier. heads, Bayesian trunk":
+        model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed), trunk_prior=1.0)
     elif name == "bayesmtl hier. heads, tasks held out":  # early stopping on new patients' rows
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed))
         svi.update(validation=0.2, validate_by="tasks")
@@ -291,7 +298,8 @@ def case_sarcos(a, out: Path) -> pd.DataFrame:
         for seed in range(a.seeds):
             train, test, feats, unit = sarcos_split(fraction, seed, a.max_train)
             names = ["independent nets", "hard sharing", "hard sharing + Kendall", "bayesmtl DRN",
-                     "bayesmtl hier. heads", "bayesmtl linear MTRL"] + (["ICM GP"] if a.gp and fraction < 1 else [])
+                     "bayesmtl DRN, Bayesian trunk", "bayesmtl hier. heads", "bayesmtl linear MTRL"]
+            names += ["ICM GP"] if a.gp and fraction < 1 else []
             names = [n for n in names if a.models is None or n in a.models]
             _run_split(rows, {"fraction": fraction}, train, test, feats, unit, names, a, seed, out,
                        f"sarcos_drn_correlation_f{fraction:g}.csv")
@@ -305,7 +313,8 @@ def case_parkinsons(a, out: Path) -> pd.DataFrame:
         for seed in range(a.seeds):
             train, test, feats, unit = parkinsons_split(split, seed, a.max_train)
             names = ["pooled net", "hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
-                     "bayesmtl hier. heads, tasks held out", "bayesmtl linear hier."]
+                     "bayesmtl hier. heads, tasks held out", "bayesmtl hier. heads, Bayesian trunk",
+                     "bayesmtl linear hier."]
             names = [n for n in names if a.models is None or n in a.models]
             _run_split(rows, {"split": split}, train, test, feats, unit, names, a, seed, out,
                        f"parkinsons_drn_{split}.csv")

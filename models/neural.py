@@ -7,11 +7,21 @@ Long et al. (2017), a matrix-normal prior with the task covariance learned; a no
 task (``noise="per_task"``, the Gaussian likelihood's default where tasks have rows to spare)
 is the uncertainty weighting of Kendall, Gal & Cipolla (2018), here inside the likelihood.
 
-The trunk is a point estimate, trained jointly with the posterior of the heads and the prior's
-hyperparameters by SVI (or MAP): the uncertainty reported covers the heads, the population
-and the noise given the learned features, not the trunk's weights. A sampler can then draw
-the heads of the trained network exactly: ``post.model.frozen()`` fixes the trunk, and the
-model is a linear multi-task model on its features (every fast path applies).
+By default the trunk is a point estimate, trained jointly with the posterior of the heads and
+the prior's hyperparameters by SVI (or MAP): the uncertainty reported covers the heads, the
+population and the noise given the learned features, not the trunk's weights. A sampler can
+then draw the heads of the trained network exactly: ``post.model.frozen()`` fixes the trunk,
+and the model is a linear multi-task model on its features (every fast path applies).
+
+With ``trunk_prior=c`` every weight of the trunk is a latent site too, a priori Normal(0,
+c / sqrt(fan_in)) (biases and other vectors Normal(0, c)), the scaling of Neal (1996) that keeps
+a layer's output scale independent of its width. SVI's default guide gives those sites a
+mean-field Gaussian of their own (Blundell et al. 2015, "Bayes by backprop"), beside its
+full-rank population block; the uncertainty then covers the features too, so predictions far
+from the training inputs widen. A mean-field network posterior is known to be too narrow
+within a mode and to see one mode of many (hidden units permute), so the trunk's sites are
+left out of summaries and r_hat (``unidentified_sites``). Every prediction runs the trunk once
+per posterior draw.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import math
 from collections.abc import Callable
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import nn
 
@@ -30,6 +41,7 @@ from bayesmtl.model import INTERCEPT, MultiTaskModel
 from bayesmtl.priors import hierarchical as hp
 from bayesmtl.priors.base import TaskPrior
 from bayesmtl.protocol import RelationDraws
+from bayesmtl.pyro_util import MEAN_FIELD
 
 __all__ = ["NeuralMultiTask"]
 
@@ -38,6 +50,12 @@ INIT_SCALE = 0.01
 PARTICLES = 32
 #: SVI/MAP early stopping on held-out rows by default (``sampler_defaults``)
 EARLY_STOP = {"validation": 0.1, "window": 100, "patience": 5}
+#: the trunk's sites are named "trunk.<parameter>" (``trunk_prior``)
+TRUNK = "trunk."
+#: values of trunk outputs (draws x rows x width) computed at once when predicting per draw
+CHUNK_VALUES = 20_000_000
+#: rows whose features per draw give a Bayesian trunk's relations (evenly spread over the data)
+RELATION_ROWS = 2000
 
 
 def head_products(h: torch.Tensor, w: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -51,6 +69,28 @@ def head_products(h: torch.Tensor, w: torch.Tensor, task: torch.Tensor) -> torch
         index = task.expand(all_heads.shape[:-1]).unsqueeze(-1)
         return all_heads.gather(-1, index).squeeze(-1)
     return (h * w[..., task, :]).sum(-1)
+
+
+def run_trunk(trunk: nn.Module, z: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """The trunk's output (*batch, N, H) on rows X (N, F) with its parameters set to ``z``
+    ({name: (*batch, *shape)}, every parameter, the same batch dims), one network per batch entry."""
+    if torch.jit.is_tracing():  # torch.func's stateless call refuses a trace
+        raise ValueError("a Bayesian trunk (trunk_prior) cannot run under a JIT trace: pass jit=False (SVI) or "
+                         "compile=None (NUTS)")
+    shapes = {k: p.shape for k, p in trunk.named_parameters()}
+    first = next(iter(z))
+    batch = z[first].shape[:z[first].dim() - len(shapes[first])]
+    if not batch:
+        return torch.func.functional_call(trunk, z, (X,))
+    flat = {k: v.reshape(-1, *shapes[k]) for k, v in z.items()}
+    h = torch.func.vmap(lambda p: torch.func.functional_call(trunk, p, (X,)), randomness="different")(flat)
+    return h.reshape(*batch, *h.shape[1:])
+
+
+def _covariance(h: torch.Tensor) -> torch.Tensor:
+    """Covariance (..., H, H) of features h (..., N, H) over the rows."""
+    h = h - h.mean(-2, keepdim=True)
+    return h.transpose(-1, -2) @ h / max(h.shape[-2] - 1, 1)
 
 
 class NeuralMultiTask(MultiTaskModel):
@@ -73,6 +113,11 @@ class NeuralMultiTask(MultiTaskModel):
     train_trunk : bool
         True: the trunk is trained with the heads (SVI or MAP). False: the trunk is fixed and
         the model is a linear multi-task model on its features (any back end, fast paths).
+    trunk_prior : float or None
+        None: the trunk is a point estimate. c > 0: every trunk weight is a latent site,
+        Normal(0, c / sqrt(fan_in)) a priori (vectors such as biases Normal(0, c)), with a
+        mean-field Gaussian posterior under SVI (see the module docstring); NUTS samples it too
+        (slowly: every weight is a dimension). The module's own weights are then unused.
 
     Notes
     -----
@@ -84,12 +129,24 @@ class NeuralMultiTask(MultiTaskModel):
     name = "neural"
 
     def __init__(self, trunk: nn.Module, prior: TaskPrior | None = None, likelihood: str | Likelihood = "gaussian",
-                 intercept: bool = True, train_trunk: bool = True, reparam: str | bool = "auto"):
+                 intercept: bool = True, train_trunk: bool = True, reparam: str | bool = "auto",
+                 trunk_prior: float | None = None):
         if isinstance(trunk, type) or not isinstance(trunk, nn.Module):
             raise TypeError(f"trunk must be a torch.nn.Module instance; got {trunk!r}")
+        if trunk_prior is not None:
+            if isinstance(trunk_prior, bool) or not isinstance(trunk_prior, (int, float)) \
+                    or not 0 < trunk_prior < math.inf:
+                raise ValueError("trunk_prior must be None (a point-estimate trunk) or a scale > 0; "
+                                 f"got {trunk_prior!r}")
+            if not train_trunk:
+                raise ValueError("trunk_prior puts a prior on the trunk's weights, but train_trunk=False fixes them: "
+                                 "give one")
+            if not any(True for _ in trunk.parameters()):
+                raise ValueError("trunk_prior: the trunk has no parameters to put a prior on")
         super().__init__(prior or hp.Hierarchical(), likelihood, intercept, (), None, reparam)
         self.trunk = trunk
         self.train_trunk = bool(train_trunk)
+        self.trunk_prior = None if trunk_prior is None else float(trunk_prior)
 
     def sampler_defaults(self) -> dict:
         """The prior's, and for SVI ``init_scale=INIT_SCALE`` and ``particles=PARTICLES``: the
@@ -102,10 +159,16 @@ class NeuralMultiTask(MultiTaskModel):
         SVI and MAP hold a tenth of each task's rows out and stop when their predictive density
         stops improving (SARCOS at 10% of the inputs: test NLPD 11.7 and 90% coverage 0.38
         without (seed 0), 1.89 and 0.90 with (5 seeds, benchmarks/neural.py)). Pass
-        ``validation=None`` to fit on every row."""
+        ``validation=None`` to fit on every row. Under ``trunk_prior``: ``jit=False`` and
+        ``compile=None`` (no JIT trace; ``run_trunk``), and ``psis_draws=1``, i.e. the PSIS check
+        weighs only the draws kept: each runs the trunk over every row (80 s of a SARCOS fit's
+        90 at 3,000 draws), and over thousands of mean-field weights Pareto k is far above 0.7
+        anyway (101 there), so the draws are not resampled and more of them tell nothing new."""
         if not self.train_trunk:  # a linear model on fixed features: the usual settings
             return super().sampler_defaults()
-        return {"init_scale": INIT_SCALE, "particles": PARTICLES, **EARLY_STOP, **super().sampler_defaults()}
+        # a Bayesian trunk runs through torch.func.functional_call, which a JIT trace cannot take
+        own = {"jit": False, "compile": None, "psis_draws": 1} if self.trunk_prior is not None else {}
+        return {"init_scale": INIT_SCALE, "particles": PARTICLES, **EARLY_STOP, **own, **super().sampler_defaults()}
 
     @property
     def default_method(self) -> str:  # type: ignore[override]
@@ -114,12 +177,25 @@ class NeuralMultiTask(MultiTaskModel):
 
     @property
     def trained_modules(self) -> tuple[str, ...]:  # type: ignore[override]
-        """("trunk",) while the trunk is trained with the heads."""
-        return ("trunk",) if self.train_trunk else ()
+        """("trunk",) while the trunk is trained with the heads as a point estimate."""
+        return ("trunk",) if self.train_trunk and self.trunk_prior is None else ()
+
+    @property
+    def fixed_design(self) -> bool:  # type: ignore[override]
+        """False while the trunk is learned (trained or sampled): no fast path applies."""
+        return not self.train_trunk
+
+    @property
+    def unidentified_sites(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The prior's, and a Bayesian trunk's weights (hidden units permute and flip sign)."""
+        own = tuple(TRUNK + k for k, _ in self.trunk.named_parameters()) if self.trunk_prior is not None else ()
+        return tuple(super().unidentified_sites) + own
 
     def frozen(self) -> NeuralMultiTask:
         """A copy whose trunk (this one's, trained) is fixed: fit it with any back end to draw
         the heads of the trained network."""
+        if self.trunk_prior is not None:
+            raise ValueError("frozen(): this trunk has a posterior (trunk_prior), not one set of weights to fix")
         out = copy.copy(self)
         out.trunk = copy.deepcopy(self.trunk)
         out.train_trunk = False
@@ -192,19 +268,83 @@ class NeuralMultiTask(MultiTaskModel):
         out.trunk = copy.deepcopy(self.trunk).to(dtype=data.dtype)
         return out
 
+    def site_dims(self, data: MultiTaskData) -> dict[str, tuple[str, ...]]:
+        """As ``MultiTaskModel.site_dims``, and a Bayesian trunk's sites ("trunk.<parameter>")."""
+        dims = super().site_dims(data)
+        if self.trunk_prior is not None:
+            dims.update({TRUNK + k: tuple(f"{TRUNK}{k}_dim_{i}" for i in range(p.dim()))
+                         for k, p in self.trunk.named_parameters()})
+        return dims
+
+    def trunk_scales(self) -> dict[str, float]:
+        """Prior sd of each trunk parameter under ``trunk_prior`` c: c / sqrt(fan_in) for a
+        weight (fan_in: its entries per output), c for a vector or scalar."""
+        c = float(self.trunk_prior or 0.0)
+        return {k: c / math.sqrt(max(p[0].numel(), 1)) if p.dim() >= 2 else c for k, p in self.trunk.named_parameters()}
+
+    def global_latents(self, data: MultiTaskData) -> Callable[[], dict[str, torch.Tensor]] | None:
+        """Under ``trunk_prior``: a function sampling every trunk weight ("trunk.<parameter>",
+        ``trunk_scales``; mean-field guide, ``pyro_util.MEAN_FIELD``), returning {parameter: value}."""
+        if self.trunk_prior is None:
+            return None
+        to = dict(dtype=data.dtype, device=data.device)
+        scales = self.trunk_scales()
+        priors = {k: (tuple(p.shape), scales[k]) for k, p in self.trunk.named_parameters()}
+
+        def draw() -> dict[str, torch.Tensor]:
+            return {k: pyro.sample(TRUNK + k, dist.Normal(torch.zeros(shape, **to), sd).to_event(len(shape)),
+                                   infer={MEAN_FIELD: True})
+                    for k, (shape, sd) in priors.items()}
+
+        return draw
+
+    def draws_eta(self, data: MultiTaskData, w: torch.Tensor, samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """eta (S, N); under ``trunk_prior`` the trunk runs with each draw's weights (in chunks of
+        draws, ``CHUNK_VALUES``)."""
+        if self.trunk_prior is None:
+            return super().draws_eta(data, w, samples)
+        S, N = w.shape[0], data.n_rows
+        chunk = max(1, CHUNK_VALUES // max(N * w.shape[-1], 1))
+        task = data.task.to(w.device)
+        out = [head_products(self._draw_features(data.X, samples, lo, lo + chunk).to(w), w[lo:lo + chunk], task)
+               for lo in range(0, S, chunk)]
+        return torch.cat(out)
+
+    def _draw_features(self, X: torch.Tensor, samples: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+        """The trunk's features (n, N, 1 + H) of rows X for draws lo..hi of a Bayesian trunk (the
+        intercept's column first where there is one), without gradients."""
+        p = next(iter(self.trunk.parameters()))
+        z = {k: samples[TRUNK + k][lo:hi].to(dtype=p.dtype, device=p.device) for k, _ in self.trunk.named_parameters()}
+        was = self.trunk.training
+        self.trunk.eval()
+        try:
+            with torch.no_grad():
+                h = run_trunk(self.trunk, z, X.to(dtype=p.dtype, device=p.device))
+        finally:
+            self.trunk.train(was)
+        if self.intercept:
+            h = torch.cat([h.new_ones(*h.shape[:-1], 1), h], dim=-1)
+        return h
+
     def relations(self, samples: dict[str, torch.Tensor], data: MultiTaskData | None = None) -> RelationDraws:
         """Draws (S, T, T) of the correlation of the tasks' functions over the training inputs:
-        corr(h . w_t, h . w_s) with h the trunk's features of every training row, i.e.
+        corr(h . w_t, h . w_s) with h the trunk's features of every training row (a Bayesian
+        trunk: each draw's own, on ``RELATION_ROWS`` rows), i.e.
         w_t' C w_s / sqrt(w_t' C w_t w_s' C w_s), C their covariance (intercepts left out).
         Unlike the prior's own relation (e.g. the correlation of a matrix-normal prior), it does
         not change when the trunk rotates or rescales its features. Without ``data``: the prior's."""
         if data is None:
             return super().relations(samples)
-        h = self.features(data.X).double()
-        h = h - h.mean(0)
-        C = h.T @ h / max(h.shape[0] - 1, 1)
         w = samples["w"].double()[..., 1:] if self.intercept else samples["w"].double()
-        G = torch.einsum("std,de,sue->stu", w, C, w)
+        if self.trunk_prior is None:
+            G = torch.einsum("std,de,sue->stu", w, _covariance(self.features(data.X).double()), w)
+        else:  # each draw's own features; at most RELATION_ROWS rows, evenly spread
+            X = data.X[torch.linspace(0, data.n_rows - 1, min(data.n_rows, RELATION_ROWS)).long()]
+            S = w.shape[0]
+            chunk = max(1, CHUNK_VALUES // max(X.shape[0] * (w.shape[-1] + 1), 1))
+            G = torch.cat([torch.einsum("std,sde,sue->stu", w[lo:lo + chunk], _covariance(
+                self._draw_features(X, samples, lo, lo + chunk)[..., int(self.intercept):].to(w)),
+                w[lo:lo + chunk]) for lo in range(0, S, chunk)])
         d = torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
         corr = (G / d.unsqueeze(-1) / d.unsqueeze(-2)).clamp(-1.0, 1.0)
         return RelationDraws(corr.cpu().numpy(), "correlation of the tasks' functions over the training inputs "
@@ -218,10 +358,23 @@ class NeuralMultiTask(MultiTaskModel):
             return super().row_predictor(data, subsample_size)
         trunk = self.trunk.to(device=data.device, dtype=data.dtype)
         X, task, intercept = data.X, data.task, self.intercept
+        if self.trunk_prior is not None:
+            trunk.requires_grad_(False)  # its weights are the sites z; its own stay unused (and out of a trace)
+
+            def sampled(w, coef, pick, z):
+                trunk.train(torch.is_grad_enabled())
+                h = run_trunk(trunk, z, pick(X))
+                if h.dim() > 2:  # (batch, 1, N, H): the sites' size-1 dim where the program's plates sit
+                    h = h.squeeze(-3)
+                if intercept:
+                    h = torch.cat([h.new_ones(*h.shape[:-1], 1), h], dim=-1)
+                return head_products(h, w, pick(task))
+
+            return sampled
 
         cache: dict = {}
 
-        def eta(w, coef, pick):
+        def eta(w, coef, pick, z=None):
             net = pyro.module("trunk", trunk)
             net.train(torch.is_grad_enabled())  # dropout and the like in training steps only
             # evaluations without gradients on every row (SVI's PSIS check: 1000 draws in chunks)

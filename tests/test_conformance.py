@@ -36,7 +36,8 @@ UNSUPPORTED = {("multitask-gp", "chees"): "checked in test_gp (slow on a GP marg
 FAST = {("hierarchical", "nuts"), ("independent", "svi"), ("pooled", "map"), ("dp-clustering", "chees"),
         ("multitask-gp", "map"), ("task-relationship", "nuts"), ("student-t", "chees"),
         ("tree-hierarchy", "chees"), ("gated-clusters", "chees"), ("hierarchical-gp", "map"),
-        ("neural", "svi")}  # (learned-tree: tests/test_tree_learn.py fits, predicts and saves one)
+        ("neural", "svi"), ("bayesian-trunk", "svi")}
+# (learned-tree: tests/test_tree_learn.py fits, predicts and saves one)
 
 
 def _settings(name: str, method: str) -> dict:
@@ -66,23 +67,25 @@ def _case(name: str, seed: int = 0):
         new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new", f1=0.5)
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"], task_features=["f1", "f2"])
         return get_model_class(name)(["f1", "f2"], clusters=3, likelihood="gaussian"), df, new, data
-    features = 3 if name in ("shared-subspace", "neural") else 1  # a subspace needs features to span
+    features = 3 if name in ("shared-subspace", "neural", "bayesian-trunk") else 1  # a subspace needs features
     df, _ = hierarchical_regression(n_tasks=5, rows=6, features=features, seed=seed)
     new = df[df["task"] == df["task"].iloc[0]].assign(task="brand_new")
     if name == "hierarchical-gp":  # a kind of multitask-gp that predicts new tasks
         return bm.models.MultitaskGP(kind="hierarchical"), df, new, bm.MultiTaskData.from_frame(df, task="task",
                                                                                               target="y")
-    cls = get_model_class(name)
-    if name == "neural":  # Bayesian heads on a small trunk
+    cls = get_model_class("neural" if name == "bayesian-trunk" else name)
+    if name in ("neural", "bayesian-trunk"):  # Bayesian heads on a small trunk (a posterior over it too)
         torch.manual_seed(seed)
-        return cls(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))), df, new, \
+        trunk = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        return cls(trunk, trunk_prior=1.0 if name == "bayesian-trunk" else None), df, new, \
             bm.MultiTaskData.from_frame(df, task="task", target="y")
     model = cls(likelihood="gaussian") if name == "dp-clustering" else cls()
     return model, df, new, bm.MultiTaskData.from_frame(df, task="task", target="y")
 
 
 CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else pytest.mark.slow)
-         for n in list(REGISTRY) + ["hierarchical-gp", "learned-tree"] + list(PRIORS) for m in SETTINGS
+         for n in list(REGISTRY) + ["hierarchical-gp", "learned-tree", "bayesian-trunk"] + list(PRIORS)
+         for m in SETTINGS
          if (n if n != "hierarchical-gp" else "multitask-gp", m) not in UNSUPPORTED]
 
 

@@ -327,7 +327,8 @@ class SVI(Options):
         for ``steps`` of at least ``svi.COMPILED_FROM`` (3000); "inductor" demands it (an error
         says what blocks it); None runs Pyro's SVI (with ``jit``).
     psis : resample the guide's draws by their Pareto-smoothed importance weights where these
-        are usable (``svi.py``); psis_draws : guide draws weighed (None: 10 x draws, >= 1000)
+        are usable (``svi.py``); psis_draws : guide draws weighed, at least ``draws`` (None: 10 x
+        draws, >= 1000)
     init_scale : the guide's initial sd of every unconstrained value (None: the guide's, 0.1; a
         model may ask for less through ``sampler_defaults``, as a network's heads do)
     validation : hold out this share of each task's rows (``fit`` splits them off, seeded): every

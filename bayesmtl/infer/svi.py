@@ -47,10 +47,11 @@ from pyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
 )
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from ..pyro_util import is_deterministic, site_shapes
+from ..pyro_util import is_deterministic, is_mean_field, site_shapes
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
@@ -118,14 +119,19 @@ class SVIBackend:
         # several particles where an evaluation is cheap: on school's collapsed form the guide's
         # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
         particles = o.particles or (COLLAPSED_PARTICLES if target.path == "collapsed" else 1)
-        if _compiled(o, batch, tasks, enum, check=o.validation is not None):
+        with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+            own = [k for k, v in poutine.trace(fn).get_trace().nodes.items()
+                   if v["type"] == "sample" and is_mean_field(v)]
+        if _compiled(o, batch, tasks, enum, check=o.validation is not None, mean_field=bool(own)):
             return _run_flat(self.label, target, settings, o, fn, particles, w)
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
         if o.init_scale is not None and guide_name != "delta":
             kw["init_scale"] = float(o.init_scale)
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
         plates = None
-        if tasks is not None:
+        if own and tasks is None:
+            guide = _with_mean_field(guided, guide_name, kw, own)
+        elif tasks is not None:
             plates = _TaskPlate(target.data.n_tasks, tasks)
             population, inside = _split_sites(fn)  # one trace serves the guide and the learning rates
             guide = _minibatch_guide(guided, guide_name, plates, kw, population, inside)
@@ -181,7 +187,7 @@ class SVIBackend:
             info.update(task_batch_size=tasks, psis="skipped: task minibatches (the check needs every row)")
         if guide_name != "delta" and not enum and plates is None:  # (the check cannot sum out enumerated sites yet)
             per_draw = sum((b + e).numel() for b, e, observed in shapes.values() if not observed)
-            m = o.psis_draws or max(n, min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(per_draw, 1))))
+            m = max(n, o.psis_draws or min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(per_draw, 1))))
             with torch.no_grad():
                 log_w, values = log_ratios(target.pyro_model(), guide, target.max_plate_nesting, m,
                                            target.n_rows, keep=model_sites)
@@ -334,7 +340,7 @@ class _FlatSteps:
 COMPILED_FROM = 3000
 
 
-def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool) -> bool:
+def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool, mean_field: bool = False) -> bool:
     """Whether this fit runs as one compiled step on the flat potential (``flat_svi.py``);
     ``compile="inductor"`` where it cannot raises a ValueError that says why."""
     from .flat_svi import GUIDES
@@ -343,6 +349,7 @@ def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool) -> bool:
            "task minibatches (task_batch_size)" if tasks is not None else
            "discrete sites summed out (enumeration)" if enum else
            "validation= (early stopping scores Pyro's guide)" if check else
+           "sites with a mean-field guide of their own (a Bayesian trunk)" if mean_field else
            f"guide={o.guide!r} (the compiled step writes {', '.join(GUIDES)})" if o.guide not in GUIDES else None)
     if o.compile == "inductor" and why is not None:
         raise ValueError(f"compile='inductor' cannot run with {why}; use compile=None (Pyro's SVI)")
@@ -384,7 +391,7 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
             "seconds_compile": engine.seconds_compile,
             "gradient": "written out" if pot.direct_grad is not None else "autograd",
             "loss_trace": [float(x) for x in losses[:: max(1, len(losses) // 200)]]}
-    m = o.psis_draws or max(n, min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(pot.dim, 1))))
+    m = max(n, o.psis_draws or min(max(PSIS_DRAWS, 10 * n), int(PSIS_VALUES // max(pot.dim, 1))))
     z, log_q = engine.sample(m)
     log_w = engine.log_ratios(z, log_q, target.n_rows)
     if w is not None:
@@ -453,6 +460,26 @@ def _split_sites(fn) -> tuple[list[str], list[str]]:
               and not site_is_subsample(v) and not is_deterministic(v)]
     inside = [k for k, v in latent if any(f.name == "task" for f in v["cond_indep_stack"])]
     return [k for k, _ in latent if k not in inside], inside
+
+
+def _with_mean_field(fn, name: str, kw: dict, own: list[str]):
+    """A guide for a program with sites asking for a mean-field factor (``pyro_util.MEAN_FIELD``,
+    e.g. a Bayesian trunk's weights): "structured" keeps its full-rank population block for the
+    other sites and gives those an ``AutoNormal`` of their own; other guides are as named. Those
+    sites start at a prior draw: at the prior's median (0) every hidden unit of a network would
+    be the same and stay so."""
+
+    def init(site):
+        return init_to_sample(site) if is_mean_field(site) else init_to_median(site)
+
+    if name == "delta":
+        return AutoDelta(fn, init_loc_fn=init)
+    if name != "structured":
+        return _GUIDES[name](fn, init_loc_fn=init, **kw)
+    guide = AutoGuideList(fn)
+    guide.append(AutoStructuredNormal(poutine.block(fn, hide=own), **kw))
+    guide.append(AutoNormal(poutine.block(fn, expose=own), init_loc_fn=init, **kw))
+    return guide
 
 
 def _minibatch_guide(fn, name: str, plates: _TaskPlate, kw: dict, population: list[str], inside: list[str]):
