@@ -141,14 +141,12 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                              f"the heads of the trained network with post.model.frozen()")
         if holdout is not None:
             target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
-        with warnings.catch_warnings():
-            if by_tasks:  # this fit only finds the number of steps; the refit's diagnostics are the run's
-                warnings.simplefilter("ignore", DiagnosticWarning)
-            post = _run(model, data, on_device, target, backend, settings, method, model_options)
+        if by_tasks:  # this fit only finds the number of steps: no Posterior, checks or warnings of its own
+            found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows}
+            return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
+        post = _run(model, data, on_device, target, backend, settings, method, model_options)
         if holdout is not None:
             post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
-        if by_tasks:
-            post = _refit(given, full, post, backend, options, settings, method, model_options, collapse)
         return post
 
 
@@ -165,11 +163,10 @@ def _check_task_holdout(model, data, checkpoint) -> None:
                          "does not follow yet; fit without checkpoint=, or with validate_by='rows'")
 
 
-def _refit(model, data: MultiTaskData, first: Posterior, backend, options: dict, settings: Settings, method: str,
+def _refit(model, data: MultiTaskData, val: dict, backend, options: dict, settings: Settings, method: str,
            model_options: dict, collapse: bool | None) -> Posterior:
     """The fit again on every row (every task), for the number of steps at which the held-out
-    tasks scored best, without holding anything out; ``info["validation"]`` is the first fit's."""
-    val = first.info["validation"]
+    tasks scored best (``val``: the first fit's ``info["validation"]``), holding nothing out."""
     steps = max(int(val["best_step"]), 1)
     change = {"validation": None, "validate_by": "rows", "steps": steps, "min_steps": steps, "anneal": 0}
     if hasattr(backend, "options"):  # a back end bound to an options object
