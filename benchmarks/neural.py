@@ -24,7 +24,8 @@ SiLU), optimiser (Adam, ``--lr``) and budget (``--steps`` minibatches of ``--bat
   Cipolla 2018), a point estimate;
 * ``bayesmtl DRN``: ``NeuralMultiTask(trunk, prior=TaskRelationship())`` by SVI (Long et al. 2017);
 * ``bayesmtl DRN, Bayesian trunk`` / ``bayesmtl hier. heads, Bayesian trunk``: the same with
-  ``trunk_prior=1.0``, a mean-field posterior over the trunk's weights too;
+  ``trunk_prior=1.0``, a mean-field posterior over the trunk's weights too (Parkinson's: also
+  with ``validate_by="tasks"``);
 * ``bayesmtl hier. heads``: ``NeuralMultiTask(trunk)`` (hierarchical prior over the heads);
   ``..., tasks held out`` (Parkinson's): early stopping on a fifth of the training patients held
   out whole and scored as new patients (``validate_by="tasks"``), then a refit on every patient;
@@ -256,8 +257,10 @@ def fit_one(name, train, test, feats, unit, a, seed):
                                           trunk_prior=1.0)
     elif name == "bayesmtl hier. heads":
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed))
-    elif name == "bayesmtl hier. heads, Bayesian trunk":
+    elif name.startswith("bayesmtl hier. heads, Bayesian trunk"):
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed), trunk_prior=1.0)
+        if name.endswith("tasks held out"):
+            svi.update(validation=0.2, validate_by="tasks")
     elif name == "bayesmtl hier. heads, tasks held out":  # early stopping on new patients' rows
         model = bm.models.NeuralMultiTask(make_trunk(len(feats), seed))
         svi.update(validation=0.2, validate_by="tasks")
@@ -309,12 +312,12 @@ def case_sarcos(a, out: Path) -> pd.DataFrame:
 
 def case_parkinsons(a, out: Path) -> pd.DataFrame:
     rows = []
-    for split in ("time", "patients"):
+    for split in a.splits:
         for seed in range(a.seeds):
             train, test, feats, unit = parkinsons_split(split, seed, a.max_train)
             names = ["pooled net", "hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
                      "bayesmtl hier. heads, tasks held out", "bayesmtl hier. heads, Bayesian trunk",
-                     "bayesmtl linear hier."]
+                     "bayesmtl hier. heads, Bayesian trunk, tasks held out", "bayesmtl linear hier."]
             names = [n for n in names if a.models is None or n in a.models]
             _run_split(rows, {"split": split}, train, test, feats, unit, names, a, seed, out,
                        f"parkinsons_drn_{split}.csv")
@@ -430,6 +433,8 @@ def main(argv=None):
     p.add_argument("--case", default="sarcos", choices=["sarcos", "parkinsons", "mixed", "speed", "speed-one"])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1], help="SARCOS training fractions")
+    p.add_argument("--splits", nargs="+", default=["time", "patients"], choices=["time", "patients"],
+                   help="Parkinson's splits")
     p.add_argument("--steps", type=int, default=3000, help="minibatch steps of every network")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
