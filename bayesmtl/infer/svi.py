@@ -111,17 +111,16 @@ class SVIBackend:
         pyro.clear_param_store()
         fn = target.pyro_model(subsample_size=batch, task_batch=tasks)
         # one run under a batch of 2 draws: a program that does not batch (its prior's hyperparameters
-        # do not broadcast) fails here, naming the prior, not after the fit inside the PSIS check
+        # do not broadcast) fails here, naming the prior, not after the fit inside the PSIS check; its
+        # trace names the sites that ask for a mean-field guide of their own (``_with_mean_field``)
         with torch.random.fork_rng(), torch.no_grad(), poutine.block(), \
                 pyro.plate("_batch_check", 2, dim=-(target.max_plate_nesting + 1)):
-            fn()
+            checked = poutine.trace(fn).get_trace()
+        own = [k for k, v in checked.nodes.items() if v["type"] == "sample" and is_mean_field(v)]
         enum = target.enumerated  # discrete sites summed out, not guided
         # several particles where an evaluation is cheap: on school's collapsed form the guide's
         # population sds went from 0.73-0.78 of NUTS's (1 particle) to 0.85-0.90 (4 or 8)
         particles = o.particles or (COLLAPSED_PARTICLES if target.path == "collapsed" else 1)
-        with torch.random.fork_rng(), torch.no_grad(), poutine.block():
-            own = [k for k, v in poutine.trace(fn).get_trace().nodes.items()
-                   if v["type"] == "sample" and is_mean_field(v)]
         if _compiled(o, batch, tasks, enum, check=o.validation is not None, mean_field=bool(own)):
             return _run_flat(self.label, target, settings, o, fn, particles, w)
         kw = {"rank": o.rank} if guide_name == "lowrank" and o.rank is not None else {}
