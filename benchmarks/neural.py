@@ -395,12 +395,14 @@ def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
     df = pd.DataFrame(X, columns=[f"x{j}" for j in range(21)]).assign(task=[f"t{t}" for t in task], y=y)
     feats = [f"x{j}" for j in range(21)]
     t0 = time.perf_counter()
-    if which == "bayesmtl hier. heads":
+    if which.startswith("bayesmtl hier. heads"):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=feats, dtype=torch.float32)
+        prior = 1.0 if which.endswith("Bayesian trunk") else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            post = bm.fit(bm.models.NeuralMultiTask(make_trunk(21, 0)), data, method="svi", steps=steps,
-                          min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0, progress=False)
+            post = bm.fit(bm.models.NeuralMultiTask(make_trunk(21, 0), trunk_prior=prior), data, method="svi",
+                          steps=steps, min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0,
+                          progress=False)
         rate = post.info["steps_per_second"]
     else:
         class A:
@@ -415,7 +417,10 @@ def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
 
 def case_speed(a, out: Path) -> pd.DataFrame:
     rows = []
-    for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads"):
+    for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
+                  "bayesmtl hier. heads, Bayesian trunk"):
+        if a.models is not None and which not in a.models and which != "hard sharing":
+            continue  # (hard sharing is the ratio's base)
         cmd = [sys.executable, __file__, "--case", "speed-one", "--which", which, "--steps", str(a.steps),
                "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -445,7 +450,8 @@ def main(argv=None):
     p.add_argument("--max-train", type=int, default=None, help="SARCOS: first n wide rows; Parkinson's: about n "
                    "rows; mixed: training rows; speed: rows")
     p.add_argument("--which", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--smoke", action="store_true", help="1 seed, a few hundred rows, 60 steps, no GP")
+    p.add_argument("--smoke", action="store_true", help="1 seed, a few hundred rows (1,500 for Parkinson's), 60 "
+                   "steps, no GP")
     p.add_argument("--out", default="runs/bench_neural")
     a = p.parse_args(argv)
     if a.case == "speed-one":
@@ -453,6 +459,8 @@ def main(argv=None):
         return None
     if a.smoke:
         a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 60, 300, 50, False, [0.3]
+        if a.case == "parkinsons":  # 300 rows are 7 a patient for 20 coefficients: each patient's line fits
+            a.max_train = 1500      # exactly, and the linear model's shared noise sd runs to 0 (ELBO inf)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
