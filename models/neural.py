@@ -87,6 +87,11 @@ def run_trunk(trunk: nn.Module, z: dict[str, torch.Tensor], X: torch.Tensor) -> 
     return h.reshape(*batch, *h.shape[1:])
 
 
+def with_ones(h: torch.Tensor) -> torch.Tensor:
+    """Features (..., N, H) with a column of ones first (the intercept's): (..., N, 1 + H)."""
+    return torch.cat([h.new_ones(*h.shape[:-1], 1), h], dim=-1)
+
+
 def _covariance(h: torch.Tensor) -> torch.Tensor:
     """Covariance (..., H, H) of features h (..., N, H) over the rows."""
     h = h - h.mean(-2, keepdim=True)
@@ -228,7 +233,7 @@ class NeuralMultiTask(MultiTaskModel):
         """Varying design (N, 1 + H): the intercept column and the trunk's features; no shared part."""
         h = self.features(data.X)
         if self.intercept:
-            h = torch.cat([h.new_ones(h.shape[0], 1), h], dim=-1)
+            h = with_ones(h)
         return h, data.X.new_zeros(data.X.shape[0], 0)
 
     def scaling(self, data: MultiTaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -323,7 +328,7 @@ class NeuralMultiTask(MultiTaskModel):
         finally:
             self.trunk.train(was)
         if self.intercept:
-            h = torch.cat([h.new_ones(*h.shape[:-1], 1), h], dim=-1)
+            h = with_ones(h)
         return h
 
     def relations(self, samples: dict[str, torch.Tensor], data: MultiTaskData | None = None) -> RelationDraws:
@@ -367,7 +372,7 @@ class NeuralMultiTask(MultiTaskModel):
                 if h.dim() > 2:  # (batch, 1, N, H): the sites' size-1 dim where the program's plates sit
                     h = h.squeeze(-3)
                 if intercept:
-                    h = torch.cat([h.new_ones(*h.shape[:-1], 1), h], dim=-1)
+                    h = with_ones(h)
                 return head_products(h, w, pick(task))
 
             return sampled
@@ -385,7 +390,7 @@ class NeuralMultiTask(MultiTaskModel):
             else:
                 h = net(pick(X))
                 if intercept:
-                    h = torch.cat([h.new_ones(h.shape[0], 1), h], dim=-1)
+                    h = with_ones(h)
                 if key is not None and not torch.is_grad_enabled():
                     cache.update(key=key, h=h)
             return head_products(h, w, pick(task))
