@@ -244,11 +244,43 @@ def test_a_prior_that_does_not_broadcast_over_chains_is_named(method):
         bm.fit(bm.MultiTaskModel(MatrixEvent()), data, method=method, progress=False, **options)
 
 
+def test_nuts_compiled_as_one_call_per_transition_makes_the_op_by_op_transitions():
+    """compile="inductor" on a CPU: a whole NUTS transition is one compiled call (the leaves in a
+    compiled loop), and it makes the transitions the kernel run op by op makes from the same
+    random numbers: the same trees, the same draws (a fit on it: the slow sibling below)."""
+    from bayesmtl.infer import driver, hmc_util, nuts
+    from bayesmtl.infer.potential import BatchedPotential
+
+    train, _, _ = planted("student-t", n_tasks=4, rows=5, seed=0)
+    model, data = build("student-t", train)
+    target = model.targets(data)[-1]
+    C, gen = 2, torch.Generator().manual_seed(0)
+    with pyro.validation_enabled(False), bm.protocol.data_context(torch.float64, "cpu"):
+        pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
+        z = 0.3 * torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
+        vg, plain = driver._make_gradient(pot, "inductor", z), driver._make_gradient(pot, None, z)
+        a = b = start = hmc_util.HMCState(z, *plain(z))
+        eps = torch.full((C,), 0.05, dtype=torch.float64)
+        inv_mass = torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5
+        tree = nuts.compiled_step(vg, start, eps, inv_mass, 6, 1000.0)
+        assert isinstance(tree, nuts.CompiledTree)
+        sizes = set()
+        for i in range(4):
+            g1, g2 = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
+            a, ia = nuts.nuts_step(plain, a, eps, inv_mass, g1, 6, 1000.0)
+            b, ib = nuts.nuts_step(vg, b, eps, inv_mass, g2, 6, 1000.0, tree)
+            torch.testing.assert_close(b.z, a.z, rtol=1e-8, atol=1e-9)
+            assert torch.equal(ia.n_steps, ib.n_steps) and torch.equal(ia.diverging, ib.diverging)
+            sizes |= set(ia.n_steps.tolist())
+        assert len(sizes) > 1 and not torch.equal(a.z, start.z)  # trees of several sizes; the chains moved
+
+
 @pytest.mark.slow  # trimmed from the fast tier (10-min budget)
 def test_compiled_steps_match_the_steps_run_op_by_op():
-    """compile="inductor": the NUTS transition built from one compiled call per leaf (potential,
-    gradient, tree bookkeeping and merge), and ChEES's compiled leapfrog, give the trajectories
-    the same steps run op by op give, for a per-chain and a shared metric; fits run on them."""
+    """compile="inductor": the NUTS transition as one compiled call (the leaves in a compiled
+    loop) and built from one compiled call per leaf (potential, gradient, tree bookkeeping and
+    merge), and ChEES's compiled leapfrog, give the trajectories the same steps run op by op
+    give, for a per-chain and a shared metric; fits run on them."""
     from bayesmtl.infer import driver, hmc_util, nuts
     from bayesmtl.infer.potential import BatchedPotential
 
@@ -262,19 +294,23 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
         vg = driver._make_gradient(pot, "inductor", z)
         plain = driver._make_gradient(pot, None, z)
         state = hmc_util.HMCState(z, *plain(z))
-        eps = torch.full((C,), 0.2, dtype=torch.float64)
-        step = lf = None
+        eps = torch.full((C,), 0.05, dtype=torch.float64)
+        step = tree = lf = None
         for inv_mass in (torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5,
                          (torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
             step = step or nuts.compiled_leaf(vg, state, eps, inv_mass, 10, 1000.0)  # same shapes: compiled once
-            assert step is not None
-            a, b = state, state
-            for _ in range(5):  # same generator state on both sides: same momenta, directions, u
-                g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+            tree = tree or nuts.compiled_step(vg, state, eps, inv_mass, 10, 1000.0)
+            assert step is not None and isinstance(tree, nuts.CompiledTree)
+            a, b, c = state, state, state
+            for i in range(5):  # same generator state on every side: same momenta, directions, u
+                g1, g2, g3 = (torch.Generator().manual_seed(7 + i) for _ in range(3))
                 a, ia = nuts.nuts_step(plain, a, eps, inv_mass, g1, 10, 1000.0)
                 b, ib = nuts.nuts_step(vg, b, eps, inv_mass, g2, 10, 1000.0, step)
-                torch.testing.assert_close(b.z, a.z, rtol=1e-8, atol=1e-9)
-                assert torch.equal(ia.n_steps, ib.n_steps) and torch.equal(ia.depth, ib.depth)
+                c, ic = nuts.nuts_step(vg, c, eps, inv_mass, g3, 10, 1000.0, tree)
+                for x, info in ((b, ib), (c, ic)):
+                    torch.testing.assert_close(x.z, a.z, rtol=1e-8, atol=1e-9)
+                    assert torch.equal(ia.n_steps, info.n_steps) and torch.equal(ia.depth, info.depth)
+            assert not torch.equal(a.z, state.z)  # the chains moved
             lf = lf or vg.compile(hmc_util.leapfrog, z, z, state.g, eps[:, None], inv_mass)
             r = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
             for x, y in zip(lf(z, r, state.g, eps[:, None], inv_mass),
@@ -284,6 +320,8 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
         post = bm.fit(model, data, method=method, chains=C, warmup=30, draws=20, seed=0, progress=False,
                       compile="inductor")
         assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0
+        if method == "nuts":
+            assert post.info["compiled"] == "whole transition"
 
 
 @pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
@@ -292,10 +330,11 @@ def test_a_step_that_does_not_compile_runs_op_by_op_with_a_warning(monkeypatch):
     sampler op by op, and info["compile"] says so."""
     from bayesmtl.infer import driver
 
-    def broken(fn, example):
+    def broken(*args):
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(driver, "_compile", broken)
+    monkeypatch.setattr(driver, "_compile_loop", broken)
     train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
     model, data = build("student-t", train)
     for method in ("nuts", "chees"):
@@ -303,3 +342,4 @@ def test_a_step_that_does_not_compile_runs_op_by_op_with_a_warning(monkeypatch):
             post = bm.fit(model, data, method=method, chains=2, warmup=20, draws=10, seed=0, progress=False,
                           compile="inductor")
         assert post.info["compile"] is None and np.isfinite(post.samples["mu"]).all()
+        assert post.info.get("compiled", "nothing") == "nothing"

@@ -131,6 +131,93 @@ class Gradient:
         finally:
             self.seconds_compile += time.perf_counter() - t0
 
+    def compile_loop(self, outer, body, cond, example: tuple[torch.Tensor, ...],
+                     body_example: tuple[torch.Tensor, ...]):
+        """``outer(loop, *tensors) -> tuple of tensors`` as one call, where ``loop(carried, extra)``
+        runs ``carried = body(gradient, *carried, *extra)`` while ``cond(*carried, *extra)`` (a
+        0-dim bool) and returns the last ``carried``. Under "inductor" on a CPU the loop itself is
+        compiled (a ``while_loop`` in inductor's C++ wrapper: no Python between iterations);
+        ``body_example`` is (carried..., extra...) as ``outer`` passes them. Elsewhere, or where
+        compiling fails, None: the caller keeps its own step."""
+        if self.mode != "inductor" or example[0].device.type != "cpu":
+            return None
+        t0 = time.perf_counter()
+        try:
+            return _compile_loop(functools.partial(outer, functools.partial(_python_loop, self.traceable, body,
+                                                                             cond)),
+                                 outer, functools.partial(body, self.traceable), cond, example, body_example)
+        except Exception:  # noqa: BLE001 - any compiler failure: the caller's compiled step still works
+            return None
+        finally:
+            self.seconds_compile += time.perf_counter() - t0
+
+
+def _python_loop(vg, body, cond, carried: tuple, extra: tuple) -> tuple:
+    """``Gradient.compile_loop``'s loop, op by op."""
+    while bool(cond(*carried, *extra)):
+        carried = tuple(body(vg, *carried, *extra))
+    return carried
+
+
+def _lift_constants(gm):
+    """``gm`` with its tensor constants (the program's data, captured by ``make_fx``) as trailing
+    inputs, one per distinct tensor, and those tensors: a ``while_loop`` body takes its constants
+    as inputs."""
+    g = gm.graph
+    last = [n for n in g.nodes if n.op == "placeholder"][-1]
+    consts: list[torch.Tensor] = []
+    seen: dict = {}
+    for n in list(g.nodes):
+        if n.op != "get_attr" or not isinstance(t := getattr(gm, n.target), torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key not in seen:
+            with g.inserting_after(last):
+                seen[key] = last = g.placeholder(f"constant_{len(consts)}")
+            consts.append(t)
+        n.replace_all_uses_with(seen[key])
+        g.erase_node(n)
+    gm.recompile()
+    return gm, consts
+
+
+def _compile_loop(reference, outer, body, cond, example, body_example):
+    """``Gradient.compile_loop`` under "inductor": body and condition traced to aten graphs
+    (``make_fx``), the outer function around a ``while_loop`` of them traced under a fake tensor
+    mode and compiled with inductor's C++ wrapper; checked against ``reference`` at the example."""
+    import torch._inductor
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    ex = tuple(x.clone(memory_format=torch.contiguous_format) for x in example)
+    bex = tuple(x.clone(memory_format=torch.contiguous_format) for x in body_example)
+    with fusing():
+        body_gm, consts = _lift_constants(make_fx(body)(*bex))
+        cond_gm = make_fx(cond)(*bex, *consts)
+
+    def loop(carried, extra):
+        return torch.ops.higher_order.while_loop(cond_gm, body_gm, tuple(carried), (*extra, *consts))
+
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True, allow_non_fake_inputs=True)
+    fake = [fake_mode.from_tensor(x, static_shapes=True) for x in ex]
+    with fake_mode:
+        graph = make_fx(functools.partial(outer, loop))(*fake)
+    compiled = torch._inductor.compile(graph, fake, options={"cpp.vec_isa_ok": False, "cpp_wrapper": True})
+    _check(compiled(*ex), reference(*ex))
+
+    def call(*args: torch.Tensor):
+        return compiled(*(x if x.is_contiguous() else x.contiguous() for x in args))
+    return call
+
+
+def _check(got, want) -> None:
+    """A compiled step's outputs against the same step run op by op."""
+    for a, b in zip(got, want, strict=True):
+        if a.shape != b.shape or not (torch.equal(a, b) if not a.is_floating_point() else
+                                      torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)):
+            raise ValueError("the compiled step disagrees with the step run op by op")
+
 
 def _compile(fn, example: tuple[torch.Tensor, ...], simd: bool = False):
     """``fn`` over flat tensors as one inductor-compiled aten graph for the example's shapes,
@@ -147,11 +234,7 @@ def _compile(fn, example: tuple[torch.Tensor, ...], simd: bool = False):
     # gains little, and skipping the probe for SIMD support saves cold compiles seconds
     options = {"cpp.vec_isa_ok": False} if example[0].device.type == "cpu" and not simd else {}
     compiled = torch._inductor.compile(graph, list(example), options=options)
-    got, want = compiled(*example), fn(*example)
-    for a, b in zip(got, want, strict=True):
-        if a.shape != b.shape or not (torch.equal(a, b) if not a.is_floating_point() else
-                                      torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)):
-            raise ValueError("the compiled step disagrees with the step run op by op")
+    _check(compiled(*example), fn(*example))
 
     def call(*args: torch.Tensor):
         return compiled(*(x if x.is_contiguous() else x.contiguous() for x in args))
