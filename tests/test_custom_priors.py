@@ -276,12 +276,12 @@ def test_nuts_compiled_as_one_call_per_transition_makes_the_op_by_op_transitions
 
 
 @pytest.mark.slow  # trimmed from the fast tier (10-min budget)
-def test_compiled_steps_match_the_steps_run_op_by_op():
+def test_compiled_steps_match_the_steps_run_op_by_op(monkeypatch):
     """compile="inductor": the NUTS transition as one compiled call (the leaves in a compiled
     loop) and built from one compiled call per leaf (potential, gradient, tree bookkeeping and
     merge), and ChEES's compiled leapfrog, give the trajectories the same steps run op by op
     give, for a per-chain and a shared metric; fits run on them."""
-    from bayesmtl.infer import driver, hmc_util, nuts
+    from bayesmtl.infer import chees, driver, hmc_util, nuts
     from bayesmtl.infer.potential import BatchedPotential
 
     train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
@@ -295,7 +295,7 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
         plain = driver._make_gradient(pot, None, z)
         state = hmc_util.HMCState(z, *plain(z))
         eps = torch.full((C,), 0.05, dtype=torch.float64)
-        step = tree = lf = None
+        step = tree = lf = whole = None
         for inv_mass in (torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5,
                          (torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
             step = step or nuts.compiled_leaf(vg, state, eps, inv_mass, 10, 1000.0)  # same shapes: compiled once
@@ -316,12 +316,20 @@ def test_compiled_steps_match_the_steps_run_op_by_op():
             for x, y in zip(lf(z, r, state.g, eps[:, None], inv_mass),
                             hmc_util.leapfrog(plain, z, r, state.g, eps[:, None], inv_mass), strict=True):
                 torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+            whole = whole or chees.compiled_trajectory(vg, state, eps[:, None], inv_mass)
+            assert whole is not None
+            want = (z, r, state.U, state.g)
+            for _ in range(7):  # ChEES's trajectory of 7 leapfrogs as one call
+                want = hmc_util.leapfrog(plain, want[0], want[1], want[3], eps[:, None], inv_mass)
+            for x, y in zip(whole(z, r, state.U, state.g, eps[:, None], inv_mass, torch.tensor(7)), want, strict=True):
+                torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9)
+    monkeypatch.setattr(nuts, "TREE_CHECK", 5)  # a run this short never pays for the whole transition:
+    monkeypatch.setattr(nuts, "_tree_pays", lambda *a: True)  # switch to it after 5 iterations all the same
     for method in ("nuts", "chees"):  # the graphs above, so inductor's cache serves them
         post = bm.fit(model, data, method=method, chains=C, warmup=30, draws=20, seed=0, progress=False,
                       compile="inductor")
         assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0
-        if method == "nuts":
-            assert post.info["compiled"] == "whole transition"
+        assert post.info["compiled"] == {"nuts": "whole transition", "chees": "whole trajectory"}[method]
 
 
 @pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path

@@ -77,10 +77,38 @@ def van_der_corput(i: int) -> float:
     return q
 
 
+def _leapfrogs(vg, i, z, r, U, g, e, inv_mass, n):
+    """One leapfrog of a trajectory loop (``compiled_trajectory``)."""
+    z, r, U, g = leapfrog(vg, z, r, g, e, inv_mass)
+    return i + 1, z, r, U, g
+
+
+def _more(i, z, r, U, g, e, inv_mass, n):
+    """The trajectory loop goes on: fewer than n leapfrogs so far."""
+    return i < n
+
+
+def _trajectory(loop, z, r, U, g, e, inv_mass, n):
+    _, z, r, U, g = loop((torch.zeros_like(n), z, r, U, g), (e, inv_mass, n))
+    return z, r, U, g
+
+
+def compiled_trajectory(vg, state: HMCState, e: torch.Tensor, inv_mass: torch.Tensor):
+    """``trajectory(z, r, U, g, e (C, 1), inv_mass, n) -> (z, r, U, g)``: n (0-dim int64)
+    leapfrogs as one compiled call (``driver.Gradient.compile_loop``; on a CPU, no Python between
+    leapfrogs), or None where the loop does not compile."""
+    z, U, g = state
+    n = torch.tensor(3, device=z.device)
+    i, r = torch.zeros_like(n), torch.ones_like(z)
+    return vg.compile_loop(_trajectory, _leapfrogs, _more, (z, r, U, g, e, inv_mass, n),
+                           (i, z, r, U, g, e, inv_mass, n))
+
+
 def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tensor, gen: torch.Generator,
-             max_delta: float, step=None):
+             max_delta: float, step=None, trajectory=None):
     """n_steps leapfrog steps of size eps for every chain, then a Metropolis correction.
-    ``step(z, r, g, eps (C, 1), inv_mass)``: the leapfrog as one compiled call (default: op by op).
+    ``step(z, r, g, eps (C, 1), inv_mass)``: the leapfrog as one compiled call (default: op by op);
+    ``trajectory``: all n_steps of them as one (``compiled_trajectory``), used where given.
 
     Returns the new state, the proposal's position and velocity (for the ChEES gradient),
     acceptance probabilities (C,) and divergences (C,).
@@ -91,9 +119,12 @@ def hmc_step(vg, state: HMCState, eps: float, n_steps: int, inv_mass: torch.Tens
     H0 = U + kinetic(r, inv_mass)
     e = torch.full((C, 1), eps, dtype=z.dtype, device=z.device)
     z1, r1, U1, g1 = z, r, U, g
-    step = step or functools.partial(leapfrog, vg)
-    for _ in range(n_steps):
-        z1, r1, U1, g1 = step(z1, r1, g1, e, inv_mass)
+    if trajectory is not None:
+        z1, r1, U1, g1 = trajectory(z, r, U, g, e, inv_mass, torch.tensor(n_steps, device=z.device))
+    else:
+        step = step or functools.partial(leapfrog, vg)
+        for _ in range(n_steps):
+            z1, r1, U1, g1 = step(z1, r1, g1, e, inv_mass)
     v1 = velocity(inv_mass, r1)
     H1 = U1 + 0.5 * (r1 * v1).sum(-1)
     delta = torch.nan_to_num(H1 - H0, nan=math.inf, posinf=math.inf)
@@ -164,10 +195,12 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     dev, dt = state.z.device, state.z.dtype
     inv_mass = initial_metric(state, fisher=True).mean(0, keepdim=True).expand(C, P).contiguous()
     eps = float(find_step_size(vg, state, torch.ones(C, device=dev, dtype=dt), inv_mass, gen).median())
-    lf = None
-    if getattr(vg, "mode", None) == "inductor":  # the leapfrog, gradient included, as one compiled call
-        lf = vg.compile(leapfrog, state.z, torch.zeros_like(state.z), state.g,
-                        torch.full((C, 1), eps, device=dev, dtype=dt), inv_mass)
+    lf = whole = None
+    if getattr(vg, "mode", None) == "inductor":  # the trajectory, else the leapfrog, as one compiled call
+        e = torch.full((C, 1), eps, device=dev, dtype=dt)
+        whole = compiled_trajectory(vg, state, e, inv_mass)
+        if whole is None:
+            lf = vg.compile(leapfrog, state.z, torch.zeros_like(state.z), state.g, e, inv_mass)
     step = step_size_adaptation(target)  # on one number for all chains: the harmonic mean acceptance
     da = step.init(torch.tensor([eps], dtype=dt))
     traj = TrajectoryAdaptation(math.log(eps))
@@ -200,7 +233,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
         t = u * math.exp(traj.log_T)
         n = int(min(max(1, math.ceil(t / eps)), max_steps))
         z0 = state.z
-        state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta, lf)
+        state, (z1, v1), accept, div, energy = hmc_step(vg, state, eps, n, inv_mass, gen, max_delta, lf, whole)
         if i < warmup:
             hm = float(1.0 / (1.0 / accept.clamp_min(1e-10)).mean())  # harmonic mean: one stuck chain counts
             da, e = step.update(da, torch.tensor([hm], dtype=dt))
@@ -239,7 +272,9 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     bar.close()
     sample_stats = buf.stats()
     extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
-             "trajectory_length": math.exp(traj.log_T), **timings(t_loop, t_warm)}
+             "trajectory_length": math.exp(traj.log_T), **timings(t_loop, t_warm),
+             "compiled": ("whole trajectory" if whole is not None else  # a failed compile left mode None
+                          "one leapfrog" if lf is not None and getattr(vg, "mode", None) == "inductor" else "nothing")}
     if checkpoint is not None:
         extra["checkpoint"] = {"resumed_at": start, "saves": checkpoint.saves}
     return sample_stats, extra
@@ -264,7 +299,7 @@ class ChEESBackend:
                                      o.max_delta_energy, o.chunk, keep, settings.progress, report, ckpt)
             info = {"sampler": "ChEES-HMC", "target_accept": o.target_accept, "max_steps": o.max_steps,
                     "trajectory_length": extra["trajectory_length"],
-                    "mean_steps": float(stats["n_steps"][0].mean())}
+                    "mean_steps": float(stats["n_steps"][0].mean()), "compiled": extra["compiled"]}
             return stats, extra, info
 
         return run_batched(self, target, settings, o, runner, report)

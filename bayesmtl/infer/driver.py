@@ -194,7 +194,7 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
     bex = tuple(x.clone(memory_format=torch.contiguous_format) for x in body_example)
     with fusing():
         body_gm, consts = _lift_constants(make_fx(body)(*bex))
-        cond_gm = make_fx(cond)(*bex, *consts)
+        cond_gm = make_fx(lambda *a: cond(*a[:len(bex)]))(*bex, *consts)  # the constants: unused inputs
 
     def loop(carried, extra):
         return torch.ops.higher_order.while_loop(cond_gm, body_gm, tuple(carried), (*extra, *consts))
