@@ -12,6 +12,7 @@ keep, report) -> (sample_stats, extra, info)``.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 import warnings
@@ -203,7 +204,15 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
     fake = [fake_mode.from_tensor(x, static_shapes=True) for x in ex]
     with fake_mode:
         graph = make_fx(functools.partial(outer, loop))(*fake)
-    compiled = torch._inductor.compile(graph, fake, options={"cpp.vec_isa_ok": False, "cpp_wrapper": True})
+    log = logging.getLogger("torch._inductor")  # its C++ wrapper warns of ops it calls back into torch for
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # and a FutureWarning about its own internals
+            warnings.simplefilter("ignore", FutureWarning)
+            compiled = torch._inductor.compile(graph, fake, options={"cpp.vec_isa_ok": False, "cpp_wrapper": True})
+    finally:
+        log.setLevel(level)
     _check(compiled(*ex), reference(*ex))
 
     def call(*args: torch.Tensor):
