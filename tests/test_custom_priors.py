@@ -244,24 +244,33 @@ def test_a_prior_that_does_not_broadcast_over_chains_is_named(method):
         bm.fit(bm.MultiTaskModel(MatrixEvent()), data, method=method, progress=False, **options)
 
 
+def _compiled_and_plain(n_tasks: int, rows: int, C: int):
+    """The student-t prior's batched potential on planted data: (gradient compiled by inductor,
+    the same op by op, a start (C, P), a generator, the data)."""
+    from bayesmtl.infer import driver
+    from bayesmtl.infer.potential import BatchedPotential
+
+    train, _, _ = planted("student-t", n_tasks=n_tasks, rows=rows, seed=0)
+    model, data = build("student-t", train)
+    target = model.targets(data)[-1]
+    gen = torch.Generator().manual_seed(0)
+    pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
+    z = 0.3 * torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
+    return driver._make_gradient(pot, "inductor", z), driver._make_gradient(pot, None, z), z, gen, (model, data)
+
+
 def test_nuts_compiled_as_one_call_per_transition_makes_the_op_by_op_transitions():
     """compile="inductor" on a CPU: a whole NUTS transition is one compiled call (the leaves in a
     compiled loop), and it makes the transitions the kernel run op by op makes from the same
     random numbers: the same trees, the same draws (a fit on it: the slow sibling below)."""
-    from bayesmtl.infer import driver, hmc_util, nuts
-    from bayesmtl.infer.potential import BatchedPotential
+    from bayesmtl.infer import hmc_util, nuts
 
-    train, _, _ = planted("student-t", n_tasks=4, rows=5, seed=0)
-    model, data = build("student-t", train)
-    target = model.targets(data)[-1]
-    C, gen = 2, torch.Generator().manual_seed(0)
+    C = 2
     with pyro.validation_enabled(False), bm.protocol.data_context(torch.float64, "cpu"):
-        pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
-        z = 0.3 * torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
-        vg, plain = driver._make_gradient(pot, "inductor", z), driver._make_gradient(pot, None, z)
+        vg, plain, z, gen, _ = _compiled_and_plain(4, 5, C)
         a = b = start = hmc_util.HMCState(z, *plain(z))
         eps = torch.full((C,), 0.05, dtype=torch.float64)
-        inv_mass = torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5
+        inv_mass = torch.rand(C, z.shape[1], generator=gen, dtype=torch.float64) + 0.5
         tree = nuts.compiled_step(vg, start, eps, inv_mass, 6, 1000.0)
         assert isinstance(tree, nuts.CompiledTree)
         sizes = set()
@@ -281,23 +290,17 @@ def test_compiled_steps_match_the_steps_run_op_by_op(monkeypatch):
     loop) and built from one compiled call per leaf (potential, gradient, tree bookkeeping and
     merge), and ChEES's compiled leapfrog, give the trajectories the same steps run op by op
     give, for a per-chain and a shared metric; fits run on them."""
-    from bayesmtl.infer import chees, driver, hmc_util, nuts
-    from bayesmtl.infer.potential import BatchedPotential
+    from bayesmtl.infer import chees, hmc_util, nuts
 
-    train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
-    model, data = build("student-t", train)
-    target = model.targets(data)[-1]
-    C, gen = 3, torch.Generator().manual_seed(0)
+    C = 3
     with pyro.validation_enabled(False), bm.protocol.data_context(torch.float64, "cpu"):
-        pot = BatchedPotential(target.pyro_model(), target.max_plate_nesting)
-        z = 0.3 * torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
-        vg = driver._make_gradient(pot, "inductor", z)
-        plain = driver._make_gradient(pot, None, z)
+        vg, plain, z, gen, (model, data) = _compiled_and_plain(5, 6, C)
+        P = z.shape[1]
         state = hmc_util.HMCState(z, *plain(z))
         eps = torch.full((C,), 0.05, dtype=torch.float64)
         step = tree = lf = whole = None
-        for inv_mass in (torch.rand(C, pot.dim, generator=gen, dtype=torch.float64) + 0.5,
-                         (torch.rand(1, pot.dim, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
+        for inv_mass in (torch.rand(C, P, generator=gen, dtype=torch.float64) + 0.5,
+                         (torch.rand(1, P, generator=gen, dtype=torch.float64) + 0.5).expand(C, -1)):
             step = step or nuts.compiled_leaf(vg, state, eps, inv_mass, 10, 1000.0)  # same shapes: compiled once
             tree = tree or nuts.compiled_step(vg, state, eps, inv_mass, 10, 1000.0)
             assert step is not None and isinstance(tree, nuts.CompiledTree)
@@ -312,7 +315,7 @@ def test_compiled_steps_match_the_steps_run_op_by_op(monkeypatch):
                     assert torch.equal(ia.n_steps, info.n_steps) and torch.equal(ia.depth, info.depth)
             assert not torch.equal(a.z, state.z)  # the chains moved
             lf = lf or vg.compile(hmc_util.leapfrog, z, z, state.g, eps[:, None], inv_mass)
-            r = torch.randn(C, pot.dim, generator=gen, dtype=torch.float64)
+            r = torch.randn(C, P, generator=gen, dtype=torch.float64)
             for x, y in zip(lf(z, r, state.g, eps[:, None], inv_mass),
                             hmc_util.leapfrog(plain, z, r, state.g, eps[:, None], inv_mass), strict=True):
                 torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
