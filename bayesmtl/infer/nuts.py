@@ -12,8 +12,8 @@ This module holds the NUTS kernel and its back end; the helpers it is built from
   (``merge``) where it ends. Under ``compile="inductor"`` a whole leaf (leapfrog, gradient,
   U-turn checks against every checkpoint slot through masks, and the merge for the chains whose
   subtree ends there) is one traced graph over the trajectory packed into three tensors, first
-  compiled as one call per leaf (``CompiledLeaf``). On a CPU, after ``TREE_CHECK`` iterations,
-  where the rest of the run pays for a second compile (``_tree_pays``), the whole transition
+  compiled as one call per leaf (``CompiledLeaf``). On a CPU, checked every ``TREE_CHECK``
+  iterations, where the rest of the run pays for a second compile (``_tree_pays``), the whole transition
   becomes one compiled call (``CompiledTree``): the leaves run in a ``while_loop`` inside
   inductor's C++ wrapper, with no Python between them, 1.6-2x faster per leapfrog. Op by op
   (written-out gradients, ``compile="jit"``) a leaf touches only the slots it reads and the
@@ -444,8 +444,8 @@ class CompiledTree:
         return HMCState(*out[:3]), StepInfo(*out[3:])
 
 
-#: iterations NUTS runs with one compiled call per leaf before it decides whether compiling the
-#: whole transition pays for the rest of the run (``_tree_pays``)
+#: NUTS runs with one compiled call per leaf and, every this many iterations, judges on them
+#: whether compiling the whole transition would pay for the rest of the run (``_tree_pays``)
 TREE_CHECK = 30
 
 
@@ -545,7 +545,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     warm = adapt.init(state)
     eps, inv_mass = warm.step_size, warm.inv_mass
     step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)  # before the clock: set-up
-    leaf_seconds, lock_steps = vg.seconds_compile if step is not None else 0.0, 0
+    leaf_seconds, lock_steps, trying = vg.seconds_compile, 0, isinstance(step, CompiledLeaf)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
                      on_chunk, keep_z=checkpoint is not None)
     start, t_loop, t_warm = 0, time.perf_counter(), 0.0
@@ -565,14 +565,16 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     t_first = time.perf_counter()
     for i in range(start, warmup + draws):
         state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta, step)
-        if isinstance(step, CompiledLeaf):  # worth compiling the whole transition for the rest?
+        if trying:  # worth compiling the whole transition for the rest of the run?
             lock_steps += int(info.n_steps.max())
-            if i + 1 - start == TREE_CHECK and _tree_pays(lock_steps / TREE_CHECK * (warmup + draws - i - 1),
-                                                           (time.perf_counter() - t_first) / lock_steps, leaf_seconds):
-                t0 = time.perf_counter()
-                tree = CompiledTree(vg, state, eps, inv_mass, max_depth, max_delta)
-                t_loop += time.perf_counter() - t0  # compiling is set-up (info["seconds_compile"]), not sampling
-                step = tree if tree.fn is not None else step
+            if (i + 1 - start) % TREE_CHECK == 0:  # judged on the last TREE_CHECK iterations' trees
+                if _tree_pays(lock_steps / TREE_CHECK * (warmup + draws - i - 1),
+                              (time.perf_counter() - t_first) / max(lock_steps, 1), leaf_seconds):
+                    trying, t0 = False, time.perf_counter()
+                    tree = CompiledTree(vg, state, eps, inv_mass, max_depth, max_delta)
+                    t_loop += time.perf_counter() - t0  # compiling is set-up (info["seconds_compile"]), not sampling
+                    step = tree if tree.fn is not None else step
+                lock_steps, t_first = 0, time.perf_counter()
         if i < warmup:
             warm = adapt.update(i, warm, state, info.accept)
             eps, inv_mass = warm.step_size, warm.inv_mass
