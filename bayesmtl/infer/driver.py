@@ -3,10 +3,10 @@
 ``run_batched``: chain groups in worker processes (``processes``), dtype and torch threads;
 ``_sample``: the batched potential, initial points (``_init``), its value and gradient as a
 ``Gradient`` (``torch.jit.trace``d, or under "inductor" a way for the kernel to compile its whole
-step, potential included, into one ``make_fx`` graph compiled by inductor), the host copy of
-draws (``DrawBuffer``), progress (``tick``), timings and the ``info`` every batched sampler
-reports. The sampler itself is a ``runner(vg, state, gen,
-keep, report) -> (sample_stats, extra, info)``.
+step, potential included, into one ``make_fx`` graph compiled by inductor: ``compile``, and on a
+CPU a loop of such steps as one call: ``compile_loop``), the host copy of draws
+(``DrawBuffer``), progress (``tick``), timings and the ``info`` every batched sampler reports.
+The sampler itself is a ``runner(vg, state, gen, keep, report) -> (sample_stats, extra, info)``.
 """
 
 from __future__ import annotations

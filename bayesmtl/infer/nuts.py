@@ -545,7 +545,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     warm = adapt.init(state)
     eps, inv_mass = warm.step_size, warm.inv_mass
     step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)  # before the clock: set-up
-    leaf_seconds, lock_steps, trying = vg.seconds_compile, 0, isinstance(step, CompiledLeaf)
+    leaf_seconds, lock_steps, trying = getattr(vg, "seconds_compile", 0.0), 0, isinstance(step, CompiledLeaf)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
                      on_chunk, keep_z=checkpoint is not None)
     start, t_loop, t_warm = 0, time.perf_counter(), 0.0
