@@ -333,6 +333,9 @@ def test_compiled_steps_match_the_steps_run_op_by_op(monkeypatch):
                       compile="inductor")
         assert post.info["compile"] == "inductor" and post.info["seconds_compile"] > 0
         assert post.info["compiled"] == {"nuts": "whole transition", "chees": "whole trajectory"}[method]
+        again = bm.fit(model, data, method=method, chains=C, warmup=30, draws=20, seed=0, progress=False,
+                       compile="inductor")
+        np.testing.assert_array_equal(again.samples["mu"], post.samples["mu"])  # same seed, same draws
 
 
 @pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path

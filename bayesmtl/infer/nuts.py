@@ -448,13 +448,17 @@ class CompiledTree:
 #: whether compiling the whole transition would pay for the rest of the run (``_tree_pays``)
 TREE_CHECK = 30
 
+#: projected lock-step leapfrogs left in a run from which compiling the whole transition pays:
+#: it saves 0.05-0.1 ms a leapfrog (1.6-2x faster on the benchmark priors) and costs about 6 s
+#: more compiling than a leaf
+TREE_FROM_STEPS = 100_000
 
-def _tree_pays(remaining_steps: float, seconds_per_step: float, leaf_compile: float) -> bool:
+
+def _tree_pays(remaining_steps: float) -> bool:
     """Whether a whole transition compiled as one call (``CompiledTree``) pays for its compile on
-    the rest of a run: ``remaining_steps`` lock-step leapfrogs (projected from the first
-    ``TREE_CHECK`` iterations) at ``seconds_per_step`` each now. It saves about 40% of a leapfrog
-    (1.6-2x faster on the benchmark priors) and compiles in about 1.5x the leaf's seconds."""
-    return 0.4 * remaining_steps * seconds_per_step > 1.5 * leaf_compile
+    ``remaining_steps`` lock-step leapfrogs. Counted, not timed: the switch happens at the same
+    iteration on every run with the same seed, so the draws are reproducible."""
+    return remaining_steps > TREE_FROM_STEPS
 
 
 def compiled_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, max_depth: int,
@@ -545,7 +549,7 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     warm = adapt.init(state)
     eps, inv_mass = warm.step_size, warm.inv_mass
     step = compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)  # before the clock: set-up
-    leaf_seconds, lock_steps, trying = getattr(vg, "seconds_compile", 0.0), 0, isinstance(step, CompiledLeaf)
+    lock_steps, trying = 0, isinstance(step, CompiledLeaf)
     buf = DrawBuffer(("diverging", "tree_depth", "n_steps", "energy", "step_size", "acceptance_rate"), chunk,
                      on_chunk, keep_z=checkpoint is not None)
     start, t_loop, t_warm = 0, time.perf_counter(), 0.0
@@ -562,19 +566,17 @@ def run_nuts(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator,
     bar = progress_bar(warmup + draws, f"nuts {C} chain{'s' if C > 1 else ''}", progress)
     bar.update(start)
     n_div = buf.divergences
-    t_first = time.perf_counter()
     for i in range(start, warmup + draws):
         state, info = nuts_step(vg, state, eps, inv_mass, gen, max_depth, max_delta, step)
         if trying:  # worth compiling the whole transition for the rest of the run?
             lock_steps += int(info.n_steps.max())
             if (i + 1 - start) % TREE_CHECK == 0:  # judged on the last TREE_CHECK iterations' trees
-                if _tree_pays(lock_steps / TREE_CHECK * (warmup + draws - i - 1),
-                              (time.perf_counter() - t_first) / max(lock_steps, 1), leaf_seconds):
+                if _tree_pays(lock_steps / TREE_CHECK * (warmup + draws - i - 1)):
                     trying, t0 = False, time.perf_counter()
                     tree = CompiledTree(vg, state, eps, inv_mass, max_depth, max_delta)
                     t_loop += time.perf_counter() - t0  # compiling is set-up (info["seconds_compile"]), not sampling
                     step = tree if tree.fn is not None else step
-                lock_steps, t_first = 0, time.perf_counter()
+                lock_steps = 0
         if i < warmup:
             warm = adapt.update(i, warm, state, info.accept)
             eps, inv_mass = warm.step_size, warm.inv_mass
