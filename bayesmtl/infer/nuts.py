@@ -449,9 +449,9 @@ class CompiledTree:
 TREE_CHECK = 30
 
 #: projected lock-step leapfrogs left in a run from which compiling the whole transition pays:
-#: it saves 0.05-0.1 ms a leapfrog (1.6-2x faster on the benchmark priors) and costs about 6 s
-#: more compiling than a leaf
-TREE_FROM_STEPS = 100_000
+#: in a fit it saved about 0.05 ms a leapfrog (0.13-0.15 -> 0.09-0.11 ms on the benchmark priors)
+#: and cost 6-10 s more compiling than a leaf
+TREE_FROM_STEPS = 200_000
 
 
 def _tree_pays(remaining_steps: float) -> bool:
