@@ -81,6 +81,17 @@ def test_prior_with_python_numbers_runs_in_float32():
     assert post.samples["mu"].dtype == np.float32
 
 
+def test_prior_with_python_numbers_samples_in_the_dtype_asked_of_the_sampler():
+    """nuts(dtype="float32") on float64 data: the data are cast, and the prior's Python numbers
+    (dist.Normal(0.0, 5.0)) follow them (it stopped with "expected scalar type Float but found
+    Double" inside the task-rows product)."""
+    train, _, _ = planted("student-t", n_tasks=5, rows=6, seed=0)
+    model, data = build("student-t", train)
+    post = bm.fit(model, data, method="nuts", chains=2, warmup=20, draws=10, seed=0, progress=False,
+                  dtype="float32", max_tree_depth=5)
+    assert post.info["dtype"] == "float32" and np.isfinite(post.samples["mu"]).all()
+
+
 def test_site_dims_are_derived_and_a_prior_may_name_its_own():
     class Named(bm.priors.TaskPrior):
         def sample(self, tasks):
