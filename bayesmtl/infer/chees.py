@@ -274,7 +274,7 @@ def run_chees(vg, state: HMCState, warmup: int, draws: int, gen: torch.Generator
     extra = {"step_size": torch.full((C,), eps, dtype=dt), "inv_mass": inv_mass,
              "trajectory_length": math.exp(traj.log_T), **timings(t_loop, t_warm),
              "compiled": ("whole trajectory" if whole is not None else  # a failed compile left mode None
-                          "one leapfrog" if lf is not None and getattr(vg, "mode", None) == "inductor" else "nothing")}
+                          "one leapfrog" if getattr(vg, "mode", None) == "inductor" else "nothing")}
     if checkpoint is not None:
         extra["checkpoint"] = {"resumed_at": start, "saves": checkpoint.saves}
     return sample_stats, extra

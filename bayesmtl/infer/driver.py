@@ -215,10 +215,7 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
     finally:
         log.setLevel(level)
     _check(compiled(*ex), reference(*ex))
-
-    def call(*args: torch.Tensor):
-        return compiled(*(x if x.is_contiguous() else x.contiguous() for x in args))
-    return call
+    return _contiguous(compiled)
 
 
 def _check(got, want) -> None:
@@ -245,7 +242,11 @@ def _compile(fn, example: tuple[torch.Tensor, ...], simd: bool = False):
     options = {"cpp.vec_isa_ok": False} if example[0].device.type == "cpu" and not simd else {}
     compiled = torch._inductor.compile(graph, list(example), options=options)
     _check(compiled(*example), fn(*example))
+    return _contiguous(compiled)
 
+
+def _contiguous(compiled):
+    """``compiled`` called with its inputs made contiguous (it was compiled for contiguous ones)."""
     def call(*args: torch.Tensor):
         return compiled(*(x if x.is_contiguous() else x.contiguous() for x in args))
     return call

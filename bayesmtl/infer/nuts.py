@@ -461,22 +461,12 @@ def _tree_pays(remaining_steps: float) -> bool:
     return remaining_steps > TREE_FROM_STEPS
 
 
-def compiled_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, max_depth: int,
-                  max_delta: float) -> CompiledTree | CompiledLeaf | None:
-    """``nuts_step``'s fastest compiled step for these shapes: the whole transition
-    (``CompiledTree``, on a CPU), else one leaf (``CompiledLeaf``), else None (op by op)."""
-    if getattr(vg, "mode", None) != "inductor":
-        return None
-    tree = CompiledTree(vg, state, eps, inv_mass, max_depth, max_delta)
-    return tree if tree.fn is not None else compiled_leaf(vg, state, eps, inv_mass, max_depth, max_delta)
-
-
 def nuts_step(vg, state: HMCState, eps: torch.Tensor, inv_mass: torch.Tensor, gen: torch.Generator,
               max_depth: int = 10, max_delta: float = 1000.0,
               step: CompiledTree | CompiledLeaf | None = None) -> tuple[HMCState, StepInfo]:
     """One multinomial NUTS transition for every chain. eps (C,), inv_mass (C, P) or (C, P, P).
 
-    ``step``: a compiled whole transition or leaf (``compiled_step``); default: ``leaf`` op by op
+    ``step``: a compiled whole transition (``CompiledTree``) or leaf (``compiled_leaf``); default: ``leaf`` op by op
     on ``vg``. Every one draws the same random numbers (the momentum, the first direction, then
     one uniform per possible leaf and two per doubling), so all give the same transition.
     """
