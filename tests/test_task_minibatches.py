@@ -114,7 +114,7 @@ def test_a_prior_that_couples_all_tasks_is_refused():
 def test_minibatch_population_matches_the_full_batch_fit():
     """200 planted tasks, 20 a step: the population's posterior means within 0.3 full-batch sd
     of the full-batch (collapsed) fit's, sds within 25%, planted mu covered. (Before the averaged
-    guide and the gradient clip scaled by T / B the largest gaps were 0.4-0.5.)"""
+    guide and the gradient clip scaled up the largest gaps were 0.4-0.5.)"""
     _, data, truth = _data(n_tasks=200, rows=15, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

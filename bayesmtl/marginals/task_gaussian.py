@@ -17,6 +17,10 @@ forms, each with every eigenvalue >= 1 (no division by a scale that may shrink t
 
 Afterwards ``draw`` gives q_t exactly from its conditional N(A^-1 B'c, A^-1), c = X'(y - X m) / s2,
 so a form splits w back into its program's own standard-normal sites.
+
+A mean shared by every task with a Gaussian prior, m ~ N(m0, diag(p)^2), integrates out as well
+(``log_marginal_mean``, ``draw_mean``): from G = sum_t X_t' C_t^-1 X_t and b = sum_t X_t' C_t^-1
+(y_t - X_t m0), one D x D factor M = I + P G P (eigenvalues >= 1 again), O(T n^2 D + T n D^2).
 """
 
 from __future__ import annotations
@@ -90,16 +94,22 @@ class TaskGaussian:
     def log_marginal(self, mean: torch.Tensor, B, s2: torch.Tensor) -> torch.Tensor:
         """sum_t log N(y_t | X_t m, X_t B_t B_t' X_t' + s2_t I), shape (S,)."""
         if self.rows is not None:
-            return self._log_marginal_rows(mean, B, s2)
+            _, L, a, inv = self._rows_factor(mean, B, s2)
+            return self._total(s2, L, (a * a).sum((-1, -2)) * inv)
         u, rr, L = self._factor(mean, B, s2)
         v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        ll = -0.5 * (self.n * torch.log(s2) + logdet + rr - (v * v).sum((-1, -2)))
-        return ll.sum(-1) - 0.5 * self.const
+        return self._total(s2, L, rr - (v * v).sum((-1, -2)))
 
-    def _log_marginal_rows(self, mean, B, s2) -> torch.Tensor:
-        """``log_marginal`` in the row form: K_t = I + X_t B_t B_t' X_t' / s2_t on the padded rows
-        (a padded row is a zero row of X with y = 0: K's diagonal 1 there, residual 0)."""
+    def _total(self, s2: torch.Tensor, L: torch.Tensor, quad: torch.Tensor) -> torch.Tensor:
+        """sum_t log N from each task's noise variance, factor L (log|C_t| = n_t log s2_t +
+        log|L L'|) and quadratic form, shape (S,)."""
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        return (-0.5 * (self.n * torch.log(s2) + logdet + quad)).sum(-1) - 0.5 * self.const
+
+    def _rows_factor(self, mean, B, s2):
+        """The row form: padded X (T, n, D), the Cholesky factor L (S, T, n, n) of
+        K_t = I + X_t B_t B_t' X_t' / s2_t, a = L^-1 (y_t - X_t m) (S, T, n, 1) and 1 / s2 (a padded
+        row is a zero row of X with y = 0: K's diagonal 1 there, residual 0)."""
         X, y = self.rows
         inv = 1.0 / s2                                                   # (S, T)
         r = y - torch.matmul(X, _per_task(mean).unsqueeze(-1)).squeeze(-1)  # (S, T, n); 0 on padded rows
@@ -109,10 +119,56 @@ class TaskGaussian:
             XB = torch.cat([XB, X @ G], -1)                              # (S, T, n, R)
         eye = torch.eye(X.shape[-2], dtype=X.dtype, device=X.device)
         L = torch.linalg.cholesky_ex(eye + torch.matmul(XB, XB.transpose(-1, -2)) * inv[..., None, None])[0]
-        a = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        ll = -0.5 * (self.n * torch.log(s2) + logdet + (a * a).sum((-1, -2)) * inv)
-        return ll.sum(-1) - 0.5 * self.const
+        return X, L, torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False), inv
+
+    def _shared_terms(self, m0: torch.Tensor, B, s2: torch.Tensor):
+        """sum_t log N(y_t | X_t m0, C_t) (S,), G = sum_t X_t' C_t^-1 X_t (S, D, D) and
+        b = sum_t X_t' C_t^-1 (y_t - X_t m0) (S, D), with C_t = X_t B_t B_t' X_t' + s2_t I: what a
+        mean shared by every task, m ~ N(m0, diag(p)^2), needs to be integrated out too."""
+        if self.rows is not None:  # C_t^-1 = K_t^-1 / s2_t
+            X, L, a, inv = self._rows_factor(m0, B, s2)
+            Z = torch.linalg.solve_triangular(L, X.expand(*L.shape[:-2], *X.shape[-2:]), upper=False)
+            Zt = Z.transpose(-1, -2) * inv[..., None, None]
+            G = torch.matmul(Zt, Z).sum(-3)
+            b = torch.matmul(Zt, a).sum(-3).squeeze(-1)
+            return self._total(s2, L, (a * a).sum((-1, -2)) * inv), G, b
+        # C_t^-1 = (I - X B A^-1 B' X' / s2) / s2, A = I + B' X'X B / s2 = L L'
+        inv = 1.0 / s2
+        d, Gk = B if isinstance(B, tuple) else (B, None)
+        u, rr, L = self._factor(m0, B, s2)
+        c = (self.Xy - torch.matmul(self.XX, _per_task(m0).unsqueeze(-1)).squeeze(-1)) * inv.unsqueeze(-1)
+        BXX = d.unsqueeze(-1) * self.XX                                      # (S, T, D, D): B'X'X
+        if Gk is not None:
+            BXX = torch.cat([BXX, Gk.transpose(-1, -2) @ self.XX], -2)
+        v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
+        E = torch.linalg.solve_triangular(L, BXX * inv[..., None, None], upper=False)
+        G = (self.XX * inv[..., None, None] - torch.matmul(E.transpose(-1, -2), E)).sum(-3)
+        b = (c - torch.matmul(E.transpose(-1, -2), v).squeeze(-1)).sum(-2)
+        return self._total(s2, L, rr - (v * v).sum((-1, -2))), G, b
+
+    def _mean_factor(self, m0, p, B, s2):
+        """(sum_t log N(y_t | X_t m0, C_t), h, Cholesky factor of M = I + P G P), P = diag(p)."""
+        ll, G, b = self._shared_terms(m0, B, s2)
+        eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+        Lm = torch.linalg.cholesky_ex(eye + p.unsqueeze(-1) * G * p.unsqueeze(-2))[0]  # every eigenvalue >= 1
+        return ll, p * b, Lm
+
+    def log_marginal_mean(self, m0: torch.Tensor, p: torch.Tensor, B, s2: torch.Tensor) -> torch.Tensor:
+        """``log_marginal`` with the population mean integrated out too: m ~ N(m0, diag(p)^2)
+        shared by every task, m0 and p (S, D); shape (S,). With m = m0 + p q, q ~ N(0, I):
+        log p(y) = sum_t log N(y_t | X_t m0, C_t) - log|L_M| + |L_M^-1 h|^2 / 2, h = p b."""
+        ll, h, Lm = self._mean_factor(m0, p, B, s2)
+        v = torch.linalg.solve_triangular(Lm, h.unsqueeze(-1), upper=False)
+        return ll - torch.log(torch.diagonal(Lm, dim1=-2, dim2=-1)).sum(-1) + 0.5 * (v * v).sum((-1, -2))
+
+    def draw_mean(self, m0: torch.Tensor, p: torch.Tensor, B, s2: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+        """q (S, D), the shared mean's standard-normal coordinates (m = m0 + p q), from their
+        conditional given y and the population: N(M^-1 h, M^-1)."""
+        _, h, Lm = self._mean_factor(m0, p, B, s2)
+        v = torch.linalg.solve_triangular(Lm, h.unsqueeze(-1), upper=False)
+        eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+        return torch.linalg.solve_triangular(Lm.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
 
     def draw(self, mean: torch.Tensor, B, s2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """q (S, T, R) from its conditional given y: N(A^-1 B'c, A^-1)."""
@@ -158,7 +214,10 @@ class PopulationGaussian(Marginal):
         self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
 
     def _factor(self, pop, sigma):
-        """(S, D) or (S, T, D) mean, B (see ``TaskGaussian``), (S, T) noise variance, and the batch shape."""
+        """(S, D) or (S, T, D) mean, B (see ``TaskGaussian``), (S, T) noise variance, and the batch
+        shape. The mean may be a pair (m0, p), both (S, D): a mean shared by every task with prior
+        N(m0, diag(p)^2), integrated out with the tasks' draws (``TaskGaussian.log_marginal_mean``);
+        the subclass then writes ``_mean_sites``."""
         raise NotImplementedError
 
     def _split(self, pop, mean: torch.Tensor, B, q: torch.Tensor, samples: dict[str, torch.Tensor],
@@ -179,7 +238,11 @@ class PopulationGaussian(Marginal):
             with data_context(self.dtype, self.device):
                 sigma = self.lik.sample_params(self.T, task_plate, self.like)["sigma"]
             mean, B, s2, batch = self._factor(pop, sigma)
-            pyro.factor("y_marginal", self.stats.log_marginal(mean, B, s2).reshape(batch))
+            if isinstance(mean, tuple):  # a shared mean N(m0, diag(p)^2), integrated out too
+                ll = self.stats.log_marginal_mean(*mean, B, s2)
+            else:
+                ll = self.stats.log_marginal(mean, B, s2)
+            pyro.factor("y_marginal", ll.reshape(batch))
 
         return model
 
@@ -204,4 +267,14 @@ class PopulationGaussian(Marginal):
         with torch.no_grad(), pyro.poutine.block():
             batch_condition(prog, samples, S, 1)
         mean, B, s2, _ = self._factor(box["pop"], samples["sigma"])
+        if isinstance(mean, tuple):
+            m0, p = mean
+            qm = self.stats.draw_mean(m0, p, B, s2, generator)
+            samples = self._mean_sites(box["pop"], qm, samples)
+            mean = m0 + p * qm
         return self._split(box["pop"], mean, B, self.stats.draw(mean, B, s2, generator), samples, generator)
+
+    def _mean_sites(self, pop, q: torch.Tensor, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The program's sites of a shared mean integrated out (``_factor`` gave it as (m0, p)),
+        from its standard-normal coordinates q (S, D): m = m0 + p q."""
+        raise NotImplementedError

@@ -15,8 +15,8 @@ so a feature is switched on or off for every task at once (lambda_j), with a sha
 part, tau_p ltp_tj v_tj with its own global scale and one local scale per (task, feature).
 The intercept, when the model has one, is hierarchical: w_t0 = m + s e_t0. Everything is
 non-centred, which is what NUTS needs on a horseshoe; each half-Cauchy scale is one site
-(``_half_cauchy`` says why). With a Gaussian likelihood the w_t are integrated out
-(``marginals.sparsity_gaussian``).
+(``_half_cauchy`` says why). With a Gaussian likelihood the shared effects and the w_t are
+integrated out (``marginals.sparsity_gaussian``), so a sampler moves the scales alone.
 
 Sites: ``global_scale`` (), ``slab`` (), ``local_scale`` (F,), ``effect_raw`` (F,), ``spread`` (F,), ``deviation_raw``
 (T, D) (the intercept's column first), with ``private``: ``private_global_scale`` (),
@@ -161,10 +161,27 @@ class SharedSparsity(TaskPrior):
 
             w = mean + shared_sd * deviation_raw + pad(private_sd * private_raw),
 
-        mean and shared_sd (..., D) (the intercept first), private_sd (..., T, F) or None. Given
-        these, each task's w is Gaussian, which the collapsed Gaussian form integrates out
-        (``marginals.sparsity_gaussian``).
+        mean and shared_sd (..., D) (the intercept first), private_sd (..., T, F) or None.
         """
+        m0, p, sd, private_sd = self.scales(tasks)
+        has_icpt = _has_intercept(tasks.feature_names)
+        ones = tasks.like.new_ones(p.shape[-1] - int(has_icpt))
+        z = pyro.sample("effect_raw", dist.Normal(0 * ones, ones).to_event(1))
+        effect = p[..., int(has_icpt):] * z
+        pyro.deterministic("effect", effect, event_dim=1)
+        mean = effect
+        if has_icpt:
+            like = tasks.like
+            m = pyro.sample("intercept_mean", dist.Normal(tasks.loc[0].to(like),
+                                                          LOCATION_SCALE * tasks.scale[0].to(like)))
+            mean = torch.cat([m.unsqueeze(-1).expand(*effect.shape[:-1], 1), effect], dim=-1)
+        return mean, sd, private_sd
+
+    def scales(self, tasks: Tasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Sample the scales only (global, slab, local, spread, private; the intercept's spread);
+        returns (m0, p, shared_sd, private_sd): the shared mean is N(m0, diag(p)^2), m0 and p
+        (..., D), which the collapsed Gaussian form integrates out with the tasks' draws
+        (``marginals.sparsity_gaussian``); ``population`` samples it."""
         like = tasks.like
         has_icpt = _has_intercept(tasks.feature_names)
         F = tasks.dims - int(has_icpt)
@@ -183,17 +200,16 @@ class SharedSparsity(TaskPrior):
         ones = like.new_ones(F)
         lam = _half_cauchy("local_scale", 1.0, ones)
         lt = tau * _regularised(lam, tau, c2)
-        z = pyro.sample("effect_raw", dist.Normal(0 * ones, ones).to_event(1))
         r = pyro.sample("spread", dist.HalfNormal(ones).to_event(1))
-        pyro.deterministic("effect", unit * lt * z, event_dim=1)
         pyro.deterministic("inclusion", 1 - 1 / (1 + rows * lt ** 2 * (1 + r ** 2)), event_dim=1)
-        mean, sd = unit * lt * z, unit * lt * r
+        p, sd = unit * lt, unit * lt * r
+        m0 = torch.zeros_like(p)
         if has_icpt:
-            m = pyro.sample("intercept_mean", dist.Normal(tasks.loc[0].to(like),
-                                                          LOCATION_SCALE * tasks.scale[0].to(like)))
             s = pyro.sample("intercept_scale", dist.HalfNormal(tasks.scale[0].to(like)))
-            mean = torch.cat([m.unsqueeze(-1).expand(*mean.shape[:-1], 1), mean], dim=-1)
-            sd = torch.cat([s.unsqueeze(-1).expand(*sd.shape[:-1], 1), sd], dim=-1)
+            lead = p.shape[:-1] + (1,)
+            m0 = torch.cat([tasks.loc[0].to(like).expand(lead), m0], dim=-1)
+            p = torch.cat([(LOCATION_SCALE * tasks.scale[0].to(like)).expand(lead), p], dim=-1)
+            sd = torch.cat([s.unsqueeze(-1).expand(lead), sd], dim=-1)
         private_sd = None
         if self.private:
             if self.private_global_scale is None:
@@ -205,7 +221,7 @@ class SharedSparsity(TaskPrior):
                 scale_p = tau_p * _regularised(kap, tau_p, c2)  # (..., T, F): batch hyperparameters broadcast
                 pyro.deterministic("private_inclusion", 1 - 1 / (1 + n_t.unsqueeze(-1) * scale_p ** 2), event_dim=1)
             private_sd = unit * scale_p
-        return mean, sd, private_sd
+        return m0, p, sd, private_sd
 
     def sample(self, tasks: Tasks) -> torch.Tensor:
         mean, sd, private_sd = self.population(tasks)
