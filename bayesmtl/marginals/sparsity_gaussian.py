@@ -22,15 +22,12 @@ Declines (the plain program is used) with shared coefficients or a known per-row
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
-import pyro
 import torch
 
 from ..data import MultiTaskData
 from ..likelihoods import Gaussian
 from ..priors.sparsity import SharedSparsity, _has_intercept, pad
-from ..protocol import data_context
 from . import register
 from .task_gaussian import PopulationGaussian
 
@@ -52,10 +49,8 @@ class SparsityGaussian(PopulationGaussian):
         """sum_t log N(y_t | X_t m, X_t diag(sd_t^2) X_t' + s2_t I), shape (B,)."""
         return self.stats.log_marginal(mean, sd, s2)
 
-    def _population(self):
-        task_plate = pyro.plate("task", self.T, dim=-1)
-        with data_context(self.dtype, self.device):
-            return self.prior.scales(replace(self.tasks, plate=task_plate)), task_plate
+    def _sample_population(self, tasks):
+        return self.prior.scales(tasks)  # the shared mean is integrated out too
 
     def _factor(self, pop, sigma):
         """(m0, p) (B, D) of the shared mean, (B, T, D) sd of w about it, (B, T) noise variance,
@@ -70,7 +65,7 @@ class SparsityGaussian(PopulationGaussian):
         B = math.prod(batch)
         sd2 = var.reshape(B, T, D).clamp_min(0).sqrt()
         s2 = (sigma.reshape(B, -1) ** 2).expand(B, T)
-        return (m0.expand_as(p).reshape(B, D), p.reshape(B, D)), sd2, s2, batch
+        return (m0.reshape(B, D), p.reshape(B, D)), sd2, s2, batch
 
     def _mean_sites(self, pop, q, samples):
         """``effect_raw`` is q itself (effect = p q) and ``intercept_mean`` m0 + p q."""

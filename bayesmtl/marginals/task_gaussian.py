@@ -71,8 +71,8 @@ class TaskGaussian:
 
     def _factor(self, mean: torch.Tensor, B, s2: torch.Tensor):
         """mean (S, D), or (S, T, D) for a mean of each task, B (S, T, D) or a pair ((S, T, D),
-        (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2 (S, T) and the Cholesky factor of
-        A (S, T, R, R), with c = X'(y - X m) / s2."""
+        (S, T, D, K)), s2 (S, T) -> u = B'c (S, T, R), r'r / s2 (S, T), the Cholesky factor of
+        A (S, T, R, R) and c = X'(y - X m) / s2 (S, T, D)."""
         inv = 1.0 / s2
         m = _per_task(mean)                                          # (S, 1 or T, D)
         XXm = torch.matmul(self.XX, m.unsqueeze(-1)).squeeze(-1)     # (S, T, D)
@@ -89,14 +89,14 @@ class TaskGaussian:
                            torch.cat([dXXG.transpose(-1, -2), G.transpose(-1, -2) @ XXG], -1)], -2)
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         L = torch.linalg.cholesky_ex(eye + A * inv[..., None, None])[0]  # every eigenvalue >= 1
-        return u, rr, L
+        return u, rr, L, c
 
     def log_marginal(self, mean: torch.Tensor, B, s2: torch.Tensor) -> torch.Tensor:
         """sum_t log N(y_t | X_t m, X_t B_t B_t' X_t' + s2_t I), shape (S,)."""
         if self.rows is not None:
             _, L, a, inv = self._rows_factor(mean, B, s2)
             return self._total(s2, L, (a * a).sum((-1, -2)) * inv)
-        u, rr, L = self._factor(mean, B, s2)
+        u, rr, L, _ = self._factor(mean, B, s2)
         v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
         return self._total(s2, L, rr - (v * v).sum((-1, -2)))
 
@@ -135,8 +135,7 @@ class TaskGaussian:
         # C_t^-1 = (I - X B A^-1 B' X' / s2) / s2, A = I + B' X'X B / s2 = L L'
         inv = 1.0 / s2
         d, Gk = B if isinstance(B, tuple) else (B, None)
-        u, rr, L = self._factor(m0, B, s2)
-        c = (self.Xy - torch.matmul(self.XX, _per_task(m0).unsqueeze(-1)).squeeze(-1)) * inv.unsqueeze(-1)
+        u, rr, L, c = self._factor(m0, B, s2)
         BXX = d.unsqueeze(-1) * self.XX                                      # (S, T, D, D): B'X'X
         if Gk is not None:
             BXX = torch.cat([BXX, Gk.transpose(-1, -2) @ self.XX], -2)
@@ -172,7 +171,7 @@ class TaskGaussian:
 
     def draw(self, mean: torch.Tensor, B, s2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """q (S, T, R) from its conditional given y: N(A^-1 B'c, A^-1)."""
-        u, _, L = self._factor(mean, B, s2)
+        u, _, L, _ = self._factor(mean, B, s2)
         v = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         return torch.linalg.solve_triangular(L.transpose(-1, -2), v + eps, upper=True).squeeze(-1)
@@ -229,7 +228,11 @@ class PopulationGaussian(Marginal):
     def _population(self):
         task_plate = pyro.plate("task", self.T, dim=-1)
         with data_context(self.dtype, self.device):
-            return self.prior.population(replace(self.tasks, plate=task_plate)), task_plate
+            return self._sample_population(replace(self.tasks, plate=task_plate)), task_plate
+
+    def _sample_population(self, tasks):
+        """The prior's sites that stay in the collapsed program, and what ``_factor`` reads."""
+        return self.prior.population(tasks)
 
     # ------------------------------------------------------------------ Collapsed protocol
     def pyro_model(self):
