@@ -67,9 +67,8 @@ class SparsityGaussian(PopulationGaussian):
         s2 = (sigma.reshape(B, -1) ** 2).expand(B, T)
         return (m0.reshape(B, D), p.reshape(B, D)), sd2, s2, batch
 
-    def _mean_sites(self, pop, q, samples):
+    def _mean_sites(self, m0, p, q, samples):
         """``effect_raw`` is q itself (effect = p q) and ``intercept_mean`` m0 + p q."""
-        m0, p = (v.reshape(q.shape) for v in pop[:2])
         out = dict(samples)
         icpt = int(_has_intercept(self.tasks.feature_names))
         out["effect_raw"] = q[:, icpt:]

@@ -273,11 +273,12 @@ class PopulationGaussian(Marginal):
         if isinstance(mean, tuple):
             m0, p = mean
             qm = self.stats.draw_mean(m0, p, B, s2, generator)
-            samples = self._mean_sites(box["pop"], qm, samples)
+            samples = self._mean_sites(m0, p, qm, samples)
             mean = m0 + p * qm
         return self._split(box["pop"], mean, B, self.stats.draw(mean, B, s2, generator), samples, generator)
 
-    def _mean_sites(self, pop, q: torch.Tensor, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The program's sites of a shared mean integrated out (``_factor`` gave it as (m0, p)),
-        from its standard-normal coordinates q (S, D): m = m0 + p q."""
+    def _mean_sites(self, m0: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                    samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The program's sites of a shared mean integrated out, from ``_factor``'s (m0, p) and its
+        standard-normal coordinates q, all (S, D): m = m0 + p q."""
         raise NotImplementedError
