@@ -411,7 +411,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         options = _options(a.model_option, "--model-option")
         if a.shared:
             raise UserError("--shared: the trunk takes every feature (--model neural has no shared coefficients)")
-        own = {k: options.pop(k) for k in ("intercept", "train_trunk", "trunk_prior") if k in options}
+        own = {k: options.pop(k) for k in ("intercept", "train_trunk", "trunk_prior", "precision") if k in options}
         heads = options.pop("prior", None)
         if heads is not None or options:  # the heads' prior as a built-in model's (--model-option prior=...)
             if prior is not None:

@@ -33,7 +33,8 @@ class DiagnosticWarning(UserWarning):
 class Problem:
     """One failed check.
 
-    check : "r_hat", "ess_bulk", "ess_tail", "divergences", "tree_depth", "e_bfmi", "elbo" or "pareto_k"
+    check : "r_hat", "ess_bulk", "ess_tail", "divergences", "tree_depth", "e_bfmi", "elbo", "pareto_k"
+        or "tree_chains" (a learned tree's sampler chains disagree)
     value : the worst value found (max r_hat, min ESS, number of divergences, ...)
     threshold : what it was checked against
     entries : the parameters concerned, worst first (labelled like the summary: ``tau[intercept]``)
@@ -181,13 +182,14 @@ def diagnose(post, r_hat: float = 1.01, min_ess: float = 100.0, min_bfmi: float 
              max_pareto_k: float = 0.7) -> list[Problem]:
     """Every failed check of a fitted ``Posterior`` (empty when all pass); see the module docstring."""
     kind = post.info.get("draws_kind", "mcmc")
+    learned = list(post.model.problems())  # what the model learned before the fit (a tree's chains)
     if kind == "independent":
-        return svi_problems(post.info, max_pareto_k)
+        return learned + svi_problems(post.info, max_pareto_k)
     if kind == "point":
-        return svi_problems({k: v for k, v in post.info.items() if k != "pareto_k"})
+        return learned + svi_problems({k: v for k, v in post.info.items() if k != "pareto_k"})
     if post.num_draws < 4:
-        return []
+        return learned
     summary = post.summary()
     draws = np.concatenate([np.asarray(post.samples[k]).reshape(post.num_chains, post.num_draws, -1)
                             for k in post.summarised_sites()], axis=-1)
-    return mcmc_problems(summary, draws, post.sample_stats, post.info, r_hat, min_ess, min_bfmi)
+    return learned + mcmc_problems(summary, draws, post.sample_stats, post.info, r_hat, min_ess, min_bfmi)

@@ -274,6 +274,10 @@ class MultiTaskModel(ModelBase):
         """The prior's ``sampler_defaults`` (e.g. the horseshoe's ``target_accept``)."""
         return dict(self.prior.sampler_defaults)
 
+    def problems(self) -> list:
+        """The prior's (``TaskPrior.problems``: what it learned before the fit)."""
+        return self.prior.problems()
+
     def defaults(self) -> list[str]:
         """Settings left at their data-scaled defaults: ``prior.mean``, ``likelihood.noise_prior``, ..."""
         if self.bound_defaults is not None:  # a bound copy remembers what it set

@@ -249,6 +249,11 @@ class ModelBase:
         (``rows_independent = False``); the others are left out by PSIS on ``log_likelihood``."""
         raise NotImplementedError(f"{type(self).__name__} gives no exact leave-one-out density")
 
+    def problems(self) -> list:
+        """Problems with what the model learned from the data before the fit, as
+        ``diagnostics.Problem`` records (``diagnose`` adds them to the back end's); none by default."""
+        return []
+
     def extra_outputs(self, post) -> dict[str, Any]:
         """Extra tables for the run directory, file name -> DataFrame (none by default)."""
         return {}

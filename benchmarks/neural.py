@@ -69,10 +69,10 @@ Z90 = 1.6448536269514722
 POINT = ("independent nets", "pooled net", "hard sharing", "hard sharing + Kendall")
 
 
-def make_trunk(n_in: int, seed: int) -> nn.Module:
-    """The trunk every network shares: F -> 128 -> 32, SiLU."""
+def make_trunk(n_in: int, seed: int, width: int = 128) -> nn.Module:
+    """The trunk every network shares: F -> width (128) -> 32, SiLU."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, 32), nn.SiLU())
+    return nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, 32), nn.SiLU())
 
 
 def _standardise(train: pd.DataFrame, test: pd.DataFrame, cols: list[str]):
@@ -154,10 +154,10 @@ class Heads(nn.Module):
     """Trunk(s) and one linear head per task (``independent``: a trunk per task too; ``pooled``:
     one head); ``kendall``: a learned log noise variance per task."""
 
-    def __init__(self, n_in: int, n_tasks: int, kind: str, seed: int):
+    def __init__(self, n_in: int, n_tasks: int, kind: str, seed: int, width: int = 128):
         super().__init__()
         k = n_tasks if kind == "independent nets" else 1
-        self.trunks = nn.ModuleList([make_trunk(n_in, seed + 17 * j) for j in range(k)])
+        self.trunks = nn.ModuleList([make_trunk(n_in, seed + 17 * j, width) for j in range(k)])
         self.heads = nn.Linear(32, 1 if kind == "pooled net" else n_tasks)
         self.log_var = nn.Parameter(torch.zeros(n_tasks)) if kind == "hard sharing + Kendall" else None
 
@@ -184,13 +184,15 @@ def fit_point(kind, train, test, feats, unit, a, seed, task_kinds=None):
     y = torch.tensor(train["y"].to_numpy(), dtype=torch.float32)
     t = torch.tensor(train["task"].map(names.index).to_numpy())
     binary = torch.tensor([task_kinds.get(n) == "bernoulli" for n in names]) if task_kinds else None
-    net = Heads(X.shape[1], len(names), kind, seed)
+    net = Heads(X.shape[1], len(names), kind, seed, getattr(a, "width", 128))
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for _ in range(a.steps):
         idx = torch.randint(len(y), (min(a.batch, len(y)),), generator=gen)
-        f = net(X[idx], t[idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(a, "bf16", False)):
+            f = net(X[idx], t[idx])
+        f = f.float()
         err = (f - y[idx]) ** 2
         if binary is not None:  # classification tasks: cross-entropy; Kendall: 1/s^2 CE + log s
             ce = nn.functional.binary_cross_entropy_with_logits(f, y[idx], reduction="none")
@@ -385,8 +387,9 @@ def case_mixed(a, out: Path) -> pd.DataFrame:
     return table
 
 
-def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
-    """Steps per second and peak memory (this process) of one method on ``rows`` rows, 10 tasks."""
+def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128) -> dict:
+    """Steps per second and peak memory (this process) of one method on ``rows`` rows, 10 tasks;
+    ", bf16" in ``which``: mixed precision (autocast to bfloat16; bayesmtl ``precision="bf16"``)."""
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(rows, 21)).astype(np.float32)
@@ -395,12 +398,15 @@ def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
     df = pd.DataFrame(X, columns=[f"x{j}" for j in range(21)]).assign(task=[f"t{t}" for t in task], y=y)
     feats = [f"x{j}" for j in range(21)]
     t0 = time.perf_counter()
+    bf16 = which.endswith(", bf16")
     if which.startswith("bayesmtl hier. heads"):
         data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=feats, dtype=torch.float32)
-        prior = 1.0 if which.endswith("Bayesian trunk") else None
+        prior = 1.0 if "Bayesian trunk" in which else None
+        model = bm.models.NeuralMultiTask(make_trunk(21, 0, width), trunk_prior=prior,
+                                          precision="bf16" if bf16 else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            post = bm.fit(bm.models.NeuralMultiTask(make_trunk(21, 0), trunk_prior=prior), data, method="svi",
+            post = bm.fit(model, data, method="svi",
                           steps=steps, min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0,
                           progress=False)
         rate = post.info["steps_per_second"]
@@ -408,21 +414,22 @@ def speed_one(which: str, rows: int, steps: int, batch: int) -> dict:
         class A:
             pass
         a = A()
-        a.lr, a.steps, a.batch = 3e-3, steps, batch
+        a.lr, a.steps, a.batch, a.bf16, a.width = 3e-3, steps, batch, bf16, width
         _, seconds, _ = fit_point(which, df, df.head(100), feats, 1.0, a, 0)
         rate = steps / seconds
-    return {"method": which, "rows": rows, "steps_per_second": rate, "seconds": time.perf_counter() - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": which, "width": width, "rows": rows, "steps_per_second": rate,
+            "seconds": time.perf_counter() - t0, "peak_rss_mb": peak}
 
 
 def case_speed(a, out: Path) -> pd.DataFrame:
     rows = []
     for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
-                  "bayesmtl hier. heads, Bayesian trunk"):
+                  "bayesmtl hier. heads, Bayesian trunk", "hard sharing, bf16", "bayesmtl hier. heads, bf16"):
         if a.models is not None and which not in a.models and which != "hard sharing":
             continue  # (hard sharing is the ratio's base)
         cmd = [sys.executable, __file__, "--case", "speed-one", "--which", which, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000)]
+               "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000), "--width", str(a.width)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -449,13 +456,14 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=None, help="only these (names as in the table)")
     p.add_argument("--max-train", type=int, default=None, help="SARCOS: first n wide rows; Parkinson's: about n "
                    "rows; mixed: training rows; speed: rows")
+    p.add_argument("--width", type=int, default=128, help="the trunk's hidden width (speed case)")
     p.add_argument("--which", default=None, help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="1 seed, a few hundred rows (1,500 for Parkinson's), 60 "
                    "steps, no GP")
     p.add_argument("--out", default="runs/bench_neural")
     a = p.parse_args(argv)
     if a.case == "speed-one":
-        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch)))
+        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch, a.width)))
         return None
     if a.smoke:
         a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 60, 300, 50, False, [0.3]

@@ -89,6 +89,11 @@ def main(argv=None) -> int:
     p.add_argument("--nuts", action="store_true",
                    help="also fit the comparison tasks with NUTS (4 chains x 1000 after 500 warmup) and print each "
                         "SVI fit's gap to it")
+    p.add_argument("--batch-seeds", type=int, default=1,
+                   help="fit the minibatch path at this many seeds; with 2 or more, also print the gap of their "
+                        "pooled draws, which shrinks with more seeds if the gap is SVI's noise and not a bias")
+    p.add_argument("--anneal", type=int, default=None,
+                   help="annealing (averaged) steps of the minibatch fits (default: SVI's, 1000 x min(T / B, 10))")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,9 +113,13 @@ def main(argv=None) -> int:
         frame, mu, tau = planted(a.compare, a.rows, a.features, a.seed + 1)
         full, _, t_full = fit(frame, a.features, a.compare_draws, a.seed, steps=a.steps)
         batch = min(a.task_batch, a.compare // 5)
-        part, _, t_part = fit(frame, a.features, a.compare_draws, a.seed, task_batch_size=batch, steps=a.steps)
+        parts = [fit(frame, a.features, a.compare_draws, a.seed + i, task_batch_size=batch, steps=a.steps,
+                     anneal=a.anneal) for i in range(a.batch_seeds)]
+        part, t_part = parts[0][0], parts[0][2]
         again, _, _ = fit(frame, a.features, a.compare_draws, a.seed + 1, steps=a.steps)  # SVI's own spread
-        f, q, g = population(full), population(part), population(again)
+        f, g = population(full), population(again)
+        qs = [population(p_[0]) for p_ in parts]
+        q = qs[0]
         print(f"\n## {a.compare} tasks: all tasks a step ({full.info['path']} path, {t_full:.0f} s) against "
               f"{part.info['task_batch_size']} a step ({t_part:.0f} s)\n")
         print("| site | max abs(mean difference) / full-batch sd | the same, full batch at the next seed | "
@@ -123,6 +132,16 @@ def main(argv=None) -> int:
             floor = np.abs(g[k].mean(0) - f[k].mean(0)) / sd
             print(f"| {k} | {z.max():.3f} | {floor.max():.3f} | {r.min():.2f}-{r.max():.2f} | "
                   f"{covered(f[k], truth)}/{len(truth)} / {covered(q[k], truth)}/{len(truth)} |")
+        if a.batch_seeds > 1:
+            print(f"\n| site | minibatch at seeds {a.seed}..{a.seed + a.batch_seeds - 1}: max abs gap to the full "
+                  "batch, full-batch sd | their pooled draws | signed gaps' correlation between the first two |")
+            print("| --- | --- | --- | --- |")
+            for k in ("mu", "tau"):
+                sd = f[k].std(0)
+                gaps = [(q_[k].mean(0) - f[k].mean(0)) / sd for q_ in qs]
+                pooled = np.abs(np.mean(gaps, axis=0)).max()
+                rho = np.corrcoef(gaps[0], gaps[1])[0, 1]
+                print(f"| {k} | {' / '.join(f'{np.abs(z).max():.3f}' for z in gaps)} | {pooled:.3f} | {rho:.2f} |")
         if a.nuts:
             data = bm.MultiTaskData.from_frame(frame, task="task", target="y",
                                                features=[f"x{j}" for j in range(a.features)])

@@ -56,6 +56,10 @@ TRUNK = "trunk."
 CHUNK_VALUES = 20_000_000
 #: rows whose features per draw give a Bayesian trunk's relations (evenly spread over the data)
 RELATION_ROWS = 2000
+#: ``precision=``: the trunk's forward pass under autocast to this dtype (heads, likelihood,
+#: weights and optimiser stay in the data's dtype). bfloat16 only: float16 needs loss scaling,
+#: which Pyro's optimisers do not do
+PRECISIONS = {"bf16": torch.bfloat16}
 
 
 def head_products(h: torch.Tensor, w: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -85,6 +89,12 @@ def run_trunk(trunk: nn.Module, z: dict[str, torch.Tensor], X: torch.Tensor) -> 
     flat = {k: v.reshape(-1, *shapes[k]) for k, v in z.items()}
     h = torch.func.vmap(lambda p: torch.func.functional_call(trunk, p, (X,)), randomness="different")(flat)
     return h.reshape(*batch, *h.shape[1:])
+
+
+def mixed(precision: str | None, device: torch.device) -> torch.autocast:
+    """Autocast to ``PRECISIONS[precision]`` on ``device``; disabled (the data's dtype) for None."""
+    dtype = PRECISIONS.get(precision or "", torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision is not None)
 
 
 def with_ones(h: torch.Tensor) -> torch.Tensor:
@@ -123,6 +133,13 @@ class NeuralMultiTask(MultiTaskModel):
         Normal(0, c / sqrt(fan_in)) a priori (vectors such as biases Normal(0, c)), with a
         mean-field Gaussian posterior under SVI (see the module docstring); NUTS samples it too
         (slowly: every weight is a dimension). The module's own weights are then unused.
+    precision : None or "bf16"
+        None: the trunk runs in the data's dtype. "bf16": mixed precision, the trunk's forward
+        pass under ``torch.autocast`` to bfloat16 (matrix products in bfloat16, its weights,
+        the heads, the likelihood and the optimiser in the data's dtype), in training and
+        prediction alike. It pays where the device multiplies bfloat16 faster (recent GPUs,
+        CPUs with AMX or AVX512-BF16) and the trunk dominates the step; measured in
+        ``docs/benchmarks.md``. Features then carry bfloat16's 3 significant digits.
 
     Notes
     -----
@@ -135,7 +152,7 @@ class NeuralMultiTask(MultiTaskModel):
 
     def __init__(self, trunk: nn.Module, prior: TaskPrior | None = None, likelihood: str | Likelihood = "gaussian",
                  intercept: bool = True, train_trunk: bool = True, reparam: str | bool = "auto",
-                 trunk_prior: float | None = None):
+                 trunk_prior: float | None = None, precision: str | None = None):
         if isinstance(trunk, type) or not isinstance(trunk, nn.Module):
             raise TypeError(f"trunk must be a torch.nn.Module instance; got {trunk!r}")
         if trunk_prior is not None:
@@ -148,8 +165,12 @@ class NeuralMultiTask(MultiTaskModel):
                                  "give one")
             if not any(True for _ in trunk.parameters()):
                 raise ValueError("trunk_prior: the trunk has no parameters to put a prior on")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be None (the data's dtype) or one of {sorted(PRECISIONS)} (mixed "
+                             f"precision in the trunk; float16 would need loss scaling); got {precision!r}")
         super().__init__(prior or hp.Hierarchical(), likelihood, intercept, (), None, reparam)
         self.trunk = trunk
+        self.precision = precision
         self.train_trunk = bool(train_trunk)
         self.trunk_prior = None if trunk_prior is None else float(trunk_prior)
 
@@ -215,11 +236,15 @@ class NeuralMultiTask(MultiTaskModel):
         was = self.trunk.training
         self.trunk.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast(inp.device):
                 h = self.trunk(inp)
         finally:
             self.trunk.train(was)
         return h.to(dtype=X.dtype, device=X.device)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The context the trunk runs in on ``device`` (``mixed``)."""
+        return mixed(self.precision, device)
 
     def width(self, data: MultiTaskData) -> int:
         """H, the trunk's output width (read from one row of ``data``)."""
@@ -323,8 +348,8 @@ class NeuralMultiTask(MultiTaskModel):
         was = self.trunk.training
         self.trunk.eval()
         try:
-            with torch.no_grad():
-                h = run_trunk(self.trunk, z, X.to(dtype=p.dtype, device=p.device))
+            with torch.no_grad(), self.autocast(p.device):
+                h = run_trunk(self.trunk, z, X.to(dtype=p.dtype, device=p.device)).to(p.dtype)
         finally:
             self.trunk.train(was)
         if self.intercept:
@@ -362,13 +387,15 @@ class NeuralMultiTask(MultiTaskModel):
         if not self.train_trunk:
             return super().row_predictor(data, subsample_size)
         trunk = self.trunk.to(device=data.device, dtype=data.dtype)
-        X, task, intercept = data.X, data.task, self.intercept
+        X, task, intercept, precision = data.X, data.task, self.intercept, self.precision
         if self.trunk_prior is not None:
             trunk.requires_grad_(False)  # its weights are the sites z; its own stay unused (and out of a trace)
 
             def sampled(w, coef, pick, z):
                 trunk.train(torch.is_grad_enabled())
-                h = run_trunk(trunk, z, pick(X))
+                with mixed(precision, X.device):
+                    h = run_trunk(trunk, z, pick(X))
+                h = h.to(X.dtype)
                 if h.dim() > 2:  # (batch, 1, N, H): the sites' size-1 dim where the program's plates sit
                     h = h.squeeze(-3)
                 if intercept:
@@ -388,7 +415,9 @@ class NeuralMultiTask(MultiTaskModel):
             if key is not None and not torch.is_grad_enabled() and cache.get("key") == key:
                 h = cache["h"]
             else:
-                h = net(pick(X))
+                with mixed(precision, X.device):
+                    h = net(pick(X))
+                h = h.to(X.dtype)
                 if intercept:
                     h = with_ones(h)
                 if key is not None and not torch.is_grad_enabled():

@@ -39,7 +39,7 @@ class TreeHierarchy(MultiTaskModel):
 
     def __init__(self, tree: str | Sequence[str] | None = None, likelihood: str | Likelihood = "gaussian",
                  prior: tp.TreeHierarchy | None = None, intercept: bool = True, shared: Sequence[str] = (),
-                 shared_prior=None, depth: int = 2, alpha: float = 1.0, chains: int = 2, warmup: int = 200,
+                 shared_prior=None, depth: int = 2, alpha: float = 1.0, chains: int = 2, warmup: int = 1000,
                  draws: int = 200):
         if prior is not None and not isinstance(prior, tp.TreeHierarchy):
             raise TypeError(f"prior must be bayesmtl.priors.TreeHierarchy; got {type(prior).__name__}")

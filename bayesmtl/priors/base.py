@@ -130,6 +130,12 @@ class TaskPrior:
         itself."""
         return self
 
+    def problems(self) -> list:
+        """What went wrong in ``learn_structure`` (e.g. a learned tree's chains that disagree),
+        as ``diagnostics.Problem`` records; ``fit`` warns of them with the back end's own. None
+        by default."""
+        return []
+
 
 def _cosine(z: torch.Tensor) -> np.ndarray:
     """Cosine similarity between rows: z (S, T, D) -> (S, T, T)."""

@@ -33,6 +33,10 @@ from .hierarchical import _bound, _vec, location_default, spread_default
 
 __all__ = ["TreeHierarchy", "TreePopulation"]
 
+#: a learned tree's chains disagree (``TreeHierarchy.problems``) when two of them put a pair of
+#: tasks under one node in shares of their draws this far apart (``tree_learn.chains_apart``)
+CHAINS_APART = 0.4
+
 
 def _levels(tree: str | Sequence[str]) -> list[str]:
     """Column names from ``"region/district"`` or a sequence, checked."""
@@ -83,14 +87,17 @@ class TreeHierarchy(TaskPrior):
         the root to a task add up to the hierarchical model's default spread.
     depth, alpha, chains, warmup, draws
         ``tree="learn"`` only: levels of the learned tree (2: groups and subgroups of tasks),
-        the nested CRP's concentration, and the Gibbs sampler's chains and sweeps.
+        the nested CRP's concentration, and the Gibbs sampler's chains and sweeps. The chains
+        start far apart (see ``tree_learn.sample_trees``) and need the warmup: with 200 sweeps
+        one chain was still in another tree on two of four planted seeds (``problems`` says so
+        after a fit: ``CHAINS_APART``).
     """
 
     relation_kind = ("cosine similarity of task parameter vectors, centred and scaled across tasks "
                      "(tasks under one node should come out alike)")
 
     def __init__(self, tree: str | Sequence[str], mean=None, scale=None, depth: int = 2, alpha: float = 1.0,
-                 chains: int = 2, warmup: int = 200, draws: int = 200):
+                 chains: int = 2, warmup: int = 1000, draws: int = 200):
         self.learn = isinstance(tree, str) and tree.strip() == "learn"
         if self.learn:
             if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
@@ -194,9 +201,27 @@ class TreeHierarchy(TaskPrior):
                 clade = probs.get((lev, frozenset(members.tolist())), 0.0)
                 out.clades.append({"level": self.tree[lev], "node": f"{self.tree[lev]}-{k + 1}",
                                    "tasks": members.tolist(), "probability": clade, "together": within})
+        gap, lev, pair = tl.chains_apart(draws.paths, self.chains)
         out.tree_info = {"draws": int(len(draws.paths)), "binder_loss": float(loss),
-                         "spreads": draws.spreads.mean(0).tolist()}
+                         "spreads": draws.spreads.mean(0).tolist(), "chains_apart": gap,
+                         "chains_apart_at": [self.tree[lev], *(data.task_names[t] for t in pair)]}
         return out
+
+    def problems(self) -> list:
+        """A learned tree whose sampler chains disagree (``tree_learn.chains_apart`` above
+        ``CHAINS_APART``): its clade probabilities mix trees the chains have not left."""
+        from bayesmtl.diagnostics import Problem
+
+        info = self.tree_info or {}
+        gap = info.get("chains_apart", 0.0)
+        if gap <= CHAINS_APART:
+            return []
+        level, a, b = info["chains_apart_at"]
+        return [Problem("tree_chains", gap, CHAINS_APART, (a, b),
+                        f"the learned tree's {self.chains} sampler chains disagree: the share of draws with tasks "
+                        f"{a} and {b} under one {level} node differs by {gap:.2f} between two chains, so the clade "
+                        f"probabilities mix trees a chain has not left; raise warmup= (now {self.warmup}) or "
+                        f"draws= (now {self.draws})")]
 
     def sample_new(self, samples, tasks, generator):
         """Given tree: None (the program reruns with the tree's sites fixed). Learned tree: each

@@ -439,6 +439,20 @@ def together(paths: np.ndarray) -> np.ndarray:
     return same.mean(0).transpose(2, 0, 1)
 
 
+def chains_apart(paths: np.ndarray, chains: int) -> tuple[float, int, tuple[int, int]]:
+    """How far the sampler's chains disagree: the largest gap, between two chains, in the
+    probability that two tasks share a node of a level (``together`` per chain; draws (S, T, L)
+    in chain order, S / chains each). Returns (gap, level, (task, task)); 0 for one chain. A
+    chain still stuck in another tree puts that gap near 1; chains drawing one posterior keep it
+    at their Monte Carlo error."""
+    if chains < 2:
+        return 0.0, 0, (0, 0)
+    per = np.stack([together(c) for c in np.split(paths, chains)])  # (C, L, T, T)
+    gap = per.max(0) - per.min(0)
+    lev, i, j = np.unravel_index(int(gap.argmax()), gap.shape)
+    return float(gap[lev, i, j]), int(lev), (int(i), int(j))
+
+
 def consensus(paths: np.ndarray) -> tuple[np.ndarray, float]:
     """The point tree: the sampled tree with the least posterior expected Binder loss summed
     over levels (pairs of tasks together or apart at each level, equal costs; as
