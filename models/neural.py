@@ -149,6 +149,8 @@ class NeuralMultiTask(MultiTaskModel):
     """
 
     name = "neural"
+    #: see the class docstring (a class default too: runs saved before it load without it)
+    precision: str | None = None
 
     def __init__(self, trunk: nn.Module, prior: TaskPrior | None = None, likelihood: str | Likelihood = "gaussian",
                  intercept: bool = True, train_trunk: bool = True, reparam: str | bool = "auto",
@@ -236,15 +238,11 @@ class NeuralMultiTask(MultiTaskModel):
         was = self.trunk.training
         self.trunk.eval()
         try:
-            with torch.no_grad(), self.autocast(inp.device):
+            with torch.no_grad(), mixed(self.precision, inp.device):
                 h = self.trunk(inp)
         finally:
             self.trunk.train(was)
         return h.to(dtype=X.dtype, device=X.device)
-
-    def autocast(self, device: torch.device) -> torch.autocast:
-        """The context the trunk runs in on ``device`` (``mixed``)."""
-        return mixed(self.precision, device)
 
     def width(self, data: MultiTaskData) -> int:
         """H, the trunk's output width (read from one row of ``data``)."""
@@ -348,7 +346,7 @@ class NeuralMultiTask(MultiTaskModel):
         was = self.trunk.training
         self.trunk.eval()
         try:
-            with torch.no_grad(), self.autocast(p.device):
+            with torch.no_grad(), mixed(self.precision, p.device):
                 h = run_trunk(self.trunk, z, X.to(dtype=p.dtype, device=p.device)).to(p.dtype)
         finally:
             self.trunk.train(was)
