@@ -387,10 +387,10 @@ def case_mixed(a, out: Path) -> pd.DataFrame:
     return table
 
 
-def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128) -> dict:
+def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, threads: int = 2) -> dict:
     """Steps per second and peak memory (this process) of one method on ``rows`` rows, 10 tasks;
     ", bf16" in ``which``: mixed precision (autocast to bfloat16; bayesmtl ``precision="bf16"``)."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(rows, 21)).astype(np.float32)
     task = np.repeat(np.arange(10), rows // 10)
@@ -429,7 +429,8 @@ def case_speed(a, out: Path) -> pd.DataFrame:
         if a.models is not None and which not in a.models and which != "hard sharing":
             continue  # (hard sharing is the ratio's base)
         cmd = [sys.executable, __file__, "--case", "speed-one", "--which", which, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000), "--width", str(a.width)]
+               "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000), "--width", str(a.width),
+               "--threads", str(a.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -463,7 +464,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench_neural")
     a = p.parse_args(argv)
     if a.case == "speed-one":
-        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch, a.width)))
+        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch, a.width, a.threads)))
         return None
     if a.smoke:
         a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 60, 300, 50, False, [0.3]
