@@ -372,6 +372,14 @@ def test_cli_fits_a_trunk_from_a_file_and_loads_it_back(tmp_path, capsys):
                  "--out", str(tmp_path / "d")]) == 0
     back = bm.load(tmp_path / "d")
     assert back.model.trunk_prior == 1.0 and back.samples["trunk.0.weight"].shape[-2:] == (8, 4)
+    assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:make", "--model-option", "precision=bf16",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert bm.load(tmp_path / "e").model.precision == "bf16"
+    capsys.readouterr()
+    assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:make", "--model-option", "precision=fp16",
+                 "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "precision must be" in err and "Traceback" not in err and not (tmp_path / "f").exists()
     capsys.readouterr()
     assert main([*common, "--trunk", f"{tmp_path / 'net.py'}:make", "--model-option", "trunk_prior=-1",
                  "--out", str(tmp_path / "c")]) == 2
