@@ -88,14 +88,16 @@ def tree(args) -> list[dict]:
             data = bm.MultiTaskData.from_frame(df, task="task", target="y", features=["x1"],
                                                task_features=["region", "district"])
             post, sec, problems = _fit(bm.models.TreeHierarchy("region/district"), data, method, seed)
-            covered = []
+            covered, missed = [], []
             for site in ("region_scale", "district_scale", "tau"):
                 lo, hi = np.quantile(post.flat()[site].numpy(), [0.05, 0.95], axis=0)
-                covered += list((lo <= truth[site]) & (truth[site] <= hi))
+                inside = (lo <= truth[site]) & (truth[site] <= hi)
+                covered += list(inside)
+                missed += [f"{site}[{d}] {lo[d]:.2f}-{hi[d]:.2f}" for d in np.flatnonzero(~inside)]
             covered_all += covered
             diag = post.diagnostics()
             rows.append({"case": "tree", "method": method, "planted seed": seed, "path": post.info["path"],
-                         "spreads covered": f"{sum(covered)} of {len(covered)}",
+                         "spreads covered": f"{sum(covered)} of {len(covered)}", "missed": "; ".join(missed),
                          "divergences": diag.get("divergences"), "max r_hat": diag.get("max_r_hat"),
                          "seconds": round(sec, 1)})
             print(rows[-1], flush=True)
