@@ -27,6 +27,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from ..diagnostics import Problem
 from ..protocol import Tasks
 from .base import TaskPrior, as_distribution
 from .hierarchical import _bound, _vec, location_default, spread_default
@@ -210,8 +211,6 @@ class TreeHierarchy(TaskPrior):
     def problems(self) -> list:
         """A learned tree whose sampler chains disagree (``tree_learn.chains_apart`` above
         ``CHAINS_APART``): its clade probabilities mix trees the chains have not left."""
-        from bayesmtl.diagnostics import Problem
-
         info = self.tree_info or {}
         gap = info.get("chains_apart", 0.0)
         if gap <= CHAINS_APART:
