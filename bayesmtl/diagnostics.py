@@ -3,9 +3,11 @@
 MCMC (Vehtari et al. 2021; Betancourt 2017): split rank-normalised r_hat above 1.01, bulk or
 tail ESS below 100 (over all chains), any divergent transition (with the parameters whose
 values the divergent draws sit at the edge of), transitions that hit the tree-depth limit, and
-an E-BFMI below 0.3 in any chain. Variational fits: an ELBO that had not stopped falling, and
-the Pareto k of the importance ratios p(theta, y) / q(theta) of the guide's draws (Yao et al.
-2018), above 0.7 when the guide is not a reliable approximation of the posterior.
+an E-BFMI below 0.3 in any chain. Variational fits: an ELBO that had not stopped falling, an
+averaged guide whose population values still carry more than 0.1 posterior sd of optimisation
+noise (batch means over the annealing steps, ``infer/averaging.py``), and the Pareto k of the
+importance ratios p(theta, y) / q(theta) of the guide's draws (Yao et al. 2018), above 0.7 when
+the guide is not a reliable approximation of the posterior.
 
 ``fit`` warns (``DiagnosticWarning``) for each problem and records them in ``info["diagnostics"]``
 (run.json); ``Posterior.diagnose()`` gives them as ``Problem`` records.
@@ -17,10 +19,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Problem", "DiagnosticWarning", "THRESHOLDS", "diagnose", "mcmc_problems", "svi_problems", "e_bfmi"]
+__all__ = ["Problem", "DiagnosticWarning", "THRESHOLDS", "MAX_SVI_NOISE", "diagnose", "mcmc_problems",
+           "svi_problems", "e_bfmi"]
 
 #: the defaults of ``diagnose``; a fit checks against these
 THRESHOLDS = {"r_hat": 1.01, "min_ess": 100.0, "min_bfmi": 0.3, "max_pareto_k": 0.7}
+#: posterior sds of optimisation noise left in an averaged SVI guide above which a fit warns
+#: (``infer/averaging.py``): about what two full-batch fits at different seeds differ by
+MAX_SVI_NOISE = 0.1
 #: entries named in a message before "and N more"
 _NAMED = 3
 
@@ -33,8 +39,9 @@ class DiagnosticWarning(UserWarning):
 class Problem:
     """One failed check.
 
-    check : "r_hat", "ess_bulk", "ess_tail", "divergences", "tree_depth", "e_bfmi", "elbo", "pareto_k"
-        or "tree_chains" (a learned tree's sampler chains disagree)
+    check : "r_hat", "ess_bulk", "ess_tail", "divergences", "tree_depth", "e_bfmi", "elbo", "pareto_k",
+        "svi_noise" (the averaged guide's optimisation noise, ``infer/averaging.py``) or "tree_chains"
+        (a learned tree's sampler chains disagree)
     value : the worst value found (max r_hat, min ESS, number of divergences, ...)
     threshold : what it was checked against
     entries : the parameters concerned, worst first (labelled like the summary: ``tau[intercept]``)
@@ -150,13 +157,23 @@ def _divergence_sites(labels, draws: np.ndarray, div: np.ndarray) -> list[str]:
 
 
 def svi_problems(info: dict, max_pareto_k: float = 0.7) -> list[Problem]:
-    """Problems of a variational fit: an ELBO still falling, and the guide's Pareto k."""
+    """Problems of a variational fit: an ELBO still falling, an averaged guide still noisy, and
+    the guide's Pareto k."""
     out: list[Problem] = []
     if info.get("converged") is False:
         out.append(Problem("elbo", float(info.get("steps", 0)), 0.0, (),
                            f"{'MAP' if info.get('method') == 'map' else 'SVI'} did not converge in "
                            f"{info.get('steps')} steps (the mean loss was still "
                            "falling); raise steps= or lr="))
+    noise = info.get("average_noise")
+    if noise is not None and noise > MAX_SVI_NOISE:
+        site = info.get("average_noise_site")
+        tasks = info.get("task_batch_size")
+        fix = f"raise anneal= (now {info.get('anneal')})" + (" or task_batch_size=" if tasks else "")
+        out.append(Problem("svi_noise", float(noise), MAX_SVI_NOISE, (site,) if site else (),
+                           f"SVI's averaged guide still carries about {noise:.2f} posterior sd of optimisation noise "
+                           f"(in {site}, from the spread between blocks of the annealing steps): a fit at another "
+                           f"seed would land about that far away; {fix}"))
     k = info.get("pareto_k")
     if k is not None and np.isfinite(k) and k > max_pareto_k:
         guide = info.get("guide")

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scale.py [--tasks 50000] [--rows 100] [--features 10]
                                          [--task-batch 1000] [--compare 5000] [--draws 100]
                                          [--compare-draws 4000] [--nuts] [--seed 0]
+                                         [--batch-seeds N] [--anneal K] [--reference-anneal K]
 
 Planted hierarchical linear regression: w_t ~ N(mu, diag(tau^2)) over an intercept and
 ``--features`` slopes, y = x . w_t + N(0, 1), ``--rows`` rows a task. Two parts, one table each:
@@ -11,10 +12,11 @@ Planted hierarchical linear regression: w_t ~ N(mu, diag(tau^2)) over an interce
    guide: all tasks every step (the model's default SVI path) and ``--task-batch`` tasks a step.
    The population's posterior means are compared in units of the full-batch posterior sd, and
    the sds as a ratio; a second full-batch fit at the next seed gives SVI's own spread (the
-   floor no comparison of two SVI fits goes below).
+   floor no comparison of two SVI fits goes below), and each fit's reported noise is printed.
 2. All ``--tasks`` tasks on task minibatches: time to build the data, to fit, steps, peak
-   resident memory of the process (``ru_maxrss``), and whether the 90% intervals of mu and tau
-   cover the planted values.
+   resident memory of the process (``ru_maxrss``), whether the 90% intervals of mu and tau
+   cover the planted values, and the optimisation noise the fit reports for its averaged guide
+   (``info["average_noise"]``, ``bayesmtl/infer/averaging.py``).
 
 One process, one core's worth of threads (torch threads 1). Peak memory is the process's
 high-water mark, so part 2 runs first when both are asked for.
@@ -74,6 +76,12 @@ def covered(draws: np.ndarray, truth: np.ndarray) -> int:
     return int(((lo <= truth) & (truth <= hi)).sum())
 
 
+def _noise(post) -> str:
+    """The fit's reported optimisation noise (``infer/averaging.py``) and where."""
+    n = post.info.get("average_noise")
+    return "-" if n is None else f"{n:.3f} ({post.info.get('average_noise_site')})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=50000)
@@ -93,7 +101,10 @@ def main(argv=None) -> int:
                    help="fit the minibatch path at this many seeds; with 2 or more, also print the gap of their "
                         "pooled draws, which shrinks with more seeds if the gap is SVI's noise and not a bias")
     p.add_argument("--anneal", type=int, default=None,
-                   help="annealing (averaged) steps of the minibatch fits (default: SVI's, 1000 x min(T / B, 10))")
+                   help="annealing (averaged) steps of the minibatch fits (default: SVI's, 3000 x min(T / B, 10))")
+    p.add_argument("--reference-anneal", type=int, default=None,
+                   help="annealing (averaged) steps of the two full-batch fits (default: SVI's, 1000); more makes "
+                        "the reference, and the floor of the comparison, less noisy")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -104,24 +115,29 @@ def main(argv=None) -> int:
         D = a.features + 1
         print(f"\n## {a.tasks} tasks x {a.rows} rows x {a.features} features ({len(frame):,} rows), "
               f"{a.task_batch} tasks a step\n")
-        print("| data s | fit s | steps | steps/s | peak memory GB | mu covered (90%) | tau covered (90%) |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| data s | fit s | steps | steps/s | peak memory GB | mu covered (90%) | tau covered (90%) | "
+              "reported noise, posterior sd |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print(f"| {t_data:.1f} | {t_fit:.0f} | {post.info['steps']} | {post.info['steps_per_second']:.1f} | "
-              f"{peak_gb():.2f} | {covered(pop['mu'], mu)}/{D} | {covered(pop['tau'], tau)}/{D} |")
+              f"{peak_gb():.2f} | {covered(pop['mu'], mu)}/{D} | {covered(pop['tau'], tau)}/{D} | {_noise(post)} |")
         del post, frame
     if a.compare:
         frame, mu, tau = planted(a.compare, a.rows, a.features, a.seed + 1)
-        full, _, t_full = fit(frame, a.features, a.compare_draws, a.seed, steps=a.steps)
+        full, _, t_full = fit(frame, a.features, a.compare_draws, a.seed, steps=a.steps, anneal=a.reference_anneal)
         batch = min(a.task_batch, a.compare // 5)
         parts = [fit(frame, a.features, a.compare_draws, a.seed + i, task_batch_size=batch, steps=a.steps,
                      anneal=a.anneal) for i in range(a.batch_seeds)]
         part, t_part = parts[0][0], parts[0][2]
-        again, _, _ = fit(frame, a.features, a.compare_draws, a.seed + 1, steps=a.steps)  # SVI's own spread
+        again, _, _ = fit(frame, a.features, a.compare_draws, a.seed + 1, steps=a.steps,
+                          anneal=a.reference_anneal)  # SVI's own spread
         f, g = population(full), population(again)
         qs = [population(p_[0]) for p_ in parts]
         q = qs[0]
         print(f"\n## {a.compare} tasks: all tasks a step ({full.info['path']} path, {t_full:.0f} s) against "
               f"{part.info['task_batch_size']} a step ({t_part:.0f} s)\n")
+        print("Each fit's own estimate of its averaged guide's noise (worst population value, posterior sds): "
+              f"full batch {_noise(full)}, next seed {_noise(again)}, minibatch "
+              f"{' / '.join(_noise(p_[0]) for p_ in parts)} ({part.info['anneal']} averaging steps)\n")
         print("| site | max abs(mean difference) / full-batch sd | the same, full batch at the next seed | "
               "sd ratio, min-max | covered (90%), full / minibatch |")
         print("| --- | --- | --- | --- | --- |")

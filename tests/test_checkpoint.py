@@ -80,6 +80,7 @@ def test_resumed_svi_gives_the_uninterrupted_draws(monkeypatch, tmp_path, data, 
     for site in ("mu", "tau"):
         np.testing.assert_array_equal(post.samples[site], whole.samples[site])
     assert post.info["steps"] == whole.info["steps"] == 1000
+    assert post.info["average_noise"] == whole.info["average_noise"]  # (block means kept across the stop)
 
 
 def test_a_checkpoint_of_another_fit_or_garbage_is_refused(monkeypatch, tmp_path, data):

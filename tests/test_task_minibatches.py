@@ -77,6 +77,7 @@ def test_a_fit_on_task_minibatches_gives_every_task_and_new_tasks():
         post = bm.fit(bm.models.Hierarchical(), data, method="svi", task_batch_size=3, steps=300, min_steps=100,
                       anneal=50, draws=50, seed=0, progress=False)
     assert post.info["task_batch_size"] == 3 and "skipped" in post.info["psis"]
+    assert post.info["average_noise_site"] in ("mu", "tau") and post.info["average_noise"] > 0  # (averaging.py)
     assert np.asarray(post.samples["w"]).shape[-2:] == (30, 3)
     assert post.info["path"] == "collapsed"
     assert post.to_arviz().posterior["w"].sizes["task"] == 30

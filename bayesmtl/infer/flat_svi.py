@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_median
 
+from .averaging import BLOCKS, BlockMeans
 from .driver import _compile
 from .guides import MAX_COUPLING, MAX_FULL_RANK, StructuredAffine, structured_layout
 from .optim import CLIP_NORM
@@ -163,6 +164,7 @@ class FlatSVI:
         self.reduce = reduce  # (gradient and loss averaged over processes: distributed.py)
         self._step = None
         self.mean, self.n_mean = None, 0  # the running mean of theta while averaging (``average``)
+        self.blocks, self.block_means = None, None  # its block means (BLOCKS, len(theta)) after ``finish``
 
     def _grad(self, theta, eps):
         """(d loss / d theta, loss) at the draws eps (K, n)."""
@@ -234,25 +236,33 @@ class FlatSVI:
         if self.mean is not None:
             self.n_mean += 1
             self.mean += (self.theta - self.mean) / self.n_mean
+            if self.blocks is not None:
+                self.blocks.add({"theta": self.theta})
         return float(loss)
 
-    def decay(self, lrd: float, average: bool = False) -> None:
+    def decay(self, lrd: float, average: bool = False, length: int = 0) -> None:
         """From the next step on, multiply the learning rate by ``lrd`` every step, and with
-        ``average`` keep the running mean of the parameters from then on (``finish`` ends there)."""
+        ``average`` keep the running mean of the parameters from then on (``finish`` ends there),
+        and their block means over the ``length`` averaging steps (``averaging.py``)."""
         self.lrd = float(lrd)
         if average:
             self.mean, self.n_mean = self.theta.clone(), 0
+            self.blocks = BlockMeans({"theta": self.theta}, length) if length >= BLOCKS else None
 
     def finish(self) -> None:
         """End at the mean of the averaged steps, if any (Polyak-Ruppert averaging)."""
         if self.mean is not None and self.n_mean:
             self.theta, self.mean = self.mean, None
+        means = None if self.blocks is None else self.blocks.means()
+        self.block_means, self.blocks = None if means is None else means["theta"], None
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict[str, np.ndarray]:
         """Everything a resumed run needs, as arrays."""
         mean = {} if self.mean is None else {"flat.mean": self.mean.cpu().numpy(),
                                              "flat.n_mean": np.asarray(self.n_mean)}
+        if self.blocks is not None:
+            mean.update(self.blocks.state())
         return {"flat.theta": self.theta.cpu().numpy(), "flat.m1": self.m1.cpu().numpy(),
                 "flat.m2": self.m2.cpu().numpy(), "flat.t": np.asarray(self.t), "flat.lr": np.asarray(self.lr),
                 "flat.lrd": np.asarray(self.lrd), "flat.rng": self.gen.get_state().numpy(), **mean}
@@ -273,6 +283,7 @@ class FlatSVI:
         self.t, self.lr, self.lrd = int(arrays["flat.t"]), float(arrays["flat.lr"]), float(arrays["flat.lrd"])
         if "flat.mean" in arrays:
             self.mean, self.n_mean = put(arrays["flat.mean"]), int(arrays["flat.n_mean"])
+            self.blocks = BlockMeans.load(arrays, {"theta": self.theta})
         self.gen.set_state(torch.from_numpy(arrays["flat.rng"]))
 
     # ------------------------------------------------------------------ after the fit

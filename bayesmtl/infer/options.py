@@ -307,8 +307,8 @@ class SVI(Options):
     tol, window, lookback : stop when the mean loss of the last ``window`` steps is less than
         lookback x tol x |loss| below the mean of the window ``lookback`` windows earlier
     anneal : that many more steps with the learning rate decaying to lr / 100 (0: off; None:
-        1000, times min(T / B, 10) under task minibatches, so that each task is visited about
-        as often as in 1000 steps on all tasks)
+        1000; 3000 x min(T / B, 10) under task minibatches, whose averaged guide's noise falls
+        only as 1 / sqrt(the passes over the tasks averaged): ``infer/averaging.py``)
     average : end at the mean of the guide's parameters over the ``anneal`` steps (Polyak-Ruppert
         averaging), not at the last step's: the last iterate carries the optimiser's noise, which
         in units of the posterior sd grows with the data (``svi.py``)

@@ -9,7 +9,7 @@ rank, "lowrank", "delta" = MAP),
 ``lookback`` (4) x tol x |loss| below the mean of the window ``lookback`` windows earlier; one
 window to the next is too noisy a comparison: a slow drift along a ridge then passes for
 convergence half the time),
-``anneal`` (None: 1000, or 1000 x min(T / B, 10) on task minibatches, whose steps are noisier;
+``anneal`` (None: 1000, or 3000 x min(T / B, 10) on task minibatches, whose steps are noisier;
 after that, this many more steps with the learning rate decaying
 geometrically to lr / 100, so the final guide is not one noisy iterate: on the radon
 references it cut the worst mean error from up to 0.6 to about 0.1 posterior sd; 0 = off),
@@ -17,7 +17,9 @@ references it cut the worst mean error from up to 0.6 to about 0.1 posterior sd;
 Polyak-Ruppert averaging, not at the last step. Adam's step is in the parameters' units, so the
 last iterate's noise, counted in posterior sds, grows as the posterior narrows with more data:
 on 1,000 tasks the population means of two seeds differed by up to 0.20-0.24 sd at the last
-iterate and 0.08-0.10 sd averaged),
+iterate and 0.08-0.10 sd averaged; what noise the averaged guide still carries is estimated
+from block means of the averaging steps, ``averaging.py``, ``info["average_noise"]``, and a fit
+warns above 0.1 sd),
 ``batch_size`` (rows per minibatch; None = all rows), ``particles`` (None: 4 on a collapsed
 target, else 1), ``jit`` (True without minibatches), ``threads`` (1).
 
@@ -52,6 +54,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..pyro_util import is_deterministic, is_mean_field, site_shapes
+from .averaging import BLOCKS, BlockMeans, average_noise, guide_medians
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
@@ -127,7 +130,7 @@ class SVIBackend:
         if o.init_scale is not None and guide_name != "delta":
             kw["init_scale"] = float(o.init_scale)
         guided = poutine.block(fn, hide_fn=lambda m: bool(m.get("infer", {}).get("enumerate"))) if enum else fn
-        plates = None
+        plates, population = None, None
         if own and tasks is None:
             guide = _with_mean_field(guided, guide_name, kw, own)
         elif tasks is not None:
@@ -163,6 +166,7 @@ class SVIBackend:
                 steps_.mean = {k: torch.from_numpy(saved[0][f"mean.{k}"]).to(p)
                                for k, p in pyro.get_param_store().named_parameters()}
                 steps_.n_mean = int(saved[0]["n_mean"])
+                steps_.blocks = BlockMeans.load(saved[0], dict(pyro.get_param_store().named_parameters()))
             t0 -= saved[1]["seconds"]
         ckpt = ckpt if w is None or w.rank == 0 else None  # one process writes it
         with warnings.catch_warnings():
@@ -197,11 +201,21 @@ class SVIBackend:
             with torch.no_grad():
                 out = Predictive(guide, num_samples=n, parallel=False)()
             latent = {k_: v.detach().cpu().unsqueeze(0) for k_, v in out.items() if k_ in model_sites}
+        if steps_.block_means is not None and n > 1:
+            medians = guide_medians(guide, steps_.block_means, population or _split_sites(fn)[0])
+            found = average_noise(medians, latent)
+            if found is not None:
+                info.update(average_noise=found[0], average_noise_site=found[1])
         return Draws(latent, {}, info)
 
 
-#: annealing steps (``anneal=None``) on all tasks; under task minibatches times min(T / B, 10)
+#: annealing steps (``anneal=None``) on all tasks
 ANNEAL = 1000
+#: under task minibatches ``TASK_ANNEAL`` x min(T / B, 10): the averaged guide's noise falls as
+#: 1 / sqrt(passes over the tasks averaged) (``averaging.py``); 1,000 passes left 0.04 posterior
+#: sd in each population value on 2,000 planted tasks (two seeds' means up to 0.10 sd apart),
+#: 3,000 passes 0.02 (0.07 apart)
+TASK_ANNEAL = 3000
 
 
 def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: list, converged: bool,
@@ -213,7 +227,7 @@ def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: l
     window, lookback, steps = o.window, o.lookback, o.steps
     anneal = ANNEAL if o.anneal is None else o.anneal
     if o.anneal is None and o.task_batch_size is not None and n_tasks:
-        anneal = int(ANNEAL * min(n_tasks / o.task_batch_size, LOCAL_RATE_MAX))
+        anneal = int(TASK_ANNEAL * min(n_tasks / o.task_batch_size, LOCAL_RATE_MAX))
     min_steps = min(DEFAULT_MIN_STEPS, steps) if o.min_steps is None else o.min_steps
     with torch_threads(o.threads), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # the step says it, with what to do
@@ -247,7 +261,7 @@ def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: l
         if anneal:
             if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
                 main_steps = len(losses)
-                steps_.decay(0.01 ** (1.0 / anneal), o.average)
+                steps_.decay(0.01 ** (1.0 / anneal), o.average, anneal)
             end = main_steps + anneal
             for i in range(len(losses), end):
                 losses.append(steps_.step(i))
@@ -264,14 +278,18 @@ class _PyroSteps:
     def __init__(self, svi: SVI, lr: float, reduce=None):
         self.svi, self.lr, self.reduce = svi, lr, reduce
         self.mean, self.n_mean = None, 0  # the running mean of the parameters while averaging
+        self.blocks, self.block_means = None, None  # their block means (averaging.py)
 
     def step(self, i: int) -> float:
         loss = self._step(i)
         if self.mean is not None:
             self.n_mean += 1
+            params = dict(pyro.get_param_store().named_parameters())
             with torch.no_grad():
-                for name, p in pyro.get_param_store().named_parameters():
+                for name, p in params.items():
                     self.mean[name] += (p - self.mean[name]) / self.n_mean
+            if self.blocks is not None:
+                self.blocks.add(params)
         return loss
 
     def _step(self, i: int) -> float:
@@ -294,23 +312,26 @@ class _PyroSteps:
         loss = float(self.reduce(torch.as_tensor(float(loss), dtype=torch.float64)))
         return _finite(loss, i, self.lr)
 
-    def decay(self, lrd: float, average: bool = False) -> None:
+    def decay(self, lrd: float, average: bool = False, length: int = 0) -> None:
         for opt in self.svi.optim.optim_objs.values():
             for group in opt.param_groups:
                 group["lrd"] = lrd
         if average:  # (unconstrained values: the mean of constrained ones could leave the support)
-            self.mean = {k: p.detach().clone() for k, p in pyro.get_param_store().named_parameters()}
+            params = dict(pyro.get_param_store().named_parameters())
+            self.mean = {k: p.detach().clone() for k, p in params.items()}
             self.n_mean = 0
+            self.blocks = BlockMeans(params, length) if length >= BLOCKS else None
 
     def finish(self) -> None:
         if self.mean is not None and self.n_mean:
             with torch.no_grad():
                 for name, p in pyro.get_param_store().named_parameters():
                     p.copy_(self.mean[name])
-        self.mean = None
+        self.block_means = None if self.blocks is None else self.blocks.means()
+        self.mean, self.blocks = None, None
 
     def save(self, ckpt, losses, converged, main_steps, seconds) -> None:
-        _save(ckpt, self.svi, losses, converged, main_steps, seconds, self.mean, self.n_mean)
+        _save(ckpt, self.svi, losses, converged, main_steps, seconds, self.mean, self.n_mean, self.blocks)
 
 
 class _FlatSteps:
@@ -323,8 +344,8 @@ class _FlatSteps:
         loss = self.engine.step()
         return _finite(loss, i, self.lr)
 
-    def decay(self, lrd: float, average: bool = False) -> None:
-        self.engine.decay(lrd, average)
+    def decay(self, lrd: float, average: bool = False, length: int = 0) -> None:
+        self.engine.decay(lrd, average, length)
 
     def finish(self) -> None:
         self.engine.finish()
@@ -399,6 +420,12 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
     pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
     with torch.no_grad():
         values, _ = pot.constrain(z[pick.to(z.device)])
+        if engine.block_means is not None and n > 1:  # the guide's median is its loc, z's first entries
+            blocks, _ = pot.constrain(engine.block_means[:, :pot.dim])
+            population = _split_sites(fn)[0]
+            found = average_noise({k: v for k, v in blocks.items() if k in population}, values)
+            if found is not None:
+                info.update(average_noise=found[0], average_noise_site=found[1])
     return Draws({k: v.cpu().unsqueeze(0) for k, v in values.items()}, {}, info)
 
 
@@ -619,13 +646,15 @@ def psis_weights(log_w: torch.Tensor) -> tuple[float, torch.Tensor | None]:
 
 
 def _save(ckpt: Checkpoint, svi: SVI, losses: list, converged: bool, main_steps: int | None, seconds: float,
-          mean: dict | None = None, n_mean: int = 0) -> None:
+          mean: dict | None = None, n_mean: int = 0, blocks: BlockMeans | None = None) -> None:
     """The guide's parameters (unconstrained), Adam's state per parameter, the losses so far,
     the running mean of the parameters while averaging and the torch random state (the guide's
     draws come from it)."""
     arrays = {f"param.{k}": v.detach().cpu().numpy() for k, v in pyro.get_param_store().get_state()["params"].items()}
     if mean is not None:
         arrays.update({f"mean.{k}": v.cpu().numpy() for k, v in mean.items()}, n_mean=np.asarray(n_mean))
+    if blocks is not None:
+        arrays.update(blocks.state())
     groups = {}
     for name, state in svi.optim.get_state().items():
         for key, value in state["state"].get(0, {}).items():
