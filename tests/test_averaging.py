@@ -89,7 +89,9 @@ def test_a_noisy_averaged_guide_warns_and_a_settled_one_does_not():
 def test_the_noise_estimate_predicts_how_far_apart_two_seeds_land():
     """Six minibatch fits of the same data at different seeds: the spread of their population
     means, in posterior sds, matches the noise each fit reported for itself within a factor of
-    two (the estimate comes from 10 blocks, so it is itself uncertain by about 25%)."""
+    two. (Measured: reported 0.05-0.12, spread 0.08-0.15 per value: on 1,000 averaging steps the
+    estimate reads low, ``averaging.py``; it comes from 10 blocks, so it is itself uncertain by
+    about 25%, and six seeds' spread by about 30%.)"""
     data = _data(400, seed=1)
     fits = [_fit(data, s, task_batch_size=20, steps=1500, min_steps=1000, anneal=1000)[0] for s in range(6)]
     for k in ("mu", "tau"):
@@ -98,5 +100,5 @@ def test_the_noise_estimate_predicts_how_far_apart_two_seeds_land():
         spread = float((means.std(0, ddof=1) / sd).max())
         reported = max(f.info["average_noise"] for f in fits)
         # the draws' own Monte Carlo error (1000 draws: 0.03 sd) adds to the spread
-        assert reported / 2 < np.hypot(spread, 0.0) and np.sqrt(max(spread ** 2 - 0.03 ** 2, 0)) < 2 * reported, (
-            k, spread, reported)
+        own = np.sqrt(max(spread ** 2 - 0.03 ** 2, 0.0))
+        assert reported / 2 < own < 2 * reported, (k, spread, reported)
