@@ -11,10 +11,13 @@ blocks, each block's mean guide gives its median of every population site, and t
 error of the overall mean is the spread of those medians over sqrt(BLOCKS). Divided by the
 posterior sd of the fit's draws, it says how far a fit at another seed would likely land, in
 the units the comparisons use. Measured against the spread of fits at other seeds: about right
-where the blocks are long (10,000 averaging steps, blocks of 1,000: about 0.035 from a recorded
-trajectory's blocks against 0.04 per value between two seeds, 2,000 planted tasks at 200 a step); low by up to 2x where they are short (1,000 steps,
-blocks of 100: 0.05-0.12 against 0.08-0.14 over six seeds, 400 tasks at 20 a step), because
-neighbouring blocks are then correlated. Read it as a lower bound on short runs.
+where the blocks are long (10,000 averaging steps, blocks of 1,000: about 0.035 from a
+recorded trajectory's blocks against 0.04 per value between two seeds; 2,000 planted tasks at
+200 a step); low by up to 2x where they are short (1,000 steps, blocks of 100: 0.05-0.12
+against 0.08-0.15 over six seeds; 400 tasks at 20 a step), because neighbouring blocks are then
+correlated. It cannot see an offset that is set before the averaging and outlasts it (5,000
+tasks at 500 a step, one seed: 0.13 sd from the full-batch fit while reporting 0.025). Read it
+as a lower bound.
 """
 
 from __future__ import annotations
