@@ -95,6 +95,9 @@ def test_a_user_prior_compiled_matches_pyros_svi():
         slow = bm.fit(model, data, compile=None, **kw)
     assert fast.info["compile"] == "inductor" and fast.info["gradient"] == "autograd"
     assert slow.info.get("compile") is None and fast.info["path"] == slow.info["path"]
+    # both engines estimate their averaged guide's noise, of the same posterior at the same settings
+    a, b = fast.info["average_noise"], slow.info["average_noise"]
+    assert 0 < a < 3 * b and 0 < b < 3 * a, (a, b)
     for site in ("group_mean", "tau"):
         a, b = np.asarray(fast.samples[site]), np.asarray(slow.samples[site])
         sd = b.std((0, 1))
@@ -120,6 +123,7 @@ def test_compiled_svi_resumes_to_the_uninterrupted_draws_and_repeats_with_its_se
     for site in ("mu", "tau", "w"):
         np.testing.assert_array_equal(again.samples[site], whole.samples[site])
         np.testing.assert_array_equal(post.samples[site], whole.samples[site])
+    assert post.info["average_noise"] == whole.info["average_noise"]  # (the loc's block means kept)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -164,7 +164,7 @@ class FlatSVI:
         self.reduce = reduce  # (gradient and loss averaged over processes: distributed.py)
         self._step = None
         self.mean, self.n_mean = None, 0  # the running mean of theta while averaging (``average``)
-        self.blocks, self.block_means = None, None  # its block means (BLOCKS, len(theta)) after ``finish``
+        self.blocks, self.block_means = None, None  # the loc's block means (BLOCKS, dim) after ``finish``
 
     def _grad(self, theta, eps):
         """(d loss / d theta, loss) at the draws eps (K, n)."""
@@ -236,25 +236,25 @@ class FlatSVI:
         if self.mean is not None:
             self.n_mean += 1
             self.mean += (self.theta - self.mean) / self.n_mean
-            if self.blocks is not None:
-                self.blocks.add({"theta": self.theta})
+            if self.blocks is not None:  # (the guide's loc, theta's first entries, is its median)
+                self.blocks.add({"loc": self.theta[:self.pot.dim]})
         return float(loss)
 
     def decay(self, lrd: float, average: bool = False, length: int = 0) -> None:
         """From the next step on, multiply the learning rate by ``lrd`` every step, and with
         ``average`` keep the running mean of the parameters from then on (``finish`` ends there),
-        and their block means over the ``length`` averaging steps (``averaging.py``)."""
+        and the guide loc's block means over the ``length`` averaging steps (``averaging.py``)."""
         self.lrd = float(lrd)
         if average:
             self.mean, self.n_mean = self.theta.clone(), 0
-            self.blocks = BlockMeans({"theta": self.theta}, length) if length >= BLOCKS else None
+            self.blocks = BlockMeans({"loc": self.theta[:self.pot.dim]}, length) if length >= BLOCKS else None
 
     def finish(self) -> None:
         """End at the mean of the averaged steps, if any (Polyak-Ruppert averaging)."""
         if self.mean is not None and self.n_mean:
             self.theta, self.mean = self.mean, None
         means = None if self.blocks is None else self.blocks.means()
-        self.block_means, self.blocks = None if means is None else means["theta"], None
+        self.block_means, self.blocks = None if means is None else means["loc"], None
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict[str, np.ndarray]:
@@ -283,7 +283,7 @@ class FlatSVI:
         self.t, self.lr, self.lrd = int(arrays["flat.t"]), float(arrays["flat.lr"]), float(arrays["flat.lrd"])
         if "flat.mean" in arrays:
             self.mean, self.n_mean = put(arrays["flat.mean"]), int(arrays["flat.n_mean"])
-            self.blocks = BlockMeans.load(arrays, {"theta": self.theta})
+            self.blocks = BlockMeans.load(arrays, {"loc": self.theta[:self.pot.dim]})
         self.gen.set_state(torch.from_numpy(arrays["flat.rng"]))
 
     # ------------------------------------------------------------------ after the fit

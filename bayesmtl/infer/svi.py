@@ -420,8 +420,8 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
     pick = _psis_pick(log_w, n, o.psis, settings.seed, info)
     with torch.no_grad():
         values, _ = pot.constrain(z[pick.to(z.device)])
-        if engine.block_means is not None and n > 1:  # the guide's median is its loc, z's first entries
-            blocks, _ = pot.constrain(engine.block_means[:, :pot.dim])
+        if engine.block_means is not None and n > 1:  # (block means of the guide's loc, its median)
+            blocks, _ = pot.constrain(engine.block_means)
             population = _split_sites(fn)[0]
             found = average_noise({k: v for k, v in blocks.items() if k in population}, values)
             if found is not None:
