@@ -4,7 +4,8 @@ SVI ends at the mean of the guide's parameters over its annealing steps (Polyak-
 averaging). That mean is itself random: two seeds end at different guides. Under task
 minibatches the difference is large, because a step's gradient sums a random B of T tasks: the
 averaged guide's noise, in posterior sds, falls only as 1 / sqrt(the passes over the tasks that
-were averaged), about 0.03 sd after 1,000 passes (5,000 planted tasks, 500 a step).
+were averaged: about 0.04 sd per value after 1,000 passes and 0.02-0.025 after 3,000 (2,000
+and 5,000 planted tasks, a tenth of them a step).
 
 The estimate is the batch-means one of MCMC: the averaging steps are cut into ``BLOCKS`` equal
 blocks, each block's mean guide gives its median of every population site, and the standard
