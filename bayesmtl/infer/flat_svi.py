@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_median
 
-from .averaging import BLOCKS, BlockMeans
+from .averaging import BlockMeans
 from .driver import _compile
 from .guides import MAX_COUPLING, MAX_FULL_RANK, StructuredAffine, structured_layout
 from .optim import CLIP_NORM
@@ -247,7 +247,7 @@ class FlatSVI:
         self.lrd = float(lrd)
         if average:
             self.mean, self.n_mean = self.theta.clone(), 0
-            self.blocks = BlockMeans({"loc": self.theta[:self.pot.dim]}, length) if length >= BLOCKS else None
+            self.blocks = BlockMeans({"loc": self.theta[:self.pot.dim]}, length)
 
     def finish(self) -> None:
         """End at the mean of the averaged steps, if any (Polyak-Ruppert averaging)."""

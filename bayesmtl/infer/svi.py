@@ -54,7 +54,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..pyro_util import is_deterministic, is_mean_field, site_shapes
-from .averaging import BLOCKS, BlockMeans, average_noise, guide_medians
+from .averaging import BlockMeans, average_noise, guide_medians
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
@@ -320,7 +320,7 @@ class _PyroSteps:
             params = dict(pyro.get_param_store().named_parameters())
             self.mean = {k: p.detach().clone() for k, p in params.items()}
             self.n_mean = 0
-            self.blocks = BlockMeans(params, length) if length >= BLOCKS else None
+            self.blocks = BlockMeans(params, length)  # (means() is None where anneal < BLOCKS)
 
     def finish(self) -> None:
         if self.mean is not None and self.n_mean:
