@@ -211,6 +211,8 @@ class SVIBackend:
 
 #: annealing steps (``anneal=None``) on all tasks
 ANNEAL = 1000
+#: the learning rate at the annealing's end, as a share of ``lr``
+ANNEAL_FLOOR = 0.01
 #: under task minibatches ``TASK_ANNEAL`` x min(T / B, 10): the averaged guide's noise falls as
 #: 1 / sqrt(passes over the tasks averaged) (``averaging.py``); 1,000 passes left 0.04 posterior
 #: sd in each population value on 2,000 planted tasks (two seeds' means up to 0.10 sd apart),
@@ -261,7 +263,7 @@ def _optimise(steps_, o: SVIOptions, label: str, progress: bool, ckpt, losses: l
         if anneal:
             if main_steps is None:  # (resumed while annealing: the decay came back with Adam's state)
                 main_steps = len(losses)
-                steps_.decay(0.01 ** (1.0 / anneal), o.average, anneal)
+                steps_.decay(ANNEAL_FLOOR ** (1.0 / anneal), o.average, anneal)
             end = main_steps + anneal
             for i in range(len(losses), end):
                 losses.append(steps_.step(i))
