@@ -576,20 +576,19 @@ class MultiTaskModel(ModelBase):
                 data._no_rows(f"{type(self.prior).__name__} with a {type(self.likelihood_for(data)).__name__} "
                               "likelihood (it has no form that reduces the rows to per-task sums)")
             return out
-        # a built-in prior that non-centres itself, where its tasks are informative: a target on
-        # its own scale (Gaussian, Student-t, log-normal) with as many residual degrees of freedom
-        # as a sigma per task needs. Non-centred, SVI's tau was 2 posterior sds low on 200
-        # Student-t tasks of 15 rows (sds 0.55 of NUTS's), centred 0.2 (0.9-1.1). Binary rows say
-        # less: on landmine (80 rows, about 5 positives a field) centred put tau 1-3.5 sds high,
-        # non-centred 0.3-0.65 low; seeds' plates (one count each) are non-centred too. Heads on a
-        # trained trunk stay as they were (SARCOS, 2 seeds: NLPD 1.370 centred, 1.355 non-centred)
-        by_hand = (getattr(self.prior, "centered", True) is False and not self.trained_modules
-                   and isinstance(self.likelihood_for(data), LocationScale)
-                   and self.residual_df(data) >= MIN_TASK_DF)
-        if reparam or by_hand:
-            # the prior as written, for back ends whose paths take it (SVI): a Gaussian guide fits a
-            # centred posterior better where tasks are informative; the three-level planted prior's
-            # population sds went from 0.13-0.24 of NUTS's (non-centred) to 0.69-0.80 (centred)
+        # the prior centred (w drawn directly), for back ends whose paths take it (SVI), where
+        # the tasks are informative: a target on its own scale (Gaussian, Student-t, log-normal)
+        # with as many residual degrees of freedom as a sigma per task needs. A Gaussian guide
+        # fits such a posterior better centred: the three-level planted prior's population sds
+        # went from 0.13-0.24 of NUTS's (non-centred) to 0.69-0.80; on 200 Student-t tasks of 15
+        # rows the built-in prior's tau went from 2 NUTS sds low (sds 0.55) to 0.2 (0.9-1.1).
+        # Binary rows say less: on landmine (80 rows, about 5 positives a field) centred put tau
+        # 1-3.5 sds high, non-centred 0.1-0.8 low, for the built-in prior and a user's alike.
+        # Heads on a trained trunk stay as they were (SARCOS, 2 seeds: NLPD 1.370 centred, 1.355)
+        informative = (not self.trained_modules and isinstance(self.likelihood_for(data), LocationScale)
+                       and self.residual_df(data) >= MIN_TASK_DF)
+        by_hand = getattr(self.prior, "centered", True) is False
+        if informative and (reparam or by_hand):
             centred = self._centred_by_hand() if by_hand else self._centred()
             out.append(Target(program=functools.partial(_program, centred, data),
                               max_plate_nesting=nest, n_rows=data.n_rows, path="centred",

@@ -56,7 +56,7 @@ def test_new_tasks_come_from_the_population_the_prior_learned(method, path):
     """Derived new-task draws (the prior rerun with its hyperparameters fixed) match the closed form:
     for the three-level prior, a new task in group g has parameters N(group_mean[g], tau) per draw,
     from draws of the non-centred program (MAP) and of the prior as written (SVI's path)."""
-    train, new, _ = planted("three-level", n_tasks=8, rows=6, seed=2, new_tasks=4)
+    train, new, _ = planted("three-level", n_tasks=8, rows=8, seed=2, new_tasks=4)  # (informative: SVI centres)
     model, data = build("three-level", train)
     post = bm.fit(model, data, method=method, seed=0, progress=False, steps=600, min_steps=300, draws=5)
     assert post.info["path"] == path
