@@ -576,15 +576,11 @@ class MultiTaskModel(ModelBase):
                 data._no_rows(f"{type(self.prior).__name__} with a {type(self.likelihood_for(data)).__name__} "
                               "likelihood (it has no form that reduces the rows to per-task sums)")
             return out
-        # the prior centred (w drawn directly), for back ends whose paths take it (SVI), where
-        # the tasks are informative: a target on its own scale (Gaussian, Student-t, log-normal)
-        # with as many residual degrees of freedom as a sigma per task needs. A Gaussian guide
-        # fits such a posterior better centred: the three-level planted prior's population sds
-        # went from 0.13-0.24 of NUTS's (non-centred) to 0.69-0.80; on 200 Student-t tasks of 15
-        # rows the built-in prior's tau went from 2 NUTS sds low (sds 0.55) to 0.2 (0.9-1.1).
-        # Binary rows say less: on landmine (80 rows, about 5 positives a field) centred put tau
-        # 1-3.5 sds high, non-centred 0.1-0.8 low, for the built-in prior and a user's alike.
-        # Heads on a trained trunk stay as they were (SARCOS, 2 seeds: NLPD 1.370 centred, 1.355)
+        # the prior centred (w drawn directly) for back ends whose paths take it (SVI), where the
+        # tasks are informative: a target on its own scale with the residual degrees of freedom a
+        # sigma per task needs, and no trained trunk. There a Gaussian guide fits the centred
+        # posterior far better (Student-t tasks: tau 2 NUTS sds low non-centred, 0.2 centred);
+        # elsewhere worse (landmine's binary rows: tau up to 3.5 sds high). docs/benchmarks.md
         informative = (not self.trained_modules and isinstance(self.likelihood_for(data), LocationScale)
                        and self.residual_df(data) >= MIN_TASK_DF)
         by_hand = getattr(self.prior, "centered", True) is False

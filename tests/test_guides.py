@@ -214,7 +214,7 @@ def test_row_minibatches_on_informative_tasks_match_the_collapsed_fit():
 def test_svi_on_informative_tasks_runs_the_prior_centred_and_matches_nuts():
     """200 planted Student-t tasks of 15 rows: the built-in prior non-centres itself, and SVI on
     that program put tau 1.7-2.3 NUTS sds low with 0.5-0.6 of its sd (2026-12-03); centred,
-    within 0.25 sd and 0.88-1.04."""
+    within 0.25 sd and 0.88-1.06."""
     from bayesmtl.synthetic import hierarchical_regression
 
     df, truth = hierarchical_regression(n_tasks=200, rows=15, features=2, seed=3)
