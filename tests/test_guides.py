@@ -194,18 +194,28 @@ def test_row_minibatches_on_informative_tasks_match_the_collapsed_fit():
     """200 planted Gaussian tasks of 15 rows, 500 rows a step (no collapsed form under row
     minibatches): non-centred, tau came out 2-3 sds low with half its sd (2026-12-03); centred,
     within 0.25 sd of the full-batch collapsed fit and 0.96-1.08 of its sd."""
-    from bayesmtl.synthetic import hierarchical_regression
-
-    df, _ = hierarchical_regression(n_tasks=200, rows=15, features=2, seed=3)
-    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    data, _ = _informative_tasks()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full = bm.fit(bm.models.Hierarchical(), data, method="svi", draws=1000, seed=0, progress=False)
         rows = bm.fit(bm.models.Hierarchical(), data, method="svi", batch_size=500, draws=1000, seed=0,
                       progress=False)
     assert full.info["path"] == "collapsed" and rows.info["path"] == "centred"
+    _assert_population_close(rows, full)
+
+
+def _informative_tasks():
+    """(data, truth): 200 planted tasks x 15 rows x 2 features."""
+    from bayesmtl.synthetic import hierarchical_regression
+
+    df, truth = hierarchical_regression(n_tasks=200, rows=15, features=2, seed=3)
+    return bm.MultiTaskData.from_frame(df, task="task", target="y"), truth
+
+
+def _assert_population_close(post, ref):
+    """mu and tau: means within 0.5 of ``ref``'s sds, sds within 25% of its."""
     for k in ("mu", "tau"):
-        q, f = (np.asarray(p.samples[k]).reshape(-1, 3) for p in (rows, full))
+        q, f = (np.asarray(p.samples[k]).reshape(-1, 3) for p in (post, ref))
         assert (np.abs(q.mean(0) - f.mean(0)) / f.std(0)).max() < 0.5, k
         assert np.all(np.abs(q.std(0) / f.std(0) - 1) < 0.25), k
 
@@ -215,20 +225,14 @@ def test_svi_on_informative_tasks_runs_the_prior_centred_and_matches_nuts():
     """200 planted Student-t tasks of 15 rows: the built-in prior non-centres itself, and SVI on
     that program put tau 1.7-2.3 NUTS sds low with 0.5-0.6 of its sd (2026-12-03); centred,
     within 0.25 sd and 0.88-1.06."""
-    from bayesmtl.synthetic import hierarchical_regression
-
-    df, truth = hierarchical_regression(n_tasks=200, rows=15, features=2, seed=3)
-    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    data, truth = _informative_tasks()
     model = bm.models.Hierarchical(likelihood="student_t")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         svi = bm.fit(model, data, method="svi", draws=1000, seed=0, progress=False)
         nuts = bm.fit(model, data, method="nuts", chains=2, warmup=500, draws=500, seed=0, progress=False)
     assert svi.info["path"] == "centred"
-    for k in ("mu", "tau"):
-        q, f = (np.asarray(p.samples[k]).reshape(-1, 3) for p in (svi, nuts))
-        assert (np.abs(q.mean(0) - f.mean(0)) / f.std(0)).max() < 0.5, k
-        assert np.all(np.abs(q.std(0) / f.std(0) - 1) < 0.25), k
+    _assert_population_close(svi, nuts)
     lo, hi = np.quantile(np.asarray(svi.samples["tau"]).reshape(-1, 3), [0.05, 0.95], axis=0)
     assert np.all((lo <= truth["tau"]) & (truth["tau"] <= hi))
 
