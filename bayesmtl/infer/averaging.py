@@ -30,7 +30,7 @@ import pyro
 import torch
 from pyro import poutine
 
-__all__ = ["BLOCKS", "BlockMeans", "average_noise", "guide_medians"]
+__all__ = ["BLOCKS", "BlockMeans", "average_noise", "guide_medians", "record_noise"]
 
 #: blocks of the averaging steps (batch means); 10 gives the standard error to within about 25%
 BLOCKS = 10
@@ -120,3 +120,11 @@ def average_noise(medians: dict[str, torch.Tensor] | None, draws: dict[str, torc
         if worst is None or z > worst[0]:
             worst = (z, s)
     return worst
+
+
+def record_noise(info: dict, medians: dict[str, torch.Tensor] | None, draws: dict[str, torch.Tensor]) -> None:
+    """Put ``average_noise``'s answer in a fit's ``info`` (``average_noise``, ``average_noise_site``),
+    where there is one."""
+    found = average_noise(medians, draws)
+    if found is not None:
+        info.update(average_noise=found[0], average_noise_site=found[1])

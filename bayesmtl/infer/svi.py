@@ -54,7 +54,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..pyro_util import is_deterministic, is_mean_field, site_shapes
-from .averaging import BlockMeans, average_noise, guide_medians
+from .averaging import BlockMeans, guide_medians, record_noise
 from .base import Draws, Settings, torch_threads
 from .checkpoint import Checkpoint
 from .distributed import check_same_data, shard, world
@@ -202,10 +202,7 @@ class SVIBackend:
                 out = Predictive(guide, num_samples=n, parallel=False)()
             latent = {k_: v.detach().cpu().unsqueeze(0) for k_, v in out.items() if k_ in model_sites}
         if steps_.block_means is not None and n > 1:
-            medians = guide_medians(guide, steps_.block_means, population or _split_sites(fn)[0])
-            found = average_noise(medians, latent)
-            if found is not None:
-                info.update(average_noise=found[0], average_noise_site=found[1])
+            record_noise(info, guide_medians(guide, steps_.block_means, population or _split_sites(fn)[0]), latent)
         return Draws(latent, {}, info)
 
 
@@ -425,9 +422,7 @@ def _run_flat(label: str, target, settings: Settings, o: SVIOptions, fn, particl
         if engine.block_means is not None and n > 1:  # (block means of the guide's loc, its median)
             blocks, _ = pot.constrain(engine.block_means)
             population = _split_sites(fn)[0]
-            found = average_noise({k: v for k, v in blocks.items() if k in population}, values)
-            if found is not None:
-                info.update(average_noise=found[0], average_noise_site=found[1])
+            record_noise(info, {k: v for k, v in blocks.items() if k in population}, values)
     return Draws({k: v.cpu().unsqueeze(0) for k, v in values.items()}, {}, info)
 
 
