@@ -428,7 +428,8 @@ def cmd_fit(a: argparse.Namespace) -> int:
         model = _build_model(a.model or "hierarchical", a.likelihood, _csv_list(a.shared),
                              _options(a.model_option, "--model-option"))
     model = _set_priors(model, a.set_prior, data)
-    a.method = a.method or model.default_method
+    given = a.method  # None: fit picks the model's method for these data and records why
+    a.method = a.method or model.method_for(data)[0]
     from bayesmtl.runs import checkpoint_path, reserve
 
     # under torchrun every process fits (infer/distributed.py); the first alone writes the run
@@ -449,7 +450,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         if keep:
             more = {"checkpoint_every": a.checkpoint_every, ("resume" if resume else "checkpoint"): str(ckpt)}
         try:
-            post = bm.fit(model, data, method=a.method, chains=a.chains, warmup=a.warmup, draws=a.draws,
+            post = bm.fit(model, data, method=given, chains=a.chains, warmup=a.warmup, draws=a.draws,
                           seed=a.seed, device=a.device, progress=not a.quiet, **more, **_options(a.option))
         except Exception:
             if first and keep and not any(ckpt.rglob("*.npz")):

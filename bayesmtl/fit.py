@@ -50,8 +50,10 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
     data : MultiTaskData, or StreamedData (a file read in chunks: models that fit from per-task
         sums only, ``bayesmtl/streamed.py``)
     method : {"nuts", "chees", "pyro_nuts", "svi", "map", ...} or None
-        Back end (see ``bayesmtl.infer.METHODS``); None: the model's ``default_method``
-        ("nuts"; "map", type-II ML, for ``MultitaskGP``).
+        Back end (see ``bayesmtl.infer.METHODS``); None: the model's choice for these data
+        (``model.method_for(data)``): "nuts"; for ``MultitaskGP`` "map" (type-II ML), or "svi"
+        where its inputs are too few for type-II ML, the reason recorded as
+        ``info["method_chosen"]``.
     chains, warmup, draws : int
         MCMC settings; SVI draws ``draws`` samples from its fitted guide.
     seed : int
@@ -98,7 +100,7 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         raise TypeError(f"progress must be bool; got {progress!r}")
     if collapse is not None and not isinstance(collapse, bool):
         raise TypeError(f"collapse must be bool or None; got {collapse!r}")
-    method = model.default_method if method is None else method
+    method, why = model.method_for(data) if method is None else (method, "")
     backend, options, model_options = with_model_defaults(get_backend(method), options, model.sampler_defaults())
     dev = resolve_device(device)
     ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
@@ -144,7 +146,8 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         if by_tasks:  # this fit only finds the number of steps: no Posterior, checks or warnings of its own
             found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows}
             return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
-        post = _run(model, data, on_device, target, backend, settings, method, model_options)
+        post = _run(model, data, on_device, target, backend, settings, method, model_options,
+                    {"method_chosen": why} if why else None)
         if holdout is not None:
             post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
         return post

@@ -268,6 +268,11 @@ class ModelBase:
         fits it. Models without data-scaled defaults return themselves."""
         return self
 
+    def method_for(self, data: MultiTaskData) -> tuple[str, str]:
+        """The back end ``fit`` (and the CLI) run on ``data`` when given no method, and why when
+        it is not ``default_method`` ("" otherwise; recorded as ``info["method_chosen"]``)."""
+        return self.default_method, ""
+
     def sampler_defaults(self) -> dict[str, Any]:
         """Back-end options the model's posterior needs unless the user sets them (e.g.
         ``{"target_accept": 0.9}``); ``fit`` fills in those the chosen back end knows and records

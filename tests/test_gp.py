@@ -250,6 +250,45 @@ def test_svi_and_short_nuts_run_end_to_end(tmp_path):
     assert post2.samples["task_corr"].shape == (1, 20, 4, 4)
 
 
+def test_few_inputs_per_lengthscale_default_to_svi_and_say_why(tmp_path):
+    few = planted(5, 4.0, seed=6, dims=3)  # 5 distinct inputs for 3 lengthscales
+    data = data_of(few)
+    method, why = MultitaskGP().method_for(data)
+    assert method == "svi" and "5 distinct inputs for 3 ARD lengthscales" in why
+    # enough inputs, a given method, and the kinds the rule does not cover keep type-II MAP
+    assert MultitaskGP().method_for(data_of(planted(9, 4.0, seed=6, dims=3))) == ("map", "")
+    assert MultitaskGP(kind="hierarchical").method_for(data)[0] == "map"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bm.DiagnosticWarning)  # 200 steps: the guide is not the point here
+        post = bm.fit(MultitaskGP(rank=2), data, steps=200, min_steps=100, draws=20, seed=0, progress=False)
+    assert post.info["method"] == "svi" and post.info["method_chosen"] == why
+    given = bm.fit(MultitaskGP(rank=2), data, method="map", steps=5, seed=0, progress=False)
+    assert given.info["method"] == "map" and "method_chosen" not in given.info
+
+
+@pytest.mark.slow
+def test_default_icm_on_the_computer_survey_is_calibrated_where_type_ii_map_is_not(shared_data):
+    """16 profiles x 13 attributes: type-II MAP overfits (0.84 coverage); the default (SVI) does not."""
+    from bayesmtl import datasets
+
+    train, test = datasets.computer_survey()
+    data = bm.MultiTaskData.from_frame(train, task="respondent", target="rating",
+                                       features=list(datasets.SURVEY_ATTRIBUTES), standardize=True)
+    y = test["rating"].to_numpy()
+    scores = {}
+    for method in (None, "map"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bm.DiagnosticWarning)
+            post = bm.fit(MultitaskGP(), data, method=method, seed=0, progress=False)
+        pred = post.predict(test, seed=0)
+        inside = (pred["q05"].to_numpy() <= y) & (y <= pred["q95"].to_numpy())
+        scores[method] = (float(inside.mean()), float(((y - pred["mean"].to_numpy()) ** 2).mean()))
+    (cov, mse), (cov_map, mse_map) = scores[None], scores["map"]
+    assert post.info["method"] == "map"
+    assert 0.87 <= cov <= 0.96, scores  # 760 held-out ratings: a binomial sd of 0.011 at 0.9
+    assert cov_map < 0.87 and mse < 0.8 * mse_map, scores
+
+
 # ------------------------------------------------------------------------- numerics
 def test_cholesky_retries_with_jitter_and_names_it():
     A = torch.ones(5, 5, dtype=torch.float64)  # rank 1: PSD, not PD
