@@ -98,6 +98,9 @@ def _scaled_priors(data: MultiTaskData) -> dict[str, dist.Distribution]:
 class MultitaskGP(ModelBase):
     """Multi-task GP regression.
 
+    Given no method, ``fit`` runs type-II MAP, or SVI for an ICM with fewer than
+    ``MIN_INPUTS_PER_LENGTHSCALE`` (3) distinct inputs per input feature (``method_for``).
+
     Parameters
     ----------
     rank : int or None
