@@ -445,7 +445,7 @@ class MultiTaskModel(ModelBase):
         Needs a prior whose tasks are independent given what sits outside the task plate (a
         hierarchical population, a user prior that samples its per-task sites inside
         ``tasks.plate``) and the model's own linear predictor; anything else is one error."""
-        if getattr(self.prior, "centered", True) is False:
+        if self.prior.centered is False:
             # the guide is mean field over the tasks: centred, the population's sds come out near
             # the full-data fit's (0.9-1.2x on a planted 200-task problem); non-centred, 0.3x
             return self._centred_by_hand().task_minibatches(data, batch)
@@ -532,7 +532,7 @@ class MultiTaskModel(ModelBase):
         """The model in the parametrisation ``samples`` were drawn in: draws of a centred target
         have no ``*_decentered`` sites."""
         config = self.reparam_config(data)
-        if getattr(self.prior, "centered", True) is False and "w_raw" not in samples and "w" in samples:
+        if self.prior.centered is False and "w_raw" not in samples and "w" in samples:
             return self._centred_by_hand()  # fitted on task minibatches (``task_minibatches``)
         return self if all(f"{k}_decentered" in samples for k in config) else self._centred()
 
@@ -583,7 +583,7 @@ class MultiTaskModel(ModelBase):
         # elsewhere worse (landmine's binary rows: tau up to 3.5 sds high). docs/benchmarks.md
         informative = (not self.trained_modules and isinstance(self.likelihood_for(data), LocationScale)
                        and self.residual_df(data) >= MIN_TASK_DF)
-        by_hand = getattr(self.prior, "centered", True) is False
+        by_hand = self.prior.centered is False
         if informative and (reparam or by_hand):
             centred = self._centred_by_hand() if by_hand else self._centred()
             out.append(Target(program=functools.partial(_program, centred, data),

@@ -41,6 +41,9 @@ class TaskPrior:
     #: whether the package may non-centre this prior's location-scale sites (``MultiTaskModel(reparam=...)``);
     #: priors that choose their own parametrisation set False
     reparam: bool = True
+    #: None: the prior samples its task parameters as written; False: it non-centres them itself
+    #: (``priors.Hierarchical``), and a copy set to True samples w directly (SVI's "centred" path)
+    centered: bool | None = None
     #: sites identified only up to a symmetry (rotation, sign, label): left out of summaries and r_hat
     unidentified_sites: tuple[str, ...] = ()
     #: back-end options this prior's posterior needs unless the user sets them, e.g.
