@@ -134,7 +134,7 @@ def task_covariance(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 class _GaussianLogpdf(torch.autograd.Function):
     """log N(r; 0, S) with the closed-form gradient dS = (a a^T - S^{-1}) / 2, dr = -a (a = S^{-1} r):
-    one Cholesky forward, one solve against I backward."""
+    one Cholesky forward, one inverse from the factor backward."""
 
     @staticmethod
     def forward(ctx, S, r, what):
@@ -151,9 +151,9 @@ class _GaussianLogpdf(torch.autograd.Function):
     def backward(ctx, g, _gL, _ga):
         L, a = ctx.saved_tensors
         g1 = g.unsqueeze(-1)
-        # cholesky_solve against I, not cholesky_inverse: the latter measured 10x slower at n = 3,500
-        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape)
-        dS = 0.5 * g1.unsqueeze(-1) * (a.unsqueeze(-1) * a.unsqueeze(-2) - torch.cholesky_solve(eye, L))
+        # cholesky_inverse: 1.2-2.5x faster than cholesky_solve against I at n = 16-3,548 on
+        # torch 2.13 (the reverse held on an older torch)
+        dS = 0.5 * g1.unsqueeze(-1) * (a.unsqueeze(-1) * a.unsqueeze(-2) - torch.cholesky_inverse(L))
         return dS, -g1 * a, None
 
 
@@ -258,6 +258,79 @@ def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):
     return K + torch.diag_embed(nz if count is None else nz / count)
 
 
+def _kernel_of_d2(d2: torch.Tensor, kind: str) -> torch.Tensor:
+    """A named unit-variance kernel as a function of the scaled squared distance d2."""
+    if kind == "rbf":
+        return torch.exp(-0.5 * d2)
+    r = d2.clamp_min(1e-30).sqrt()
+    if kind == "matern12":
+        return torch.exp(-r)
+    c = math.sqrt(3) if kind == "matern32" else math.sqrt(5)
+    return ((1 + c * r) if kind == "matern32" else (1 + c * r + c * c * d2 / 3)) * torch.exp(-c * r)
+
+
+def _kernel_slope(d2: torch.Tensor, k: torch.Tensor, kind: str) -> torch.Tensor:
+    """d k / d d2 of ``_kernel_of_d2``; zero at d2 = 0 for the Matern kernels, as autograd
+    through their clamp gives (the distance's own gradient is zero there)."""
+    if kind == "rbf":
+        return -0.5 * k
+    r = d2.clamp_min(1e-30).sqrt()
+    if kind == "matern12":
+        out = -0.5 * k / r
+    else:
+        c = math.sqrt(3) if kind == "matern32" else math.sqrt(5)
+        out = -1.5 * torch.exp(-c * r) if kind == "matern32" else -(5.0 / 6.0) * (1 + c * r) * torch.exp(-c * r)
+    return torch.where(d2 > 1e-30, out, torch.zeros_like(out))
+
+
+class _HadamardLogpdf(torch.autograd.Function):
+    """The Hadamard-form log marginal likelihood for a named kernel, its gradient in closed form
+    from G = (a a^T - S^{-1}) / 2: G's products with the kernel and task blocks give the
+    gradients of B, the lengthscales and the noise as a few reductions, instead of autograd's
+    dozen N x N temporaries (school, N = 3,548: 3.9 -> 2.9 s an evaluation on one thread)."""
+
+    @staticmethod
+    def forward(ctx, X, y, task, B, ls, noise, mean, count, kind, what):
+        Z = X / ls.unsqueeze(-2)
+        sq = (Z * Z).sum(-1)
+        d2 = (Z @ Z.transpose(-1, -2)).mul_(-2).add_(sq.unsqueeze(-1)).add_(sq.unsqueeze(-2)).clamp_min_(0)
+        Bg = B[..., task.unsqueeze(-1), task.unsqueeze(-2)]
+        k = _kernel_of_d2(d2, kind)
+        S = k.mul_(Bg) if torch.broadcast_shapes(k.shape, Bg.shape) == k.shape else k * Bg
+        S.diagonal(dim1=-2, dim2=-1).add_(noise[..., task] if count is None else noise[..., task] / count)
+        L = robust_cholesky(S, what)
+        del S, k
+        r = (y - mean[..., task]).expand(L.shape[:-1])
+        a = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+        val = -0.5 * (r * a).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * r.shape[-1] * _LOG2PI
+        ctx.save_for_backward(X, task, ls, L, a, d2, Bg, count)
+        ctx.kind, ctx.shapes = kind, (B.shape, ls.shape, noise.shape, mean.shape)
+        return val
+
+    @staticmethod
+    def backward(ctx, g):
+        X, task, ls, L, a, d2, Bg, count = ctx.saved_tensors
+        B_shape, ls_shape, noise_shape, mean_shape = ctx.shapes
+        T = B_shape[-1]
+        G = torch.cholesky_inverse(L).neg_()
+        G.add_(a.unsqueeze(-1) * a.unsqueeze(-2)).mul_(0.5 * g[..., None, None])  # d val / d S
+        dS_ii = G.diagonal(dim1=-2, dim2=-1).clone()
+        if count is not None:
+            dS_ii = dS_ii / count
+        k = _kernel_of_d2(d2, ctx.kind)
+        M = torch.nn.functional.one_hot(task, T).to(G.dtype)                           # (N, T)
+        dB = M.transpose(-1, -2) @ ((G * k) @ M)              # S_ij = k_ij B[t_i, t_j] + noise
+        H = G.mul_(Bg).mul_(_kernel_slope(d2, k, ctx.kind))   # d val / d d2, symmetric
+        # d2_ij = sum_d (x_id - x_jd)^2 / ls_d^2, so sum_ij H_ij (x_id - x_jd)^2 = 2 (x_d^2 . H 1 - x_d . H x_d)
+        spread = (H.sum(-1).unsqueeze(-1) * X * X).sum(-2) - (X * (H @ X)).sum(-2)
+        dls = -4.0 * spread / ls ** 3
+        dnoise = dS_ii.new_zeros(dS_ii.shape[:-1] + (T,)).index_add_(-1, task, dS_ii)
+        ga = g.unsqueeze(-1) * a
+        dmean = ga.new_zeros(ga.shape[:-1] + (T,)).index_add_(-1, task, ga)
+        return (None, None, None, dB.sum_to_size(B_shape), dls.sum_to_size(ls_shape),
+                dnoise.sum_to_size(noise_shape), dmean.sum_to_size(mean_shape), None, None, None)
+
+
 def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
                  noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf", count: torch.Tensor | None = None,
                  ss: torch.Tensor | None = None, private: tuple[torch.Tensor, ...] | None = None,
@@ -270,8 +343,13 @@ def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.
     (lengthscales (..., T, D), variances (..., T)) adds each task's own kernel: an LMC with one
     shared and T private latent processes, which nests independent GPs (B = 0).
     """
-    S = _hadamard_cov(X, task, B, ls, noise, kind, count, private)
-    mll = gaussian_logpdf(S, (y - mean[..., task]).expand(S.shape[:-1]), "ICM covariance (Hadamard path)")[0]
+    if isinstance(kind, str) and private is None:
+        if kind not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}; got {kind!r}")
+        mll = _HadamardLogpdf.apply(X, y, task, B, ls, noise, mean, count, kind, "ICM covariance (Hadamard path)")
+    else:
+        S = _hadamard_cov(X, task, B, ls, noise, kind, count, private)
+        mll = gaussian_logpdf(S, (y - mean[..., task]).expand(S.shape[:-1]), "ICM covariance (Hadamard path)")[0]
     if count is not None:
         nz = noise[..., task]
         mll = mll - 0.5 * ((ss / nz).sum(-1) + ((count - 1) * torch.log(2 * math.pi * nz)).sum(-1)
