@@ -210,6 +210,19 @@ def test_map_different_inputs_reaches_the_optimum_and_predicts():
     assert np.mean(np.abs(pred["mean"].to_numpy() - test["y"].to_numpy())) < 0.5
 
 
+def test_type_ii_and_lmc_show_progress_only_when_asked(capfd):
+    # a 3,500-row ICM takes most of an hour: the user must see it move (evaluations, objective)
+    data = data_of(planted(12, 8.0, seed=2))
+    for progress in (True, False):
+        bm.fit(MultitaskGP(rank=2), data, method="map", seed=0, progress=progress)
+        bm.fit(MultitaskGP(kind="lmc", inducing=8), data, method="map", steps=30, seed=0, progress=progress)
+        err = capfd.readouterr().err
+        if progress:
+            assert "type-II MAP (lbfgs)" in err and "objective=" in err and "LMC (variational, Adam)" in err
+        else:
+            assert "type-II MAP" not in err and "LMC" not in err
+
+
 def test_repeated_inputs_are_merged_exactly():
     # categorical inputs repeat (school data): cells of (input, task) give the same likelihood
     rng = np.random.default_rng(0)

@@ -92,7 +92,10 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     losses = []
     module.train()
     t0 = time.perf_counter()
-    for _ in range(steps):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc="LMC (variational, Adam)", disable=not settings.progress, leave=False)
+    for i in range(steps):
         rows = torch.randint(N, (batch,), generator=gen).to(dev)
         x, y, t = data.X[rows], data.y[rows], data.task[rows]
         opt.zero_grad()
@@ -104,7 +107,12 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
         opt.step()
         losses.append(float(loss.detach()))
         if not np.isfinite(losses[-1]):
+            bar.close()
             raise FloatingPointError(f"the LMC ELBO became {losses[-1]}; lower lr (now {lr})")
+        bar.update(1)
+        if i % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}", refresh=False)
+    bar.close()
     seconds = time.perf_counter() - t0
     module.eval()
     samples = {k: v.detach().cpu().reshape((1, 1) + v.shape) for k, v in draw_of_module(module).items()}

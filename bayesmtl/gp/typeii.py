@@ -64,8 +64,9 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
     small = data.n_rows < 1500
     threads = opts.get("threads", 1 if small else None)
     with torch_threads(threads):
-        for _ in range(max(1, restarts)):
-            out = _fit_once(model, data, grid, cells, optimizer, opts, gen)
+        for i in range(max(1, restarts)):
+            desc = f"type-II MAP ({optimizer})" + (f", start {i + 1} of {restarts}" if restarts > 1 else "")
+            out = _fit_once(model, data, grid, cells, optimizer, opts, gen, (desc, settings.progress))
             if best is None or out[0] > best[0]:
                 best = out
     _, params, iters, trace, mll = best
@@ -106,9 +107,11 @@ def _initial(model, data, gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optimizer: str, opts: dict,
-              gen: torch.Generator) -> tuple[float, dict[str, torch.Tensor], int, list[float], float]:
+              gen: torch.Generator, bar: tuple[str, bool] = ("type-II MAP", False),
+              ) -> tuple[float, dict[str, torch.Tensor], int, list[float], float]:
     """One optimisation from a random start: (final objective, fitted values (constrained, no
-    leading dims), iterations, objective trace, final log marginal likelihood)."""
+    leading dims), iterations, objective trace, final log marginal likelihood). ``bar``: the
+    progress bar's label and whether to show it."""
     like = data.y.new_zeros(())
     prior = _log_prior(like) if opts.get("hyperprior", True) else None
     if model.kind == "hierarchical":
@@ -124,7 +127,7 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
                          [(model.mean_prior, raw["mean"])])
 
         final, iters, trace = _optimise(raw, list(raw.values()), _objective(mll_of, prior and prior_of), data.n_rows,
-                                        optimizer, opts)
+                                        optimizer, opts, bar)
         with torch.no_grad():
             mll = float(mll_of(raw))
         return final, {k: v.detach() for k, v in hierarchical.constrain(raw).items()}, iters, trace, mll
@@ -155,7 +158,8 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
             logs += [(model.lengthscale_prior, raw["log_pls"]), (model.v_prior, raw["log_pv"])]
         return prior(logs, [(model.w_prior, raw["task_W"]), (model.mean_prior, raw["mean"])])
 
-    final, iters, trace = _optimise(raw, params, _objective(mll_of, prior and prior_of), data.n_rows, optimizer, opts)
+    final, iters, trace = _optimise(raw, params, _objective(mll_of, prior and prior_of), data.n_rows, optimizer, opts,
+                                    bar)
     with torch.no_grad():
         mll = float(mll_of(raw))
     out = {"lengthscale": raw["log_ls"].exp(), "task_W": raw["task_W"], "task_v": raw["log_v"].exp(),
@@ -203,16 +207,23 @@ BAD_LOSS = 1e10
 
 
 def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, n: int, optimizer: str,
-              opts: dict) -> tuple[float, int, list[float]]:
+              opts: dict, bar: tuple[str, bool] = ("type-II MAP", False)) -> tuple[float, int, list[float]]:
     """Maximise ``mll_of(raw)`` over ``params`` in place: (final MLL, iterations, MLL trace).
+    ``bar`` = (label, show): a progress bar counting evaluations (L-BFGS: their number is not
+    known ahead; Adam: one a step), with the best objective and the outer step.
 
     A point whose value or gradient is not finite (a line search's long step: a lengthscale
     near 0, an overflowing scale) scores ``BAD_LOSS`` with a zero gradient, and the best point
     seen is restored at the end (on the survey's 190 tasks an unguarded L-BFGS reached NaN
     parameters within 5 seconds)."""
+    from tqdm.auto import tqdm
+
     tol = float(opts.get("tol", 1e-7))
     trace: list[float] = []
     best = {"loss": float("inf"), "values": None}
+    steps = int(opts.get("steps", 1000 if optimizer == "adam" else 100))
+    shown = tqdm(total=steps if optimizer == "adam" else None, desc=bar[0], disable=not bar[1], leave=False,
+                 unit="eval")
 
     def evaluate():
         for p in params:
@@ -232,11 +243,12 @@ def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, 
         loss = loss.detach()
         if float(loss) < best["loss"]:
             best["loss"], best["values"] = float(loss), [p.detach().clone() for p in params]
+        shown.update(1)
+        shown.set_postfix(objective=f"{-best['loss'] * n:.6g}", step=f"{len(trace)}/{steps}", refresh=False)
         return loss
 
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=float(opts.get("lr", 0.05)))
-        steps = int(opts.get("steps", 1000))
         for _ in range(steps):
             loss = evaluate()
             opt.step()
@@ -246,12 +258,12 @@ def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, 
     else:
         opt = torch.optim.LBFGS(params, lr=float(opts.get("lr", 1.0)), max_iter=20,
                                 line_search_fn="strong_wolfe", tolerance_change=1e-12, history_size=20)
-        steps = int(opts.get("steps", 100))
         for _ in range(steps):
             loss = float(opt.step(evaluate))
             trace.append(-loss * n)
             if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol * abs(trace[-1]):
                 break
+    shown.close()
     with torch.no_grad():
         try:
             final = float(mll_of(raw))
