@@ -29,11 +29,11 @@ def fit_type_ii(model, data, settings: Settings) -> Draws:
     covered 0.72-0.98 of held-out ratings by seed.
 
     Options (``settings.options``): ``optimizer`` ("lbfgs" default, or "adam"), ``lr`` (1.0
-    L-BFGS / 0.05 Adam), ``steps`` (100 L-BFGS outer steps / 1000 Adam), ``tol`` (stop when the
-    MLL changes by less than tol x |MLL|, 1e-7), ``restarts`` (random initialisations, best kept;
-    1), ``threads`` (default 1 below 1,500 rows, else torch's setting), ``hyperprior`` (True);
-    ``kind="lmc"``: see
-    ``lmc.fit_lmc``. Returns one draw: samples of shape (1, 1, ...) (T tasks, D features,
+    L-BFGS / 0.05 Adam), ``steps`` (100 L-BFGS outer steps of up to 20 iterations / 1000 Adam),
+    ``tol`` (stop when an outer step changes the objective by less than tol x its size, 1e-6),
+    ``restarts`` (random initialisations, best kept; 1), ``threads`` (default 1 below 1,500
+    rows, else torch's setting), ``hyperprior`` (True); ``kind="lmc"``: see ``lmc.fit_lmc``.
+    Returns one draw: samples of shape (1, 1, ...) (T tasks, D features,
     r = min(rank, T)): ``lengthscale`` (D,), ``task_W`` (T, r), ``task_v`` (T,), ``noise`` (T,),
     ``mean`` (T,), with private kernels ``private_lengthscale`` (T, D) and ``private_var`` (T,),
     with a gpytorch kernel object its trained parameters ``kernel.<name>``; ``kind="hierarchical"``:
@@ -218,7 +218,9 @@ def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, 
     parameters within 5 seconds)."""
     from tqdm.auto import tqdm
 
-    tol = float(opts.get("tol", 1e-7))
+    # 1e-6 (was 1e-7): on 30 schools (3 starts) 10-35% fewer evaluations, the optimum within
+    # 0.01 nats and predictions within 0.05 predictive sd
+    tol = float(opts.get("tol", 1e-6))
     trace: list[float] = []
     best = {"loss": float("inf"), "values": None}
     steps = int(opts.get("steps", 1000 if optimizer == "adam" else 100))
