@@ -13,6 +13,13 @@ its own column; GPyTorch's first prediction builds its caches inside the timed c
     .venv/bin/python benchmarks/gp.py --quick    # 250, 500, 1000
     .venv/bin/python benchmarks/gp.py --lmc-only --device cuda   # variational LMC on a GPU
     .venv/bin/python benchmarks/gp.py --hierarchical --sizes 250 500 1000 --tasks 7   # hierarchical GP
+    BAYESMTL_DATA=../shared/data .venv/bin/python benchmarks/gp.py --school --threads 1   # Hadamard path on school
+
+``--school``: one evaluation of the ICM's Hadamard-form marginal likelihood and its gradient on
+school split 0 (3,548 input x school cells, 139 schools, 21 inputs; float64, the default ICM's
+starting values), by the fused closed-form path against autograd through the explicit
+covariance, with S^-1 from ``cholesky_inverse`` (today's ``gaussian_logpdf``) and from
+``cholesky_solve`` against I (its earlier backward), alternated in one process.
 
 ``--hierarchical``: the hierarchical GP (``kind="hierarchical"``), seconds per iteration on its
 grid path (every task at every input) against its Hadamard path on the same data, and the two
@@ -209,6 +216,72 @@ def lmc(n, T, batch, iters, device, seed):
             "it/s": post.info["iterations_per_second"]}
 
 
+class _SolveAgainstIdentity(torch.autograd.Function):
+    """log N(r; 0, S) with S^-1 from ``cholesky_solve`` against I in the backward pass (the
+    earlier ``icm.gaussian_logpdf``), for ``--school``'s "before" row."""
+
+    @staticmethod
+    def forward(ctx, S, r):
+        L = torch.linalg.cholesky(S)
+        a = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+        ctx.save_for_backward(L, a)
+        return -0.5 * (r * a).sum() - L.diagonal().log().sum() - 0.5 * r.shape[-1] * math.log(2 * math.pi)
+
+    @staticmethod
+    def backward(ctx, g):
+        L, a = ctx.saved_tensors
+        eye = torch.eye(L.shape[-1], dtype=L.dtype)
+        return 0.5 * g * (a[:, None] * a[None] - torch.cholesky_solve(eye, L)), -g * a
+
+
+def school_hadamard(repeats: int) -> pd.DataFrame:
+    """Seconds for one marginal likelihood + gradient on school split 0's cells, three paths."""
+    from calibration import SCHOOL_SHARED, SCHOOL_VARYING  # the calibration benchmark's 21 inputs
+
+    import bayesmtl as bm
+    from bayesmtl import datasets
+    from bayesmtl.gp import typeii
+
+    train, _ = datasets.school(split=0)
+    features = SCHOOL_VARYING + SCHOOL_SHARED
+    data = bm.MultiTaskData.from_frame(train, task="school", target="score", features=features, standardize=True)
+    model = bm.models.MultitaskGP().bind(data)
+    _, cells = icm.training_layout(data.X, data.y, data.task, data.n_tasks, None)
+    raw = typeii._initial(model, data, torch.Generator().manual_seed(0))
+
+    def run(path):
+        for p in raw.values():
+            p.grad = None
+        B = icm.task_covariance(raw["task_W"], raw["log_v"].exp())
+        ls, nz, mean = raw["log_ls"].exp(), raw["log_noise"].exp(), raw["mean"]
+        if path == "fused":
+            m = icm.hadamard_mll(cells.X, cells.y, cells.task, B, ls, nz, mean, "rbf", cells.count, cells.ss)
+        else:  # the same covariance built explicitly (its merged-row term leaves out ss: timing only)
+            S = icm._hadamard_cov(cells.X, cells.task, B, ls, nz, "rbf", cells.count)
+            r = cells.y - mean[cells.task]
+            m = _SolveAgainstIdentity.apply(S, r) if path == "solve" else icm.gaussian_logpdf(S, r)[0]
+        m.backward()
+        return {k: v.grad.clone() for k, v in raw.items()}
+
+    labels = {"solve": "autograd through the covariance, S^-1 by cholesky_solve against I (before)",
+              "inverse": "autograd through the covariance, S^-1 by cholesky_inverse",
+              "fused": "closed-form gradient (_HadamardLogpdf, now)"}
+    grads = {p: run(p) for p in labels}
+    times = {p: [] for p in labels}
+    for _ in range(repeats):
+        for p in labels:
+            t0 = time.perf_counter()
+            run(p)
+            times[p].append(time.perf_counter() - t0)
+    base = min(times["solve"])
+    rows = [{"path": labels[p], "cells": cells.X.shape[0], "s / evaluation (fastest)": min(times[p]),
+             "x before": base / min(times[p]),
+             "max rel. gradient diff (W, lengthscales, means)": max(
+                 float((grads[p][k] - grads["fused"][k]).abs().max() / grads["fused"][k].abs().max())
+                 for k in ("task_W", "log_ls", "mean"))} for p in labels]
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -225,9 +298,14 @@ def main() -> None:
     ap.add_argument("--hierarchical", action="store_true", help="time the hierarchical GP's grid path only")
     ap.add_argument("--lmc-inputs", type=int, default=100_000)
     ap.add_argument("--lmc-iters", type=int, default=100)
+    ap.add_argument("--school", action="store_true", help="the Hadamard path on school's cells only (shared data)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
     torch.set_num_threads(args.threads)
+    if args.school:
+        print(school_hadamard(args.iters).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(f"float64, {args.threads} torch threads, fastest of {args.iters}; load average {os.getloadavg()}")
+        return
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
     sizes = args.sizes or ([250, 500, 1000] if args.quick else [1000, 2000, 5000])
