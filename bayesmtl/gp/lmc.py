@@ -92,9 +92,9 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     losses = []
     module.train()
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
+    from ..infer.driver import progress_bar
 
-    bar = tqdm(total=steps, desc="LMC (variational, Adam)", disable=not settings.progress, leave=False)
+    bar = progress_bar(steps, "LMC (variational, Adam)", settings.progress, leave=False)
     for i in range(steps):
         rows = torch.randint(N, (batch,), generator=gen).to(dev)
         x, y, t = data.X[rows], data.y[rows], data.task[rows]

@@ -229,7 +229,7 @@ def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, 
     near 0, an overflowing scale) scores ``BAD_LOSS`` with a zero gradient, and the best point
     seen is restored at the end (on the survey's 190 tasks an unguarded L-BFGS reached NaN
     parameters within 5 seconds)."""
-    from tqdm.auto import tqdm
+    from ..infer.driver import progress_bar
 
     # 1e-6 (was 1e-7): on 30 schools (3 starts) 10-35% fewer evaluations, the optimum within
     # 0.01 nats and predictions within 0.05 predictive sd
@@ -237,8 +237,7 @@ def _optimise(raw: dict[str, torch.Tensor], params: list[torch.Tensor], mll_of, 
     trace: list[float] = []
     best = {"loss": float("inf"), "values": None}
     steps = int(opts.get("steps", 1000 if optimizer == "adam" else 100))
-    shown = tqdm(total=steps if optimizer == "adam" else None, desc=bar[0], disable=not bar[1], leave=False,
-                 unit="eval")
+    shown = progress_bar(steps if optimizer == "adam" else None, bar[0], bar[1], unit="eval", leave=False)
 
     def evaluate():
         for p in params:

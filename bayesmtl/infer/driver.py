@@ -364,11 +364,11 @@ class DrawBuffer:
         self.divergences = int(self.done["diverging"][0].sum())
 
 
-def progress_bar(total: int, desc: str, progress: bool):
-    """A tqdm bar over ``total`` iterations (disabled unless ``progress``)."""
+def progress_bar(total: int | None, desc: str, progress: bool, unit: str = "it", leave: bool = True):
+    """A tqdm bar over ``total`` iterations (None: not known ahead; disabled unless ``progress``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not progress, unit="it", desc=desc)
+    return tqdm(total=total, disable=not progress, unit=unit, desc=desc, leave=leave)
 
 
 def tick(bar, report, i: int, chains: int, t_loop: float, n_div: int, **more) -> None:
