@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..infer.base import Draws, Settings
+from ..infer.driver import progress_bar
 
 __all__ = ["LMCModule", "STATE_SITES", "fit_lmc", "draw_of_module", "module_from_draw", "moments_lmc"]
 
@@ -92,8 +93,6 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     losses = []
     module.train()
     t0 = time.perf_counter()
-    from ..infer.driver import progress_bar
-
     bar = progress_bar(steps, "LMC (variational, Adam)", settings.progress, leave=False)
     for i in range(steps):
         rows = torch.randint(N, (batch,), generator=gen).to(dev)
