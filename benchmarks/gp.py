@@ -14,12 +14,18 @@ its own column; GPyTorch's first prediction builds its caches inside the timed c
     .venv/bin/python benchmarks/gp.py --lmc-only --device cuda   # variational LMC on a GPU
     .venv/bin/python benchmarks/gp.py --hierarchical --sizes 250 500 1000 --tasks 7   # hierarchical GP
     BAYESMTL_DATA=../shared/data .venv/bin/python benchmarks/gp.py --school --threads 1   # Hadamard path on school
+    BAYESMTL_DATA=../shared/data .venv/bin/python benchmarks/gp.py --school-noise 60 --threads 1  # noise pooling
 
 ``--school``: one evaluation of the ICM's Hadamard-form marginal likelihood and its gradient on
 school split 0 (3,548 input x school cells, 139 schools, 21 inputs; float64, the default ICM's
 starting values), by the fused closed-form path against autograd through the explicit
 covariance, with S^-1 from ``cholesky_inverse`` (today's ``gaussian_logpdf``) and from
 ``cholesky_solve`` against I (its earlier backward), alternated in one process.
+
+``--school-noise N``: type-II MAP of ``MultitaskGP()`` on the first N schools of school split 0,
+the tasks' noise variances pooled about a shared level as estimated from the data (the
+default), nearly independent (``noise_spread=1.5``) and nearly shared (0.05): coverage of nominal
+90% intervals on the held-out rows, mean squared z-score and log predictive density a row.
 
 ``--hierarchical``: the hierarchical GP (``kind="hierarchical"``), seconds per iteration on its
 grid path (every task at every input) against its Hadamard path on the same data, and the two
@@ -282,6 +288,38 @@ def school_hadamard(repeats: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def school_noise(n_schools: int) -> pd.DataFrame:
+    """Type-II MAP of the default ICM on the first ``n_schools`` of school split 0 with the tasks'
+    noise variances pooled as estimated (the default), nearly independent (spread 1.5) and nearly
+    shared (0.05): held-out coverage of nominal 90%, mean squared z and log predictive density."""
+    from calibration import SCHOOL_SHARED, SCHOOL_VARYING
+
+    import bayesmtl as bm
+    from bayesmtl import datasets
+
+    train, test = datasets.school(split=0)
+    keep = sorted(train["school"].unique())[:n_schools]
+    train, test = train[train["school"].isin(keep)], test[test["school"].isin(keep)]
+    features = SCHOOL_VARYING + SCHOOL_SHARED
+    data = bm.MultiTaskData.from_frame(train, task="school", target="score", features=features, standardize=True)
+    y = test["score"].to_numpy()
+    rows = []
+    for label, spread in (("estimated (default)", None), ("1.5: nearly independent", 1.5),
+                          ("0.05: nearly shared", 0.05)):
+        t0 = time.perf_counter()
+        post = bm.fit(bm.models.MultitaskGP(noise_spread=spread), data, seed=0, progress=False)
+        sec = time.perf_counter() - t0
+        pred = post.predict(test, seed=0)
+        z = (y - pred["mean"].to_numpy()) / pred["sd"].to_numpy()
+        rows.append({"noise_spread": label if spread is not None else f"{post.model.noise_spread:.3g} (estimated)",
+                     "coverage": float(((pred["q05"] <= y) & (y <= pred["q95"])).mean()),
+                     "mean z^2": float((z ** 2).mean()),
+                     "log density / row": float(np.mean(-0.5 * z ** 2 - np.log(pred["sd"].to_numpy())
+                                                        - 0.5 * math.log(2 * math.pi))),
+                     "fit s": sec})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -299,9 +337,16 @@ def main() -> None:
     ap.add_argument("--lmc-inputs", type=int, default=100_000)
     ap.add_argument("--lmc-iters", type=int, default=100)
     ap.add_argument("--school", action="store_true", help="the Hadamard path on school's cells only (shared data)")
+    ap.add_argument("--school-noise", type=int, default=0, metavar="N",
+                    help="the ICM's noise pooling on the first N schools of split 0 (shared data)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
     torch.set_num_threads(args.threads)
+    if args.school_noise:
+        print(school_noise(args.school_noise).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"split 0, first {args.school_noise} schools, {args.threads} torch threads; "
+              f"load average {os.getloadavg()}")
+        return
     if args.school:
         print(school_hadamard(args.iters).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         print(f"float64, {args.threads} torch threads, fastest of {args.iters}; load average {os.getloadavg()}")

@@ -18,9 +18,14 @@ Parametrisation of B and priors (for ``nuts``/``svi``; ``map`` is type-II maximu
 * ``rank < n_tasks``: B = W W^T + diag(v), ``W ~ w_prior`` (site ``task_W``, (T, rank)),
   ``v ~ v_prior`` (site ``task_v``).
 
-Other sites: ``lengthscale`` (D,) ARD, ``noise`` (T,) variances, ``mean`` (T,). Deterministic:
-``task_cov`` (T, T) and ``task_corr`` (T, T). Default priors suit standardised features and a
-standardised target. ``map`` always fits W (T, rank) and v.
+Other sites: ``lengthscale`` (D,) ARD, ``noise_level`` () and ``noise`` (T,) variances,
+LogNormal(log noise_level, ``noise_spread``) each: the tasks' noises spread about a shared level
+by an amount estimated from the data (``noise_spread``), so that a task with few rows borrows its
+noise from the others; ``mean`` (T,). Deterministic: ``task_cov`` (T, T) and ``task_corr`` (T, T).
+Default priors suit standardised features and a standardised target. ``map`` always fits W
+(T, rank) and v; on the Hadamard path it integrates the task means out under their Normal prior
+(as it does f), and reports their posterior mean and sd given the fitted hyperparameters
+(``mean``, ``mean_sd``).
 
 ``private=True`` adds each task's own kernel (own ARD lengthscales, site ``private_lengthscale``
 (T, D), and variance ``private_var`` (T,)): cov(f_i(x), f_j(x')) = B_ij k(x, x') + delta_ij p_i k_i(x, x'),
@@ -79,6 +84,42 @@ DEFAULT_RANK = 3
 MIN_INPUTS_PER_LENGTHSCALE = 3
 
 
+#: the spread of the tasks' log noise variances when too few tasks have the residual degrees of
+#: freedom (MIN_SPREAD_DF) to estimate it: wide, nearly independent noises
+WIDE_SPREAD = 1.0
+MIN_SPREAD_DF = 3
+#: smallest spread used (0 would be one shared noise, a degenerate LogNormal)
+MIN_SPREAD = 0.05
+
+
+def noise_spread(data: MultiTaskData) -> float:
+    """The default ``noise_spread``: the sd of the tasks' log residual variances across tasks,
+    less their sampling spread (method of moments: Var(log s2_t) = tau^2 + 2 / df_t), from each
+    task's least-squares fit on the features (its mean alone when that leaves under 5 degrees of
+    freedom). Tasks with under ``MIN_SPREAD_DF`` degrees of freedom are left out; under 3 such
+    tasks give ``WIDE_SPREAD``. School, 139 schools: 0.23 (30 schools: 0.23)."""
+    X, y, task = data.X.double().cpu().numpy(), data.y.double().cpu().numpy(), data.task.cpu().numpy()
+    logs, samp = [], []
+    for t in range(data.n_tasks):
+        yt = y[task == t]
+        n = len(yt)
+        A = np.c_[np.ones(n), X[task == t]]
+        df = n - np.linalg.matrix_rank(A) if n > 0 else 0
+        if df < 5:
+            A, df = A[:, :1], n - 1
+        if df < MIN_SPREAD_DF:
+            continue
+        r = yt - A @ np.linalg.lstsq(A, yt, rcond=None)[0]
+        ss = float(r @ r)
+        if ss > 0:
+            logs.append(np.log(ss / df))
+            samp.append(2.0 / df)
+    if len(logs) < 3:
+        return WIDE_SPREAD
+    tau2 = float(np.var(logs, ddof=1) - np.mean(samp))
+    return max(float(np.sqrt(max(tau2, 0.0))), MIN_SPREAD)
+
+
 def _scaled_priors(data: MultiTaskData) -> dict[str, dist.Distribution]:
     """The default hyperparameter priors on ``data``'s scales (see ``MultitaskGP``)."""
     y = data.y.double()
@@ -128,6 +169,12 @@ class MultitaskGP(ModelBase):
         LKJ concentration of the task correlation (1 = uniform over correlation matrices).
     private : bool
         ICM only: add each task's own kernel (see the module docstring).
+    noise_spread : float or None
+        ICM only: sd of the tasks' log noise variances about their shared level. None (the
+        default): estimated from the data at fit time (``noise_spread(data)``; school: 0.23) and
+        recorded in ``prior_summary().attrs["defaults"]``. Small values pool the noises (0.05:
+        nearly one shared noise), large ones leave each task its own. On school (first 60
+        schools), type-II MAP with independent noises covered 0.867 of held-out rows, pooled 0.885.
     """
 
     name = "multitask-gp"
@@ -139,7 +186,8 @@ class MultitaskGP(ModelBase):
 
     def __init__(self, rank: int | None = None, kernel="rbf", kind: str = "icm", num_latents: int | None = None,
                  inducing: int = 256, *, lengthscale_prior=None, outputscale_prior=None, noise_prior=None,
-                 mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0, private: bool = False):
+                 mean_prior=None, w_prior=None, v_prior=None, task_corr_eta: float = 2.0, private: bool = False,
+                 noise_spread: float | None = None):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be None or an integer >= 1; got {rank!r}")
         if kind not in ("icm", "hierarchical", "lmc"):
@@ -161,6 +209,9 @@ class MultitaskGP(ModelBase):
                              "kind='hierarchical' has each task's own kernel already")
         if float(task_corr_eta) <= 0:
             raise ValueError(f"task_corr_eta must be positive; got {task_corr_eta}")
+        if noise_spread is not None and (isinstance(noise_spread, bool) or not isinstance(noise_spread, (int, float))
+                                         or not np.isfinite(noise_spread) or noise_spread <= 0):
+            raise ValueError(f"noise_spread must be None or a positive number; got {noise_spread!r}")
         self.rank = rank
         self.kernel = kernel
         self.kind = kind
@@ -179,6 +230,7 @@ class MultitaskGP(ModelBase):
             mean_prior=mean_prior, w_prior=w_prior, v_prior=v_prior).items() if v is None}
         self.task_corr_eta = float(task_corr_eta)
         self.private = private
+        self.noise_spread = None if noise_spread is None else float(noise_spread)
         self.bound_defaults: list[str] | None = None  # set on the copy ``bind`` returns
 
     def rank_for(self, data: MultiTaskData) -> int:
@@ -212,9 +264,17 @@ class MultitaskGP(ModelBase):
                     setattr(out, name, prior)
             out._unit = {}
         rank = [f"rank={self.rank_for(data)}"] if self.rank is None and self.kind != "hierarchical" else []
-        out.bound_defaults = self.defaults() + list(scaled) + rank
+        spread = []
+        if self.kind == "icm" and self.noise_spread is None and data.y is not None:
+            out.noise_spread = noise_spread(data)
+            spread = [f"noise_spread={out.noise_spread:.3g}"]
+        out.bound_defaults = self.defaults() + list(scaled) + rank + spread
         out.rank = self.rank_for(data)
         return out
+
+    def spread_for(self) -> float:
+        """The ICM's ``noise_spread`` (``WIDE_SPREAD`` on a model not bound to data)."""
+        return WIDE_SPREAD if self.noise_spread is None else self.noise_spread
 
     def defaults(self) -> list[str]:
         return list(self.bound_defaults) if self.bound_defaults is not None else []
@@ -292,7 +352,8 @@ class MultitaskGP(ModelBase):
                     "lmc_latent_mean": ("latent",), "lmc_inducing": ("latent", "inducing", "feature"),
                     "lmc_var_mean": ("latent", "inducing"), "lmc_var_chol": ("latent", "inducing", "inducing_")}
         return {"lengthscale": ("feature",), "outputscale": ("task",), "corr_chol": ("task", "task_"),
-                "task_W": ("task", "rank"), "task_v": ("task",), "noise": ("task",), "mean": ("task",),
+                "task_W": ("task", "rank"), "task_v": ("task",), "noise": ("task",), "noise_level": (),
+                "mean": ("task",), "mean_sd": ("task",),
                 "task_cov": ("task", "task_"), "task_corr": ("task", "task_"),
                 "private_lengthscale": ("task", "feature"), "private_var": ("task",),
                 **self._kernel_object_dims()}

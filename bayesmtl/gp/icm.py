@@ -30,7 +30,8 @@ import torch
 
 __all__ = ["KERNELS", "ard_kernel", "private_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError",
            "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "training_layout", "hadamard_mll",
-           "kronecker_mll", "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver"]
+           "kronecker_mll", "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver",
+           "integrated_means"]
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _LOG2PI = math.log(2 * math.pi)
@@ -265,12 +266,20 @@ def training_layout(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_task
     return None, group_cells(X, y, task)
 
 
-def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None):
+def _hadamard_cov(X, task, B, ls, noise, kind, count=None, private=None, offset=None):
     K = ard_kernel(X, X, ls, kind) * B[..., task.unsqueeze(-1), task.unsqueeze(-2)]
     if private is not None:  # (lengthscales (..., T, D), variances (..., T)) of each task's own kernel
         K = K + private_kernel(X, task, X, task, private, kind)
+    if offset is not None:
+        K = K + _offset_cov(task, task, offset)
     nz = noise[..., task]
     return K + torch.diag_embed(nz if count is None else nz / count)
+
+
+def _offset_cov(t1: torch.Tensor, t2: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Covariance of integrated task means: offset[t] between rows of the same task t, else 0.
+    t1 (N1,), t2 (N2,), offset (..., T) -> (..., N1, N2)."""
+    return offset[..., t1].unsqueeze(-1) * (t1.unsqueeze(-1) == t2.unsqueeze(-2))
 
 
 class _HadamardLogpdf(torch.autograd.Function):
@@ -281,7 +290,7 @@ class _HadamardLogpdf(torch.autograd.Function):
     with ``cholesky_solve`` against I; ``benchmarks/gp.py --school``)."""
 
     @staticmethod
-    def forward(ctx, X, y, task, B, ls, noise, mean, count, kind, what):
+    def forward(ctx, X, y, task, B, ls, noise, mean, count, kind, what, offset=None):
         Z = X / ls.unsqueeze(-2)
         sq = (Z * Z).sum(-1)
         d2 = (Z @ Z.transpose(-1, -2)).mul_(-2).add_(sq.unsqueeze(-1)).add_(sq.unsqueeze(-2)).clamp_min_(0)
@@ -289,6 +298,8 @@ class _HadamardLogpdf(torch.autograd.Function):
         k = _kernel_of_d2(d2, kind)
         S = k.mul_(Bg) if torch.broadcast_shapes(k.shape, Bg.shape) == k.shape else k * Bg
         S.diagonal(dim1=-2, dim2=-1).add_(noise[..., task] if count is None else noise[..., task] / count)
+        if offset is not None:
+            S = S + _offset_cov(task, task, offset)
         L = robust_cholesky(S, what)
         del S, k
         r = (y - mean[..., task]).expand(L.shape[:-1])
@@ -296,6 +307,7 @@ class _HadamardLogpdf(torch.autograd.Function):
         val = -0.5 * (r * a).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * r.shape[-1] * _LOG2PI
         ctx.save_for_backward(X, task, ls, L, a, d2, Bg, count)
         ctx.kind, ctx.shapes = kind, (B.shape, ls.shape, noise.shape, mean.shape)
+        ctx.offset_shape = None if offset is None else offset.shape
         return val
 
     @staticmethod
@@ -315,6 +327,11 @@ class _HadamardLogpdf(torch.autograd.Function):
         dB = Gk.new_zeros(Gk.shape[:-2] + (T, T)).index_add_(
             -2, task, Gk.new_zeros(Gk.shape[:-1] + (T,)).index_add_(-1, task, Gk))
         del Gk
+        doffset = None
+        if ctx.offset_shape is not None and ctx.needs_input_grad[10]:  # G summed over each task's own block
+            blocks = G.new_zeros(G.shape[:-2] + (T, T)).index_add_(
+                -2, task, G.new_zeros(G.shape[:-1] + (T,)).index_add_(-1, task, G))
+            doffset = blocks.diagonal(dim1=-2, dim2=-1).sum_to_size(ctx.offset_shape)
         H = G.mul_(Bg).mul_(_kernel_slope(d2, k, ctx.kind))   # d val / d d2, symmetric
         # d2_ij = sum_d (x_id - x_jd)^2 / ls_d^2, so sum_ij H_ij (x_id - x_jd)^2 = 2 (x_d^2 . H 1 - x_d . H x_d)
         spread = (H.sum(-1).unsqueeze(-1) * X * X).sum(-2) - (X * (H @ X)).sum(-2)
@@ -323,27 +340,29 @@ class _HadamardLogpdf(torch.autograd.Function):
         ga = g.unsqueeze(-1) * a
         dmean = ga.new_zeros(ga.shape[:-1] + (T,)).index_add_(-1, task, ga)
         return (None, None, None, dB.sum_to_size(B_shape), dls.sum_to_size(ls_shape),
-                dnoise.sum_to_size(noise_shape), dmean.sum_to_size(mean_shape), None, None, None)
+                dnoise.sum_to_size(noise_shape), dmean.sum_to_size(mean_shape), None, None, None, doffset)
 
 
 def hadamard_mll(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, B: torch.Tensor, ls: torch.Tensor,
                  noise: torch.Tensor, mean: torch.Tensor, kind: str = "rbf", count: torch.Tensor | None = None,
                  ss: torch.Tensor | None = None, private: tuple[torch.Tensor, ...] | None = None,
-                 ) -> torch.Tensor:
+                 offset: torch.Tensor | None = None) -> torch.Tensor:
     """Exact log marginal likelihood, Hadamard form.
 
     X (n, D), y (n,), task (n,) long; B (..., T, T), ls (..., D), noise (..., T), mean (..., T) -> (...).
     With ``count`` and ``ss`` (n,), rows are cells of repeated (input, task) (see ``group_cells``)
     and the result is the exact marginal likelihood of all the rows they hold. ``private``
     (lengthscales (..., T, D), variances (..., T)) adds each task's own kernel: an LMC with one
-    shared and T private latent processes, which nests independent GPs (B = 0).
+    shared and T private latent processes, which nests independent GPs (B = 0). ``offset``
+    (..., T): the task means are integrated out, mean_t ~ N(mean[t], offset[t]), instead of given.
     """
     if isinstance(kind, str) and private is None:
         if kind not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}; got {kind!r}")
-        mll = _HadamardLogpdf.apply(X, y, task, B, ls, noise, mean, count, kind, "ICM covariance (Hadamard path)")
+        mll = _HadamardLogpdf.apply(X, y, task, B, ls, noise, mean, count, kind, "ICM covariance (Hadamard path)",
+                                    offset)
     else:
-        S = _hadamard_cov(X, task, B, ls, noise, kind, count, private)
+        S = _hadamard_cov(X, task, B, ls, noise, kind, count, private, offset)
         mll = gaussian_logpdf(S, (y - mean[..., task]).expand(S.shape[:-1]), "ICM covariance (Hadamard path)")[0]
     if count is not None:
         nz = noise[..., task]
@@ -358,20 +377,39 @@ class HadamardCache:
     alpha: torch.Tensor    # (n,) K^{-1} (y - mean)
 
 
-def hadamard_cache(X, y, task, B, ls, noise, mean, kind, count=None, private=None) -> HadamardCache:
+def hadamard_cache(X, y, task, B, ls, noise, mean, kind, count=None, private=None, offset=None) -> HadamardCache:
     """Factors of one draw (no batch dims) for prediction."""
-    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind, count, private), "ICM covariance (Hadamard path)")
+    L = robust_cholesky(_hadamard_cov(X, task, B, ls, noise, kind, count, private, offset),
+                        "ICM covariance (Hadamard path)")
     r = (y - mean[task]).unsqueeze(-1)
     return HadamardCache(L, torch.cholesky_solve(r, L).squeeze(-1))
 
 
-def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kind, private=None):
-    """Predictive mean and variance of f at (Xs, task_s): each (m,)."""
+def integrated_means(cache: HadamardCache, task: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and sd, each (T,), of task means mean_t ~ N(mean[t], offset[t]) that the
+    factors in ``cache`` integrated out (``offset`` given to ``hadamard_cache``): cov(mean_t, y_j)
+    is offset[t] for the rows of task t, so E = mean + offset * (sum of alpha over the task's rows)
+    and Var = offset - offset^2 * 1_t^T S^-1 1_t."""
+    T = mean.shape[-1]
+    Z = torch.nn.functional.one_hot(task, T).to(cache.L.dtype)  # (n, T)
+    V = torch.linalg.solve_triangular(cache.L, Z, upper=False)
+    post = mean + offset * (Z.T @ cache.alpha)
+    var = offset - offset * offset * (V * V).sum(0)
+    return post, var.clamp_min(0).sqrt()
+
+
+def hadamard_predict(cache: HadamardCache, X, task, Xs, task_s, B, ls, mean, kind, private=None, offset=None):
+    """Predictive mean and variance of f (plus the task mean, if integrated: ``offset``) at
+    (Xs, task_s): each (m,)."""
     Ks = ard_kernel(Xs, X, ls, kind) * B[task_s.unsqueeze(-1), task.unsqueeze(-2)]  # (m, n)
     prior = B[task_s, task_s]  # k(x, x) = 1
     if private is not None:
         Ks = Ks + private_kernel(Xs, task_s, X, task, private, kind)
         prior = prior + sum(p[task_s] for p in private[1:])
+    if offset is not None:
+        Ks = Ks + _offset_cov(task_s, task, offset)
+        prior = prior + offset[task_s]
     mu = mean[task_s] + Ks @ cache.alpha
     v = torch.linalg.solve_triangular(cache.L, Ks.T, upper=False)
     var = prior - (v * v).sum(0)

@@ -7,12 +7,30 @@ from __future__ import annotations
 import copy
 import math
 
+import pyro.distributions as dist
 import torch
 
 from . import hierarchical, icm
 
 __all__ = ["shared_task_cov", "with_task_cov", "kernel_of_draw", "moments", "draws_of_y", "log_density",
-           "loo_log_density", "MAX_LOO_ROWS"]
+           "loo_log_density", "MAX_LOO_ROWS", "integrated_means_prior"]
+
+
+def integrated_means_prior(model, n_tasks: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(location, variance), each (n_tasks,), of an ICM's task means when type-II MAP integrates
+    them out: its ``mean_prior`` if that is a Normal (on ``like``'s device and dtype), else None
+    (the means are then maximised)."""
+    from ..priors.base import move_distribution
+
+    prior = model.mean_prior
+    if model.kind != "icm" or not isinstance(prior, dist.Normal):
+        return None
+    prior = move_distribution(prior, like)
+    try:
+        return (torch.broadcast_to(prior.loc, (n_tasks,)).to(like),
+                torch.broadcast_to(prior.scale, (n_tasks,)).to(like) ** 2)
+    except RuntimeError:  # a prior shaped for something else: keep maximising the means
+        return None
 
 
 def shared_task_cov(samples: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -78,7 +96,7 @@ def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.
     new = new.to(dev)
     for s in range(samples["lengthscale"].shape[0]):
         kfn = kernel_of_draw(model.kernel, samples, s, train.X)
-        B, ls, noise, mean, priv = _draw(model, samples, s, max(train.n_tasks, new.n_tasks), dev, dt)
+        B, ls, noise, mean, priv, offset = _draw(model, samples, s, max(train.n_tasks, new.n_tasks), dev, dt)
         with torch.no_grad():
             if grid is not None and model.kind == "hierarchical":
                 h = {k: samples[k][s].to(device=dev, dtype=dt) for k in hierarchical.SITE_DIMS}
@@ -88,23 +106,34 @@ def moments(model, train, new, samples: dict[str, torch.Tensor]) -> tuple[torch.
                 c = icm.kronecker_cache(grid.X, grid.Y, B, ls, noise, mean, kfn)
                 mu, var = icm.kronecker_predict(c, grid.X, new.X, new.task, B, ls, mean, kfn)
             else:
-                c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count, priv)
-                mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn, priv)
+                c = icm.hadamard_cache(cells.X, cells.y, cells.task, B, ls, noise, mean, kfn, cells.count, priv,
+                                       offset)
+                mu, var = icm.hadamard_predict(c, cells.X, cells.task, new.X, new.task, B, ls, mean, kfn, priv, offset)
         out_m.append(mu)
         out_v.append(var + noise[new.task])
     return torch.stack(out_m), torch.stack(out_v)
 
 
 def _draw(model, samples: dict[str, torch.Tensor], s: int, n_tasks: int, dev, dt):
-    """Draw s as the ICM's (B, lengthscale, noise, mean, private or None) on ``dev``/``dt``;
-    the hierarchical GP's for ``n_tasks`` tasks (new ones after the known)."""
+    """Draw s as the ICM's (B, lengthscale, noise, mean, private or None, offset or None) on
+    ``dev``/``dt``; the hierarchical GP's for ``n_tasks`` tasks (new ones after the known). Draws
+    holding ``mean_sd`` (type-II MAP on the Hadamard path) integrated the task means out: mean and
+    offset are then their prior's location and variance (``integrated_means_prior``)."""
     get = lambda k: samples[k][s].to(device=dev, dtype=dt)  # noqa: E731
     if model.kind == "hierarchical":
         B, priv, mean, noise = hierarchical.parts({k: get(k) for k in hierarchical.SITE_DIMS}, n_tasks)
-        return B, get("lengthscale"), noise, mean, priv
+        return B, get("lengthscale"), noise, mean, priv, None
     B = shared_task_cov({k: v[s:s + 1] for k, v in samples.items()})[0].to(device=dev, dtype=dt)
     priv = (get("private_lengthscale"), get("private_var")) if model.private else None
-    return B, get("lengthscale"), get("noise"), get("mean"), priv
+    mean, offset = get("mean"), None
+    if "mean_sd" in samples:
+        fixed = integrated_means_prior(model, mean.shape[-1], mean)
+        if fixed is None:
+            raise ValueError("these draws integrated the task means out under a Normal mean_prior, but the model's "
+                             f"mean_prior is {type(model.mean_prior).__name__}; predict with the model they were "
+                             "fitted with")
+        mean, offset = fixed
+    return B, get("lengthscale"), get("noise"), mean, priv, offset
 
 
 def draws_of_y(mu: torch.Tensor, var: torch.Tensor, generator: torch.Generator, draws_per_sample: int) -> torch.Tensor:
@@ -141,9 +170,10 @@ def loo_log_density(model, data, samples: dict[str, torch.Tensor], by: str = "ro
     X, y, task = data.X, data.y, data.task
     out = []
     for s in range(samples["lengthscale"].shape[0]):
-        B, ls, noise, mean, priv = _draw(model, samples, s, data.n_tasks, dev, dt)
+        B, ls, noise, mean, priv, offset = _draw(model, samples, s, data.n_tasks, dev, dt)
         with torch.no_grad():
-            K = icm._hadamard_cov(X, task, B, ls, noise, kernel_of_draw(model.kernel, samples, s, X), private=priv)
+            K = icm._hadamard_cov(X, task, B, ls, noise, kernel_of_draw(model.kernel, samples, s, X), private=priv,
+                                  offset=offset)
             P = torch.cholesky_inverse(icm.robust_cholesky(K, "ICM covariance (leave-one-out)"))
             a = P @ (y - mean[task])
             if by == "row":

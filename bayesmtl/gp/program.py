@@ -22,7 +22,8 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
     Sites (T tasks, D input features, r = rank): ``lengthscale`` (D,); full rank (r >= T):
     ``outputscale`` (T,) and ``corr_chol`` (T, T), B = diag(s) C diag(s); else ``task_W`` (T, r)
     and ``task_v`` (T,), B = W W^T + diag(v); with private kernels ``private_lengthscale`` (T, D)
-    and ``private_var`` (T,); ``noise`` (T,), ``mean`` (T,); the factor ``gp_mll`` (unless
+    and ``private_var`` (T,); ``noise_level`` (), ``noise`` (T,) ~ LogNormal(log noise_level,
+    noise_spread), ``mean`` (T,); the factor ``gp_mll`` (unless
     ``observe=False``: priors only). ``kind="hierarchical"``: the sites of
     ``bayesmtl.gp.hierarchical``, on the Hadamard path. Broadcasts over a leading batch dim (an
     outer plate at dim -2).
@@ -67,7 +68,10 @@ def icm_program(model, data, subsample_size: int | None = None, observe: bool = 
         if private:
             priv = (pyro.sample("private_lengthscale", mv(model.lengthscale_prior).expand([T, D]).to_event(2)),
                     pyro.sample("private_var", mv(model.v_prior).expand([T]).to_event(1)))
-        noise = pyro.sample("noise", mv(model.noise_prior).expand([T]).to_event(1))
+        # the tasks' noise variances spread about a shared level (see MultitaskGP's noise_spread)
+        level = pyro.sample("noise_level", mv(model.noise_prior))
+        noise = pyro.sample("noise", dist.LogNormal(level.log().unsqueeze(-1), like.new_tensor(model.spread_for()))
+                            .expand(level.shape + (T,)).to_event(1))
         mean = pyro.sample("mean", mv(model.mean_prior).expand([T]).to_event(1))
         if not observe:
             return
