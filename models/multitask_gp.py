@@ -212,6 +212,8 @@ class MultitaskGP(ModelBase):
         if noise_spread is not None and (isinstance(noise_spread, bool) or not isinstance(noise_spread, (int, float))
                                          or not np.isfinite(noise_spread) or noise_spread <= 0):
             raise ValueError(f"noise_spread must be None or a positive number; got {noise_spread!r}")
+        if noise_spread is not None and kind != "icm":
+            raise ValueError(f"noise_spread applies to kind='icm' only; kind={kind!r} gives each task its own noise")
         self.rank = rank
         self.kernel = kernel
         self.kind = kind

@@ -228,6 +228,11 @@ def test_default_noise_spread_estimates_the_planted_spread_of_task_noises(spread
     assert all(abs(v - max(spread, MIN_SPREAD)) < 0.2 for v in got), got
     post_model = MultitaskGP().bind(data_of(_noisy_tasks(60, 40, spread, 0)))
     assert post_model.noise_spread == got[0] and f"noise_spread={got[0]:.3g}" in post_model.defaults()
+    for bad, match in ((0.0, "positive number"), (float("nan"), "positive number"), (True, "positive number")):
+        with pytest.raises(ValueError, match=match):
+            MultitaskGP(noise_spread=bad)
+    with pytest.raises(ValueError, match="kind='icm' only"):
+        MultitaskGP(kind="lmc", noise_spread=0.2)
 
 
 def _icm_tasks(T, n, n_test, noise, seed):

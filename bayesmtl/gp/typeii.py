@@ -143,8 +143,9 @@ def _fit_once(model, data, grid: icm.Grid | None, cells: icm.Cells | None, optim
     loc, scale = {"mean": m}, {"task_W": sd, "mean": sd}
     start = _initial(model, data, gen)
     # Hadamard path: the task means are integrated out under their Normal prior, as f is, not
-    # maximised. On 30-60 schools the maximised means' uncertainty was missing from the
-    # predictions (small schools' held-out z^2 1.2-2.5); coverage 0.867 -> 0.876 (60 schools)
+    # maximised, whose uncertainty was missing from the predictions (with the noises fitted per
+    # school, small schools' held-out z^2 was 1.2-2.5). With the pooled noises below, school
+    # split 0 covers 0.880 (0.860 before; docs/benchmarks.md)
     fixed_means = integrated_means_prior(model, data.n_tasks, like) if grid is None and prior else None
     if fixed_means is not None:
         del start["mean"]
