@@ -67,6 +67,7 @@ import torch
 from bayesmtl.data import MultiTaskData
 from bayesmtl.gp import hierarchical, icm, program, typeii
 from bayesmtl.gp import predict as gp_predict
+from bayesmtl.likelihoods.base import MIN_TASK_DF
 from bayesmtl.priors.base import as_distribution
 from bayesmtl.protocol import ModelBase, RelationDraws, Target
 
@@ -95,8 +96,8 @@ MIN_SPREAD = 0.05
 def noise_spread(data: MultiTaskData) -> float:
     """The default ``noise_spread``: the sd of the tasks' log residual variances across tasks,
     less their sampling spread (method of moments: Var(log s2_t) = tau^2 + 2 / df_t), from each
-    task's least-squares fit on the features (its mean alone when that leaves under 5 degrees of
-    freedom). Tasks with under ``MIN_SPREAD_DF`` degrees of freedom are left out; under 3 such
+    task's least-squares fit on the features (its mean alone when that leaves under ``MIN_TASK_DF``
+    (5) degrees of freedom). Tasks with under ``MIN_SPREAD_DF`` degrees of freedom are left out; under 3 such
     tasks give ``WIDE_SPREAD``. School, 139 schools: 0.23 (30 schools: 0.23)."""
     X, y, task = data.X.double().cpu().numpy(), data.y.double().cpu().numpy(), data.task.cpu().numpy()
     logs, samp = [], []
@@ -105,7 +106,7 @@ def noise_spread(data: MultiTaskData) -> float:
         n = len(yt)
         A = np.c_[np.ones(n), X[task == t]]
         df = n - np.linalg.matrix_rank(A) if n > 0 else 0
-        if df < 5:
+        if df < MIN_TASK_DF:  # too few rows for the features: the task's mean alone
             A, df = A[:, :1], n - 1
         if df < MIN_SPREAD_DF:
             continue
