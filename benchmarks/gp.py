@@ -296,6 +296,7 @@ def school_noise(n_schools: int) -> pd.DataFrame:
 
     import bayesmtl as bm
     from bayesmtl import datasets
+    from bayesmtl.gp.predict import log_density
 
     train, test = datasets.school(split=0)
     keep = sorted(train["school"].unique())[:n_schools]
@@ -314,8 +315,9 @@ def school_noise(n_schools: int) -> pd.DataFrame:
         rows.append({"noise_spread": label if spread is not None else f"{post.model.noise_spread:.3g} (estimated)",
                      "coverage": float(((pred["q05"] <= y) & (y <= pred["q95"])).mean()),
                      "mean z^2": float((z ** 2).mean()),
-                     "log density / row": float(np.mean(-0.5 * z ** 2 - np.log(pred["sd"].to_numpy())
-                                                        - 0.5 * math.log(2 * math.pi))),
+                     "log density / row": float(log_density(torch.as_tensor(y, dtype=torch.float64),
+                                                            torch.as_tensor(pred["mean"].to_numpy())[None],
+                                                            torch.as_tensor(pred["sd"].to_numpy())[None] ** 2).mean()),
                      "fit s": sec})
     return pd.DataFrame(rows)
 
