@@ -180,17 +180,18 @@ class Heads(nn.Module):
 
 def fit_point(kind, train, test, feats, unit, a, seed, task_kinds=None):
     names = list(dict.fromkeys(train["task"]))
-    X = torch.tensor(train[feats].to_numpy(), dtype=torch.float32)
-    y = torch.tensor(train["y"].to_numpy(), dtype=torch.float32)
-    t = torch.tensor(train["task"].map(names.index).to_numpy())
-    binary = torch.tensor([task_kinds.get(n) == "bernoulli" for n in names]) if task_kinds else None
-    net = Heads(X.shape[1], len(names), kind, seed, getattr(a, "width", 128))
+    dev = torch.device(getattr(a, "device", "cpu"))
+    X = torch.tensor(train[feats].to_numpy(), dtype=torch.float32, device=dev)
+    y = torch.tensor(train["y"].to_numpy(), dtype=torch.float32, device=dev)
+    t = torch.tensor(train["task"].map(names.index).to_numpy(), device=dev)
+    binary = torch.tensor([task_kinds.get(n) == "bernoulli" for n in names], device=dev) if task_kinds else None
+    net = Heads(X.shape[1], len(names), kind, seed, getattr(a, "width", 128)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        idx = torch.randint(len(y), (min(a.batch, len(y)),), generator=gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(a, "bf16", False)):
+        idx = torch.randint(len(y), (min(a.batch, len(y)),), generator=gen, device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=getattr(a, "bf16", False)):
             f = net(X[idx], t[idx])
         f = f.float()
         err = (f - y[idx]) ** 2
@@ -205,14 +206,17 @@ def fit_point(kind, train, test, feats, unit, a, seed, task_kinds=None):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         fit = net(X, t)
         var = (torch.exp(net.log_var) if net.log_var is not None else
                torch.stack([((fit - y)[t == k] ** 2).mean() for k in range(len(names))]))
-        Xt = torch.tensor(test[feats].to_numpy(), dtype=torch.float32)
+        var, t = var.cpu(), t.cpu()
+        Xt = torch.tensor(test[feats].to_numpy(), dtype=torch.float32, device=dev)
         tt = torch.tensor(test["task"].map({n: i for i, n in enumerate(names)}).fillna(-1).astype(int).to_numpy())
-        mean = net.predict(Xt, tt).numpy()
+        mean = net.predict(Xt, tt.to(dev)).float().cpu().numpy()
     sd = np.sqrt(np.where(tt.numpy() >= 0, var.numpy()[tt.clamp_min(0).numpy()], float(var.mean())))
     lpd = -0.5 * np.log(2 * math.pi * sd ** 2) - 0.5 * (test["y"].to_numpy() - mean) ** 2 / sd ** 2
     extra = {"noise": var.sqrt().tolist(), "mean": mean}
@@ -387,9 +391,11 @@ def case_mixed(a, out: Path) -> pd.DataFrame:
     return table
 
 
-def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, threads: int = 2) -> dict:
-    """Steps per second and peak memory (this process) of one method on ``rows`` rows, 10 tasks;
-    ", bf16" in ``which``: mixed precision (autocast to bfloat16; bayesmtl ``precision="bf16"``)."""
+def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, threads: int = 2,
+              device: str = "cpu") -> dict:
+    """Steps per second and peak memory (this process; on CUDA also the GPU's peak allocation) of
+    one method on ``rows`` rows, 10 tasks; ", bf16" in ``which``: mixed precision (autocast to
+    bfloat16; bayesmtl ``precision="bf16"``)."""
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(rows, 21)).astype(np.float32)
@@ -408,18 +414,19 @@ def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, t
             warnings.simplefilter("ignore")
             post = bm.fit(model, data, method="svi",
                           steps=steps, min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0,
-                          progress=False)
+                          progress=False, device=device)
         rate = post.info["steps_per_second"]
     else:
         class A:
             pass
         a = A()
-        a.lr, a.steps, a.batch, a.bf16, a.width = 3e-3, steps, batch, bf16, width
+        a.lr, a.steps, a.batch, a.bf16, a.width, a.device = 3e-3, steps, batch, bf16, width, device
         _, seconds, _ = fit_point(which, df, df.head(100), feats, 1.0, a, 0)
         rate = steps / seconds
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": which, "width": width, "rows": rows, "steps_per_second": rate,
-            "seconds": time.perf_counter() - t0, "peak_rss_mb": peak}
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+    return {"method": which, "device": device, "width": width, "rows": rows, "steps_per_second": rate,
+            "seconds": time.perf_counter() - t0, "peak_rss_mb": peak, "peak_gpu_mb": gpu}
 
 
 def case_speed(a, out: Path) -> pd.DataFrame:
@@ -430,7 +437,7 @@ def case_speed(a, out: Path) -> pd.DataFrame:
             continue  # (hard sharing is the ratio's base)
         cmd = [sys.executable, __file__, "--case", "speed-one", "--which", which, "--steps", str(a.steps),
                "--batch", str(a.batch), "--max-train", str(a.max_train or 100_000), "--width", str(a.width),
-               "--threads", str(a.threads)]
+               "--threads", str(a.threads), "--device", a.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -458,13 +465,14 @@ def main(argv=None):
     p.add_argument("--max-train", type=int, default=None, help="SARCOS: first n wide rows; Parkinson's: about n "
                    "rows; mixed: training rows; speed: rows")
     p.add_argument("--width", type=int, default=128, help="the trunk's hidden width (speed case)")
+    p.add_argument("--device", default="cpu", help="speed case: cpu or cuda")
     p.add_argument("--which", default=None, help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="1 seed, a few hundred rows (1,500 for Parkinson's), 60 "
                    "steps, no GP")
     p.add_argument("--out", default="runs/bench_neural")
     a = p.parse_args(argv)
     if a.case == "speed-one":
-        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch, a.width, a.threads)))
+        print(json.dumps(speed_one(a.which, a.max_train, a.steps, a.batch, a.width, a.threads, a.device)))
         return None
     if a.smoke:
         a.seeds, a.steps, a.max_train, a.draws, a.gp, a.fractions = 1, 60, 300, 50, False, [0.3]

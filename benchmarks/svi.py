@@ -3,6 +3,7 @@ stock Pyro on the same hierarchical regression, in one run.
 
     .venv/bin/python benchmarks/svi.py [--problems small,large] [--steps 6000,1500] [--seed 0]
                                        [--numpyro-python python3] [--skip numpyro] [--threads 1]
+                                       [--device cpu|cuda]
 
 Problems (issue 22): small = 100 tasks x 50 rows x 5 features; large = 2,000 tasks x 200 rows
 x 20 features (400k rows). Model: w_t = mu + tau * z_t (non-centred), z_t ~ N(0, I),
@@ -117,7 +118,7 @@ def _keep_losses() -> None:
     svi._optimise = optimise
 
 
-def bayesmtl_rows(df: pd.DataFrame, features: int, steps: int, seed: int) -> list[dict]:
+def bayesmtl_rows(df: pd.DataFrame, features: int, steps: int, seed: int, device: str = "cpu") -> list[dict]:
     cols = [f"x{j}" for j in range(features)]
     prior = bm.priors.Hierarchical(mean=dist.Normal(0.0, 10.0), scale=dist.HalfNormal(1.0))
     lik = bm.likelihoods.Gaussian(noise="per_task", noise_prior=dist.HalfNormal(1.0))
@@ -138,7 +139,7 @@ def bayesmtl_rows(df: pd.DataFrame, features: int, steps: int, seed: int) -> lis
         n = steps
         t0 = time.perf_counter()
         post = bm.fit(model, data, method="svi", seed=seed, draws=100, progress=False, steps=n, min_steps=n,
-                      anneal=0, psis=False, **kw)
+                      anneal=0, psis=False, device=device, **kw)
         wall = time.perf_counter() - t0
         losses = np.asarray(LOSSES.pop(), dtype=float)
         i = post.info
@@ -150,23 +151,24 @@ def bayesmtl_rows(df: pd.DataFrame, features: int, steps: int, seed: int) -> lis
 
 
 # ---------------------------------------------------------------------- stock Pyro
-def pyro_row(df: pd.DataFrame, features: int, steps: int, seed: int) -> dict:
+def pyro_row(df: pd.DataFrame, features: int, steps: int, seed: int, device: str = "cpu") -> dict:
     from pyro.infer import SVI, JitTrace_ELBO
     from pyro.infer.autoguide import AutoNormal
 
-    task = torch.as_tensor(df["task"].to_numpy())
-    X = torch.as_tensor(np.column_stack([np.ones(len(df)), df[[f"x{j}" for j in range(features)]].to_numpy()]))
-    y = torch.as_tensor(df["y"].to_numpy())
+    task = torch.as_tensor(df["task"].to_numpy(), device=device)
+    X = torch.as_tensor(np.column_stack([np.ones(len(df)), df[[f"x{j}" for j in range(features)]].to_numpy()]),
+                        device=device)
+    y = torch.as_tensor(df["y"].to_numpy(), device=device)
     T, D = int(task.max()) + 1, X.shape[1]
 
     def model():
-        mu = pyro.sample("mu", dist.Normal(torch.zeros(D, dtype=X.dtype), 10.0).to_event(1))
-        tau = pyro.sample("tau", dist.HalfNormal(torch.ones(D, dtype=X.dtype)).to_event(1))
-        with pyro.plate("task", T):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D, dtype=X.dtype), 1.0).to_event(1))
-            sigma = pyro.sample("sigma", dist.HalfNormal(torch.ones((), dtype=X.dtype)))
+        mu = pyro.sample("mu", dist.Normal(X.new_zeros(D), 10.0).to_event(1))
+        tau = pyro.sample("tau", dist.HalfNormal(X.new_ones(D)).to_event(1))
+        with pyro.plate("task", T, device=X.device):
+            z = pyro.sample("z", dist.Normal(X.new_zeros(D), 1.0).to_event(1))
+            sigma = pyro.sample("sigma", dist.HalfNormal(torch.ones((), dtype=X.dtype, device=X.device)))
         w = mu + tau * z
-        with pyro.plate("data", len(y)):
+        with pyro.plate("data", len(y), device=X.device):
             pyro.sample("y", dist.Normal((X * w[task]).sum(-1), sigma[task]), obs=y)
 
     pyro.clear_param_store()
@@ -174,7 +176,7 @@ def pyro_row(df: pd.DataFrame, features: int, steps: int, seed: int) -> dict:
     svi = SVI(model, AutoNormal(model), pyro.optim.ClippedAdam({"lr": 0.01}), JitTrace_ELBO(ignore_jit_warnings=True))
     n = steps
     t0 = time.perf_counter()
-    losses = [svi.step()]
+    losses = [svi.step()]  # (step returns a float: it waits for the device)
     first = time.perf_counter() - t0  # the JIT traces on the first step
     t1 = time.perf_counter()
     losses += [svi.step() for _ in range(n - 1)]
@@ -214,13 +216,15 @@ NUMPYRO_SCRIPT = textwrap.dedent("""
 """)
 
 
-def numpyro_rows(df: pd.DataFrame, features: int, steps: int, seed: int, python: str, threads: int) -> list[dict]:
+def numpyro_rows(df: pd.DataFrame, features: int, steps: int, seed: int, python: str, threads: int,
+                 device: str = "cpu") -> list[dict]:
     csv = f"/tmp/svi_bench_{len(df)}.csv"
     df.to_csv(csv, index=False)
     out = []
     for x64 in (False, True):
         spec = {"csv": csv, "features": [f"x{j}" for j in range(features)], "steps": steps, "seed": seed}
-        env = dict(os.environ, JAX_ENABLE_X64="1" if x64 else "0", JAX_PLATFORMS="cpu",
+        env = dict(os.environ, JAX_ENABLE_X64="1" if x64 else "0",
+                   JAX_PLATFORMS="cuda" if device.startswith("cuda") else "cpu",
                    XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
                              f"intra_op_parallelism_threads={threads}")
         res = subprocess.run([python, "-c", NUMPYRO_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
@@ -271,23 +275,26 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch (and XLA) threads")
     ap.add_argument("--numpyro-python", default="")
     ap.add_argument("--skip", default="", help="comma list of: numpyro, pyro, bayesmtl")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: every row's (NumPyro's through JAX_PLATFORMS)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     skip = set(filter(None, a.skip.split(",")))
     _keep_losses()
     names = a.problems.split(",")
     steps = [int(s) for s in a.steps.split(",")]
-    print(f"torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} cores; seed {a.seed}")
+    gpu = f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""
+    print(f"torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} cores; seed {a.seed}; device "
+          f"{a.device}{gpu}")
     for name, n in zip(names, steps + steps[-1:] * len(names), strict=False):
         T, R, F = PROBLEMS[name]
         df = planted(T, R, F, a.seed)
         rows = []
         if "numpyro" not in skip:
-            rows += numpyro_rows(df, F, n, a.seed, numpyro_python(a.numpyro_python), a.threads)
+            rows += numpyro_rows(df, F, n, a.seed, numpyro_python(a.numpyro_python), a.threads, a.device)
         if "pyro" not in skip:
-            rows.append(pyro_row(df, F, n, a.seed))
+            rows.append(pyro_row(df, F, n, a.seed, a.device))
         if "bayesmtl" not in skip:
-            rows += bayesmtl_rows(df, F, n, a.seed)
+            rows += bayesmtl_rows(df, F, n, a.seed, a.device)
         show(f"{name}: {T} tasks x {R} rows x {F} features, {n} steps a row", rows)
     return 0
 

@@ -163,6 +163,7 @@ def test_auto_compiles_long_runs_only():
     assert "compile" not in post.info and post.info["jit"] is True
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_compiled_svi_on_cuda():
     train, _, _ = planted("student-t", n_tasks=6, rows=8, seed=1)

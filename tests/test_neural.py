@@ -313,6 +313,7 @@ def test_wide_frames_become_long_tasks():
         bm.MultiTaskData.from_wide(wide, targets=["a", "b"], features=["x", "a"])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("trunk_prior,precision", [(None, None), (1.0, None), (None, "bf16")])
 def test_cuda_fit_matches_the_cpu_path(trunk_prior, precision):

@@ -156,6 +156,7 @@ def test_the_lazy_optimiser_leaves_entries_without_a_gradient_alone():
     assert torch.equal(ob.state[b]["step"][3:], torch.full((3,), 30.0, dtype=torch.float64))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_task_minibatches_on_cuda():
     """The same short fit with the data on the GPU: every index and the lazy optimiser's state
