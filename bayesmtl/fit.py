@@ -16,7 +16,7 @@ from .data import MultiTaskData
 from .diagnostics import DiagnosticWarning, diagnose
 from .infer import Settings, get_backend, with_model_defaults
 from .posterior import Posterior
-from .protocol import Target, data_context
+from .protocol import Target, default_dtype
 from .pyro_util import squeeze_to
 from .streamed import StreamedData
 from .validate import check_count, check_seed
@@ -128,9 +128,10 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                         progress=progress, options=dict(options), checkpoint=ckpt,
                         checkpoint_every=float(checkpoint_every), resume=resume is not None,
                         fingerprint=data.digest() if ckpt else "")
-    # checking a model runs its program once: that draws too. The data's dtype (and device) are the
-    # default throughout, so a traced program replays a user's torch.zeros(...) as it was traced.
-    with seeded(seed, dev), data_context(data.dtype, dev):
+    # checking a model runs its program once: that draws too. The data's dtype is the default
+    # throughout, so a traced program replays a user's torch.zeros(...) as it was traced; the device
+    # is the default only inside the model's program (data_context there).
+    with seeded(seed, dev), default_dtype(data.dtype):
         model.check(data)
         for message in data.warnings():
             warnings.warn(message, UserWarning, stacklevel=2)

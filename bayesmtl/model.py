@@ -235,9 +235,10 @@ class MultiTaskModel(ModelBase):
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # a constant column keeps its units
         slope = s / sd
         names = data.feature_names
-        vary = torch.tensor([j for j, f in enumerate(names) if f not in self.shared], dtype=torch.long)
-        shared = torch.tensor([names.index(f) for f in self.shared], dtype=torch.long)
-        loc, scale = torch.zeros(len(vary), dtype=mean.dtype), slope[vary]
+        on = dict(dtype=torch.long, device=slope.device)  # (the prior's program may run in a CUDA context)
+        vary = torch.tensor([j for j, f in enumerate(names) if f not in self.shared], **on)
+        shared = torch.tensor([names.index(f) for f in self.shared], **on)
+        loc, scale = slope.new_zeros(len(vary)), slope[vary]
         if self.intercept:
             wide = s * torch.sqrt(1 + ((mean / sd) ** 2).sum())
             loc, scale = torch.cat([loc.new_tensor([m]), loc]), torch.cat([wide.reshape(1), scale])

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .data import MultiTaskData
     from .infer.base import Draws, Settings
 
-__all__ = ["Tasks", "Target", "RelationDraws", "Model", "ModelBase", "data_context", "fusing", "is_fusing",
-           "plate_nesting", "derive_dims"]
+__all__ = ["Tasks", "Target", "RelationDraws", "Model", "ModelBase", "data_context", "default_dtype", "fusing",
+           "is_fusing", "plate_nesting", "derive_dims"]
 
 
 class TaskFeatures(dict):
@@ -311,16 +311,24 @@ class ModelBase:
 @contextlib.contextmanager
 def data_context(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
     """Tensors made from Python numbers (``dist.Normal(0.0, 5.0)``) land on the data's dtype and
-    device: torch's default dtype, and default device where it is not the CPU."""
-    old = torch.get_default_dtype()
-    if dtype.is_floating_point and dtype != old:
-        torch.set_default_dtype(dtype)
-    try:
+    device: torch's default dtype, and default device where it is not the CPU. Only around a
+    model's own program: engine code inside it would put its host-side tensors on the GPU."""
+    with default_dtype(dtype):
         if torch.device(device).type != "cpu":
             with torch.device(device):
                 yield
         else:
             yield
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` (a floating dtype; others leave it) for the block."""
+    old = torch.get_default_dtype()
+    if dtype.is_floating_point and dtype != old:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
     finally:
         torch.set_default_dtype(old)
 

@@ -96,7 +96,7 @@ def _initial(model, data, gen: torch.Generator) -> dict[str, torch.Tensor]:
     var = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, (y - m[task]) ** 2) / cnt
     var = var.clamp_min(1e-6)
     sd = var.sqrt()
-    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev)  # noqa: E731
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt, device=gen.device).to(dev)  # noqa: E731
     # signal split: 1/2 in W W^T, 1/4 in v, 1/4 noise; small random spread breaks symmetry
     W = sd.unsqueeze(-1) * rnd(T, r) * math.sqrt(0.5 / r)
     log_ls = torch.ones(D, dtype=dt, device=dev) * math.log(math.sqrt(max(D, 1)))

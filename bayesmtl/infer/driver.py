@@ -22,7 +22,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..protocol import data_context, fusing
+from ..protocol import default_dtype, fusing
 from .base import Draws, Settings, torch_threads
 from .hmc_util import HMCState, pick
 from .potential import BatchedPotential
@@ -51,7 +51,7 @@ def run_batched(backend, target, settings: Settings, opts, runner, report=None) 
         target = target.to(_DTYPES[opts.dtype])
     dtype = _DTYPES.get(opts.dtype, torch.get_default_dtype())  # a prior's Python numbers take the data's dtype
     with torch_threads(opts.threads if torch.device(settings.device).type == "cpu" else None), \
-            warnings.catch_warnings(), data_context(dtype, settings.device):
+            warnings.catch_warnings(), default_dtype(dtype):
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         direct = (target.log_density, target.log_density_grad)
         return _sample(target.pyro_model(), target.max_plate_nesting, direct, settings, opts, runner, report)

@@ -613,7 +613,7 @@ def _site_dims(site: dict, nesting: int) -> int:
 
 def _per_draw(trace, k: int, nesting: int) -> torch.Tensor:
     """Sum of a trace's log densities per draw of the outer plate, shape (k,)."""
-    total = torch.zeros(k, dtype=torch.float64)
+    total = torch.zeros(k, dtype=torch.float64, device="cpu")
     for name in [n for n, site in trace.nodes.items() if site["type"] == "sample" and is_deterministic(site)]:
         trace.remove_node(name)
     trace.compute_log_prob()  # scaled and masked as the ELBO sees them
