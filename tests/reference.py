@@ -84,10 +84,14 @@ def compare(ours: dict[str, np.ndarray], reference: pd.DataFrame) -> pd.DataFram
     if missing:
         raise KeyError(f"no draws for reference parameter(s) {missing[:5]}")
     ds = az.convert_to_dataset({_safe(k): v for k, v in ours.items()})
-    mcse_mean = az.mcse(ds, method="mean")
-    mcse_sd = az.mcse(ds, method="sd")
-    rhat = az.rhat(ds)
-    ess = az.ess(ds, method="bulk")
+    numba, az.utils.Numba.numba_flag = az.utils.Numba.numba_flag, False
+    try:  # with numba installed, arviz 0.23's mcse(method="sd") calls float() on a 1-element array,
+        mcse_mean = az.mcse(ds, method="mean")  # which NumPy 2.5 refuses (seen on the H200 image)
+        mcse_sd = az.mcse(ds, method="sd")
+        rhat = az.rhat(ds)
+        ess = az.ess(ds, method="bulk")
+    finally:
+        az.utils.Numba.numba_flag = numba
     rows = []
     for k in reference.index:
         v, s = ours[k], _safe(k)
