@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .devices import on_host
 from .posterior import MAX_POINTWISE, Posterior
 
 __all__ = ["compare", "collect", "exact_loo", "pointwise_log_likelihood", "refit_task_terms", "REFIT_TASKS"]
@@ -195,8 +196,6 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
 def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
             refit: str = "auto", trust_pickle: bool = False, trust_code: bool = False,
             progress: bool = False) -> pd.DataFrame:
@@ -226,46 +225,47 @@ def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | st
     False) are scored by their exact leave-one-out density instead (``exact_loo``), also from
     a point estimate (type-II ML), which the notes say.
     """
-    from . import convert
+    with on_host():
+        from . import convert
 
-    if refit not in ("auto", "all", "none"):
-        raise ValueError(f"refit must be 'auto', 'all' or 'none'; got {refit!r}")
-    if refit == "all" and by != "task":
-        raise ValueError("refit='all' refits one task at a time: use it with by='task'")
-    posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
-    _check_runs(posts)
-    notes: list[str] = []
-    loo, refitted = {}, {}
-    for name, p in posts.items():
-        if not p.model.rows_independent:
-            loo[name] = exact_loo(p, by)
-            continue
-        loo[name] = convert.loo(pointwise_log_likelihood(p, by))
-        if by == "task":
-            loo[name], refitted[name] = _refitted(p, loo[name], refit, name, notes, _say if progress else None)
-    table = convert.compare(loo)
-    rows = []
-    for name, p in posts.items():
-        if not p.model.rows_independent:
-            hyper = ("its hyperparameters are a point estimate (type-II ML)" if p.info.get("draws_kind") == "point"
-                     else "averaged over draws of its hyperparameters")
-            notes.append(f"{name}: exact {type(p.model).__name__} leave-one-out, hyperparameters not refitted; "
-                         f"{hyper}")
-    for name in table.index:
-        k, good = np.asarray(loo[name].pareto_k), float(loo[name].good_k)  # min(1 - 1/log10(S), 0.7)
-        high = int((k > good).sum())
-        p = posts[name]
-        rows.append({"n_high_k": high, "max_k": float(k.max()), "draws": p.info.get("draws_kind", "?"),
-                     "model": type(p.model).__name__})
-        if high:
-            what = "rows" if by == "row" else "tasks"
-            worst = np.argsort(-k)[:3]
-            labels = (list(np.asarray(p.task_names)[worst]) if by == "task" else [int(i) for i in worst])
-            notes.append(f"{name}: {high} {what} with Pareto k > {good:.2f} (worst: {labels}); their elpd terms "
-                         "are unreliable" + ("; refit='all' refits each task exactly" if by == "task" else
-                                             "; consider K-fold cross-validation"))
-    extra = pd.DataFrame(rows, index=table.index)
-    out = table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]].join(extra)
-    out.attrs.update(by=by, n=int(np.asarray(next(iter(loo.values())).pareto_k).size), notes=notes,
-                     refitted={name: tasks for name, tasks in refitted.items() if tasks})
-    return out
+        if refit not in ("auto", "all", "none"):
+            raise ValueError(f"refit must be 'auto', 'all' or 'none'; got {refit!r}")
+        if refit == "all" and by != "task":
+            raise ValueError("refit='all' refits one task at a time: use it with by='task'")
+        posts = collect(runs, trust_pickle=trust_pickle, trust_code=trust_code)
+        _check_runs(posts)
+        notes: list[str] = []
+        loo, refitted = {}, {}
+        for name, p in posts.items():
+            if not p.model.rows_independent:
+                loo[name] = exact_loo(p, by)
+                continue
+            loo[name] = convert.loo(pointwise_log_likelihood(p, by))
+            if by == "task":
+                loo[name], refitted[name] = _refitted(p, loo[name], refit, name, notes, _say if progress else None)
+        table = convert.compare(loo)
+        rows = []
+        for name, p in posts.items():
+            if not p.model.rows_independent:
+                hyper = ("its hyperparameters are a point estimate (type-II ML)" if p.info.get("draws_kind") == "point"
+                         else "averaged over draws of its hyperparameters")
+                notes.append(f"{name}: exact {type(p.model).__name__} leave-one-out, hyperparameters not refitted; "
+                             f"{hyper}")
+        for name in table.index:
+            k, good = np.asarray(loo[name].pareto_k), float(loo[name].good_k)  # min(1 - 1/log10(S), 0.7)
+            high = int((k > good).sum())
+            p = posts[name]
+            rows.append({"n_high_k": high, "max_k": float(k.max()), "draws": p.info.get("draws_kind", "?"),
+                         "model": type(p.model).__name__})
+            if high:
+                what = "rows" if by == "row" else "tasks"
+                worst = np.argsort(-k)[:3]
+                labels = (list(np.asarray(p.task_names)[worst]) if by == "task" else [int(i) for i in worst])
+                notes.append(f"{name}: {high} {what} with Pareto k > {good:.2f} (worst: {labels}); their elpd terms "
+                             "are unreliable" + ("; refit='all' refits each task exactly" if by == "task" else
+                                                 "; consider K-fold cross-validation"))
+        extra = pd.DataFrame(rows, index=table.index)
+        out = table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]].join(extra)
+        out.attrs.update(by=by, n=int(np.asarray(next(iter(loo.values())).pareto_k).size), notes=notes,
+                         refitted={name: tasks for name, tasks in refitted.items() if tasks})
+        return out

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .devices import on_host
+
 __all__ = ["MultiTaskData", "wide_to_long"]
 
 
@@ -224,27 +226,28 @@ class MultiTaskData:
         With ``standardize=True`` each feature is centred and scaled to unit sd; the
         transform is recorded and replayed on new rows.
         """
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-        if task not in df.columns:
-            raise ValueError(f"task column {task!r} not found; columns are {list(df.columns)}")
-        if len(df) == 0:
-            raise ValueError("the data frame has no rows")
-        task_features = [task_features] if isinstance(task_features, str) else list(task_features)
-        features = _roles(list(df.columns), task, target, features, noise, trials, task_features)
-        if df.columns.duplicated().any():
-            dup = df.columns[df.columns.duplicated()][0]
-            raise ValueError(f"column {dup!r} appears more than once; give every column its own name")
-        labels_str, X, y, nz, tr = _arrays(df, task, target, features, noise, trials)
-        names = list(dict.fromkeys(labels_str))  # order of first appearance
-        index = {n: i for i, n in enumerate(names)}
-        task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
-        out = cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
-                         noise, trials, standardize, dtype)
-        if not task_features:
-            return out
-        values, levels = _task_level(df, task_features, labels_str, names, {}, dtype)
-        return replace(out, task_features=values, task_levels=levels)
+        with on_host():
+            if not isinstance(df, pd.DataFrame):
+                raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+            if task not in df.columns:
+                raise ValueError(f"task column {task!r} not found; columns are {list(df.columns)}")
+            if len(df) == 0:
+                raise ValueError("the data frame has no rows")
+            task_features = [task_features] if isinstance(task_features, str) else list(task_features)
+            features = _roles(list(df.columns), task, target, features, noise, trials, task_features)
+            if df.columns.duplicated().any():
+                dup = df.columns[df.columns.duplicated()][0]
+                raise ValueError(f"column {dup!r} appears more than once; give every column its own name")
+            labels_str, X, y, nz, tr = _arrays(df, task, target, features, noise, trials)
+            names = list(dict.fromkeys(labels_str))  # order of first appearance
+            index = {n: i for i, n in enumerate(names)}
+            task_idx = np.array([index[s] for s in labels_str], dtype=np.int64)
+            out = cls._build(X, y, task_idx, names, list(map(str, features)), target, task, nz, tr,
+                             noise, trials, standardize, dtype)
+            if not task_features:
+                return out
+            values, levels = _task_level(df, task_features, labels_str, names, {}, dtype)
+            return replace(out, task_features=values, task_levels=levels)
 
     @classmethod
     def from_wide(cls, df: pd.DataFrame, targets: Sequence[str], features: Sequence[str] | None = None, *,
@@ -253,9 +256,11 @@ class MultiTaskData:
         seven torques). Each non-missing entry of a target column becomes a row of that task
         (``wide_to_long``); ``features`` default to every column that is not a target.
         """
-        long = wide_to_long(df, targets, features)
-        features = [c for c in long.columns if c not in ("task", "y")]
-        return cls.from_frame(long, task="task", target="y", features=features, standardize=standardize, dtype=dtype)
+        with on_host():
+            long = wide_to_long(df, targets, features)
+            features = [c for c in long.columns if c not in ("task", "y")]
+            return cls.from_frame(long, task="task", target="y", features=features, standardize=standardize,
+                                  dtype=dtype)
 
     @classmethod
     def from_arrays(
@@ -273,69 +278,71 @@ class MultiTaskData:
     ) -> MultiTaskData:
         """Build from arrays: X (N, D), y (N,), task (N,) of integer indices or labels. The same
         checks as ``from_frame``: finite real numbers, positive noise, whole-number trials."""
-        X = _real_array(X, "X")
-        y = _real_array(y, "y")
-        task = np.asarray(task.cpu() if torch.is_tensor(task) else task)
-        if X.ndim == 1:
-            X = X[:, None]
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape (N, D); got shape {X.shape}")
-        if y.ndim != 1 or len(y) != len(X) or task.shape != (len(X),):
-            raise ValueError(
-                f"shape mismatch: X has {len(X)} rows, y has shape {y.shape}, task has shape {task.shape}; "
-                "expected y and task of shape (N,)"
-            )
-        if len(X) == 0:
-            raise ValueError("X has no rows: there is no data to fit")
-        if task_names is not None:
-            task_names = list(map(str, task_names))
-            dup = [n for i, n in enumerate(task_names) if n in task_names[:i]]
-            if dup:
-                raise ValueError(f"task_names holds {dup[0]!r} twice; give every task its own name")
-        if not np.issubdtype(task.dtype, np.integer):
-            missing = pd.isna(pd.Series(task, dtype=object)).to_numpy()
-            if missing.any():
-                raise ValueError(f"task label at row {int(np.flatnonzero(missing)[0])} is missing "
-                                 f"({int(missing.sum())} missing in all); give every row a task")
-            if task.dtype.kind == "f" and np.all(np.mod(task, 1) == 0):
-                task = task.astype(np.int64)  # whole-number indices read as floats
-        if np.issubdtype(task.dtype, np.integer):
-            if task_names is None:
-                task_names = [f"task_{i}" for i in range(int(task.max()) + 1)]
-            task_names = list(map(str, task_names))
-            if task.min() < 0 or task.max() >= len(task_names):
-                raise ValueError(f"task indices must lie in 0..{len(task_names) - 1}")
-            idx = task.astype(np.int64)
-        else:
-            labels = task.astype(str)
-            order = list(dict.fromkeys(labels))
-            task_names = order if task_names is None else list(map(str, task_names))
-            pos = {n: i for i, n in enumerate(task_names)}
-            missing = [s for s in order if s not in pos]
-            if missing:
-                raise ValueError(f"task label {missing[0]!r} is not in task_names")
-            idx = np.array([pos[s] for s in labels], dtype=np.int64)
-        feature_names = [f"x{j}" for j in range(X.shape[1])] if feature_names is None else list(map(str, feature_names))
-        if len(feature_names) != X.shape[1]:
-            raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} feature columns")
-        labels_str = np.asarray(task_names, dtype=object)[idx]
-        for j, c in enumerate(feature_names):
-            _check_finite(X[:, j], c, labels_str)
-        _check_finite(y, "y", labels_str)
-        nz = None if noise is None else _real_array(noise, "noise")
-        tr = None if trials is None else _real_array(trials, "trials")
-        for arr, name in ((nz, "noise"), (tr, "trials")):
-            if arr is not None and arr.shape != (len(X),):
-                raise ValueError(f"{name} must have shape ({len(X)},); got {arr.shape}")
-            if arr is not None:
-                _check_finite(arr, name, labels_str)
-        if nz is not None and (nz <= 0).any():
-            raise ValueError("noise must be positive (a standard deviation per row)")
-        if tr is not None and ((tr < 0).any() or (tr != np.round(tr)).any()):
-            raise ValueError("trials must hold non-negative integers")
-        return cls._build(X, y, idx, task_names, feature_names, "y", "task", nz, tr,
-                          None if nz is None else "noise", None if tr is None else "trials",
-                          standardize, dtype)
+        with on_host():
+            X = _real_array(X, "X")
+            y = _real_array(y, "y")
+            task = np.asarray(task.cpu() if torch.is_tensor(task) else task)
+            if X.ndim == 1:
+                X = X[:, None]
+            if X.ndim != 2:
+                raise ValueError(f"X must have shape (N, D); got shape {X.shape}")
+            if y.ndim != 1 or len(y) != len(X) or task.shape != (len(X),):
+                raise ValueError(
+                    f"shape mismatch: X has {len(X)} rows, y has shape {y.shape}, task has shape {task.shape}; "
+                    "expected y and task of shape (N,)"
+                )
+            if len(X) == 0:
+                raise ValueError("X has no rows: there is no data to fit")
+            if task_names is not None:
+                task_names = list(map(str, task_names))
+                dup = [n for i, n in enumerate(task_names) if n in task_names[:i]]
+                if dup:
+                    raise ValueError(f"task_names holds {dup[0]!r} twice; give every task its own name")
+            if not np.issubdtype(task.dtype, np.integer):
+                missing = pd.isna(pd.Series(task, dtype=object)).to_numpy()
+                if missing.any():
+                    raise ValueError(f"task label at row {int(np.flatnonzero(missing)[0])} is missing "
+                                     f"({int(missing.sum())} missing in all); give every row a task")
+                if task.dtype.kind == "f" and np.all(np.mod(task, 1) == 0):
+                    task = task.astype(np.int64)  # whole-number indices read as floats
+            if np.issubdtype(task.dtype, np.integer):
+                if task_names is None:
+                    task_names = [f"task_{i}" for i in range(int(task.max()) + 1)]
+                task_names = list(map(str, task_names))
+                if task.min() < 0 or task.max() >= len(task_names):
+                    raise ValueError(f"task indices must lie in 0..{len(task_names) - 1}")
+                idx = task.astype(np.int64)
+            else:
+                labels = task.astype(str)
+                order = list(dict.fromkeys(labels))
+                task_names = order if task_names is None else list(map(str, task_names))
+                pos = {n: i for i, n in enumerate(task_names)}
+                missing = [s for s in order if s not in pos]
+                if missing:
+                    raise ValueError(f"task label {missing[0]!r} is not in task_names")
+                idx = np.array([pos[s] for s in labels], dtype=np.int64)
+            feature_names = ([f"x{j}" for j in range(X.shape[1])] if feature_names is None
+                             else list(map(str, feature_names)))
+            if len(feature_names) != X.shape[1]:
+                raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} feature columns")
+            labels_str = np.asarray(task_names, dtype=object)[idx]
+            for j, c in enumerate(feature_names):
+                _check_finite(X[:, j], c, labels_str)
+            _check_finite(y, "y", labels_str)
+            nz = None if noise is None else _real_array(noise, "noise")
+            tr = None if trials is None else _real_array(trials, "trials")
+            for arr, name in ((nz, "noise"), (tr, "trials")):
+                if arr is not None and arr.shape != (len(X),):
+                    raise ValueError(f"{name} must have shape ({len(X)},); got {arr.shape}")
+                if arr is not None:
+                    _check_finite(arr, name, labels_str)
+            if nz is not None and (nz <= 0).any():
+                raise ValueError("noise must be positive (a standard deviation per row)")
+            if tr is not None and ((tr < 0).any() or (tr != np.round(tr)).any()):
+                raise ValueError("trials must hold non-negative integers")
+            return cls._build(X, y, idx, task_names, feature_names, "y", "task", nz, tr,
+                              None if nz is None else "noise", None if tr is None else "trials",
+                              standardize, dtype)
 
     @classmethod
     def from_csv(cls, path: str | Path, task: str, target: str, **kwargs) -> MultiTaskData:

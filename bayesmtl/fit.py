@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .data import MultiTaskData
+from .devices import on_host
 from .diagnostics import DiagnosticWarning, diagnose
 from .infer import Settings, get_backend, with_model_defaults
 from .posterior import Posterior
@@ -37,8 +38,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
-
-
 def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
         progress: bool = True, collapse: bool | None = None, checkpoint: str | Path | None = None,
@@ -82,76 +81,77 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
     The model offers its targets (``Model.targets``: registered fast paths, then its plain
     program); the back end runs the first one it uses by default, recorded as ``info["path"]``.
     """
-    chains = check_count("chains", chains, 1)
-    warmup = check_count("warmup", warmup, 0)
-    draws = check_count("draws", draws, 1)
-    seed = check_seed(seed)
-    if not isinstance(data, (MultiTaskData, StreamedData)):
-        raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
-                        f"target=...)) or StreamedData (a file read in chunks); got {type(data).__name__}")
-    from .protocol import Model
+    with on_host():
+        chains = check_count("chains", chains, 1)
+        warmup = check_count("warmup", warmup, 0)
+        draws = check_count("draws", draws, 1)
+        seed = check_seed(seed)
+        if not isinstance(data, (MultiTaskData, StreamedData)):
+            raise TypeError(f"data must be a bayesmtl.MultiTaskData (e.g. MultiTaskData.from_frame(df, task=..., "
+                            f"target=...)) or StreamedData (a file read in chunks); got {type(data).__name__}")
+        from .protocol import Model
 
-    if isinstance(model, type):
-        raise TypeError(f"model must be a model instance, e.g. {model.__name__}(); got the class itself")
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a bayesmtl model (e.g. bayesmtl.models.Hierarchical()); "
-                        f"got {type(model).__name__}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be bool; got {progress!r}")
-    if collapse is not None and not isinstance(collapse, bool):
-        raise TypeError(f"collapse must be bool or None; got {collapse!r}")
-    method, why = model.method_for(data) if method is None else (method, "")
-    backend, options, model_options = with_model_defaults(get_backend(method), options, model.sampler_defaults())
-    dev = resolve_device(device)
-    ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
-    if resume is not None and not any(Path(ckpt).rglob(f"{backend.name}.npz")):
-        found = sorted({f.stem for f in Path(ckpt).rglob("*.npz")})
-        raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
-                         f"{backend.name!r}: resume with the method (and settings) that wrote it")
-    holdout, full, given = None, data, model  # (the refit binds the model as given, its trunk untrained)
-    by_tasks = _option(backend, options, "validate_by") == "tasks"
-    if (fraction := _option(backend, options, "validation")) is None:
-        by_tasks = False
-    elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
-        _check_task_holdout(model, data, ckpt)
-        data, holdout = data.split_tasks(fraction, seed=seed)
-    else:
-        train, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
-        if holdout.n_rows > 0:
-            data = train
-        elif "validation" in model_options:  # the model's default, on data too small to spare rows: no early stop
-            options, model_options, holdout = dict(options), dict(model_options), None
-            del options["validation"], model_options["validation"]
+        if isinstance(model, type):
+            raise TypeError(f"model must be a model instance, e.g. {model.__name__}(); got the class itself")
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a bayesmtl model (e.g. bayesmtl.models.Hierarchical()); "
+                            f"got {type(model).__name__}")
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be bool; got {progress!r}")
+        if collapse is not None and not isinstance(collapse, bool):
+            raise TypeError(f"collapse must be bool or None; got {collapse!r}")
+        method, why = model.method_for(data) if method is None else (method, "")
+        backend, options, model_options = with_model_defaults(get_backend(method), options, model.sampler_defaults())
+        dev = resolve_device(device)
+        ckpt = _checkpoint_folder(checkpoint, resume, checkpoint_every)
+        if resume is not None and not any(Path(ckpt).rglob(f"{backend.name}.npz")):
+            found = sorted({f.stem for f in Path(ckpt).rglob("*.npz")})
+            raise ValueError(f"resume={str(resume)!r} holds a checkpoint of {', '.join(found)}, not of method "
+                             f"{backend.name!r}: resume with the method (and settings) that wrote it")
+        holdout, full, given = None, data, model  # (the refit binds the model as given, its trunk untrained)
+        by_tasks = _option(backend, options, "validate_by") == "tasks"
+        if (fraction := _option(backend, options, "validation")) is None:
+            by_tasks = False
+        elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
+            _check_task_holdout(model, data, ckpt)
+            data, holdout = data.split_tasks(fraction, seed=seed)
         else:
-            raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
-    settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
-                        progress=progress, options=dict(options), checkpoint=ckpt,
-                        checkpoint_every=float(checkpoint_every), resume=resume is not None,
-                        fingerprint=data.digest() if ckpt else "")
-    # checking a model runs its program once: that draws too. The data's dtype is the default
-    # throughout, so a traced program replays a user's torch.zeros(...) as it was traced; the device
-    # is the default only inside the model's program (data_context there).
-    with seeded(seed, dev), default_dtype(data.dtype):
-        model.check(data)
-        for message in data.warnings():
-            warnings.warn(message, UserWarning, stacklevel=2)
-        model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
-        on_device = data.to(dev)
-        target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
-        if target.trains and backend.kind == "mcmc":
-            raise ValueError(f"{type(model).__name__} trains {', '.join(target.trains)} by optimisation, which "
-                             f"method {method!r} (a sampler) cannot: fit with method='svi' or 'map', then sample "
-                             f"the heads of the trained network with post.model.frozen()")
-        if holdout is not None:
-            target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
-        if by_tasks:  # this fit only finds the number of steps: no Posterior, checks or warnings of its own
-            found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows}
-            return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
-        post = _run(model, data, on_device, target, backend, settings, method, model_options,
-                    {"method_chosen": why} if why else None)
-        if holdout is not None:
-            post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
-        return post
+            train, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
+            if holdout.n_rows > 0:
+                data = train
+            elif "validation" in model_options:  # the model's default, on data too small to spare rows: no early stop
+                options, model_options, holdout = dict(options), dict(model_options), None
+                del options["validation"], model_options["validation"]
+            else:
+                raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
+        settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
+                            progress=progress, options=dict(options), checkpoint=ckpt,
+                            checkpoint_every=float(checkpoint_every), resume=resume is not None,
+                            fingerprint=data.digest() if ckpt else "")
+        # checking a model runs its program once: that draws too. The data's dtype is the default
+        # throughout, so a traced program replays a user's torch.zeros(...) as it was traced; the device
+        # is the default only inside the model's program (data_context there).
+        with seeded(seed, dev), default_dtype(data.dtype):
+            model.check(data)
+            for message in data.warnings():
+                warnings.warn(message, UserWarning, stacklevel=2)
+            model = model.bind(data)  # default priors scaled to the data; the caller's model is not changed
+            on_device = data.to(dev)
+            target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, settings.options)
+            if target.trains and backend.kind == "mcmc":
+                raise ValueError(f"{type(model).__name__} trains {', '.join(target.trains)} by optimisation, which "
+                                 f"method {method!r} (a sampler) cannot: fit with method='svi' or 'map', then sample "
+                                 f"the heads of the trained network with post.model.frozen()")
+            if holdout is not None:
+                target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
+            if by_tasks:  # this fit only finds the number of steps: no Posterior, checks or warnings of its own
+                found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows}
+                return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
+            post = _run(model, data, on_device, target, backend, settings, method, model_options,
+                        {"method_chosen": why} if why else None)
+            if holdout is not None:
+                post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
+            return post
 
 
 def _check_task_holdout(model, data, checkpoint) -> None:

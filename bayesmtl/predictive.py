@@ -10,6 +10,7 @@ import xarray as xr
 from pyro.infer import Predictive
 
 from .data import MultiTaskData
+from .devices import on_host
 from .fit import seeded
 from .protocol import data_context
 from .pyro_util import squeeze_to
@@ -23,26 +24,25 @@ def draws_array(y: np.ndarray, data: MultiTaskData) -> xr.DataArray:
     return xr.DataArray(y, dims=("draw", "row"),
                         coords={"draw": np.arange(y.shape[0]), "row": np.arange(y.shape[1]),
                                 data.task_column: ("row", names)}, name=data.target_name or "y")
-
-
 def prior_predictive(model, data: MultiTaskData, draws: int = 500, seed: int = 0) -> tuple[dict, xr.DataArray]:
     """Draws from the prior (with its data-scaled defaults bound to ``data``) and of the target
     they imply for ``data``'s rows: ({site: (draws, ...)}, y as (draws, rows)). Shows what
     the priors say before the data do: e.g. whether y's range is plausible."""
-    if int(draws) != draws or draws < 1:
-        raise ValueError(f"draws must be an integer >= 1; got {draws!r}")
-    host = data.to("cpu")
-    with seeded(int(seed), torch.device("cpu")), data_context(host.dtype, torch.device("cpu")):
-        model.check(host)
-        bound = model.bind(host)
-        with torch.no_grad():
-            samples = Predictive(bound.prior_program(host), num_samples=int(draws), parallel=False)()
-        dims = bound.site_dims(host)
-        samples = {k: squeeze_to(v, 1 + len(dims[k])) if k in dims else v for k, v in samples.items()}
-        gen = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            y = bound.predict(host, host, samples, gen)["y"]
-    return {k: v.numpy() for k, v in samples.items()}, draws_array(y.numpy(), host)
+    with on_host():
+        if int(draws) != draws or draws < 1:
+            raise ValueError(f"draws must be an integer >= 1; got {draws!r}")
+        host = data.to("cpu")
+        with seeded(int(seed), torch.device("cpu")), data_context(host.dtype, torch.device("cpu")):
+            model.check(host)
+            bound = model.bind(host)
+            with torch.no_grad():
+                samples = Predictive(bound.prior_program(host), num_samples=int(draws), parallel=False)()
+            dims = bound.site_dims(host)
+            samples = {k: squeeze_to(v, 1 + len(dims[k])) if k in dims else v for k, v in samples.items()}
+            gen = torch.Generator().manual_seed(int(seed))
+            with torch.no_grad():
+                y = bound.predict(host, host, samples, gen)["y"]
+        return {k: v.numpy() for k, v in samples.items()}, draws_array(y.numpy(), host)
 
 
 def ppc(y_rep: np.ndarray, data: MultiTaskData, prob: float = 0.9) -> pd.DataFrame:

@@ -21,6 +21,8 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from .devices import on_device
+
 if TYPE_CHECKING:
     from .data import MultiTaskData
     from .infer.base import Draws, Settings
@@ -311,14 +313,10 @@ class ModelBase:
 @contextlib.contextmanager
 def data_context(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
     """Tensors made from Python numbers (``dist.Normal(0.0, 5.0)``) land on the data's dtype and
-    device: torch's default dtype, and default device where it is not the CPU. Only around a
-    model's own program: engine code inside it would put its host-side tensors on the GPU."""
-    with default_dtype(dtype):
-        if torch.device(device).type != "cpu":
-            with torch.device(device):
-                yield
-        else:
-            yield
+    device: torch's default dtype and device. Only around a model's own program: engine code
+    inside it would put its host-side tensors on the GPU (``devices``)."""
+    with default_dtype(dtype), on_device(device):
+        yield
 
 
 @contextlib.contextmanager

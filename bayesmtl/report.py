@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .devices import on_host
 from .plots import LABELLED_TASKS
 from .posterior import Posterior
 
@@ -241,8 +242,6 @@ def _side_by_side(posts: dict[str, Posterior]) -> str:
             continue
         figs.append(_figure(fig, name))
     return f"<div class='side'>{''.join(figs)}</div>" if figs else ""
-
-
 def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, by: str = "row",
            title: str | None = None, trust_pickle: bool = False, trust_code: bool = False) -> Path:
     """Write one self-contained HTML report to ``path`` and return it.
@@ -251,31 +250,32 @@ def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, 
     runs add the PSIS-LOO comparison (``by`` "row" or "task") and their relations side by side.
     The file is written whole or not at all.
     """
-    import matplotlib
+    with on_host():
+        import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    from .compare import collect
+        matplotlib.use("Agg", force=False)
+        from .compare import collect
 
-    if by not in ("row", "task"):
-        raise ValueError(f"by must be 'row' or 'task'; got {by!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"report path {str(path)!r} is a folder; give a file name such as report.html")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the folder of {str(path)!r} does not exist")
-    single = isinstance(runs, (Posterior, str, Path))
-    posts = collect([runs] if single else runs, trust_pickle=trust_pickle, trust_code=trust_code)
-    if not posts:
-        raise ValueError("report needs at least one run")
-    title = title or ("bayesmtl report: " + ", ".join(posts))
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    if len(posts) > 1:
-        body += ["<h2>Comparison</h2>", _comparison(posts, by), "<h3>Task relations side by side</h3>",
-                 _side_by_side(posts)]
-    body += [_section(name, post) for name, post in posts.items()]
-    page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    from .runs import write_atomic
+        if by not in ("row", "task"):
+            raise ValueError(f"by must be 'row' or 'task'; got {by!r}")
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"report path {str(path)!r} is a folder; give a file name such as report.html")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"the folder of {str(path)!r} does not exist")
+        single = isinstance(runs, (Posterior, str, Path))
+        posts = collect([runs] if single else runs, trust_pickle=trust_pickle, trust_code=trust_code)
+        if not posts:
+            raise ValueError("report needs at least one run")
+        title = title or ("bayesmtl report: " + ", ".join(posts))
+        body = [f"<h1>{html.escape(title)}</h1>"]
+        if len(posts) > 1:
+            body += ["<h2>Comparison</h2>", _comparison(posts, by), "<h3>Task relations side by side</h3>",
+                     _side_by_side(posts)]
+        body += [_section(name, post) for name, post in posts.items()]
+        page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+        from .runs import write_atomic
 
-    write_atomic(path, lambda fh: fh.write(page), "an HTML file")
-    return path
+        write_atomic(path, lambda fh: fh.write(page), "an HTML file")
+        return path

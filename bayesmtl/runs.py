@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .devices import on_host
+
 __all__ = ["save_run", "load_run", "reserve", "check_out", "versions", "write_atomic_csv", "PriorSourceError",
            "file_module_name", "import_file", "sha256_of"]
 
@@ -280,8 +282,6 @@ def _write_run(post, path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
 def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = False,
              classes: dict[str, type] | None = None, modules: dict[str, torch.nn.Module] | None = None):
     """A Posterior from a run directory written by ``save_run``. Nothing in the directory runs
@@ -292,77 +292,79 @@ def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = Fa
     is read only with ``trust_pickle=True``, which can run code: use it for runs you trust.
     A network (``NeuralMultiTask``'s trunk) comes back with its weights; one built of a user's own
     layer classes needs its architecture given, ``modules={"trunk": net}``."""
-    from .convert import az, from_inference_data
-    from .posterior import Posterior
-    from .spec import SpecError, from_spec
+    with on_host():
+        from .convert import az, from_inference_data
+        from .posterior import Posterior
+        from .spec import SpecError, from_spec
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory (no such folder)")
-    for f in ("posterior.nc", "run.json"):
-        if not (path / f).is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: {f} is missing")
-    try:
-        info = json.loads((path / "run.json").read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(path / 'run.json')!r} is not a valid run file ({_first_line(e)})") from None
-    version = info.get("format_version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} was written in run format {version!r}, which this bayesmtl "
-                         f"(format {FORMAT_VERSION}) cannot read; upgrade bayesmtl")
-    source = info.get("prior_source")
-    if (path / "model.json").is_file():
-        if source and trust_code:
-            _import_prior_source(source, path)
-        if isinstance(info.get("trunk_source"), dict) and trust_code and "trunk" not in (modules or {}):
-            modules = {**(modules or {}), "trunk": _trunk_from_source(info["trunk_source"])}
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory (no such folder)")
+        for f in ("posterior.nc", "run.json"):
+            if not (path / f).is_file():
+                raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: {f} is missing")
         try:
-            spec = json.loads((path / "model.json").read_text())
-            if not (isinstance(spec, dict) and all(isinstance(spec.get(k), dict) for k in ("model", "data"))):
-                raise ValueError("its model and data entries must be objects")
-            model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases(), modules=modules)
-            data = _read_data(path, spec["data"])
-        except SpecError as e:
-            hint = " (CLI: --trust-code)" if "trust_code" in str(e) else ""
-            raise ValueError(f"{str(path)!r}: {e}{hint}") from None
-        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-            raise ValueError(f"{str(path)!r} is not a valid run: model.json or data.nc is damaged "
+            info = json.loads((path / "run.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{str(path / 'run.json')!r} is not a valid run file ({_first_line(e)})") from None
+        version = info.get("format_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+            raise ValueError(f"{str(path)!r} was written in run format {version!r}, which this bayesmtl "
+                             f"(format {FORMAT_VERSION}) cannot read; upgrade bayesmtl")
+        source = info.get("prior_source")
+        if (path / "model.json").is_file():
+            if source and trust_code:
+                _import_prior_source(source, path)
+            if isinstance(info.get("trunk_source"), dict) and trust_code and "trunk" not in (modules or {}):
+                modules = {**(modules or {}), "trunk": _trunk_from_source(info["trunk_source"])}
+            try:
+                spec = json.loads((path / "model.json").read_text())
+                if not (isinstance(spec, dict) and all(isinstance(spec.get(k), dict) for k in ("model", "data"))):
+                    raise ValueError("its model and data entries must be objects")
+                model = from_spec(spec["model"], classes, trust_code=trust_code, bases=_model_bases(), modules=modules)
+                data = _read_data(path, spec["data"])
+            except SpecError as e:
+                hint = " (CLI: --trust-code)" if "trust_code" in str(e) else ""
+                raise ValueError(f"{str(path)!r}: {e}{hint}") from None
+            except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+                raise ValueError(f"{str(path)!r} is not a valid run: model.json or data.nc is damaged "
+                                 f"({_first_line(e)})") from None
+        elif (path / "model.pt").is_file():
+            if not trust_pickle:
+                raise ValueError(f"{str(path)!r} keeps its model as a pickle (model.pt), which can run code when "
+                                 "read; load it with trust_pickle=True (CLI: --trust-pickle) only if you trust "
+                                 "where the run came from")
+            if source:
+                _import_prior_source(source, path)
+            try:
+                blob = torch.load(path / "model.pt", weights_only=False)
+            except (AttributeError, ImportError) as e:  # the user's module changed since the fit
+                if not source:
+                    raise
+                raise PriorSourceError(f"cannot unpickle the run's prior {source['class']} from "
+                                       f"{source.get('file') or source.get('module')}: {_first_line(e)}") from e
+            model, data = blob["model"], blob["data"]
+        else:
+            raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: model.json is missing")
+        try:
+            idata = az.from_netcdf(str(path / "posterior.nc"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{str(path / 'posterior.nc')!r} is not a valid posterior file "
                              f"({_first_line(e)})") from None
-    elif (path / "model.pt").is_file():
-        if not trust_pickle:
-            raise ValueError(f"{str(path)!r} keeps its model as a pickle (model.pt), which can run code when "
-                             "read; load it with trust_pickle=True (CLI: --trust-pickle) only if you trust "
-                             "where the run came from")
-        if source:
-            _import_prior_source(source, path)
         try:
-            blob = torch.load(path / "model.pt", weights_only=False)
-        except (AttributeError, ImportError) as e:  # the user's module changed since the fit
-            if not source:
-                raise
-            raise PriorSourceError(f"cannot unpickle the run's prior {source['class']} from "
-                                   f"{source.get('file') or source.get('module')}: {_first_line(e)}") from e
-        model, data = blob["model"], blob["data"]
-    else:
-        raise FileNotFoundError(f"{str(path)!r} is not a bayesmtl run directory: model.json is missing")
-    try:
-        idata = az.from_netcdf(str(path / "posterior.nc"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{str(path / 'posterior.nc')!r} is not a valid posterior file ({_first_line(e)})") from None
-    try:
-        samples, stats = from_inference_data(idata)
-    except (AttributeError, KeyError, ValueError) as e:
-        raise ValueError(f"{str(path / 'posterior.nc')!r} is not a bayesmtl posterior ({_first_line(e)})") from None
-    digest = info.get("data_digest")
-    if digest is not None and digest != data.digest():
-        raise ValueError(f"{str(path)!r}: data.nc does not hold the data this run was fitted on (its digest differs "
-                         "from run.json's; files from different runs?)")
-    _check_matches(path, idata, model, data)
-    keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks",
-                                                 "data_digest")}
-    return Posterior(model, data, samples, stats, keep)
+            samples, stats = from_inference_data(idata)
+        except (AttributeError, KeyError, ValueError) as e:
+            raise ValueError(f"{str(path / 'posterior.nc')!r} is not a bayesmtl posterior ({_first_line(e)})") from None
+        digest = info.get("data_digest")
+        if digest is not None and digest != data.digest():
+            raise ValueError(f"{str(path)!r}: data.nc does not hold the data this run was fitted on (its digest "
+                             "differs from run.json's; files from different runs?)")
+        _check_matches(path, idata, model, data)
+        keep = {k: info[k] for k in info if k not in ("diagnostics", "versions", "model_repr", "data", "tasks",
+                                                     "data_digest")}
+        return Posterior(model, data, samples, stats, keep)
 
 
 def _check_matches(path: Path, idata, model, data) -> None:
