@@ -72,20 +72,37 @@ def describe_priors(program: Callable[[], None], dims: dict[str, tuple[str, ...]
     """One row per latent site of ``program`` (its priors as written): site, entry and the
     distribution with its numbers, e.g. ``Normal(loc=54.1, scale=33.2)``. Entries that share
     their numbers collapse into one row (entry ``all``); otherwise they are labelled by the
-    site's dims (``intercept``, ``school_3``)."""
-    with pyro.poutine.block(), torch.no_grad():
-        tr = poutine.trace(program).get_trace()
+    site's dims (``intercept``, ``school_3``). A conditional prior names the sites its numbers
+    come from instead (``Normal(loc, scale from group_mean, tau)``): one prior draw's values would
+    read as the prior's own. Which numbers are drawn: those that differ between two runs of the
+    program at different seeds; from which sites: Pyro's provenance tracking (per site, since a
+    distribution broadcasts its parameters together)."""
+    from pyro.infer.inspect import TrackProvenance
+    from pyro.ops.provenance import detach_provenance, get_provenance
+
+    traces = []
+    for seed in (0, 1):  # (forked: these two draws do not move the caller's random state)
+        with torch.random.fork_rng(devices=[]), pyro.poutine.block(), torch.no_grad(), TrackProvenance():
+            torch.manual_seed(seed)
+            traces.append(poutine.trace(program).get_trace())
+    tr, other = traces
     rows = []
     for name, site in tr.nodes.items():
         if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
                 or is_deterministic(site) or name.startswith("_")):
             continue
-        fn = site["fn"]
-        while isinstance(fn, (torch.distributions.Independent, pyro.distributions.ExpandedDistribution)):
-            fn = fn.base_dist
+        fn = _base(site["fn"])
         params = {k: getattr(fn, k) for k in fn.arg_constraints if _is_set(fn, k)}
         params = {k: v for k, v in params.items() if torch.is_tensor(v) or isinstance(v, (int, float))}
-        flat = {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in params.items()}
+        parents = sorted(set().union(*(get_provenance(v) for v in params.values()))) if params else []
+        if parents:  # a conditional prior: some of its numbers are one draw of its parents
+            again = _base(other.nodes[name]["fn"]) if name in other.nodes else None
+            fixed = {k: v for k, v in params.items()
+                     if again is not None and _same_numbers(v, getattr(again, k, None))}
+            rows.append({"site": name, "entry": "all",
+                         "prior": _fmt_given(type(fn).__name__, params, fixed, parents)})
+            continue
+        flat = {k: torch.as_tensor(detach_provenance(v), dtype=torch.float64).reshape(-1) for k, v in params.items()}
         n = max([v.numel() for v in flat.values()], default=1)
         same = all(bool((v == v[0]).all()) for v in flat.values() if v.numel())
         labels = _entry_labels(dims.get(name, ()), coords, n)
@@ -112,6 +129,38 @@ def _entry_labels(dims: tuple[str, ...], coords: dict[str, list], n: int) -> lis
         return labels
     last = axes[-1] if axes else []
     return last if len(last) == n else None  # per-feature numbers shared by every task
+
+
+def _base(fn):
+    """The distribution under any Independent / expand wrappers."""
+    while isinstance(fn, (torch.distributions.Independent, pyro.distributions.ExpandedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _same_numbers(a, b) -> bool:
+    from pyro.ops.provenance import detach_provenance
+
+    if b is None:
+        return False
+    a, b = (torch.as_tensor(detach_provenance(x), dtype=torch.float64) for x in (a, b))
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _fmt_given(kind: str, params: dict, fixed: dict, parents: list[str]) -> str:
+    """``kind(k=number, ...; drawn ones from parents)``: the numbers that are the same in every
+    draw (one number each), then the parameters drawn from the sites ``parents``."""
+    from pyro.ops.provenance import detach_provenance
+
+    parts = []
+    for k, v in fixed.items():
+        flat = torch.as_tensor(detach_provenance(v), dtype=torch.float64).reshape(-1)
+        same = flat.numel() > 0 and bool((flat == flat[0]).all())
+        parts.append(f"{k}={float(flat[0]):.4g}" if same else f"{k}=(per entry)")
+    drawn = [k for k in params if k not in fixed]
+    head = ", ".join(parts)
+    tail = f"{', '.join(drawn)} from {', '.join(parents)}" if drawn else ""
+    return f"{kind}({head}{'; ' if head and tail else ''}{tail})"
 
 
 def _fmt(kind: str, flat: dict[str, torch.Tensor], i: int) -> str:

@@ -393,3 +393,20 @@ def test_user_prior_on_cuda_agrees_with_the_cpu(kind, tmp_path):
     assert pred["new_task"].all() and np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
     gpu.save(tmp_path / "run")
     np.testing.assert_allclose(bm.load(tmp_path / "run").predict(new, seed=3)["mean"], gpu.predict(new, seed=3)["mean"])
+
+
+def test_prior_summary_names_the_sites_a_conditional_prior_draws_from():
+    """A conditional prior is described by its parents, not by one prior draw's numbers (which
+    read as the prior's own: group_mean ~ Normal(3.202, 0.0054) before); fixed numbers stay
+    (StudentT's df)."""
+    rows = {}
+    for kind in ("three-level", "student-t"):
+        train, _, _ = planted(kind, n_tasks=6, rows=8, seed=1)
+        model, data = build(kind, train)
+        post = bm.fit(model, data, method="map", steps=50, min_steps=10, seed=0, progress=False)
+        table = post.prior_summary()
+        rows.update({(kind, s): list(t["prior"]) for s, t in table.groupby("site")})
+    assert rows[("three-level", "group_mean")] == ["Normal(loc, scale from mu, tau_group)"]
+    assert rows[("three-level", "w")] == ["Normal(loc, scale from group_mean, tau)"]
+    assert rows[("student-t", "w")] == ["StudentT(df=3; loc, scale from mu, tau)"]
+    assert rows[("three-level", "mu")] == ["Normal(loc=0, scale=5)"]
