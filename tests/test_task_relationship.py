@@ -10,6 +10,7 @@ import torch
 import bayesmtl as bm
 from bayesmtl.marginals import form as marginal_form
 from bayesmtl.protocol import Tasks
+from bayesmtl.synthetic import hierarchical_regression
 
 PAIRS = [(0, 1, 0.9), (2, 3, -0.9), (4, 5, 0.0)]
 
@@ -65,7 +66,8 @@ def draw_hyper(col, seed):
 
 
 PRIORS = {"full": lambda: bm.priors.TaskRelationship(),
-          "lowrank_mean": lambda: bm.priors.TaskRelationship(rank=2, mean=dist.Normal(0.0, 3.0)),
+          "lowrank_mean": lambda: bm.priors.TaskRelationship(rank=2, mean=dist.Normal(0.0, 3.0)),  # psi shared here
+          "lowrank_per_task": lambda: bm.priors.TaskRelationship(rank=2, mean=dist.Normal(0.0, 3.0), psi="per_task"),
           "inverse_wishart": lambda: bm.priors.TaskRelationship(correlation=bm.priors.InverseWishart(scale=2.0))}
 
 
@@ -206,6 +208,30 @@ def test_leading_chain_plate_matches_unbatched(prior, shared, lik):
                    for k, v in values.items()}
             t1 = pyro.poutine.trace(pyro.poutine.condition(fn, one)).get_trace()
             assert torch.allclose(t1.log_prob_sum(), batched[c], rtol=1e-9), (prior, c)
+
+
+@pytest.mark.parametrize("rows, mode", [(6, "shared"), (12, "per_task")])
+def test_low_rank_psi_is_shared_when_tasks_have_few_rows_to_spare(rows, mode):
+    """psi="auto": one idiosyncratic sd for every task when the median task has fewer than
+    MIN_TASK_DF rows more than parameters (6 rows, 2 parameters: 4), one each otherwise (12: 10),
+    on the collapsed and the plain path alike; the choice is in the run's defaults."""
+    from bayesmtl.likelihoods.base import MIN_TASK_DF
+
+    assert 6 - 2 < MIN_TASK_DF <= 12 - 2
+    df = hierarchical_regression(n_tasks=12, rows=rows, features=1, seed=0)[0]
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    for collapse in (None, False):
+        post = bm.fit(bm.models.TaskRelationship(), data, method="svi", steps=100, min_steps=50, draws=20,
+                      seed=0, progress=False, collapse=collapse)
+        psi = np.asarray(post.samples["psi"]).reshape(20, 12)
+        assert ("psi_shared" in post.samples) == (mode == "shared")
+        assert (np.ptp(psi, axis=1) == 0).all() == (mode == "shared"), psi[:2]
+        assert "prior.psi" in post.prior_summary().attrs["defaults"]
+
+
+def test_psi_setting_is_checked():
+    with pytest.raises(ValueError, match="psi must be 'auto', 'per_task' or 'shared'; got 'each'"):
+        bm.priors.TaskRelationship(psi="each")
 
 
 def test_collapsed_offered_only_where_it_applies():

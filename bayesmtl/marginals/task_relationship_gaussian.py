@@ -37,7 +37,7 @@ import torch
 
 from ..likelihoods import Gaussian
 from ..priors.base import move_distribution
-from ..priors.relationship import TaskRelationship
+from ..priors.relationship import TaskRelationship, task_psi
 from . import Marginal, register
 
 __all__ = ["CollapsedTaskRelationship", "MAX_COLLAPSED_DIM"]
@@ -73,10 +73,11 @@ class CollapsedTaskRelationship(Marginal):
 
     def __init__(self, model, data):
         loc, scale, _ = model.scaling(data)  # (a no-op for the bound model that fit passes)
-        prior: TaskRelationship = model.prior.sized(data.n_tasks).bind(loc, scale)
+        Xv, Xs = model.design(data)
+        rows = torch.as_tensor(data.rows_per_task(), dtype=torch.float64)
+        prior: TaskRelationship = model.prior.sized(data.n_tasks).bind(loc, scale).for_tasks(rows, Xv.shape[-1])
         self.prior = prior
         self.lik = model.likelihood_for(data)
-        Xv, Xs = model.design(data)
         self.T, self.D, self.Ds = data.n_tasks, Xv.shape[-1], Xs.shape[-1]
         self.shared_prior = model.shared_prior
         self.rank = prior.rank
@@ -157,7 +158,7 @@ class CollapsedTaskRelationship(Marginal):
             chol, info = torch.linalg.cholesky_ex(P)
             return chol, hv, lp, info != 0, None
         lam = h["loadings"].reshape(B, self.T, self.rank)
-        psi2 = h["psi"].reshape(B, self.T, 1, 1).pow(2)
+        psi2 = task_psi(h, self.T).reshape(B, self.T, 1, 1).pow(2)
         Lt, info_t = torch.linalg.cholesky_ex(eye + psi2 * A)  # P_t (B, T, D, D)
         K = torch.cholesky_solve(A, Lt)  # P_t^{-1} A_t (symmetric: the two commute)
         K = 0.5 * (K + K.transpose(-1, -2))
@@ -227,7 +228,7 @@ class CollapsedTaskRelationship(Marginal):
                     A, r, Lt = pieces
                     U = first.reshape(B, self.rank, D)
                     lam = part["loadings"].reshape(B, T, self.rank)
-                    psi = part["psi"].reshape(B, T, 1)
+                    psi = task_psi(part, T).reshape(B, T, 1)
                     m = lam @ U  # (B, T, D): U^T lambda_t for every task
                     lin = psi * (r - (A @ m.unsqueeze(-1)).squeeze(-1))
                     Z = self._gaussian_draw(Lt, lin, generator)

@@ -14,7 +14,8 @@ population mean mu (D,). Omega is either
   A A^T / scale (sites ``iw_chi2`` (T,), A_tt^2 ~ chi2(nu - t), and ``iw_normal`` (T(T-1)/2,),
   the entries below the diagonal of A), so R = sqrt(scale) A^-T; or
 - low rank: Omega = Lambda Lambda^T + diag(psi)^2 of rank r, for hundreds or thousands of
-  tasks (sites ``loadings`` (T, r), ``psi`` (T,)).
+  tasks (sites ``loadings`` (T, r), ``psi`` (T,); with ``psi="shared"`` one ``psi_shared`` and
+  ``psi`` its copy per task).
 
 Sampling is non-centred: W = M + R_Omega V diag(sigma), where R_Omega R_Omega^T = Omega and
 V holds standard normals: ``w_raw`` (T, D) for the full priors (R = diag(s) L_C or sqrt(scale) A^-T), and
@@ -125,8 +126,16 @@ def omega_root(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None,
         s = samples["task_scale"].reshape(-1, T, 1)
         return s * L
     lam = samples["loadings"].reshape(-1, T, rank)
-    psi = samples["psi"].reshape(-1, T)
-    return torch.cat([lam, torch.diag_embed(psi)], dim=-1)
+    return torch.cat([lam, torch.diag_embed(task_psi(samples, T))], dim=-1)
+
+
+def task_psi(samples: dict[str, torch.Tensor], n_tasks: int) -> torch.Tensor:
+    """Each task's idiosyncratic sd (B, T) from flat draws (B, ...): ``psi``, or the one
+    ``psi_shared`` (``psi="shared"``: draws of the sampled sites hold it alone)."""
+    if "psi" in samples:
+        return samples["psi"].reshape(-1, n_tasks)
+    shared = samples["psi_shared"].reshape(-1, 1)
+    return shared.expand(shared.shape[0], n_tasks)
 
 
 def task_correlation(samples: dict[str, torch.Tensor], n_tasks: int, rank: int | None,
@@ -175,6 +184,12 @@ class TaskRelationship(TaskPrior):
         learned mean pulls the task correlations towards -1 / (T - 1).
     loading_scale : float
         Prior sd of each loading (low-rank prior).
+    psi : "auto", "per_task" or "shared"
+        The low-rank prior's idiosyncratic sd: one per task (``scales`` each) or one for every
+        task. "auto" (default): shared when the median task has fewer than ``MIN_TASK_DF`` rows
+        more than parameters, as the Gaussian noise is: a task's own psi then lets its
+        coefficients take up its noise (computer survey, 16 ratings for 14 parameters: held-out
+        coverage 0.863-0.871 per task, 0.884-0.886 shared).
 
     Notes
     -----
@@ -187,7 +202,7 @@ class TaskRelationship(TaskPrior):
 
     def __init__(self, correlation: LKJ | InverseWishart | None = None, scales: dist.Distribution | None = None,
                  rank: int | str | None = "auto", feature_scale: dist.Distribution | None = None,
-                 mean="auto", loading_scale: float = 1.0):
+                 mean="auto", loading_scale: float = 1.0, psi: str = "auto"):
         if correlation is None:
             correlation = LKJ(2.0)
         if isinstance(correlation, (int, float)) and not isinstance(correlation, bool):
@@ -204,6 +219,8 @@ class TaskRelationship(TaskPrior):
                              f"rank (got {rank!r}) nor scales (got {scales!r})")
         if not (isinstance(loading_scale, (int, float)) and loading_scale > 0):
             raise ValueError(f"loading_scale must be a number > 0; got {loading_scale!r}")
+        if psi not in ("auto", "per_task", "shared"):
+            raise ValueError(f"psi must be 'auto', 'per_task' or 'shared'; got {psi!r}")
         self.correlation = correlation
         self.scales = dist.HalfNormal(1.0) if scales is None else as_distribution(scales, "scales")
         self.rank = rank
@@ -213,6 +230,7 @@ class TaskRelationship(TaskPrior):
         self.mean = (mean if mean is None or isinstance(mean, (str, torch.Tensor))
                      else float(mean) if isinstance(mean, (int, float)) else as_distribution(mean, "mean"))
         self.loading_scale = float(loading_scale)
+        self.psi = psi
         self.chosen: list[str] = []  # what ``sized`` chose for "auto" settings, for prior_summary
 
     @property
@@ -262,7 +280,7 @@ class TaskRelationship(TaskPrior):
         elif self.rank is None:
             dims.update(task_scale=("task",), corr_chol=("task", "task_"))
         else:
-            dims.update(loadings=("task", "factor"), psi=("task",), factor_raw=("factor", "feature"))
+            dims.update(loadings=("task", "factor"), psi=("task",), psi_shared=(), factor_raw=("factor", "feature"))
         return dims
 
     def sample_hyper(self, n_tasks: int, n_dims: int, task_plate, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -296,7 +314,26 @@ class TaskRelationship(TaskPrior):
             with task_plate:
                 out["loadings"] = pyro.sample(
                     "loadings", dist.Normal(torch.zeros_like(like), self.loading_scale).expand([self.rank]).to_event(1))
-                out["psi"] = pyro.sample("psi", scales)
+                if self.psi != "shared":  # ("auto" here: not resolved for tasks, one psi each)
+                    out["psi"] = pyro.sample("psi", scales)
+            if self.psi == "shared":
+                shared = pyro.sample("psi_shared", scales)
+                with task_plate:
+                    out["psi"] = pyro.deterministic("psi", shared.expand(shared.shape[:-1] + (n_tasks,))
+                                                    if shared.dim() else shared.expand(n_tasks))
+        return out
+
+    def for_tasks(self, rows: torch.Tensor, n_dims: int) -> TaskRelationship:
+        """A copy with psi="auto" decided from the rows of each task (T,) and the parameters a
+        task has (see ``psi``)."""
+        from ..likelihoods.base import MIN_TASK_DF  # (likelihoods import priors)
+
+        if self.psi != "auto":
+            return self
+        df = float(rows.median()) - n_dims if rows.numel() else 0.0
+        out = copy.copy(self)
+        out.psi = "shared" if df < MIN_TASK_DF else "per_task"
+        out.chosen = self.chosen + [f"psi={out.psi}"]
         return out
 
     def sized(self, n_tasks: int) -> TaskRelationship:
@@ -328,7 +365,7 @@ class TaskRelationship(TaskPrior):
                 + (["mean"] if isinstance(self.mean, str) and self.mean == "data" else []))
 
     def defaults(self):
-        auto = [k for k in ("rank", "mean") if _auto(getattr(self, k))]
+        auto = [k for k in ("rank", "mean", "psi") if _auto(getattr(self, k))]
         return self.chosen + auto + self._unbound()
 
     def sample(self, tasks):
@@ -336,6 +373,8 @@ class TaskRelationship(TaskPrior):
             return self.sized(tasks.n).sample(tasks)
         if self._unbound():
             return self.bind(tasks.loc, tasks.scale).sample(tasks)
+        if self.psi == "auto" and self.rank is not None:
+            return self.for_tasks(tasks.rows, tasks.dims).sample(tasks)
         T, D, task_plate, like = tasks.n, tasks.dims, tasks.plate, tasks.like
         h = self.sample_hyper(T, D, task_plate, like)
         normal = dist.Normal(torch.zeros_like(like), 1.0)
@@ -381,8 +420,8 @@ class TaskRelationship(TaskPrior):
         z = torch.randn(S, tasks.n, n_dims, generator=generator, dtype=fs.dtype, device=fs.device)
         rank = self._fitted_rank(samples)
         if rank is not None and self._iw_scale is None:
-            psi = samples["psi"].reshape(S, -1)
-            lam = samples["loadings"].reshape(S, psi.shape[-1], rank)
+            lam = samples["loadings"].reshape(S, -1, rank)
+            psi = task_psi(samples, lam.shape[1])
             factors = samples["factor_raw"].reshape(S, rank, n_dims)
             k = torch.randint(psi.shape[-1], (S, tasks.n), generator=generator, device=fs.device)
             lam_k = torch.gather(lam, 1, k.unsqueeze(-1).expand(S, tasks.n, rank))
