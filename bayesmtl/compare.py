@@ -196,6 +196,8 @@ def _refitted(post: Posterior, loo, refit: str, name: str, notes: list[str],
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
 def compare(runs: Sequence[Posterior | str | Path] | Mapping[str, Posterior | str | Path], by: str = "row",
             refit: str = "auto", trust_pickle: bool = False, trust_code: bool = False,
             progress: bool = False) -> pd.DataFrame:

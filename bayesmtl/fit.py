@@ -38,6 +38,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
+
+
 def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, seed: int = 0, device: str | torch.device = "cpu",
         progress: bool = True, collapse: bool | None = None, checkpoint: str | Path | None = None,

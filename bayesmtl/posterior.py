@@ -70,6 +70,7 @@ class Posterior:
     def task_names(self) -> list[str]:
         """The task labels, in the order of the task dim."""
         return list(self.data.task_names)
+
     def flat(self) -> dict[str, torch.Tensor]:
         """Draws with chains and draws merged: site -> Tensor (S, *site_shape)."""
         with on_host():
@@ -120,6 +121,7 @@ class Posterior:
         skip = set(self.model.unidentified_sites)  # e.g. factor loadings (sign, rotation)
         return [k for k in self.samples if not k.endswith(("_raw", "_decentered")) and k != "corr_chol"
                 and k not in skip]
+
     def summary(self, var_names: list[str] | None = None, prob: float = 0.9) -> pd.DataFrame:
         """Per-entry mean, sd, quantiles, mcse_mean, ess_bulk, ess_tail, r_hat, labelled like
         ``w[school_3, intercept]`` (sites: ``summarised_sites()`` by default).
@@ -147,6 +149,7 @@ class Posterior:
                 out.attrs["draws"] = self.describe_draws()
                 self._summaries[key] = out
             return self._summaries[key].copy()
+
     def describe_draws(self) -> str:
         """One line saying what the draws are: MCMC chains, independent guide draws or a point."""
         kind, i = self.info.get("draws_kind", "mcmc"), self.info
@@ -172,6 +175,7 @@ class Posterior:
                                      ("min_ess_tail", "ess_tail", "min")):
                     out[key] = None if s[col].isna().all() else float(getattr(s[col], fn)())
             return out
+
     def diagnose(self, **thresholds) -> list:
         """Every failed check (``bayesmtl.diagnostics``): r_hat, ESS, divergences, tree depth and
         E-BFMI for MCMC; ELBO convergence and the guide's Pareto k for SVI. Empty when all pass.
@@ -180,6 +184,7 @@ class Posterior:
             from .diagnostics import diagnose
 
             return diagnose(self, **thresholds)
+
     def prior_summary(self) -> pd.DataFrame:
         """The priors the fit used, with their numbers: one row per site (or per entry where the
         entries differ), e.g. ``mu | intercept | Normal(loc=54.1, scale=33.2)``. ``attrs``:
@@ -242,6 +247,7 @@ class Posterior:
             if self.model.outcome == "bernoulli":
                 out["probability"] = mean.mean(0)
             return out
+
     def ppc(self, seed: int = 0, prob: float = 0.9) -> pd.DataFrame:
         """Posterior predictive check of the training rows, per task (``predictive.ppc``):
         observed against replicated means and sds with their p-values, and interval coverage
@@ -252,6 +258,7 @@ class Posterior:
             if self.data.y is None:
                 raise ValueError("the data have no target to check against")
             return ppc(self.predict(self.data, seed=seed, draws=True).values, self.data, prob)
+
     def relations(self, tasks: Sequence[str] | None = None) -> TaskRelations:
         """Posterior draws of the T x T task relation, with task names (see ``kind``); ``tasks``:
         only among these (names). The draws take S x T^2 numbers: past ``relations.MAX_VALUES``
@@ -290,15 +297,18 @@ class Posterior:
                                  point_estimate=self.num_chains * self.num_draws == 1, signed=out.signed,
                                  null=getattr(out, "null", None), cluster_counts=getattr(out, "cluster_counts", None),
                                  tree=getattr(out, "tree", None))
+
     def inclusion(self) -> pd.DataFrame:
         """Posterior inclusion probability of each feature, shared and per task (sparsity priors
         such as ``priors.SharedSparsity``); ``attrs["rule"]`` says how it is computed."""
         with on_host():
             return self.model.inclusion(self)
+
     def num_clusters(self) -> pd.DataFrame:
         """Posterior of the number of occupied clusters (clustering models only, e.g. DPClustering)."""
         with on_host():
             return self.model.num_clusters(self)
+
     def gate(self, new: pd.DataFrame | None = None, prob: float = 0.9) -> pd.DataFrame:
         """Each task's cluster probabilities from its task features alone, with a central
         ``prob`` interval (``GatedClusters`` only): task, cluster, mean, lower, upper; ``new``:
@@ -306,6 +316,7 @@ class Posterior:
         with on_host():
             check_prob(prob)
             return self.model.gate(self, new, prob)
+
     def tree(self) -> pd.DataFrame:
         """The learned tree's nodes with their clade probabilities (``TreeHierarchy(tree="learn")``
         only): level, node, size, probability, together, tasks."""

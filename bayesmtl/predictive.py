@@ -24,6 +24,8 @@ def draws_array(y: np.ndarray, data: MultiTaskData) -> xr.DataArray:
     return xr.DataArray(y, dims=("draw", "row"),
                         coords={"draw": np.arange(y.shape[0]), "row": np.arange(y.shape[1]),
                                 data.task_column: ("row", names)}, name=data.target_name or "y")
+
+
 def prior_predictive(model, data: MultiTaskData, draws: int = 500, seed: int = 0) -> tuple[dict, xr.DataArray]:
     """Draws from the prior (with its data-scaled defaults bound to ``data``) and of the target
     they imply for ``data``'s rows: ({site: (draws, ...)}, y as (draws, rows)). Shows what

@@ -242,6 +242,8 @@ def _side_by_side(posts: dict[str, Posterior]) -> str:
             continue
         figs.append(_figure(fig, name))
     return f"<div class='side'>{''.join(figs)}</div>" if figs else ""
+
+
 def report(runs: Posterior | str | Path | Sequence | Mapping, path: str | Path, by: str = "row",
            title: str | None = None, trust_pickle: bool = False, trust_code: bool = False) -> Path:
     """Write one self-contained HTML report to ``path`` and return it.

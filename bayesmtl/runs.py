@@ -282,6 +282,8 @@ def _write_run(post, path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
 def load_run(path: str | Path, trust_pickle: bool = False, trust_code: bool = False,
              classes: dict[str, type] | None = None, modules: dict[str, torch.nn.Module] | None = None):
     """A Posterior from a run directory written by ``save_run``. Nothing in the directory runs
