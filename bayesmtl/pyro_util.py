@@ -8,6 +8,8 @@ from collections.abc import Callable
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.inspect import TrackProvenance
+from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.util import site_is_subsample
 
 __all__ = ["site_shapes", "batch_condition", "squeeze_to", "describe_priors", "is_deterministic", "MEAN_FIELD",
@@ -77,9 +79,6 @@ def describe_priors(program: Callable[[], None], dims: dict[str, tuple[str, ...]
     read as the prior's own. Which numbers are drawn: those that differ between two runs of the
     program at different seeds; from which sites: Pyro's provenance tracking (per site, since a
     distribution broadcasts its parameters together)."""
-    from pyro.infer.inspect import TrackProvenance
-    from pyro.ops.provenance import detach_provenance, get_provenance
-
     traces = []
     for seed in (0, 1):  # (forked: these two draws do not move the caller's random state)
         with torch.random.fork_rng(devices=[]), pyro.poutine.block(), torch.no_grad(), TrackProvenance():
@@ -102,7 +101,7 @@ def describe_priors(program: Callable[[], None], dims: dict[str, tuple[str, ...]
             rows.append({"site": name, "entry": "all",
                          "prior": _fmt_given(type(fn).__name__, params, fixed, parents)})
             continue
-        flat = {k: torch.as_tensor(detach_provenance(v), dtype=torch.float64).reshape(-1) for k, v in params.items()}
+        flat = {k: _numbers(v) for k, v in params.items()}
         n = max([v.numel() for v in flat.values()], default=1)
         same = all(bool((v == v[0]).all()) for v in flat.values() if v.numel())
         labels = _entry_labels(dims.get(name, ()), coords, n)
@@ -138,23 +137,21 @@ def _base(fn):
     return fn
 
 
-def _same_numbers(a, b) -> bool:
-    from pyro.ops.provenance import detach_provenance
+def _numbers(v) -> torch.Tensor:
+    """A parameter's values, float64 and flat, without their provenance."""
+    return torch.as_tensor(detach_provenance(v), dtype=torch.float64).reshape(-1)
 
-    if b is None:
-        return False
-    a, b = (torch.as_tensor(detach_provenance(x), dtype=torch.float64) for x in (a, b))
-    return a.shape == b.shape and bool(torch.equal(a, b))
+
+def _same_numbers(a, b) -> bool:
+    return b is not None and bool(torch.equal(_numbers(a), _numbers(b)))
 
 
 def _fmt_given(kind: str, params: dict, fixed: dict, parents: list[str]) -> str:
     """``kind(k=number, ...; drawn ones from parents)``: the numbers that are the same in every
     draw (one number each), then the parameters drawn from the sites ``parents``."""
-    from pyro.ops.provenance import detach_provenance
-
     parts = []
     for k, v in fixed.items():
-        flat = torch.as_tensor(detach_provenance(v), dtype=torch.float64).reshape(-1)
+        flat = _numbers(v)
         same = flat.numel() > 0 and bool((flat == flat[0]).all())
         parts.append(f"{k}={float(flat[0]):.4g}" if same else f"{k}=(per entry)")
     drawn = [k for k in params if k not in fixed]

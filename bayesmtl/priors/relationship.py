@@ -319,20 +319,18 @@ class TaskRelationship(TaskPrior):
             if self.psi == "shared":
                 shared = pyro.sample("psi_shared", scales)
                 with task_plate:
-                    out["psi"] = pyro.deterministic("psi", shared.expand(shared.shape[:-1] + (n_tasks,))
-                                                    if shared.dim() else shared.expand(n_tasks))
+                    out["psi"] = pyro.deterministic("psi", shared.expand(shared.shape[:-1] + (n_tasks,)))
         return out
 
     def for_tasks(self, rows: torch.Tensor, n_dims: int) -> TaskRelationship:
         """A copy with psi="auto" decided from the rows of each task (T,) and the parameters a
         task has (see ``psi``)."""
-        from ..likelihoods.base import MIN_TASK_DF  # (likelihoods import priors)
+        from ..likelihoods.base import learned_noise  # the noise's rule (likelihoods import priors)
 
         if self.psi != "auto":
             return self
-        df = float(rows.median()) - n_dims if rows.numel() else 0.0
         out = copy.copy(self)
-        out.psi = "shared" if df < MIN_TASK_DF else "per_task"
+        out.psi = learned_noise(float(rows.median()) - n_dims if rows.numel() else 0.0)
         out.chosen = self.chosen + [f"psi={out.psi}"]
         return out
 
