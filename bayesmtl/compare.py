@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .design import add_at
 from .devices import on_host
 from .posterior import MAX_POINTWISE, Posterior
 
@@ -55,7 +56,7 @@ def pointwise_log_likelihood(post: Posterior, by: str = "row") -> np.ndarray:
         ll = post.model.log_likelihood(data, {k: v.to(data.device) for k, v in samples.items()})  # (C * S', N)
     ll = ll.reshape(C, kept, data.n_rows).double()
     if by == "task":
-        ll = ll.new_zeros(C, kept, data.n_tasks).index_add_(-1, data.task, ll)
+        ll = add_at(ll.new_zeros(C, kept, data.n_tasks), -1, data.task, ll)
     return ll.cpu().numpy()
 
 
@@ -121,7 +122,7 @@ def exact_loo(post: Posterior, by: str = "row", max_draws: int = 100):
         terms = post.model.loo_log_density(post.data, flat, by).double()  # (S', n)
         inside = post.model.log_likelihood(post.data, flat).double()  # (S', N)
     if by == "task":
-        inside = inside.new_zeros(inside.shape[0], post.data.n_tasks).index_add_(-1, post.data.task, inside)
+        inside = add_at(inside.new_zeros(inside.shape[0], post.data.n_tasks), -1, post.data.task, inside)
     log_s = np.log(terms.shape[0])
     elpd_i = (torch.logsumexp(terms, 0) - log_s).cpu().numpy()
     lppd = float((torch.logsumexp(inside, 0) - log_s).sum())

@@ -12,7 +12,7 @@ import torch
 
 from .protocol import is_fusing
 
-__all__ = ["linear_predictor", "task_rows", "TaskRows"]
+__all__ = ["linear_predictor", "task_rows", "TaskRows", "add_at"]
 
 
 def linear_predictor(w: torch.Tensor, coef: torch.Tensor | None, Xv: torch.Tensor,
@@ -41,9 +41,14 @@ class TaskRows:
     Gathering w[..., task, :] into (..., N, D) and its scatter-add backward cost 3-7x more
     (4 to 1024 chains, 5000 rows; measured in benchmarks/mcmc.py's set-up). Both directions
     are CSR x dense products; A' is stored too so the backward needs no transpose.
+
+    ``deterministic`` (default: on CUDA) sums the adjoint as batched dense products over blocks
+    of each task's rows instead: cuSPARSE's A' product adds in a different order on every call
+    (H200, torch 2.11: 30 of 30 repeats differed in the last bits), so the same seed gave
+    different draws.
     """
 
-    def __init__(self, X: torch.Tensor, task: torch.Tensor, n_tasks: int):
+    def __init__(self, X: torch.Tensor, task: torch.Tensor, n_tasks: int, deterministic: bool | None = None):
         N, D = X.shape
         self.D = D
         self.shape = (N, n_tasks * D)
@@ -59,6 +64,7 @@ class TaskRows:
                                              cols.to(idx), vals, self.shape, check_invariants=True)
             self.At = torch.sparse_csr_tensor(crow.to(idx), row_of[order].to(idx), vals[order], self.shape[::-1],
                                               check_invariants=True)
+        self.blocks = _Blocks(X, task, n_tasks) if (X.is_cuda if deterministic is None else deterministic) else None
         self.key = next(_KEYS)
         _ROWS[self.key] = self
 
@@ -75,7 +81,56 @@ class TaskRows:
 
     def adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """sum over each task's rows of g_n x_n: (C, T, D) from columns g (N, C)."""
-        return (self.At @ g).T.reshape(g.shape[1], -1, self.D)
+        return self.adjoint_columns(g).T.reshape(g.shape[1], -1, self.D)
+
+    def adjoint_columns(self, g: torch.Tensor) -> torch.Tensor:
+        """A' g: (T*D, C) from columns g (N, C)."""
+        return self.At @ g if self.blocks is None else self.blocks(g)
+
+
+class _Blocks:
+    """A' g in a fixed order: each task's rows cut into blocks of b = ceil(N / T) (zero-padded,
+    so at most 2T blocks), one batched matmul per call, then the blocks of a task summed by a
+    sorted index_put (deterministic on CUDA; index_add there is not)."""
+
+    def __init__(self, X: torch.Tensor, task: torch.Tensor, n_tasks: int):
+        N, D = X.shape
+        counts = torch.bincount(task, minlength=n_tasks)
+        b = max(1, -(-N // n_tasks))
+        per_task = -(-counts // b)                                       # blocks of each task
+        first = per_task.cumsum(0) - per_task
+        order = torch.argsort(task, stable=True)
+        t = task[order]
+        rank = torch.arange(N, device=X.device) - (counts.cumsum(0) - counts)[t]
+        slot = (first[t] + rank // b) * b + rank % b
+        n_blocks = int(per_task.sum())
+        self.gather = torch.zeros(n_blocks * b, dtype=torch.long, device=X.device)
+        self.gather[slot] = order                                        # padding slots read row 0 ...
+        Xp = X.new_zeros(n_blocks * b, D)
+        Xp[slot] = X[order]                                              # ... times a zero row of X
+        self.Xt = Xp.reshape(n_blocks, b, D).transpose(1, 2)             # (B, D, b)
+        self.block_task = torch.repeat_interleave(torch.arange(n_tasks, device=X.device), per_task)
+        self.one_each = bool((per_task == 1).all())
+        self.n_tasks, self.b = n_tasks, b
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        C = g.shape[1]
+        sums = self.Xt @ g.index_select(0, self.gather).reshape(-1, self.b, C)   # (B, D, C)
+        if not self.one_each:
+            sums = sums.new_zeros(self.n_tasks, *sums.shape[1:]).index_put_((self.block_task,), sums, accumulate=True)
+        return sums.reshape(-1, C)
+
+
+def add_at(out: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``out.index_add_(dim, index, source)``, summed in the same order on every call: on CUDA
+    index_add_ adds with atomics (a different order, different last bits, each run), so there
+    a sorted ``index_put_(accumulate=True)`` instead. Returns ``out``."""
+    return _sorted_add(out, dim, index, source) if out.is_cuda else out.index_add_(dim, index, source)
+
+
+def _sorted_add(out: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    out.movedim(dim, 0).index_put_((index,), source.movedim(dim, 0), accumulate=True)
+    return out
 
 
 # Custom ops taking a key, not the sparse tensors: torch.jit.trace and make_fx record each as one
@@ -96,7 +151,7 @@ def _task_rows_setup(ctx, inputs, output):
 
 @torch.library.custom_op("bayesmtl::task_rows_adjoint", mutates_args=())
 def _task_rows_adjoint(g: torch.Tensor, key: int) -> torch.Tensor:
-    return (_ROWS[key].At @ g.T).T.contiguous()
+    return _ROWS[key].adjoint_columns(g.T).T.contiguous()
 
 
 @_task_rows.register_fake
@@ -145,7 +200,7 @@ def task_gram(Xv: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: in
                      ("const_t", log_2pi if var is None else log_2pi + torch.log(var[part].double())),
                      ("XS", Xw.unsqueeze(-1) * S.unsqueeze(-2)), ("Sy", Sw * yv.unsqueeze(-1)),
                      ("SS", Sw.unsqueeze(-1) * S.unsqueeze(-2))):
-            out[k].index_add_(0, t, v)
+            add_at(out[k], 0, t, v)
     return out
 
 

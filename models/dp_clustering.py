@@ -29,6 +29,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from bayesmtl.data import MultiTaskData
+from bayesmtl.design import add_at
 from bayesmtl.likelihoods import Bernoulli, Gaussian, Likelihood
 from bayesmtl.marginals import Marginal
 from bayesmtl.model import MultiTaskModel
@@ -72,9 +73,9 @@ def task_statistics(model: MultiTaskModel, data: MultiTaskData, Xv: torch.Tensor
         return None
     T, task, y = data.n_tasks, data.task, data.y
     Z = torch.cat([Xv, Xs], -1) if Xs.shape[-1] else Xv
-    return {"gram": Z.new_zeros(T, Z.shape[-1], Z.shape[-1]).index_add(0, task, Z.unsqueeze(-1) * Z.unsqueeze(-2)),
-            "zy": Z.new_zeros(T, Z.shape[-1]).index_add(0, task, Z * y.unsqueeze(-1)),
-            "yy": y.new_zeros(T).index_add(0, task, y * y),
+    return {"gram": add_at(Z.new_zeros(T, Z.shape[-1], Z.shape[-1]), 0, task, Z.unsqueeze(-1) * Z.unsqueeze(-2)),
+            "zy": add_at(Z.new_zeros(T, Z.shape[-1]), 0, task, Z * y.unsqueeze(-1)),
+            "yy": add_at(y.new_zeros(T), 0, task, y * y),
             "n": torch.bincount(task, minlength=T).to(y.dtype)}
 
 
@@ -90,7 +91,7 @@ def _by_rows(lik, data, atoms, c, params, Xv, Xs) -> torch.Tensor:
     rows = [None if v is None else v.repeat(K) for v in (data.task, data.noise, data.trials, data.y)]
     lp = lik.distribution(eta, params, rows[0], rows[1], rows[2]).log_prob(rows[3])
     lp = lp.reshape(*lp.shape[:-1], K, N)
-    return lp.new_zeros(lp.shape[:-1] + (T,)).index_add(-1, data.task, lp).transpose(-1, -2)
+    return add_at(lp.new_zeros(lp.shape[:-1] + (T,)), -1, data.task, lp).transpose(-1, -2)
 
 
 def gaussian_by_task(lik, data, atoms, c, params, stats) -> torch.Tensor:

@@ -54,7 +54,11 @@ def test_batched_log_joint_matches_loop(name, lik):
     assert torch.allclose(batched, single, rtol=1e-10, atol=1e-8)
 
 
-def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
+@pytest.mark.parametrize("tasks", ["every task", "skewed, one empty"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sparse_task_rows_match_the_gather_in_value_and_gradient(deterministic, tasks):
+    """Both adjoints (CSR, and the blocked one CUDA uses for repeatable sums) give the gather's
+    value and gradient, with tasks of very different sizes and a task without rows."""
     from bayesmtl.design import TaskRows
 
     g = torch.Generator().manual_seed(0)
@@ -62,7 +66,11 @@ def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
     X = torch.randn(N, D, generator=g, dtype=torch.float64)
     task = torch.randint(T, (N,), generator=g)
     task[:T] = torch.arange(T)  # every task present, rows in no particular order
-    rows = TaskRows(X, task, T)
+    if tasks != "every task":
+        task[torch.rand(N, generator=g) < 0.6] = 2    # one task holds most rows (several blocks)
+        task[task == 4] = 5
+    rows = TaskRows(X, task, T, deterministic=deterministic)
+    assert (rows.blocks is not None) == deterministic
     for batch in ((), (5,), (4, 1)):
         w = torch.randn(*batch, T, D, generator=g, dtype=torch.float64, requires_grad=True)
         weights = torch.randn(*batch, N, generator=g, dtype=torch.float64)
@@ -78,6 +86,20 @@ def test_sparse_task_rows_match_the_gather_in_value_and_gradient():
     traced = torch.jit.trace(lambda w: rows(w).square().sum(-1), (w0,), check_trace=False)
     w1 = torch.randn(2, T, D, generator=g, dtype=torch.float64)
     assert torch.allclose(traced(w1), (X * w1[..., task, :]).sum(-1).square().sum(-1))
+
+
+@pytest.mark.parametrize("dim", [0, -1, -2])
+def test_sorted_add_is_index_add(dim):
+    """The repeatable per-task sum CUDA uses (a sorted index_put) adds what index_add_ adds."""
+    from bayesmtl.design import _sorted_add
+
+    g = torch.Generator().manual_seed(1)
+    shape = [4, 5, 6]
+    source = torch.randn(*shape, generator=g, dtype=torch.float64)
+    index = torch.randint(3, (shape[dim],), generator=g)
+    out = torch.randn(*[shape[i] if i != dim % 3 else 3 for i in range(3)], generator=g, dtype=torch.float64)
+    expected = out.clone().index_add_(dim, index, source)
+    assert torch.allclose(_sorted_add(out, dim, index, source), expected)
 
 
 def test_a_task_fitted_exactly_with_its_own_noise_is_named():

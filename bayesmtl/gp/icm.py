@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..design import add_at
+
 __all__ = ["KERNELS", "ard_kernel", "private_kernel", "robust_cholesky", "gaussian_logpdf", "GPNumericalError",
            "task_covariance", "grid_layout", "Grid", "Cells", "group_cells", "training_layout", "hadamard_mll",
            "kronecker_mll", "KroneckerCache", "HadamardCache", "kronecker_cache", "hadamard_cache", "kronecker_solver",
@@ -246,9 +248,9 @@ def group_cells(X: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> Cells:
     m = uniq.shape[0]
     if m == X.shape[0]:
         return Cells(X, y, task)
-    count = torch.zeros(m, dtype=y.dtype, device=y.device).index_add_(0, inv, torch.ones_like(y))
-    ybar = torch.zeros(m, dtype=y.dtype, device=y.device).index_add_(0, inv, y) / count
-    ss = torch.zeros(m, dtype=y.dtype, device=y.device).index_add_(0, inv, (y - ybar[inv]) ** 2)
+    count = add_at(torch.zeros(m, dtype=y.dtype, device=y.device), 0, inv, torch.ones_like(y))
+    ybar = add_at(torch.zeros(m, dtype=y.dtype, device=y.device), 0, inv, y) / count
+    ss = add_at(torch.zeros(m, dtype=y.dtype, device=y.device), 0, inv, (y - ybar[inv]) ** 2)
     return Cells(uniq[:, :-1].contiguous(), ybar, uniq[:, -1].long(), count, ss)
 
 
@@ -324,21 +326,21 @@ class _HadamardLogpdf(torch.autograd.Function):
         # S_ij = k_ij B[t_i, t_j] + noise: sum G k over each pair of tasks' block (two index_adds,
         # 9x faster than products with a one-hot (N, T) at school's 139 tasks)
         Gk = G * k
-        dB = Gk.new_zeros(Gk.shape[:-2] + (T, T)).index_add_(
-            -2, task, Gk.new_zeros(Gk.shape[:-1] + (T,)).index_add_(-1, task, Gk))
+        dB = add_at(Gk.new_zeros(Gk.shape[:-2] + (T, T)),
+            -2, task, add_at(Gk.new_zeros(Gk.shape[:-1] + (T,)), -1, task, Gk))
         del Gk
         doffset = None
         if ctx.offset_shape is not None and ctx.needs_input_grad[10]:  # G summed over each task's own block
-            blocks = G.new_zeros(G.shape[:-2] + (T, T)).index_add_(
-                -2, task, G.new_zeros(G.shape[:-1] + (T,)).index_add_(-1, task, G))
+            blocks = add_at(G.new_zeros(G.shape[:-2] + (T, T)),
+                -2, task, add_at(G.new_zeros(G.shape[:-1] + (T,)), -1, task, G))
             doffset = blocks.diagonal(dim1=-2, dim2=-1).sum_to_size(ctx.offset_shape)
         H = G.mul_(Bg).mul_(_kernel_slope(d2, k, ctx.kind))   # d val / d d2, symmetric
         # d2_ij = sum_d (x_id - x_jd)^2 / ls_d^2, so sum_ij H_ij (x_id - x_jd)^2 = 2 (x_d^2 . H 1 - x_d . H x_d)
         spread = (H.sum(-1).unsqueeze(-1) * X * X).sum(-2) - (X * (H @ X)).sum(-2)
         dls = -4.0 * spread / ls ** 3
-        dnoise = dS_ii.new_zeros(dS_ii.shape[:-1] + (T,)).index_add_(-1, task, dS_ii)
+        dnoise = add_at(dS_ii.new_zeros(dS_ii.shape[:-1] + (T,)), -1, task, dS_ii)
         ga = g.unsqueeze(-1) * a
-        dmean = ga.new_zeros(ga.shape[:-1] + (T,)).index_add_(-1, task, ga)
+        dmean = add_at(ga.new_zeros(ga.shape[:-1] + (T,)), -1, task, ga)
         return (None, None, None, dB.sum_to_size(B_shape), dls.sum_to_size(ls_shape),
                 dnoise.sum_to_size(noise_shape), dmean.sum_to_size(mean_shape), None, None, None, doffset)
 

@@ -17,6 +17,7 @@ import gpytorch
 import numpy as np
 import torch
 
+from ..design import add_at
 from ..infer.base import Draws, Settings
 from ..infer.driver import progress_bar
 
@@ -86,7 +87,7 @@ def fit_lmc(model, data, settings: Settings, opts: dict) -> Draws:
     module = LMCModule(data.X.cpu()[idx].clone(), T, model.kernel).to(device=dev, dtype=dt)
     with torch.no_grad():
         cnt = torch.bincount(data.task, minlength=T).to(dt)
-        module.task_mean.copy_(torch.zeros(T, dtype=dt, device=dev).index_add_(0, data.task, data.y) / cnt)
+        module.task_mean.copy_(add_at(torch.zeros(T, dtype=dt, device=dev), 0, data.task, data.y) / cnt)
     steps, lr = int(opts.get("steps", 2000)), float(opts.get("lr", 0.01))
     batch = min(int(opts.get("batch_size", 1024)), N)
     opt = torch.optim.Adam(module.parameters(), lr=lr)

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from ..design import add_at
 from ..infer.base import Draws, Settings, torch_threads
 from ..infer.driver import progress_bar
 from . import hierarchical, icm
@@ -92,8 +93,8 @@ def _initial(model, data, gen: torch.Generator) -> dict[str, torch.Tensor]:
     dt, dev = data.dtype, data.device
     y, task = data.y, data.task
     cnt = torch.bincount(task, minlength=T).to(dt)
-    m = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, y) / cnt
-    var = torch.zeros(T, dtype=dt, device=dev).index_add_(0, task, (y - m[task]) ** 2) / cnt
+    m = add_at(torch.zeros(T, dtype=dt, device=dev), 0, task, y) / cnt
+    var = add_at(torch.zeros(T, dtype=dt, device=dev), 0, task, (y - m[task]) ** 2) / cnt
     var = var.clamp_min(1e-6)
     sd = var.sqrt()
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt, device=gen.device).to(dev)  # noqa: E731

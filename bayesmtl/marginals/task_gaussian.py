@@ -32,6 +32,7 @@ import pyro
 import torch
 
 from ..data import MultiTaskData
+from ..design import add_at
 from ..protocol import data_context
 from . import Marginal
 
@@ -56,11 +57,11 @@ class TaskGaussian:
     def __init__(self, X: torch.Tensor, y: torch.Tensor, task: torch.Tensor, n_tasks: int, width: int):
         T, D = n_tasks, X.shape[-1]
         self.T, self.D = T, D
-        XX = X.new_zeros(T, D, D).index_add_(0, task, X.unsqueeze(-1) * X.unsqueeze(-2))
+        XX = add_at(X.new_zeros(T, D, D), 0, task, X.unsqueeze(-1) * X.unsqueeze(-2))
         self.XX = 0.5 * (XX + XX.transpose(-1, -2))
-        self.Xy = X.new_zeros(T, D).index_add_(0, task, X * y.unsqueeze(-1))
-        self.yy = X.new_zeros(T).index_add_(0, task, y * y)
-        self.n = X.new_zeros(T).index_add_(0, task, torch.ones_like(y))
+        self.Xy = add_at(X.new_zeros(T, D), 0, task, X * y.unsqueeze(-1))
+        self.yy = add_at(X.new_zeros(T), 0, task, y * y)
+        self.n = add_at(X.new_zeros(T), 0, task, torch.ones_like(y))
         self.const = float(y.numel() * math.log(2 * math.pi))
         n_max = int(self.n.max()) if T else 0
         self.rows = None  # (X (T, n, D), y (T, n)) padded, in the row form

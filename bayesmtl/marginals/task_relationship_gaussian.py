@@ -35,6 +35,7 @@ import math
 import pyro
 import torch
 
+from ..design import add_at
 from ..likelihoods import Gaussian
 from ..priors.base import move_distribution
 from ..priors.relationship import TaskRelationship, task_psi
@@ -88,16 +89,16 @@ class CollapsedTaskRelationship(Marginal):
             wts = data.noise.pow(-2)
         T, D = self.T, self.D
         Xw = Xv * wts.unsqueeze(-1)
-        self.G = torch.zeros(T, D, D, dtype=Xv.dtype, device=Xv.device).index_add_(
+        self.G = add_at(torch.zeros(T, D, D, dtype=Xv.dtype, device=Xv.device),
             0, task, Xw.unsqueeze(-1) * Xv.unsqueeze(-2))
-        self.b = torch.zeros(T, D, dtype=Xv.dtype, device=Xv.device).index_add_(0, task, Xw * y.unsqueeze(-1))
-        self.c = torch.zeros(T, dtype=Xv.dtype, device=Xv.device).index_add_(0, task, wts * y * y)
+        self.b = add_at(torch.zeros(T, D, dtype=Xv.dtype, device=Xv.device), 0, task, Xw * y.unsqueeze(-1))
+        self.c = add_at(torch.zeros(T, dtype=Xv.dtype, device=Xv.device), 0, task, wts * y * y)
         self.n = torch.bincount(task, minlength=T).to(Xv.dtype)
         if self.Ds:  # shared coefficients stay sampled: cross-products to shift b_t and c_t by Xs_t coef
             Xsw = Xs * wts.unsqueeze(-1)
-            self.H = Xv.new_zeros(T, D, self.Ds).index_add_(0, task, Xw.unsqueeze(-1) * Xs.unsqueeze(-2))
-            self.F = Xv.new_zeros(T, self.Ds, self.Ds).index_add_(0, task, Xsw.unsqueeze(-1) * Xs.unsqueeze(-2))
-            self.e = Xv.new_zeros(T, self.Ds).index_add_(0, task, Xsw * y.unsqueeze(-1))
+            self.H = add_at(Xv.new_zeros(T, D, self.Ds), 0, task, Xw.unsqueeze(-1) * Xs.unsqueeze(-2))
+            self.F = add_at(Xv.new_zeros(T, self.Ds, self.Ds), 0, task, Xsw.unsqueeze(-1) * Xs.unsqueeze(-2))
+            self.e = add_at(Xv.new_zeros(T, self.Ds), 0, task, Xsw * y.unsqueeze(-1))
         if self.lik.noise == "known":  # the fixed normalising constant of the known-noise rows
             self.const = -0.5 * (torch.log(2 * math.pi * data.noise.pow(2))).sum()
         self.like = torch.zeros((), dtype=Xv.dtype, device=Xv.device)
