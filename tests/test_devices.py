@@ -97,3 +97,14 @@ def test_contexts_are_pushed_only_where_the_default_differs():
         inner = len(_get_current_function_mode_stack())
         with on_host():
             assert default_device().type == "cpu" and len(_get_current_function_mode_stack()) == inner + 1
+
+
+def test_per_task_sums_go_through_add_at():
+    """On CUDA ``index_add_`` adds with atomics, in a different order on every call, and the same
+    seed then gives different draws (found on an H200). Package code sums per task with
+    ``design.add_at``, which is repeatable there; only design.py itself calls ``index_add``."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("bayesmtl", "models") for p in (root / folder).rglob("*.py") if p.name != "design.py"]
+    offenders = [f"{p.relative_to(root)}:{i}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if ".index_add" in line.split("#")[0]]
+    assert not offenders, f"use design.add_at, not index_add, at {offenders}"
