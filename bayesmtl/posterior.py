@@ -31,6 +31,12 @@ def quantile_label(p: float) -> str:
     return f"q{int(v):02d}" if v == int(v) else f"q{v:g}"
 
 
+
+def _caller_rng(data: MultiTaskData):
+    """The caller's global random state as it was after the block: reading a fit (its dims, its
+    priors) runs the prior's program, which draws."""
+    return torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else [])
+
 class Posterior:
     """Posterior draws of a multi-task model, labelled with task and feature names.
 
@@ -82,7 +88,8 @@ class Posterior:
 
     def dims(self) -> dict[str, tuple[str, ...]]:
         """Dims of every drawn site, by name, e.g. ``{'w': ('task', 'param')}``."""
-        return self.model.site_dims(self.data)
+        with _caller_rng(self.data):
+            return self.model.site_dims(self.data)
 
     # ------------------------------------------------------------------ ArviZ and summaries
     def to_arviz(self, predictive: bool = True):
@@ -194,7 +201,7 @@ class Posterior:
             from .pyro_util import describe_priors
 
             try:
-                with data_context(self.data.dtype, self.data.device):
+                with data_context(self.data.dtype, self.data.device), _caller_rng(self.data):
                     rows = describe_priors(self.model.prior_program(self.data), self.dims(),
                                            self.model.coords(self.data))
             except NotImplementedError:  # a model fitted without a Pyro program (e.g. a variational LMC)

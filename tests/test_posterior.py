@@ -239,3 +239,20 @@ def test_cuda_fit_matches_cpu_shapes(fitted):
     _, data, _ = fitted
     post = bm.fit(bm.models.Hierarchical(), data, device="cuda", seed=0, **dict(FAST_SVI, steps=300, min_steps=300))
     assert post.info["device"].startswith("cuda") and post.samples["w"].shape == (1, 200, 6, 3)
+
+
+def test_reading_a_posterior_leaves_the_global_random_state(fitted):
+    """Reading a fit takes no random numbers from the caller (explicit random state): summary,
+    prior_summary and to_arviz trace the prior's program, which draws; predict and relations
+    take their own seeds."""
+    df, _, post = fitted
+    new = df.assign(task=df["task"].astype(str) + "_new")
+    for name, read in [("summary", post.summary), ("prior_summary", post.prior_summary),
+                       ("to_arviz", lambda: post.to_arviz(predictive=False)), ("dims", post.dims),
+                       ("predict", lambda: post.predict(df)), ("predict, new tasks", lambda: post.predict(new)),
+                       ("relations", post.relations)]:
+        before = torch.get_rng_state()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read()
+        assert torch.equal(before, torch.get_rng_state()), f"{name} moved torch's global random state"
