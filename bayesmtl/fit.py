@@ -112,8 +112,9 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                              f"{backend.name!r}: resume with the method (and settings) that wrote it")
         holdout, full, given = None, data, model  # (the refit binds the model as given, its trunk untrained)
         by_tasks = _option(backend, options, "validate_by") == "tasks"
+        refit = by_tasks or bool(_option(backend, options, "refit"))
         if (fraction := _option(backend, options, "validation")) is None:
-            by_tasks = False
+            by_tasks = refit = False
         elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
             _check_task_holdout(model, data, ckpt)
             data, holdout = data.split_tasks(fraction, seed=seed)
@@ -126,6 +127,8 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                 del options["validation"], model_options["validation"]
             else:
                 raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
+            if refit and holdout is not None:
+                _check_refit(data, ckpt)
         settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                             progress=progress, options=dict(options), checkpoint=ckpt,
                             checkpoint_every=float(checkpoint_every), resume=resume is not None,
@@ -146,13 +149,14 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
                                  f"the heads of the trained network with post.model.frozen()")
             if holdout is not None:
                 target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
-            if by_tasks:  # this fit only finds the number of steps: no Posterior, checks or warnings of its own
-                found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows}
+            if refit and holdout is not None:  # this fit only finds the number of steps: no Posterior of its own
+                found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows,
+                         "by": "tasks" if by_tasks else "rows"}
                 return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
             post = _run(model, data, on_device, target, backend, settings, method, model_options,
                         {"method_chosen": why} if why else None)
             if holdout is not None:
-                post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows}
+                post.info["validation"] = {**post.info.get("validation", {}), "rows": holdout.n_rows, "by": "rows"}
             return post
 
 
@@ -169,12 +173,22 @@ def _check_task_holdout(model, data, checkpoint) -> None:
                          "does not follow yet; fit without checkpoint=, or with validate_by='rows'")
 
 
+def _check_refit(data, checkpoint) -> None:
+    if not isinstance(data, MultiTaskData):
+        raise ValueError("refit=True fits twice (rows held out, then every row), which needs data in memory "
+                         "(MultiTaskData), not streamed data; fit with refit=False")
+    if checkpoint is not None:
+        raise ValueError("refit=True fits twice (rows held out, then every row), which checkpoint= does not follow "
+                         "yet; fit without checkpoint=, or with refit=False")
+
+
 def _refit(model, data: MultiTaskData, val: dict, backend, options: dict, settings: Settings, method: str,
            model_options: dict, collapse: bool | None) -> Posterior:
     """The fit again on every row (every task), for the number of steps at which the held-out
-    tasks scored best (``val``: the first fit's ``info["validation"]``), holding nothing out."""
+    rows or tasks scored best (``val``: the first fit's ``info["validation"]``), holding nothing out."""
     steps = max(int(val["best_step"]), 1)
-    change = {"validation": None, "validate_by": "rows", "steps": steps, "min_steps": steps, "anneal": 0}
+    change = {"validation": None, "validate_by": "rows", "refit": False, "steps": steps, "min_steps": steps,
+              "anneal": 0}
     if hasattr(backend, "options"):  # a back end bound to an options object
         backend, options = type(backend)(replace(backend.options, **change), backend.inner), options
     else:
@@ -184,7 +198,7 @@ def _refit(model, data: MultiTaskData, val: dict, backend, options: dict, settin
     on_device = data.to(torch.device(settings.device))
     target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, options)
     # the steps were chosen, not run to a settled loss: no "did not converge" for them
-    extra = {"converged": None, "validation": {**val, "by": "tasks", "refit_steps": steps}}
+    extra = {"converged": None, "validation": {**val, "refit_steps": steps}}
     return _run(model, data, on_device, target, backend, replace(settings, options=dict(options)), method,
                 model_options, extra, stacklevel=4)
 

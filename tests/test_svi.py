@@ -95,6 +95,27 @@ def test_validate_by_tasks_stops_on_new_tasks_then_fits_every_task():
     assert np.isfinite(v["best_lpd"]) and v["best_lpd"] < rows["best_lpd"] - 0.2, (v["best_lpd"], rows["best_lpd"])
 
 
+def test_refit_after_early_stopping_on_rows_fits_every_row():
+    """``refit=True``: early stopping on held-out rows picks the number of steps, then the fit
+    runs again on every row for that many; the steps are the one-fit run's best window."""
+    df, _ = hierarchical_regression(n_tasks=6, rows=30, features=2, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    kw = dict(method="svi", collapse=False, steps=1500, window=100, validation=0.2, patience=2, draws=100,
+              seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        once = bm.fit(bm.models.Hierarchical(), data, **kw)
+        twice = bm.fit(bm.models.Hierarchical(), data, refit=True, **kw)
+    v = twice.info["validation"]
+    assert once.data.n_rows == data.n_rows - v["rows"] and twice.data.n_rows == data.n_rows
+    assert v["by"] == "rows" and twice.info["steps"] == v["refit_steps"] == v["best_step"]
+    assert v["best_step"] == once.info["validation"]["best_step"]
+    with pytest.raises(ValueError, match="refit=True fits twice.*checkpoint"):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, refit=True, checkpoint="ck")
+    with pytest.raises(ValueError, match="refit must be"):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, refit="yes")
+
+
 def test_validate_by_tasks_is_checked():
     data = _data()
     with pytest.raises(ValueError, match="validate_by must be one of 'rows' or 'tasks'; got 'cols'"):

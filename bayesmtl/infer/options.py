@@ -278,6 +278,7 @@ _SVI_CHECKS = {
     "validation": lambda v: None if v is None else _fraction("validation", v),
     "patience": lambda v: _integer("patience", v, 1),
     "validate_by": lambda v: _one_of("validate_by", v, ("rows", "tasks"), one_of=True),
+    "refit": lambda v: _flag("refit", v),
 }
 
 
@@ -341,6 +342,9 @@ class SVI(Options):
         trunk can learn the training tasks apart and predict a new task confidently and wrongly
         long before rows of the training tasks stop improving. The fit then runs again on every
         row for the best window's number of steps, so the posterior covers every task.
+    refit : with ``validation`` by rows, fit again on every row for the best window's number
+        of steps (early stopping's choice of steps, and every row in the posterior), as
+        ``validate_by="tasks"`` always does; False: the posterior of the other rows, one fit.
     """
 
     method: ClassVar[str] = "svi"
@@ -366,6 +370,7 @@ class SVI(Options):
     validation: float | None = None
     patience: int = 4
     validate_by: str = "rows"
+    refit: bool = False
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)
@@ -413,6 +418,7 @@ class MAP(Options):
     validation: float | None = None
     patience: int | None = None
     validate_by: str | None = None
+    refit: bool | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):

