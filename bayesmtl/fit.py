@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
 import time
 import warnings
@@ -116,7 +118,7 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
         if (fraction := _option(backend, options, "validation")) is None:
             by_tasks = refit = False
         elif by_tasks:  # whole tasks out, scored as new tasks; then a refit on every row
-            _check_task_holdout(model, data, ckpt)
+            _check_task_holdout(model, data)
             data, holdout = data.split_tasks(fraction, seed=seed)
         else:
             train, holdout = data.split(fraction, seed=seed, min_train=2)  # the fit sees only the rest
@@ -128,7 +130,7 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
             else:
                 raise ValueError(f"validation={fraction}: no task has enough rows to hold any out (each keeps 2)")
             if refit and holdout is not None:
-                _check_refit(data, ckpt)
+                _check_refit(data)
         settings = Settings(chains=chains, warmup=warmup, draws=draws, seed=seed, device=str(dev),
                             progress=progress, options=dict(options), checkpoint=ckpt,
                             checkpoint_every=float(checkpoint_every), resume=resume is not None,
@@ -150,8 +152,7 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
             if holdout is not None:
                 target = replace(target, score=_holdout_score(model, data, holdout, target, seed, by_tasks))
             if refit and holdout is not None:  # this fit only finds the number of steps: no Posterior of its own
-                found = {**backend.run(target, settings).info["validation"], "rows": holdout.n_rows,
-                         "by": "tasks" if by_tasks else "rows"}
+                found = _steps_found(backend, target, settings, holdout.n_rows, "tasks" if by_tasks else "rows")
                 return _refit(given, full, found, backend, options, settings, method, model_options, collapse)
             post = _run(model, data, on_device, target, backend, settings, method, model_options,
                         {"method_chosen": why} if why else None)
@@ -160,7 +161,7 @@ def fit(model, data: MultiTaskData | StreamedData, method: str | None = None, *,
             return post
 
 
-def _check_task_holdout(model, data, checkpoint) -> None:
+def _check_task_holdout(model, data) -> None:
     from .model import MultiTaskModel
 
     if not isinstance(model, MultiTaskModel):
@@ -168,18 +169,41 @@ def _check_task_holdout(model, data, checkpoint) -> None:
                          "does not do yet; use validate_by='rows'")
     if not isinstance(data, MultiTaskData):
         raise ValueError("validate_by='tasks' needs data in memory (MultiTaskData), not streamed data")
-    if checkpoint is not None:
-        raise ValueError("validate_by='tasks' fits twice (held-out tasks, then every row), which checkpoint= "
-                         "does not follow yet; fit without checkpoint=, or with validate_by='rows'")
 
 
-def _check_refit(data, checkpoint) -> None:
+def _check_refit(data) -> None:
     if not isinstance(data, MultiTaskData):
         raise ValueError("refit=True fits twice (rows held out, then every row), which needs data in memory "
                          "(MultiTaskData), not streamed data; fit with refit=False")
-    if checkpoint is not None:
-        raise ValueError("refit=True fits twice (rows held out, then every row), which checkpoint= does not follow "
-                         "yet; fit without checkpoint=, or with refit=False")
+
+
+#: under a checkpoint, the held-out fit's folder and the record of the steps it found
+SELECT, FOUND = "select", "found.json"
+
+
+def _steps_found(backend, target, settings: Settings, rows: int, by: str) -> dict:
+    """The held-out fit's ``info["validation"]``, with ``rows`` and ``by``. Under a checkpoint
+    that fit checkpoints in ``<checkpoint>/select`` and its record is written there once it ends,
+    so a resumed fit that finds the record goes straight to the refit."""
+    if not settings.checkpoint:
+        return {**backend.run(target, settings).info["validation"], "rows": rows, "by": by}
+    folder = Path(settings.checkpoint) / SELECT
+    options = settings.options if isinstance(settings.options, dict) else {}
+    key = {"fingerprint": settings.fingerprint, "seed": settings.seed, "by": by,
+           "options": {k: v for k, v in sorted(options.items()) if isinstance(v, (bool, int, float, str, type(None)))}}
+    if settings.resume and (folder / FOUND).exists():
+        saved = json.loads((folder / FOUND).read_text())
+        if saved.get("key") != key:
+            raise ValueError(f"{str(folder / FOUND)!r} was written by a different fit; resume with the same model, "
+                             "data and settings")
+        return saved["found"]
+    info = backend.run(target, replace(settings, checkpoint=str(folder))).info
+    found = {**info["validation"], "rows": rows, "by": by}
+    tmp = folder / f".{FOUND}.tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps({"key": key, "found": found}, default=float))
+    os.replace(tmp, folder / FOUND)
+    return found
 
 
 def _refit(model, data: MultiTaskData, val: dict, backend, options: dict, settings: Settings, method: str,
@@ -199,8 +223,8 @@ def _refit(model, data: MultiTaskData, val: dict, backend, options: dict, settin
     target = choose_target(model.targets(on_device), backend, collapse, type(model).__name__, options)
     # the steps were chosen, not run to a settled loss: no "did not converge" for them
     extra = {"converged": None, "validation": {**val, "refit_steps": steps}}
-    return _run(model, data, on_device, target, backend, replace(settings, options=dict(options)), method,
-                model_options, extra, stacklevel=4)
+    settings = replace(settings, options=dict(options), fingerprint=data.digest() if settings.checkpoint else "")
+    return _run(model, data, on_device, target, backend, settings, method, model_options, extra, stacklevel=4)
 
 
 def _option(backend, options: dict, name: str):

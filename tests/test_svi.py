@@ -110,10 +110,32 @@ def test_refit_after_early_stopping_on_rows_fits_every_row():
     assert once.data.n_rows == data.n_rows - v["rows"] and twice.data.n_rows == data.n_rows
     assert v["by"] == "rows" and twice.info["steps"] == v["refit_steps"] == v["best_step"]
     assert v["best_step"] == once.info["validation"]["best_step"]
-    with pytest.raises(ValueError, match="refit=True fits twice.*checkpoint"):
-        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, refit=True, checkpoint="ck")
     with pytest.raises(ValueError, match="refit must be"):
         bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, refit="yes")
+
+
+def test_refit_under_a_checkpoint_resumes_at_the_refit(tmp_path):
+    """Checkpointed, the held-out fit runs in <checkpoint>/select and records the steps it found;
+    the fit is the one without a checkpoint, and a resume after the held-out fit reads the
+    record instead of fitting again (a record of another fit is refused)."""
+    df, _ = hierarchical_regression(n_tasks=6, rows=30, features=2, seed=0)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    kw = dict(method="svi", collapse=False, steps=600, window=100, validation=0.2, patience=2, draws=50,
+              progress=False, refit=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = bm.fit(bm.models.Hierarchical(), data, seed=0, **kw)
+        kept = bm.fit(bm.models.Hierarchical(), data, seed=0, checkpoint=tmp_path / "ck", **kw)
+        record = tmp_path / "ck" / "select" / "found.json"
+        assert record.exists() and kept.info["validation"]["best_step"] == plain.info["validation"]["best_step"]
+        np.testing.assert_allclose(np.asarray(kept.samples["mu"]), np.asarray(plain.samples["mu"]))
+        for f in (tmp_path / "ck").glob("*.npz"):  # killed before the refit saved anything
+            f.unlink()
+        (tmp_path / "ck" / "select" / "svi.npz").touch()  # a resume needs a checkpoint file to find
+        again = bm.fit(bm.models.Hierarchical(), data, seed=0, resume=tmp_path / "ck", **kw)
+        np.testing.assert_allclose(np.asarray(again.samples["mu"]), np.asarray(plain.samples["mu"]))
+        with pytest.raises(ValueError, match="found.json.*different fit"):
+            bm.fit(bm.models.Hierarchical(), data, seed=1, resume=tmp_path / "ck", **kw)
 
 
 def test_validate_by_tasks_is_checked():
@@ -122,5 +144,3 @@ def test_validate_by_tasks_is_checked():
         bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, validate_by="cols")
     with pytest.raises(ValueError, match="validate_by='tasks'.*MultitaskGP"):
         bm.fit(bm.models.MultitaskGP(), data, method="map", validation=0.2, validate_by="tasks")
-    with pytest.raises(ValueError, match="validate_by='tasks' fits twice.*checkpoint"):
-        bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, validate_by="tasks", checkpoint="ck")
