@@ -112,6 +112,10 @@ def test_refit_after_early_stopping_on_rows_fits_every_row():
     assert v["best_step"] == once.info["validation"]["best_step"]
     with pytest.raises(ValueError, match="refit must be"):
         bm.fit(bm.models.Hierarchical(), data, method="svi", validation=0.2, refit="yes")
+    with pytest.raises(ValueError, match="clip must be"):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", clip=0)
+    with pytest.raises(ValueError, match="compile='inductor' cannot run with clip="):
+        bm.fit(bm.models.Hierarchical(), data, method="svi", clip=5.0, compile="inductor")
 
 
 def test_refit_under_a_checkpoint_resumes_at_the_refit(tmp_path):

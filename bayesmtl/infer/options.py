@@ -279,6 +279,7 @@ _SVI_CHECKS = {
     "patience": lambda v: _integer("patience", v, 1),
     "validate_by": lambda v: _one_of("validate_by", v, ("rows", "tasks"), one_of=True),
     "refit": lambda v: _flag("refit", v),
+    "clip": lambda v: None if v is None else _number("clip", v, 0),
 }
 
 
@@ -342,6 +343,10 @@ class SVI(Options):
         trunk can learn the training tasks apart and predict a new task confidently and wrongly
         long before rows of the training tasks stop improving. The fit then runs again on every
         row for the best window's number of steps, so the posterior covers every task.
+    clip : each gradient entry clipped at this (Adam, as Pyro's ``ClippedAdam``). None: Pyro's 10
+        on all rows, and where a step's gradient is a minibatch's scaled up, 10 times the rows
+        (``batch_size``) or tasks (``task_batch_size``) the loss sums over, so that the clip cuts
+        only a fault, not the minibatch noise. A model may set its own (a network: 10).
     refit : with ``validation`` by rows, fit again on every row for the best window's number
         of steps (early stopping's choice of steps, and every row in the posterior), as
         ``validate_by="tasks"`` always does; False: the posterior of the other rows, one fit.
@@ -371,6 +376,7 @@ class SVI(Options):
     patience: int = 4
     validate_by: str = "rows"
     refit: bool = False
+    clip: float | None = None
 
     def __post_init__(self):
         _one_of("guide", self.guide, GUIDES, one_of=True)
@@ -419,6 +425,7 @@ class MAP(Options):
     patience: int | None = None
     validate_by: str | None = None
     refit: bool | None = None
+    clip: float | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):

@@ -152,9 +152,10 @@ class SVIBackend:
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
         if tasks is None:
-            optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": _row_clip(batch, target.n_rows)})
+            clip = _row_clip(batch, target.n_rows) if o.clip is None else o.clip
+            optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip})
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
-            optim = _LazyAdam(_local_rates(lr, plates, inside))
+            optim = _LazyAdam(_local_rates(lr, plates, inside, o.clip))
         svi = SVI(fn, guide, optim, elbo)
         steps_ = _PyroSteps(svi, lr, None if w is None else w.mean)
         losses, converged, main_steps = [], False, None  # main_steps: set when the annealing starts
@@ -369,7 +370,8 @@ def _compiled(o: SVIOptions, batch, tasks, enum: bool, check: bool, mean_field: 
            "discrete sites summed out (enumeration)" if enum else
            "validation= (early stopping scores Pyro's guide)" if check else
            "sites with a mean-field guide of their own (a Bayesian trunk)" if mean_field else
-           f"guide={o.guide!r} (the compiled step writes {', '.join(GUIDES)})" if o.guide not in GUIDES else None)
+           f"guide={o.guide!r} (the compiled step writes {', '.join(GUIDES)})" if o.guide not in GUIDES else
+           "clip= (the compiled step clips at Pyro's 10)" if o.clip not in (None, CLIP_NORM) else None)
     if o.compile == "inductor" and why is not None:
         raise ValueError(f"compile='inductor' cannot run with {why}; use compile=None (Pyro's SVI)")
     return o.compile == "inductor" or (o.compile == "auto" and why is None and o.steps >= COMPILED_FROM)
@@ -469,7 +471,7 @@ class _TaskPlate:
 LOCAL_RATE_MAX = 10.0
 
 
-def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
+def _local_rates(lr: float, plates: _TaskPlate, local: list[str], clip: float | None = None):
     """Adam's settings per parameter: a task in a batch of B out of T is visited once every T / B
     steps, so its guide parameters step at lr x min(T / B, LOCAL_RATE_MAX); the population's at lr.
     Every gradient is clipped at Pyro's 10 times T, the tasks the loss sums over, which a
@@ -480,7 +482,7 @@ def _local_rates(lr: float, plates: _TaskPlate, local: list[str]):
     sds from the full-batch fit's; unclipped 0.079, as close as two full-batch fits (0.074)."""
     ratio = plates.n_tasks / plates.size
     fast = lr * min(ratio, LOCAL_RATE_MAX)
-    clip = CLIP_NORM * plates.n_tasks
+    clip = CLIP_NORM * plates.n_tasks if clip is None else clip
 
     def rates(name: str) -> dict:  # AutoNormal's "...locs.w" / "...scales.w", AutoDelta's "AutoDelta.w"
         own = any(name.endswith((f"locs.{s}", f"scales.{s}")) or name == f"AutoDelta.{s}" for s in local)
