@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["default_device", "on_device", "on_host"]
+__all__ = ["default_device", "keep_rng", "on_device", "on_host"]
 
 
 def default_device() -> torch.device:
@@ -42,3 +42,10 @@ def on_host() -> contextlib.AbstractContextManager[None]:
     """The CPU as torch's default device inside the block, whatever the caller's default (public
     entry points run in it, so that engine code's host tensors stay on the host)."""
     return on_device("cpu")
+
+
+def keep_rng(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """torch's global random state (the CPU's, and ``device``'s where it is a GPU) as it was
+    before the block, whatever the block draws."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .data import MultiTaskData
-from .devices import on_host
+from .devices import keep_rng, on_host
 from .diagnostics import DiagnosticWarning, diagnose
 from .infer import Settings, get_backend, with_model_defaults
 from .posterior import Posterior
@@ -290,9 +290,8 @@ def _checkpoint_folder(checkpoint, resume, every) -> str | None:
 def seeded(seed: int, device: torch.device):
     """Every random draw inside comes from ``seed``; the caller's global RNG states (torch, CUDA,
     numpy, random) are as they were afterwards."""
-    devices = [device] if device.type == "cuda" else []
     np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=devices):
+    with keep_rng(device):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)

@@ -40,6 +40,7 @@ from pyro.poutine.util import site_is_subsample
 from . import marginals
 from .data import MultiTaskData
 from .design import exact_fits, linear_predictor, task_gram, task_rows
+from .devices import keep_rng
 from .likelihoods import Likelihood, check_shapes, get_likelihood
 from .likelihoods.base import MIN_TASK_DF, LocationScale
 from .priors.base import TaskPrior, as_distribution, move_distribution
@@ -645,8 +646,7 @@ class MultiTaskModel(ModelBase):
         def prog():
             box.append(self._sample_prior(replace(tasks, plate=pyro.plate("task", tasks.n, dim=-1)), config))
 
-        devices = [generator.device] if generator.device.type == "cuda" else []
-        with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=devices), \
+        with torch.no_grad(), poutine.block(), keep_rng(generator.device), \
                 data_context(train.dtype, samples["w"].device):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             if fixed:

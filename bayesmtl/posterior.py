@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .data import MultiTaskData
-from .devices import on_host
+from .devices import keep_rng, on_host
 from .protocol import data_context
 from .relations import TaskRelations
 from .validate import check_prob, check_seed
@@ -30,12 +30,6 @@ def quantile_label(p: float) -> str:
     v = round(100 * p, 6)
     return f"q{int(v):02d}" if v == int(v) else f"q{v:g}"
 
-
-
-def _caller_rng(data: MultiTaskData):
-    """The caller's global random state as it was after the block: reading a fit (its dims, its
-    priors) runs the prior's program, which draws."""
-    return torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else [])
 
 class Posterior:
     """Posterior draws of a multi-task model, labelled with task and feature names.
@@ -88,7 +82,7 @@ class Posterior:
 
     def dims(self) -> dict[str, tuple[str, ...]]:
         """Dims of every drawn site, by name, e.g. ``{'w': ('task', 'param')}``."""
-        with _caller_rng(self.data):
+        with keep_rng(self.data.device):  # reading a fit runs the prior's program, which draws
             return self.model.site_dims(self.data)
 
     # ------------------------------------------------------------------ ArviZ and summaries
@@ -201,7 +195,7 @@ class Posterior:
             from .pyro_util import describe_priors
 
             try:
-                with data_context(self.data.dtype, self.data.device), _caller_rng(self.data):
+                with data_context(self.data.dtype, self.data.device), keep_rng(self.data.device):
                     rows = describe_priors(self.model.prior_program(self.data), self.dims(),
                                            self.model.coords(self.data))
             except NotImplementedError:  # a model fitted without a Pyro program (e.g. a variational LMC)

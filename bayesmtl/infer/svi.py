@@ -152,7 +152,7 @@ class SVIBackend:
         elbo = elbo_cls(num_particles=particles, vectorize_particles=particles > 1,
                         max_plate_nesting=target.max_plate_nesting, ignore_jit_warnings=True)
         if tasks is None:
-            clip = _row_clip(batch, target.n_rows) if o.clip is None else o.clip
+            clip = _clip(o.clip, 1 if batch is None else target.n_rows)
             optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip})
         else:  # lazy (see optim.py), and faster for the per-task parameters, which a step seldom visits
             optim = _LazyAdam(_local_rates(lr, plates, inside, o.clip))
@@ -442,13 +442,14 @@ def _psis_pick(log_w: torch.Tensor, n: int, resample: bool, seed: int, info: dic
     return torch.randperm(len(log_w), generator=gen)[:n]
 
 
-def _row_clip(batch: int | None, n_rows: int) -> float:
-    """ClippedAdam's elementwise clip where ``clip=`` is not given: Pyro's 10, and under row
-    minibatches 10 times the rows the loss sums over, as ``_local_rates`` does for tasks. A
-    step's gradient is then its batch's times N / B and noisy; a clip within that noise cuts its
-    large values and biases the fit: 200 planted tasks x 15 rows at 500 rows a step, tau 0.23-0.31
-    full-batch sds off clipped at 10, 0.12-0.13 at 10 x N (networks keep 10: ``models.neural.CLIP``)."""
-    return CLIP_NORM if batch is None else CLIP_NORM * n_rows
+def _clip(given: float | None, summed: int) -> float:
+    """ClippedAdam's elementwise clip: ``clip=`` where given, else Pyro's 10 times the rows
+    (``batch_size``) or tasks (``task_batch_size``) a minibatch's loss is scaled up to (1 on all
+    rows). A step's gradient is then its batch's times N / B or T / B, noisy and skewed; a clip
+    within that noise cuts its large values and biases the fit: 200 planted tasks x 15 rows at
+    500 rows a step, tau 0.23-0.31 full-batch sds off clipped at 10, 0.12-0.13 at 10 x N
+    (networks keep 10: ``models.neural.CLIP``); tasks, ``_local_rates``."""
+    return CLIP_NORM * summed if given is None else given
 
 
 def _LazyAdam(optim_args: dict) -> pyro.optim.PyroOptim:
@@ -482,7 +483,7 @@ def _local_rates(lr: float, plates: _TaskPlate, local: list[str], clip: float | 
     sds from the full-batch fit's; unclipped 0.079, as close as two full-batch fits (0.074)."""
     ratio = plates.n_tasks / plates.size
     fast = lr * min(ratio, LOCAL_RATE_MAX)
-    clip = CLIP_NORM * plates.n_tasks if clip is None else clip
+    clip = _clip(clip, plates.n_tasks)
 
     def rates(name: str) -> dict:  # AutoNormal's "...locs.w" / "...scales.w", AutoDelta's "AutoDelta.w"
         own = any(name.endswith((f"locs.{s}", f"scales.{s}")) or name == f"AutoDelta.{s}" for s in local)
