@@ -219,10 +219,21 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
 
 
 def _check(got, want) -> None:
-    """A compiled step's outputs against the same step run op by op."""
+    """A compiled step's outputs against the same step run op by op: exact for integers, to
+    1e-5 in float64, and in lower precision to 1% of each output's largest entry (a float32
+    gradient summed over many rows differs by a few tenths of a percent with the order of the
+    sums alone; a miscompiled step is off by the size of its outputs)."""
     for a, b in zip(got, want, strict=True):
-        if a.shape != b.shape or not (torch.equal(a, b) if not a.is_floating_point() else
-                                      torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)):
+        if a.shape != b.shape:
+            ok = False
+        elif not a.is_floating_point():
+            ok = torch.equal(a, b)
+        elif b.dtype == torch.float64:
+            ok = torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+        else:
+            scale = float(b.nan_to_num(0.0, 0.0, 0.0).abs().max()) if b.numel() else 0.0
+            ok = torch.allclose(a, b, rtol=1e-2, atol=1e-2 * scale + 1e-7, equal_nan=True)
+        if not ok:
             raise ValueError("the compiled step disagrees with the step run op by op")
 
 
