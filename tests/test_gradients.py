@@ -93,6 +93,20 @@ def test_plain_gaussian_written_gradient_matches_autograd(noise, centered):
     _assert_written_matches_autograd(bm.MultiTaskModel(prior, lik), data, None)
 
 
+def test_svis_centred_path_has_the_written_gradient():
+    """SVI fits informative Gaussian tasks centred; that path takes the sufficient-statistics
+    density too (without it a step on 400k rows ran autograd over every row, 9x slower)."""
+    df, _ = hierarchical_regression(n_tasks=8, rows=12, features=2, seed=3)
+    data = bm.MultiTaskData.from_frame(df, task="task", target="y")
+    model = bm.MultiTaskModel(bm.priors.Hierarchical(mean=dist.Normal(0.0, 2.0), scale=dist.HalfNormal(1.0)),
+                              bm.likelihoods.Gaussian("per_task", noise_prior=dist.HalfNormal(1.5)))
+    centred = {t.path: t for t in model.bind(data).targets(data)}["centred"]
+    assert centred.log_density_grad is not None
+    post = bm.fit(model, data, method="svi", collapse=False, guide="normal", compile="inductor", steps=200,
+                  min_steps=200, anneal=0, draws=20, seed=0, progress=False, psis=False)
+    assert (post.info["path"], post.info["gradient"]) == ("centred", "written out")
+
+
 @pytest.mark.slow  # keeps the fast tier under 10 minutes; fast siblings cover the path
 def test_nuts_reports_which_gradient_ran():
     df, _ = hierarchical_regression(n_tasks=4, rows=10, features=1, seed=0, likelihood="bernoulli")

@@ -62,13 +62,14 @@ def register(prior: type | tuple[type, ...], likelihood: type | tuple[type, ...]
     return wrap
 
 
-def forms(model, data) -> Iterator[tuple[str, Marginal]]:
+def forms(model, data, path: str | None = None) -> Iterator[tuple[str, Marginal]]:
     """(path, form) for every registered fast path that serves ``model`` on ``data`` (the model
-    bound to the data first: a form reads concrete priors, not defaults still to be set)."""
+    bound to the data first: a form reads concrete priors, not defaults still to be set); with
+    ``path``, only the forms on that path are built."""
     model = model.bind(data)
     lik = model.likelihood_for(data)
     for e in _REGISTRY:
-        if isinstance(model.prior, e.prior) and isinstance(lik, e.likelihood):
+        if (path is None or e.path == path) and isinstance(model.prior, e.prior) and isinstance(lik, e.likelihood):
             try:
                 form = e.factory(model, data)
             except RowsNotInMemory:  # a form that reads the rows themselves: not on streamed data
@@ -91,4 +92,4 @@ from . import (  # noqa: E402, F401
 
 def form(model, data, path: str) -> Marginal | None:
     """The first registered form on ``path`` that serves ``model`` on ``data``, or None."""
-    return next((f for p, f in forms(model, data) if p == path), None)
+    return next((f for _, f in forms(model, data, path)), None)
