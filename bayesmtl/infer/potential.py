@@ -176,6 +176,12 @@ class BatchedPotential:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Potential U(z) = -(log joint + log|det J|), shape (C,), from z (C, P)."""
+        if self.direct is None and self.direct_grad is not None and not (torch.is_grad_enabled() and z.requires_grad):
+            # the written-out form's value (its gradient comes along, O(T D^2)): SVI's PSIS
+            # ratios on 400k rows took 14 s through the program, which reads every row
+            out = self._value_and_grad_direct(z, self.direct_grad)
+            if out is not None:
+                return out[0]
         values, logdet = self.constrain(z)
         lp = self.direct(values) if self.direct is not None else self.log_joint(values, z.shape[0])
         return -(lp + logdet)
