@@ -179,9 +179,8 @@ class MultiTaskModel(ModelBase):
         if hit is not None and hit[0]() is data:
             return hit[1]
         out = data.reduce(key, sums)
-        if len(_SUMS) > 8:
-            _SUMS.clear()
         _SUMS[(id(data), key)] = (weakref.ref(data), out)
+        weakref.finalize(data, _SUMS.pop, (id(data), key), None)  # (gone with the data)
         return out
 
     def residual_df(self, data: MultiTaskData) -> float:
