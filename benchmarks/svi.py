@@ -145,7 +145,8 @@ def bayesmtl_rows(df: pd.DataFrame, features: int, steps: int, seed: int, device
         i = post.info
         compile_s = i.get("seconds_compile") or 0.0
         rate = i["steps"] / (i["fit_seconds"] - compile_s)
-        note = f"path {i['path']}, {i.get('gradient', 'autograd')} gradient; fit() wall {wall:.1f} s"
+        ran = "compiled" if i.get("compile") == "inductor" else "op by op"  # (a failed compile check runs op by op)
+        note = f"path {i['path']}, {i.get('gradient', 'autograd')} gradient, {ran}; fit() wall {wall:.1f} s"
         out.append(row(name, rate, compile_s, losses, note, "collapsed" if i["path"] == "collapsed" else "full"))
     return out
 
