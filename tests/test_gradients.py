@@ -100,7 +100,7 @@ def test_plain_gaussian_written_gradient_matches_autograd(noise, centered):
 
 def test_svis_centred_path_has_the_written_gradient():
     """SVI fits informative Gaussian tasks centred; that path takes the sufficient-statistics
-    density too (without it a step on 400k rows ran autograd over every row, 9x slower)."""
+    density too (without it a step on 400k rows ran autograd over every row, 8x slower)."""
     df, _ = hierarchical_regression(n_tasks=8, rows=12, features=2, seed=3)
     data = bm.MultiTaskData.from_frame(df, task="task", target="y")
     model = bm.MultiTaskModel(bm.priors.Hierarchical(mean=dist.Normal(0.0, 2.0), scale=dist.HalfNormal(1.0)),
