@@ -116,7 +116,8 @@ class SVIBackend:
         # one run under a batch of 2 draws: a program that does not batch (its prior's hyperparameters
         # do not broadcast) fails here, naming the prior, not after the fit inside the PSIS check; its
         # trace names the sites that ask for a mean-field guide of their own (``_with_mean_field``)
-        with torch.random.fork_rng(), torch.no_grad(), poutine.block(), \
+        # (shapes only: a prior draw may give a non-finite density, e.g. in float32)
+        with torch.random.fork_rng(), torch.no_grad(), poutine.block(), pyro.validation_enabled(False), \
                 pyro.plate("_batch_check", 2, dim=-(target.max_plate_nesting + 1)):
             checked = poutine.trace(fn).get_trace()
         own = [k for k, v in checked.nodes.items() if v["type"] == "sample" and is_mean_field(v)]
