@@ -487,8 +487,14 @@ class MultiTaskData:
 
     def reduce(self, key, fn):
         """``fn(self)``: statistics a model computes from rows (data read from a file in chunks,
-        ``StreamedData``, sum ``fn`` over them instead). ``key`` names the statistic there."""
-        return fn(self)
+        ``StreamedData``, sum ``fn`` over them instead). ``key`` names the statistic: it is
+        computed once for these data and kept (None: computed every time, not kept)."""
+        if key is None:
+            return fn(self)
+        memo = self.__dict__.setdefault("_reduced", {})  # (not a field: replace() and saving leave it out)
+        if key not in memo:
+            memo[key] = fn(self)
+        return memo[key]
 
     def head(self, n: int = 1000) -> MultiTaskData:
         """The first ``n`` rows, every task name kept (checks that run the likelihood on rows)."""

@@ -63,9 +63,6 @@ __all__ = ["MultiTaskModel", "linear_predictor", "task_rows"]
 INTERCEPT = "intercept"
 #: ``exact_tasks`` results by (model, data) identity (weak references check both are still those)
 _EXACT: dict[tuple[int, int], tuple] = {}
-#: ``task_sums`` by (data identity, statistic): a fit's targets read them up to four times (the
-#: collapsed form, the plain and centred written forms, ``exact_tasks``), 1 s each at 400k rows
-_SUMS: dict[tuple, tuple] = {}
 #: location-scale families the package may non-centre (LocScaleReparam) in a user's prior
 _LOC_SCALE = (dist.Normal, dist.StudentT, dist.Cauchy, dist.Laplace)
 
@@ -174,14 +171,11 @@ class MultiTaskModel(ModelBase):
             Xv, Xs = self.design(d)
             return task_gram(Xv, d.y, d.task, T, Xs, d.noise ** 2 if weighted else None)
 
-        key = ("task_sums", type(self).__qualname__, self.intercept, tuple(self.shared), weighted)
-        hit = _SUMS.get((id(data), key))
-        if hit is not None and hit[0]() is data:
-            return hit[1]
-        out = data.reduce(key, sums)
-        _SUMS[(id(data), key)] = (weakref.ref(data), out)
-        weakref.finalize(data, _SUMS.pop, (id(data), key), None)  # (gone with the data)
-        return out
+        # kept on the data (a fit's targets read them up to four times, 1 s each at 400k rows) where
+        # the key says what they are: a design of a subclass's own (a trunk's features) it does not
+        key = (("task_sums", type(self).__qualname__, self.intercept, tuple(self.shared), weighted)
+               if type(self).design is MultiTaskModel.design else None)
+        return data.reduce(key, sums)
 
     def residual_df(self, data: MultiTaskData) -> float:
         """Rows minus task-varying parameters of the median task: how well a sigma per task is

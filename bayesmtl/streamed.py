@@ -279,8 +279,9 @@ class StreamedData:
 
     def reduce(self, key, fn: Callable[[MultiTaskData], dict]) -> dict:
         """``fn`` summed over the chunks: ``fn(chunk)`` returns a dict of tensors (or a tensor)
-        that add up over rows. Kept under ``key``, so it is read once per statistic."""
-        hit = self._memo.get(key)
+        that add up over rows. Kept under ``key``, so it is read once per statistic (None: read
+        every time, not kept)."""
+        hit = None if key is None else self._memo.get(key)
         if hit is not None:
             return hit
         total = None
@@ -292,7 +293,8 @@ class StreamedData:
                 total = {k: total[k] + v for k, v in out.items()}
             else:
                 total = total + out
-        self._memo[key] = total
+        if key is not None:
+            self._memo[key] = total
         return total
 
     def head(self, n: int = 1000) -> MultiTaskData:
