@@ -212,7 +212,7 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
         with warnings.catch_warnings():  # and a FutureWarning about its own internals
             warnings.simplefilter("ignore", FutureWarning)
             # the wrapper (buffers, the loop) built at -O1 apart from the kernels at -O3: the same
-            # speed, 2-4 s less compiling for a NUTS transition (its wrapper at -O3 took 4.5 s)
+            # speed, 4-5 s less compiling for a NUTS transition (its wrapper at -O3 took 4.5-5 s)
             compiled = torch._inductor.compile(graph, fake, options={"cpp.vec_isa_ok": False, "cpp_wrapper": True,
                                                                      "cpp_wrapper_build_separate": True})
     finally:
