@@ -211,14 +211,23 @@ def _compile_loop(reference, outer, body, cond, example, body_example):
     try:
         with warnings.catch_warnings():  # and a FutureWarning about its own internals
             warnings.simplefilter("ignore", FutureWarning)
-            # the wrapper (buffers, the loop) built at -O1 apart from the kernels at -O3: the same
-            # speed, 4-5 s less compiling for a NUTS transition (its wrapper at -O3 took 4.5-5 s)
-            compiled = torch._inductor.compile(graph, fake, options={"cpp.vec_isa_ok": False, "cpp_wrapper": True,
-                                                                     "cpp_wrapper_build_separate": True})
+            compiled = torch._inductor.compile(graph, fake, options=_loop_options())
     finally:
         log.setLevel(level)
     _check(compiled(*ex), reference(*ex))
     return _contiguous(compiled)
+
+
+def _loop_options() -> dict:
+    """Inductor's options for a compiled loop: scalar C++ and the C++ wrapper, which where this
+    torch can (``cpp_wrapper_build_separate``) is built at -O1 apart from the kernels at -O3: the
+    same speed, 4-5 s less compiling for a NUTS transition (its wrapper at -O3 took 4.5-5 s)."""
+    import torch._inductor.config
+
+    options = {"cpp.vec_isa_ok": False, "cpp_wrapper": True}
+    if hasattr(torch._inductor.config, "cpp_wrapper_build_separate"):
+        options["cpp_wrapper_build_separate"] = True
+    return options
 
 
 def _check(got, want) -> None:
