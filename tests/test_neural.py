@@ -297,6 +297,10 @@ def test_per_task_likelihood_checks_each_group():
     assert post.to_arviz().posterior["sigma_gaussian"].coords["task_gaussian"].values.tolist() == ["r0", "r2"]
     with pytest.raises(ValueError, match="per-task likelihoods predict the tasks they name"):
         post.predict(wide_to_long(wide.head(3), ["r0"]).assign(task="brand_new"))
+    # under row minibatches each batch holds other rows of each family: a JIT trace cannot replay that
+    mixed = bm.models.NeuralMultiTask(_trunk(4), likelihood={"r0": "gaussian", "r1": "student_t", "r2": "gaussian"})
+    with pytest.raises(ValueError, match=r"jit=True failed under minibatches \(batch_size=32\).*pass jit=False"):
+        _fit(mixed, data, batch_size=32, jit=True, validation=None)
 
 
 def test_wide_frames_become_long_tasks():

@@ -174,9 +174,16 @@ class SVIBackend:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             check = _Validation(target.score, guide, o.patience) if o.validation is not None else None
-            losses, converged, main_steps, anneal = _optimise(
-                steps_, o, self.label, settings.progress, ckpt, losses, converged, main_steps, t0, check, model_sites,
-                0 if plates is None else plates.n_tasks)
+            try:
+                losses, converged, main_steps, anneal = _optimise(
+                    steps_, o, self.label, settings.progress, ckpt, losses, converged, main_steps, t0, check,
+                    model_sites, 0 if plates is None else plates.n_tasks)
+            except RuntimeError as e:  # a trace replayed on a batch whose shapes it froze
+                if not (jit and (batch is not None or tasks is not None) and "TorchScript" in str(e)):
+                    raise
+                raise ValueError(f"jit=True failed under minibatches ({'batch_size' if batch else 'task_batch_size'}="
+                                 f"{batch or tasks}): the program's shapes change with the rows a batch holds "
+                                 "(e.g. a per-task likelihood picks each family's rows); pass jit=False") from None
         fit_seconds = time.perf_counter() - t0
         n = 1 if guide_name == "delta" else settings.draws
         shapes = site_shapes(fn)
