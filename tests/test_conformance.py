@@ -9,6 +9,7 @@ the same model object that leaves an earlier Posterior unchanged.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,6 @@ CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else pytes
 
 @pytest.mark.parametrize("name,method", CASES)
 def test_model_contract(name, method, tmp_path):
-    import warnings
 
     model, train, new, data = _case(name)
     assert isinstance(model, Model)
@@ -163,8 +163,6 @@ FLOAT32 = [pytest.param(*p.values, id=p.id, marks=() if tuple(p.values) in FLOAT
 
 @pytest.mark.parametrize("name,method", FLOAT32)
 def test_float32_data_fit_and_predict(name, method):
-    import warnings
-
     model, train, new, data = _case(name)
     data = data.to(dtype=torch.float32)
     with warnings.catch_warnings():
