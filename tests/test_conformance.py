@@ -92,7 +92,6 @@ CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else pytes
 
 @pytest.mark.parametrize("name,method", CASES)
 def test_model_contract(name, method, tmp_path):
-
     model, train, new, data = _case(name)
     assert isinstance(model, Model)
     with warnings.catch_warnings():
