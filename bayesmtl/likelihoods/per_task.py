@@ -70,6 +70,7 @@ class PerTask(Likelihood):
         self.group_tasks: dict[str, list[str]] = {}   # filled by ``bind``: each group's tasks in data order
         self.row_group: torch.Tensor | None = None    # (T,) group index of each training task
         self.local: dict[str, torch.Tensor] = {}      # per group: each task's position in it (``bind``)
+        self.inert: dict[str, tuple] = {}             # per group: (y, noise, trials) of one of its rows (``bind``)
 
     # ------------------------------------------------------------------ binding to the data
     def _rows(self, data: MultiTaskData, group: str) -> torch.Tensor:
@@ -97,7 +98,7 @@ class PerTask(Likelihood):
         """A copy whose groups are bound to their own rows, in the data's task order."""
         self._named(data)
         out = copy.copy(self)
-        out.groups, out.group_tasks = {}, {}
+        out.groups, out.group_tasks, out.inert = {}, {}, {}
         for g, lik in self.groups.items():
             names = [str(n) for n in data.task_names if self.group_of.get(str(n)) == g]
             if not names:
@@ -105,6 +106,7 @@ class PerTask(Likelihood):
             sub = data.subset(self._rows(data, g))
             out.groups[g] = lik.bind(sub, residual_df) if isinstance(lik, LocationScale) else lik.bind(sub)
             out.group_tasks[g] = names
+            out.inert[g] = tuple(None if v is None else v[0].item() for v in (sub.y, sub.noise, sub.trials))
         order = list(out.groups)
         out.row_group = torch.tensor([order.index(out.group_of[str(n)]) for n in data.task_names], dtype=torch.long)
         # each training task's position within its group (-1 outside it): once here, not per step
@@ -143,12 +145,15 @@ class PerTask(Likelihood):
         """Labels of each group's task dim (``task_<group>``)."""
         return {f"task_{g}": list(names) for g, names in self.group_tasks.items()}
 
-    def _parts(self, eta, params, task):
+    def _row_groups(self, task: torch.Tensor) -> torch.Tensor:
+        """Each row's group index (N,)."""
         if int(task.max()) >= len(self.row_group):
             raise ValueError("a task unseen in training has no likelihood in the per-task mapping: per-task "
                              "likelihoods predict the tasks they name")
-        rg = self.row_group.to(task.device)[task]
-        local = self.local
+        return self.row_group.to(task.device)[task]
+
+    def _parts(self, eta, params, task):
+        rg, local = self._row_groups(task), self.local
         for j, (g, lik) in enumerate(self.groups.items()):
             idx = torch.nonzero(rg == j).flatten()
             if idx.numel():
@@ -156,8 +161,19 @@ class PerTask(Likelihood):
                 yield idx, lik, own, local[g].to(task.device)[task[idx]]
 
     def distribution(self, eta, params, task, noise, trials):
-        parts = [(idx, lik.distribution(eta[..., idx], own, loc, _at(noise, idx), _at(trials, idx)))
-                 for idx, lik, own, loc in self._parts(eta, params, task)]
+        """Each group's distribution over every row, kept on its own rows (``_Rows``): shapes that
+        do not follow which rows a batch holds, so a JIT trace replays on any batch. On the other
+        rows a group sees inert inputs (eta 0, one of its own rows' target, noise and trials), so
+        its density and gradient there are finite and the mask's zero gradient stays zero."""
+        rg, parts = self._row_groups(task), []
+        for j, (g, lik) in enumerate(self.groups.items()):
+            mask = rg == j
+            y0, noise0, trials0 = self.inert[g]
+            own = {k[: -len(g) - 1]: v for k, v in params.items() if k.endswith(f"_{g}")}
+            loc = self.local[g].to(task.device)[task].clamp(min=0)
+            d = lik.distribution(torch.where(mask, eta, 0.0), own, loc, _inert(noise, mask, noise0),
+                                 _inert(trials, mask, trials0))
+            parts.append((mask, d, y0))
         return _Rows(parts, eta.shape)
 
     def mean(self, eta, params, task, trials=None):
@@ -186,8 +202,13 @@ def _at(v: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
     return None if v is None else v[idx]
 
 
+def _inert(v: torch.Tensor | None, mask: torch.Tensor, fill) -> torch.Tensor | None:
+    return None if v is None else torch.where(mask, v, fill if fill is not None else 0)
+
+
 class _Rows(dist.TorchDistribution):
-    """Rows drawn from different distributions: ``parts`` [(row indices, distribution over them)]."""
+    """Rows drawn from different distributions: ``parts`` [(mask (N,), distribution over every
+    row, an inert value in its support)], each distribution kept where its mask is set."""
 
     arg_constraints: dict = {}
     support = constraints.real
@@ -200,19 +221,18 @@ class _Rows(dist.TorchDistribution):
         shape = broadcast_shape(tuple(self.batch_shape), tuple(value.shape))
         dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
         out = torch.zeros(shape, dtype=dtype, device=value.device)
-        for idx, d in self.parts:
-            part = d.log_prob(value[..., idx]).to(out.dtype).expand(shape[:-1] + (len(idx),))
-            out = out.index_copy(-1, idx, part)
+        for mask, d, inert in self.parts:
+            out = torch.where(mask, d.log_prob(torch.where(mask, value, inert)).to(dtype), out)
         return out
 
     def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape
         out = None
-        for idx, d in self.parts:
+        for mask, d, _ in self.parts:
             part = d.sample(sample_shape)
             if out is None:
                 out = part.new_zeros(shape, dtype=torch.promote_types(part.dtype, torch.float32))
-            out = out.index_copy(-1, idx, part.to(out.dtype))
+            out = torch.where(mask, part.to(out.dtype), out)
         return out
 
     def expand(self, batch_shape, _instance=None):
@@ -223,9 +243,9 @@ class _Rows(dist.TorchDistribution):
     @property
     def mean(self):
         out = None
-        for idx, d in self.parts:
+        for mask, d, _ in self.parts:
             m = d.mean
             if out is None:
                 out = m.new_zeros(self.batch_shape)
-            out = out.index_copy(-1, idx, m.to(out.dtype).expand(self.batch_shape[:-1] + (len(idx),)))
+            out = torch.where(mask, m.to(out.dtype), out)
         return out
