@@ -395,7 +395,7 @@ def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, t
               device: str = "cpu") -> dict:
     """Steps per second and peak memory (this process; on CUDA also the GPU's peak allocation) of
     one method on ``rows`` rows, 10 tasks; ", bf16" in ``which``: mixed precision (autocast to
-    bfloat16; bayesmtl ``precision="bf16"``)."""
+    bfloat16; bayesmtl ``precision="bf16"``); "untraced": bayesmtl with ``jit=False``."""
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(rows, 21)).astype(np.float32)
@@ -414,7 +414,7 @@ def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, t
             warnings.simplefilter("ignore")
             post = bm.fit(model, data, method="svi",
                           steps=steps, min_steps=steps, anneal=0, batch_size=batch, draws=100, seed=0,
-                          progress=False, device=device)
+                          progress=False, device=device, **({"jit": False} if "untraced" in which else {}))
         rate = post.info["steps_per_second"]
     else:
         class A:
@@ -431,7 +431,7 @@ def speed_one(which: str, rows: int, steps: int, batch: int, width: int = 128, t
 
 def case_speed(a, out: Path) -> pd.DataFrame:
     rows = []
-    for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads",
+    for which in ("hard sharing", "hard sharing + Kendall", "bayesmtl hier. heads", "bayesmtl hier. heads, untraced",
                   "bayesmtl hier. heads, Bayesian trunk", "hard sharing, bf16", "bayesmtl hier. heads, bf16"):
         if a.models is not None and which not in a.models and which != "hard sharing":
             continue  # (hard sharing is the ratio's base)

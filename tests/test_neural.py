@@ -303,6 +303,18 @@ def test_per_task_likelihood_checks_each_group():
         _fit(picky, data, batch_size=32, jit=True, validation=None)
 
 
+def test_minibatch_steps_are_traced_where_every_likelihood_is_builtin():
+    """Under row minibatches a network's SVI runs Pyro's traced ELBO by default, unless a
+    likelihood is the user's own (it may select rows by the batch) or the trunk has a prior."""
+    _, data = _small()
+    mixed = {"r0": "gaussian", "r1": "student_t", "r2": "gaussian"}
+    for kw, traced in ((dict(), True), (dict(likelihood=mixed), True), (dict(likelihood=_RowPicking()), False),
+                       (dict(trunk_prior=1.0), False)):
+        post = _fit(bm.models.NeuralMultiTask(_trunk(4), **kw), data, batch_size=32, steps=30, min_steps=30)
+        assert post.info["jit"] is traced, kw
+        assert np.isfinite(post.info["final_loss"])
+
+
 class _RowPicking(bm.likelihoods.Gaussian):
     """A Gaussian that handles task 0's rows apart, by their count in the batch."""
 
@@ -345,13 +357,15 @@ def test_wide_frames_become_long_tasks():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("trunk_prior,precision", [(None, None), (1.0, None), (None, "bf16")])
-def test_cuda_fit_matches_the_cpu_path(trunk_prior, precision):
-    """A fit on CUDA (a point or a Bayesian trunk, full or mixed precision) predicts finite
-    values and the relations run."""
+@pytest.mark.parametrize("trunk_prior,precision,batch", [(None, None, None), (1.0, None, None), (None, "bf16", None),
+                                                          (None, None, 32)])
+def test_cuda_fit_matches_the_cpu_path(trunk_prior, precision, batch):
+    """A fit on CUDA (a point or a Bayesian trunk, full or mixed precision, a traced minibatch
+    step) predicts finite values and the relations run."""
     wide, data = _small()
     model = bm.models.NeuralMultiTask(_trunk(4), trunk_prior=trunk_prior, precision=precision)
-    post = _fit(model, data, device="cuda")
+    post = _fit(model, data, device="cuda", batch_size=batch)
+    assert post.info["jit"] is (trunk_prior is None)
     assert post.info["device"].startswith("cuda")
     pred = post.predict(wide_to_long(wide.head(5), ["r0", "r1", "r2"]))
     assert np.isfinite(pred[["mean", "sd"]].to_numpy()).all()
