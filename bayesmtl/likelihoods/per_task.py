@@ -152,35 +152,30 @@ class PerTask(Likelihood):
                              "likelihoods predict the tasks they name")
         return self.row_group.to(task.device)[task]
 
-    def _parts(self, eta, params, task):
-        rg, local = self._row_groups(task), self.local
+    def _groups(self, eta, task, noise, trials):
+        """Per group: (its name, the mask of its rows (N,), its likelihood, each row's position among
+        its tasks (0 on the other rows), then eta, noise and trials made inert on the other rows)."""
+        rg = self._row_groups(task)
         for j, (g, lik) in enumerate(self.groups.items()):
-            idx = torch.nonzero(rg == j).flatten()
-            if idx.numel():
-                own = {k[: -len(g) - 1]: v for k, v in params.items() if k.endswith(f"_{g}")}
-                yield idx, lik, own, local[g].to(task.device)[task[idx]]
+            mask = rg == j
+            _, noise0, trials0 = self.inert[g]
+            loc = self.local[g].to(task.device)[task].clamp(min=0)
+            yield (g, mask, lik, loc, torch.where(mask, eta, 0.0), _inert(noise, mask, noise0),
+                   _inert(trials, mask, trials0))
 
     def distribution(self, eta, params, task, noise, trials):
         """Each group's distribution over every row, kept on its own rows (``_Rows``): shapes that
         do not follow which rows a batch holds, so a JIT trace replays on any batch. On the other
         rows a group sees inert inputs (eta 0, one of its own rows' target, noise and trials), so
         its density and gradient there are finite and the mask's zero gradient stays zero."""
-        rg, parts = self._row_groups(task), []
-        for j, (g, lik) in enumerate(self.groups.items()):
-            mask = rg == j
-            y0, noise0, trials0 = self.inert[g]
-            own = {k[: -len(g) - 1]: v for k, v in params.items() if k.endswith(f"_{g}")}
-            loc = self.local[g].to(task.device)[task].clamp(min=0)
-            d = lik.distribution(torch.where(mask, eta, 0.0), own, loc, _inert(noise, mask, noise0),
-                                 _inert(trials, mask, trials0))
-            parts.append((mask, d, y0))
-        return _Rows(parts, eta.shape)
+        return _Rows([(mask, lik.distribution(eta_, _own(params, g), loc, noise_, trials_), self.inert[g][0])
+                      for g, mask, lik, loc, eta_, noise_, trials_ in self._groups(eta, task, noise, trials)],
+                     eta.shape)
 
     def mean(self, eta, params, task, trials=None):
         out = torch.zeros_like(eta)
-        for idx, lik, own, loc in self._parts(eta, params, task):
-            out = out.index_copy(-1, idx, lik.mean(eta[..., idx], own, loc, _at(trials, idx)).to(out).expand(
-                eta.shape[:-1] + (len(idx),)))
+        for g, mask, lik, loc, eta_, _, trials_ in self._groups(eta, task, None, trials):
+            out = torch.where(mask, lik.mean(eta_, _own(params, g), loc, trials_).to(out), out)
         return out
 
     def new_task_params(self, params, n_new, generator):
@@ -198,12 +193,13 @@ def _fresh(base: str, taken) -> str:
     return f"{base}{k}"
 
 
-def _at(v: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    return None if v is None else v[idx]
+def _own(params: dict, group: str) -> dict:
+    """The group's parameters, without its suffix."""
+    return {k[: -len(group) - 1]: v for k, v in params.items() if k.endswith(f"_{group}")}
 
 
 def _inert(v: torch.Tensor | None, mask: torch.Tensor, fill) -> torch.Tensor | None:
-    return None if v is None else torch.where(mask, v, fill if fill is not None else 0)
+    return None if v is None else torch.where(mask, v, fill)
 
 
 class _Rows(dist.TorchDistribution):
