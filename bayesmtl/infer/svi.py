@@ -183,7 +183,7 @@ class SVIBackend:
                     raise
                 raise ValueError(f"jit=True failed under minibatches ({'batch_size' if batch else 'task_batch_size'}="
                                  f"{batch or tasks}): the program's shapes change with the rows a batch holds "
-                                 "(e.g. a per-task likelihood picks each family's rows); pass jit=False") from None
+                                 "(e.g. a likelihood that selects rows by the batch); pass jit=False") from None
         fit_seconds = time.perf_counter() - t0
         n = 1 if guide_name == "delta" else settings.draws
         shapes = site_shapes(fn)
